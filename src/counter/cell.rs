@@ -1,0 +1,657 @@
+//! The lock-free counter cell: one `(key, window)`, a ring of [`RING`] epochs, striped local slots and a pre-summed
+//! remote value per epoch.
+//!
+//! # Layout
+//! - `slots[i]` packs `(epoch: 48 bits, gen: 16 bits)` for ring position `i = epoch % RING`. Moving a position to
+//!   a newer epoch ("rolling") is one CAS that increments `gen`.
+//! - Each stripe holds one *value word* per ring position, packing `(gen: 16 bits, value: 48 bits)`. A value word
+//!   counts for the slot's epoch only while its `gen` equals the slot's `gen`; readers skip the others.
+//! - `remote[i]` packs `(gen, sum of the remote origins' values)` for the slot's epoch, written only by the
+//!   replication side (under the `origins` mutex, which the hot path never takes).
+//!
+//! # Guarantees
+//! - An add is attributed exactly to the epoch the caller computed, or refused as stale when that epoch has left
+//!   the ring: the CAS that adds compares the whole word, generation included, so an add can never land in a
+//!   later epoch that reused the ring position, and a roll never loses an add of the new epoch.
+//! - Rolling is lock-free: whoever first sees an older epoch in a slot CASes it forward and then sweeps the old
+//!   value words to the new generation (a word already at the new generation is never touched, so the sweep
+//!   cannot erase a fresh add). A writer that meets a word not yet swept resets it itself in its CAS.
+//! - Values are G-counters: the hot path only ever increases a value word within its generation. Nothing is ever
+//!   subtracted, so what replication ships is monotone per `(origin, epoch)` and max-merge is exact.
+//! - Per value word (one stripe, one epoch) the value saturates at [`MAX_CELL_VALUE`] (2^48 − 1, about 2.8 × 10^14
+//!   units); saturation is reported to the caller. Epochs must be below 2^48 (true for every window until the
+//!   year 8 million).
+//! - Dirty tracking publishes with `SeqCst` on both sides (add: CAS then flag load; drain: flag store then value
+//!   loads), so an add is either seen by the drain that clears the flag or re-marks the cell: no change is ever
+//!   stranded. On x86 these are the same instructions as the weaker orderings.
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering};
+
+use super::window::Window;
+
+/// Epochs kept per cell: the current one, the previous one (sliding windows, late merges) and two more so a slow
+/// replication round still finds the window it reports on.
+pub const RING: usize = 4;
+
+/// The largest value one value word (one stripe, one epoch) can hold: 2^48 − 1.
+pub const MAX_CELL_VALUE: u64 = (1 << 48) - 1;
+
+const SLOT_EMPTY: u64 = u64::MAX;
+const EPOCH_MASK: u64 = (1 << 48) - 1;
+/// A slot of a cell being reclaimed: its epoch is above every real epoch, so every add and merge sees it as
+/// "newer" and refuses with `Stale`/`Expired`, and the caller resolves the key again.
+const SLOT_RETIRED: u64 = (EPOCH_MASK << 16) | 0xFFFE;
+
+#[inline]
+fn pack_slot(epoch: u64, generation: u16) -> u64 {
+    ((epoch & EPOCH_MASK) << 16) | u64::from(generation)
+}
+#[inline]
+fn slot_epoch(slot: u64) -> u64 {
+    slot >> 16
+}
+#[inline]
+fn slot_gen(slot: u64) -> u16 {
+    slot as u16
+}
+#[inline]
+fn pack_word(generation: u16, value: u64) -> u64 {
+    (u64::from(generation) << 48) | value
+}
+#[inline]
+fn word_gen(word: u64) -> u16 {
+    (word >> 48) as u16
+}
+#[inline]
+fn word_value(word: u64) -> u64 {
+    word & MAX_CELL_VALUE
+}
+/// `a` is an older generation than `b` (wrapping; valid while they are less than 2^15 rolls apart).
+#[inline]
+fn older(a: u16, b: u16) -> bool {
+    (b.wrapping_sub(a) as i16) > 0
+}
+#[inline]
+fn ring_index(epoch: u64) -> usize {
+    (epoch % RING as u64) as usize
+}
+
+/// One stripe: a value word per ring position.
+pub(crate) struct Stripe {
+    words: [AtomicU64; RING],
+}
+
+impl Stripe {
+    fn new() -> Stripe {
+        Stripe { words: std::array::from_fn(|_| AtomicU64::new(pack_word(0, 0))) }
+    }
+}
+
+/// What happened to an add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// Counted in full.
+    Added,
+    /// Counted, but the value word reached [`MAX_CELL_VALUE`] and the excess was dropped.
+    Saturated,
+    /// Not counted: the epoch has already left the ring (the caller's clock is behind the cell's newest epoch).
+    Stale,
+}
+
+/// The outcome of a conditional take (the limiter's acquire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TakeOutcome {
+    /// Taken; `used` includes the cost.
+    Taken { used: u64 },
+    /// Not taken: `used + cost` would exceed the limit (or a value word would saturate).
+    Refused { used: u64 },
+    /// Not taken: the epoch has already left the ring.
+    Stale,
+}
+
+/// The per-origin values merged into one cell, kept by the replication side only.
+#[derive(Default)]
+struct OriginTable {
+    /// `(origin, epoch) -> value`: the max of everything that origin reported for that epoch.
+    values: std::collections::HashMap<(u64, u64), u64>,
+    /// Per ring position, `(epoch, sum of values)` for the epoch the table holds there.
+    sums: [Option<(u64, u64)>; RING],
+}
+
+/// Result of merging one remote value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// The value was larger than what this origin had reported for the epoch: the remote sum changed.
+    Raised,
+    /// The value was not larger: nothing changed (duplicates and reordered batches land here).
+    Unchanged,
+    /// The epoch has left the ring: the value belongs to a window that is over and is dropped.
+    Expired,
+}
+
+/// A counter cell. Shared by the store, the handles and the dirty queue through `Arc`.
+pub struct Cell {
+    slots: [AtomicU64; RING],
+    inline: Stripe,
+    remote: [AtomicU64; RING],
+    extra: OnceLock<Box<[CachePadded<Stripe>]>>,
+    dirty: AtomicBool,
+    contended: AtomicBool,
+    handles: AtomicUsize,
+    origins: Mutex<OriginTable>,
+    key: std::sync::Arc<str>,
+    window: Window,
+}
+
+thread_local! {
+    /// This thread's preferred stripe; moved on each CAS conflict so contending threads spread out.
+    static STRIPE_HINT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+/// Hands out starting stripe hints round robin.
+static NEXT_STRIPE_HINT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[inline]
+fn stripe_hint() -> usize {
+    STRIPE_HINT.with(|h| {
+        let v = h.get();
+        if v != usize::MAX {
+            return v;
+        }
+        // Relaxed: a round-robin ticket; any value is correct, distinct values just spread threads.
+        let v = NEXT_STRIPE_HINT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        h.set(v);
+        v
+    })
+}
+
+#[cold]
+fn bump_stripe_hint() -> usize {
+    STRIPE_HINT.with(|h| {
+        let v = h.get().wrapping_add(1);
+        h.set(v);
+        v
+    })
+}
+
+impl Cell {
+    pub(crate) fn new(key: std::sync::Arc<str>, window: Window) -> Cell {
+        Cell {
+            slots: std::array::from_fn(|_| AtomicU64::new(SLOT_EMPTY)),
+            inline: Stripe::new(),
+            remote: std::array::from_fn(|_| AtomicU64::new(pack_word(0, 0))),
+            extra: OnceLock::new(),
+            dirty: AtomicBool::new(false),
+            contended: AtomicBool::new(false),
+            handles: AtomicUsize::new(0),
+            origins: Mutex::new(OriginTable::default()),
+            key,
+            window,
+        }
+    }
+
+    /// The cell's key.
+    pub fn key(&self) -> &std::sync::Arc<str> {
+        &self.key
+    }
+
+    /// The cell's window.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// The generation of `epoch`'s slot, rolling the slot forward if it holds an older epoch; `None` if the slot
+    /// already holds a newer epoch (then `epoch` has left the ring).
+    #[inline]
+    fn generation_for(&self, epoch: u64) -> Option<u16> {
+        let i = ring_index(epoch);
+        // Acquire: pairs with the AcqRel roll so a writer that sees the new generation also sees the roll's
+        // position in the slot's modification order before its own word CAS.
+        let mut slot = self.slots[i].load(Ordering::Acquire);
+        loop {
+            if slot != SLOT_EMPTY {
+                let current = slot_epoch(slot);
+                if current == epoch & EPOCH_MASK {
+                    return Some(slot_gen(slot));
+                }
+                if current > epoch & EPOCH_MASK {
+                    return None;
+                }
+            }
+            let generation = if slot == SLOT_EMPTY { 0 } else { slot_gen(slot).wrapping_add(1) };
+            let rolled = pack_slot(epoch, generation);
+            // AcqRel: the winner's sweep and every later writer order after the roll.
+            match self.slots[i].compare_exchange(slot, rolled, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.sweep(i, generation);
+                    return Some(generation);
+                }
+                Err(actual) => slot = actual,
+            }
+        }
+    }
+
+    /// Moves every value word at ring position `i` that is older than `generation` to `(generation, 0)`.
+    #[cold]
+    fn sweep(&self, i: usize, generation: u16) {
+        let sweep_word = |word: &AtomicU64| {
+            // Relaxed: the sweep only prevents generation wrap-around; values are judged by their own word.
+            let mut current = word.load(Ordering::Relaxed);
+            while older(word_gen(current), generation) {
+                match word.compare_exchange(
+                    current,
+                    pack_word(generation, 0),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => current = actual,
+                }
+            }
+        };
+        sweep_word(&self.inline.words[i]);
+        if let Some(extra) = self.extra.get() {
+            for stripe in extra.iter() {
+                sweep_word(&stripe.words[i]);
+            }
+        }
+    }
+
+    #[inline]
+    fn stripe(&self, hint: usize) -> &Stripe {
+        match self.extra.get() {
+            None => &self.inline,
+            // The length is a power of two (see `inflate`).
+            Some(extra) => &extra[hint & (extra.len() - 1)],
+        }
+    }
+
+    #[cold]
+    fn note_contention(&self) -> usize {
+        // Relaxed: a hint for the drain side; nothing is published through it.
+        if !self.contended.load(Ordering::Relaxed) {
+            self.contended.store(true, Ordering::Relaxed);
+        }
+        bump_stripe_hint()
+    }
+
+    /// Adds `n` to `epoch`. Lock-free; one CAS when uncontended.
+    #[inline]
+    pub(crate) fn add(&self, epoch: u64, n: u64) -> AddOutcome {
+        let Some(generation) = self.generation_for(epoch) else {
+            return AddOutcome::Stale;
+        };
+        let i = ring_index(epoch);
+        let mut hint = stripe_hint();
+        loop {
+            let word = &self.stripe(hint).words[i];
+            // Relaxed: the CAS below validates what we read.
+            let current = word.load(Ordering::Relaxed);
+            let base = if word_gen(current) == generation {
+                word_value(current)
+            } else if older(word_gen(current), generation) {
+                0 // not swept yet: this CAS resets it
+            } else {
+                return AddOutcome::Stale; // the position already moved on to a newer epoch
+            };
+            let (value, outcome) = match base.checked_add(n) {
+                Some(v) if v <= MAX_CELL_VALUE => (v, AddOutcome::Added),
+                _ => (MAX_CELL_VALUE, AddOutcome::Saturated),
+            };
+            // SeqCst: the first half of the dirty-flag handshake (see module docs).
+            match word.compare_exchange(
+                current,
+                pack_word(generation, value),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return outcome,
+                Err(_) => hint = self.note_contention(),
+            }
+        }
+    }
+
+    /// Takes `cost` from `epoch` if `extra + local + remote + cost <= limit`, where `extra` is a caller-supplied
+    /// weight (the sliding window's share of the previous epoch). Exact against every other writer of the same
+    /// value word; across stripes concurrent takes may overshoot by at most one `cost` per other stripe.
+    #[inline]
+    pub(crate) fn take(&self, epoch: u64, cost: u64, limit: u64, extra: u64) -> TakeOutcome {
+        let Some(generation) = self.generation_for(epoch) else {
+            return TakeOutcome::Stale;
+        };
+        let i = ring_index(epoch);
+        let mut hint = stripe_hint();
+        loop {
+            let stripe = self.stripe(hint);
+            let word = &stripe.words[i];
+            // SeqCst: see `add`; this read is validated by the CAS.
+            let current = word.load(Ordering::SeqCst);
+            let own = if word_gen(current) == generation {
+                word_value(current)
+            } else if older(word_gen(current), generation) {
+                0
+            } else {
+                return TakeOutcome::Stale;
+            };
+            let others = self.remote_value(i, generation) + self.local_except(i, generation, Some(stripe));
+            let used = extra.saturating_add(others).saturating_add(own);
+            let after = used.saturating_add(cost);
+            if after > limit || own + cost > MAX_CELL_VALUE {
+                return TakeOutcome::Refused { used };
+            }
+            if cost == 0 {
+                return TakeOutcome::Taken { used };
+            }
+            // SeqCst: the first half of the dirty-flag handshake.
+            match word.compare_exchange(
+                current,
+                pack_word(generation, own + cost),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return TakeOutcome::Taken { used: after },
+                Err(_) => hint = self.note_contention(),
+            }
+        }
+    }
+
+    /// Sum of the value words at position `i` with generation `generation`, skipping the stripe `skip`.
+    #[inline]
+    fn local_except(&self, i: usize, generation: u16, skip: Option<&Stripe>) -> u64 {
+        let read = |stripe: &Stripe| -> u64 {
+            if skip.is_some_and(|skip| std::ptr::eq(stripe, skip)) {
+                return 0;
+            }
+            // SeqCst: the second half of the dirty-flag handshake when called from the drain.
+            let w = stripe.words[i].load(Ordering::SeqCst);
+            if word_gen(w) == generation { word_value(w) } else { 0 }
+        };
+        let mut sum = read(&self.inline);
+        if let Some(extra) = self.extra.get() {
+            for stripe in extra.iter() {
+                sum += read(stripe);
+            }
+        }
+        sum
+    }
+
+    #[inline]
+    fn remote_value(&self, i: usize, generation: u16) -> u64 {
+        // Acquire: pairs with the Release store of the merge so the sum is read whole.
+        let w = self.remote[i].load(Ordering::Acquire);
+        if word_gen(w) == generation { word_value(w) } else { 0 }
+    }
+
+    /// The generation of `epoch` if its slot currently holds it.
+    #[inline]
+    fn generation_if_present(&self, epoch: u64) -> Option<u16> {
+        // Acquire: pairs with the roll.
+        let slot = self.slots[ring_index(epoch)].load(Ordering::Acquire);
+        (slot != SLOT_EMPTY && slot_epoch(slot) == epoch & EPOCH_MASK).then(|| slot_gen(slot))
+    }
+
+    /// This replica's own count for `epoch` (0 if the epoch is not in the ring).
+    pub(crate) fn local(&self, epoch: u64) -> u64 {
+        match self.generation_if_present(epoch) {
+            Some(g) => self.local_except(ring_index(epoch), g, None),
+            None => 0,
+        }
+    }
+
+    /// The merged count of every other replica for `epoch` (0 if the epoch is not in the ring).
+    pub(crate) fn remote(&self, epoch: u64) -> u64 {
+        match self.generation_if_present(epoch) {
+            Some(g) => self.remote_value(ring_index(epoch), g),
+            None => 0,
+        }
+    }
+
+    /// Marks the cell dirty; returns true when the caller must push it onto the dirty queue (first change since
+    /// the last drain).
+    #[inline]
+    pub(crate) fn mark_dirty(&self) -> bool {
+        // SeqCst: the load is the second half of the add side of the handshake (after the word CAS); the swap
+        // makes exactly one of concurrent markers the one that enqueues.
+        !self.dirty.load(Ordering::SeqCst) && !self.dirty.swap(true, Ordering::SeqCst)
+    }
+
+    /// Clears the dirty flag before the drain reads the values.
+    pub(crate) fn clear_dirty(&self) {
+        // SeqCst: first half of the drain side of the handshake (before the value loads).
+        self.dirty.store(false, Ordering::SeqCst);
+    }
+
+    /// Every epoch in the ring not older than `oldest`, with this replica's local value (zero values skipped).
+    pub(crate) fn local_values(&self, oldest: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..RING).filter_map(move |i| {
+            // Acquire: pairs with the roll.
+            let slot = self.slots[i].load(Ordering::Acquire);
+            if slot == SLOT_EMPTY || slot == SLOT_RETIRED || slot_epoch(slot) < oldest {
+                return None;
+            }
+            let value = self.local_except(i, slot_gen(slot), None);
+            (value > 0).then(|| (slot_epoch(slot), value))
+        })
+    }
+
+    /// Whether a reclaimer has retired (or is retiring) this cell.
+    #[inline]
+    pub(crate) fn is_retired(&self) -> bool {
+        // SeqCst: pairs with `try_retire` (Dekker: slot CAS then handle count, vs. handle count then slot load).
+        self.slots[0].load(Ordering::SeqCst) == SLOT_RETIRED
+    }
+
+    /// Registers a handle; false if the cell is being retired (the caller must resolve the key again).
+    pub(crate) fn register_handle(&self) -> bool {
+        // SeqCst: the increment must be ordered before the retired check (see `try_retire`).
+        self.handles.fetch_add(1, Ordering::SeqCst);
+        if self.is_retired() {
+            self.release_handle();
+            return false;
+        }
+        true
+    }
+
+    /// Unregisters a handle.
+    pub(crate) fn release_handle(&self) {
+        // SeqCst: pairs with the handle-count load in `try_retire`.
+        self.handles.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Retires the cell if no epoch at or after `oldest` is in its ring, no handle refers to it and it is not
+    /// dirty. On success every slot holds the retired sentinel: no add or merge can succeed on it any more, and
+    /// the caller removes it from the map. On failure the cell is left exactly as it was.
+    pub(crate) fn try_retire(&self, oldest: u64) -> bool {
+        let mut saved = [SLOT_EMPTY; RING];
+        let restore = |saved: &[u64], upto: usize| {
+            for (i, &slot) in saved.iter().enumerate().take(upto) {
+                // SeqCst: nobody else writes a retired slot (it looks newer than every epoch), so a plain store
+                // gives the slot back exactly.
+                self.slots[i].store(slot, Ordering::SeqCst);
+            }
+        };
+        for i in 0..RING {
+            // SeqCst: Dekker with `register_handle` and with the adders' rolls.
+            let slot = self.slots[i].load(Ordering::SeqCst);
+            let idle = slot == SLOT_EMPTY || (slot != SLOT_RETIRED && slot_epoch(slot) < oldest);
+            if !idle
+                || self.slots[i]
+                    .compare_exchange(slot, SLOT_RETIRED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+            {
+                restore(&saved, i);
+                return false;
+            }
+            saved[i] = slot;
+        }
+        // SeqCst: after the slots are retired; see `register_handle` and `mark_dirty`.
+        if self.handles.load(Ordering::SeqCst) != 0 || self.dirty.load(Ordering::SeqCst) {
+            restore(&saved, RING);
+            return false;
+        }
+        true
+    }
+
+    /// Whether a CAS conflict was seen since the cell was last inflated.
+    pub(crate) fn is_contended(&self) -> bool {
+        // Relaxed: a hint.
+        self.contended.load(Ordering::Relaxed) && self.extra.get().is_none()
+    }
+
+    /// Gives the cell `stripes` padded stripes (a power of two ≥ 2) so contending threads stop sharing one cache
+    /// line. Called from the drain side, never from the hot path. No effect if already inflated.
+    pub(crate) fn inflate(&self, stripes: usize) {
+        let stripes = stripes.max(2).next_power_of_two();
+        let extra: Box<[CachePadded<Stripe>]> = (0..stripes)
+            .map(|_| {
+                let stripe = Stripe::new();
+                // Start each word at its slot's current generation so it counts at once; a roll racing with
+                // this is harmless (the word is then older and is reset by its first writer or the next sweep).
+                for i in 0..RING {
+                    // Acquire: pairs with the roll.
+                    let slot = self.slots[i].load(Ordering::Acquire);
+                    if slot != SLOT_EMPTY {
+                        // Relaxed: the stripe is not shared yet; `OnceLock::set` publishes it.
+                        stripe.words[i].store(pack_word(slot_gen(slot), 0), Ordering::Relaxed);
+                    }
+                }
+                CachePadded::new(stripe)
+            })
+            .collect();
+        let _ = self.extra.set(extra);
+    }
+
+    /// Merges `value` reported by `origin` for `epoch` (per-origin max) and republishes the remote sum.
+    pub(crate) fn merge_remote(&self, origin: u64, epoch: u64, value: u64) -> MergeOutcome {
+        // A poisoned mutex only means a panic elsewhere while merging; the table is still consistent
+        // (every update below is a single insert followed by a recomputed sum).
+        let mut table = match self.origins.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(generation) = self.generation_for(epoch) else {
+            return MergeOutcome::Expired;
+        };
+        let i = ring_index(epoch);
+        // The position now holds `epoch`: forget what the table kept for the epoch it held before.
+        match table.sums[i] {
+            Some((held, _)) if held == epoch => {}
+            Some((held, _)) => {
+                table.values.retain(|&(_, e), _| e != held);
+                table.sums[i] = Some((epoch, 0));
+            }
+            None => table.sums[i] = Some((epoch, 0)),
+        }
+        let entry = table.values.entry((origin, epoch)).or_insert(0);
+        if value <= *entry {
+            return MergeOutcome::Unchanged;
+        }
+        let raise = value - *entry;
+        *entry = value;
+        let sum = table.sums[i].map_or(0, |(_, s)| s).saturating_add(raise);
+        table.sums[i] = Some((epoch, sum));
+        // Release: pairs with the Acquire in `remote_value`. Only the replication side writes here, serialised
+        // by the mutex.
+        self.remote[i].store(pack_word(generation, sum.min(MAX_CELL_VALUE)), Ordering::Release);
+        MergeOutcome::Raised
+    }
+
+    /// Every `(origin, epoch, value)` merged into this cell for epochs still in the ring.
+    pub(crate) fn remote_values(&self) -> Vec<(u64, u64, u64)> {
+        let table = match self.origins.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        table
+            .values
+            .iter()
+            .filter(|&(&(_, epoch), _)| self.generation_if_present(epoch).is_some())
+            .map(|(&(origin, epoch), &value)| (origin, epoch, value))
+            .collect()
+    }
+}
+
+#[cfg(all(test, not(bifrost_loom)))]
+mod tests {
+    use super::*;
+
+    fn cell() -> Cell {
+        Cell::new("k".into(), Window::parse("1s").unwrap())
+    }
+
+    #[test]
+    fn adds_land_in_their_epoch_and_rolls_reset() {
+        let c = cell();
+        assert_eq!(c.add(100, 5), AddOutcome::Added);
+        assert_eq!(c.add(100, 2), AddOutcome::Added);
+        assert_eq!(c.local(100), 7);
+        assert_eq!(c.add(101, 1), AddOutcome::Added);
+        assert_eq!((c.local(100), c.local(101)), (7, 1));
+        // 104 reuses 100's position: 100 is gone, 104 starts at zero.
+        assert_eq!(c.add(104, 3), AddOutcome::Added);
+        assert_eq!((c.local(100), c.local(104)), (0, 3));
+        // A late add for 100 is refused, not counted into 104.
+        assert_eq!(c.add(100, 9), AddOutcome::Stale);
+        assert_eq!(c.local(104), 3);
+    }
+
+    #[test]
+    fn take_respects_the_limit_including_remote_and_extra() {
+        let c = cell();
+        assert_eq!(c.merge_remote(7, 50, 6), MergeOutcome::Raised);
+        assert_eq!(c.take(50, 3, 10, 0), TakeOutcome::Taken { used: 9 });
+        assert_eq!(c.take(50, 2, 10, 0), TakeOutcome::Refused { used: 9 });
+        assert_eq!(c.take(50, 1, 10, 0), TakeOutcome::Taken { used: 10 });
+        assert_eq!(c.take(51, 1, 10, 10), TakeOutcome::Refused { used: 10 });
+        assert_eq!(c.local(50), 4);
+    }
+
+    #[test]
+    fn merge_is_a_per_origin_max() {
+        let c = cell();
+        assert_eq!(c.merge_remote(1, 10, 5), MergeOutcome::Raised);
+        assert_eq!(c.merge_remote(1, 10, 3), MergeOutcome::Unchanged);
+        assert_eq!(c.merge_remote(2, 10, 4), MergeOutcome::Raised);
+        assert_eq!(c.merge_remote(1, 10, 5), MergeOutcome::Unchanged);
+        assert_eq!(c.remote(10), 9);
+        c.add(14, 1); // position reused: epoch 10 expires with its origins
+        assert_eq!(c.merge_remote(1, 10, 50), MergeOutcome::Expired);
+        assert_eq!(c.merge_remote(1, 14, 2), MergeOutcome::Raised);
+        assert_eq!(c.remote(14), 2);
+        assert_eq!(c.remote_values(), vec![(1, 14, 2)]);
+    }
+
+    #[test]
+    fn saturates_instead_of_overflowing_into_the_generation() {
+        let c = cell();
+        assert_eq!(c.add(1, MAX_CELL_VALUE - 1), AddOutcome::Added);
+        assert_eq!(c.add(1, 5), AddOutcome::Saturated);
+        assert_eq!(c.local(1), MAX_CELL_VALUE);
+        assert_eq!(c.add(2, u64::MAX), AddOutcome::Saturated);
+        assert_eq!(c.local(2), MAX_CELL_VALUE);
+        assert_eq!(c.local(1), MAX_CELL_VALUE, "the neighbour epoch is untouched");
+    }
+
+    #[test]
+    fn inflated_cells_keep_counting_across_rolls() {
+        let c = cell();
+        c.add(1, 1);
+        c.inflate(4);
+        c.add(1, 1);
+        assert_eq!(c.local(1), 2);
+        c.add(5, 10);
+        assert_eq!((c.local(1), c.local(5)), (0, 10));
+    }
+
+    #[test]
+    fn generations_survive_wrap_around() {
+        let c = cell();
+        // 70,000 rolls of one position: the 16-bit generation wraps and old values never reappear.
+        for k in 0..70_000u64 {
+            let epoch = k * RING as u64;
+            assert_eq!(c.add(epoch, 1), AddOutcome::Added);
+            assert_eq!(c.local(epoch), 1, "epoch {epoch}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Limiter decisions over a cell: fixed window and sliding window.
+//!
+//! Guarantees:
+//! - A decision reads this replica's count plus the last-known count of every other replica; no network call.
+//! - Fixed window: `used` is the count of the current window. A request is allowed when `used + cost <= limit`.
+//! - Sliding window (the estimate Cloudflare uses at scale): `used = previous × (unexpired fraction of the
+//!   previous window) + current`, rounded down, computed in integers. A request is allowed when
+//!   `used + cost <= limit`.
+//! - A refused request counts nothing (values only ever grow, so nothing is taken back either).
+//! - Locally, concurrent acquires on one value word are exact; on different stripes of a contended cell they
+//!   may overshoot by at most one `cost` per other stripe.
+
+use super::cell::{Cell, TakeOutcome};
+
+/// Which algorithm a limit uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Algorithm {
+    /// Count per window; everything resets at the boundary.
+    #[default]
+    FixedWindow,
+    /// The previous window, weighted by its unexpired fraction, plus the current one.
+    SlidingWindow,
+}
+
+/// The answer to "may this request go through?".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request is allowed (and, for an acquire, counted).
+    pub allowed: bool,
+    /// Usage the decision saw: including the request's cost when allowed, excluding it when refused.
+    pub used: u64,
+    /// The limit the decision was made against.
+    pub limit: u64,
+    /// `limit - used`, saturating at 0.
+    pub remaining: u64,
+    /// Unix milliseconds at which the current window ends (for a sliding window, the estimate keeps decaying
+    /// before that).
+    pub reset_at_ms: u64,
+}
+
+impl Decision {
+    fn new(allowed: bool, used: u64, limit: u64, reset_at_ms: u64) -> Decision {
+        Decision { allowed, used, limit, remaining: limit.saturating_sub(used), reset_at_ms }
+    }
+}
+
+/// The previous epoch's global count weighted by the unexpired fraction of the previous window.
+#[inline]
+fn sliding_weight(cell: &Cell, epoch: u64, now_ms: u64) -> u64 {
+    let Some(previous) = epoch.checked_sub(1) else {
+        return 0;
+    };
+    let prev_count = cell.local(previous).saturating_add(cell.remote(previous));
+    if prev_count == 0 {
+        return 0;
+    }
+    let window = cell.window();
+    let start = window.start_ms(epoch);
+    let end = window.end_ms(epoch);
+    let length = end.saturating_sub(start).max(1);
+    let unexpired = end.saturating_sub(now_ms).min(length);
+    (u128::from(prev_count) * u128::from(unexpired) / u128::from(length)) as u64
+}
+
+/// Decides and, when allowed and `cost > 0`, counts `cost` in the current window.
+#[inline]
+pub(crate) fn acquire(cell: &Cell, algorithm: Algorithm, now_ms: u64, limit: u64, cost: u64) -> (Decision, bool) {
+    let window = cell.window();
+    let epoch = window.epoch_at(now_ms);
+    let extra = match algorithm {
+        Algorithm::FixedWindow => 0,
+        Algorithm::SlidingWindow => sliding_weight(cell, epoch, now_ms),
+    };
+    let reset_at = window.end_ms(epoch);
+    match cell.take(epoch, cost, limit, extra) {
+        TakeOutcome::Taken { used } => (Decision::new(true, used, limit, reset_at), cost > 0),
+        TakeOutcome::Refused { used } => (Decision::new(false, used, limit, reset_at), false),
+        // The clock is behind the cell's newest epoch by a whole ring: refuse rather than count into nothing.
+        TakeOutcome::Stale => (Decision::new(false, limit, limit, reset_at), false),
+    }
+}
+
+/// Decides without counting anything.
+pub(crate) fn peek(cell: &Cell, algorithm: Algorithm, now_ms: u64, limit: u64, cost: u64) -> Decision {
+    let window = cell.window();
+    let epoch = window.epoch_at(now_ms);
+    let extra = match algorithm {
+        Algorithm::FixedWindow => 0,
+        Algorithm::SlidingWindow => sliding_weight(cell, epoch, now_ms),
+    };
+    let used = extra.saturating_add(cell.local(epoch)).saturating_add(cell.remote(epoch));
+    Decision::new(used.saturating_add(cost) <= limit, used, limit, window.end_ms(epoch))
+}

@@ -1,0 +1,30 @@
+//! Counter plane (sans-IO): the hot path a gateway calls on every request.
+//!
+//! A counter is `(key, window)`. Each node counts its own increments locally in a lock-free cell and keeps, per
+//! window, the last-known values of every other replica; a decision reads both, with no network call.
+//!
+//! Guarantees (details in each module):
+//! - [`CounterHandle::add`] / [`CounterHandle::try_acquire`]: no lock, no allocation, no syscall, a few atomic
+//!   operations; hot keys hit from many threads spread over padded stripes instead of one cache line.
+//! - Every value carries its window index (epoch): counts never leak between windows, nothing is ever "reset".
+//! - Local values only grow within a window (G-counters), so replication ships absolute values and merges with
+//!   a per-origin max: idempotent, commutative, associative.
+//! - Memory is bounded by `max_keys`; expired epochs are reused in place and idle keys can be reclaimed.
+//! - Time is read from a [`CoarseClock`] that the owner ticks; this module never reads the system clock.
+
+mod cell;
+mod clock;
+mod error;
+mod limiter;
+mod store;
+mod window;
+
+pub use cell::{AddOutcome, MAX_CELL_VALUE, MergeOutcome, RING};
+pub use clock::{Clock, CoarseClock, ManualClock};
+pub use error::CounterError;
+pub use limiter::{Algorithm, Decision};
+pub use store::{CounterHandle, CounterStore, DirtyEntry, StatsSnapshot, StoreOptions, StoreStats};
+pub use window::{Alignment, MAX_WINDOW_COUNT, Unit, Window, WindowError};
+
+#[cfg(all(test, bifrost_loom))]
+mod loom_models;

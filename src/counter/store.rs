@@ -1,0 +1,562 @@
+//! The counter store: `(key, window)` → cell, handles for the hot path, the dirty queue, and the drain and merge
+//! APIs that replication uses.
+//!
+//! Guarantees:
+//! - Lookups never block: the map is `papaya`'s lock-free hash map; readers never wait for writers.
+//! - [`CounterHandle::add`] and [`CounterHandle::try_acquire`] take no lock, allocate nothing and make no syscall:
+//!   a clock load, an epoch computation, one slot load, one CAS, and on the first change of a flush interval one
+//!   flag swap and one push onto a preallocated queue.
+//! - The store never holds more than `max_keys` cells. At the cap a new key is refused with
+//!   [`CounterError::KeyLimit`] and counted; existing keys keep working. [`CounterStore::reclaim_idle`] frees
+//!   cells whose every epoch has left the ring and that no handle refers to; an add racing with it is either
+//!   counted in the old cell (which then is not reclaimed) or refused by it and retried on a fresh cell, never
+//!   lost or counted twice.
+//! - Every change reaches [`CounterStore::drain_dirty`]: the first add after a drain marks the cell dirty and
+//!   queues it (see the handshake in the cell's docs). Nothing scans the keys on a timer.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+use papaya::Equivalent;
+
+use super::cell::{AddOutcome, Cell, MergeOutcome, RING};
+use super::clock::CoarseClock;
+use super::error::CounterError;
+use super::limiter::{self, Algorithm, Decision};
+use super::window::Window;
+
+/// Options of a [`CounterStore`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Maximum number of `(key, window)` cells. Default 100,000 (`limits.max_keys`). Must be ≥ 1.
+    pub max_keys: usize,
+    /// Maximum key length in bytes. Default 256 (`limits.max_key_length`). Must be ≥ 1.
+    pub max_key_length: usize,
+    /// Stripes given to a cell once it is contended (rounded up to a power of two, at least 2). Default: twice
+    /// the available parallelism, at most 64. Uncontended cells use one inline stripe and cost no more memory.
+    pub stripes: usize,
+    /// This process's replica id: values merged from this origin are ignored (they are our own, echoed).
+    /// The node draws a fresh random one per process start (DESIGN.md, Identity). Default 0.
+    pub replica_id: u64,
+    /// Seed of the key hash. The node passes a random seed so keys chosen by clients cannot collide on purpose.
+    /// Default: a fixed constant.
+    pub hash_seed: u64,
+    /// The coarse clock the hot path reads. Default: a new clock at 0, to be ticked by its owner.
+    pub clock: Arc<CoarseClock>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+        StoreOptions {
+            max_keys: 100_000,
+            max_key_length: 256,
+            stripes: (parallelism * 2).clamp(2, 64),
+            replica_id: 0,
+            hash_seed: 0x6269_6672_6f73_7421,
+            clock: Arc::new(CoarseClock::new(0)),
+        }
+    }
+}
+
+/// Counters of what the store refused or dropped. All monotone.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// New keys refused at `max_keys`.
+    pub refused_keys: std::sync::atomic::AtomicU64,
+    /// Keys refused for their length (or empty).
+    pub invalid_keys: std::sync::atomic::AtomicU64,
+    /// Adds refused because their epoch had already left the ring (a clock far behind).
+    pub stale_adds: std::sync::atomic::AtomicU64,
+    /// Adds that hit a value word's maximum.
+    pub saturated_adds: std::sync::atomic::AtomicU64,
+    /// Remote values for windows that are already over.
+    pub expired_merges: std::sync::atomic::AtomicU64,
+    /// Cells freed by [`CounterStore::reclaim_idle`].
+    pub reclaimed_keys: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of [`StoreStats`] plus the current number of keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsSnapshot {
+    /// Cells held now.
+    pub keys: usize,
+    /// See [`StoreStats::refused_keys`].
+    pub refused_keys: u64,
+    /// See [`StoreStats::invalid_keys`].
+    pub invalid_keys: u64,
+    /// See [`StoreStats::stale_adds`].
+    pub stale_adds: u64,
+    /// See [`StoreStats::saturated_adds`].
+    pub saturated_adds: u64,
+    /// See [`StoreStats::expired_merges`].
+    pub expired_merges: u64,
+    /// See [`StoreStats::reclaimed_keys`].
+    pub reclaimed_keys: u64,
+}
+
+/// One changed value, as the drain hands it to replication: this replica's absolute count for a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyEntry {
+    /// The key.
+    pub key: Arc<str>,
+    /// The window.
+    pub window: Window,
+    /// The window index.
+    pub epoch: u64,
+    /// This replica's absolute count in that window (not a difference), so merging is a per-origin max.
+    pub value: u64,
+}
+
+/// The result of an add.
+pub use super::cell::AddOutcome as AddResult;
+
+/// Map key: owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CellKey {
+    key: Arc<str>,
+    window: Window,
+}
+
+/// Map key: borrowed, for lookups that allocate nothing. Hashes exactly like [`CellKey`].
+struct KeyRef<'a> {
+    key: &'a str,
+    window: Window,
+}
+
+impl Hash for CellKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (*self.key).hash(state);
+        self.window.hash(state);
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+        self.window.hash(state);
+    }
+}
+
+impl Equivalent<CellKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &CellKey) -> bool {
+        self.window == key.window && *key.key == *self.key
+    }
+}
+
+struct Shared {
+    clock: Arc<CoarseClock>,
+    cells: papaya::HashMap<CellKey, Arc<Cell>, foldhash::fast::FixedState>,
+    /// Cells held, counted exactly (papaya's `len` is approximate under concurrency).
+    count: std::sync::atomic::AtomicUsize,
+    dirty: ArrayQueue<Arc<Cell>>,
+    options: StoreOptions,
+    stats: StoreStats,
+}
+
+impl Shared {
+    /// Marks `cell` dirty after a change and queues it on the first change since the last drain.
+    #[inline]
+    fn changed(&self, cell: &Arc<Cell>) {
+        if cell.mark_dirty() {
+            // The queue holds at most one entry per cell (the dirty flag guards it) and has room for `max_keys`
+            // cells plus slack, so this push cannot fail; if it ever did, the cell stays marked and is picked up
+            // by `drain_all`.
+            let _ = self.dirty.push(Arc::clone(cell));
+        }
+    }
+
+    #[cold]
+    fn count_add_outcome(&self, outcome: AddOutcome) {
+        // Relaxed: statistics.
+        let counter = match outcome {
+            AddOutcome::Added => return,
+            AddOutcome::Saturated => &self.stats.saturated_adds,
+            AddOutcome::Stale => &self.stats.stale_adds,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The store of counters. Cheap to clone (an `Arc`); share it between threads.
+#[derive(Clone)]
+pub struct CounterStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CounterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterStore").field("stats", &self.stats()).finish()
+    }
+}
+
+impl CounterStore {
+    /// A new, empty store.
+    pub fn new(options: StoreOptions) -> CounterStore {
+        let max_keys = options.max_keys.max(1);
+        let cells = papaya::HashMap::builder()
+            .hasher(foldhash::fast::FixedState::with_seed(options.hash_seed))
+            .build();
+        CounterStore {
+            shared: Arc::new(Shared {
+                clock: Arc::clone(&options.clock),
+                cells,
+                count: std::sync::atomic::AtomicUsize::new(0),
+                dirty: ArrayQueue::new(max_keys + 64),
+                options: StoreOptions { max_keys, max_key_length: options.max_key_length.max(1), ..options },
+                stats: StoreStats::default(),
+            }),
+        }
+    }
+
+    /// The coarse clock the store reads.
+    pub fn clock(&self) -> &Arc<CoarseClock> {
+        &self.shared.clock
+    }
+
+    /// The options the store was built with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.shared.options
+    }
+
+    /// Resolves `(key, window)` to a handle, creating the cell if needed. Do this once and keep the handle.
+    pub fn handle(&self, key: &str, window: Window) -> Result<CounterHandle, CounterError> {
+        loop {
+            let cell = self.cell(key, window)?;
+            if cell.register_handle() {
+                return Ok(CounterHandle { cell, shared: Arc::clone(&self.shared) });
+            }
+            // The cell is being reclaimed: it is about to leave the map (or to be given back). Resolve again.
+            std::thread::yield_now();
+        }
+    }
+
+    /// Looks up or creates the cell of `(key, window)`.
+    fn cell(&self, key: &str, window: Window) -> Result<Arc<Cell>, CounterError> {
+        self.check_key(key)?;
+        let map = self.shared.cells.pin();
+        if let Some(cell) = map.get(&KeyRef { key, window }) {
+            return Ok(Arc::clone(cell));
+        }
+        self.insert(&map, key, window)
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), CounterError> {
+        let max = self.shared.options.max_key_length;
+        let error = if key.is_empty() {
+            CounterError::EmptyKey
+        } else if key.len() > max {
+            CounterError::KeyTooLong { len: key.len(), max }
+        } else {
+            return Ok(());
+        };
+        // Relaxed: statistics.
+        self.shared.stats.invalid_keys.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(error)
+    }
+
+    #[cold]
+    fn insert<G: papaya::Guard>(
+        &self,
+        map: &papaya::HashMapRef<'_, CellKey, Arc<Cell>, foldhash::fast::FixedState, G>,
+        key: &str,
+        window: Window,
+    ) -> Result<Arc<Cell>, CounterError> {
+        let max_keys = self.shared.options.max_keys;
+        // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter whose only
+        // job is the cap; the map insert publishes the cell.
+        let reserved = self.shared.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if reserved >= max_keys {
+            self.shared.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(cell) = map.get(&KeyRef { key, window }) {
+                return Ok(Arc::clone(cell)); // inserted meanwhile by someone else
+            }
+            self.shared.stats.refused_keys.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(CounterError::KeyLimit { key: key.to_string(), max_keys });
+        }
+        let key: Arc<str> = Arc::from(key);
+        let cell = Arc::new(Cell::new(Arc::clone(&key), window));
+        match map.try_insert(CellKey { key, window }, Arc::clone(&cell)) {
+            Ok(_) => Ok(cell),
+            Err(occupied) => {
+                // Lost a race with another insert of the same key: give the reservation back.
+                self.shared.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Arc::clone(occupied.current))
+            }
+        }
+    }
+
+    /// Adds `n` to `(key, window)` in the current window: the convenience path (a hash lookup per call). Never
+    /// blocks; creates the key if needed.
+    pub fn add(&self, key: &str, window: Window, n: u64) -> Result<AddResult, CounterError> {
+        let epoch = window.epoch_at(self.shared.clock.now_unix_ms());
+        loop {
+            self.check_key(key)?;
+            let map = self.shared.cells.pin();
+            let outcome = match map.get(&KeyRef { key, window }) {
+                Some(cell) => {
+                    let outcome = cell.add(epoch, n);
+                    if outcome != AddOutcome::Stale {
+                        self.shared.changed(cell);
+                    } else if cell.is_retired() {
+                        continue; // refused by a cell being reclaimed: nothing was counted; resolve again
+                    }
+                    outcome
+                }
+                None => {
+                    let cell = self.insert(&map, key, window)?;
+                    let outcome = cell.add(epoch, n);
+                    if outcome != AddOutcome::Stale {
+                        self.shared.changed(&cell);
+                    } else if cell.is_retired() {
+                        continue;
+                    }
+                    outcome
+                }
+            };
+            self.shared.count_add_outcome(outcome);
+            return Ok(outcome);
+        }
+    }
+
+    /// The global (local + merged remote) count of `(key, window)` in the current window; 0 for an unknown key.
+    pub fn global(&self, key: &str, window: Window) -> u64 {
+        let epoch = window.epoch_at(self.shared.clock.now_unix_ms());
+        let map = self.shared.cells.pin();
+        map.get(&KeyRef { key, window })
+            .map_or(0, |cell| cell.local(epoch).saturating_add(cell.remote(epoch)))
+    }
+
+    /// Drains up to `max_cells` dirty cells into `out`: for each, every epoch still in the ring with this
+    /// replica's absolute value (zero values skipped). Returns the number of cells drained. Also gives
+    /// contended cells their stripes (this is the only place that allocates them, off the hot path).
+    pub fn drain_dirty(&self, max_cells: usize, out: &mut Vec<DirtyEntry>) -> usize {
+        let now = self.shared.clock.now_unix_ms();
+        let mut drained = 0;
+        while drained < max_cells {
+            let Some(cell) = self.shared.dirty.pop() else { break };
+            drained += 1;
+            cell.clear_dirty();
+            if cell.is_retired() {
+                continue;
+            }
+            if cell.is_contended() {
+                cell.inflate(self.shared.options.stripes);
+            }
+            let window = cell.window();
+            let oldest = window.epoch_at(now).saturating_sub(RING as u64 - 1);
+            for (epoch, value) in cell.local_values(oldest) {
+                out.push(DirtyEntry { key: Arc::clone(cell.key()), window, epoch, value });
+            }
+        }
+        drained
+    }
+
+    /// Number of cells waiting in the dirty queue.
+    pub fn dirty_len(&self) -> usize {
+        self.shared.dirty.len()
+    }
+
+    /// Merges a value reported by replica `origin` for `(key, window, epoch)`: per-origin max, then the cell's
+    /// pre-summed remote value is republished for the hot path. Values from this replica's own id are ignored.
+    pub fn merge_remote(
+        &self,
+        origin: u64,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        value: u64,
+    ) -> Result<MergeOutcome, CounterError> {
+        if origin == self.shared.options.replica_id {
+            return Ok(MergeOutcome::Unchanged);
+        }
+        loop {
+            let cell = self.cell(key, window)?;
+            let outcome = cell.merge_remote(origin, epoch, value);
+            if outcome == MergeOutcome::Expired {
+                if cell.is_retired() {
+                    continue;
+                }
+                // Relaxed: statistics.
+                self.shared.stats.expired_merges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Ok(outcome);
+        }
+    }
+
+    /// Frees every cell whose epochs have all left the ring, that no handle refers to and that is not waiting
+    /// to be drained. Returns how many were freed. This walks the whole map: the node calls it only when the
+    /// store nears `max_keys`, not on a timer.
+    pub fn reclaim_idle(&self) -> usize {
+        let now = self.shared.clock.now_unix_ms();
+        let map = self.shared.cells.pin();
+        let mut freed = 0;
+        for (key, cell) in map.iter() {
+            let oldest = key.window.epoch_at(now).saturating_sub(RING as u64 - 1);
+            if cell.try_retire(oldest) {
+                map.remove(key);
+                // Relaxed: the cap counter (see `insert`).
+                self.shared.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                freed += 1;
+            }
+        }
+        // Relaxed: statistics.
+        self.shared.stats.reclaimed_keys.fetch_add(freed as u64, std::sync::atomic::Ordering::Relaxed);
+        freed
+    }
+
+    /// Every `(key, window, epoch, value)` this replica holds for itself, for a full state transfer.
+    pub fn local_snapshot(&self) -> Vec<DirtyEntry> {
+        let now = self.shared.clock.now_unix_ms();
+        let map = self.shared.cells.pin();
+        let mut out = Vec::new();
+        for (key, cell) in map.iter() {
+            let oldest = key.window.epoch_at(now).saturating_sub(RING as u64 - 1);
+            for (epoch, value) in cell.local_values(oldest) {
+                out.push(DirtyEntry { key: Arc::clone(&key.key), window: key.window, epoch, value });
+            }
+        }
+        out
+    }
+
+    /// Every `(origin, key, window, epoch, value)` merged from other replicas, for a full state transfer.
+    pub fn remote_snapshot(&self) -> Vec<(u64, DirtyEntry)> {
+        let map = self.shared.cells.pin();
+        let mut out = Vec::new();
+        for (key, cell) in map.iter() {
+            for (origin, epoch, value) in cell.remote_values() {
+                out.push((origin, DirtyEntry { key: Arc::clone(&key.key), window: key.window, epoch, value }));
+            }
+        }
+        out
+    }
+
+    /// The store's counters and its current number of keys.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.shared.stats;
+        // Relaxed: statistics.
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        StatsSnapshot {
+            keys: self.shared.count.load(std::sync::atomic::Ordering::Relaxed),
+            refused_keys: load(&s.refused_keys),
+            invalid_keys: load(&s.invalid_keys),
+            stale_adds: load(&s.stale_adds),
+            saturated_adds: load(&s.saturated_adds),
+            expired_merges: load(&s.expired_merges),
+            reclaimed_keys: load(&s.reclaimed_keys),
+        }
+    }
+}
+
+/// A resolved `(key, window)`: the hot-path entry point. Clone it freely (each clone is one refcount).
+pub struct CounterHandle {
+    cell: Arc<Cell>,
+    shared: Arc<Shared>,
+}
+
+impl Clone for CounterHandle {
+    fn clone(&self) -> CounterHandle {
+        // A live handle already keeps the cell registered, so it cannot be retired: registration succeeds.
+        let registered = self.cell.register_handle();
+        debug_assert!(registered, "a cell with a live handle is never retired");
+        CounterHandle { cell: Arc::clone(&self.cell), shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl Drop for CounterHandle {
+    fn drop(&mut self) {
+        self.cell.release_handle();
+    }
+}
+
+impl std::fmt::Debug for CounterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterHandle")
+            .field("key", self.cell.key())
+            .field("window", &self.cell.window())
+            .finish()
+    }
+}
+
+impl CounterHandle {
+    /// The key.
+    pub fn key(&self) -> &str {
+        self.cell.key()
+    }
+
+    /// The window.
+    pub fn window(&self) -> Window {
+        self.cell.window()
+    }
+
+    /// The current epoch by the coarse clock.
+    #[inline]
+    pub fn epoch_now(&self) -> u64 {
+        self.cell.window().epoch_at(self.shared.clock.now_unix_ms())
+    }
+
+    /// Adds `n` to the current window. Lock-free, allocation-free.
+    #[inline]
+    pub fn add(&self, n: u64) -> AddResult {
+        let outcome = self.cell.add(self.epoch_now(), n);
+        if outcome == AddOutcome::Added {
+            self.shared.changed(&self.cell);
+        } else {
+            self.add_slow(outcome);
+        }
+        outcome
+    }
+
+    #[cold]
+    fn add_slow(&self, outcome: AddOutcome) {
+        if outcome == AddOutcome::Saturated {
+            self.shared.changed(&self.cell);
+        }
+        self.shared.count_add_outcome(outcome);
+    }
+
+    /// Fixed-window acquire: counts `cost` and allows the request if the global usage of the current window
+    /// stays within `limit`; otherwise counts nothing and refuses.
+    #[inline]
+    pub fn try_acquire(&self, limit: u64, cost: u64) -> Decision {
+        self.acquire(Algorithm::FixedWindow, limit, cost)
+    }
+
+    /// Acquire with a chosen algorithm (see [`Algorithm`]).
+    #[inline]
+    pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+        let (decision, counted) =
+            limiter::acquire(&self.cell, algorithm, self.shared.clock.now_unix_ms(), limit, cost);
+        if counted {
+            self.shared.changed(&self.cell);
+        }
+        decision
+    }
+
+    /// The decision an acquire of `cost` would get now, without counting anything.
+    pub fn check(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+        limiter::peek(&self.cell, algorithm, self.shared.clock.now_unix_ms(), limit, cost)
+    }
+
+    /// This replica's own count in the current window.
+    pub fn local(&self) -> u64 {
+        self.cell.local(self.epoch_now())
+    }
+
+    /// The merged count of every other replica in the current window.
+    pub fn remote(&self) -> u64 {
+        self.cell.remote(self.epoch_now())
+    }
+
+    /// Local + remote in the current window.
+    pub fn global(&self) -> u64 {
+        let epoch = self.epoch_now();
+        self.cell.local(epoch).saturating_add(self.cell.remote(epoch))
+    }
+
+    /// Local + remote in `epoch` (0 if it is not in the ring).
+    pub fn global_at(&self, epoch: u64) -> u64 {
+        self.cell.local(epoch).saturating_add(self.cell.remote(epoch))
+    }
+}

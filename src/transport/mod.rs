@@ -1,0 +1,1 @@
+//! Transport: the quinn endpoint on `gossip.port`, mutual TLS and peer links. Filled by the replication issue.

@@ -1,0 +1,1 @@
+//! Wire (sans-IO): frame header and rkyv message types with validated decode. Filled by the replication issue.
