@@ -48,6 +48,6 @@ pub mod membership;
 pub mod node;
 pub mod replication;
 pub mod state;
-pub mod sync;
+mod sync;
 pub mod transport;
 pub mod wire;

@@ -15,7 +15,11 @@ fn window() -> Window {
 }
 
 fn replica(id: u64, clock: &Arc<CoarseClock>) -> CounterStore {
-    CounterStore::new(StoreOptions { replica_id: id, clock: Arc::clone(clock), ..StoreOptions::default() })
+    CounterStore::new(StoreOptions {
+        replica_id: id,
+        clock: Arc::clone(clock),
+        ..StoreOptions::default()
+    })
 }
 
 /// The remote sum one store ends with after merging `reports` (origin, value) for one key and epoch in order.
@@ -24,7 +28,9 @@ fn merged(reports: &[(u64, u64)]) -> u64 {
     let store = replica(0, &clock);
     let epoch = window().epoch_at(T0);
     for &(origin, value) in reports {
-        store.merge_remote(origin, "k", window(), epoch, value).unwrap();
+        store
+            .merge_remote(origin, "k", window(), epoch, value)
+            .unwrap();
     }
     store.global("k", window())
 }

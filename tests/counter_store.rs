@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::thread;
 
 use bifrost_cluster::counter::{
-    AddOutcome, Algorithm, CoarseClock, CounterError, CounterStore, DirtyEntry, MergeOutcome, StoreOptions,
-    Window,
+    AddOutcome, Algorithm, CoarseClock, CounterError, CounterStore, DirtyEntry, MergeOutcome,
+    StoreOptions, Window,
 };
 
 /// 2026-11-24T10:00:00Z, a minute boundary.
@@ -47,7 +47,10 @@ fn fixed_window_acquire_counts_until_the_limit_then_resets_at_the_boundary() {
     assert!(d.allowed);
     assert_eq!(d.used, 3);
     assert!(!h.try_acquire(5, 3).allowed);
-    assert_eq!(h.check(Algorithm::FixedWindow, 5, 2), h.check(Algorithm::FixedWindow, 5, 2));
+    assert_eq!(
+        h.check(Algorithm::FixedWindow, 5, 2),
+        h.check(Algorithm::FixedWindow, 5, 2)
+    );
     assert!(h.check(Algorithm::FixedWindow, 5, 2).allowed);
     assert_eq!(h.local(), 3, "check counts nothing");
 }
@@ -82,24 +85,48 @@ fn remote_usage_counts_against_the_limit() {
     let store = store_with(10, 1);
     let h = store.handle("budget/team-a", minute()).unwrap();
     let epoch = h.epoch_now();
-    assert_eq!(store.merge_remote(2, "budget/team-a", minute(), epoch, 7).unwrap(), MergeOutcome::Raised);
-    assert_eq!(store.merge_remote(3, "budget/team-a", minute(), epoch, 2).unwrap(), MergeOutcome::Raised);
+    assert_eq!(
+        store
+            .merge_remote(2, "budget/team-a", minute(), epoch, 7)
+            .unwrap(),
+        MergeOutcome::Raised
+    );
+    assert_eq!(
+        store
+            .merge_remote(3, "budget/team-a", minute(), epoch, 2)
+            .unwrap(),
+        MergeOutcome::Raised
+    );
     assert_eq!(h.remote(), 9);
     assert!(h.try_acquire(10, 1).allowed);
     assert!(!h.try_acquire(10, 1).allowed);
     assert_eq!(h.global(), 10);
     assert_eq!(store.global("budget/team-a", minute()), 10);
     // Our own replica id echoed back is ignored.
-    assert_eq!(store.merge_remote(1, "budget/team-a", minute(), epoch, 1_000).unwrap(), MergeOutcome::Unchanged);
+    assert_eq!(
+        store
+            .merge_remote(1, "budget/team-a", minute(), epoch, 1_000)
+            .unwrap(),
+        MergeOutcome::Unchanged
+    );
     assert_eq!(h.global(), 10);
 }
 
 #[test]
 fn key_limit_refuses_new_keys_and_keeps_existing_ones_working() {
     let store = store_with(3, 1);
-    let handles: Vec<_> = ["a", "b", "c"].iter().map(|k| store.handle(k, minute()).unwrap()).collect();
+    let handles: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|k| store.handle(k, minute()).unwrap())
+        .collect();
     let err = store.handle("d", minute()).unwrap_err();
-    assert_eq!(err, CounterError::KeyLimit { key: "d".into(), max_keys: 3 });
+    assert_eq!(
+        err,
+        CounterError::KeyLimit {
+            key: "d".into(),
+            max_keys: 3
+        }
+    );
     assert!(err.to_string().contains("max_keys = 3"), "{err}");
     assert!(store.add("e", minute(), 1).is_err());
     assert!(store.merge_remote(9, "f", minute(), 1, 1).is_err());
@@ -114,9 +141,18 @@ fn key_limit_refuses_new_keys_and_keeps_existing_ones_working() {
 
 #[test]
 fn key_length_is_checked() {
-    let store = CounterStore::new(StoreOptions { max_key_length: 8, ..StoreOptions::default() });
-    assert_eq!(store.handle("", minute()).unwrap_err(), CounterError::EmptyKey);
-    assert_eq!(store.handle("123456789", minute()).unwrap_err(), CounterError::KeyTooLong { len: 9, max: 8 });
+    let store = CounterStore::new(StoreOptions {
+        max_key_length: 8,
+        ..StoreOptions::default()
+    });
+    assert_eq!(
+        store.handle("", minute()).unwrap_err(),
+        CounterError::EmptyKey
+    );
+    assert_eq!(
+        store.handle("123456789", minute()).unwrap_err(),
+        CounterError::KeyTooLong { len: 9, max: 8 }
+    );
     assert!(store.handle("12345678", minute()).is_ok());
     assert_eq!(store.stats().invalid_keys, 2);
 }
@@ -132,7 +168,11 @@ fn idle_keys_are_reclaimed_but_not_while_a_handle_or_a_live_epoch_holds_them() {
     store.drain_dirty(usize::MAX, &mut out);
     // Four minutes later every epoch of both cells has left the ring.
     store.clock().set_unix_ms(T0 + 4 * 60_000);
-    assert_eq!(store.reclaim_idle(), 1, "only the key without a handle goes");
+    assert_eq!(
+        store.reclaim_idle(),
+        1,
+        "only the key without a handle goes"
+    );
     assert_eq!(store.stats().keys, 1);
     assert_eq!(store.global("loose", minute()), 0);
     // The freed place is usable, and the held handle still counts.
@@ -141,7 +181,10 @@ fn idle_keys_are_reclaimed_but_not_while_a_handle_or_a_live_epoch_holds_them() {
     assert_eq!(held.add(2), AddOutcome::Added);
     assert_eq!(held.local(), 2);
     // A reclaimed key comes back from zero when used again.
-    assert!(store.add("loose", minute(), 1).is_err(), "store is full again");
+    assert!(
+        store.add("loose", minute(), 1).is_err(),
+        "store is full again"
+    );
     drop(held);
     store.drain_dirty(usize::MAX, &mut out);
     store.clock().set_unix_ms(T0 + 10 * 60_000);
@@ -164,18 +207,35 @@ fn drain_yields_absolute_values_once_per_change() {
     assert_eq!(
         out,
         vec![
-            DirtyEntry { key: "a".into(), window: minute(), epoch, value: 5 },
-            DirtyEntry { key: "b".into(), window: minute(), epoch, value: 1 },
+            DirtyEntry {
+                key: "a".into(),
+                window: minute(),
+                epoch,
+                value: 5
+            },
+            DirtyEntry {
+                key: "b".into(),
+                window: minute(),
+                epoch,
+                value: 1
+            },
         ]
     );
     out.clear();
-    assert_eq!(store.drain_dirty(usize::MAX, &mut out), 0, "nothing changed since");
+    assert_eq!(
+        store.drain_dirty(usize::MAX, &mut out),
+        0,
+        "nothing changed since"
+    );
     // A change in the next window reports both windows (the previous one is still in the ring).
     store.clock().set_unix_ms(T0 + 60_000);
     a.add(1);
     store.drain_dirty(usize::MAX, &mut out);
     out.sort_by_key(|e| e.epoch);
-    assert_eq!(out.iter().map(|e| (e.epoch, e.value)).collect::<Vec<_>>(), vec![(epoch, 5), (epoch + 1, 1)]);
+    assert_eq!(
+        out.iter().map(|e| (e.epoch, e.value)).collect::<Vec<_>>(),
+        vec![(epoch, 5), (epoch + 1, 1)]
+    );
     // Merged remote values are not local changes.
     out.clear();
     store.merge_remote(2, "a", minute(), epoch + 1, 10).unwrap();
@@ -246,7 +306,10 @@ fn threads_times_increments_give_the_exact_total() {
     let mut out = Vec::new();
     store.drain_dirty(usize::MAX, &mut out);
     let drained: Vec<_> = out.iter().map(|e| e.value).collect();
-    assert!(drained.is_empty() || drained == vec![THREADS * PER_THREAD], "{drained:?}");
+    assert!(
+        drained.is_empty() || drained == vec![THREADS * PER_THREAD],
+        "{drained:?}"
+    );
     assert_eq!(store.local_snapshot()[0].value, THREADS * PER_THREAD);
 }
 
@@ -259,7 +322,11 @@ fn concurrent_acquires_never_overshoot_more_than_one_cost_per_stripe() {
     let allowed: u64 = thread::scope(|s| {
         let workers: Vec<_> = (0..4)
             .map(|_| {
-                s.spawn(|| (0..LIMIT).filter(|_| handle.try_acquire(LIMIT, 1).allowed).count() as u64)
+                s.spawn(|| {
+                    (0..LIMIT)
+                        .filter(|_| handle.try_acquire(LIMIT, 1).allowed)
+                        .count() as u64
+                })
             })
             .collect();
         let mut out = Vec::new();
@@ -269,7 +336,14 @@ fn concurrent_acquires_never_overshoot_more_than_one_cost_per_stripe() {
         }
         workers.into_iter().map(|w| w.join().unwrap()).sum()
     });
-    assert_eq!(allowed, handle.local(), "every allowed request is counted, refused ones are not");
+    assert_eq!(
+        allowed,
+        handle.local(),
+        "every allowed request is counted, refused ones are not"
+    );
     assert!(allowed >= LIMIT, "the limit is reachable: {allowed}");
-    assert!(allowed <= LIMIT + stripes, "overshoot bounded by one cost per other stripe: {allowed}");
+    assert!(
+        allowed <= LIMIT + stripes,
+        "overshoot bounded by one cost per other stripe: {allowed}"
+    );
 }

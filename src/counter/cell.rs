@@ -27,7 +27,9 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering};
+use crate::sync::{
+    AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, seqcst_handshake,
+};
 
 use super::window::Window;
 
@@ -85,7 +87,9 @@ pub(crate) struct Stripe {
 
 impl Stripe {
     fn new() -> Stripe {
-        Stripe { words: std::array::from_fn(|_| AtomicU64::new(pack_word(0, 0))) }
+        Stripe {
+            words: std::array::from_fn(|_| AtomicU64::new(pack_word(0, 0))),
+        }
     }
 }
 
@@ -219,10 +223,15 @@ impl Cell {
                     return None;
                 }
             }
-            let generation = if slot == SLOT_EMPTY { 0 } else { slot_gen(slot).wrapping_add(1) };
+            let generation = if slot == SLOT_EMPTY {
+                0
+            } else {
+                slot_gen(slot).wrapping_add(1)
+            };
             let rolled = pack_slot(epoch, generation);
             // AcqRel: the winner's sweep and every later writer order after the roll.
-            match self.slots[i].compare_exchange(slot, rolled, Ordering::AcqRel, Ordering::Acquire) {
+            match self.slots[i].compare_exchange(slot, rolled, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     self.sweep(i, generation);
                     return Some(generation);
@@ -334,7 +343,8 @@ impl Cell {
             } else {
                 return TakeOutcome::Stale;
             };
-            let others = self.remote_value(i, generation) + self.local_except(i, generation, Some(stripe));
+            let others =
+                self.remote_value(i, generation) + self.local_except(i, generation, Some(stripe));
             let used = extra.saturating_add(others).saturating_add(own);
             let after = used.saturating_add(cost);
             if after > limit || own + cost > MAX_CELL_VALUE {
@@ -365,7 +375,11 @@ impl Cell {
             }
             // SeqCst: the second half of the dirty-flag handshake when called from the drain.
             let w = stripe.words[i].load(Ordering::SeqCst);
-            if word_gen(w) == generation { word_value(w) } else { 0 }
+            if word_gen(w) == generation {
+                word_value(w)
+            } else {
+                0
+            }
         };
         let mut sum = read(&self.inline);
         if let Some(extra) = self.extra.get() {
@@ -380,7 +394,11 @@ impl Cell {
     fn remote_value(&self, i: usize, generation: u16) -> u64 {
         // Acquire: pairs with the Release store of the merge so the sum is read whole.
         let w = self.remote[i].load(Ordering::Acquire);
-        if word_gen(w) == generation { word_value(w) } else { 0 }
+        if word_gen(w) == generation {
+            word_value(w)
+        } else {
+            0
+        }
     }
 
     /// The generation of `epoch` if its slot currently holds it.
@@ -413,6 +431,7 @@ impl Cell {
     pub(crate) fn mark_dirty(&self) -> bool {
         // SeqCst: the load is the second half of the add side of the handshake (after the word CAS); the swap
         // makes exactly one of concurrent markers the one that enqueues.
+        seqcst_handshake();
         !self.dirty.load(Ordering::SeqCst) && !self.dirty.swap(true, Ordering::SeqCst)
     }
 
@@ -420,6 +439,7 @@ impl Cell {
     pub(crate) fn clear_dirty(&self) {
         // SeqCst: first half of the drain side of the handshake (before the value loads).
         self.dirty.store(false, Ordering::SeqCst);
+        seqcst_handshake();
     }
 
     /// Every epoch in the ring not older than `oldest`, with this replica's local value (zero values skipped).
@@ -446,6 +466,7 @@ impl Cell {
     pub(crate) fn register_handle(&self) -> bool {
         // SeqCst: the increment must be ordered before the retired check (see `try_retire`).
         self.handles.fetch_add(1, Ordering::SeqCst);
+        seqcst_handshake();
         if self.is_retired() {
             self.release_handle();
             return false;
@@ -486,6 +507,7 @@ impl Cell {
             saved[i] = slot;
         }
         // SeqCst: after the slots are retired; see `register_handle` and `mark_dirty`.
+        seqcst_handshake();
         if self.handles.load(Ordering::SeqCst) != 0 || self.dirty.load(Ordering::SeqCst) {
             restore(&saved, RING);
             return false;
@@ -553,7 +575,10 @@ impl Cell {
         table.sums[i] = Some((epoch, sum));
         // Release: pairs with the Acquire in `remote_value`. Only the replication side writes here, serialised
         // by the mutex.
-        self.remote[i].store(pack_word(generation, sum.min(MAX_CELL_VALUE)), Ordering::Release);
+        self.remote[i].store(
+            pack_word(generation, sum.min(MAX_CELL_VALUE)),
+            Ordering::Release,
+        );
         MergeOutcome::Raised
     }
 
@@ -630,7 +655,11 @@ mod tests {
         assert_eq!(c.local(1), MAX_CELL_VALUE);
         assert_eq!(c.add(2, u64::MAX), AddOutcome::Saturated);
         assert_eq!(c.local(2), MAX_CELL_VALUE);
-        assert_eq!(c.local(1), MAX_CELL_VALUE, "the neighbour epoch is untouched");
+        assert_eq!(
+            c.local(1),
+            MAX_CELL_VALUE,
+            "the neighbour epoch is untouched"
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub struct CoarseClock {
 impl CoarseClock {
     /// A clock reading `unix_ms` until it is ticked.
     pub fn new(unix_ms: u64) -> CoarseClock {
-        CoarseClock { unix_ms: AtomicU64::new(unix_ms) }
+        CoarseClock {
+            unix_ms: AtomicU64::new(unix_ms),
+        }
     }
 
     /// The cached time.
@@ -70,7 +72,9 @@ pub struct ManualClock {
 impl ManualClock {
     /// A manual clock reading `unix_ms`.
     pub fn new(unix_ms: u64) -> ManualClock {
-        ManualClock { unix_ms: AtomicU64::new(unix_ms) }
+        ManualClock {
+            unix_ms: AtomicU64::new(unix_ms),
+        }
     }
 
     /// Sets the time.

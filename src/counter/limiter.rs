@@ -40,7 +40,13 @@ pub struct Decision {
 
 impl Decision {
     fn new(allowed: bool, used: u64, limit: u64, reset_at_ms: u64) -> Decision {
-        Decision { allowed, used, limit, remaining: limit.saturating_sub(used), reset_at_ms }
+        Decision {
+            allowed,
+            used,
+            limit,
+            remaining: limit.saturating_sub(used),
+            reset_at_ms,
+        }
     }
 }
 
@@ -64,7 +70,13 @@ fn sliding_weight(cell: &Cell, epoch: u64, now_ms: u64) -> u64 {
 
 /// Decides and, when allowed and `cost > 0`, counts `cost` in the current window.
 #[inline]
-pub(crate) fn acquire(cell: &Cell, algorithm: Algorithm, now_ms: u64, limit: u64, cost: u64) -> (Decision, bool) {
+pub(crate) fn acquire(
+    cell: &Cell,
+    algorithm: Algorithm,
+    now_ms: u64,
+    limit: u64,
+    cost: u64,
+) -> (Decision, bool) {
     let window = cell.window();
     let epoch = window.epoch_at(now_ms);
     let extra = match algorithm {
@@ -81,13 +93,26 @@ pub(crate) fn acquire(cell: &Cell, algorithm: Algorithm, now_ms: u64, limit: u64
 }
 
 /// Decides without counting anything.
-pub(crate) fn peek(cell: &Cell, algorithm: Algorithm, now_ms: u64, limit: u64, cost: u64) -> Decision {
+pub(crate) fn peek(
+    cell: &Cell,
+    algorithm: Algorithm,
+    now_ms: u64,
+    limit: u64,
+    cost: u64,
+) -> Decision {
     let window = cell.window();
     let epoch = window.epoch_at(now_ms);
     let extra = match algorithm {
         Algorithm::FixedWindow => 0,
         Algorithm::SlidingWindow => sliding_weight(cell, epoch, now_ms),
     };
-    let used = extra.saturating_add(cell.local(epoch)).saturating_add(cell.remote(epoch));
-    Decision::new(used.saturating_add(cost) <= limit, used, limit, window.end_ms(epoch))
+    let used = extra
+        .saturating_add(cell.local(epoch))
+        .saturating_add(cell.remote(epoch));
+    Decision::new(
+        used.saturating_add(cost) <= limit,
+        used,
+        limit,
+        window.end_ms(epoch),
+    )
 }

@@ -16,6 +16,7 @@ mod cell;
 mod clock;
 mod error;
 mod limiter;
+mod lookup_cache;
 mod store;
 mod window;
 

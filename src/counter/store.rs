@@ -24,6 +24,7 @@ use super::cell::{AddOutcome, Cell, MergeOutcome, RING};
 use super::clock::CoarseClock;
 use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
+use super::lookup_cache;
 use super::window::Window;
 
 /// Options of a [`CounterStore`].
@@ -146,6 +147,9 @@ impl Equivalent<CellKey> for KeyRef<'_> {
 }
 
 struct Shared {
+    /// Unique per store in this process (keys the per-thread lookup cache).
+    id: u64,
+    hasher: foldhash::fast::FixedState,
     clock: Arc<CoarseClock>,
     cells: papaya::HashMap<CellKey, Arc<Cell>, foldhash::fast::FixedState>,
     /// Cells held, counted exactly (papaya's `len` is approximate under concurrency).
@@ -187,7 +191,9 @@ pub struct CounterStore {
 
 impl std::fmt::Debug for CounterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CounterStore").field("stats", &self.stats()).finish()
+        f.debug_struct("CounterStore")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -195,16 +201,21 @@ impl CounterStore {
     /// A new, empty store.
     pub fn new(options: StoreOptions) -> CounterStore {
         let max_keys = options.max_keys.max(1);
-        let cells = papaya::HashMap::builder()
-            .hasher(foldhash::fast::FixedState::with_seed(options.hash_seed))
-            .build();
+        let hasher = foldhash::fast::FixedState::with_seed(options.hash_seed);
+        let cells = papaya::HashMap::builder().hasher(hasher.clone()).build();
         CounterStore {
             shared: Arc::new(Shared {
+                id: lookup_cache::new_store_id(),
+                hasher,
                 clock: Arc::clone(&options.clock),
                 cells,
                 count: std::sync::atomic::AtomicUsize::new(0),
                 dirty: ArrayQueue::new(max_keys + 64),
-                options: StoreOptions { max_keys, max_key_length: options.max_key_length.max(1), ..options },
+                options: StoreOptions {
+                    max_keys,
+                    max_key_length: options.max_key_length.max(1),
+                    ..options
+                },
                 stats: StoreStats::default(),
             }),
         }
@@ -225,7 +236,10 @@ impl CounterStore {
         loop {
             let cell = self.cell(key, window)?;
             if cell.register_handle() {
-                return Ok(CounterHandle { cell, shared: Arc::clone(&self.shared) });
+                return Ok(CounterHandle {
+                    cell,
+                    shared: Arc::clone(&self.shared),
+                });
             }
             // The cell is being reclaimed: it is about to leave the map (or to be given back). Resolve again.
             std::thread::yield_now();
@@ -247,12 +261,18 @@ impl CounterStore {
         let error = if key.is_empty() {
             CounterError::EmptyKey
         } else if key.len() > max {
-            CounterError::KeyTooLong { len: key.len(), max }
+            CounterError::KeyTooLong {
+                len: key.len(),
+                max,
+            }
         } else {
             return Ok(());
         };
         // Relaxed: statistics.
-        self.shared.stats.invalid_keys.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .stats
+            .invalid_keys
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Err(error)
     }
 
@@ -266,14 +286,25 @@ impl CounterStore {
         let max_keys = self.shared.options.max_keys;
         // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter whose only
         // job is the cap; the map insert publishes the cell.
-        let reserved = self.shared.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reserved = self
+            .shared
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if reserved >= max_keys {
-            self.shared.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared
+                .count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(cell) = map.get(&KeyRef { key, window }) {
                 return Ok(Arc::clone(cell)); // inserted meanwhile by someone else
             }
-            self.shared.stats.refused_keys.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(CounterError::KeyLimit { key: key.to_string(), max_keys });
+            self.shared
+                .stats
+                .refused_keys
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(CounterError::KeyLimit {
+                key: key.to_string(),
+                max_keys,
+            });
         }
         let key: Arc<str> = Arc::from(key);
         let cell = Arc::new(Cell::new(Arc::clone(&key), window));
@@ -281,41 +312,61 @@ impl CounterStore {
             Ok(_) => Ok(cell),
             Err(occupied) => {
                 // Lost a race with another insert of the same key: give the reservation back.
-                self.shared.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared
+                    .count
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(Arc::clone(occupied.current))
             }
         }
     }
 
-    /// Adds `n` to `(key, window)` in the current window: the convenience path (a hash lookup per call). Never
-    /// blocks; creates the key if needed.
+    /// Adds `n` to `(key, window)` in the current window: the convenience path (a hash per call; a per-thread
+    /// cache of resolved cells answers repeated keys without entering the map). Never blocks; creates the key if
+    /// needed.
     pub fn add(&self, key: &str, window: Window, n: u64) -> Result<AddResult, CounterError> {
+        self.check_key(key)?;
         let epoch = window.epoch_at(self.shared.clock.now_unix_ms());
+        let hash = lookup_cache::hash(&self.shared.hasher, key, window);
+        let shared = &self.shared;
+        let cached = lookup_cache::with_cached(shared.id, hash, key, window, |cell| {
+            let outcome = cell.add(epoch, n);
+            if outcome != AddOutcome::Stale {
+                shared.changed(cell);
+            } else if cell.is_retired() {
+                return None; // nothing was counted; evict and resolve through the map
+            }
+            Some(outcome)
+        });
+        let outcome = match cached {
+            Some(outcome) => outcome,
+            None => self.add_uncached(key, window, epoch, hash, n)?,
+        };
+        if outcome != AddOutcome::Added {
+            shared.count_add_outcome(outcome);
+        }
+        Ok(outcome)
+    }
+
+    #[cold]
+    fn add_uncached(
+        &self,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        hash: u64,
+        n: u64,
+    ) -> Result<AddResult, CounterError> {
         loop {
-            self.check_key(key)?;
-            let map = self.shared.cells.pin();
-            let outcome = match map.get(&KeyRef { key, window }) {
-                Some(cell) => {
-                    let outcome = cell.add(epoch, n);
-                    if outcome != AddOutcome::Stale {
-                        self.shared.changed(cell);
-                    } else if cell.is_retired() {
-                        continue; // refused by a cell being reclaimed: nothing was counted; resolve again
-                    }
-                    outcome
-                }
-                None => {
-                    let cell = self.insert(&map, key, window)?;
-                    let outcome = cell.add(epoch, n);
-                    if outcome != AddOutcome::Stale {
-                        self.shared.changed(&cell);
-                    } else if cell.is_retired() {
-                        continue;
-                    }
-                    outcome
-                }
-            };
-            self.shared.count_add_outcome(outcome);
+            let cell = self.cell(key, window)?;
+            let outcome = cell.add(epoch, n);
+            if outcome == AddOutcome::Stale && cell.is_retired() {
+                std::thread::yield_now();
+                continue; // refused by a cell being reclaimed: nothing was counted; resolve again
+            }
+            if outcome != AddOutcome::Stale {
+                self.shared.changed(&cell);
+            }
+            lookup_cache::remember(self.shared.id, hash, &cell);
             return Ok(outcome);
         }
     }
@@ -324,8 +375,9 @@ impl CounterStore {
     pub fn global(&self, key: &str, window: Window) -> u64 {
         let epoch = window.epoch_at(self.shared.clock.now_unix_ms());
         let map = self.shared.cells.pin();
-        map.get(&KeyRef { key, window })
-            .map_or(0, |cell| cell.local(epoch).saturating_add(cell.remote(epoch)))
+        map.get(&KeyRef { key, window }).map_or(0, |cell| {
+            cell.local(epoch).saturating_add(cell.remote(epoch))
+        })
     }
 
     /// Drains up to `max_cells` dirty cells into `out`: for each, every epoch still in the ring with this
@@ -335,7 +387,9 @@ impl CounterStore {
         let now = self.shared.clock.now_unix_ms();
         let mut drained = 0;
         while drained < max_cells {
-            let Some(cell) = self.shared.dirty.pop() else { break };
+            let Some(cell) = self.shared.dirty.pop() else {
+                break;
+            };
             drained += 1;
             cell.clear_dirty();
             if cell.is_retired() {
@@ -347,7 +401,12 @@ impl CounterStore {
             let window = cell.window();
             let oldest = window.epoch_at(now).saturating_sub(RING as u64 - 1);
             for (epoch, value) in cell.local_values(oldest) {
-                out.push(DirtyEntry { key: Arc::clone(cell.key()), window, epoch, value });
+                out.push(DirtyEntry {
+                    key: Arc::clone(cell.key()),
+                    window,
+                    epoch,
+                    value,
+                });
             }
         }
         drained
@@ -379,7 +438,10 @@ impl CounterStore {
                     continue;
                 }
                 // Relaxed: statistics.
-                self.shared.stats.expired_merges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .expired_merges
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             return Ok(outcome);
         }
@@ -397,12 +459,17 @@ impl CounterStore {
             if cell.try_retire(oldest) {
                 map.remove(key);
                 // Relaxed: the cap counter (see `insert`).
-                self.shared.count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared
+                    .count
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 freed += 1;
             }
         }
         // Relaxed: statistics.
-        self.shared.stats.reclaimed_keys.fetch_add(freed as u64, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .stats
+            .reclaimed_keys
+            .fetch_add(freed as u64, std::sync::atomic::Ordering::Relaxed);
         freed
     }
 
@@ -414,7 +481,12 @@ impl CounterStore {
         for (key, cell) in map.iter() {
             let oldest = key.window.epoch_at(now).saturating_sub(RING as u64 - 1);
             for (epoch, value) in cell.local_values(oldest) {
-                out.push(DirtyEntry { key: Arc::clone(&key.key), window: key.window, epoch, value });
+                out.push(DirtyEntry {
+                    key: Arc::clone(&key.key),
+                    window: key.window,
+                    epoch,
+                    value,
+                });
             }
         }
         out
@@ -426,7 +498,15 @@ impl CounterStore {
         let mut out = Vec::new();
         for (key, cell) in map.iter() {
             for (origin, epoch, value) in cell.remote_values() {
-                out.push((origin, DirtyEntry { key: Arc::clone(&key.key), window: key.window, epoch, value }));
+                out.push((
+                    origin,
+                    DirtyEntry {
+                        key: Arc::clone(&key.key),
+                        window: key.window,
+                        epoch,
+                        value,
+                    },
+                ));
             }
         }
         out
@@ -460,7 +540,10 @@ impl Clone for CounterHandle {
         // A live handle already keeps the cell registered, so it cannot be retired: registration succeeds.
         let registered = self.cell.register_handle();
         debug_assert!(registered, "a cell with a live handle is never retired");
-        CounterHandle { cell: Arc::clone(&self.cell), shared: Arc::clone(&self.shared) }
+        CounterHandle {
+            cell: Arc::clone(&self.cell),
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
@@ -526,8 +609,13 @@ impl CounterHandle {
     /// Acquire with a chosen algorithm (see [`Algorithm`]).
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
-        let (decision, counted) =
-            limiter::acquire(&self.cell, algorithm, self.shared.clock.now_unix_ms(), limit, cost);
+        let (decision, counted) = limiter::acquire(
+            &self.cell,
+            algorithm,
+            self.shared.clock.now_unix_ms(),
+            limit,
+            cost,
+        );
         if counted {
             self.shared.changed(&self.cell);
         }
@@ -536,7 +624,13 @@ impl CounterHandle {
 
     /// The decision an acquire of `cost` would get now, without counting anything.
     pub fn check(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
-        limiter::peek(&self.cell, algorithm, self.shared.clock.now_unix_ms(), limit, cost)
+        limiter::peek(
+            &self.cell,
+            algorithm,
+            self.shared.clock.now_unix_ms(),
+            limit,
+            cost,
+        )
     }
 
     /// This replica's own count in the current window.
@@ -552,11 +646,15 @@ impl CounterHandle {
     /// Local + remote in the current window.
     pub fn global(&self) -> u64 {
         let epoch = self.epoch_now();
-        self.cell.local(epoch).saturating_add(self.cell.remote(epoch))
+        self.cell
+            .local(epoch)
+            .saturating_add(self.cell.remote(epoch))
     }
 
     /// Local + remote in `epoch` (0 if it is not in the ring).
     pub fn global_at(&self, epoch: u64) -> u64 {
-        self.cell.local(epoch).saturating_add(self.cell.remote(epoch))
+        self.cell
+            .local(epoch)
+            .saturating_add(self.cell.remote(epoch))
     }
 }

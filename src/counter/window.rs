@@ -96,7 +96,9 @@ pub struct Window {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WindowError {
     /// The text is not `<count><unit>`.
-    #[error("invalid window {text:?}: expected <count><unit> with unit one of s, m, h, d, w, M, Y (e.g. \"1m\", \"30s\", \"1M\")")]
+    #[error(
+        "invalid window {text:?}: expected <count><unit> with unit one of s, m, h, d, w, M, Y (e.g. \"1m\", \"30s\", \"1M\")"
+    )]
     Syntax {
         /// The text given.
         text: String,
@@ -108,7 +110,9 @@ pub enum WindowError {
         count: u64,
     },
     /// Months and years have no fixed length.
-    #[error("a window in {unit:?}s must be calendar aligned: months and years have no fixed length")]
+    #[error(
+        "a window in {unit:?}s must be calendar aligned: months and years have no fixed length"
+    )]
     FixedCalendarUnit {
         /// The unit given.
         unit: Unit,
@@ -126,9 +130,15 @@ impl Window {
     }
 
     /// A window with an explicit alignment. Months and years must be calendar aligned.
-    pub fn with_alignment(count: u32, unit: Unit, alignment: Alignment) -> Result<Window, WindowError> {
+    pub fn with_alignment(
+        count: u32,
+        unit: Unit,
+        alignment: Alignment,
+    ) -> Result<Window, WindowError> {
         if count == 0 || count > MAX_WINDOW_COUNT {
-            return Err(WindowError::Count { count: count.into() });
+            return Err(WindowError::Count {
+                count: count.into(),
+            });
         }
         if alignment == Alignment::Fixed && unit.fixed_seconds().is_none() {
             return Err(WindowError::FixedCalendarUnit { unit });
@@ -139,13 +149,21 @@ impl Window {
             Unit::Second | Unit::Minute | Unit::Hour => Alignment::Fixed,
             _ => alignment,
         };
-        Ok(Window { count, unit, alignment })
+        Ok(Window {
+            count,
+            unit,
+            alignment,
+        })
     }
 
     /// Parses `"<count><unit>"`, e.g. `"1m"`, `"30s"`, `"1d"`, `"1M"`, with the unit's default alignment.
     pub fn parse(text: &str) -> Result<Window, WindowError> {
-        let syntax = || WindowError::Syntax { text: text.to_string() };
-        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(syntax)?;
+        let syntax = || WindowError::Syntax {
+            text: text.to_string(),
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(syntax)?;
         let (digits, suffix) = text.split_at(split);
         if digits.is_empty() {
             return Err(syntax());
@@ -182,7 +200,9 @@ impl Window {
                 unix_ms / len_ms
             }
             (Alignment::Calendar, Unit::Day) => unix_ms / MS_PER_DAY / count,
-            (Alignment::Calendar, Unit::Week) => (unix_ms / MS_PER_DAY + DAYS_FROM_MONDAY_TO_EPOCH) / 7 / count,
+            (Alignment::Calendar, Unit::Week) => {
+                (unix_ms / MS_PER_DAY + DAYS_FROM_MONDAY_TO_EPOCH) / 7 / count
+            }
             (Alignment::Calendar, Unit::Month) => {
                 let (year, month, _) = civil_from_days(unix_ms / MS_PER_DAY);
                 ((year - 1970) * 12 + (month - 1)) / count
@@ -202,7 +222,9 @@ impl Window {
     pub fn start_ms(&self, epoch: u64) -> u64 {
         let count = u64::from(self.count);
         match (self.alignment, self.unit) {
-            (Alignment::Calendar, Unit::Day) => epoch.saturating_mul(count).saturating_mul(MS_PER_DAY),
+            (Alignment::Calendar, Unit::Day) => {
+                epoch.saturating_mul(count).saturating_mul(MS_PER_DAY)
+            }
             (Alignment::Calendar, Unit::Week) => epoch
                 .saturating_mul(count)
                 .saturating_mul(7)
@@ -217,8 +239,9 @@ impl Window {
                 let year = 1970u64.saturating_add(epoch.saturating_mul(count));
                 days_from_civil(year, 1, 1).saturating_mul(MS_PER_DAY)
             }
-            (_, unit) => epoch
-                .saturating_mul(unit.fixed_seconds().unwrap_or(1) * count * MS_PER_SECOND),
+            (_, unit) => {
+                epoch.saturating_mul(unit.fixed_seconds().unwrap_or(1) * count * MS_PER_SECOND)
+            }
         }
     }
 
@@ -293,7 +316,18 @@ mod tests {
             assert_eq!((w.count(), w.unit()), (count, unit), "{text}");
             assert_eq!(w.to_string(), text);
         }
-        for bad in ["", "m", "0s", "1", "1x", "-1s", "1.5m", "1 m", "99999999999s", "1ms"] {
+        for bad in [
+            "",
+            "m",
+            "0s",
+            "1",
+            "1x",
+            "-1s",
+            "1.5m",
+            "1 m",
+            "99999999999s",
+            "1ms",
+        ] {
             assert!(Window::parse(bad).is_err(), "{bad:?} must be rejected");
         }
         assert!(matches!(
@@ -335,7 +369,11 @@ mod tests {
         let monday = utc(2026, 11, 23, 0, 0, 0);
         let e = week.epoch_at(monday);
         assert_eq!(week.start_ms(e), monday);
-        assert_eq!(week.epoch_at(monday - 1), e - 1, "Sunday night belongs to the previous week");
+        assert_eq!(
+            week.epoch_at(monday - 1),
+            e - 1,
+            "Sunday night belongs to the previous week"
+        );
         assert_eq!(week.epoch_at(utc(2026, 11, 29, 23, 59, 59)), e);
         assert_eq!(week.end_ms(e), utc(2026, 11, 30, 0, 0, 0));
         // The week containing 1970-01-01 starts on Monday 1969-12-29, saturated to 0.
@@ -350,21 +388,38 @@ mod tests {
         let feb_2024 = month.epoch_at(utc(2024, 2, 10, 12, 0, 0));
         assert_eq!(month.start_ms(feb_2024), utc(2024, 2, 1, 0, 0, 0));
         assert_eq!(month.end_ms(feb_2024), utc(2024, 3, 1, 0, 0, 0));
-        assert_eq!(month.epoch_at(utc(2024, 2, 29, 23, 59, 59)), feb_2024, "29 Feb 2024 exists");
+        assert_eq!(
+            month.epoch_at(utc(2024, 2, 29, 23, 59, 59)),
+            feb_2024,
+            "29 Feb 2024 exists"
+        );
         let feb_2023 = month.epoch_at(utc(2023, 2, 28, 23, 59, 59));
-        assert_eq!(month.epoch_at(utc(2023, 3, 1, 0, 0, 0)), feb_2023 + 1, "2023 has no 29 Feb");
+        assert_eq!(
+            month.epoch_at(utc(2023, 3, 1, 0, 0, 0)),
+            feb_2023 + 1,
+            "2023 has no 29 Feb"
+        );
         // Century rules: 2100 is not a leap year, 2000 is.
         let feb_2100 = month.epoch_at(utc(2100, 2, 28, 0, 0, 0));
         assert_eq!(month.end_ms(feb_2100), utc(2100, 3, 1, 0, 0, 0));
         let feb_2000 = month.epoch_at(utc(2000, 2, 1, 0, 0, 0));
-        assert_eq!(month.end_ms(feb_2000) - month.start_ms(feb_2000), 29 * MS_PER_DAY);
+        assert_eq!(
+            month.end_ms(feb_2000) - month.start_ms(feb_2000),
+            29 * MS_PER_DAY
+        );
         // December rolls into January of the next year.
         let dec = month.epoch_at(utc(2026, 12, 31, 23, 59, 59));
         assert_eq!(month.end_ms(dec), utc(2027, 1, 1, 0, 0, 0));
         // Two-month windows pair months from January 1970.
         let two = Window::parse("2M").unwrap();
-        assert_eq!(two.epoch_at(utc(2026, 1, 15, 0, 0, 0)), two.epoch_at(utc(2026, 2, 28, 0, 0, 0)));
-        assert_ne!(two.epoch_at(utc(2026, 2, 28, 0, 0, 0)), two.epoch_at(utc(2026, 3, 1, 0, 0, 0)));
+        assert_eq!(
+            two.epoch_at(utc(2026, 1, 15, 0, 0, 0)),
+            two.epoch_at(utc(2026, 2, 28, 0, 0, 0))
+        );
+        assert_ne!(
+            two.epoch_at(utc(2026, 2, 28, 0, 0, 0)),
+            two.epoch_at(utc(2026, 3, 1, 0, 0, 0))
+        );
     }
 
     #[test]
@@ -378,13 +433,18 @@ mod tests {
 
     #[test]
     fn every_instant_lies_inside_its_epoch() {
-        let windows = ["1s", "7s", "1m", "1h", "1d", "3d", "1w", "2w", "1M", "3M", "1Y"];
+        let windows = [
+            "1s", "7s", "1m", "1h", "1d", "3d", "1w", "2w", "1M", "3M", "1Y",
+        ];
         let mut t = 0u64;
         while t < utc(2200, 1, 1, 0, 0, 0) {
             for text in windows {
                 let w = Window::parse(text).unwrap();
                 let e = w.epoch_at(t);
-                assert!(w.start_ms(e) <= t && t < w.end_ms(e), "{text} at {t}: epoch {e}");
+                assert!(
+                    w.start_ms(e) <= t && t < w.end_ms(e),
+                    "{text} at {t}: epoch {e}"
+                );
             }
             t += 7_777_777_777; // about 90 days, irregular so boundaries are crossed at odd offsets
         }

@@ -1,0 +1,710 @@
+//! The typed `cluster_config`, with its defaults.
+//!
+//! Field names are exactly the JSON member names. The reference's fields come first in each struct; our own
+//! sections (`node_id`, `security`, `replication`, `http`, `limits`) are optional and default to the values
+//! documented on each field. A value of this type produced by [`super::load_from_str`] has passed every rule in
+//! [`super::validate`]; a value built by hand (or [`ClusterConfig::default`]) has not been checked.
+//!
+//! [`serde::Serialize`] writes the *effective* config: every default filled in, optional fields without a value
+//! as `null`, durations in canonical form, and the cluster secret as `"<redacted>"`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Serialize, Serializer};
+use url::Url;
+
+use super::duration::ConfigDuration;
+
+/// The whole `cluster_config` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterConfig {
+    /// Cluster mode on or off. Default: `false` (the node runs alone and replicates nothing).
+    ///
+    /// When `true`, `peers` must be non-empty or `discovery.enabled` must be `true`.
+    pub enabled: bool,
+    /// This node's stable name. Default: none, and the runtime uses the hostname.
+    ///
+    /// Constraints: 1..=128 characters of `[A-Za-z0-9._-]`.
+    pub node_id: Option<NodeId>,
+    /// Static peers to join, each `"host:port"` or `"host"` (then `gossip.port` is used). `host` is an IPv4
+    /// address, a bracketed IPv6 address (`"[fd00::1]:10101"`; a bare IPv6 address without port is accepted too)
+    /// or a DNS name. Ports are 1..=65535. Default: empty.
+    pub peers: Vec<PeerAddr>,
+    /// How peers are found. Default: disabled.
+    pub discovery: DiscoveryConfig,
+    /// The inter-node port and health thresholds.
+    pub gossip: GossipConfig,
+    /// Trust between nodes (mutual TLS).
+    pub security: SecurityConfig,
+    /// Delta replication tuning.
+    pub replication: ReplicationConfig,
+    /// The HTTP surface (health, status, metrics, rate-limit API).
+    pub http: HttpConfig,
+    /// Memory bounds of the counter store.
+    pub limits: LimitsConfig,
+}
+
+impl Default for ClusterConfig {
+    /// Cluster mode off, everything else at its documented default.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: None,
+            peers: Vec::new(),
+            discovery: DiscoveryConfig::default(),
+            gossip: GossipConfig::default(),
+            security: SecurityConfig::default(),
+            replication: ReplicationConfig::default(),
+            http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// A validated node name: 1..=128 characters of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Longest accepted node id, in characters (all ASCII, so also bytes).
+    pub const MAX_LEN: usize = 128;
+
+    /// Checks `name` against the node id rules; the error is the rule in words.
+    ///
+    /// The runtime uses this on the hostname when `node_id` is not configured.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if name.is_empty() || name.len() > Self::MAX_LEN {
+            return Err(format!(
+                "must be 1..={} characters, got {}",
+                Self::MAX_LEN,
+                name.chars().count()
+            ));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "may only contain A-Z, a-z, 0-9, '.', '_' and '-', found {bad:?}"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The host part of a peer address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerHost {
+    /// A literal IPv4 or IPv6 address.
+    Ip(IpAddr),
+    /// A DNS name, resolved by the runtime.
+    Name(String),
+}
+
+/// One entry of `peers`: a host and an optional port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    /// Where the peer is.
+    pub host: PeerHost,
+    /// The peer's gossip port, when written; otherwise the runtime uses this node's `gossip.port`.
+    pub port: Option<u16>,
+}
+
+impl PeerAddr {
+    /// Parses `"host"` or `"host:port"` (IPv6 in brackets when a port follows). The error is the reason in words.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        // Bare IPv6 without port: "fd00::1".
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(Self {
+                host: PeerHost::Ip(ip),
+                port: None,
+            });
+        }
+        let (host_text, port_text) = if let Some(rest) = text.strip_prefix('[') {
+            let Some((inside, after)) = rest.split_once(']') else {
+                return Err("missing ']' after the IPv6 address".to_owned());
+            };
+            let port = match after {
+                "" => None,
+                p => match p.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None => return Err("expected ':port' after ']'".to_owned()),
+                },
+            };
+            match inside.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => {}
+                Err(_) => return Err(format!("\"{inside}\" is not an IPv6 address")),
+            }
+            (inside, port)
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, port)) => {
+                    if host.contains(':') {
+                        return Err("an IPv6 address with a port must be written in brackets, e.g. \"[fd00::1]:10101\"".to_owned());
+                    }
+                    (host, Some(port))
+                }
+                None => (text, None),
+            }
+        };
+        let port = match port_text {
+            None => None,
+            Some(p) => Some(
+                parse_port(p)
+                    .ok_or_else(|| format!("port must be an integer 1..=65535, got \"{p}\""))?,
+            ),
+        };
+        let host = if let Ok(ip) = host_text.parse::<IpAddr>() {
+            PeerHost::Ip(ip)
+        } else {
+            validate_dns_name(host_text)?;
+            PeerHost::Name(host_text.to_owned())
+        };
+        Ok(Self { host, port })
+    }
+
+    /// The port to dial: the written one, or `default_port` (the runtime passes `gossip.port`).
+    pub fn port_or(&self, default_port: u16) -> u16 {
+        self.port.unwrap_or(default_port)
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.host, self.port) {
+            (PeerHost::Ip(IpAddr::V6(ip)), Some(port)) => write!(f, "[{ip}]:{port}"),
+            (PeerHost::Ip(ip), Some(port)) => write!(f, "{ip}:{port}"),
+            (PeerHost::Ip(ip), None) => write!(f, "{ip}"),
+            (PeerHost::Name(name), Some(port)) => write!(f, "{name}:{port}"),
+            (PeerHost::Name(name), None) => f.write_str(name),
+        }
+    }
+}
+
+impl Serialize for PeerAddr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Parses a decimal port 1..=65535 (no sign, no spaces).
+pub(crate) fn parse_port(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+/// Checks a DNS name: labels of 1..=63 characters of `[A-Za-z0-9_-]`, not starting or ending with `-`, at most
+/// 253 characters in all, one optional trailing dot. A name made only of digits and dots must be an IPv4 address
+/// (so a typo like `10.0.0.256` is caught instead of being looked up).
+pub(crate) fn validate_dns_name(name: &str) -> Result<(), String> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() {
+        return Err("the host name is empty".to_owned());
+    }
+    if trimmed.len() > 253 {
+        return Err(format!(
+            "the host name is {} characters long; at most 253",
+            trimmed.len()
+        ));
+    }
+    if trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err("not a valid IPv4 address".to_owned());
+    }
+    for label in trimmed.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(
+                "not a valid host name: each dot-separated label must be 1..=63 characters"
+                    .to_owned(),
+            );
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "not a valid host name: unexpected character {bad:?}"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("not a valid host name: a label may not start or end with '-'".to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// The discovery backends of the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryType {
+    /// Pods matching `k8s_label_selector` in `k8s_namespace`, via the Kubernetes API.
+    Kubernetes,
+    /// Services named `service_name` registered with the Consul agent at `consul_address`.
+    Consul,
+    /// Keys under `/services/{service_name}/` in etcd at `etcd_endpoints`.
+    Etcd,
+    /// A/AAAA (or SRV, for names starting with `_`) records of `dns_names`, dialed on `bind_port`.
+    Dns,
+    /// Broadcast beacons on `udp_broadcast_port`, accepted only from `allowed_address_space`.
+    Udp,
+    /// Multicast DNS advertisement and browsing of `mdns_service`.
+    Mdns,
+}
+
+impl DiscoveryType {
+    /// Every type, in the reference's order.
+    pub const ALL: [DiscoveryType; 6] = [
+        DiscoveryType::Kubernetes,
+        DiscoveryType::Consul,
+        DiscoveryType::Etcd,
+        DiscoveryType::Dns,
+        DiscoveryType::Udp,
+        DiscoveryType::Mdns,
+    ];
+
+    /// The JSON spelling (`"kubernetes"`, `"consul"`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DiscoveryType::Kubernetes => "kubernetes",
+            DiscoveryType::Consul => "consul",
+            DiscoveryType::Etcd => "etcd",
+            DiscoveryType::Dns => "dns",
+            DiscoveryType::Udp => "udp",
+            DiscoveryType::Mdns => "mdns",
+        }
+    }
+
+    /// The type spelled `name` exactly (lowercase), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+impl fmt::Display for DiscoveryType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `cluster_config.discovery`.
+///
+/// Type-specific requirements (e.g. `etcd_endpoints` for etcd) apply only while `enabled` is `true`; value rules
+/// (a CIDR must be a CIDR) apply whenever a field is present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiscoveryConfig {
+    /// Run discovery. Default: `false`.
+    pub enabled: bool,
+    /// Which backend. JSON name `type`. Default: none; required when `enabled` is `true`.
+    #[serde(rename = "type")]
+    pub discovery_type: Option<DiscoveryType>,
+    /// Service name to register and look up. Default: none. Required for `consul`, `etcd` and `udp`.
+    ///
+    /// Constraints: 1..=128 characters of `[A-Za-z0-9._-]` (it becomes part of an etcd key and a Consul service).
+    pub service_name: Option<String>,
+    /// Port appended to addresses found by discovery (e.g. DNS A records). Default: 10101. Range 1..=65535.
+    pub bind_port: u16,
+    /// How long one discovery round may take (connect, query, wait for answers). Default: `"10s"`.
+    /// Range 1ms..=1h.
+    pub dial_timeout: ConfigDuration,
+    /// CIDR ranges (e.g. `"10.0.0.0/8"`) a discovered address must fall in to be used. Default: empty (no
+    /// filter). Required non-empty for `udp`. Host bits may be set (`"10.1.2.3/8"` means `10.0.0.0/8`).
+    pub allowed_address_space: Vec<IpNet>,
+    /// Kubernetes namespace to list pods in. Default: `"default"`. Constraints: a DNS-1123 label (1..=63 of
+    /// `[a-z0-9-]`, not starting or ending with `-`).
+    pub k8s_namespace: String,
+    /// Kubernetes label selector, e.g. `"app=bifrost"`. Default: none. Required by `run` for `kubernetes` (a
+    /// run requirement, not a load error, because the reference's core example omits it).
+    pub k8s_label_selector: Option<String>,
+    /// Consul agent address: `"host:port"`, `"host"` or an `http(s)://` URL. Default: `"localhost:8500"`.
+    pub consul_address: String,
+    /// etcd endpoints, each an `http://` or `https://` URL with a host. Default: empty. Required non-empty for
+    /// `etcd`. Serialized in normalised form (lowercase scheme and host), without a trailing `/` on an empty path.
+    #[serde(serialize_with = "serialize_urls")]
+    pub etcd_endpoints: Vec<Url>,
+    /// DNS names to resolve; a name starting with `_` is looked up as SRV. Default: empty. Required non-empty
+    /// for `dns`.
+    pub dns_names: Vec<String>,
+    /// UDP port for broadcast beacons. Default: none. Range 1..=65535. Required for `udp`, and must differ from
+    /// `gossip.port`.
+    pub udp_broadcast_port: Option<u16>,
+    /// mDNS service type to advertise and browse, `"_name._tcp"` or `"_name._udp"` (a `.local` suffix is
+    /// allowed). Default: `"_bifrost._tcp"`.
+    pub mdns_service: String,
+}
+
+impl DiscoveryConfig {
+    /// Default `bind_port`.
+    pub const DEFAULT_BIND_PORT: u16 = 10101;
+    /// Default `dial_timeout`: 10 s.
+    pub const DEFAULT_DIAL_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(10_000);
+    /// Smallest `dial_timeout`: 1 ms.
+    pub const MIN_DIAL_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(1);
+    /// Largest `dial_timeout`: 1 h.
+    pub const MAX_DIAL_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(3_600_000);
+    /// Default `k8s_namespace`.
+    pub const DEFAULT_K8S_NAMESPACE: &'static str = "default";
+    /// Default `consul_address`.
+    pub const DEFAULT_CONSUL_ADDRESS: &'static str = "localhost:8500";
+    /// Default `mdns_service`.
+    pub const DEFAULT_MDNS_SERVICE: &'static str = "_bifrost._tcp";
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            discovery_type: None,
+            service_name: None,
+            bind_port: Self::DEFAULT_BIND_PORT,
+            dial_timeout: Self::DEFAULT_DIAL_TIMEOUT,
+            allowed_address_space: Vec::new(),
+            k8s_namespace: Self::DEFAULT_K8S_NAMESPACE.to_owned(),
+            k8s_label_selector: None,
+            consul_address: Self::DEFAULT_CONSUL_ADDRESS.to_owned(),
+            etcd_endpoints: Vec::new(),
+            dns_names: Vec::new(),
+            udp_broadcast_port: None,
+            mdns_service: Self::DEFAULT_MDNS_SERVICE.to_owned(),
+        }
+    }
+}
+
+/// Writes each URL as the user would: without the `/` that URL normalisation adds to an empty path.
+fn serialize_urls<S: Serializer>(urls: &[Url], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(urls.iter().map(|url| {
+        let text = url.as_str();
+        match text.strip_suffix('/') {
+            Some(short)
+                if url.path() == "/" && url.query().is_none() && url.fragment().is_none() =>
+            {
+                short
+            }
+            _ => text,
+        }
+    }))
+}
+
+/// `cluster_config.gossip`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GossipConfig {
+    /// The one UDP port every node listens on and dials for all inter-node traffic (QUIC); a TCP listener on the
+    /// same number answers health checks. Default: 10101. Range 1..=65535.
+    pub port: u16,
+    /// Health thresholds.
+    pub config: GossipHealthConfig,
+}
+
+impl GossipConfig {
+    /// Default `port`.
+    pub const DEFAULT_PORT: u16 = 10101;
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self {
+            port: Self::DEFAULT_PORT,
+            config: GossipHealthConfig::default(),
+        }
+    }
+}
+
+/// `cluster_config.gossip.config`: when a member counts as healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GossipHealthConfig {
+    /// Bound on one health check, in whole seconds. Default: 10. Range 1..=3600.
+    pub timeout_seconds: u32,
+    /// Consecutive successful checks that mark a member healthy. Default: 3. Range 1..=100.
+    pub success_threshold: u32,
+    /// Consecutive failed checks that mark a member unhealthy. Default: 3. Range 1..=100.
+    pub failure_threshold: u32,
+}
+
+impl GossipHealthConfig {
+    /// Default `timeout_seconds`.
+    pub const DEFAULT_TIMEOUT_SECONDS: u32 = 10;
+    /// Largest `timeout_seconds`.
+    pub const MAX_TIMEOUT_SECONDS: u32 = 3600;
+    /// Default for both thresholds.
+    pub const DEFAULT_THRESHOLD: u32 = 3;
+    /// Largest value of either threshold.
+    pub const MAX_THRESHOLD: u32 = 100;
+
+    /// `timeout_seconds` as a [`std::time::Duration`].
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.timeout_seconds))
+    }
+}
+
+impl Default for GossipHealthConfig {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: Self::DEFAULT_TIMEOUT_SECONDS,
+            success_threshold: Self::DEFAULT_THRESHOLD,
+            failure_threshold: Self::DEFAULT_THRESHOLD,
+        }
+    }
+}
+
+/// `cluster_config.security`: how nodes trust each other (mutual TLS, always).
+///
+/// Exactly one trust source is used: a cluster secret (here or in `BIFROST_CLUSTER_SECRET`), or the three files.
+/// A secret together with files is an error. With neither, `run` refuses cluster mode unless `insecure_dev` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct SecurityConfig {
+    /// Shared secret every node derives the cluster CA from. Default: none. Constraints: at least 16 bytes.
+    /// Serialized as `"<redacted>"`. May instead come from the `BIFROST_CLUSTER_SECRET` environment variable.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// PEM file of the CA that signs every node's certificate. Default: none. `ca_file`, `cert_file` and
+    /// `key_file` are given all three or not at all; a relative path is relative to the working directory.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this node's certificate chain. Default: none. See `ca_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of this node's private key. Default: none. See `ca_file`.
+    pub key_file: Option<PathBuf>,
+    /// Explicit insecure development flag: lets cluster mode start without any trust source (loud warning at
+    /// start). Default: `false`. Never use it in production.
+    pub insecure_dev: bool,
+}
+
+/// A cluster secret. Its `Debug` and `Serialize` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(String);
+
+impl ClusterSecret {
+    /// Shortest accepted secret, in bytes.
+    pub const MIN_BYTES: usize = 16;
+    /// What `Debug` and `Serialize` print instead of the secret.
+    pub const REDACTED: &'static str = "<redacted>";
+
+    /// Accepts a secret of at least [`Self::MIN_BYTES`] bytes; the error is the rule in words (it never contains
+    /// the secret).
+    pub fn new(secret: &str) -> Result<Self, String> {
+        if secret.len() < Self::MIN_BYTES {
+            return Err(format!(
+                "must be at least {} bytes, got {}",
+                Self::MIN_BYTES,
+                secret.len()
+            ));
+        }
+        Ok(Self(secret.to_owned()))
+    }
+
+    /// The secret itself, for key derivation. Do not log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterSecret({})", Self::REDACTED)
+    }
+}
+
+impl Serialize for ClusterSecret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(Self::REDACTED)
+    }
+}
+
+/// The trust source `run` will use, resolved from the config and `BIFROST_CLUSTER_SECRET`
+/// (see [`ClusterConfig::trust`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Every node derives the same CA from this secret.
+    Secret(ClusterSecret),
+    /// CA, certificate and key files.
+    Files {
+        /// CA certificate (PEM).
+        ca_file: PathBuf,
+        /// This node's certificate chain (PEM).
+        cert_file: PathBuf,
+        /// This node's private key (PEM).
+        key_file: PathBuf,
+    },
+    /// No trust at all: `security.insecure_dev` is set.
+    InsecureDev,
+}
+
+/// `cluster_config.replication`: how local changes are shipped to peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicationConfig {
+    /// How often dirty counters are collected into delta batches. Default: `"5ms"`. Range 1ms..=1s.
+    pub flush_interval: ConfigDuration,
+    /// Largest delta batch, in bytes (one QUIC datagram). Default: 1200. Range 512..=65527.
+    pub max_batch_bytes: usize,
+    /// How often a node exchanges state digests with a peer to repair lost deltas. Default: `"10s"`.
+    /// Range 100ms..=1h.
+    pub anti_entropy_interval: ConfigDuration,
+}
+
+impl ReplicationConfig {
+    /// Default `flush_interval`: 5 ms.
+    pub const DEFAULT_FLUSH_INTERVAL: ConfigDuration = ConfigDuration::from_millis(5);
+    /// Smallest `flush_interval`: 1 ms.
+    pub const MIN_FLUSH_INTERVAL: ConfigDuration = ConfigDuration::from_millis(1);
+    /// Largest `flush_interval`: 1 s.
+    pub const MAX_FLUSH_INTERVAL: ConfigDuration = ConfigDuration::from_millis(1_000);
+    /// Default `max_batch_bytes`.
+    pub const DEFAULT_MAX_BATCH_BYTES: usize = 1200;
+    /// Smallest `max_batch_bytes`.
+    pub const MIN_MAX_BATCH_BYTES: usize = 512;
+    /// Largest `max_batch_bytes` (the largest UDP payload over IPv4).
+    pub const MAX_MAX_BATCH_BYTES: usize = 65527;
+    /// Default `anti_entropy_interval`: 10 s.
+    pub const DEFAULT_ANTI_ENTROPY_INTERVAL: ConfigDuration = ConfigDuration::from_millis(10_000);
+    /// Smallest `anti_entropy_interval`: 100 ms.
+    pub const MIN_ANTI_ENTROPY_INTERVAL: ConfigDuration = ConfigDuration::from_millis(100);
+    /// Largest `anti_entropy_interval`: 1 h.
+    pub const MAX_ANTI_ENTROPY_INTERVAL: ConfigDuration = ConfigDuration::from_millis(3_600_000);
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
+            max_batch_bytes: Self::DEFAULT_MAX_BATCH_BYTES,
+            anti_entropy_interval: Self::DEFAULT_ANTI_ENTROPY_INTERVAL,
+        }
+    }
+}
+
+/// `cluster_config.http`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpConfig {
+    /// Socket address of the HTTP listener, `"ip:port"` (`"[::]:8080"` for IPv6). Default: `"0.0.0.0:8080"`.
+    /// Port 0 asks the OS for a free port (tests, demos). In cluster mode the port must differ from
+    /// `gossip.port` (the gossip port also has a TCP listener).
+    pub listen: SocketAddr,
+}
+
+impl HttpConfig {
+    /// Default `listen`: `0.0.0.0:8080`.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: Self::DEFAULT_LISTEN,
+        }
+    }
+}
+
+/// `cluster_config.limits`: memory bounds of the counter store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LimitsConfig {
+    /// Most counter keys one node holds; past it a new key is refused (existing keys keep working).
+    /// Default: 100000. Range 1..=100000000.
+    pub max_keys: usize,
+    /// Longest counter key, in bytes (UTF-8). Default: 256. Range 1..=4096.
+    pub max_key_length: usize,
+}
+
+impl LimitsConfig {
+    /// Default `max_keys`.
+    pub const DEFAULT_MAX_KEYS: usize = 100_000;
+    /// Largest `max_keys`.
+    pub const MAX_MAX_KEYS: usize = 100_000_000;
+    /// Default `max_key_length`.
+    pub const DEFAULT_MAX_KEY_LENGTH: usize = 256;
+    /// Largest `max_key_length`.
+    pub const MAX_MAX_KEY_LENGTH: usize = 4096;
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_keys: Self::DEFAULT_MAX_KEYS,
+            max_key_length: Self::DEFAULT_MAX_KEY_LENGTH,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses() {
+        let ok = |s: &str| match PeerAddr::parse(s) {
+            Ok(p) => p,
+            Err(e) => panic!("{s:?}: {e}"),
+        };
+        assert_eq!(ok("10.0.0.1:10101").port, Some(10101));
+        assert_eq!(ok("10.0.0.1").port, None);
+        assert_eq!(
+            ok("node-1.bifrost.local:7000").to_string(),
+            "node-1.bifrost.local:7000"
+        );
+        assert_eq!(ok("[fd00::1]:10101").to_string(), "[fd00::1]:10101");
+        assert_eq!(ok("[fd00::1]").to_string(), "fd00::1");
+        assert_eq!(
+            ok("fd00::1").host,
+            PeerHost::Ip("fd00::1".parse().unwrap_or(IpAddr::from([0; 4])))
+        );
+        assert_eq!(ok("localhost").port_or(10101), 10101);
+        for bad in [
+            "",
+            ":10101",
+            "host:",
+            "host:0",
+            "host:65536",
+            "host:-1",
+            "host:abc",
+            "10.0.0.256",
+            "fd00::1:99999x",
+            "[fd00::1",
+            "[fd00::1]x",
+            "[nothost]:1",
+            "bad host",
+            "-node",
+            "a..b",
+            "fd00::1:abc:",
+        ] {
+            assert!(PeerAddr::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn node_ids() {
+        assert!(NodeId::new("bifrost-0.bifrost_cluster").is_ok());
+        assert!(NodeId::new("").is_err());
+        assert!(NodeId::new(&"a".repeat(129)).is_err());
+        assert!(NodeId::new(&"a".repeat(128)).is_ok());
+        assert!(NodeId::new("node 1").is_err());
+        assert!(NodeId::new("nöde").is_err());
+    }
+
+    #[test]
+    fn secret_is_never_shown() {
+        let secret =
+            ClusterSecret::new("0123456789abcdef-very-secret").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!format!("{secret:?}").contains("very-secret"));
+        assert_eq!(
+            serde_json::to_string(&secret).ok().as_deref(),
+            Some("\"<redacted>\"")
+        );
+        assert!(ClusterSecret::new("short").is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! loom models of the lock-free cell. Run with
+//! `RUSTFLAGS="--cfg bifrost_loom" cargo test --release --lib counter::loom_models`.
+//!
+//! Each model explores every interleaving of a few threads on one cell and checks one guarantee of the cell's
+//! module docs.
+
+use loom::sync::Arc;
+use loom::thread;
+
+use super::cell::{AddOutcome, Cell};
+use super::window::Window;
+
+fn cell() -> Arc<Cell> {
+    Arc::new(Cell::new(
+        "k".into(),
+        Window::parse("1s").expect("valid window"),
+    ))
+}
+
+/// Concurrent adds to one epoch are all counted.
+#[test]
+fn concurrent_adds_are_exact() {
+    loom::model(|| {
+        let c = cell();
+        let c2 = Arc::clone(&c);
+        let t = thread::spawn(move || c2.add(0, 1));
+        let a = c.add(0, 2);
+        let b = t.join().expect("thread");
+        assert_eq!((a, b), (AddOutcome::Added, AddOutcome::Added));
+        assert_eq!(c.local(0), 3);
+    });
+}
+
+/// An add racing with a roll of its ring position to a newer epoch is either counted in its own epoch or
+/// refused; it never leaks into the newer epoch, and the newer epoch's add is never lost.
+#[test]
+fn add_racing_a_roll_never_leaks_into_the_new_epoch() {
+    loom::model(|| {
+        let c = cell();
+        c.add(0, 1); // the position holds epoch 0
+        let c2 = Arc::clone(&c);
+        let late = thread::spawn(move || c2.add(0, 10));
+        let fresh = c.add(4, 100); // same position, four epochs later
+        let late = late.join().expect("thread");
+        assert_eq!(fresh, AddOutcome::Added);
+        assert_eq!(
+            c.local(4),
+            100,
+            "late add leaked into the new epoch: {late:?}"
+        );
+    });
+}
+
+/// Two threads rolling the same position to the same new epoch both count.
+#[test]
+fn concurrent_rolls_keep_every_add() {
+    loom::model(|| {
+        let c = cell();
+        c.add(0, 1);
+        let c2 = Arc::clone(&c);
+        let t = thread::spawn(move || c2.add(4, 1));
+        c.add(4, 2);
+        t.join().expect("thread");
+        assert_eq!(c.local(4), 3);
+        assert_eq!(c.local(0), 0);
+    });
+}
+
+/// The dirty handshake: an add is either seen by the drain that clears the flag, or re-marks the cell so the
+/// next drain sees it. No change is stranded.
+#[test]
+fn dirty_handshake_never_strands_an_add() {
+    loom::model(|| {
+        let c = cell();
+        assert!(c.mark_dirty()); // the cell sits in the dirty queue
+        let c2 = Arc::clone(&c);
+        let adder = thread::spawn(move || {
+            c2.add(0, 1);
+            c2.mark_dirty() // true: this adder must enqueue the cell again
+        });
+        // The drain: pop (implicit), clear, read.
+        c.clear_dirty();
+        let drained = c.local(0);
+        let requeued = adder.join().expect("thread");
+        assert!(
+            drained == 1 || requeued,
+            "add neither drained nor re-queued"
+        );
+    });
+}
+
+/// Retiring an idle cell and adding to it concurrently: exactly one wins. If the cell is retired the add was
+/// refused (nothing lost into a cell about to be freed); if the add counted, the cell was not retired.
+#[test]
+fn retire_and_add_exclude_each_other() {
+    loom::model(|| {
+        let c = cell();
+        c.add(0, 1); // idle by the time epoch 8 is current
+        let c2 = Arc::clone(&c);
+        let adder = thread::spawn(move || c2.add(8, 1));
+        let retired = c.try_retire(5);
+        let added = adder.join().expect("thread");
+        if retired {
+            assert_eq!(added, AddOutcome::Stale);
+            assert!(c.is_retired());
+        } else {
+            assert_eq!(added, AddOutcome::Added);
+            assert_eq!(c.local(8), 1);
+        }
+    });
+}
+
+/// A handle registered concurrently with a retire: never both.
+#[test]
+fn retire_and_handle_registration_exclude_each_other() {
+    loom::model(|| {
+        let c = cell();
+        let c2 = Arc::clone(&c);
+        let registrar = thread::spawn(move || c2.register_handle());
+        let retired = c.try_retire(5);
+        let registered = registrar.join().expect("thread");
+        assert!(!(retired && registered), "a handle to a retired cell");
+        assert!(retired || registered || c.is_retired() == retired);
+    });
+}
