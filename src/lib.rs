@@ -51,3 +51,8 @@ pub mod state;
 mod sync;
 pub mod transport;
 pub mod wire;
+
+/// The README's Rust examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -347,3 +347,44 @@ fn concurrent_acquires_never_overshoot_more_than_one_cost_per_stripe() {
         "overshoot bounded by one cost per other stripe: {allowed}"
     );
 }
+
+#[test]
+fn a_full_store_reclaims_idle_keys_by_itself_at_most_once_per_second() {
+    let store = store_with(2, 1);
+    store.add("a", minute(), 1).unwrap();
+    store.add("b", minute(), 1).unwrap();
+    store.drain_dirty(usize::MAX, &mut Vec::new());
+    assert!(store.add("c", minute(), 1).is_err(), "a and b are live");
+    // Four minutes on, a and b are idle: the next new key gets a place without anyone calling reclaim.
+    store.clock().set_unix_ms(T0 + 4 * 60_000);
+    assert_eq!(store.add("c", minute(), 1).unwrap(), AddOutcome::Added);
+    assert_eq!(store.stats().reclaimed_keys, 2);
+    store.add("d", minute(), 1).unwrap();
+    store.drain_dirty(usize::MAX, &mut Vec::new());
+    // Full again with c and d; four more minutes make them idle and the last reclaim is long past: e gets in.
+    store.clock().set_unix_ms(T0 + 8 * 60_000);
+    assert_eq!(store.add("e", minute(), 1).unwrap(), AddOutcome::Added);
+    assert_eq!(store.stats().reclaimed_keys, 4);
+    // The rate limit: fill the store with keys that are already idle half a second after that reclaim (written
+    // with the clock stepped back, which only a test can do). The store refuses instead of walking the map again
+    // within the same second; a second after the last reclaim it walks it and frees them.
+    store.clock().set_unix_ms(T0);
+    store.add("f", minute(), 1).unwrap();
+    store.drain_dirty(usize::MAX, &mut Vec::new());
+    store.clock().set_unix_ms(T0 + 8 * 60_000 + 500);
+    let refused_before = store.stats().refused_keys;
+    assert!(
+        store.add("g", minute(), 1).is_err(),
+        "no second reclaim within one second"
+    );
+    assert_eq!(store.stats().reclaimed_keys, 4);
+    assert_eq!(store.stats().refused_keys, refused_before + 1);
+    store.clock().set_unix_ms(T0 + 8 * 60_000 + 1_000);
+    assert_eq!(store.add("g", minute(), 1).unwrap(), AddOutcome::Added);
+    assert_eq!(
+        store.stats().reclaimed_keys,
+        5,
+        "f was idle; e is live and stays"
+    );
+    assert_eq!(store.global("e", minute()), 1);
+}

@@ -7,10 +7,10 @@
 //!   a clock load, an epoch computation, one slot load, one CAS, and on the first change of a flush interval one
 //!   flag swap and one push onto a preallocated queue.
 //! - The store never holds more than `max_keys` cells. At the cap a new key is refused with
-//!   [`CounterError::KeyLimit`] and counted; existing keys keep working. [`CounterStore::reclaim_idle`] frees
-//!   cells whose every epoch has left the ring and that no handle refers to; an add racing with it is either
-//!   counted in the old cell (which then is not reclaimed) or refused by it and retried on a fresh cell, never
-//!   lost or counted twice.
+//!   [`CounterError::KeyLimit`] and counted; existing keys keep working. Before refusing, a full store frees (at
+//!   most once per second) the cells whose every epoch has left the ring and that no handle refers to (see
+//!   [`CounterStore::reclaim_idle`]); an add racing with that is either counted in the old cell (which then is
+//!   not freed) or refused by it and retried on a fresh cell, never lost or counted twice.
 //! - Every change reaches [`CounterStore::drain_dirty`]: the first add after a drain marks the cell dirty and
 //!   queues it (see the handshake in the cell's docs). Nothing scans the keys on a timer.
 
@@ -154,6 +154,8 @@ struct Shared {
     cells: papaya::HashMap<CellKey, Arc<Cell>, foldhash::fast::FixedState>,
     /// Cells held, counted exactly (papaya's `len` is approximate under concurrency).
     count: std::sync::atomic::AtomicUsize,
+    /// Coarse-clock time of the last reclaim attempted because the store was full.
+    last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64,
     dirty: ArrayQueue<Arc<Cell>>,
     options: StoreOptions,
     stats: StoreStats,
@@ -210,6 +212,7 @@ impl CounterStore {
                 clock: Arc::clone(&options.clock),
                 cells,
                 count: std::sync::atomic::AtomicUsize::new(0),
+                last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64::new(0),
                 dirty: ArrayQueue::new(max_keys + 64),
                 options: StoreOptions {
                     max_keys,
@@ -284,18 +287,26 @@ impl CounterStore {
         window: Window,
     ) -> Result<Arc<Cell>, CounterError> {
         let max_keys = self.shared.options.max_keys;
-        // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter whose only
-        // job is the cap; the map insert publishes the cell.
-        let reserved = self
-            .shared
-            .count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if reserved >= max_keys {
+        let mut reclaimed = false;
+        loop {
+            // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter whose
+            // only job is the cap; the map insert publishes the cell.
+            let reserved = self
+                .shared
+                .count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if reserved < max_keys {
+                break;
+            }
             self.shared
                 .count
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(cell) = map.get(&KeyRef { key, window }) {
                 return Ok(Arc::clone(cell)); // inserted meanwhile by someone else
+            }
+            if !reclaimed && self.reclaim_at_cap() > 0 {
+                reclaimed = true;
+                continue;
             }
             self.shared
                 .stats
@@ -448,8 +459,8 @@ impl CounterStore {
     }
 
     /// Frees every cell whose epochs have all left the ring, that no handle refers to and that is not waiting
-    /// to be drained. Returns how many were freed. This walks the whole map: the node calls it only when the
-    /// store nears `max_keys`, not on a timer.
+    /// to be drained. Returns how many were freed. This walks the whole map, so nothing calls it on a timer: an
+    /// insert that finds the store full calls it (at most once per second), and an owner may call it at will.
     pub fn reclaim_idle(&self) -> usize {
         let now = self.shared.clock.now_unix_ms();
         let map = self.shared.cells.pin();
@@ -471,6 +482,29 @@ impl CounterStore {
             .reclaimed_keys
             .fetch_add(freed as u64, std::sync::atomic::Ordering::Relaxed);
         freed
+    }
+
+    /// At the cap, frees idle cells — at most once per second of the coarse clock, so a flood of new keys cannot
+    /// make every refused insert walk the map. Returns how many were freed (0 when it was not this caller's turn).
+    #[cold]
+    fn reclaim_at_cap(&self) -> usize {
+        let now = self.shared.clock.now_unix_ms();
+        let last = &self.shared.last_reclaim_at_cap_ms;
+        // Relaxed: a rate limiter on a standalone timestamp; the CAS picks one caller per second.
+        let previous = last.load(std::sync::atomic::Ordering::Relaxed);
+        if now < previous.saturating_add(1_000)
+            || last
+                .compare_exchange(
+                    previous,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return 0;
+        }
+        self.reclaim_idle()
     }
 
     /// Every `(key, window, epoch, value)` this replica holds for itself, for a full state transfer.
