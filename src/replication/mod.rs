@@ -1,4 +1,14 @@
 //! Replication plane (sans-IO): local changes become delta batches of absolute per-origin values, peers' batches
-//! are merged with a per-origin `max`, and anti-entropy repairs loss. Filled by the replication issue; the counter
-//! plane already provides the two ends it connects: [`crate::counter::CounterStore::drain_dirty`] and
-//! [`crate::counter::CounterStore::merge_remote`].
+//! are merged with a per-origin `max`, anti-entropy repairs loss, and a joining node gets the full state.
+//!
+//! Guarantees (details in [`Replicator`]): merging is idempotent, commutative and associative, so any loss,
+//! duplication or reordering of frames is harmless; once every node has received every other's values, every
+//! node's global count equals the exact sum of all increments. No clock or randomness is read here: time is an
+//! argument and the anti-entropy peer choice comes from a seed.
+
+pub mod digest;
+mod replicator;
+mod stats;
+
+pub use replicator::{Channel, PeerId, Replicator, ReplicatorOptions, Transmit};
+pub use stats::{PeerStats, ReplicationStats};

@@ -1,1 +1,27 @@
-//! Wire (sans-IO): frame header and rkyv message types with validated decode. Filled by the replication issue.
+//! Wire (sans-IO): frames of one rkyv archive each, and their validated decode.
+//!
+//! Guarantees:
+//! - The format is fixed: rkyv 0.8 with `unaligned`, `little_endian` and `pointer_width_32`, so a received slice
+//!   is read in place (no copy), whatever its alignment, on any platform.
+//! - [`decode`] validates before it returns anything: header, bytecheck, size and count limits, windows. A frame
+//!   is merged whole or dropped whole; network bytes never reach unchecked access.
+//! - Messages carry absolute per-origin values, so loss, duplication and reordering are harmless.
+
+mod batch;
+mod error;
+mod frame;
+mod messages;
+
+pub use batch::{BatchPacker, FRAME_OVERHEAD, entry_size};
+pub use error::WireError;
+pub use frame::{
+    Frame, HEADER_LEN, Kind, MAGIC, MAX_ENTRIES_PER_FRAME, MAX_FRAME_BYTES, MAX_KEY_BYTES,
+    MAX_NODE_ID_BYTES, MAX_ORIGINS_PER_FRAME, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR, decode,
+    encode, encode_into, split_header,
+};
+pub use messages::{
+    ArchivedDeltaBatch, ArchivedDigest, ArchivedEntry, ArchivedHello, ArchivedOriginDigest,
+    ArchivedOriginGroup, ArchivedOriginKind, ArchivedStateChunk, ArchivedStateRequest,
+    ArchivedWireWindow, DeltaBatch, Digest, Entry, Hello, OriginDigest, OriginGroup, OriginKind,
+    StateChunk, StateRequest, WireWindow, WireWindowError, capabilities,
+};

@@ -1,0 +1,67 @@
+//! Observability counters of the replication plane. All monotone except the per-peer lag and timestamps.
+
+/// Counters of one node's replicator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationStats {
+    /// Delta batches packed (each is sent to every peer).
+    pub batches_sent: u64,
+    /// Delta batches received.
+    pub batches_received: u64,
+    /// Bytes queued for sending, all frames and peers.
+    pub bytes_sent: u64,
+    /// Bytes received, all frames and peers (refused frames included).
+    pub bytes_received: u64,
+    /// Remote values that raised what we held for their origin.
+    pub entries_merged: u64,
+    /// Remote values we already had (duplicates, reordered or older values).
+    pub entries_unchanged: u64,
+    /// Remote values for windows that are already over.
+    pub entries_expired: u64,
+    /// Remote values refused by the store (key limit, key length).
+    pub entries_refused: u64,
+    /// Remote values of a kind this protocol version does not merge (aggregates).
+    pub entries_ignored: u64,
+    /// Frames dropped because they failed to decode.
+    pub decode_errors: u64,
+    /// Frames that could not be encoded (values then travel with anti-entropy).
+    pub encode_errors: u64,
+    /// Frames of a kind the replicator does not expect (a repeated Hello).
+    pub unexpected_frames: u64,
+    /// Digests sent (one per anti-entropy round).
+    pub digests_sent: u64,
+    /// Digests received.
+    pub digests_received: u64,
+    /// Digests that showed a difference and triggered a transfer.
+    pub anti_entropy_repairs: u64,
+    /// State requests sent (join or anti-entropy pull).
+    pub state_requests_sent: u64,
+    /// State requests answered.
+    pub state_requests_received: u64,
+    /// State chunks sent.
+    pub state_chunks_sent: u64,
+    /// State chunks received.
+    pub state_chunks_received: u64,
+}
+
+/// Counters of one peer link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Delta batches sent to the peer.
+    pub batches_sent: u64,
+    /// Delta batches received from the peer.
+    pub batches_received: u64,
+    /// Bytes sent to the peer.
+    pub bytes_sent: u64,
+    /// Bytes received from the peer.
+    pub bytes_received: u64,
+    /// Frames from the peer that failed to decode.
+    pub decode_errors: u64,
+    /// When we last received a valid frame from the peer (Unix ms).
+    pub last_received_ms: u64,
+    /// Replication lag: receive time minus the peer's send time of its last batch, in ms (includes clock skew).
+    pub lag_ms: u64,
+    /// Highest batch sequence number received from the peer.
+    pub last_sequence: u64,
+    /// Batches of the peer never received (gaps in the sequence): lost datagrams.
+    pub sequence_gaps: u64,
+}

@@ -1,0 +1,255 @@
+//! Frames: an 8-byte header and exactly one rkyv archive.
+//!
+//! ```text
+//! offset 0..2  magic  b"BF"
+//! offset 2     major protocol version (1)
+//! offset 3     message kind
+//! offset 4..8  archive length, u32 little endian
+//! offset 8..   the archive (rkyv 0.8, unaligned, little endian, 32-bit relative pointers)
+//! ```
+//!
+//! Guarantees:
+//! - [`decode`] checks the header, then validates the archive with bytecheck (`rkyv::access`), then the limits
+//!   ([`MAX_ENTRIES_PER_FRAME`], [`MAX_KEY_BYTES`], …) and every window, before returning anything: a frame is
+//!   accepted whole or refused whole. Unvalidated access never sees network bytes.
+//! - The archive format is unaligned, so any received slice is read in place, whatever its alignment: no copy.
+//! - An unknown major version is refused with [`WireError::UnsupportedVersion`]; minor versions are negotiated
+//!   in [`Hello`].
+
+use rkyv::api::high::HighSerializer;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+
+use super::error::WireError;
+use super::messages::{
+    ArchivedDeltaBatch, ArchivedDigest, ArchivedHello, ArchivedOriginGroup, ArchivedStateChunk,
+    ArchivedStateRequest, DeltaBatch, Digest, Hello, StateChunk, StateRequest,
+};
+
+/// The first two bytes of every frame.
+pub const MAGIC: [u8; 2] = *b"BF";
+/// The major protocol version this build speaks.
+pub const PROTOCOL_MAJOR: u8 = 1;
+/// The minor protocol version this build speaks (announced in [`Hello`]).
+pub const PROTOCOL_MINOR: u16 = 0;
+/// Header size in bytes.
+pub const HEADER_LEN: usize = 8;
+/// Largest frame accepted (header included): 1 MiB. Datagrams are far smaller (the path MTU bounds them).
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Most entries one frame may carry (over all its groups).
+pub const MAX_ENTRIES_PER_FRAME: usize = 16_384;
+/// Longest key on the wire. The store's own `limits.max_key_length` is usually lower.
+pub const MAX_KEY_BYTES: usize = 4_096;
+/// Most origins one digest or state request may name.
+pub const MAX_ORIGINS_PER_FRAME: usize = 65_536;
+/// Longest node id in a [`Hello`].
+pub const MAX_NODE_ID_BYTES: usize = 256;
+
+/// Message kinds (the header's fourth byte). 16..=31 are reserved for the membership plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// [`Hello`].
+    Hello = 1,
+    /// [`DeltaBatch`].
+    DeltaBatch = 2,
+    /// [`Digest`].
+    Digest = 3,
+    /// [`StateRequest`].
+    StateRequest = 4,
+    /// [`StateChunk`].
+    StateChunk = 5,
+}
+
+impl Kind {
+    fn from_byte(b: u8) -> Result<Kind, WireError> {
+        Ok(match b {
+            1 => Kind::Hello,
+            2 => Kind::DeltaBatch,
+            3 => Kind::Digest,
+            4 => Kind::StateRequest,
+            5 => Kind::StateChunk,
+            other => return Err(WireError::UnknownKind(other)),
+        })
+    }
+}
+
+/// A message type that travels in a frame.
+pub trait Message:
+    for<'a> rkyv::Serialize<HighSerializer<Vec<u8>, ArenaHandle<'a>, rancor::Error>>
+{
+    /// Its kind byte.
+    const KIND: Kind;
+}
+
+impl Message for Hello {
+    const KIND: Kind = Kind::Hello;
+}
+impl Message for DeltaBatch {
+    const KIND: Kind = Kind::DeltaBatch;
+}
+impl Message for Digest {
+    const KIND: Kind = Kind::Digest;
+}
+impl Message for StateRequest {
+    const KIND: Kind = Kind::StateRequest;
+}
+impl Message for StateChunk {
+    const KIND: Kind = Kind::StateChunk;
+}
+
+/// Encodes `message` as a frame: the archive is written in place after the header, no copy.
+pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, WireError> {
+    encode_into(message, Vec::with_capacity(256))
+}
+
+/// Encodes `message` as a frame into `buffer` (cleared first), reusing its allocation.
+pub fn encode_into<M: Message>(message: &M, mut buffer: Vec<u8>) -> Result<Vec<u8>, WireError> {
+    buffer.clear();
+    buffer.extend_from_slice(&MAGIC);
+    buffer.push(PROTOCOL_MAJOR);
+    buffer.push(M::KIND as u8);
+    buffer.extend_from_slice(&[0; 4]);
+    let mut frame = rkyv::api::high::to_bytes_in::<_, rancor::Error>(message, buffer)
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    let archive_len = frame.len() - HEADER_LEN;
+    if frame.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge {
+            len: frame.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    // Fits in u32: bounded by MAX_FRAME_BYTES just above.
+    frame[4..8].copy_from_slice(&(archive_len as u32).to_le_bytes());
+    Ok(frame)
+}
+
+/// A validated frame, borrowing the received bytes.
+#[derive(Debug)]
+pub enum Frame<'a> {
+    /// A [`Hello`].
+    Hello(&'a ArchivedHello),
+    /// A [`DeltaBatch`].
+    DeltaBatch(&'a ArchivedDeltaBatch),
+    /// A [`Digest`].
+    Digest(&'a ArchivedDigest),
+    /// A [`StateRequest`].
+    StateRequest(&'a ArchivedStateRequest),
+    /// A [`StateChunk`].
+    StateChunk(&'a ArchivedStateChunk),
+}
+
+/// Checks the header of `bytes` and returns the kind and the archive slice.
+pub fn split_header(bytes: &[u8]) -> Result<(Kind, &[u8]), WireError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(WireError::TooShort {
+            len: bytes.len(),
+            header: HEADER_LEN,
+        });
+    }
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    if bytes[0..2] != MAGIC {
+        return Err(WireError::BadMagic {
+            found: [bytes[0], bytes[1]],
+        });
+    }
+    if bytes[2] != PROTOCOL_MAJOR {
+        return Err(WireError::UnsupportedVersion {
+            major: bytes[2],
+            supported: PROTOCOL_MAJOR,
+        });
+    }
+    let kind = Kind::from_byte(bytes[3])?;
+    let declared = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let archive = &bytes[HEADER_LEN..];
+    if declared != archive.len() {
+        return Err(WireError::LengthMismatch {
+            declared,
+            actual: archive.len(),
+        });
+    }
+    Ok((kind, archive))
+}
+
+fn access<T>(archive: &[u8]) -> Result<&T, WireError>
+where
+    T: rkyv::Portable
+        + for<'a> bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+{
+    rkyv::access::<T, rancor::Error>(archive).map_err(|e| WireError::Invalid(e.to_string()))
+}
+
+fn check_groups(groups: &[ArchivedOriginGroup]) -> Result<(), WireError> {
+    let count: usize = groups.iter().map(|g| g.entries.len()).sum();
+    if count > MAX_ENTRIES_PER_FRAME {
+        return Err(WireError::TooManyEntries {
+            count,
+            max: MAX_ENTRIES_PER_FRAME,
+        });
+    }
+    for entry in groups.iter().flat_map(|g| g.entries.iter()) {
+        if entry.key.len() > MAX_KEY_BYTES {
+            return Err(WireError::KeyTooLong {
+                len: entry.key.len(),
+                max: MAX_KEY_BYTES,
+            });
+        }
+        entry
+            .window
+            .window()
+            .map_err(|e| WireError::BadWindow(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn check_origins(count: usize) -> Result<(), WireError> {
+    if count > MAX_ORIGINS_PER_FRAME {
+        return Err(WireError::TooManyEntries {
+            count,
+            max: MAX_ORIGINS_PER_FRAME,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes and validates a frame (see the module guarantees). Allocation-free.
+pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
+    let (kind, archive) = split_header(bytes)?;
+    Ok(match kind {
+        Kind::Hello => {
+            let hello = access::<ArchivedHello>(archive)?;
+            if hello.node_id.len() > MAX_NODE_ID_BYTES {
+                return Err(WireError::KeyTooLong {
+                    len: hello.node_id.len(),
+                    max: MAX_NODE_ID_BYTES,
+                });
+            }
+            Frame::Hello(hello)
+        }
+        Kind::DeltaBatch => {
+            let batch = access::<ArchivedDeltaBatch>(archive)?;
+            check_groups(&batch.groups)?;
+            Frame::DeltaBatch(batch)
+        }
+        Kind::Digest => {
+            let digest = access::<ArchivedDigest>(archive)?;
+            check_origins(digest.origins.len())?;
+            Frame::Digest(digest)
+        }
+        Kind::StateRequest => {
+            let request = access::<ArchivedStateRequest>(archive)?;
+            check_origins(request.origins.len())?;
+            Frame::StateRequest(request)
+        }
+        Kind::StateChunk => {
+            let chunk = access::<ArchivedStateChunk>(archive)?;
+            check_groups(&chunk.groups)?;
+            Frame::StateChunk(chunk)
+        }
+    })
+}

@@ -1,0 +1,211 @@
+//! The message types carried in frames, as plain Rust types; rkyv derives their archived (wire) form.
+//!
+//! Design rules:
+//! - Values are absolute per-origin counts, never differences, so any message may be lost, duplicated or
+//!   reordered: the receiver merges with a per-origin max.
+//! - A batch groups entries by origin replica. A direct batch has one group whose origin is the sender; the
+//!   group list leaves room for relayed entries (other origins forwarded by the sender) and aggregated entries
+//!   (`OriginKind::Aggregate`), which the large-cluster step will use.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::counter::{Alignment, Unit, Window, WindowError};
+
+/// Capabilities a node announces in [`Hello`]; unknown bits are ignored.
+pub mod capabilities {
+    /// Understands [`super::DeltaBatch`] and the anti-entropy messages of protocol 1.
+    pub const REPLICATION_V1: u64 = 1 << 0;
+    /// Understands relayed groups (origins other than the sender) in batches.
+    pub const RELAYED_GROUPS: u64 = 1 << 1;
+}
+
+/// First message on every link, both ways. A link is trusted only after each side has received the other's.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Hello {
+    /// The sender's stable node id.
+    pub node_id: String,
+    /// The sender's replica id, fresh for each process start.
+    pub replica_id: u64,
+    /// The protocol version the sender speaks (major in the frame header; this is `major << 16 | minor`).
+    pub protocol_version: u32,
+    /// Bit set of [`capabilities`].
+    pub capabilities: u64,
+}
+
+/// A window on the wire: count, unit and alignment as small integers.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug))]
+pub struct WireWindow {
+    /// Number of units, 1..=[`crate::counter::MAX_WINDOW_COUNT`].
+    pub count: u32,
+    /// 0 = s, 1 = m, 2 = h, 3 = d, 4 = w, 5 = M, 6 = Y.
+    pub unit: u8,
+    /// 0 = fixed, 1 = calendar.
+    pub alignment: u8,
+}
+
+impl From<Window> for WireWindow {
+    fn from(w: Window) -> WireWindow {
+        let unit = match w.unit() {
+            Unit::Second => 0,
+            Unit::Minute => 1,
+            Unit::Hour => 2,
+            Unit::Day => 3,
+            Unit::Week => 4,
+            Unit::Month => 5,
+            Unit::Year => 6,
+        };
+        let alignment = match w.alignment() {
+            Alignment::Fixed => 0,
+            Alignment::Calendar => 1,
+        };
+        WireWindow {
+            count: w.count(),
+            unit,
+            alignment,
+        }
+    }
+}
+
+/// Why a wire window does not name a valid window.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireWindowError {
+    /// The unit code is not 0..=6.
+    #[error("unknown window unit code {0}")]
+    Unit(u8),
+    /// The alignment code is not 0 or 1.
+    #[error("unknown window alignment code {0}")]
+    Alignment(u8),
+    /// The combination is invalid (count out of range, fixed months, …).
+    #[error(transparent)]
+    Window(#[from] WindowError),
+}
+
+impl WireWindow {
+    /// Decodes from the three archived fields (what a receiver reads in place).
+    pub fn to_window(count: u32, unit: u8, alignment: u8) -> Result<Window, WireWindowError> {
+        let unit = match unit {
+            0 => Unit::Second,
+            1 => Unit::Minute,
+            2 => Unit::Hour,
+            3 => Unit::Day,
+            4 => Unit::Week,
+            5 => Unit::Month,
+            6 => Unit::Year,
+            other => return Err(WireWindowError::Unit(other)),
+        };
+        let alignment = match alignment {
+            0 => Alignment::Fixed,
+            1 => Alignment::Calendar,
+            other => return Err(WireWindowError::Alignment(other)),
+        };
+        Ok(Window::with_alignment(count, unit, alignment)?)
+    }
+}
+
+impl ArchivedWireWindow {
+    /// The window this archived value names.
+    pub fn window(&self) -> Result<Window, WireWindowError> {
+        WireWindow::to_window(self.count.to_native(), self.unit, self.alignment)
+    }
+}
+
+/// One counter value: `origin`'s absolute count of `key` in `window`'s epoch `epoch`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Entry {
+    /// The counter key.
+    pub key: String,
+    /// The window.
+    pub window: WireWindow,
+    /// The window index.
+    pub epoch: u64,
+    /// The absolute value.
+    pub value: u64,
+}
+
+/// Whose values a group carries.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum OriginKind {
+    /// A replica's own values (merged per origin with max).
+    Replica,
+    /// An aggregate of several replicas, named by an aggregate id (reserved for the large-cluster step;
+    /// receivers of protocol 1 ignore these groups).
+    Aggregate,
+}
+
+/// Entries of one origin.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OriginGroup {
+    /// Replica id (or aggregate id) the values belong to.
+    pub origin: u64,
+    /// What `origin` names.
+    pub kind: OriginKind,
+    /// The values.
+    pub entries: Vec<Entry>,
+}
+
+/// Changed values, sent as one datagram each flush interval.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeltaBatch {
+    /// The sender's replica id.
+    pub sender: u64,
+    /// Per-sender sequence number, for observability (gaps = lost datagrams); merging does not depend on it.
+    pub sequence: u64,
+    /// The sender's wall clock when it packed the batch (Unix ms), for the replication lag metric.
+    pub sent_at_ms: u64,
+    /// The values, grouped by origin.
+    pub groups: Vec<OriginGroup>,
+}
+
+/// A fingerprint of everything a node holds for one origin.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OriginDigest {
+    /// The origin replica.
+    pub origin: u64,
+    /// How many `(key, window, epoch)` values the node holds for it.
+    pub entries: u32,
+    /// Order-independent hash of those values (see `replication::digest`).
+    pub fingerprint: u64,
+}
+
+/// Anti-entropy: "this is what I hold"; the receiver answers with what differs.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Digest {
+    /// The sender's replica id.
+    pub sender: u64,
+    /// One fingerprint per origin the sender holds values for (itself included).
+    pub origins: Vec<OriginDigest>,
+}
+
+/// "Send me your values of these origins" (all origins when empty: the full state transfer of a joining node).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StateRequest {
+    /// The sender's replica id.
+    pub sender: u64,
+    /// Matches the answering chunks.
+    pub request_id: u64,
+    /// Origins wanted; empty = everything.
+    pub origins: Vec<u64>,
+}
+
+/// Part of a state transfer or of an anti-entropy answer, sent on a stream.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct StateChunk {
+    /// The sender's replica id.
+    pub sender: u64,
+    /// The request this answers (0 when unsolicited, as in an anti-entropy push).
+    pub request_id: u64,
+    /// Values grouped by origin.
+    pub groups: Vec<OriginGroup>,
+    /// True on the last chunk of the answer.
+    pub last: bool,
+}
