@@ -319,6 +319,22 @@ fn concurrent_acquires_never_overshoot_more_than_one_cost_per_stripe() {
     let store = store_with(10, 1);
     let handle = store.handle("limited", minute()).unwrap();
     let stripes = store.options().stripes.next_power_of_two() as u64;
+    // Phase 1: contend with plain adds and drain (as the node's flush does) until the cell has its stripes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.stats().inflated_cells == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two threads never collided on one key in 20 s"
+        );
+        thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| (0..100_000).for_each(|_| assert_eq!(handle.add(1), AddOutcome::Added)));
+            }
+        });
+        store.drain_dirty(usize::MAX, &mut Vec::new());
+    }
+    // Phase 2: race acquires in the next window, on the striped cell.
+    store.clock().set_unix_ms(T0 + 60_000);
     let allowed: u64 = thread::scope(|s| {
         let workers: Vec<_> = (0..4)
             .map(|_| {
@@ -329,11 +345,6 @@ fn concurrent_acquires_never_overshoot_more_than_one_cost_per_stripe() {
                 })
             })
             .collect();
-        let mut out = Vec::new();
-        for _ in 0..100 {
-            store.drain_dirty(usize::MAX, &mut out); // inflates the cell once contended
-            thread::yield_now();
-        }
         workers.into_iter().map(|w| w.join().unwrap()).sum()
     });
     assert_eq!(
@@ -387,4 +398,47 @@ fn a_full_store_reclaims_idle_keys_by_itself_at_most_once_per_second() {
         "f was idle; e is live and stays"
     );
     assert_eq!(store.global("e", minute()), 1);
+}
+
+#[test]
+fn merges_from_the_future_are_refused_and_counted() {
+    let store = store_with(10, 1);
+    let h = store.handle("k", minute()).unwrap();
+    let now = h.epoch_now();
+    assert_eq!(
+        store.merge_remote(2, "k", minute(), now + 1, 5).unwrap(),
+        MergeOutcome::Raised,
+        "one window ahead is skew we accept"
+    );
+    assert_eq!(
+        store.merge_remote(2, "k", minute(), now + 4, 5).unwrap(),
+        MergeOutcome::Future
+    );
+    assert_eq!(
+        store.merge_remote(2, "k", minute(), u64::MAX, 5).unwrap(),
+        MergeOutcome::Future
+    );
+    assert_eq!(store.stats().future_merges, 2);
+    // The current window was not pushed out: local adds still count.
+    assert_eq!(h.add(1), AddOutcome::Added);
+    assert!(h.try_acquire(10, 1).allowed);
+    assert_eq!(h.local(), 2);
+}
+
+#[test]
+fn a_handle_clone_keeps_its_cell_through_reclaim_passes() {
+    let store = store_with(4, 1);
+    let h = store.handle("k", minute()).unwrap();
+    h.add(1);
+    store.drain_dirty(usize::MAX, &mut Vec::new());
+    store.clock().set_unix_ms(T0 + 10 * 60_000);
+    let clone = h.clone();
+    drop(h);
+    assert_eq!(store.reclaim_idle(), 0, "the clone still holds the cell");
+    assert_eq!(clone.add(3), AddOutcome::Added);
+    assert_eq!(
+        store.global("k", minute()),
+        3,
+        "the clone and the map see the same cell"
+    );
 }

@@ -40,6 +40,9 @@ pub const RING: usize = 4;
 /// The largest value one value word (one stripe, one epoch) can hold: 2^48 − 1.
 pub const MAX_CELL_VALUE: u64 = (1 << 48) - 1;
 
+/// Most padded stripes a contended cell gets, whatever `StoreOptions::stripes` asks for.
+pub const MAX_STRIPES: usize = 256;
+
 const SLOT_EMPTY: u64 = u64::MAX;
 const EPOCH_MASK: u64 = (1 << 48) - 1;
 /// A slot of a cell being reclaimed: its epoch is above every real epoch, so every add and merge sees it as
@@ -133,6 +136,9 @@ pub enum MergeOutcome {
     Unchanged,
     /// The epoch has left the ring: the value belongs to a window that is over and is dropped.
     Expired,
+    /// The epoch is more than one window ahead of this node's clock: dropped, so a peer's fast clock cannot
+    /// push our windows forward (see `CounterStore::merge_remote`).
+    Future,
 }
 
 /// A counter cell. Shared by the store, the handles and the dirty queue through `Arc`.
@@ -209,9 +215,12 @@ impl Cell {
     /// already holds a newer epoch (then `epoch` has left the ring).
     #[inline]
     fn generation_for(&self, epoch: u64) -> Option<u16> {
+        if epoch >= EPOCH_MASK {
+            return None; // beyond the representable range (and the retired sentinel's epoch)
+        }
         let i = ring_index(epoch);
-        // Acquire: pairs with the AcqRel roll so a writer that sees the new generation also sees the roll's
-        // position in the slot's modification order before its own word CAS.
+        // Acquire: pairs with the roll so a writer that sees the new generation also sees the roll's position
+        // in the slot's modification order before its own word CAS.
         let mut slot = self.slots[i].load(Ordering::Acquire);
         loop {
             if slot != SLOT_EMPTY {
@@ -229,8 +238,10 @@ impl Cell {
                 slot_gen(slot).wrapping_add(1)
             };
             let rolled = pack_slot(epoch, generation);
-            // AcqRel: the winner's sweep and every later writer order after the roll.
-            match self.slots[i].compare_exchange(slot, rolled, Ordering::AcqRel, Ordering::Acquire)
+            // SeqCst: the roll is part of the dirty handshake (a drain that misses this add must leave the
+            // flag for it to see; a drain that follows must see the rolled slot); it also orders the winner's
+            // sweep and every later writer after the roll.
+            match self.slots[i].compare_exchange(slot, rolled, Ordering::SeqCst, Ordering::Acquire)
             {
                 Ok(_) => {
                     self.sweep(i, generation);
@@ -265,6 +276,10 @@ impl Cell {
                 sweep_word(&stripe.words[i]);
             }
         }
+        // The position's remote sum follows the same generation rule, so it can never reappear after the 16-bit
+        // generation wraps. A merge that raced this roll may store an older generation once more; the next
+        // roll's sweep moves it again.
+        sweep_word(&self.remote[i]);
     }
 
     #[inline]
@@ -347,7 +362,7 @@ impl Cell {
                 self.remote_value(i, generation) + self.local_except(i, generation, Some(stripe));
             let used = extra.saturating_add(others).saturating_add(own);
             let after = used.saturating_add(cost);
-            if after > limit || own + cost > MAX_CELL_VALUE {
+            if after > limit || cost > MAX_CELL_VALUE - own {
                 return TakeOutcome::Refused { used };
             }
             if cost == 0 {
@@ -356,7 +371,7 @@ impl Cell {
             // SeqCst: the first half of the dirty-flag handshake.
             match word.compare_exchange(
                 current,
-                pack_word(generation, own + cost),
+                pack_word(generation, own + cost), // ≤ MAX_CELL_VALUE: checked above
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
@@ -404,8 +419,8 @@ impl Cell {
     /// The generation of `epoch` if its slot currently holds it.
     #[inline]
     fn generation_if_present(&self, epoch: u64) -> Option<u16> {
-        // Acquire: pairs with the roll.
-        let slot = self.slots[ring_index(epoch)].load(Ordering::Acquire);
+        // SeqCst: the drain's side of the dirty handshake reads slots after clearing the flag.
+        let slot = self.slots[ring_index(epoch)].load(Ordering::SeqCst);
         (slot != SLOT_EMPTY && slot_epoch(slot) == epoch & EPOCH_MASK).then(|| slot_gen(slot))
     }
 
@@ -445,8 +460,8 @@ impl Cell {
     /// Every epoch in the ring not older than `oldest`, with this replica's local value (zero values skipped).
     pub(crate) fn local_values(&self, oldest: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         (0..RING).filter_map(move |i| {
-            // Acquire: pairs with the roll.
-            let slot = self.slots[i].load(Ordering::Acquire);
+            // SeqCst: the drain's side of the dirty handshake (flag store, then slot and value loads).
+            let slot = self.slots[i].load(Ordering::SeqCst);
             if slot == SLOT_EMPTY || slot == SLOT_RETIRED || slot_epoch(slot) < oldest {
                 return None;
             }
@@ -474,6 +489,14 @@ impl Cell {
         true
     }
 
+    /// Registers one more handle beside a live one. The live handle keeps `handles > 0`, so a retire in
+    /// progress fails and is undone: no retired check is needed, and none must be made (it could fail spuriously
+    /// while the retire is being undone).
+    pub(crate) fn register_clone(&self) {
+        // SeqCst: the same order as `register_handle`.
+        self.handles.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Unregisters a handle.
     pub(crate) fn release_handle(&self) {
         // SeqCst: pairs with the handle-count load in `try_retire`.
@@ -484,6 +507,12 @@ impl Cell {
     /// dirty. On success every slot holds the retired sentinel: no add or merge can succeed on it any more, and
     /// the caller removes it from the map. On failure the cell is left exactly as it was.
     pub(crate) fn try_retire(&self, oldest: u64) -> bool {
+        // Cheap pre-check, so a cell held by a handle or waiting to be drained is not retired even briefly (its
+        // adds would be refused while the slots are retired); the check after retiring is the exact one.
+        // SeqCst: same handshake as below.
+        if self.handles.load(Ordering::SeqCst) != 0 || self.dirty.load(Ordering::SeqCst) {
+            return false;
+        }
         let mut saved = [SLOT_EMPTY; RING];
         let restore = |saved: &[u64], upto: usize| {
             for (i, &slot) in saved.iter().enumerate().take(upto) {
@@ -524,24 +553,37 @@ impl Cell {
     /// Gives the cell `stripes` padded stripes (a power of two ≥ 2) so contending threads stop sharing one cache
     /// line. Called from the drain side, never from the hot path. No effect if already inflated.
     pub(crate) fn inflate(&self, stripes: usize) {
-        let stripes = stripes.max(2).next_power_of_two();
+        // Start each word at its slot's current generation so it counts at once; a roll racing with this is
+        // harmless (the word is then older and is reset by its first writer or the next sweep). A slot read as
+        // retired has no real generation to copy: give up; a later drain inflates the cell if it stays in use.
+        let mut generations = [0u16; RING];
+        for (i, generation) in generations.iter_mut().enumerate() {
+            // Acquire: pairs with the roll.
+            let slot = self.slots[i].load(Ordering::Acquire);
+            if slot == SLOT_RETIRED {
+                return;
+            }
+            if slot != SLOT_EMPTY {
+                *generation = slot_gen(slot);
+            }
+        }
+        let stripes = stripes.clamp(2, MAX_STRIPES).next_power_of_two();
         let extra: Box<[CachePadded<Stripe>]> = (0..stripes)
             .map(|_| {
                 let stripe = Stripe::new();
-                // Start each word at its slot's current generation so it counts at once; a roll racing with
-                // this is harmless (the word is then older and is reset by its first writer or the next sweep).
-                for i in 0..RING {
-                    // Acquire: pairs with the roll.
-                    let slot = self.slots[i].load(Ordering::Acquire);
-                    if slot != SLOT_EMPTY {
-                        // Relaxed: the stripe is not shared yet; `OnceLock::set` publishes it.
-                        stripe.words[i].store(pack_word(slot_gen(slot), 0), Ordering::Relaxed);
-                    }
+                for (word, &generation) in stripe.words.iter().zip(&generations) {
+                    // Relaxed: the stripe is not shared yet; `OnceLock::set` publishes it.
+                    word.store(pack_word(generation, 0), Ordering::Relaxed);
                 }
                 CachePadded::new(stripe)
             })
             .collect();
         let _ = self.extra.set(extra);
+    }
+
+    /// Whether the cell has its padded stripes.
+    pub(crate) fn is_inflated(&self) -> bool {
+        self.extra.get().is_some()
     }
 
     /// Merges `value` reported by `origin` for `epoch` (per-origin max) and republishes the remote sum.
@@ -671,6 +713,74 @@ mod tests {
         assert_eq!(c.local(1), 2);
         c.add(5, 10);
         assert_eq!((c.local(1), c.local(5)), (0, 10));
+    }
+
+    #[test]
+    fn remote_sums_do_not_reappear_when_the_generation_wraps() {
+        let c = cell();
+        assert_eq!(c.merge_remote(9, 0, 1_000), MergeOutcome::Raised);
+        // Peers stop reporting; local traffic rolls position 0 past a full 16-bit generation cycle.
+        for k in 1..=70_000u64 {
+            let epoch = k * RING as u64;
+            c.add(epoch, 1);
+            assert_eq!(c.remote(epoch), 0, "phantom remote sum at roll {k}");
+        }
+    }
+
+    #[test]
+    fn take_never_overflows_or_lowers_a_value() {
+        let c = cell();
+        assert!(matches!(
+            c.take(1, 10, u64::MAX, 0),
+            TakeOutcome::Taken { used: 10 }
+        ));
+        assert!(matches!(
+            c.take(1, u64::MAX - 5, u64::MAX, 0),
+            TakeOutcome::Refused { used: 10 }
+        ));
+        assert!(matches!(
+            c.take(1, MAX_CELL_VALUE - 10, u64::MAX, 0),
+            TakeOutcome::Taken { .. }
+        ));
+        assert!(matches!(
+            c.take(1, 1, u64::MAX, 0),
+            TakeOutcome::Refused { .. }
+        ));
+        assert_eq!(c.local(1), MAX_CELL_VALUE);
+    }
+
+    #[test]
+    fn epochs_beyond_the_representable_range_are_refused() {
+        let c = cell();
+        assert_eq!(c.add(EPOCH_MASK, 1), AddOutcome::Stale);
+        assert_eq!(c.add(u64::MAX, 1), AddOutcome::Stale);
+        assert_eq!(c.merge_remote(9, u64::MAX, 1), MergeOutcome::Expired);
+        assert_eq!(
+            c.add(5, 1),
+            AddOutcome::Added,
+            "nothing was rolled by the refused epochs"
+        );
+    }
+
+    #[test]
+    fn inflate_gives_up_on_a_cell_being_retired_and_a_restored_cell_keeps_counting() {
+        let c = cell();
+        c.add(1, 1);
+        assert!(c.try_retire(100));
+        c.inflate(4);
+        assert!(
+            !c.is_inflated(),
+            "no generation to copy from a retired slot"
+        );
+        // A retire that is undone (a handle appeared) gives the slots back exactly.
+        let d = cell();
+        d.add(1, 1);
+        assert!(d.register_handle());
+        assert!(!d.try_retire(100));
+        d.inflate(4);
+        assert!(d.is_inflated());
+        assert_eq!(d.add(1, 1), AddOutcome::Added);
+        assert_eq!(d.local(1), 2);
     }
 
     #[test]

@@ -123,3 +123,54 @@ fn retire_and_handle_registration_exclude_each_other() {
         assert!(retired || registered || c.is_retired() == retired);
     });
 }
+
+/// The dirty handshake when the add also rolls its ring position from an older epoch (not an empty slot): the
+/// roll is part of the handshake, so the drain sees the new epoch or the adder re-queues the cell.
+#[test]
+fn dirty_handshake_with_a_roll_never_strands_an_add() {
+    loom::model(|| {
+        let c = cell();
+        c.add(0, 1); // position 0 holds epoch 0
+        assert!(c.mark_dirty()); // queued for that add
+        let c2 = Arc::clone(&c);
+        let adder = thread::spawn(move || {
+            c2.add(4, 1); // a new window, same position: rolls it
+            c2.mark_dirty()
+        });
+        c.clear_dirty();
+        let drained: Vec<(u64, u64)> = c.local_values(1).collect();
+        let requeued = adder.join().expect("thread");
+        assert!(
+            drained == vec![(4, 1)] || requeued,
+            "add in the new window neither drained nor re-queued"
+        );
+    });
+}
+
+/// Cloning a handle while a reclaimer retires the cell: the clone registers without a check, the retire fails
+/// and is undone, and the count of handles stays exact.
+#[test]
+fn handle_clone_during_a_retire_keeps_the_cell() {
+    loom::model(|| {
+        let c = cell();
+        assert!(c.register_handle()); // a live handle
+        c.release_handle(); // ... which the pre-check will not see: simulate it appearing right after
+        let c2 = Arc::clone(&c);
+        let holder = thread::spawn(move || {
+            if c2.register_handle() {
+                c2.register_clone();
+                c2.release_handle();
+                true
+            } else {
+                false
+            }
+        });
+        let retired = c.try_retire(5);
+        let registered = holder.join().expect("thread");
+        assert!(!(retired && registered));
+        if registered {
+            assert!(!c.is_retired(), "a cell with a live handle stays");
+            assert_eq!(c.add(8, 1), AddOutcome::Added);
+        }
+    });
+}

@@ -74,6 +74,10 @@ pub struct StoreStats {
     pub saturated_adds: std::sync::atomic::AtomicU64,
     /// Remote values for windows that are already over.
     pub expired_merges: std::sync::atomic::AtomicU64,
+    /// Remote values for windows more than one window ahead of this node's clock.
+    pub future_merges: std::sync::atomic::AtomicU64,
+    /// Contended cells given padded stripes by the drain.
+    pub inflated_cells: std::sync::atomic::AtomicU64,
     /// Cells freed by [`CounterStore::reclaim_idle`].
     pub reclaimed_keys: std::sync::atomic::AtomicU64,
 }
@@ -93,6 +97,10 @@ pub struct StatsSnapshot {
     pub saturated_adds: u64,
     /// See [`StoreStats::expired_merges`].
     pub expired_merges: u64,
+    /// See [`StoreStats::future_merges`].
+    pub future_merges: u64,
+    /// See [`StoreStats::inflated_cells`].
+    pub inflated_cells: u64,
     /// See [`StoreStats::reclaimed_keys`].
     pub reclaimed_keys: u64,
 }
@@ -167,9 +175,11 @@ impl Shared {
     fn changed(&self, cell: &Arc<Cell>) {
         if cell.mark_dirty() {
             // The queue holds at most one entry per cell (the dirty flag guards it) and has room for `max_keys`
-            // cells plus slack, so this push cannot fail; if it ever did, the cell stays marked and is picked up
-            // by `drain_all`.
-            let _ = self.dirty.push(Arc::clone(cell));
+            // cells plus slack, so this push cannot fail. Were it ever to, clearing the flag lets the next add
+            // queue the cell again rather than leave it marked and never drained.
+            if self.dirty.push(Arc::clone(cell)).is_err() {
+                cell.clear_dirty();
+            }
         }
     }
 
@@ -408,6 +418,13 @@ impl CounterStore {
             }
             if cell.is_contended() {
                 cell.inflate(self.shared.options.stripes);
+                if cell.is_inflated() {
+                    // Relaxed: statistics.
+                    self.shared
+                        .stats
+                        .inflated_cells
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             let window = cell.window();
             let oldest = window.epoch_at(now).saturating_sub(RING as u64 - 1);
@@ -440,6 +457,18 @@ impl CounterStore {
     ) -> Result<MergeOutcome, CounterError> {
         if origin == self.shared.options.replica_id {
             return Ok(MergeOutcome::Unchanged);
+        }
+        // A value for a window that has not started here (the sender's clock is ahead by more than one
+        // window, or the epoch is garbage) would roll our slots into the future and refuse every local add of
+        // the current window. Drop it; it is merged once our clock gets there (later batches, anti-entropy).
+        let current = window.epoch_at(self.shared.clock.now_unix_ms());
+        if epoch > current.saturating_add(1) {
+            // Relaxed: statistics.
+            self.shared
+                .stats
+                .future_merges
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(MergeOutcome::Future);
         }
         loop {
             let cell = self.cell(key, window)?;
@@ -558,6 +587,8 @@ impl CounterStore {
             stale_adds: load(&s.stale_adds),
             saturated_adds: load(&s.saturated_adds),
             expired_merges: load(&s.expired_merges),
+            future_merges: load(&s.future_merges),
+            inflated_cells: load(&s.inflated_cells),
             reclaimed_keys: load(&s.reclaimed_keys),
         }
     }
@@ -571,9 +602,7 @@ pub struct CounterHandle {
 
 impl Clone for CounterHandle {
     fn clone(&self) -> CounterHandle {
-        // A live handle already keeps the cell registered, so it cannot be retired: registration succeeds.
-        let registered = self.cell.register_handle();
-        debug_assert!(registered, "a cell with a live handle is never retired");
+        self.cell.register_clone();
         CounterHandle {
             cell: Arc::clone(&self.cell),
             shared: Arc::clone(&self.shared),
@@ -619,18 +648,25 @@ impl CounterHandle {
         let outcome = self.cell.add(self.epoch_now(), n);
         if outcome == AddOutcome::Added {
             self.shared.changed(&self.cell);
+            outcome
         } else {
-            self.add_slow(outcome);
+            self.add_slow(outcome, n)
         }
-        outcome
     }
 
     #[cold]
-    fn add_slow(&self, outcome: AddOutcome) {
-        if outcome == AddOutcome::Saturated {
+    fn add_slow(&self, mut outcome: AddOutcome, n: u64) -> AddOutcome {
+        // A reclaimer may be retiring the cell right now (its pre-check raced this handle). It will see this
+        // handle and undo the retire; until then every add is refused without counting anything: retry.
+        while outcome == AddOutcome::Stale && self.cell.is_retired() {
+            std::hint::spin_loop();
+            outcome = self.cell.add(self.epoch_now(), n);
+        }
+        if outcome != AddOutcome::Stale {
             self.shared.changed(&self.cell);
         }
         self.shared.count_add_outcome(outcome);
+        outcome
     }
 
     /// Fixed-window acquire: counts `cost` and allows the request if the global usage of the current window
@@ -643,13 +679,15 @@ impl CounterHandle {
     /// Acquire with a chosen algorithm (see [`Algorithm`]).
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
-        let (decision, counted) = limiter::acquire(
-            &self.cell,
-            algorithm,
-            self.shared.clock.now_unix_ms(),
-            limit,
-            cost,
-        );
+        let now = self.shared.clock.now_unix_ms();
+        let (mut decision, mut counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
+        // A refusal from a cell being retired is no decision: this handle holds the cell, so the retire will
+        // be undone. Retry (see `add_slow`).
+        while !decision.allowed && self.cell.is_retired() {
+            std::hint::spin_loop();
+            let now = self.shared.clock.now_unix_ms();
+            (decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
+        }
         if counted {
             self.shared.changed(&self.cell);
         }

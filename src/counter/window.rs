@@ -13,6 +13,8 @@ const MS_PER_SECOND: u64 = 1_000;
 const MS_PER_DAY: u64 = 86_400_000;
 /// 1970-01-01 was a Thursday; ISO weeks start on Monday, 3 days earlier.
 const DAYS_FROM_MONDAY_TO_EPOCH: u64 = 3;
+/// Calendar boundaries past this year are reported as `u64::MAX` ms (beyond what a `u64` of milliseconds holds).
+const MAX_CALENDAR_YEAR: u64 = 500_000_000;
 /// Upper bound on the count of a window (`10000s`, `12M`, …), so every boundary fits in `u64` milliseconds.
 pub const MAX_WINDOW_COUNT: u32 = 100_000;
 
@@ -233,10 +235,16 @@ impl Window {
             (Alignment::Calendar, Unit::Month) => {
                 let months = epoch.saturating_mul(count);
                 let year = 1970u64.saturating_add(months / 12);
+                if year > MAX_CALENDAR_YEAR {
+                    return u64::MAX;
+                }
                 days_from_civil(year, months % 12 + 1, 1).saturating_mul(MS_PER_DAY)
             }
             (Alignment::Calendar, Unit::Year) => {
                 let year = 1970u64.saturating_add(epoch.saturating_mul(count));
+                if year > MAX_CALENDAR_YEAR {
+                    return u64::MAX;
+                }
                 days_from_civil(year, 1, 1).saturating_mul(MS_PER_DAY)
             }
             (_, unit) => {

@@ -350,9 +350,12 @@ impl Replicator {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.stats.batches_received += 1;
                     p.stats.lag_ms = now_ms.saturating_sub(batch.sent_at_ms.to_native());
+                    // The sequence comes from the network: any u64, so no arithmetic that can overflow.
                     let sequence = batch.sequence.to_native();
-                    if p.stats.last_sequence != 0 && sequence > p.stats.last_sequence + 1 {
-                        p.stats.sequence_gaps += sequence - p.stats.last_sequence - 1;
+                    let expected = p.stats.last_sequence.saturating_add(1);
+                    if p.stats.last_sequence != 0 && sequence > expected {
+                        p.stats.sequence_gaps =
+                            p.stats.sequence_gaps.saturating_add(sequence - expected);
                     }
                     p.stats.last_sequence = p.stats.last_sequence.max(sequence);
                 }
@@ -401,6 +404,7 @@ impl Replicator {
                     Ok(MergeOutcome::Raised) => self.stats.entries_merged += 1,
                     Ok(MergeOutcome::Unchanged) => self.stats.entries_unchanged += 1,
                     Ok(MergeOutcome::Expired) => self.stats.entries_expired += 1,
+                    Ok(MergeOutcome::Future) => self.stats.entries_future += 1,
                     Err(
                         CounterError::KeyLimit { .. }
                         | CounterError::KeyTooLong { .. }

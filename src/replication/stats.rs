@@ -17,6 +17,8 @@ pub struct ReplicationStats {
     pub entries_unchanged: u64,
     /// Remote values for windows that are already over.
     pub entries_expired: u64,
+    /// Remote values for windows more than one window ahead of our clock (a peer's clock runs ahead).
+    pub entries_future: u64,
     /// Remote values refused by the store (key limit, key length).
     pub entries_refused: u64,
     /// Remote values of a kind this protocol version does not merge (aggregates).

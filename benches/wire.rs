@@ -1,0 +1,161 @@
+//! Wire benchmarks, each beside its baselines in one group (docs/benchmarks.md):
+//!
+//! - `wire/encode_batch`: encode a delta batch into a frame (header + archive, in place);
+//! - `wire/access_batch`: decode it with full validation (header, bytecheck, limits, windows);
+//! - `wire/merge_batch`: decode and merge every entry into a store (the receive path of replication);
+//! - `baseline/serde_json_decode`, `baseline/postcard_decode`: the same batch decoded by serde_json and postcard.
+//!
+//! Throughput is reported in entries per second.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
+use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
+use bifrost_cluster::wire::{self, DeltaBatch, Entry, Frame, OriginGroup, OriginKind, WireWindow};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const NOW: u64 = 1_795_514_400_000;
+const ENTRIES: usize = 1_000;
+
+/// The same batch as plain serde types, for the baselines.
+mod mirror {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct Window {
+        pub count: u32,
+        pub unit: u8,
+        pub alignment: u8,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct Entry {
+        pub key: String,
+        pub window: Window,
+        pub epoch: u64,
+        pub value: u64,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct Group {
+        pub origin: u64,
+        pub kind: u8,
+        pub entries: Vec<Entry>,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct Batch {
+        pub sender: u64,
+        pub sequence: u64,
+        pub sent_at_ms: u64,
+        pub groups: Vec<Group>,
+    }
+}
+
+fn batch() -> DeltaBatch {
+    let window = Window::parse("1m").expect("valid window");
+    let epoch = window.epoch_at(NOW);
+    let entries = (0..ENTRIES)
+        .map(|i| Entry {
+            key: format!("vk/provider-{}/model-{i}", i % 7),
+            window: WireWindow::from(window),
+            epoch,
+            value: 1_000 + i as u64,
+        })
+        .collect();
+    DeltaBatch {
+        sender: 2,
+        sequence: 1,
+        sent_at_ms: NOW,
+        groups: vec![OriginGroup {
+            origin: 2,
+            kind: OriginKind::Replica,
+            entries,
+        }],
+    }
+}
+
+fn mirror_of(b: &DeltaBatch) -> mirror::Batch {
+    mirror::Batch {
+        sender: b.sender,
+        sequence: b.sequence,
+        sent_at_ms: b.sent_at_ms,
+        groups: b
+            .groups
+            .iter()
+            .map(|g| mirror::Group {
+                origin: g.origin,
+                kind: 0,
+                entries: g
+                    .entries
+                    .iter()
+                    .map(|e| mirror::Entry {
+                        key: e.key.clone(),
+                        window: mirror::Window {
+                            count: e.window.count,
+                            unit: e.window.unit,
+                            alignment: e.window.alignment,
+                        },
+                        epoch: e.epoch,
+                        value: e.value,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn wire_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wire");
+    group.throughput(Throughput::Elements(ENTRIES as u64));
+    let batch = batch();
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    group.bench_function("wire/encode_batch", |b| {
+        b.iter(|| {
+            buffer =
+                wire::encode_into(black_box(&batch), std::mem::take(&mut buffer)).expect("encodes");
+            buffer.len()
+        })
+    });
+    let frame = wire::encode(&batch).expect("encodes");
+    group.bench_function("wire/access_batch", |b| {
+        b.iter(|| match wire::decode(black_box(&frame)) {
+            Ok(Frame::DeltaBatch(archived)) => archived.groups[0].entries.len(),
+            _ => unreachable!("a valid batch"),
+        })
+    });
+    let store = CounterStore::new(StoreOptions {
+        replica_id: 1,
+        clock: Arc::new(CoarseClock::new(NOW)),
+        ..StoreOptions::default()
+    });
+    let mut replicator = Replicator::new(store, 1, ReplicatorOptions::default(), 7, NOW);
+    replicator.add_peer(2, Some(1200));
+    while replicator.poll_transmit().is_some() {}
+    group.bench_function("wire/merge_batch", |b| {
+        b.iter(|| {
+            replicator
+                .handle_frame(2, black_box(&frame), NOW)
+                .expect("merges")
+        })
+    });
+    let mirror = mirror_of(&batch);
+    let json = serde_json::to_vec(&mirror).expect("serializes");
+    group.bench_function("baseline/serde_json_decode", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<mirror::Batch>(black_box(&json))
+                .expect("decodes")
+                .groups
+                .len()
+        })
+    });
+    let post = postcard::to_allocvec(&mirror).expect("serializes");
+    group.bench_function("baseline/postcard_decode", |b| {
+        b.iter(|| {
+            postcard::from_bytes::<mirror::Batch>(black_box(&post))
+                .expect("decodes")
+                .groups
+                .len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, wire_benches);
+criterion_main!(benches);

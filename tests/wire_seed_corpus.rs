@@ -1,0 +1,107 @@
+//! The fuzz seed corpus of `decode_frame` is real encodings, committed under `fuzz/seeds/decode_frame/`.
+//! This test checks every seed still decodes (so a format change cannot silently leave the fuzzer with
+//! garbage seeds); `BIFROST_WRITE_SEEDS=1 cargo test --test wire_seed_corpus` rewrites them.
+
+use std::path::Path;
+
+use bifrost_cluster::counter::Window;
+use bifrost_cluster::wire::{
+    self, DeltaBatch, Digest, Entry, Hello, OriginDigest, OriginGroup, OriginKind, StateChunk,
+    StateRequest, WireWindow, capabilities,
+};
+
+fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let entry = |key: &str, w: &str, epoch, value| Entry {
+        key: key.into(),
+        window: WireWindow::from(Window::parse(w).unwrap()),
+        epoch,
+        value,
+    };
+    let groups = vec![
+        OriginGroup {
+            origin: 11,
+            kind: OriginKind::Replica,
+            entries: vec![
+                entry("vk/openai/gpt-4o", "1m", 29_925_240, 17),
+                entry("budget/team-a", "1M", 682, 5_000_000),
+            ],
+        },
+        OriginGroup {
+            origin: 12,
+            kind: OriginKind::Aggregate,
+            entries: vec![entry("rl/x", "1s", 1_795_514_400, 1)],
+        },
+    ];
+    vec![
+        (
+            "hello.bin",
+            wire::encode(&Hello {
+                node_id: "node-1".into(),
+                replica_id: 11,
+                protocol_version: 1 << 16,
+                capabilities: capabilities::REPLICATION_V1,
+            })
+            .unwrap(),
+        ),
+        (
+            "delta_batch.bin",
+            wire::encode(&DeltaBatch {
+                sender: 11,
+                sequence: 3,
+                sent_at_ms: 1_795_514_400_000,
+                groups: groups.clone(),
+            })
+            .unwrap(),
+        ),
+        (
+            "digest.bin",
+            wire::encode(&Digest {
+                sender: 11,
+                origins: vec![OriginDigest {
+                    origin: 11,
+                    entries: 2,
+                    fingerprint: 0xdead_beef,
+                }],
+            })
+            .unwrap(),
+        ),
+        (
+            "state_request.bin",
+            wire::encode(&StateRequest {
+                sender: 11,
+                request_id: 1,
+                origins: vec![],
+            })
+            .unwrap(),
+        ),
+        (
+            "state_chunk.bin",
+            wire::encode(&StateChunk {
+                sender: 11,
+                request_id: 1,
+                groups,
+                last: true,
+            })
+            .unwrap(),
+        ),
+    ]
+}
+
+#[test]
+fn seed_corpus_is_current() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/decode_frame");
+    if std::env::var_os("BIFROST_WRITE_SEEDS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in seeds() {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    for (name, bytes) in seeds() {
+        let committed = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            committed, bytes,
+            "{name} is stale: rerun with BIFROST_WRITE_SEEDS=1"
+        );
+        wire::decode(&committed).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
