@@ -1,0 +1,39 @@
+//! Errors that stop a node from starting. Each names the field or resource at fault.
+
+use crate::config::FieldError;
+use crate::transport::{TlsError, TransportError};
+
+/// Why [`super::Cluster::start`] refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The config is invalid or lacks what running needs (every problem is listed).
+    #[error("config cannot run:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<FieldError>),
+    /// Building the TLS setup failed (a PEM file, the derived CA, …).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Binding the gossip port failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// No node id in the config and the hostname could not be read or is not a valid node id.
+    #[error(
+        "cluster_config.node_id: not set and the hostname {hostname:?} cannot be used: {reason}"
+    )]
+    NodeId {
+        /// What the hostname lookup gave.
+        hostname: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// The operating system's random number generator failed (needed for the replica id).
+    #[error("the OS random number generator failed: {0}")]
+    Random(String),
+    /// A static peer's host name could not be resolved.
+    #[error("cluster_config.peers: cannot resolve {peer}: {reason}")]
+    Resolve {
+        /// The peer as written.
+        peer: String,
+        /// The resolver's answer.
+        reason: String,
+    },
+}

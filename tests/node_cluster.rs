@@ -1,0 +1,335 @@
+//! Real nodes over real QUIC on 127.0.0.1: convergence, restart, trust, hostile frames. Every wait is a bounded
+//! poll; every address is on loopback.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::time::{Duration, Instant};
+
+use bifrost_cluster::config::{ClusterSecret, NodeId, load_from_str};
+use bifrost_cluster::counter::Window;
+use bifrost_cluster::node::{Cluster, ClusterHandle, NodeOptions};
+use bifrost_cluster::transport::{TlsSetup, Transport, TransportOptions};
+use bifrost_cluster::wire::{
+    self, DeltaBatch, Entry, Hello, OriginGroup, OriginKind, WireWindow, capabilities,
+};
+use bytes::Bytes;
+
+const SECRET: &str = "test-cluster-secret-0123456789abcdef";
+
+/// A port free on 127.0.0.1 for both UDP and TCP (the gossip port and its TCP health listener).
+fn free_port() -> u16 {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp bind");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on loopback");
+}
+
+fn config(
+    node: &str,
+    port: u16,
+    peers: &[u16],
+    secret: &str,
+) -> bifrost_cluster::config::ClusterConfig {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let text = format!(
+        r#"{{ "cluster_config": {{
+            "enabled": true, "node_id": "{node}", "peers": [{}],
+            "gossip": {{ "port": {port} }},
+            "security": {{ "cluster_secret": "{secret}" }},
+            "replication": {{ "anti_entropy_interval": "1s" }},
+            "http": {{ "listen": "127.0.0.1:0" }}
+        }} }}"#,
+        peers.join(",")
+    );
+    load_from_str(&text).expect("valid test config").config
+}
+
+fn options() -> NodeOptions {
+    NodeOptions {
+        bind_ip: Ipv4Addr::LOCALHOST.into(),
+        env_secret: None,
+        transport: TransportOptions::default(),
+    }
+}
+
+async fn start(node: &str, port: u16, peers: &[u16], secret: &str) -> ClusterHandle {
+    Cluster::start_with(config(node, port, peers, secret), options())
+        .await
+        .expect("node starts")
+}
+
+/// Polls `done` every 10 ms for at most `limit`.
+async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn minute() -> Window {
+    Window::parse("1m").expect("window")
+}
+
+/// Counts against a window that cannot roll over during a test.
+fn hour() -> Window {
+    Window::parse("1h").expect("window")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_to_the_exact_totals_under_concurrent_increments() {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut nodes = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        let others: Vec<u16> = ports.iter().copied().filter(|&p| p != port).collect();
+        nodes.push(start(&format!("node-{i}"), port, &others, SECRET).await);
+    }
+    wait_for(Duration::from_secs(15), "a full mesh", || {
+        nodes.iter().all(|n| n.peers().len() == 2)
+    })
+    .await;
+    const PER_THREAD: u64 = 20_000;
+    let keys = ["vk/a", "vk/b", "budget/c"];
+    let threads: Vec<_> = nodes
+        .iter()
+        .flat_map(|node| {
+            keys.iter().map(move |key| {
+                let handle = node.store().handle(key, hour()).expect("handle");
+                std::thread::spawn(move || {
+                    for _ in 0..PER_THREAD {
+                        handle.add(1);
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("incrementing thread");
+    }
+    let total = PER_THREAD * nodes.len() as u64;
+    wait_for(
+        Duration::from_secs(15),
+        "every node to hold the exact totals",
+        || {
+            nodes
+                .iter()
+                .all(|n| keys.iter().all(|k| n.store().global(k, hour()) == total))
+        },
+    )
+    .await;
+    // The status is refreshed every 50 ms: wait for it to show the traffic.
+    wait_for(
+        Duration::from_secs(5),
+        "replication stats to show batches",
+        || {
+            nodes
+                .iter()
+                .all(|n| n.replication_stats().batches_received > 0)
+        },
+    )
+    .await;
+    for node in &nodes {
+        assert_eq!(node.replication_stats().decode_errors, 0);
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_counting_without_hiding_its_new_increments() {
+    let ports = [free_port(), free_port(), free_port()];
+    let peers_of =
+        |port: u16| -> Vec<u16> { ports.iter().copied().filter(|&p| p != port).collect() };
+    let a = start("node-a", ports[0], &peers_of(ports[0]), SECRET).await;
+    let b = start("node-b", ports[1], &peers_of(ports[1]), SECRET).await;
+    let c = start("node-c", ports[2], &peers_of(ports[2]), SECRET).await;
+    wait_for(Duration::from_secs(15), "a full mesh", || {
+        [&a, &b, &c].iter().all(|n| n.peers().len() == 2)
+    })
+    .await;
+    let key = "budget/restart";
+    c.store().add(key, hour(), 100).expect("add");
+    wait_for(Duration::from_secs(10), "100 everywhere", || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.store().global(key, hour()) == 100)
+    })
+    .await;
+    let old_replica = c.replica_id();
+    c.shutdown().await;
+    drop(c);
+    // Same node id, same port, new process life: a new replica id. In one process the previous endpoint's socket
+    // is released asynchronously, so retry the bind briefly, as a supervisor restarting the node would.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let c = loop {
+        match Cluster::start_with(
+            config("node-c", ports[2], &peers_of(ports[2]), SECRET),
+            options(),
+        )
+        .await
+        {
+            Ok(node) => break node,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("restart not ready yet: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("restart failed: {error}"),
+        }
+    };
+    assert_ne!(c.replica_id(), old_replica);
+    wait_for(Duration::from_secs(15), "c to relink", || {
+        c.peers().len() == 2
+    })
+    .await;
+    // The state transfer brings c its previous life's 100; its new increments add on top. With node names as
+    // origins, the peers' max-merge would keep the old 100 and hide these 50.
+    c.store().add(key, hour(), 50).expect("add");
+    wait_for(Duration::from_secs(15), "150 everywhere", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| n.store().global(key, hour()) == 150)
+    })
+    .await;
+    for node in [&a, &b, &c] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_secret_cannot_join_and_nothing_of_it_is_merged() {
+    let ports = [free_port(), free_port(), free_port()];
+    let a = start("node-a", ports[0], &[ports[1]], SECRET).await;
+    let b = start("node-b", ports[1], &[ports[0]], SECRET).await;
+    let intruder = start(
+        "intruder",
+        ports[2],
+        &[ports[0], ports[1]],
+        "another-secret-entirely-0123456789",
+    )
+    .await;
+    wait_for(Duration::from_secs(15), "a and b linked", || {
+        a.peers().len() == 1 && b.peers().len() == 1
+    })
+    .await;
+    intruder
+        .store()
+        .add("stolen", minute(), 1_000)
+        .expect("add");
+    a.store().add("honest", minute(), 1).expect("add");
+    // Give the intruder several dial attempts (backoff starts at 100 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for(Duration::from_secs(5), "b to see a's increment", || {
+        b.store().global("honest", minute()) == 1
+    })
+    .await;
+    for node in [&a, &b] {
+        let peers = node.peers();
+        assert_eq!(peers.len(), 1, "only the honest peer is linked: {peers:?}");
+        assert_ne!(peers[0].node_id, "intruder");
+        assert_eq!(
+            node.store().global("stolen", minute()),
+            0,
+            "nothing of the intruder is merged"
+        );
+    }
+    assert!(intruder.peers().is_empty());
+    assert_eq!(intruder.store().global("honest", minute()), 0);
+    assert_eq!(intruder.replication_stats().batches_received, 0);
+    for node in [&a, &b, &intruder] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_from_a_trusted_peer_are_dropped_and_the_link_survives() {
+    let port = free_port();
+    // Cluster mode needs a peer: give it one that never answers (a free loopback port).
+    let node = start("node-a", port, &[free_port()], SECRET).await;
+    // A trusted peer that we drive by hand: same secret, real hello, then hostile frames.
+    let secret = ClusterSecret::new(SECRET).expect("secret");
+    let tls = TlsSetup::from_secret(&secret, &NodeId::new("rogue").expect("id")).expect("tls");
+    let rogue = Transport::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        tls,
+        TransportOptions::default(),
+    )
+    .expect("bind");
+    let target: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let link = rogue.connect(target).await.expect("connect");
+    let hello = wire::encode(&Hello {
+        node_id: "rogue".into(),
+        replica_id: 0xbad,
+        protocol_version: 1 << 16,
+        capabilities: capabilities::REPLICATION_V1,
+    })
+    .expect("encode");
+    let (mut send, mut recv) = link.open_stream().await.expect("stream");
+    send.write_all(&hello).await.expect("write");
+    send.finish().expect("finish");
+    let answer = recv.read_to_end(4096).await.expect("hello answer");
+    assert!(matches!(wire::decode(&answer), Ok(wire::Frame::Hello(_))));
+    wait_for(Duration::from_secs(5), "the rogue to be linked", || {
+        node.peers().len() == 1
+    })
+    .await;
+
+    // Garbage datagrams, a truncated frame, a frame with an unknown major version.
+    link.send_datagram(Bytes::from_static(b"not a frame at all"))
+        .expect("datagram");
+    let window = hour();
+    let batch = |value| {
+        wire::encode(&DeltaBatch {
+            sender: 0xbad,
+            sequence: 1,
+            sent_at_ms: 0,
+            groups: vec![OriginGroup {
+                origin: 0xbad,
+                kind: OriginKind::Replica,
+                entries: vec![Entry {
+                    key: "from-rogue".into(),
+                    window: WireWindow::from(window),
+                    epoch: window.epoch_at(node.clock().now_unix_ms()),
+                    value,
+                }],
+            }],
+        })
+        .expect("encode")
+    };
+    let good = batch(7);
+    link.send_datagram(Bytes::copy_from_slice(&good[..good.len() - 5]))
+        .expect("datagram");
+    let mut future_version = batch(9);
+    future_version[2] = 9;
+    link.send_datagram(Bytes::from(future_version))
+        .expect("datagram");
+    // An oversized stream frame: more than the 1 MiB limit.
+    let (mut big, _) = link.open_stream().await.expect("stream");
+    let _ = big.write_all(&vec![0u8; wire::MAX_FRAME_BYTES + 100]).await;
+    let _ = big.finish();
+    wait_for(Duration::from_secs(5), "three decode errors", || {
+        node.replication_stats().decode_errors >= 3
+    })
+    .await;
+    assert_eq!(
+        node.store().global("from-rogue", window),
+        0,
+        "nothing from a refused frame is merged"
+    );
+
+    // The link survived: a valid frame still merges.
+    link.send_datagram(Bytes::from(good)).expect("datagram");
+    wait_for(Duration::from_secs(5), "the valid frame to merge", || {
+        node.store().global("from-rogue", window) == 7
+    })
+    .await;
+    assert_eq!(node.peers().len(), 1, "the link is still up");
+    link.close("done");
+    node.shutdown().await;
+}
