@@ -2,7 +2,10 @@
 //!
 //! - `wire/encode_batch`: encode a delta batch into a frame (header + archive, in place);
 //! - `wire/access_batch`: decode it with full validation (header, bytecheck, limits, windows);
-//! - `wire/merge_batch`: decode and merge every entry into a store (the receive path of replication);
+//! - `wire/merge_batch`: decode and merge every entry into a store whose values are already as high (duplicates,
+//!   the common case under anti-entropy and redundant delivery);
+//! - `wire/merge_batch_raising`: the same, where every entry raises its origin's value (fresh deltas): the
+//!   per-origin table is updated and the remote sum republished for each entry;
 //! - `baseline/serde_json_decode`, `baseline/postcard_decode`: the same batch decoded by serde_json and postcard.
 //!
 //! Throughput is reported in entries per second.
@@ -49,6 +52,10 @@ mod mirror {
 }
 
 fn batch() -> DeltaBatch {
+    batch_with_values(1_000)
+}
+
+fn batch_with_values(base: u64) -> DeltaBatch {
     let window = Window::parse("1m").expect("valid window");
     let epoch = window.epoch_at(NOW);
     let entries = (0..ENTRIES)
@@ -56,7 +63,7 @@ fn batch() -> DeltaBatch {
             key: format!("vk/provider-{}/model-{i}", i % 7),
             window: WireWindow::from(window),
             epoch,
-            value: 1_000 + i as u64,
+            value: base + i as u64,
         })
         .collect();
     DeltaBatch {
@@ -133,6 +140,40 @@ fn wire_benches(c: &mut Criterion) {
             replicator
                 .handle_frame(2, black_box(&frame), NOW)
                 .expect("merges")
+        })
+    });
+    // 64 frames whose values grow from one to the next: after an untimed first frame creates the cells, every
+    // timed entry raises its origin's value.
+    let raising: Vec<Vec<u8>> = (1..=64u64)
+        .map(|k| wire::encode(&batch_with_values(k * 10_000)).expect("encodes"))
+        .collect();
+    group.bench_function("wire/merge_batch_raising", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = std::time::Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let store = CounterStore::new(StoreOptions {
+                    replica_id: 1,
+                    clock: Arc::new(CoarseClock::new(NOW)),
+                    ..StoreOptions::default()
+                });
+                let mut replicator =
+                    Replicator::new(store, 1, ReplicatorOptions::default(), 7, NOW);
+                replicator.add_peer(2, Some(1200));
+                replicator
+                    .handle_frame(2, &raising[0], NOW)
+                    .expect("merges");
+                let chunk = (iters - done).min(raising.len() as u64 - 1) as usize;
+                let start = std::time::Instant::now();
+                for frame in &raising[1..=chunk] {
+                    replicator
+                        .handle_frame(2, black_box(frame), NOW)
+                        .expect("merges");
+                }
+                elapsed += start.elapsed();
+                done += chunk as u64;
+            }
+            elapsed
         })
     });
     let mirror = mirror_of(&batch);

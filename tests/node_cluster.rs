@@ -333,3 +333,79 @@ async fn malformed_and_oversized_frames_from_a_trusted_peer_are_dropped_and_the_
     link.close("done");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_cannot_join_and_nothing_of_it_is_merged() {
+    let port = free_port();
+    let node = start("node-a", port, &[free_port()], SECRET).await;
+    // A raw QUIC client that trusts the cluster CA but presents no certificate.
+    let secret = ClusterSecret::new(SECRET).expect("secret");
+    let anchor = TlsSetup::from_secret(&secret, &NodeId::new("x").expect("id"))
+        .expect("tls")
+        .ca_certificates()[0]
+        .clone();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(anchor).expect("anchor");
+    let mut crypto = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls 1.3")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    crypto.alpn_protocols = vec![bifrost_cluster::transport::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("quic crypto");
+    let client =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    let connecting = client
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            bifrost_cluster::transport::SERVER_NAME,
+        )
+        .expect("connect");
+    let window = hour();
+    // With TLS 1.3 the client's side of the handshake may complete before the server rejects it: try everything.
+    if let Ok(Ok(connection)) = tokio::time::timeout(Duration::from_secs(5), connecting).await {
+        let hello = wire::encode(&Hello {
+            node_id: "anonymous".into(),
+            replica_id: 0xa11,
+            protocol_version: 1 << 16,
+            capabilities: capabilities::REPLICATION_V1,
+        })
+        .expect("encode");
+        let batch = wire::encode(&DeltaBatch {
+            sender: 0xa11,
+            sequence: 1,
+            sent_at_ms: 0,
+            groups: vec![OriginGroup {
+                origin: 0xa11,
+                kind: OriginKind::Replica,
+                entries: vec![Entry {
+                    key: "anonymous".into(),
+                    window: WireWindow::from(window),
+                    epoch: window.epoch_at(node.clock().now_unix_ms()),
+                    value: 99,
+                }],
+            }],
+        })
+        .expect("encode");
+        let attempt = async {
+            let (mut send, _recv) = connection.open_bi().await.ok()?;
+            send.write_all(&hello).await.ok()?;
+            send.finish().ok()?;
+            connection.send_datagram(Bytes::from(batch)).ok()
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), attempt).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(node.peers().is_empty(), "no link without a certificate");
+    assert_eq!(
+        node.store().global("anonymous", window),
+        0,
+        "nothing merged"
+    );
+    assert_eq!(node.replication_stats().batches_received, 0);
+    assert_eq!(node.replication_stats().bytes_received, 0);
+    node.shutdown().await;
+}

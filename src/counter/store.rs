@@ -680,16 +680,34 @@ impl CounterHandle {
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
         let now = self.shared.clock.now_unix_ms();
-        let (mut decision, mut counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
-        // A refusal from a cell being retired is no decision: this handle holds the cell, so the retire will
-        // be undone. Retry (see `add_slow`).
+        let (decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
+        if counted {
+            self.shared.changed(&self.cell);
+        }
+        if !decision.allowed && self.cell.is_retired() {
+            return self.acquire_refused(algorithm, limit, cost, decision);
+        }
+        decision
+    }
+
+    /// A refusal from a cell being retired is no decision: this handle holds the cell, so the retire will be
+    /// undone. Retry until it is (see `add_slow`).
+    #[cold]
+    fn acquire_refused(
+        &self,
+        algorithm: Algorithm,
+        limit: u64,
+        cost: u64,
+        mut decision: Decision,
+    ) -> Decision {
         while !decision.allowed && self.cell.is_retired() {
             std::hint::spin_loop();
             let now = self.shared.clock.now_unix_ms();
+            let counted;
             (decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
-        }
-        if counted {
-            self.shared.changed(&self.cell);
+            if counted {
+                self.shared.changed(&self.cell);
+            }
         }
         decision
     }

@@ -221,6 +221,7 @@ impl Window {
     }
 
     /// The first millisecond of `epoch` (saturating at 0 for the ISO week that began before 1970).
+    #[inline]
     pub fn start_ms(&self, epoch: u64) -> u64 {
         let count = u64::from(self.count);
         match (self.alignment, self.unit) {
@@ -254,6 +255,7 @@ impl Window {
     }
 
     /// The first millisecond after `epoch`: when a window that is full now resets.
+    #[inline]
     pub fn end_ms(&self, epoch: u64) -> u64 {
         self.start_ms(epoch.saturating_add(1))
     }
