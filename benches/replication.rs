@@ -75,11 +75,13 @@ fn main() {
             jitter ^= jitter >> 7;
             jitter ^= jitter << 17;
             tokio::time::sleep(Duration::from_micros(jitter % 10_000)).await;
-            let target = on_b.global() + 1;
+            // Read the epoch the increment goes into, so an hour boundary cannot hide it.
+            let epoch = on_a.epoch_now();
+            let target = on_b.global_at(epoch) + 1;
             let start = Instant::now();
             on_a.add(1);
             let limit = start + Duration::from_secs(5);
-            while on_b.global() < target {
+            while on_b.global_at(epoch) < target {
                 assert!(Instant::now() < limit, "increment not visible on b after 5 s");
                 tokio::time::sleep(Duration::from_micros(50)).await;
             }

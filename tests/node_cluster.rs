@@ -73,8 +73,17 @@ async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn minute() -> Window {
-    Window::parse("1m").expect("window")
+/// `node`'s global count of `key` in `window`'s epoch `epoch`. Tests read the epoch they wrote into, so a window
+/// boundary passing during a test cannot make them read a new, empty window.
+fn global_at(node: &ClusterHandle, key: &str, window: Window, epoch: u64) -> u64 {
+    node.store()
+        .handle(key, window)
+        .expect("handle")
+        .global_at(epoch)
+}
+
+fn epoch_now(node: &ClusterHandle, window: Window) -> u64 {
+    window.epoch_at(node.clock().now_unix_ms())
 }
 
 /// Counts against a window that cannot roll over during a test.
@@ -96,6 +105,7 @@ async fn three_nodes_converge_to_the_exact_totals_under_concurrent_increments() 
     .await;
     const PER_THREAD: u64 = 20_000;
     let keys = ["vk/a", "vk/b", "budget/c"];
+    let epoch = epoch_now(&nodes[0], hour());
     let threads: Vec<_> = nodes
         .iter()
         .flat_map(|node| {
@@ -103,6 +113,11 @@ async fn three_nodes_converge_to_the_exact_totals_under_concurrent_increments() 
                 let handle = node.store().handle(key, hour()).expect("handle");
                 std::thread::spawn(move || {
                     for _ in 0..PER_THREAD {
+                        assert_eq!(
+                            handle.epoch_now(),
+                            epoch,
+                            "an hour boundary passed during the test"
+                        );
                         handle.add(1);
                     }
                 })
@@ -119,7 +134,7 @@ async fn three_nodes_converge_to_the_exact_totals_under_concurrent_increments() 
         || {
             nodes
                 .iter()
-                .all(|n| keys.iter().all(|k| n.store().global(k, hour()) == total))
+                .all(|n| keys.iter().all(|k| global_at(n, k, hour(), epoch) == total))
         },
     )
     .await;
@@ -155,11 +170,12 @@ async fn a_restarted_node_keeps_counting_without_hiding_its_new_increments() {
     })
     .await;
     let key = "budget/restart";
+    let epoch = epoch_now(&c, hour());
     c.store().add(key, hour(), 100).expect("add");
     wait_for(Duration::from_secs(10), "100 everywhere", || {
         [&a, &b]
             .iter()
-            .all(|n| n.store().global(key, hour()) == 100)
+            .all(|n| global_at(n, key, hour(), epoch) == 100)
     })
     .await;
     let old_replica = c.replica_id();
@@ -190,11 +206,16 @@ async fn a_restarted_node_keeps_counting_without_hiding_its_new_increments() {
     .await;
     // The state transfer brings c its previous life's 100; its new increments add on top. With node names as
     // origins, the peers' max-merge would keep the old 100 and hide these 50.
+    assert_eq!(
+        epoch_now(&c, hour()),
+        epoch,
+        "an hour boundary passed during the test"
+    );
     c.store().add(key, hour(), 50).expect("add");
     wait_for(Duration::from_secs(15), "150 everywhere", || {
         [&a, &b, &c]
             .iter()
-            .all(|n| n.store().global(key, hour()) == 150)
+            .all(|n| global_at(n, key, hour(), epoch) == 150)
     })
     .await;
     for node in [&a, &b, &c] {
@@ -218,15 +239,13 @@ async fn a_node_with_another_secret_cannot_join_and_nothing_of_it_is_merged() {
         a.peers().len() == 1 && b.peers().len() == 1
     })
     .await;
-    intruder
-        .store()
-        .add("stolen", minute(), 1_000)
-        .expect("add");
-    a.store().add("honest", minute(), 1).expect("add");
+    let epoch = epoch_now(&a, hour());
+    intruder.store().add("stolen", hour(), 1_000).expect("add");
+    a.store().add("honest", hour(), 1).expect("add");
     // Give the intruder several dial attempts (backoff starts at 100 ms).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    wait_for(Duration::from_secs(5), "b to see a's increment", || {
-        b.store().global("honest", minute()) == 1
+    wait_for(Duration::from_secs(10), "b to see a's increment", || {
+        global_at(&b, "honest", hour(), epoch) == 1
     })
     .await;
     for node in [&a, &b] {
@@ -234,13 +253,13 @@ async fn a_node_with_another_secret_cannot_join_and_nothing_of_it_is_merged() {
         assert_eq!(peers.len(), 1, "only the honest peer is linked: {peers:?}");
         assert_ne!(peers[0].node_id, "intruder");
         assert_eq!(
-            node.store().global("stolen", minute()),
+            global_at(node, "stolen", hour(), epoch),
             0,
             "nothing of the intruder is merged"
         );
     }
     assert!(intruder.peers().is_empty());
-    assert_eq!(intruder.store().global("honest", minute()), 0);
+    assert_eq!(global_at(&intruder, "honest", hour(), epoch), 0);
     assert_eq!(intruder.replication_stats().batches_received, 0);
     for node in [&a, &b, &intruder] {
         node.shutdown().await;
@@ -284,6 +303,7 @@ async fn malformed_and_oversized_frames_from_a_trusted_peer_are_dropped_and_the_
     link.send_datagram(Bytes::from_static(b"not a frame at all"))
         .expect("datagram");
     let window = hour();
+    let epoch = epoch_now(&node, window);
     let batch = |value| {
         wire::encode(&DeltaBatch {
             sender: 0xbad,
@@ -295,7 +315,7 @@ async fn malformed_and_oversized_frames_from_a_trusted_peer_are_dropped_and_the_
                 entries: vec![Entry {
                     key: "from-rogue".into(),
                     window: WireWindow::from(window),
-                    epoch: window.epoch_at(node.clock().now_unix_ms()),
+                    epoch,
                     value,
                 }],
             }],
@@ -318,7 +338,7 @@ async fn malformed_and_oversized_frames_from_a_trusted_peer_are_dropped_and_the_
     })
     .await;
     assert_eq!(
-        node.store().global("from-rogue", window),
+        global_at(&node, "from-rogue", window, epoch),
         0,
         "nothing from a refused frame is merged"
     );
@@ -326,7 +346,7 @@ async fn malformed_and_oversized_frames_from_a_trusted_peer_are_dropped_and_the_
     // The link survived: a valid frame still merges.
     link.send_datagram(Bytes::from(good)).expect("datagram");
     wait_for(Duration::from_secs(5), "the valid frame to merge", || {
-        node.store().global("from-rogue", window) == 7
+        global_at(&node, "from-rogue", window, epoch) == 7
     })
     .await;
     assert_eq!(node.peers().len(), 1, "the link is still up");
@@ -365,6 +385,7 @@ async fn a_client_without_a_certificate_cannot_join_and_nothing_of_it_is_merged(
         )
         .expect("connect");
     let window = hour();
+    let epoch = epoch_now(&node, window);
     // With TLS 1.3 the client's side of the handshake may complete before the server rejects it: try everything.
     if let Ok(Ok(connection)) = tokio::time::timeout(Duration::from_secs(5), connecting).await {
         let hello = wire::encode(&Hello {
@@ -384,7 +405,7 @@ async fn a_client_without_a_certificate_cannot_join_and_nothing_of_it_is_merged(
                 entries: vec![Entry {
                     key: "anonymous".into(),
                     window: WireWindow::from(window),
-                    epoch: window.epoch_at(node.clock().now_unix_ms()),
+                    epoch,
                     value: 99,
                 }],
             }],
@@ -401,7 +422,7 @@ async fn a_client_without_a_certificate_cannot_join_and_nothing_of_it_is_merged(
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(node.peers().is_empty(), "no link without a certificate");
     assert_eq!(
-        node.store().global("anonymous", window),
+        global_at(&node, "anonymous", window, epoch),
         0,
         "nothing merged"
     );
