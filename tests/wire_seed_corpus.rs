@@ -6,8 +6,8 @@ use std::path::Path;
 
 use bifrost_cluster::counter::Window;
 use bifrost_cluster::wire::{
-    self, DeltaBatch, Digest, Entry, Hello, OriginDigest, OriginGroup, OriginKind, StateChunk,
-    StateRequest, WireWindow, capabilities,
+    self, DeltaBatch, Digest, Entry, Hello, MembershipPacket, OriginDigest, OriginGroup,
+    OriginKind, StateChunk, StateRequest, WireWindow, capabilities,
 };
 
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -81,6 +81,13 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 request_id: 1,
                 groups,
                 last: true,
+            })
+            .unwrap(),
+        ),
+        (
+            "membership.bin",
+            wire::encode(&MembershipPacket {
+                payload: b"swim-probe".to_vec(),
             })
             .unwrap(),
         ),

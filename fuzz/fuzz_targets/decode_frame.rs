@@ -30,6 +30,9 @@ fuzz_target!(|data: &[u8]| {
             Frame::StateRequest(r) => {
                 let _ = r.origins.len();
             }
+            Frame::Membership(m) => {
+                let _ = m.payload.len();
+            }
         }
     }
     let store = CounterStore::new(StoreOptions {

@@ -374,8 +374,9 @@ impl Replicator {
                 self.stats.digests_received += 1;
                 self.answer_digest(peer, theirs, now_ms);
             }
-            Frame::Hello(_) => {
-                // The link layer consumes Hello before a peer is handed to us; a repeated one is harmless.
+            Frame::Hello(_) | Frame::Membership(_) => {
+                // The link layer consumes Hello before a peer is handed to us, and the node routes membership
+                // frames to the membership plane; either one here is harmless.
                 self.stats.unexpected_frames += 1;
             }
         }

@@ -22,8 +22,9 @@ use rkyv::ser::allocator::ArenaHandle;
 
 use super::error::WireError;
 use super::messages::{
-    ArchivedDeltaBatch, ArchivedDigest, ArchivedHello, ArchivedOriginGroup, ArchivedStateChunk,
-    ArchivedStateRequest, DeltaBatch, Digest, Hello, StateChunk, StateRequest,
+    ArchivedDeltaBatch, ArchivedDigest, ArchivedHello, ArchivedMembershipPacket,
+    ArchivedOriginGroup, ArchivedStateChunk, ArchivedStateRequest, DeltaBatch, Digest, Hello,
+    MembershipPacket, StateChunk, StateRequest,
 };
 
 /// The first two bytes of every frame.
@@ -59,6 +60,8 @@ pub enum Kind {
     StateRequest = 4,
     /// [`StateChunk`].
     StateChunk = 5,
+    /// [`MembershipPacket`] (the first of the kinds reserved for the membership plane, 16..=31).
+    Membership = 16,
 }
 
 impl Kind {
@@ -69,6 +72,7 @@ impl Kind {
             3 => Kind::Digest,
             4 => Kind::StateRequest,
             5 => Kind::StateChunk,
+            16 => Kind::Membership,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -96,6 +100,9 @@ impl Message for StateRequest {
 }
 impl Message for StateChunk {
     const KIND: Kind = Kind::StateChunk;
+}
+impl Message for MembershipPacket {
+    const KIND: Kind = Kind::Membership;
 }
 
 /// Encodes `message` as a frame: the archive is written in place after the header, no copy.
@@ -137,6 +144,8 @@ pub enum Frame<'a> {
     StateRequest(&'a ArchivedStateRequest),
     /// A [`StateChunk`].
     StateChunk(&'a ArchivedStateChunk),
+    /// A [`MembershipPacket`].
+    Membership(&'a ArchivedMembershipPacket),
 }
 
 /// Checks the header of `bytes` and returns the kind and the archive slice.
@@ -251,5 +260,6 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
             check_groups(&chunk.groups)?;
             Frame::StateChunk(chunk)
         }
+        Kind::Membership => Frame::Membership(access::<ArchivedMembershipPacket>(archive)?),
     })
 }

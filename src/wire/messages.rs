@@ -209,3 +209,12 @@ pub struct StateChunk {
     /// True on the last chunk of the answer.
     pub last: bool,
 }
+
+/// A membership-plane packet (SWIM probes, acks, gossip), carried opaquely: the membership module encodes and
+/// decodes its own payload; the frame only delimits and validates it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MembershipPacket {
+    /// The membership plane's encoding of one message.
+    pub payload: Vec<u8>,
+}
