@@ -4,6 +4,8 @@
 //! - `check-config [FILE]`: load and validate a config (FILE, else `BIFROST_CONFIG`); print the effective config
 //!   as pretty JSON on stdout and warnings on stderr. Exit 0 when the config loads, 2 when it does not, 1 on any
 //!   other failure (e.g. stdout closed).
+//! - `run [--config FILE]`: run a node until SIGTERM or SIGINT, then leave gracefully (final flush to the peers,
+//!   links closed) and exit 0. Exit 2 when the config cannot run, 1 when the node fails to start.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -37,12 +39,39 @@ enum Command {
         /// JSON config file with a top-level `cluster_config` member [default: $BIFROST_CONFIG]
         file: Option<PathBuf>,
     },
+    /// Run a node until SIGTERM or SIGINT, then leave gracefully and exit 0.
+    ///
+    /// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
+    Run {
+        /// JSON config file with a top-level `cluster_config` member [default: $BIFROST_CONFIG]
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// IP address the gossip port binds to.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind_ip: std::net::IpAddr,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(file),
+        Command::Run {
+            config,
+            bind_ip,
+            log_format,
+        } => run(config, bind_ip, log_format),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -83,4 +112,73 @@ fn print_config_error(e: &ConfigError) {
         // Nothing sensible is left to do if stderr itself is closed.
         let _ = writeln!(stderr, "error: {line}");
     }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(
+    file: Option<PathBuf>,
+    bind_ip: std::net::IpAddr,
+    log_format: LogFormat,
+) -> anyhow::Result<ExitCode> {
+    init_logs(log_format);
+    let loaded = match config::resolve_config_path(file, std::env::var_os(CONFIG_ENV))
+        .and_then(|path| config::load_from_path(&path))
+    {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            print_config_error(&e);
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let options = bifrost_cluster::node::NodeOptions {
+            bind_ip,
+            ..Default::default()
+        };
+        let node = match bifrost_cluster::node::Cluster::start_with(loaded.config, options).await {
+            Ok(node) => node,
+            Err(bifrost_cluster::node::NodeError::Config(errors)) => {
+                let mut stderr = std::io::stderr().lock();
+                for error in errors {
+                    let _ = writeln!(stderr, "error: {error}");
+                }
+                return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("starting the node")),
+        };
+        wait_for_signal().await.context("waiting for a signal")?;
+        tracing::info!("signal received: leaving the cluster");
+        node.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
 }
