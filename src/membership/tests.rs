@@ -1,0 +1,373 @@
+//! Unit tests of the membership state machine (the scenarios at scale live in `tests/membership_*.rs`).
+
+use std::net::SocketAddr;
+
+use super::sim::{MembershipSim, MembershipSimOptions, sim_addr};
+use super::*;
+
+const T0: u64 = 1_795_514_400_000;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn swim_only() -> MembershipOptions {
+    MembershipOptions {
+        health: HealthOptions {
+            require_data_plane: false,
+            ..HealthOptions::default()
+        },
+        ..MembershipOptions::default()
+    }
+}
+
+fn node(name: &str, port: u16, seed: u64) -> Membership {
+    Membership::new(
+        LocalIdentity::new(name, seed, addr(port)),
+        swim_only(),
+        seed,
+        T0,
+    )
+    .expect("valid")
+}
+
+/// Delivers every queued payload between the two nodes until both are quiet (no loss, no latency).
+fn pump(a: &mut Membership, b: &mut Membership, now: u64) {
+    for _ in 0..100 {
+        let mut moved = false;
+        while let Some((to, bytes)) = a.poll_transmit() {
+            moved = true;
+            if to == b.local_id().addr() {
+                let _ = b.handle_packet(a.local_id().addr(), &bytes, now);
+            }
+        }
+        while let Some((to, bytes)) = b.poll_transmit() {
+            moved = true;
+            if to == a.local_id().addr() {
+                let _ = a.handle_packet(b.local_id().addr(), &bytes, now);
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn drain(m: &mut Membership) -> Vec<MembershipEvent> {
+    std::iter::from_fn(|| m.poll_event()).collect()
+}
+
+#[test]
+fn construction_checks_identity_and_options() {
+    let bad = Membership::new(LocalIdentity::new("", 1, addr(1)), swim_only(), 1, T0);
+    assert!(matches!(bad, Err(MembershipError::InvalidIdentity(_))));
+    let long = "x".repeat(MAX_NODE_ID_BYTES + 1);
+    let bad = Membership::new(LocalIdentity::new(long, 1, addr(1)), swim_only(), 1, T0);
+    assert!(matches!(bad, Err(MembershipError::InvalidIdentity(_))));
+    let opts = MembershipOptions {
+        max_packet_size: 10,
+        ..swim_only()
+    };
+    let bad = Membership::new(LocalIdentity::new("a", 1, addr(1)), opts, 1, T0);
+    assert!(
+        matches!(bad, Err(MembershipError::InvalidOptions(m)) if m.contains("max_packet_size"))
+    );
+}
+
+#[test]
+fn two_nodes_join_and_publish_a_table() {
+    let mut a = node("a", 1, 1);
+    let mut b = node("b", 2, 2);
+    assert_eq!(
+        a.cluster_health(),
+        ClusterHealth::Healthy,
+        "a one-node cluster"
+    );
+    b.join(a.local_id().addr(), T0).expect("join");
+    assert_eq!(
+        b.cluster_health(),
+        ClusterHealth::NotHealthy,
+        "expects a cluster now"
+    );
+    pump(&mut a, &mut b, T0 + 1);
+    assert!(a.is_joined() && b.is_joined());
+    let eb = drain(&mut b);
+    assert!(eb.contains(&MembershipEvent::Joined { peers: 1 }), "{eb:?}");
+    assert!(eb.contains(&MembershipEvent::MemberUp(a.local_id().clone())));
+    assert!(eb.contains(&MembershipEvent::ClusterHealthChanged(
+        ClusterHealth::Healthy
+    )));
+    let table = b.members();
+    assert_eq!(table.members.len(), 1);
+    let m = &table.members[0];
+    assert_eq!(m.node_id(), "a");
+    assert_eq!(m.state, MemberState::Alive);
+    assert!(m.healthy);
+    assert_eq!(m.last_seen_ms, Some(T0 + 1));
+    assert_eq!(table.cluster_health, ClusterHealth::Healthy);
+    assert_eq!(table.healthy_count(), 2);
+    // The reader sees the same snapshot without the state machine.
+    assert_eq!(*b.reader().load(), *table);
+}
+
+#[test]
+fn bad_input_is_refused_without_panic_or_state_change() {
+    let mut a = node("a", 1, 1);
+    let before = a.members();
+    let from = addr(9);
+    assert!(matches!(
+        a.handle_packet(from, &[], T0),
+        Err(MembershipError::Malformed { .. })
+    ));
+    assert!(matches!(
+        a.handle_packet(from, &[7, 1, 2, 3], T0),
+        Err(MembershipError::Malformed { .. })
+    ));
+    assert!(matches!(
+        a.handle_packet(from, &vec![1u8; 5_000], T0),
+        Err(MembershipError::PacketTooLarge { len: 5_000, .. })
+    ));
+    // Every prefix and many mutations of a real payload.
+    let mut b = node("b", 2, 2);
+    b.join(addr(1), T0).expect("join");
+    let (_, real) = b.poll_transmit().expect("announce");
+    for cut in 0..real.len() {
+        let _ = a.handle_packet(from, &real[..cut], T0);
+    }
+    assert_eq!(a.members().members, before.members);
+    // Mutations may decode into other (forged) identities: the transport's mutual TLS is what keeps
+    // strangers out. Here only "no panic" is checked.
+    for pos in 0..real.len() {
+        let mut junk = real.clone();
+        junk[pos] ^= 0xA5;
+        let _ = a.handle_packet(from, &junk, T0);
+    }
+    assert!(a.stats().packets_rejected >= 3);
+}
+
+#[test]
+fn join_self_and_calls_after_leave_are_refused() {
+    let mut a = node("a", 1, 1);
+    assert_eq!(a.join(addr(1), T0), Err(MembershipError::JoinSelf(addr(1))));
+    a.leave(T0).expect("leave");
+    assert_eq!(a.local_state(), LocalState::Left);
+    assert_eq!(a.join(addr(2), T0), Err(MembershipError::Left));
+    assert_eq!(
+        a.handle_packet(addr(2), &[1], T0),
+        Err(MembershipError::Left)
+    );
+    assert_eq!(
+        a.record_data_plane(7u64, true, "", T0),
+        Err(MembershipError::Left)
+    );
+    assert_eq!(a.poll_timeout(), None);
+    assert_eq!(a.leave(T0), Ok(()), "leaving twice is a no-op");
+    assert_eq!(a.cluster_health(), ClusterHealth::NotHealthy);
+}
+
+#[test]
+fn data_plane_reports_name_known_active_members() {
+    let mut a = node("a", 1, 1);
+    let mut b = node("b", 2, 2);
+    b.join(addr(1), T0).expect("join");
+    pump(&mut a, &mut b, T0);
+    assert_eq!(
+        a.record_data_plane(99u64, true, "", T0),
+        Err(MembershipError::UnknownMember(MemberRef::Replica(99)))
+    );
+    a.record_data_plane(2u64, false, "refused", T0)
+        .expect("by replica id");
+    a.record_data_plane(addr(2), true, "", T0)
+        .expect("by address");
+}
+
+#[test]
+fn same_seed_same_calls_same_bytes() {
+    let run = || {
+        let mut sim = MembershipSim::new(MembershipSimOptions {
+            nodes: 6,
+            seed: 77,
+            ..MembershipSimOptions::default()
+        });
+        sim.join_all(|i| if i == 0 { 1 } else { 0 });
+        sim.run_for(20_000);
+        sim.kill(2);
+        sim.run_for(20_000);
+        (
+            sim.stats(),
+            (0..6)
+                .map(|i| sim.node(i).events.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn isolated_node_stretches_its_probes_and_recovers() {
+    let mut sim = MembershipSim::new(MembershipSimOptions {
+        nodes: 6,
+        seed: 5,
+        ..MembershipSimOptions::default()
+    });
+    sim.join_all(|i| if i == 0 { 1 } else { 0 });
+    let deadline = sim.now_ms() + 30_000;
+    assert!(sim.run_until_true(deadline, 100, MembershipSim::converged));
+    assert_eq!(sim.node(0).membership.local_health(), 0);
+    // Node 0 loses the network for a few probe intervals: its own probes go unanswered.
+    sim.set_group(0, 1);
+    let sent_before = sim.node(0).membership.stats().packets_sent;
+    sim.run_for(8_000);
+    let lhm = sim.node(0).membership.local_health();
+    assert!(lhm >= 2, "local health multiplier {lhm}");
+    sim.heal();
+    let deadline = sim.now_ms() + 120_000;
+    assert!(sim.run_until_true(deadline, 500, MembershipSim::converged));
+    sim.run_for(30_000);
+    assert_eq!(sim.node(0).membership.local_health(), 0);
+    assert!(sim.node(0).membership.stats().packets_sent > sent_before);
+}
+
+#[test]
+fn suspicion_confirmations_shorten_the_timer() {
+    // 10 nodes: suspicion min 4 s, max 24 s, K = 3. A killed node is probed by several members, whose
+    // suspicions confirm each other, so it is declared down well before the 24 s maximum.
+    let mut sim = MembershipSim::new(MembershipSimOptions {
+        nodes: 10,
+        seed: 9,
+        ..MembershipSimOptions::default()
+    });
+    sim.join_all(|i| if i == 0 { 1 } else { 0 });
+    let deadline = sim.now_ms() + 30_000;
+    assert!(sim.run_until_true(deadline, 100, MembershipSim::converged));
+    let t0 = sim.now_ms();
+    sim.kill(4);
+    let victim = sim_addr(4);
+    let done = sim.run_until_true(t0 + 30_000, 50, |sim| {
+        (0..10).filter(|&i| i != 4).all(|i| {
+            sim.node(i).membership.state_of(victim).map(|v| v.1) == Some(MemberState::Down)
+        })
+    });
+    assert!(done);
+    let took = sim.now_ms() - t0;
+    let o = sim.options().membership.clone();
+    assert!(took >= o.suspicion_min_ms(10), "{took}");
+    assert!(took < o.suspicion_max_ms(10), "{took}");
+    let started: u64 = (0..10)
+        .map(|i| sim.node(i).membership.stats().suspicions_started)
+        .sum();
+    assert!(started >= 2, "independent suspecters: {started}");
+}
+
+#[test]
+fn local_health_stretches_probe_timers_only() {
+    use foca::Timer;
+    use std::time::Duration;
+    let mut buf = RtBuffers::default();
+    let mut rt = Rt {
+        now_ms: 1_000,
+        stretch: 3,
+        buf: &mut buf,
+    };
+    let id = MemberId::new("x", 1, 0, 0, addr(5));
+    rt.submit_after(Timer::ProbeRandomMember(0), Duration::from_millis(1_000));
+    rt.submit_after(
+        Timer::SendIndirectProbe {
+            probed_id: id.clone(),
+            token: 0,
+        },
+        Duration::from_millis(500),
+    );
+    rt.submit_after(Timer::PeriodicGossip(0), Duration::from_millis(200));
+    rt.submit_after(
+        Timer::ChangeSuspectToDown {
+            member_id: id,
+            incarnation: 0,
+            token: 0,
+        },
+        Duration::from_millis(4_000),
+    );
+    let dues: Vec<u64> = buf.timers.keys().map(|k| k.0).collect();
+    assert_eq!(dues, vec![1_200, 2_500, 4_000]);
+    assert_eq!(buf.suspected.len(), 1, "suspicion timers go to the wrapper");
+}
+
+/// A tiny lock-step network: every 50 ms run due timers, then deliver everything at once (no loss).
+fn run(nodes: &mut [Membership], from_ms: u64, to_ms: u64) {
+    let mut t = from_ms;
+    while t <= to_ms {
+        for n in nodes.iter_mut() {
+            if n.poll_timeout().is_some_and(|d| d <= t) {
+                n.handle_timeout(t);
+            }
+        }
+        for _ in 0..50 {
+            let mut queued = Vec::new();
+            for n in nodes.iter_mut() {
+                let from = n.local_id().addr();
+                while let Some((to, bytes)) = n.poll_transmit() {
+                    queued.push((from, to, bytes));
+                }
+            }
+            if queued.is_empty() {
+                break;
+            }
+            for (from, to, bytes) in queued {
+                if let Some(n) = nodes.iter_mut().find(|n| n.local_id().addr() == to) {
+                    let _ = n.handle_packet(from, &bytes, t);
+                }
+            }
+        }
+        t += 50;
+    }
+}
+
+#[test]
+fn a_node_restarted_at_a_new_address_replaces_its_old_identity() {
+    let mut nodes = vec![node("a", 1, 1), node("b", 2, 2), node("c", 3, 3)];
+    for n in &mut nodes[1..] {
+        n.join(addr(1), T0).expect("join");
+    }
+    run(&mut nodes, T0, T0 + 5_000);
+    let old_c = nodes[2].local_id().clone();
+    assert_eq!(
+        nodes[0].state_of(addr(3)).map(|v| v.1),
+        Some(MemberState::Alive)
+    );
+    // c's process dies and comes back at another address (a new pod IP) before anyone noticed.
+    nodes[2] = Membership::new(
+        LocalIdentity::new("c", 33, addr(13)),
+        swim_only(),
+        33,
+        T0 + 5_000,
+    )
+    .expect("valid");
+    nodes[2].join(addr(1), T0 + 5_000).expect("join");
+    for n in nodes.iter_mut() {
+        drain(n);
+    }
+    run(&mut nodes, T0 + 5_000, T0 + 8_000);
+    for (i, n) in nodes[..2].iter_mut().enumerate() {
+        let (id, st) = n.state_of(addr(13)).expect("new c known");
+        assert_eq!((id.replica_id(), st), (33, MemberState::Alive));
+        let (_, old_st) = n.state_of(addr(3)).expect("old c remembered");
+        assert_eq!(old_st, MemberState::Left, "node {i}");
+        let events = drain(n);
+        assert!(
+            events.iter().any(|e| matches!(e, MembershipEvent::MemberReplaced { old, new } if *old == old_c && new.replica_id() == 33)),
+            "node {i}: {events:?}"
+        );
+        // A node that hears "old c is down" (gossiped by one that already saw the new c) before it hears of
+        // the new c reports it down first, then replaced: the end state is the same everywhere.
+        assert_eq!(n.cluster_health(), ClusterHealth::Healthy);
+    }
+}
+
+#[test]
+fn state_machine_and_reader_can_move_across_threads() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<Membership>();
+    send_sync::<MembershipReader>();
+    send_sync::<MemberTable>();
+}
