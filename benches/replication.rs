@@ -6,7 +6,7 @@
 //! `cargo bench --bench replication` measures 2,000 samples; `cargo bench --bench replication -- --test` (the CI
 //! smoke) takes 20. Samples are spaced by a random 0–10 ms so they land at every phase of the flush interval.
 
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use bifrost_cluster::config::load_from_str;
@@ -14,16 +14,9 @@ use bifrost_cluster::counter::Window;
 use bifrost_cluster::node::{Cluster, ClusterHandle, NodeOptions};
 use bifrost_cluster::transport::TransportOptions;
 
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp bind");
-        let port = udp.local_addr().expect("addr").port();
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on loopback");
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::free_port;
 
 async fn node(name: &str, port: u16, peer: u16) -> ClusterHandle {
     let config = load_from_str(&format!(

@@ -47,6 +47,7 @@ pub mod http;
 pub mod membership;
 pub mod node;
 pub mod replication;
+pub mod rng;
 pub mod sim;
 pub mod state;
 mod sync;

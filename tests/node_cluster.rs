@@ -1,7 +1,7 @@
 //! Real nodes over real QUIC on 127.0.0.1: convergence, restart, trust, hostile frames. Every wait is a bounded
 //! poll; every address is on loopback.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bifrost_cluster::config::{ClusterSecret, NodeId, load_from_str};
@@ -13,19 +13,10 @@ use bifrost_cluster::wire::{
 };
 use bytes::Bytes;
 
-const SECRET: &str = "test-cluster-secret-0123456789abcdef";
+mod support;
+use support::free_port;
 
-/// A port free on 127.0.0.1 for both UDP and TCP (the gossip port and its TCP health listener).
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp bind");
-        let port = udp.local_addr().expect("addr").port();
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on loopback");
-}
+const SECRET: &str = "test-cluster-secret-0123456789abcdef";
 
 fn config(
     node: &str,

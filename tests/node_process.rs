@@ -3,7 +3,7 @@
 //! killed when its guard drops, so a failing test leaves no process behind.
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,18 +11,10 @@ use bifrost_cluster::config::load_from_str;
 use bifrost_cluster::node::{Cluster, NodeOptions};
 use bifrost_cluster::transport::TransportOptions;
 
-const SECRET: &str = "process-test-secret-0123456789abcdef";
+mod support;
+use support::free_port;
 
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp bind");
-        let port = udp.local_addr().expect("addr").port();
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on loopback");
-}
+const SECRET: &str = "process-test-secret-0123456789abcdef";
 
 fn config_text(node: &str, port: u16, peer: u16) -> String {
     format!(

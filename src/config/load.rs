@@ -131,28 +131,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolve_prefers_the_command_line() {
-        let cli = Some(PathBuf::from("/a.json"));
-        let env = Some(OsString::from("/b.json"));
-        assert_eq!(
-            resolve_config_path(cli, env.clone()).ok(),
-            Some(PathBuf::from("/a.json"))
-        );
-        assert_eq!(
-            resolve_config_path(None, env).ok(),
-            Some(PathBuf::from("/b.json"))
-        );
-        assert!(matches!(
-            resolve_config_path(None, None),
-            Err(ConfigError::NoConfigPath)
-        ));
-        assert!(matches!(
-            resolve_config_path(None, Some(OsString::new())),
-            Err(ConfigError::NoConfigPath)
-        ));
-    }
-
-    #[test]
     fn json_errors_carry_line_and_column() {
         match load_from_str("{\n  \"cluster_config\": {,}\n}") {
             Err(ConfigError::Json {

@@ -24,6 +24,7 @@ use crate::wire::{
 
 use super::digest;
 use super::stats::{PeerStats, ReplicationStats};
+use crate::rng::SplitMix64;
 
 /// Identifies a peer link, as chosen by the runtime.
 pub type PeerId = u64;
@@ -96,7 +97,7 @@ pub struct Replicator {
     next_flush_ms: u64,
     next_anti_entropy_ms: u64,
     asked_full_state: bool,
-    rng: u64,
+    rng: SplitMix64,
     outbox: VecDeque<Transmit>,
     stats: ReplicationStats,
     drained: Vec<DirtyEntry>,
@@ -122,9 +123,9 @@ impl Replicator {
             next_request_id: 1,
             next_flush_ms: now_ms + flush,
             // Spread the first round over one interval so nodes started together do not all fire at once.
-            next_anti_entropy_ms: now_ms + 1 + splitmix(seed) % anti_entropy,
+            next_anti_entropy_ms: now_ms + 1 + SplitMix64::new(seed).next_u64() % anti_entropy,
             asked_full_state: false,
-            rng: seed,
+            rng: SplitMix64::new(seed),
             outbox: VecDeque::new(),
             stats: ReplicationStats::default(),
             drained: Vec::new(),
@@ -269,8 +270,7 @@ impl Replicator {
         if self.peers.is_empty() {
             return;
         }
-        self.rng = splitmix(self.rng);
-        let index = (self.rng % self.peers.len() as u64) as usize;
+        let index = (self.rng.next_u64() % self.peers.len() as u64) as usize;
         let Some(&peer) = self.peers.keys().nth(index) else {
             return;
         };
@@ -514,12 +514,4 @@ fn to_wire_entry(e: DirtyEntry) -> Entry {
         epoch: e.epoch,
         value: e.value,
     }
-}
-
-/// splitmix64: a small, seedable generator step.
-fn splitmix(state: u64) -> u64 {
-    let mut z = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
