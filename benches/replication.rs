@@ -30,6 +30,7 @@ async fn node(name: &str, port: u16, peer: u16) -> ClusterHandle {
         bind_ip: Ipv4Addr::LOCALHOST.into(),
         env_secret: None,
         transport: TransportOptions::default(),
+        membership: None,
     };
     Cluster::start_with(config, options)
         .await

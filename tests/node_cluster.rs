@@ -43,6 +43,7 @@ fn options() -> NodeOptions {
         bind_ip: Ipv4Addr::LOCALHOST.into(),
         env_secret: None,
         transport: TransportOptions::default(),
+        membership: None,
     }
 }
 
@@ -278,6 +279,7 @@ async fn malformed_and_oversized_frames_from_a_trusted_peer_are_dropped_and_the_
         replica_id: 0xbad,
         protocol_version: 1 << 16,
         capabilities: capabilities::REPLICATION_V1,
+        gossip_addr: String::new(),
     })
     .expect("encode");
     let (mut send, mut recv) = link.open_stream().await.expect("stream");
@@ -384,6 +386,7 @@ async fn a_client_without_a_certificate_cannot_join_and_nothing_of_it_is_merged(
             replica_id: 0xa11,
             protocol_version: 1 << 16,
             capabilities: capabilities::REPLICATION_V1,
+            gossip_addr: String::new(),
         })
         .expect("encode");
         let batch = wire::encode(&DeltaBatch {

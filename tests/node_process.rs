@@ -66,6 +66,7 @@ async fn run_links_to_its_peer_and_leaves_on_sigterm_with_exit_code_zero() {
             bind_ip: Ipv4Addr::LOCALHOST.into(),
             env_secret: None,
             transport: TransportOptions::default(),
+            membership: None,
         },
     )
     .await

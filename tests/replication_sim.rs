@@ -68,7 +68,7 @@ fn hundred_nodes_with_loss_and_a_partition_converge_to_the_exact_sums() {
         duplicate: 0.05,
         replicator: ReplicatorOptions {
             anti_entropy_interval_ms: 2_000,
-            ..ReplicatorOptions::default()
+            ..SimOptions::default().replicator
         },
         max_keys: 1_000,
         ..SimOptions::default()

@@ -87,7 +87,10 @@ proptest! {
         origins in prop::collection::vec((any::<u64>(), any::<u32>(), any::<u64>()), 0..10),
         request_id in any::<u64>(), last in any::<bool>(), batch in batch_strategy(),
     ) {
-        let hello = Hello { node_id, replica_id: replica, protocol_version: 1 << 16, capabilities: caps };
+        let hello = Hello {
+            node_id, replica_id: replica, protocol_version: 1 << 16 | 1, capabilities: caps,
+            gossip_addr: format!("10.0.{}.{}:10101", replica % 256, caps % 256),
+        };
         let bytes = wire::encode(&hello).unwrap();
         let Ok(Frame::Hello(h)) = wire::decode(&bytes) else { panic!() };
         prop_assert_eq!(rkyv::deserialize::<Hello, rancor::Error>(h).unwrap(), hello);

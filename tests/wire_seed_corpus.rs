@@ -6,8 +6,8 @@ use std::path::Path;
 
 use bifrost_cluster::counter::Window;
 use bifrost_cluster::wire::{
-    self, DeltaBatch, Digest, Entry, Hello, MembershipPacket, OriginDigest, OriginGroup,
-    OriginKind, StateChunk, StateRequest, WireWindow, capabilities,
+    self, DataPing, DataPong, DeltaBatch, Digest, Entry, Hello, MembershipPacket, OriginDigest,
+    OriginGroup, OriginKind, StateChunk, StateRequest, WireWindow, capabilities,
 };
 
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -38,8 +38,9 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             wire::encode(&Hello {
                 node_id: "node-1".into(),
                 replica_id: 11,
-                protocol_version: 1 << 16,
+                protocol_version: 1 << 16 | 1,
                 capabilities: capabilities::REPLICATION_V1,
+                gossip_addr: "10.0.0.1:10101".into(),
             })
             .unwrap(),
         ),
@@ -81,6 +82,22 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 request_id: 1,
                 groups,
                 last: true,
+            })
+            .unwrap(),
+        ),
+        (
+            "data_ping.bin",
+            wire::encode(&DataPing {
+                sender: 11,
+                nonce: 0x1234_5678,
+            })
+            .unwrap(),
+        ),
+        (
+            "data_pong.bin",
+            wire::encode(&DataPong {
+                sender: 12,
+                nonce: 0x1234_5678,
             })
             .unwrap(),
         ),

@@ -19,7 +19,7 @@ use super::duration::ConfigDuration;
 use super::error::{ConfigWarning, FieldError};
 use super::schema::{
     ClusterConfig, ClusterSecret, DiscoveryConfig, DiscoveryType, GossipConfig, GossipHealthConfig,
-    HttpConfig, LimitsConfig, NodeId, PeerAddr, ReplicationConfig, SecurityConfig,
+    HttpConfig, LimitsConfig, NodeId, PeerAddr, PeerHost, ReplicationConfig, SecurityConfig,
     validate_dns_name,
 };
 
@@ -443,11 +443,28 @@ impl Ctx {
     }
 
     fn gossip(&mut self, path: &str, value: &Value, out: &mut GossipConfig) {
-        let Some(map) = self.object(path, value, &["port", "config"]) else {
+        let Some(map) = self.object(path, value, &["port", "config", "advertise_address"]) else {
             return;
         };
         if let Some((p, v)) = member(path, map, "port") {
             set(&mut out.port, self.port(&p, v));
+        }
+        if let Some((p, v)) = member(path, map, "advertise_address")
+            && let Some(text) = self.string(&p, v)
+        {
+            match PeerAddr::parse(text) {
+                Ok(addr) if matches!(addr.host, PeerHost::Ip(_)) => {
+                    out.advertise_address = Some(addr)
+                }
+                Ok(_) => self.fail(
+                    &p,
+                    format!(
+                        "expected an IP address, \"ip\" or \"ip:port\", got the host name {}",
+                        quote(text)
+                    ),
+                ),
+                Err(reason) => self.fail(&p, format!("invalid address {}: {reason}", quote(text))),
+            }
         }
         let Some((path, value)) = member(path, map, "config") else {
             return;

@@ -411,6 +411,12 @@ pub struct GossipConfig {
     pub port: u16,
     /// Health thresholds.
     pub config: GossipHealthConfig,
+    /// *(this crate)* The address other nodes reach this one at, `"ip"` or `"ip:port"` (`"[fd00::1]:10101"`);
+    /// an IP address, never a host name. Without a port, `port` is used. Default: none, and the runtime picks
+    /// the bind IP when it is specific, else the first private IPv4 address of an interface that is up (like
+    /// memberlist), else any non-loopback address, else `127.0.0.1`. Set it when the node sits behind NAT or
+    /// a port mapping (`docker run -p 10102:10101`).
+    pub advertise_address: Option<PeerAddr>,
 }
 
 impl GossipConfig {
@@ -423,6 +429,7 @@ impl Default for GossipConfig {
         Self {
             port: Self::DEFAULT_PORT,
             config: GossipHealthConfig::default(),
+            advertise_address: None,
         }
     }
 }

@@ -1,6 +1,5 @@
 //! Starting and stopping a node: [`Cluster::start`] and the [`ClusterHandle`] a gateway keeps.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,16 +7,21 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::driver::{Driver, Event, NodeStatus, PeerInfo};
+use super::advertise;
+use super::driver::{Driver, DriverParts, Event, NodeStatus, PeerInfo};
 use super::error::NodeError;
-use super::hello::{self, HelloError};
+use super::hello;
 use super::identity;
+use super::join::JoinSchedule;
+use super::link_tasks::{self, HelloSetup};
 use super::system_clock::{self, SystemClock};
 use crate::config::{CLUSTER_SECRET_ENV, ClusterConfig, PeerHost};
 use crate::counter::{Clock, CoarseClock, CounterStore, StoreOptions};
+use crate::membership::{
+    ClusterHealth, LocalIdentity, MemberTable, Membership, MembershipOptions, MembershipReader,
+};
 use crate::replication::{ReplicationStats, Replicator, ReplicatorOptions};
-use crate::transport::{TlsSetup, Transport, TransportOptions, TrustMode};
-use crate::wire::Hello;
+use crate::transport::{TlsSetup, Transport, TransportOptions};
 
 /// Options of a node beyond `cluster_config`.
 #[derive(Debug, Clone)]
@@ -29,6 +33,9 @@ pub struct NodeOptions {
     /// The cluster secret from the environment (`BIFROST_CLUSTER_SECRET`), when the config has none. Default:
     /// read from the environment at start.
     pub env_secret: Option<String>,
+    /// Membership timing. Default `None`: the defaults of [`MembershipOptions`] with the health thresholds of
+    /// `gossip.config`. Tests shorten the timers here.
+    pub membership: Option<MembershipOptions>,
 }
 
 impl Default for NodeOptions {
@@ -39,6 +46,7 @@ impl Default for NodeOptions {
             env_secret: std::env::var(CLUSTER_SECRET_ENV)
                 .ok()
                 .filter(|s| !s.is_empty()),
+            membership: None,
         }
     }
 }
@@ -53,7 +61,9 @@ struct Inner {
     store: CounterStore,
     clock: Arc<CoarseClock>,
     local_addr: Option<SocketAddr>,
+    advertised_addr: Option<SocketAddr>,
     status: Arc<Mutex<NodeStatus>>,
+    members: Option<MembershipReader>,
     events: Option<mpsc::Sender<Event>>,
     transport: Option<Arc<Transport>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -126,7 +136,9 @@ impl Cluster {
                     store,
                     clock,
                     local_addr: None,
+                    advertised_addr: None,
                     status,
+                    members: None,
                     events: None,
                     transport: None,
                     tasks: Mutex::new(tasks),
@@ -135,7 +147,7 @@ impl Cluster {
         }
         if config.discovery.enabled {
             tracing::warn!(
-                "discovery is not implemented yet: this node links to the static peers only"
+                "discovery is not implemented yet: this node joins through the static peers only"
             );
         }
         let trust = config
@@ -151,6 +163,7 @@ impl Cluster {
             transport_options,
         )?);
         let local_addr = transport.local_addr();
+        let advertised = advertise::choose(config.gossip.advertise_address.as_ref(), local_addr);
 
         let now = clock.now_unix_ms();
         let replicator = Replicator::new(
@@ -160,31 +173,24 @@ impl Cluster {
                 flush_interval_ms: config.replication.flush_interval.as_millis(),
                 anti_entropy_interval_ms: config.replication.anti_entropy_interval.as_millis(),
                 max_batch_bytes: config.replication.max_batch_bytes,
+                check_timeout_ms: u64::from(config.gossip.config.timeout_seconds) * 1000,
                 ..ReplicatorOptions::default()
             },
             identity::random_u64()?,
             now,
         );
-        let (events_tx, events_rx) = mpsc::channel(4_096);
-        let linked_addresses = Arc::new(Mutex::new(HashSet::new()));
-        let driver = Driver::new(
-            replicator,
-            Arc::clone(&clock),
-            events_tx.clone(),
-            Arc::clone(&status),
-            Arc::clone(&linked_addresses),
-        );
-        tasks.push(tokio::spawn(driver.run(events_rx)));
+        let membership = Membership::new(
+            LocalIdentity::new(node_id.as_str(), replica_id, advertised.addr),
+            options
+                .membership
+                .clone()
+                .unwrap_or_else(|| MembershipOptions::from(&config.gossip.config)),
+            identity::random_u64()?,
+            now,
+        )?;
+        let members = membership.reader();
 
-        let ours = hello::own_hello(node_id.as_str(), replica_id);
-        tasks.push(spawn_acceptor(
-            Arc::clone(&transport),
-            ours.clone(),
-            trust_mode,
-            hello_timeout,
-            events_tx.clone(),
-        ));
-        let mut peers = Vec::new();
+        let mut targets = Vec::new();
         for peer in &config.peers {
             let port = peer.port_or(config.gossip.port);
             let addresses: Vec<SocketAddr> = match &peer.host {
@@ -197,26 +203,51 @@ impl Cluster {
                     })?
                     .collect(),
             };
-            peers.extend(addresses);
-        }
-        for address in peers {
-            if address == local_addr {
-                continue; // our own entry in a shared peer list
+            for address in addresses {
+                // Our own entry in a shared peer list is skipped (and found by the hello if it hides
+                // behind another address).
+                if address != local_addr
+                    && address != advertised.addr
+                    && !targets.contains(&address)
+                {
+                    targets.push(address);
+                }
             }
-            tasks.push(tokio::spawn(dial_loop(
-                Arc::clone(&transport),
-                address,
-                ours.clone(),
-                trust_mode,
-                hello_timeout,
-                events_tx.clone(),
-                Arc::clone(&linked_addresses),
-            )));
         }
+        let join = JoinSchedule::new(
+            targets,
+            config.discovery.dial_timeout.as_millis().max(1),
+            now,
+        );
+
+        let (events_tx, events_rx) = mpsc::channel(4_096);
+        let hello = HelloSetup {
+            ours: hello::own_hello(node_id.as_str(), replica_id, advertised.addr),
+            trust: trust_mode,
+            timeout: hello_timeout,
+        };
+        tasks.push(link_tasks::spawn_acceptor(
+            Arc::clone(&transport),
+            hello.clone(),
+            events_tx.clone(),
+        ));
+        let driver = Driver::new(DriverParts {
+            replicator,
+            membership,
+            clock: Arc::clone(&clock),
+            events: events_tx.clone(),
+            status: Arc::clone(&status),
+            transport: Arc::clone(&transport),
+            hello,
+            join,
+        });
+        tasks.push(tokio::spawn(driver.run(events_rx)));
         tracing::info!(
             node = %node_id,
             replica = format_args!("{replica_id:016x}"),
             address = %local_addr,
+            advertised = %advertised.addr,
+            advertised_from = advertised.source,
             peers = config.peers.len(),
             "node started"
         );
@@ -227,118 +258,14 @@ impl Cluster {
                 store,
                 clock,
                 local_addr: Some(local_addr),
+                advertised_addr: Some(advertised.addr),
                 status,
+                members: Some(members),
                 events: Some(events_tx),
                 transport: Some(transport),
                 tasks: Mutex::new(tasks),
             }),
         })
-    }
-}
-
-fn spawn_acceptor(
-    transport: Arc<Transport>,
-    ours: Hello,
-    trust: TrustMode,
-    timeout: Duration,
-    events: mpsc::Sender<Event>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(link) = transport.accept().await {
-            let (ours, events) = (ours.clone(), events.clone());
-            tokio::spawn(async move {
-                match hello::exchange(&link, &ours, false, trust, timeout).await {
-                    Ok(hello) => {
-                        let _ = events
-                            .send(Event::PeerUp {
-                                link,
-                                hello,
-                                dialed_by_us: false,
-                            })
-                            .await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(address = %link.remote_address(), %error, "refused a link from a peer");
-                        link.close("hello refused");
-                    }
-                }
-            });
-        }
-    })
-}
-
-/// Dials `address` until linked, then waits for the link to close and dials again, with exponential backoff
-/// (100 ms doubling to 5 s, with jitter) between failed attempts. Skips dialing while some link (for instance
-/// one the peer dialed) already connects us to that address.
-async fn dial_loop(
-    transport: Arc<Transport>,
-    address: SocketAddr,
-    ours: Hello,
-    trust: TrustMode,
-    timeout: Duration,
-    events: mpsc::Sender<Event>,
-    linked_addresses: Arc<Mutex<HashSet<SocketAddr>>>,
-) {
-    const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-    const MAX_BACKOFF: Duration = Duration::from_secs(5);
-    let mut backoff = FIRST_BACKOFF;
-    let mut failures: u32 = 0;
-    let mut jitter = ours.replica_id ^ u64::from(address.port());
-    loop {
-        let already = linked_addresses
-            .lock()
-            .map(|a| a.contains(&address))
-            .unwrap_or(false);
-        if already {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        }
-        match transport.connect(address).await {
-            Ok(link) => match hello::exchange(&link, &ours, true, trust, timeout).await {
-                Ok(hello) => {
-                    failures = 0;
-                    backoff = FIRST_BACKOFF;
-                    let watch = link.clone();
-                    if events
-                        .send(Event::PeerUp {
-                            link,
-                            hello,
-                            dialed_by_us: true,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return; // the node is stopping
-                    }
-                    watch.closed().await;
-                }
-                Err(HelloError::SelfLink) => {
-                    tracing::info!(%address, "peer address is this node itself; not dialing it");
-                    link.close("self");
-                    return;
-                }
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(%address, %error, "refused a link to a peer");
-                    link.close("hello refused");
-                }
-            },
-            Err(error) => {
-                failures += 1;
-                // Log the 1st, 2nd, 4th, 8th… failure in a row at warn, the rest at debug.
-                if failures.is_power_of_two() {
-                    tracing::warn!(%address, %error, attempts = failures, "failed to link to peer; retrying");
-                } else {
-                    tracing::debug!(%address, %error, attempts = failures, "failed to link to peer; retrying");
-                }
-            }
-        }
-        jitter ^= jitter << 13;
-        jitter ^= jitter >> 7;
-        jitter ^= jitter << 17;
-        let spread = backoff.as_millis() as u64 / 4 + 1;
-        tokio::time::sleep(backoff + Duration::from_millis(jitter % spread)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -368,6 +295,29 @@ impl ClusterHandle {
         self.inner.local_addr
     }
 
+    /// The gossip address this node advertises to the others (`None` with cluster mode off).
+    pub fn advertised_addr(&self) -> Option<SocketAddr> {
+        self.inner.advertised_addr
+    }
+
+    /// The member table: every known member with its state, health, incarnation, last-seen time and round
+    /// trip, and the cluster health. Lock-free (an `arc-swap` snapshot). `None` with cluster mode off.
+    pub fn members(&self) -> Option<Arc<MemberTable>> {
+        self.inner.members.as_ref().map(MembershipReader::load)
+    }
+
+    /// A reader of the member table for other threads (lock-free). `None` with cluster mode off.
+    pub fn membership_reader(&self) -> Option<MembershipReader> {
+        self.inner.members.clone()
+    }
+
+    /// Cluster health (`HEALTHY` / `NOT HEALTHY`, rule in [`crate::membership`]). A node with cluster mode off
+    /// is a healthy cluster of one.
+    pub fn cluster_health(&self) -> ClusterHealth {
+        self.members()
+            .map_or(ClusterHealth::Healthy, |t| t.cluster_health)
+    }
+
     /// The linked peers (refreshed every 50 ms and on every link change).
     pub fn peers(&self) -> Vec<PeerInfo> {
         self.inner
@@ -386,8 +336,9 @@ impl ClusterHandle {
             .unwrap_or_default()
     }
 
-    /// Flushes the last changes to the peers (waiting at most 2 s for them to be read), closes the links and
-    /// stops the node's tasks. The store stays readable.
+    /// Leaves the cluster gracefully: flushes the last changes to the peers (waiting at most 2 s for them to
+    /// be read), announces the leave (at most 1 s) so the others mark this node left at once, closes the links
+    /// and stops the node's tasks. The store stays readable.
     pub async fn shutdown(&self) {
         if let Some(events) = &self.inner.events {
             let (done_tx, done_rx) = oneshot::channel();

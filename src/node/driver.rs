@@ -1,16 +1,25 @@
-//! The driver task: owns the node's [`Replicator`] and connects it to the links.
+//! The driver task: owns the node's [`Replicator`] and [`Membership`] and connects them to the links.
 //!
 //! Guarantees:
-//! - One task owns the replication state machine, so it needs no lock; links, timers and shutdown reach it as
-//!   events on a channel.
+//! - One task owns both state machines, so they need no lock; links, timers and shutdown reach them as events
+//!   on a channel. Readers elsewhere see the member table through its `arc-swap` snapshot.
+//! - All inter-node traffic uses the QUIC links of the one gossip port: a membership payload for an address
+//!   without a link makes the driver dial it (one dial per address at a time, with backoff after failures;
+//!   payloads wait for the dial, a bounded few).
 //! - One link per peer replica. When two nodes dial each other at once, both keep the link dialed by the node
 //!   with the lower replica id and close the other, so they agree without talking.
+//! - Replication sends to every linked peer except those membership holds down or left; a member reported
+//!   down, left or replaced has its link closed. Its counter contributions stay until their windows expire.
+//! - Each answered data-plane check counts as a successful health check of its member; a refused stream as a
+//!   failed one; silence is counted by the membership plane itself.
 //! - A frame a peer sends that fails to decode is dropped, counted and logged with the peer's node id and
 //!   address; the link stays up.
-//! - On shutdown the last dirty values are flushed on streams and the driver waits (bounded) for the peers to
-//!   read them before the links close.
+//! - On shutdown: the last dirty values are flushed on streams (the peers confirm reading them, bounded), then
+//!   the leave is announced on streams (bounded), then the links close.
+//! - The reference's log lines: "successfully joined X peers on startup", "failed to join cluster", "node
+//!   marked as suspect", "cluster health: HEALTHY" / "cluster health: NOT HEALTHY".
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,24 +29,35 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::hello::PeerHello;
+use super::join::JoinSchedule;
+use super::link_tasks::{self, HelloSetup};
 use crate::counter::CoarseClock;
+use crate::membership::{ClusterHealth, Membership, MembershipError, MembershipEvent};
 use crate::replication::{Channel, PeerId, PeerStats, ReplicationStats, Replicator};
-use crate::transport::{Link, LinkError};
-use crate::wire::MAX_FRAME_BYTES;
+use crate::transport::{Link, LinkError, Transport};
+use crate::wire::{self, Frame, Kind, MembershipPacket};
 
 /// Inputs of the driver.
 pub(crate) enum Event {
-    /// A link passed the hello exchange.
+    /// A link passed the hello exchange. `dialed_addr` is the address we dialed (`None`: the peer dialed us).
     PeerUp {
         link: Link,
         hello: PeerHello,
-        dialed_by_us: bool,
+        dialed_addr: Option<SocketAddr>,
+    },
+    /// A dial ended without a link. `self_link`: the address is this node itself.
+    DialFailed {
+        addr: SocketAddr,
+        error: String,
+        self_link: bool,
     },
     /// A link closed.
     PeerDown { link_id: usize },
     /// A frame arrived on a link.
     Frame { link_id: usize, bytes: Bytes },
-    /// Flush, close the links and stop.
+    /// Sending a frame on a stream of a link failed.
+    StreamFailed { link_id: usize, error: String },
+    /// Flush, leave, close the links and stop.
     Shutdown { done: oneshot::Sender<()> },
 }
 
@@ -48,10 +68,14 @@ pub struct PeerInfo {
     pub node_id: String,
     /// The peer's replica id (this process start).
     pub replica_id: u64,
-    /// The peer's gossip address.
+    /// The peer's address as the link sees it.
     pub address: SocketAddr,
+    /// The gossip address the peer advertises.
+    pub gossip_addr: Option<SocketAddr>,
     /// Round-trip time measured by QUIC.
     pub rtt: Duration,
+    /// Whether deltas go to it (false while membership holds it down or left).
+    pub replicating: bool,
     /// Replication counters of the link.
     pub stats: PeerStats,
 }
@@ -70,62 +94,120 @@ struct Linked {
     hello: PeerHello,
     dialed_by_us: bool,
     readers: Vec<JoinHandle<()>>,
+    /// Addresses routed to this link: the peer's advertised gossip address and the address we dialed.
+    addrs: Vec<SocketAddr>,
+    /// Whether the replicator sends to it.
+    replicating: bool,
+}
+
+/// Dials to one address.
+#[derive(Default)]
+struct DialState {
+    in_flight: bool,
+    /// Membership frames waiting for the dial.
+    pending: VecDeque<Bytes>,
+    failures: u32,
+    retry_at_ms: u64,
+    last_error: Option<String>,
 }
 
 /// How long the final flush waits for peers to read the last values.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the leave announcement waits for peers to read it.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the shared status is refreshed.
 const STATUS_EVERY_MS: u64 = 50;
+/// Membership frames kept per address while a dial is in flight (oldest dropped).
+const MAX_PENDING_PER_DIAL: usize = 32;
+/// Backoff after the first failed dial to an address, doubling per failure up to [`MAX_DIAL_BACKOFF_MS`].
+const FIRST_DIAL_BACKOFF_MS: u64 = 250;
+/// Longest wait between dials to an address that keeps failing.
+const MAX_DIAL_BACKOFF_MS: u64 = 5_000;
 
-pub(crate) struct Driver {
+/// Everything the driver is built from.
+pub(crate) struct DriverParts {
     pub(crate) replicator: Replicator,
+    pub(crate) membership: Membership,
     pub(crate) clock: Arc<CoarseClock>,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) status: Arc<Mutex<NodeStatus>>,
-    pub(crate) linked_addresses: Arc<Mutex<HashSet<SocketAddr>>>,
+    pub(crate) transport: Arc<Transport>,
+    pub(crate) hello: HelloSetup,
+    pub(crate) join: JoinSchedule,
+}
+
+pub(crate) struct Driver {
+    replicator: Replicator,
+    membership: Membership,
+    clock: Arc<CoarseClock>,
+    events: mpsc::Sender<Event>,
+    status: Arc<Mutex<NodeStatus>>,
+    transport: Arc<Transport>,
+    hello: HelloSetup,
+    join: JoinSchedule,
     links: HashMap<PeerId, Linked>,
     by_replica: HashMap<u64, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    dials: HashMap<SocketAddr, DialState>,
+    self_addrs: HashSet<SocketAddr>,
     status_at_ms: u64,
 }
 
 impl Driver {
-    pub(crate) fn new(
-        replicator: Replicator,
-        clock: Arc<CoarseClock>,
-        events: mpsc::Sender<Event>,
-        status: Arc<Mutex<NodeStatus>>,
-        linked_addresses: Arc<Mutex<HashSet<SocketAddr>>>,
-    ) -> Driver {
+    pub(crate) fn new(parts: DriverParts) -> Driver {
         Driver {
-            replicator,
-            clock,
-            events,
-            status,
-            linked_addresses,
+            replicator: parts.replicator,
+            membership: parts.membership,
+            clock: parts.clock,
+            events: parts.events,
+            status: parts.status,
+            transport: parts.transport,
+            hello: parts.hello,
+            join: parts.join,
             links: HashMap::new(),
             by_replica: HashMap::new(),
+            by_addr: HashMap::new(),
+            dials: HashMap::new(),
+            self_addrs: HashSet::new(),
             status_at_ms: 0,
         }
     }
 
+    fn now(&self) -> u64 {
+        self.clock.now_unix_ms()
+    }
+
+    /// When the next timer of either state machine or of the join schedule is due (Unix ms).
+    fn next_due_ms(&self) -> u64 {
+        let mut due = self.replicator.poll_timeout();
+        if let Some(t) = self.membership.poll_timeout() {
+            due = due.min(t);
+        }
+        if let Some(t) = self.join.due_ms(self.membership.is_joined()) {
+            due = due.min(t);
+        }
+        due
+    }
+
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        tracing::info!(
+            health = %self.membership.cluster_health(),
+            "cluster health: {}",
+            self.membership.cluster_health()
+        );
         loop {
-            let now = self.clock.now_unix_ms();
-            let wait = self.replicator.poll_timeout().saturating_sub(now);
+            let wait = self.next_due_ms().saturating_sub(self.now());
             tokio::select! {
                 event = rx.recv() => match event {
                     None => break,
                     Some(Event::Shutdown { done }) => {
-                        self.final_flush().await;
+                        self.shutdown().await;
                         let _ = done.send(());
                         break;
                     }
                     Some(event) => self.handle(event),
                 },
-                () = tokio::time::sleep(Duration::from_millis(wait)) => {
-                    self.refresh_datagram_sizes();
-                    self.replicator.handle_timeout(self.clock.now_unix_ms());
-                }
+                () = tokio::time::sleep(Duration::from_millis(wait)) => self.handle_timers(),
             }
             self.send_transmits();
             self.publish_status(false);
@@ -135,31 +217,148 @@ impl Driver {
         }
     }
 
+    fn handle_timers(&mut self) {
+        self.refresh_datagram_sizes();
+        let now = self.now();
+        self.replicator.handle_timeout(now);
+        if self.membership.poll_timeout().is_some_and(|t| t <= now) {
+            self.membership.handle_timeout(now);
+        }
+        let step = self.join.step(self.membership.is_joined(), now);
+        if step.attempt {
+            for target in self.join.targets().to_vec() {
+                if self.self_addrs.contains(&target) {
+                    continue;
+                }
+                match self.membership.join(target, now) {
+                    Ok(()) => {}
+                    Err(MembershipError::JoinSelf(addr)) => self.join.remove_target(addr),
+                    Err(error) => tracing::debug!(%target, %error, "join request not sent"),
+                }
+            }
+            tracing::debug!(
+                attempt = self.join.attempts(),
+                targets = ?self.join.targets(),
+                "asked the static peers to let this node in"
+            );
+        }
+        if step.report_failure {
+            let causes: Vec<String> = self
+                .join
+                .targets()
+                .iter()
+                .map(
+                    |t| match self.dials.get(t).and_then(|d| d.last_error.as_deref()) {
+                        Some(error) => format!("{t}: {error}"),
+                        None if self.by_addr.contains_key(t) => {
+                            format!("{t}: linked, no answer yet")
+                        }
+                        None => format!("{t}: no answer"),
+                    },
+                )
+                .collect();
+            tracing::warn!(
+                attempts = self.join.attempts(),
+                peers = %causes.join("; "),
+                "failed to join cluster; still retrying"
+            );
+        }
+        self.after_membership(now);
+    }
+
     fn handle(&mut self, event: Event) {
         match event {
             Event::PeerUp {
                 link,
                 hello,
-                dialed_by_us,
-            } => self.peer_up(link, hello, dialed_by_us),
+                dialed_addr,
+            } => self.peer_up(link, hello, dialed_addr),
             Event::PeerDown { link_id } => self.peer_down(link_id as PeerId),
-            Event::Frame { link_id, bytes } => {
-                let peer = link_id as PeerId;
-                let Some(linked) = self.links.get(&peer) else {
-                    return;
-                };
-                let now = self.clock.now_unix_ms();
-                if let Err(error) = self.replicator.handle_frame(peer, &bytes, now) {
-                    tracing::warn!(
-                        peer = %linked.hello.node_id,
-                        address = %linked.link.remote_address(),
-                        %error,
-                        bytes = bytes.len(),
-                        "dropped an invalid frame from a peer"
-                    );
+            Event::DialFailed {
+                addr,
+                error,
+                self_link,
+            } => self.dial_failed(addr, error, self_link),
+            Event::Frame { link_id, bytes } => self.frame(link_id as PeerId, bytes),
+            Event::StreamFailed { link_id, error } => {
+                if let Some(linked) = self.links.get(&(link_id as PeerId)) {
+                    let replica = linked.hello.replica_id;
+                    let reason = format!("replication stream failed: {error}");
+                    let _ = self
+                        .membership
+                        .record_data_plane(replica, false, &reason, self.now());
+                    self.after_membership(self.now());
                 }
             }
             Event::Shutdown { .. } => {}
+        }
+    }
+
+    fn frame(&mut self, peer: PeerId, bytes: Bytes) {
+        let Some(linked) = self.links.get(&peer) else {
+            return;
+        };
+        let now = self.now();
+        if let Ok((Kind::Membership, _)) = wire::split_header(&bytes) {
+            let from = linked
+                .hello
+                .gossip_addr
+                .unwrap_or_else(|| linked.link.remote_address());
+            match wire::decode(&bytes) {
+                Ok(Frame::Membership(packet)) => {
+                    if let Err(error) =
+                        self.membership
+                            .handle_packet(from, packet.payload.as_slice(), now)
+                    {
+                        match error {
+                            MembershipError::Left => {}
+                            MembershipError::Malformed { .. }
+                            | MembershipError::PacketTooLarge { .. }
+                            | MembershipError::FromOurselves { .. } => tracing::warn!(
+                                peer = %linked.hello.node_id,
+                                %error,
+                                "dropped a membership packet"
+                            ),
+                            other => {
+                                tracing::debug!(peer = %linked.hello.node_id, error = %other, "membership packet")
+                            }
+                        }
+                    }
+                    self.after_membership(now);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(
+                    peer = %linked.hello.node_id,
+                    address = %linked.link.remote_address(),
+                    %error,
+                    bytes = bytes.len(),
+                    "dropped an invalid membership frame from a peer"
+                ),
+            }
+            return;
+        }
+        if let Err(error) = self.replicator.handle_frame(peer, &bytes, now) {
+            tracing::warn!(
+                peer = %linked.hello.node_id,
+                address = %linked.link.remote_address(),
+                %error,
+                bytes = bytes.len(),
+                "dropped an invalid frame from a peer"
+            );
+        }
+        let mut answered = false;
+        while let Some(check) = self.replicator.poll_check() {
+            let Some(linked) = self.links.get(&check.peer) else {
+                continue;
+            };
+            let reason = format!("data-plane check answered in {} ms", check.rtt_ms);
+            let _ = self
+                .membership
+                .record_data_plane(linked.hello.replica_id, true, &reason, now);
+            answered = true;
+        }
+        if answered {
+            self.after_membership(now);
         }
     }
 
@@ -172,14 +371,40 @@ impl Driver {
         }
     }
 
-    fn peer_up(&mut self, link: Link, hello: PeerHello, dialed_by_us: bool) {
+    /// True when membership holds this replica down or left (then nothing is replicated to it).
+    fn member_gone(&self, replica_id: u64) -> bool {
+        self.membership
+            .members()
+            .by_replica(replica_id)
+            .is_some_and(|m| !m.state.is_active())
+    }
+
+    fn peer_up(&mut self, link: Link, hello: PeerHello, dialed_addr: Option<SocketAddr>) {
+        let pending = dialed_addr
+            .and_then(|addr| self.dials.get_mut(&addr))
+            .map(|d| {
+                d.in_flight = false;
+                d.failures = 0;
+                d.last_error = None;
+                std::mem::take(&mut d.pending)
+            })
+            .unwrap_or_default();
+        let mut addrs: Vec<SocketAddr> = dialed_addr.into_iter().collect();
+        if let Some(gossip) = hello.gossip_addr
+            && !addrs.contains(&gossip)
+        {
+            addrs.push(gossip);
+        }
         let peer = link.id() as PeerId;
         let candidate = Linked {
             link,
             hello,
-            dialed_by_us,
+            dialed_by_us: dialed_addr.is_some(),
             readers: Vec::new(),
+            addrs: Vec::new(),
+            replicating: false,
         };
+        let mut surviving = peer;
         if let Some(&existing) = self.by_replica.get(&candidate.hello.replica_id)
             && let Some(old) = self.links.get(&existing)
         {
@@ -189,27 +414,49 @@ impl Driver {
             // newer link replaces the older (which is probably dead).
             if new_dialer > old_dialer {
                 candidate.link.close("duplicate link");
-                return;
+                surviving = existing;
+            } else {
+                old.link.close("duplicate link");
+                self.peer_down(existing);
             }
-            old.link.close("duplicate link");
-            self.peer_down(existing);
         }
-        let mut linked = candidate;
-        linked.readers = spawn_readers(&linked.link, self.events.clone());
-        tracing::info!(
-            peer = %linked.hello.node_id,
-            replica = format_args!("{:016x}", linked.hello.replica_id),
-            address = %linked.link.remote_address(),
-            "linked to peer"
-        );
-        self.replicator
-            .add_peer(peer, linked.link.max_datagram_size());
-        self.by_replica.insert(linked.hello.replica_id, peer);
-        if let Ok(mut addresses) = self.linked_addresses.lock() {
-            addresses.insert(linked.link.remote_address());
+        if surviving == peer {
+            let mut linked = candidate;
+            linked.readers = link_tasks::spawn_readers(&linked.link, self.events.clone());
+            linked.replicating = !self.member_gone(linked.hello.replica_id);
+            tracing::info!(
+                peer = %linked.hello.node_id,
+                replica = format_args!("{:016x}", linked.hello.replica_id),
+                address = %linked.link.remote_address(),
+                gossip_addr = ?linked.hello.gossip_addr,
+                "linked to peer"
+            );
+            if linked.replicating {
+                self.replicator
+                    .add_peer(peer, linked.link.max_datagram_size());
+            }
+            self.by_replica.insert(linked.hello.replica_id, peer);
+            self.links.insert(peer, linked);
         }
-        self.links.insert(peer, linked);
+        for addr in addrs {
+            self.route(addr, surviving);
+        }
+        if let Some(linked) = self.links.get(&surviving) {
+            for frame in pending {
+                send_frame(linked, frame, &self.events);
+            }
+        }
         self.publish_status(true);
+    }
+
+    /// Routes `addr` to the link `peer` (a newer link to an address replaces an older one).
+    fn route(&mut self, addr: SocketAddr, peer: PeerId) {
+        if let Some(linked) = self.links.get_mut(&peer) {
+            if !linked.addrs.contains(&addr) {
+                linked.addrs.push(addr);
+            }
+            self.by_addr.insert(addr, peer);
+        }
     }
 
     fn peer_down(&mut self, peer: PeerId) {
@@ -220,10 +467,14 @@ impl Driver {
         if self.by_replica.get(&linked.hello.replica_id) == Some(&peer) {
             self.by_replica.remove(&linked.hello.replica_id);
         }
-        if let Ok(mut addresses) = self.linked_addresses.lock() {
-            addresses.remove(&linked.link.remote_address());
+        for addr in &linked.addrs {
+            if self.by_addr.get(addr) == Some(&peer) {
+                self.by_addr.remove(addr);
+            }
         }
-        self.replicator.remove_peer(peer);
+        if linked.replicating {
+            self.replicator.remove_peer(peer);
+        }
         let reason = linked
             .link
             .close_reason()
@@ -237,9 +488,182 @@ impl Driver {
         self.publish_status(true);
     }
 
+    fn dial_failed(&mut self, addr: SocketAddr, error: String, self_link: bool) {
+        let now = self.now();
+        if self_link {
+            tracing::info!(%addr, "peer address is this node itself; not dialing it");
+            self.self_addrs.insert(addr);
+            self.join.remove_target(addr);
+            self.dials.remove(&addr);
+            return;
+        }
+        let dial = self.dials.entry(addr).or_default();
+        dial.in_flight = false;
+        dial.pending.clear();
+        dial.failures = dial.failures.saturating_add(1);
+        let backoff = FIRST_DIAL_BACKOFF_MS
+            .saturating_mul(1 << dial.failures.saturating_sub(1).min(16))
+            .min(MAX_DIAL_BACKOFF_MS);
+        dial.retry_at_ms = now.saturating_add(backoff);
+        // Log the 1st, 2nd, 4th, 8th… failure in a row at debug with its cause; a join target's failures are
+        // summarized by "failed to join cluster", a member's by membership ("node marked as suspect").
+        if dial.failures.is_power_of_two() {
+            tracing::debug!(%addr, %error, failures = dial.failures, "failed to link to peer");
+        }
+        dial.last_error = Some(error);
+    }
+
+    /// Makes sure a link to `addr` exists or is being dialed (unless backing off). Returns the link if any.
+    fn ensure_link(&mut self, addr: SocketAddr, frame: Option<Bytes>) {
+        if self.self_addrs.contains(&addr) || addr == self.membership.local_id().addr() {
+            return;
+        }
+        if let Some(linked) = self.by_addr.get(&addr).and_then(|p| self.links.get(p)) {
+            if let Some(frame) = frame {
+                send_frame(linked, frame, &self.events);
+            }
+            return;
+        }
+        let now = self.now();
+        let dial = self.dials.entry(addr).or_default();
+        if !dial.in_flight {
+            if now < dial.retry_at_ms {
+                return; // backing off: the payload is lost, as a datagram to a dead host would be
+            }
+            dial.in_flight = true;
+            link_tasks::spawn_dial(
+                Arc::clone(&self.transport),
+                addr,
+                self.hello.clone(),
+                self.events.clone(),
+            );
+        }
+        if let Some(frame) = frame {
+            if dial.pending.len() == MAX_PENDING_PER_DIAL {
+                dial.pending.pop_front();
+            }
+            dial.pending.push_back(frame);
+        }
+    }
+
+    /// Sends what membership queued and reacts to its events.
+    fn after_membership(&mut self, now: u64) {
+        while let Some((addr, payload)) = self.membership.poll_transmit() {
+            match wire::encode(&MembershipPacket { payload }) {
+                Ok(frame) => self.ensure_link(addr, Some(Bytes::from(frame))),
+                Err(error) => tracing::error!(%error, "failed to encode a membership packet"),
+            }
+        }
+        while let Some(event) = self.membership.poll_event() {
+            self.member_event(event, now);
+        }
+    }
+
+    fn member_event(&mut self, event: MembershipEvent, _now: u64) {
+        match event {
+            MembershipEvent::Joined { peers } => {
+                tracing::info!(peers, "successfully joined {peers} peers on startup");
+            }
+            MembershipEvent::Rejoined(id) => tracing::info!(
+                renewal = id.renewal(),
+                "rejoined the cluster after being declared down"
+            ),
+            MembershipEvent::Defunct => tracing::error!(
+                "this node was declared down and cannot renew its identity any more: restart it"
+            ),
+            MembershipEvent::MemberUp(id) => {
+                tracing::info!(
+                    node = %id.node_id(),
+                    replica = format_args!("{:016x}", id.replica_id()),
+                    address = %id.addr(),
+                    "member up"
+                );
+                if let Some(&peer) = self.by_replica.get(&id.replica_id())
+                    && let Some(linked) = self.links.get_mut(&peer)
+                    && !linked.replicating
+                {
+                    linked.replicating = true;
+                    self.replicator
+                        .add_peer(peer, linked.link.max_datagram_size());
+                }
+                self.ensure_link(id.addr(), None);
+            }
+            MembershipEvent::MemberSuspect(id) => tracing::warn!(
+                node = %id.node_id(),
+                address = %id.addr(),
+                "node marked as suspect"
+            ),
+            MembershipEvent::MemberAlive(id) => tracing::info!(
+                node = %id.node_id(),
+                address = %id.addr(),
+                "suspect node refuted the suspicion: alive"
+            ),
+            MembershipEvent::MemberDown(id) => {
+                tracing::warn!(
+                    node = %id.node_id(),
+                    address = %id.addr(),
+                    "node marked as down; its counts stay until their windows expire"
+                );
+                self.drop_replica(id.replica_id(), "member down");
+            }
+            MembershipEvent::MemberLeft(id) => {
+                tracing::info!(node = %id.node_id(), address = %id.addr(), "node left the cluster");
+                self.drop_replica(id.replica_id(), "member left");
+            }
+            MembershipEvent::MemberReplaced { old, new } => {
+                tracing::info!(
+                    node = %new.node_id(),
+                    old_replica = format_args!("{:016x}", old.replica_id()),
+                    new_replica = format_args!("{:016x}", new.replica_id()),
+                    address = %new.addr(),
+                    "node restarted: a newer identity replaced the old one"
+                );
+                if old.replica_id() != new.replica_id() {
+                    self.drop_replica(old.replica_id(), "member replaced");
+                }
+            }
+            MembershipEvent::HealthChanged {
+                member,
+                healthy,
+                reason,
+            } => {
+                if healthy {
+                    tracing::info!(node = %member.node_id(), %reason, "member healthy");
+                } else {
+                    tracing::warn!(node = %member.node_id(), %reason, "member unhealthy");
+                }
+            }
+            MembershipEvent::ClusterHealthChanged(health) => {
+                let table = self.membership.members();
+                let members = table.members.iter().filter(|m| m.state.is_active()).count() + 1;
+                let healthy = table.healthy_count();
+                match health {
+                    ClusterHealth::Healthy => {
+                        tracing::info!(members, healthy, "cluster health: HEALTHY")
+                    }
+                    ClusterHealth::NotHealthy => {
+                        tracing::warn!(members, healthy, "cluster health: NOT HEALTHY")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops replicating to `replica_id` and closes its link.
+    fn drop_replica(&mut self, replica_id: u64, reason: &str) {
+        if let Some(&peer) = self.by_replica.get(&replica_id) {
+            if let Some(linked) = self.links.get(&peer) {
+                linked.link.close(reason);
+            }
+            self.peer_down(peer);
+        }
+    }
+
     fn refresh_datagram_sizes(&mut self) {
         for (&peer, linked) in &self.links {
-            if let Some(size) = linked.link.max_datagram_size() {
+            if linked.replicating
+                && let Some(size) = linked.link.max_datagram_size()
+            {
                 self.replicator.set_max_datagram(peer, size);
             }
         }
@@ -254,18 +678,24 @@ impl Driver {
                 Channel::Datagram => match linked.link.send_datagram(transmit.frame.clone()) {
                     Ok(()) => {}
                     // The path MTU shrank since the last refresh: the values still go, reliably.
-                    Err(LinkError::DatagramTooLarge { .. }) => {
-                        spawn_stream_send(linked.link.clone(), transmit.frame);
-                    }
+                    Err(LinkError::DatagramTooLarge { .. }) => link_tasks::spawn_stream_send(
+                        linked.link.clone(),
+                        transmit.frame,
+                        self.events.clone(),
+                    ),
                     Err(error) => tracing::debug!(%error, "datagram not sent (link closing)"),
                 },
-                Channel::Stream => spawn_stream_send(linked.link.clone(), transmit.frame),
+                Channel::Stream => link_tasks::spawn_stream_send(
+                    linked.link.clone(),
+                    transmit.frame,
+                    self.events.clone(),
+                ),
             }
         }
     }
 
     fn publish_status(&mut self, force: bool) {
-        let now = self.clock.now_unix_ms();
+        let now = self.now();
         if !force && now < self.status_at_ms + STATUS_EVERY_MS {
             return;
         }
@@ -277,7 +707,9 @@ impl Driver {
                 node_id: linked.hello.node_id.clone(),
                 replica_id: linked.hello.replica_id,
                 address: linked.link.remote_address(),
+                gossip_addr: linked.hello.gossip_addr,
                 rtt: linked.link.rtt(),
+                replicating: linked.replicating,
                 stats: self
                     .replicator
                     .peer_stats(peer)
@@ -293,102 +725,59 @@ impl Driver {
         }
     }
 
-    /// Flushes the last values on streams and waits (bounded) until every peer has read them.
-    async fn final_flush(&mut self) {
-        self.replicator.flush(self.clock.now_unix_ms());
-        let mut sends = Vec::new();
+    /// Flushes the last values, announces the leave, closes the links.
+    async fn shutdown(&mut self) {
+        // 1. The last deltas, on streams, confirmed by the peers.
+        self.replicator.flush(self.now());
+        let mut frames = Vec::new();
         while let Some(transmit) = self.replicator.poll_transmit() {
             if let Some(linked) = self.links.get(&transmit.peer) {
-                let link = linked.link.clone();
-                sends.push(tokio::spawn(async move {
-                    let (mut send, _recv) = link.open_stream().await.ok()?;
-                    send.write_all(&transmit.frame).await.ok()?;
-                    send.finish().ok()?;
-                    // Resolves once the peer has read the stream to its end.
-                    send.stopped().await.ok()
-                }));
+                frames.push((linked.link.clone(), transmit.frame));
             }
         }
-        let count = sends.len();
-        // The sends run concurrently (spawned); wait for all of them, bounded.
-        let all = async {
-            for send in sends {
-                let _ = send.await;
-            }
-        };
-        let outcome = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, all).await;
-        match outcome {
-            Ok(_) => tracing::info!(frames = count, "final flush delivered"),
-            Err(_) => tracing::warn!(
-                frames = count,
+        let (confirmed, total) = link_tasks::send_and_confirm(frames, FINAL_FLUSH_TIMEOUT).await;
+        if confirmed == total {
+            tracing::info!(frames = total, "final flush delivered");
+        } else {
+            tracing::warn!(
+                frames = total,
+                confirmed,
                 "final flush: some peers did not confirm in time"
-            ),
+            );
+        }
+        // 2. The leave, so the others mark this node left at once (not suspect).
+        let now = self.now();
+        if let Err(error) = self.membership.leave(now) {
+            tracing::warn!(%error, "leave not announced");
+        }
+        let mut frames = Vec::new();
+        while let Some((addr, payload)) = self.membership.poll_transmit() {
+            let Some(linked) = self.by_addr.get(&addr).and_then(|p| self.links.get(p)) else {
+                continue;
+            };
+            if let Ok(frame) = wire::encode(&MembershipPacket { payload }) {
+                frames.push((linked.link.clone(), Bytes::from(frame)));
+            }
+        }
+        let (confirmed, total) = link_tasks::send_and_confirm(frames, LEAVE_TIMEOUT).await;
+        tracing::info!(notices = total, confirmed, "left the cluster");
+        while let Some(event) = self.membership.poll_event() {
+            self.member_event(event, now);
         }
         self.publish_status(true);
-        for (_, linked) in self.links.iter() {
+        for linked in self.links.values() {
             linked.link.close("shutdown");
         }
     }
 }
 
-/// Sends `frame` on a new stream of `link`, in the background.
-fn spawn_stream_send(link: Link, frame: Bytes) {
-    tokio::spawn(async move {
-        let result = async {
-            let (mut send, _recv) = link.open_stream().await.map_err(|e| e.to_string())?;
-            send.write_all(&frame).await.map_err(|e| e.to_string())?;
-            send.finish().map_err(|e| e.to_string())
+/// Sends one membership frame on `linked`: as a datagram, or on a stream when it does not fit one.
+fn send_frame(linked: &Linked, frame: Bytes, events: &mpsc::Sender<Event>) {
+    match linked.link.send_datagram(frame.clone()) {
+        Ok(()) => {}
+        Err(LinkError::DatagramTooLarge { .. } | LinkError::DatagramsUnsupported { .. }) => {
+            link_tasks::spawn_stream_send(linked.link.clone(), frame, events.clone())
         }
-        .await;
-        if let Err(error) = result {
-            tracing::debug!(%error, address = %link.remote_address(), "stream frame not sent");
-        }
-    });
-}
-
-/// Reads datagrams and streams of `link` into `events`, and reports its closing.
-fn spawn_readers(link: &Link, events: mpsc::Sender<Event>) -> Vec<JoinHandle<()>> {
-    let link_id = link.id();
-    let datagrams = {
-        let (link, events) = (link.clone(), events.clone());
-        tokio::spawn(async move {
-            while let Ok(bytes) = link.read_datagram().await {
-                if events.send(Event::Frame { link_id, bytes }).await.is_err() {
-                    return;
-                }
-            }
-        })
-    };
-    let streams = {
-        let (link, events) = (link.clone(), events.clone());
-        tokio::spawn(async move {
-            while let Ok((_send, mut recv)) = link.accept_stream().await {
-                let events = events.clone();
-                let address = link.remote_address();
-                tokio::spawn(async move {
-                    match recv.read_to_end(MAX_FRAME_BYTES).await {
-                        Ok(bytes) => {
-                            let _ = events
-                                .send(Event::Frame {
-                                    link_id,
-                                    bytes: Bytes::from(bytes),
-                                })
-                                .await;
-                        }
-                        Err(error) => {
-                            tracing::warn!(%address, %error, "dropped a stream frame from a peer (too large or reset)");
-                        }
-                    }
-                });
-            }
-        })
-    };
-    let closed = {
-        let link = link.clone();
-        tokio::spawn(async move {
-            link.closed().await;
-            let _ = events.send(Event::PeerDown { link_id }).await;
-        })
-    };
-    vec![datagrams, streams, closed]
+        Err(error) => tracing::debug!(%error, "membership datagram not sent (link closing)"),
+    }
 }

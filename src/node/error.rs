@@ -1,6 +1,7 @@
 //! Errors that stop a node from starting. Each names the field or resource at fault.
 
 use crate::config::FieldError;
+use crate::membership::MembershipError;
 use crate::transport::{TlsError, TransportError};
 
 /// Why [`super::Cluster::start`] refused to start.
@@ -28,6 +29,9 @@ pub enum NodeError {
     /// The operating system's random number generator failed (needed for the replica id).
     #[error("the OS random number generator failed: {0}")]
     Random(String),
+    /// The membership plane refused its options or this node's identity.
+    #[error("membership: {0}")]
+    Membership(#[from] MembershipError),
     /// A static peer's host name could not be resolved.
     #[error("cluster_config.peers: cannot resolve {peer}: {reason}")]
     Resolve {

@@ -6,6 +6,7 @@
 //! protocol version, that it is not talking to itself, and (with a cluster secret) that the node id in the
 //! `Hello` is the one its certificate was issued for.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::transport::{Link, TrustMode};
@@ -20,6 +21,8 @@ pub struct PeerHello {
     pub replica_id: u64,
     /// Its capability bits.
     pub capabilities: u64,
+    /// The gossip address it advertises (`None` for a client that is not a member).
+    pub gossip_addr: Option<SocketAddr>,
 }
 
 /// Why a link was refused during the exchange.
@@ -47,13 +50,14 @@ pub enum HelloError {
 /// Largest hello accepted.
 const MAX_HELLO_BYTES: usize = 4_096;
 
-/// Our hello.
-pub fn own_hello(node_id: &str, replica_id: u64) -> Hello {
+/// Our hello, advertising `gossip_addr`.
+pub fn own_hello(node_id: &str, replica_id: u64, gossip_addr: SocketAddr) -> Hello {
     Hello {
         node_id: node_id.to_string(),
         replica_id,
         protocol_version: (u32::from(PROTOCOL_MAJOR) << 16) | u32::from(PROTOCOL_MINOR),
         capabilities: capabilities::REPLICATION_V1,
+        gossip_addr: gossip_addr.to_string(),
     }
 }
 
@@ -118,10 +122,17 @@ fn check(
         }
         Err(e) => return Err(HelloError::Invalid(e.to_string())),
     };
+    let gossip_addr = match hello.gossip_addr.as_str() {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+            HelloError::Invalid(format!("gossip address {text:?} is not \"ip:port\""))
+        })?),
+    };
     let peer = PeerHello {
         node_id: hello.node_id.as_str().to_string(),
         replica_id: hello.replica_id.to_native(),
         capabilities: hello.capabilities.to_native(),
+        gossip_addr,
     };
     if peer.replica_id == ours.replica_id {
         return Err(HelloError::SelfLink);

@@ -1,12 +1,16 @@
 //! Node runtime: wires the planes together on tokio — the coarse clock ticker, the QUIC transport, the
-//! replication driver, static peers — and shuts them down in order.
+//! membership and replication state machines, joining through the static peers — and shuts them down in order.
 //!
 //! Guarantees:
 //! - [`Cluster::start`] refuses a config that cannot run, naming every field at fault, before binding anything.
 //! - The hot path never waits for the runtime: the gateway calls the [`crate::counter::CounterStore`] directly;
 //!   replication drains it every flush interval on its own task.
-//! - A link counts only after the `Hello` exchange; one link is kept per peer replica.
-//! - [`ClusterHandle::shutdown`] flushes the last changes and waits (bounded) for peers to read them.
+//! - A link counts only after the `Hello` exchange; one link is kept per peer replica. Membership, deltas,
+//!   anti-entropy and data-plane checks all travel on these links of the one gossip port.
+//! - The node joins through the static `peers`, retrying with backoff (1 s doubling to 30 s) until a member
+//!   lets it in; the member table ([`ClusterHandle::members`]) and cluster health are lock-free snapshots.
+//! - [`ClusterHandle::shutdown`] flushes the last changes, waits (bounded) for peers to read them, then
+//!   announces the leave so the others mark this node left, not suspect.
 //!
 //! # Embedding in a gateway
 //!
@@ -35,11 +39,14 @@
 //! # Ok(()) }
 //! ```
 
+mod advertise;
 mod cluster;
 mod driver;
 mod error;
 mod hello;
 mod identity;
+mod join;
+mod link_tasks;
 mod system_clock;
 
 pub use cluster::{Cluster, ClusterHandle, NodeOptions};

@@ -10,5 +10,5 @@ pub mod digest;
 mod replicator;
 mod stats;
 
-pub use replicator::{Channel, PeerId, Replicator, ReplicatorOptions, Transmit};
+pub use replicator::{Channel, CheckAnswered, PeerId, Replicator, ReplicatorOptions, Transmit};
 pub use stats::{PeerStats, ReplicationStats};

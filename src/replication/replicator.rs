@@ -10,6 +10,10 @@
 //!   each interval, a digest goes to one random peer, which answers with the values of every origin whose
 //!   fingerprint differs and asks for ours.
 //! - A node that gains its first peer asks it for its full state (current and previous epochs of every key).
+//! - Data-plane checks: every `check_interval_ms` each peer gets a [`DataPing`] on a stream, which its
+//!   replicator answers with a [`DataPong`]; answers come out of [`Replicator::poll_check`] with their round
+//!   trip, so the membership plane can count a member healthy only while its replication path works. One
+//!   check per peer is outstanding at a time; one unanswered for `check_timeout_ms` is counted and replaced.
 //! - Errors caused by network input never panic: a bad frame is dropped whole and counted.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -18,8 +22,8 @@ use bytes::Bytes;
 
 use crate::counter::{CounterError, CounterStore, DirtyEntry, MergeOutcome};
 use crate::wire::{
-    self, ArchivedOriginGroup, ArchivedOriginKind, BatchPacker, DeltaBatch, Digest, Entry, Frame,
-    OriginGroup, StateChunk, StateRequest, WireError, WireWindow,
+    self, ArchivedOriginGroup, ArchivedOriginKind, BatchPacker, DataPing, DataPong, DeltaBatch,
+    Digest, Entry, Frame, OriginGroup, StateChunk, StateRequest, WireError, WireWindow,
 };
 
 use super::digest;
@@ -65,6 +69,21 @@ pub struct ReplicatorOptions {
     pub stream_chunk_bytes: usize,
     /// Most dirty cells drained per flush (the rest wait for the next). Default 65,536.
     pub max_cells_per_flush: usize,
+    /// How often each peer gets a data-plane check ([`DataPing`]), in ms. Default 1,000; 0 disables checks.
+    /// A check costs one small stream each way.
+    pub check_interval_ms: u64,
+    /// How long a check may stay unanswered before it is counted as timed out and replaced, in ms. Default
+    /// 10,000 (`gossip.config.timeout_seconds`). Must be ≥ 1.
+    pub check_timeout_ms: u64,
+}
+
+/// A peer answered a data-plane check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckAnswered {
+    /// The peer.
+    pub peer: PeerId,
+    /// Round trip from sending the ping to handling the pong, in ms.
+    pub rtt_ms: u64,
 }
 
 impl Default for ReplicatorOptions {
@@ -75,6 +94,8 @@ impl Default for ReplicatorOptions {
             max_batch_bytes: 1_200,
             stream_chunk_bytes: 256 * 1024,
             max_cells_per_flush: 65_536,
+            check_interval_ms: 1_000,
+            check_timeout_ms: 10_000,
         }
     }
 }
@@ -83,6 +104,10 @@ impl Default for ReplicatorOptions {
 struct Peer {
     max_datagram: usize,
     stats: PeerStats,
+    /// When the next data-plane check is due (Unix ms; 0 = at the next timeout).
+    next_check_ms: u64,
+    /// The outstanding check: nonce and when it was sent.
+    outstanding: Option<(u64, u64)>,
 }
 
 /// The replication state machine of one node.
@@ -99,6 +124,8 @@ pub struct Replicator {
     asked_full_state: bool,
     rng: SplitMix64,
     outbox: VecDeque<Transmit>,
+    checks: VecDeque<CheckAnswered>,
+    next_nonce: u64,
     stats: ReplicationStats,
     drained: Vec<DirtyEntry>,
 }
@@ -127,6 +154,8 @@ impl Replicator {
             asked_full_state: false,
             rng: SplitMix64::new(seed),
             outbox: VecDeque::new(),
+            checks: VecDeque::new(),
+            next_nonce: SplitMix64::new(seed ^ 0x5eed).next_u64(),
             stats: ReplicationStats::default(),
             drained: Vec::new(),
             options,
@@ -144,6 +173,7 @@ impl Replicator {
     }
 
     /// A peer link became trusted (after the `Hello` exchange). The first peer ever is asked for its full state.
+    /// Its first data-plane check goes out at the next [`Replicator::handle_timeout`].
     pub fn add_peer(&mut self, peer: PeerId, max_datagram: Option<usize>) {
         let max_datagram = max_datagram.unwrap_or(self.options.max_batch_bytes);
         self.peers.insert(
@@ -151,6 +181,8 @@ impl Replicator {
             Peer {
                 max_datagram,
                 stats: PeerStats::default(),
+                next_check_ms: 0,
+                outstanding: None,
             },
         );
         if !self.asked_full_state {
@@ -188,11 +220,70 @@ impl Replicator {
 
     /// When [`Replicator::handle_timeout`] must next be called, in Unix ms.
     pub fn poll_timeout(&self) -> u64 {
-        self.next_flush_ms.min(self.next_anti_entropy_ms)
+        let mut due = self.next_flush_ms.min(self.next_anti_entropy_ms);
+        if self.options.check_interval_ms > 0 {
+            for p in self.peers.values() {
+                due = due.min(self.check_due_ms(p));
+            }
+        }
+        due
     }
 
-    /// Runs what is due at `now_ms`: the flush, and the anti-entropy round.
+    /// When `p`'s next check is due: at its schedule, or when the outstanding one times out.
+    fn check_due_ms(&self, p: &Peer) -> u64 {
+        match p.outstanding {
+            Some((_, sent)) => sent.saturating_add(self.options.check_timeout_ms.max(1)),
+            None => p.next_check_ms,
+        }
+    }
+
+    /// The next answered data-plane check, in the order they were answered.
+    pub fn poll_check(&mut self) -> Option<CheckAnswered> {
+        self.checks.pop_front()
+    }
+
+    /// Sends the data-plane checks due at `now_ms`; counts and replaces the ones that timed out.
+    fn run_checks(&mut self, now_ms: u64) {
+        if self.options.check_interval_ms == 0 {
+            return;
+        }
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| self.check_due_ms(p) <= now_ms)
+            .map(|(&id, _)| id)
+            .collect();
+        for peer in due {
+            self.next_nonce = self.next_nonce.wrapping_add(1);
+            let nonce = self.next_nonce;
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            if p.outstanding.is_some() {
+                self.stats.checks_timed_out += 1;
+            }
+            p.outstanding = Some((nonce, now_ms));
+            p.next_check_ms = now_ms.saturating_add(self.options.check_interval_ms);
+            let ping = DataPing {
+                sender: self.replica_id,
+                nonce,
+            };
+            match wire::encode(&ping) {
+                Ok(frame) => {
+                    self.stats.checks_sent += 1;
+                    self.queue(peer, Channel::Stream, frame);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "failed to encode a data-plane check");
+                    self.stats.encode_errors += 1;
+                }
+            }
+        }
+    }
+
+    /// Runs what is due at `now_ms`: the flush, the anti-entropy round and the data-plane checks.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.run_checks(now_ms);
         if now_ms >= self.next_flush_ms {
             self.flush(now_ms);
             self.next_flush_ms = now_ms + self.options.flush_interval_ms.max(1);
@@ -373,6 +464,34 @@ impl Replicator {
             Frame::Digest(theirs) => {
                 self.stats.digests_received += 1;
                 self.answer_digest(peer, theirs, now_ms);
+            }
+            Frame::DataPing(ping) => {
+                let pong = DataPong {
+                    sender: self.replica_id,
+                    nonce: ping.nonce.to_native(),
+                };
+                match wire::encode(&pong) {
+                    Ok(frame) => self.queue(peer, Channel::Stream, frame),
+                    Err(error) => {
+                        tracing::error!(%error, "failed to encode a data-plane answer");
+                        self.stats.encode_errors += 1;
+                    }
+                }
+            }
+            Frame::DataPong(pong) => {
+                let nonce = pong.nonce.to_native();
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && let Some((expected, sent)) = p.outstanding
+                    && expected == nonce
+                {
+                    p.outstanding = None;
+                    let rtt_ms = now_ms.saturating_sub(sent);
+                    p.stats.check_rtt_ms = rtt_ms;
+                    p.stats.last_check_answered_ms = now_ms;
+                    self.stats.checks_answered += 1;
+                    self.checks.push_back(CheckAnswered { peer, rtt_ms });
+                }
+                // An answer to a replaced (timed-out) check proves nothing about now: ignored.
             }
             Frame::Hello(_) | Frame::Membership(_) => {
                 // The link layer consumes Hello before a peer is handed to us, and the node routes membership

@@ -43,6 +43,12 @@ pub struct ReplicationStats {
     pub state_chunks_sent: u64,
     /// State chunks received.
     pub state_chunks_received: u64,
+    /// Data-plane checks sent (one [`crate::wire::DataPing`] per peer per check interval).
+    pub checks_sent: u64,
+    /// Data-plane checks answered by the peer.
+    pub checks_answered: u64,
+    /// Data-plane checks that got no answer within the check timeout.
+    pub checks_timed_out: u64,
 }
 
 /// Counters of one peer link.
@@ -66,4 +72,8 @@ pub struct PeerStats {
     pub last_sequence: u64,
     /// Batches of the peer never received (gaps in the sequence): lost datagrams.
     pub sequence_gaps: u64,
+    /// Round trip of the last answered data-plane check, in ms (0 before the first).
+    pub check_rtt_ms: u64,
+    /// When the peer last answered a data-plane check (Unix ms, 0 before the first).
+    pub last_check_answered_ms: u64,
 }

@@ -36,7 +36,9 @@ pub struct SimOptions {
     pub loss: f64,
     /// Probability that a datagram is delivered twice.
     pub duplicate: f64,
-    /// Replication options of every node.
+    /// Replication options of every node. Default: the replicator's defaults without data-plane checks
+    /// (`check_interval_ms: 0`): they feed the membership plane, which this harness does not run, and at
+    /// 100 nodes they would be most of the simulated traffic.
     pub replicator: ReplicatorOptions,
     /// `max_keys` of every node's store.
     pub max_keys: usize,
@@ -51,7 +53,10 @@ impl Default for SimOptions {
             latency_ms: (1, 10),
             loss: 0.0,
             duplicate: 0.0,
-            replicator: ReplicatorOptions::default(),
+            replicator: ReplicatorOptions {
+                check_interval_ms: 0,
+                ..ReplicatorOptions::default()
+            },
             max_keys: 10_000,
         }
     }

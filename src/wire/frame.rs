@@ -22,9 +22,9 @@ use rkyv::ser::allocator::ArenaHandle;
 
 use super::error::WireError;
 use super::messages::{
-    ArchivedDeltaBatch, ArchivedDigest, ArchivedHello, ArchivedMembershipPacket,
-    ArchivedOriginGroup, ArchivedStateChunk, ArchivedStateRequest, DeltaBatch, Digest, Hello,
-    MembershipPacket, StateChunk, StateRequest,
+    ArchivedDataPing, ArchivedDataPong, ArchivedDeltaBatch, ArchivedDigest, ArchivedHello,
+    ArchivedMembershipPacket, ArchivedOriginGroup, ArchivedStateChunk, ArchivedStateRequest,
+    DataPing, DataPong, DeltaBatch, Digest, Hello, MembershipPacket, StateChunk, StateRequest,
 };
 
 /// The first two bytes of every frame.
@@ -32,7 +32,7 @@ pub const MAGIC: [u8; 2] = *b"BF";
 /// The major protocol version this build speaks.
 pub const PROTOCOL_MAJOR: u8 = 1;
 /// The minor protocol version this build speaks (announced in [`Hello`]).
-pub const PROTOCOL_MINOR: u16 = 0;
+pub const PROTOCOL_MINOR: u16 = 1;
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 8;
 /// Largest frame accepted (header included): 1 MiB. Datagrams are far smaller (the path MTU bounds them).
@@ -43,7 +43,7 @@ pub const MAX_ENTRIES_PER_FRAME: usize = 16_384;
 pub const MAX_KEY_BYTES: usize = 4_096;
 /// Most origins one digest or state request may name.
 pub const MAX_ORIGINS_PER_FRAME: usize = 65_536;
-/// Longest node id in a [`Hello`].
+/// Longest node id (and gossip address) in a [`Hello`].
 pub const MAX_NODE_ID_BYTES: usize = 256;
 
 /// Message kinds (the header's fourth byte). 16..=31 are reserved for the membership plane.
@@ -60,6 +60,10 @@ pub enum Kind {
     StateRequest = 4,
     /// [`StateChunk`].
     StateChunk = 5,
+    /// [`DataPing`] (protocol 1.1).
+    DataPing = 6,
+    /// [`DataPong`] (protocol 1.1).
+    DataPong = 7,
     /// [`MembershipPacket`] (the first of the kinds reserved for the membership plane, 16..=31).
     Membership = 16,
 }
@@ -72,6 +76,8 @@ impl Kind {
             3 => Kind::Digest,
             4 => Kind::StateRequest,
             5 => Kind::StateChunk,
+            6 => Kind::DataPing,
+            7 => Kind::DataPong,
             16 => Kind::Membership,
             other => return Err(WireError::UnknownKind(other)),
         })
@@ -100,6 +106,12 @@ impl Message for StateRequest {
 }
 impl Message for StateChunk {
     const KIND: Kind = Kind::StateChunk;
+}
+impl Message for DataPing {
+    const KIND: Kind = Kind::DataPing;
+}
+impl Message for DataPong {
+    const KIND: Kind = Kind::DataPong;
 }
 impl Message for MembershipPacket {
     const KIND: Kind = Kind::Membership;
@@ -144,6 +156,10 @@ pub enum Frame<'a> {
     StateRequest(&'a ArchivedStateRequest),
     /// A [`StateChunk`].
     StateChunk(&'a ArchivedStateChunk),
+    /// A [`DataPing`].
+    DataPing(&'a ArchivedDataPing),
+    /// A [`DataPong`].
+    DataPong(&'a ArchivedDataPong),
     /// A [`MembershipPacket`].
     Membership(&'a ArchivedMembershipPacket),
 }
@@ -232,11 +248,13 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
     Ok(match kind {
         Kind::Hello => {
             let hello = access::<ArchivedHello>(archive)?;
-            if hello.node_id.len() > MAX_NODE_ID_BYTES {
-                return Err(WireError::KeyTooLong {
-                    len: hello.node_id.len(),
-                    max: MAX_NODE_ID_BYTES,
-                });
+            for text in [&hello.node_id, &hello.gossip_addr] {
+                if text.len() > MAX_NODE_ID_BYTES {
+                    return Err(WireError::KeyTooLong {
+                        len: text.len(),
+                        max: MAX_NODE_ID_BYTES,
+                    });
+                }
             }
             Frame::Hello(hello)
         }
@@ -260,6 +278,8 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
             check_groups(&chunk.groups)?;
             Frame::StateChunk(chunk)
         }
+        Kind::DataPing => Frame::DataPing(access::<ArchivedDataPing>(archive)?),
+        Kind::DataPong => Frame::DataPong(access::<ArchivedDataPong>(archive)?),
         Kind::Membership => Frame::Membership(access::<ArchivedMembershipPacket>(archive)?),
     })
 }

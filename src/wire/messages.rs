@@ -31,6 +31,10 @@ pub struct Hello {
     pub protocol_version: u32,
     /// Bit set of [`capabilities`].
     pub capabilities: u64,
+    /// The gossip address the sender advertises (`"ip:port"`): where the membership plane and every other
+    /// node reach it. It can differ from the address a link arrives from (NAT, several interfaces). Empty
+    /// for a client that is not a member (a tool). At most [`crate::wire::MAX_NODE_ID_BYTES`] bytes.
+    pub gossip_addr: String,
 }
 
 /// A window on the wire: count, unit and alignment as small integers.
@@ -208,6 +212,28 @@ pub struct StateChunk {
     pub groups: Vec<OriginGroup>,
     /// True on the last chunk of the answer.
     pub last: bool,
+}
+
+/// A data-plane health check: "answer me on this link". The receiver's replicator answers with a
+/// [`DataPong`] carrying the same nonce, so an answer proves the peer's replication path (stream accepted,
+/// frame decoded, replicator running) works, not only its membership plane.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DataPing {
+    /// The sender's replica id.
+    pub sender: u64,
+    /// Chosen by the sender; echoed in the answer.
+    pub nonce: u64,
+}
+
+/// The answer to a [`DataPing`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DataPong {
+    /// The answering replica's id.
+    pub sender: u64,
+    /// The nonce of the ping this answers.
+    pub nonce: u64,
 }
 
 /// A membership-plane packet (SWIM probes, acks, gossip), carried opaquely: the membership module encodes and

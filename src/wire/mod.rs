@@ -20,9 +20,9 @@ pub use frame::{
     encode, encode_into, split_header,
 };
 pub use messages::{
-    ArchivedDeltaBatch, ArchivedDigest, ArchivedEntry, ArchivedHello, ArchivedMembershipPacket,
-    ArchivedOriginDigest, ArchivedOriginGroup, ArchivedOriginKind, ArchivedStateChunk,
-    ArchivedStateRequest, ArchivedWireWindow, DeltaBatch, Digest, Entry, Hello, MembershipPacket,
-    OriginDigest, OriginGroup, OriginKind, StateChunk, StateRequest, WireWindow, WireWindowError,
-    capabilities,
+    ArchivedDataPing, ArchivedDataPong, ArchivedDeltaBatch, ArchivedDigest, ArchivedEntry,
+    ArchivedHello, ArchivedMembershipPacket, ArchivedOriginDigest, ArchivedOriginGroup,
+    ArchivedOriginKind, ArchivedStateChunk, ArchivedStateRequest, ArchivedWireWindow, DataPing,
+    DataPong, DeltaBatch, Digest, Entry, Hello, MembershipPacket, OriginDigest, OriginGroup,
+    OriginKind, StateChunk, StateRequest, WireWindow, WireWindowError, capabilities,
 };

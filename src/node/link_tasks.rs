@@ -1,0 +1,199 @@
+//! The tasks that move bytes between links and the driver: accepting, dialing, reading, and sending on
+//! streams. Each reports to the driver through its event channel; none holds node state.
+//!
+//! Guarantees:
+//! - A link reaches the driver only after the `Hello` exchange succeeded ([`super::hello`]).
+//! - Every dial is a one-shot task that reports either `PeerUp` or `DialFailed`, so the driver always learns
+//!   how a dial ended.
+//! - A stream frame is read whole, up to [`MAX_FRAME_BYTES`]; a larger one is dropped and logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::driver::Event;
+use super::hello::{self, HelloError};
+use crate::transport::{Link, Transport, TrustMode};
+use crate::wire::{Hello, MAX_FRAME_BYTES};
+
+/// What every dial and accept needs to run the `Hello` exchange.
+#[derive(Clone)]
+pub(crate) struct HelloSetup {
+    pub(crate) ours: Hello,
+    pub(crate) trust: TrustMode,
+    pub(crate) timeout: Duration,
+}
+
+/// Accepts links until the transport closes, runs the exchange on each, and hands them to the driver.
+pub(crate) fn spawn_acceptor(
+    transport: Arc<Transport>,
+    setup: HelloSetup,
+    events: mpsc::Sender<Event>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(link) = transport.accept().await {
+            let (setup, events) = (setup.clone(), events.clone());
+            tokio::spawn(async move {
+                match hello::exchange(&link, &setup.ours, false, setup.trust, setup.timeout).await {
+                    Ok(hello) => {
+                        let _ = events
+                            .send(Event::PeerUp {
+                                link,
+                                hello,
+                                dialed_addr: None,
+                            })
+                            .await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(address = %link.remote_address(), %error, "refused a link from a peer");
+                        link.close("hello refused");
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Dials `addr` once and reports the outcome.
+pub(crate) fn spawn_dial(
+    transport: Arc<Transport>,
+    addr: SocketAddr,
+    setup: HelloSetup,
+    events: mpsc::Sender<Event>,
+) {
+    tokio::spawn(async move {
+        let outcome = match transport.connect(addr).await {
+            Ok(link) => {
+                match hello::exchange(&link, &setup.ours, true, setup.trust, setup.timeout).await {
+                    Ok(hello) => Ok((link, hello)),
+                    Err(error) => {
+                        let reason = if matches!(error, HelloError::SelfLink) {
+                            "self"
+                        } else {
+                            "hello refused"
+                        };
+                        link.close(reason);
+                        Err((error.to_string(), matches!(error, HelloError::SelfLink)))
+                    }
+                }
+            }
+            Err(error) => Err((error.to_string(), false)),
+        };
+        let event = match outcome {
+            Ok((link, hello)) => Event::PeerUp {
+                link,
+                hello,
+                dialed_addr: Some(addr),
+            },
+            Err((error, self_link)) => Event::DialFailed {
+                addr,
+                error,
+                self_link,
+            },
+        };
+        let _ = events.send(event).await;
+    });
+}
+
+/// Sends `frame` on a new stream of `link`, in the background; a failure is reported as `StreamFailed`.
+pub(crate) fn spawn_stream_send(link: Link, frame: Bytes, events: mpsc::Sender<Event>) {
+    tokio::spawn(async move {
+        let result = async {
+            let (mut send, _recv) = link.open_stream().await.map_err(|e| e.to_string())?;
+            send.write_all(&frame).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::debug!(%error, address = %link.remote_address(), "stream frame not sent");
+            let _ = events
+                .send(Event::StreamFailed {
+                    link_id: link.id(),
+                    error,
+                })
+                .await;
+        }
+    });
+}
+
+/// Sends each `(link, frame)` on its own stream and waits until the peers have read them all, at most
+/// `limit`. Returns how many were confirmed.
+pub(crate) async fn send_and_confirm(
+    frames: Vec<(Link, Bytes)>,
+    limit: Duration,
+) -> (usize, usize) {
+    let total = frames.len();
+    let sends: Vec<_> = frames
+        .into_iter()
+        .map(|(link, frame)| {
+            tokio::spawn(async move {
+                let (mut send, _recv) = link.open_stream().await.ok()?;
+                send.write_all(&frame).await.ok()?;
+                send.finish().ok()?;
+                // Resolves once the peer has read the stream to its end.
+                send.stopped().await.ok()
+            })
+        })
+        .collect();
+    let mut confirmed = 0;
+    let all = async {
+        for send in sends {
+            if let Ok(Some(_)) = send.await {
+                confirmed += 1;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, all).await;
+    (confirmed, total)
+}
+
+/// Reads datagrams and streams of `link` into `events`, and reports its closing.
+pub(crate) fn spawn_readers(link: &Link, events: mpsc::Sender<Event>) -> Vec<JoinHandle<()>> {
+    let link_id = link.id();
+    let datagrams = {
+        let (link, events) = (link.clone(), events.clone());
+        tokio::spawn(async move {
+            while let Ok(bytes) = link.read_datagram().await {
+                if events.send(Event::Frame { link_id, bytes }).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let streams = {
+        let (link, events) = (link.clone(), events.clone());
+        tokio::spawn(async move {
+            while let Ok((_send, mut recv)) = link.accept_stream().await {
+                let events = events.clone();
+                let address = link.remote_address();
+                tokio::spawn(async move {
+                    match recv.read_to_end(MAX_FRAME_BYTES).await {
+                        Ok(bytes) => {
+                            let _ = events
+                                .send(Event::Frame {
+                                    link_id,
+                                    bytes: Bytes::from(bytes),
+                                })
+                                .await;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%address, %error, "dropped a stream frame from a peer (too large or reset)");
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let closed = {
+        let link = link.clone();
+        tokio::spawn(async move {
+            link.closed().await;
+            let _ = events.send(Event::PeerDown { link_id }).await;
+        })
+    };
+    vec![datagrams, streams, closed]
+}
