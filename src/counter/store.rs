@@ -401,6 +401,14 @@ impl CounterStore {
         })
     }
 
+    /// This replica's own count and the merged remote count of `(key, window)` in `epoch`, read without
+    /// creating the key: `None` for an unknown key, zeros for an epoch no longer in the ring.
+    pub fn counts_at(&self, key: &str, window: Window, epoch: u64) -> Option<(u64, u64)> {
+        let map = self.shared.cells.pin();
+        map.get(&KeyRef { key, window })
+            .map(|cell| (cell.local(epoch), cell.remote(epoch)))
+    }
+
     /// Drains up to `max_cells` dirty cells into `out`: for each, every epoch still in the ring with this
     /// replica's absolute value (zero values skipped). Returns the number of cells drained. Also gives
     /// contended cells their stripes (this is the only place that allocates them, off the hot path).

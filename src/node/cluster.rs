@@ -318,6 +318,25 @@ impl ClusterHandle {
             .map_or(ClusterHealth::Healthy, |t| t.cluster_health)
     }
 
+    /// Ready to serve as a cluster member (`/ready`): cluster mode is off, or this node is joined, or its
+    /// start-up join is over — it joined once, had nobody to join, or gave up after
+    /// `discovery.dial_timeout` (it then runs alone and keeps retrying, logging "failed to join cluster").
+    /// Giving up counts as ready so a StatefulSet that starts pods one by one never waits on itself.
+    pub fn is_ready(&self) -> bool {
+        match self.members() {
+            None => true,
+            Some(table) => {
+                table.local.state == crate::membership::LocalState::Joined
+                    || self
+                        .inner
+                        .status
+                        .lock()
+                        .map(|s| s.join_settled)
+                        .unwrap_or(false)
+            }
+        }
+    }
+
     /// The linked peers (refreshed every 50 ms and on every link change).
     pub fn peers(&self) -> Vec<PeerInfo> {
         self.inner

@@ -87,6 +87,8 @@ pub struct NodeStatus {
     pub peers: Vec<PeerInfo>,
     /// Replication counters.
     pub replication: ReplicationStats,
+    /// The start-up join is over (joined once, gave up once, or nobody to join): readiness follows it.
+    pub join_settled: bool,
 }
 
 struct Linked {
@@ -151,6 +153,7 @@ pub(crate) struct Driver {
     dials: HashMap<SocketAddr, DialState>,
     self_addrs: HashSet<SocketAddr>,
     status_at_ms: u64,
+    health_logged: bool,
 }
 
 impl Driver {
@@ -170,6 +173,7 @@ impl Driver {
             dials: HashMap::new(),
             self_addrs: HashSet::new(),
             status_at_ms: 0,
+            health_logged: false,
         }
     }
 
@@ -190,11 +194,12 @@ impl Driver {
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
-        tracing::info!(
-            health = %self.membership.cluster_health(),
-            "cluster health: {}",
-            self.membership.cluster_health()
-        );
+        // The first join attempt goes out now; then the starting cluster health is logged once (later changes
+        // are logged as they happen).
+        self.handle_timers();
+        if !self.health_logged {
+            self.log_cluster_health(self.membership.cluster_health());
+        }
         loop {
             let wait = self.next_due_ms().saturating_sub(self.now());
             tokio::select! {
@@ -247,15 +252,15 @@ impl Driver {
                 .join
                 .targets()
                 .iter()
-                .map(
-                    |t| match self.dials.get(t).and_then(|d| d.last_error.as_deref()) {
-                        Some(error) => format!("{t}: {error}"),
-                        None if self.by_addr.contains_key(t) => {
-                            format!("{t}: linked, no answer yet")
-                        }
-                        None => format!("{t}: no answer"),
-                    },
-                )
+                .map(|t| match self.dials.get(t) {
+                    _ if self.by_addr.contains_key(t) => format!("{t}: linked, not let in yet"),
+                    Some(d) if d.in_flight => format!("{t}: dialing, no answer yet"),
+                    Some(DialState {
+                        last_error: Some(error),
+                        ..
+                    }) => format!("{t}: {error}"),
+                    _ => format!("{t}: no answer"),
+                })
                 .collect();
             tracing::warn!(
                 attempts = self.join.attempts(),
@@ -633,18 +638,27 @@ impl Driver {
                     tracing::warn!(node = %member.node_id(), %reason, "member unhealthy");
                 }
             }
-            MembershipEvent::ClusterHealthChanged(health) => {
-                let table = self.membership.members();
-                let members = table.members.iter().filter(|m| m.state.is_active()).count() + 1;
-                let healthy = table.healthy_count();
-                match health {
-                    ClusterHealth::Healthy => {
-                        tracing::info!(members, healthy, "cluster health: HEALTHY")
-                    }
-                    ClusterHealth::NotHealthy => {
-                        tracing::warn!(members, healthy, "cluster health: NOT HEALTHY")
-                    }
-                }
+            MembershipEvent::ClusterHealthChanged(health) => self.log_cluster_health(health),
+        }
+    }
+
+    /// "cluster health: HEALTHY" (info) or "cluster health: NOT HEALTHY" (warn), with the counts behind it.
+    fn log_cluster_health(&mut self, health: ClusterHealth) {
+        self.health_logged = true;
+        let table = self.membership.members();
+        let members = 1 + table
+            .members
+            .iter()
+            .filter(|m| m.state != crate::membership::MemberState::Left)
+            .count();
+        let healthy = table.healthy_count();
+        let local = table.local.state;
+        match health {
+            ClusterHealth::Healthy => {
+                tracing::info!(members, healthy, %local, "cluster health: HEALTHY")
+            }
+            ClusterHealth::NotHealthy => {
+                tracing::warn!(members, healthy, %local, "cluster health: NOT HEALTHY")
             }
         }
     }
@@ -721,6 +735,7 @@ impl Driver {
             *status = NodeStatus {
                 peers,
                 replication: self.replicator.stats().clone(),
+                join_settled: self.join.settled() || self.membership.is_joined(),
             };
         }
     }

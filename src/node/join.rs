@@ -36,6 +36,8 @@ pub(crate) struct JoinSchedule {
     episode_started_ms: Option<u64>,
     reported: bool,
     attempts: u32,
+    /// The start-up join is over: joined once, gave up once (reported), or there was nobody to join.
+    settled: bool,
 }
 
 impl JoinSchedule {
@@ -47,9 +49,16 @@ impl JoinSchedule {
             next_ms: now_ms,
             backoff_ms: FIRST_BACKOFF_MS,
             episode_started_ms: Some(now_ms),
+            settled: false,
             reported: false,
             attempts: 0,
         }
+    }
+
+    /// Whether the start-up join is over: the node joined once, reported that joining failed, or had no
+    /// target to join (alone by config). Readiness (`/ready`) follows it.
+    pub(crate) fn settled(&self) -> bool {
+        self.settled || self.targets.is_empty()
     }
 
     /// The join targets.
@@ -96,6 +105,7 @@ impl JoinSchedule {
     /// Advances the schedule to `now_ms`.
     pub(crate) fn step(&mut self, joined: bool, now_ms: u64) -> JoinStep {
         if joined {
+            self.settled = true;
             self.episode_started_ms = None;
             self.reported = false;
             self.backoff_ms = FIRST_BACKOFF_MS;
@@ -115,6 +125,7 @@ impl JoinSchedule {
         }
         if !self.reported && now_ms >= start.saturating_add(self.report_after_ms) {
             self.reported = true;
+            self.settled = true;
             step.report_failure = true;
         }
         step
@@ -159,7 +170,9 @@ mod tests {
     #[test]
     fn joining_resets_and_a_new_episode_reports_again() {
         let mut s = JoinSchedule::new(vec![addr(1)], 10_000, 0);
+        assert!(!s.settled());
         assert!(s.step(false, 0).attempt);
+        assert!(!s.settled());
         assert!(s.step(false, 10_000).report_failure);
         assert_eq!(s.step(true, 11_000), JoinStep::default());
         assert_eq!(s.due_ms(true), None);
@@ -173,6 +186,7 @@ mod tests {
     #[test]
     fn no_targets_means_nothing_to_do_and_new_targets_are_tried_at_once() {
         let mut s = JoinSchedule::new(Vec::new(), 10_000, 0);
+        assert!(s.settled(), "nobody to join: alone by config");
         assert_eq!(s.due_ms(false), None);
         assert_eq!(s.step(false, 5_000), JoinStep::default());
         s.add_targets([addr(2)], 6_000);

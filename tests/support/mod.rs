@@ -1,4 +1,5 @@
 //! Helpers shared by the tests (and `benches/replication.rs`) that start real nodes on loopback.
+#![allow(dead_code)] // each test crate uses a different subset
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 
@@ -13,3 +14,5 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port on loopback");
 }
+
+pub mod http;

@@ -1,0 +1,179 @@
+//! The HTTP surface against a node with cluster mode off, on 127.0.0.1: routes, answers, and bad requests
+//! answered 400 with the field at fault.
+
+use std::net::SocketAddr;
+
+use bifrost_cluster::config::load_from_str;
+use bifrost_cluster::http::HttpServer;
+use bifrost_cluster::node::Cluster;
+
+mod support;
+use support::http::{get, post, request};
+
+async fn server() -> (bifrost_cluster::node::ClusterHandle, HttpServer, SocketAddr) {
+    let config = load_from_str(r#"{ "cluster_config": { "enabled": false, "node_id": "solo" } }"#)
+        .expect("config")
+        .config;
+    let node = Cluster::start(config).await.expect("node");
+    let http = HttpServer::start(node.clone(), "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("http");
+    let addr = http.local_addr();
+    (node, http, addr)
+}
+
+/// Runs a blocking HTTP call off the runtime's worker threads.
+async fn call(
+    f: impl FnOnce() -> std::io::Result<(u16, serde_json::Value)> + Send + 'static,
+) -> (u16, serde_json::Value) {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("join")
+        .expect("http call")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_and_status_of_a_node_alone() {
+    let (node, http, addr) = server().await;
+    let (code, body) = call(move || get(addr, "/health")).await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("ok")));
+    let (code, _) = call(move || get(addr, "/ready")).await;
+    assert_eq!(code, 200, "cluster mode off: ready at once");
+    let (code, status) = call(move || get(addr, "/cluster/status")).await;
+    assert_eq!(code, 200);
+    assert_eq!(status["local_node"], "solo");
+    assert_eq!(status["members"], 1);
+    assert_eq!(status["healthy_members"], 1);
+    assert_eq!(status["cluster_health"], "HEALTHY");
+    assert_eq!(status["member_details"].as_array().map(Vec::len), Some(0));
+    let (code, body) = call(move || get(addr, "/no/such/route")).await;
+    assert_eq!(code, 404, "{body}");
+    http.shutdown().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_and_rate_limit_decisions() {
+    let (node, http, addr) = server().await;
+    // Keys may contain slashes.
+    let (code, body) = call(move || {
+        post(
+            addr,
+            "/v1/counters/vk/openai/gpt-4o/add",
+            r#"{"window":"1h","n":5}"#,
+        )
+    })
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["key"], "vk/openai/gpt-4o");
+    assert_eq!(body["outcome"], "added");
+    assert_eq!(body["local"], 5);
+    assert_eq!(body["global"], 5);
+    let epoch = body["epoch"].as_u64().expect("epoch");
+    let (code, body) = call(move || {
+        get(
+            addr,
+            &format!("/v1/counters/vk/openai/gpt-4o?window=1h&epoch={epoch}"),
+        )
+    })
+    .await;
+    assert_eq!((code, body["global"].as_u64()), (200, Some(5)), "{body}");
+    // Reading an unknown key answers zeros and does not create it.
+    let before = node.store().stats().keys;
+    let (code, body) = call(move || get(addr, "/v1/counters/never-written?window=1m")).await;
+    assert_eq!((code, body["global"].as_u64()), (200, Some(0)));
+    assert_eq!(node.store().stats().keys, before);
+
+    // A limit of 3 per hour: three allowed, the fourth refused.
+    let check = r#"{"key":"rl/x","window":"1h","limit":3,"cost":1,"algorithm":"sliding_window"}"#;
+    for expected_remaining in [2, 1, 0] {
+        let (code, d) = call(move || post(addr, "/v1/ratelimit/check", check)).await;
+        assert_eq!(code, 200, "{d}");
+        assert_eq!(d["allowed"], true);
+        assert_eq!(d["remaining"], expected_remaining);
+    }
+    let (_, d) = call(move || post(addr, "/v1/ratelimit/check", check)).await;
+    assert_eq!(d["allowed"], false, "{d}");
+    assert_eq!(d["used"], 3);
+    assert!(d["reset_at_ms"].as_u64().is_some());
+    http.shutdown().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_400_naming_the_field() {
+    let (node, http, addr) = server().await;
+    let cases: Vec<(&str, &str, Option<&str>, &str)> = vec![
+        ("POST", "/v1/ratelimit/check", Some("not json"), "body"),
+        ("POST", "/v1/ratelimit/check", Some("[1,2]"), "body"),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"window":"1m","limit":1}"#),
+            "key",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"k","limit":1}"#),
+            "window",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"k","window":"1x","limit":1}"#),
+            "window",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"k","window":"1m"}"#),
+            "limit",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"k","window":"1m","limit":-1}"#),
+            "limit",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"k","window":"1m","limit":1,"cost":"2"}"#),
+            "cost",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"k","window":"1m","limit":1,"algorithm":"leaky"}"#),
+            "algorithm",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"","window":"1m","limit":1}"#),
+            "key",
+        ),
+        ("POST", "/v1/counters/k/add", Some(r#"{"n":1}"#), "window"),
+        (
+            "POST",
+            "/v1/counters/k/add",
+            Some(r#"{"window":"1m","n":1.5}"#),
+            "n",
+        ),
+        ("POST", "/v1/counters/k", Some(r#"{"window":"1m"}"#), "path"),
+        ("GET", "/v1/counters/k", None, "window"),
+        ("GET", "/v1/counters/k?window=1m&epoch=x", None, "epoch"),
+    ];
+    for (method, path, body, field) in cases {
+        let (code, answer) = call(move || request(addr, method, path, body)).await;
+        assert_eq!(code, 400, "{method} {path} {body:?}: {answer}");
+        assert_eq!(answer["field"], field, "{method} {path} {body:?}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    // Still serving after all that.
+    let (code, _) = call(move || get(addr, "/health")).await;
+    assert_eq!(code, 200);
+    http.shutdown().await;
+    node.shutdown().await;
+}
