@@ -343,6 +343,10 @@ impl Ctx {
             "dns_names",
             "udp_broadcast_port",
             "mdns_service",
+            "interval",
+            "consul_token",
+            "dns_nameserver",
+            "k8s_api_url",
         ];
         let Some(map) = self.object(path, value, KNOWN) else {
             return;
@@ -437,6 +441,45 @@ impl Ctx {
         {
             match check_mdns_service(service) {
                 Ok(()) => out.mdns_service = service.to_owned(),
+                Err(rule) => self.fail(&p, rule),
+            }
+        }
+        if let Some((p, v)) = member(path, map, "interval") {
+            set(
+                &mut out.interval,
+                self.duration(
+                    &p,
+                    v,
+                    DiscoveryConfig::MIN_INTERVAL,
+                    DiscoveryConfig::MAX_INTERVAL,
+                ),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "consul_token")
+            && let Some(token) = self.non_empty_string(&p, v)
+        {
+            out.consul_token = Some(token.to_owned());
+        }
+        if let Some((p, v)) = member(path, map, "dns_nameserver")
+            && let Some(text) = self.string(&p, v)
+        {
+            match PeerAddr::parse(text) {
+                Ok(addr) if matches!(addr.host, PeerHost::Ip(_)) => out.dns_nameserver = Some(addr),
+                Ok(_) => self.fail(
+                    &p,
+                    format!(
+                        "expected an IP address, \"ip\" or \"ip:port\", got the host name {}",
+                        quote(text)
+                    ),
+                ),
+                Err(reason) => self.fail(&p, format!("invalid address {}: {reason}", quote(text))),
+            }
+        }
+        if let Some((p, v)) = member(path, map, "k8s_api_url")
+            && let Some(text) = self.string(&p, v)
+        {
+            match parse_etcd_endpoint(text) {
+                Ok(url) => out.k8s_api_url = Some(url),
                 Err(rule) => self.fail(&p, rule),
             }
         }

@@ -349,6 +349,20 @@ pub struct DiscoveryConfig {
     /// mDNS service type to advertise and browse, `"_name._tcp"` or `"_name._udp"` (a `.local` suffix is
     /// allowed). Default: `"_bifrost._tcp"`.
     pub mdns_service: String,
+    /// *(this crate)* How often discovery runs. Default: `"10s"`. Range 1s..=1h. Watches (Kubernetes, etcd)
+    /// trigger an extra run as soon as they see a change.
+    pub interval: ConfigDuration,
+    /// *(this crate)* Consul ACL token, sent as `X-Consul-Token`. Default: none, then the `CONSUL_HTTP_TOKEN`
+    /// environment variable if set. Never printed (shown as `"<redacted>"`).
+    #[serde(serialize_with = "serialize_redacted")]
+    pub consul_token: Option<String>,
+    /// *(this crate)* Nameserver for `dns` discovery, `"ip:port"` or `"ip"` (port 53). Default: none, and the
+    /// system resolver (`/etc/resolv.conf`) is used.
+    pub dns_nameserver: Option<PeerAddr>,
+    /// *(this crate)* Kubernetes API server URL, e.g. `"http://127.0.0.1:8001"` behind `kubectl proxy`.
+    /// Default: none, and the in-cluster config (service account) is used, else `~/.kube/config`.
+    #[serde(serialize_with = "serialize_opt_url")]
+    pub k8s_api_url: Option<Url>,
 }
 
 impl DiscoveryConfig {
@@ -366,6 +380,12 @@ impl DiscoveryConfig {
     pub const DEFAULT_CONSUL_ADDRESS: &'static str = "localhost:8500";
     /// Default `mdns_service`.
     pub const DEFAULT_MDNS_SERVICE: &'static str = "_bifrost._tcp";
+    /// Default `interval`: 10 s.
+    pub const DEFAULT_INTERVAL: ConfigDuration = ConfigDuration::from_millis(10_000);
+    /// Smallest `interval`: 1 s.
+    pub const MIN_INTERVAL: ConfigDuration = ConfigDuration::from_millis(1_000);
+    /// Largest `interval`: 1 h.
+    pub const MAX_INTERVAL: ConfigDuration = ConfigDuration::from_millis(3_600_000);
 }
 
 impl Default for DiscoveryConfig {
@@ -384,23 +404,45 @@ impl Default for DiscoveryConfig {
             dns_names: Vec::new(),
             udp_broadcast_port: None,
             mdns_service: Self::DEFAULT_MDNS_SERVICE.to_owned(),
+            interval: Self::DEFAULT_INTERVAL,
+            consul_token: None,
+            dns_nameserver: None,
+            k8s_api_url: None,
         }
+    }
+}
+
+fn serialize_redacted<S: Serializer>(
+    value: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => serializer.serialize_str("<redacted>"),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn serialize_opt_url<S: Serializer>(value: &Option<Url>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(url) => serializer.serialize_str(url_text(url)),
+        None => serializer.serialize_none(),
     }
 }
 
 /// Writes each URL as the user would: without the `/` that URL normalisation adds to an empty path.
 fn serialize_urls<S: Serializer>(urls: &[Url], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(urls.iter().map(|url| {
-        let text = url.as_str();
-        match text.strip_suffix('/') {
-            Some(short)
-                if url.path() == "/" && url.query().is_none() && url.fragment().is_none() =>
-            {
-                short
-            }
-            _ => text,
+    serializer.collect_seq(urls.iter().map(url_text))
+}
+
+/// A URL as the user wrote it: without the `/` that normalisation adds to an empty path.
+fn url_text(url: &Url) -> &str {
+    let text = url.as_str();
+    match text.strip_suffix('/') {
+        Some(short) if url.path() == "/" && url.query().is_none() && url.fragment().is_none() => {
+            short
         }
-    }))
+        _ => text,
+    }
 }
 
 /// `cluster_config.gossip`.

@@ -1,2 +1,164 @@
-//! Discovery: the `Discovery` trait and one backend per cargo feature (`kubernetes`, `consul`, `etcd`, `dns`,
-//! `udp`, `mdns`) plus static peers. Filled by the discovery issue.
+//! Discovery: backends that find candidate peers (and, where the method needs it, register this node), one
+//! cargo feature each — `kubernetes`, `consul`, `etcd`, `dns`, `udp`, `mdns` — plus static `peers`, always on.
+//!
+//! Guarantees:
+//! - A backend only *finds addresses*: it never decides membership. The node's discovery loop filters what it
+//!   returns by `allowed_address_space` and by this node's own addresses ([`filter`]) and hands the rest to the
+//!   membership plane as join targets, so every method feeds the same join path.
+//! - [`Discovery::discover`] is bounded by the caller (`discovery.dial_timeout`); a backend that cannot reach
+//!   its service returns a [`DiscoveryError`] naming the service, the address and the cause, never panics.
+//! - [`Discovery::register`] runs at start, [`Discovery::deregister`] on graceful leave after the final
+//!   flush; both are no-ops for methods without registration (static, DNS, Kubernetes).
+//! - Backends with a watch (Kubernetes, etcd) or a listener (UDP, mDNS) wake the loop through
+//!   [`Discovery::changed`] so a new node is tried at once rather than at the next interval.
+
+pub mod filter;
+pub mod static_peers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::config::{ClusterConfig, ClusterSecret, DiscoveryType};
+
+/// A boxed, sendable future (the trait's methods are called through `dyn Discovery`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a backend knows about this node.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    /// This node's id (`cluster_config.node_id` or the hostname).
+    pub node_id: String,
+    /// The gossip address this node advertises (what it registers and what peers dial).
+    pub gossip_addr: SocketAddr,
+    /// `gossip.port`: the port appended to bare addresses found by the pod and interface based methods.
+    pub gossip_port: u16,
+    /// The cluster secret, when trust comes from one (UDP beacons are authenticated with it).
+    pub secret: Option<ClusterSecret>,
+}
+
+/// Why a discovery round, a registration or a deregistration failed. Each variant names the backend and
+/// what to fix; nothing was changed in the cluster by a failed call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The service could not be reached (connection refused, name not resolved, TLS failure).
+    #[error("{backend}: cannot reach {target}: {reason}")]
+    Unreachable {
+        /// The backend (`"etcd"`, `"consul"`, ...).
+        backend: &'static str,
+        /// The address or URL tried.
+        target: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The service refused the request (HTTP 401/403, an ACL, RBAC). `reason` says which permission is
+    /// missing.
+    #[error("{backend}: forbidden: {reason}")]
+    Forbidden {
+        /// The backend.
+        backend: &'static str,
+        /// What is missing and how to grant it.
+        reason: String,
+    },
+    /// The service answered something unusable.
+    #[error("{backend}: unexpected answer: {reason}")]
+    BadAnswer {
+        /// The backend.
+        backend: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The round took longer than `discovery.dial_timeout`.
+    #[error("{backend}: no answer within {after:?} (discovery.dial_timeout)")]
+    Timeout {
+        /// The backend.
+        backend: &'static str,
+        /// The bound.
+        after: Duration,
+    },
+    /// The backend could not be set up from the config (a field it needs, a socket it cannot bind).
+    #[error("{backend}: {reason}")]
+    Setup {
+        /// The backend.
+        backend: &'static str,
+        /// What is wrong, naming the config field when one is at fault.
+        reason: String,
+    },
+}
+
+/// A discovery method.
+pub trait Discovery: Send + Sync + 'static {
+    /// The method's name as the config spells it (`"static"`, `"kubernetes"`, ...), for logs.
+    fn name(&self) -> &'static str;
+
+    /// Candidate peer gossip addresses, as the method sees them now (this node's own may be among them).
+    fn discover(&self) -> BoxFuture<'_, Result<Vec<SocketAddr>, DiscoveryError>>;
+
+    /// Announces this node (Consul registration, etcd lease and key, mDNS advertisement, UDP responder).
+    fn register(&self) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Withdraws the announcement (graceful leave, after the final flush).
+    fn deregister(&self) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Notified when the method sees a change worth an early round (a watch event, a beacon).
+    fn changed(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
+    /// Method-specific counters for logs and metrics, e.g. `("beacons_rejected", 3)`.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
+/// Builds the discovery methods `config` asks for: static peers when `peers` is non-empty, and the
+/// `discovery.type` backend when `discovery.enabled`. Nothing is contacted yet: registration and the first
+/// round are the discovery loop's.
+pub async fn from_config(
+    config: &ClusterConfig,
+    local: &LocalNode,
+) -> Result<Vec<Box<dyn Discovery>>, DiscoveryError> {
+    let mut methods: Vec<Box<dyn Discovery>> = Vec::new();
+    if !config.peers.is_empty() {
+        methods.push(Box::new(static_peers::StaticPeers::new(
+            config.peers.clone(),
+            config.gossip.port,
+        )));
+    }
+    if !config.discovery.enabled {
+        return Ok(methods);
+    }
+    let Some(kind) = config.discovery.discovery_type else {
+        return Err(DiscoveryError::Setup {
+            backend: "discovery",
+            reason: "cluster_config.discovery.type: required when discovery is enabled".into(),
+        });
+    };
+    let d = &config.discovery;
+    let method: Box<dyn Discovery> = match kind {
+        // One arm per backend, each behind its cargo feature:
+        // #[cfg(feature = "etcd")]
+        // DiscoveryType::Etcd => Box::new(etcd::EtcdDiscovery::new(d, local).await?),
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = (d, local);
+            return Err(DiscoveryError::Setup {
+                backend: other.as_str(),
+                reason: format!(
+                    "cluster_config.discovery.type: this build has no {:?} backend (its cargo feature is off)",
+                    other.as_str()
+                ),
+            });
+        }
+    };
+    methods.push(method);
+    Ok(methods)
+}

@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::advertise;
+use super::discovery_loop::{self, DiscoveryLoop};
 use super::driver::{Driver, DriverParts, Event, NodeStatus, PeerInfo};
 use super::error::NodeError;
 use super::hello;
@@ -15,8 +16,9 @@ use super::identity;
 use super::join::JoinSchedule;
 use super::link_tasks::{self, HelloSetup};
 use super::system_clock::{self, SystemClock};
-use crate::config::{CLUSTER_SECRET_ENV, ClusterConfig, PeerHost};
+use crate::config::{CLUSTER_SECRET_ENV, ClusterConfig, Trust};
 use crate::counter::{Clock, CoarseClock, CounterStore, StoreOptions};
+use crate::discovery::{self, Discovery, LocalNode};
 use crate::membership::{
     ClusterHealth, LocalIdentity, MemberTable, Membership, MembershipOptions, MembershipReader,
 };
@@ -66,11 +68,19 @@ struct Inner {
     members: Option<MembershipReader>,
     events: Option<mpsc::Sender<Event>>,
     transport: Option<Arc<Transport>>,
+    /// The discovery loop (stopped first on shutdown).
+    discovery: Mutex<Option<JoinHandle<()>>>,
+    /// The discovery methods (deregistered on shutdown, after the final flush).
+    methods: Vec<Arc<dyn Discovery>>,
+    dial_timeout: Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Ok(Some(discovery)) = self.discovery.get_mut() {
+            discovery.abort();
+        }
         if let Ok(tasks) = self.tasks.get_mut() {
             tasks.iter().for_each(JoinHandle::abort);
         }
@@ -141,6 +151,9 @@ impl Cluster {
                     members: None,
                     events: None,
                     transport: None,
+                    discovery: Mutex::new(None),
+                    methods: Vec::new(),
+                    dial_timeout: Duration::ZERO,
                     tasks: Mutex::new(tasks),
                 }),
             });
@@ -190,32 +203,24 @@ impl Cluster {
         )?;
         let members = membership.reader();
 
-        let mut targets = Vec::new();
-        for peer in &config.peers {
-            let port = peer.port_or(config.gossip.port);
-            let addresses: Vec<SocketAddr> = match &peer.host {
-                PeerHost::Ip(ip) => vec![SocketAddr::new(*ip, port)],
-                PeerHost::Name(name) => tokio::net::lookup_host((name.as_str(), port))
-                    .await
-                    .map_err(|e| NodeError::Resolve {
-                        peer: peer.to_string(),
-                        reason: e.to_string(),
-                    })?
-                    .collect(),
-            };
-            for address in addresses {
-                // Our own entry in a shared peer list is skipped (and found by the hello if it hides
-                // behind another address).
-                if address != local_addr
-                    && address != advertised.addr
-                    && !targets.contains(&address)
-                {
-                    targets.push(address);
-                }
-            }
-        }
+        let methods: Vec<Arc<dyn Discovery>> = discovery::from_config(
+            &config,
+            &LocalNode {
+                node_id: node_id.as_str().to_string(),
+                gossip_addr: advertised.addr,
+                gossip_port: config.gossip.port,
+                secret: match &trust {
+                    Trust::Secret(secret) => Some(secret.clone()),
+                    _ => None,
+                },
+            },
+        )
+        .await?
+        .into_iter()
+        .map(Arc::from)
+        .collect();
         let join = JoinSchedule::new(
-            targets,
+            !config.peers.is_empty() || config.discovery.enabled,
             config.discovery.dial_timeout.as_millis().max(1),
             now,
         );
@@ -242,6 +247,18 @@ impl Cluster {
             join,
         });
         tasks.push(tokio::spawn(driver.run(events_rx)));
+        let dial_timeout = Duration::from_millis(config.discovery.dial_timeout.as_millis().max(1));
+        let discovery_task = DiscoveryLoop {
+            methods: methods.clone(),
+            allowed: config.discovery.allowed_address_space.clone(),
+            // This node's own addresses: a shared peer list or a registry lists us too.
+            own: vec![local_addr, advertised.addr],
+            interval: Duration::from_millis(config.discovery.interval.as_millis().max(1)),
+            timeout: dial_timeout,
+            members: members.clone(),
+            events: events_tx.clone(),
+        }
+        .spawn();
         tracing::info!(
             node = %node_id,
             replica = format_args!("{replica_id:016x}"),
@@ -249,6 +266,7 @@ impl Cluster {
             advertised = %advertised.addr,
             advertised_from = advertised.source,
             peers = config.peers.len(),
+            discovery = ?methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
             "node started"
         );
         Ok(ClusterHandle {
@@ -263,6 +281,9 @@ impl Cluster {
                 members: Some(members),
                 events: Some(events_tx),
                 transport: Some(transport),
+                discovery: Mutex::new(Some(discovery_task)),
+                methods,
+                dial_timeout,
                 tasks: Mutex::new(tasks),
             }),
         })
@@ -359,12 +380,23 @@ impl ClusterHandle {
     /// be read), announces the leave (at most 1 s) so the others mark this node left at once, closes the links
     /// and stops the node's tasks. The store stays readable.
     pub async fn shutdown(&self) {
+        // No new join targets while leaving.
+        if let Some(discovery) = self.inner.discovery.lock().ok().and_then(|mut d| d.take()) {
+            discovery.abort();
+        }
         if let Some(events) = &self.inner.events {
             let (done_tx, done_rx) = oneshot::channel();
             if events.send(Event::Shutdown { done: done_tx }).await.is_ok() {
                 let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
             }
         }
+        // After the final flush and the leave: withdraw the registrations (each bounded by dial_timeout, at
+        // most 2 s).
+        discovery_loop::deregister_all(
+            &self.inner.methods,
+            self.inner.dial_timeout.min(Duration::from_secs(2)),
+        )
+        .await;
         // Stop the tasks first (dialers and the acceptor hold the transport), then close the endpoint.
         if let Ok(mut tasks) = self.inner.tasks.lock() {
             tasks.drain(..).for_each(|t| t.abort());

@@ -57,6 +57,8 @@ pub(crate) enum Event {
     Frame { link_id: usize, bytes: Bytes },
     /// Sending a frame on a stream of a link failed.
     StreamFailed { link_id: usize, error: String },
+    /// The discovery loop found these join targets (filtered; this node excluded).
+    Discovered { addrs: Vec<SocketAddr> },
     /// Flush, leave, close the links and stop.
     Shutdown { done: oneshot::Sender<()> },
 }
@@ -285,6 +287,7 @@ impl Driver {
                 self_link,
             } => self.dial_failed(addr, error, self_link),
             Event::Frame { link_id, bytes } => self.frame(link_id as PeerId, bytes),
+            Event::Discovered { addrs } => self.discovered(addrs),
             Event::StreamFailed { link_id, error } => {
                 if let Some(linked) = self.links.get(&(link_id as PeerId)) {
                     let replica = linked.hello.replica_id;
@@ -297,6 +300,32 @@ impl Driver {
             }
             Event::Shutdown { .. } => {}
         }
+    }
+
+    /// Join targets from discovery: each address that is not an active member is asked to let this node in
+    /// now (a node already in the cluster merges with one it did not know), and kept for the join schedule.
+    fn discovered(&mut self, addrs: Vec<SocketAddr>) {
+        let now = self.now();
+        let addrs: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| !self.self_addrs.contains(a))
+            .collect();
+        self.join.add_targets(addrs.iter().copied(), now);
+        for addr in addrs {
+            let active = self
+                .membership
+                .state_of(addr)
+                .is_some_and(|(_, state)| state.is_active());
+            if active {
+                continue;
+            }
+            match self.membership.join(addr, now) {
+                Ok(()) => {}
+                Err(MembershipError::JoinSelf(addr)) => self.join.remove_target(addr),
+                Err(error) => tracing::debug!(%addr, %error, "join request not sent"),
+            }
+        }
+        self.after_membership(now);
     }
 
     fn frame(&mut self, peer: PeerId, bytes: Bytes) {

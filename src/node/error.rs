@@ -32,12 +32,7 @@ pub enum NodeError {
     /// The membership plane refused its options or this node's identity.
     #[error("membership: {0}")]
     Membership(#[from] MembershipError),
-    /// A static peer's host name could not be resolved.
-    #[error("cluster_config.peers: cannot resolve {peer}: {reason}")]
-    Resolve {
-        /// The peer as written.
-        peer: String,
-        /// The resolver's answer.
-        reason: String,
-    },
+    /// A discovery method could not be set up from the config.
+    #[error("discovery: {0}")]
+    Discovery(#[from] crate::discovery::DiscoveryError),
 }

@@ -6,7 +6,9 @@
 //!   at most every [`MAX_BACKOFF_MS`]; joining resets the backoff, and losing the cluster later starts a new
 //!   episode.
 //! - "failed to join cluster" is reported once per episode, when it has lasted `report_after_ms` (the
-//!   config's `discovery.dial_timeout`, default 10 s) without a join.
+//!   config's `discovery.dial_timeout`, default 10 s) without a join while there was a target to try.
+//! - The start-up join is *settled* when the node joined once, when that first episode ran out (it then runs
+//!   alone and keeps trying), or at once when the config expects no peers at all.
 //! - Pure logic: time comes in as `now_ms`.
 
 use std::net::SocketAddr;
@@ -41,15 +43,16 @@ pub(crate) struct JoinSchedule {
 }
 
 impl JoinSchedule {
-    /// A schedule over `targets` that starts at `now_ms`.
-    pub(crate) fn new(targets: Vec<SocketAddr>, report_after_ms: u64, now_ms: u64) -> JoinSchedule {
+    /// A schedule that starts at `now_ms` with no targets yet (discovery, static peers included, adds them).
+    /// `expect_peers`: the config names peers or enables discovery; without, the node is alone by config.
+    pub(crate) fn new(expect_peers: bool, report_after_ms: u64, now_ms: u64) -> JoinSchedule {
         JoinSchedule {
-            targets,
+            targets: Vec::new(),
             report_after_ms,
             next_ms: now_ms,
             backoff_ms: FIRST_BACKOFF_MS,
             episode_started_ms: Some(now_ms),
-            settled: false,
+            settled: !expect_peers,
             reported: false,
             attempts: 0,
         }
@@ -58,7 +61,7 @@ impl JoinSchedule {
     /// Whether the start-up join is over: the node joined once, reported that joining failed, or had no
     /// target to join (alone by config). Readiness (`/ready`) follows it.
     pub(crate) fn settled(&self) -> bool {
-        self.settled || self.targets.is_empty()
+        self.settled
     }
 
     /// The join targets.
@@ -72,7 +75,6 @@ impl JoinSchedule {
     }
 
     /// Adds targets not already known (discovery feeds this); an unjoined node tries them at once.
-    #[allow(dead_code)] // the discovery loop (next step) is its caller; the unit tests cover it now
     pub(crate) fn add_targets(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now_ms: u64) {
         let mut added = false;
         for addr in addrs {
@@ -91,15 +93,21 @@ impl JoinSchedule {
         self.targets.retain(|t| *t != addr);
     }
 
-    /// When [`JoinSchedule::step`] should next run; `None` while joined or without targets.
+    /// When [`JoinSchedule::step`] should next run; `None` while joined, or with nothing to try and nothing
+    /// left to settle.
     pub(crate) fn due_ms(&self, joined: bool) -> Option<u64> {
-        if joined || self.targets.is_empty() {
+        if joined {
             return None;
         }
-        Some(match (self.episode_started_ms, self.reported) {
-            (Some(start), false) => self.next_ms.min(start.saturating_add(self.report_after_ms)),
-            _ => self.next_ms,
-        })
+        let report = match (self.episode_started_ms, self.reported) {
+            (Some(start), false) => Some(start.saturating_add(self.report_after_ms)),
+            _ => None,
+        };
+        let attempt = (!self.targets.is_empty()).then_some(self.next_ms);
+        match (attempt, report) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
     }
 
     /// Advances the schedule to `now_ms`.
@@ -113,11 +121,8 @@ impl JoinSchedule {
             return JoinStep::default();
         }
         let start = *self.episode_started_ms.get_or_insert(now_ms);
-        if self.targets.is_empty() {
-            return JoinStep::default();
-        }
         let mut step = JoinStep::default();
-        if now_ms >= self.next_ms {
+        if !self.targets.is_empty() && now_ms >= self.next_ms {
             step.attempt = true;
             self.attempts += 1;
             self.next_ms = now_ms.saturating_add(self.backoff_ms);
@@ -126,7 +131,9 @@ impl JoinSchedule {
         if !self.reported && now_ms >= start.saturating_add(self.report_after_ms) {
             self.reported = true;
             self.settled = true;
-            step.report_failure = true;
+            // With nothing to try (discovery found nobody yet) the node is simply alone; the discovery loop
+            // says so ("no new nodes discovered").
+            step.report_failure = !self.targets.is_empty();
         }
         step
     }
@@ -142,7 +149,8 @@ mod tests {
 
     #[test]
     fn attempts_back_off_from_one_second_to_thirty_and_report_once() {
-        let mut s = JoinSchedule::new(vec![addr(1)], 10_000, 0);
+        let mut s = JoinSchedule::new(true, 10_000, 0);
+        s.add_targets([addr(1)], 0);
         let mut attempts = Vec::new();
         let mut reports = Vec::new();
         let mut now = 0;
@@ -169,7 +177,8 @@ mod tests {
 
     #[test]
     fn joining_resets_and_a_new_episode_reports_again() {
-        let mut s = JoinSchedule::new(vec![addr(1)], 10_000, 0);
+        let mut s = JoinSchedule::new(true, 10_000, 0);
+        s.add_targets([addr(1)], 0);
         assert!(!s.settled());
         assert!(s.step(false, 0).attempt);
         assert!(!s.settled());
@@ -184,14 +193,34 @@ mod tests {
     }
 
     #[test]
-    fn no_targets_means_nothing_to_do_and_new_targets_are_tried_at_once() {
-        let mut s = JoinSchedule::new(Vec::new(), 10_000, 0);
-        assert!(s.settled(), "nobody to join: alone by config");
+    fn alone_by_config_is_settled_at_once_and_has_nothing_to_do() {
+        let mut s = JoinSchedule::new(false, 10_000, 0);
+        assert!(s.settled());
+        assert_eq!(s.step(false, 0), JoinStep::default());
+        assert_eq!(
+            s.due_ms(false),
+            Some(10_000),
+            "the (silent) end of the first episode"
+        );
+        assert_eq!(s.step(false, 10_000), JoinStep::default());
         assert_eq!(s.due_ms(false), None);
-        assert_eq!(s.step(false, 5_000), JoinStep::default());
-        s.add_targets([addr(2)], 6_000);
+    }
+
+    #[test]
+    fn discovery_that_finds_nobody_settles_without_a_failure_report() {
+        let mut s = JoinSchedule::new(true, 10_000, 0);
+        assert!(!s.settled());
+        assert_eq!(s.due_ms(false), Some(10_000));
+        assert_eq!(
+            s.step(false, 10_000),
+            JoinStep::default(),
+            "no target: no 'failed to join'"
+        );
+        assert!(s.settled());
+        // A target found later is tried at once.
+        s.add_targets([addr(2)], 12_000);
         assert_eq!(s.due_ms(false), Some(0));
-        assert!(s.step(false, 6_000).attempt);
+        assert!(s.step(false, 12_000).attempt);
         s.remove_target(addr(2));
         assert_eq!(s.due_ms(false), None);
     }

@@ -7,8 +7,9 @@
 //!   replication drains it every flush interval on its own task.
 //! - A link counts only after the `Hello` exchange; one link is kept per peer replica. Membership, deltas,
 //!   anti-entropy and data-plane checks all travel on these links of the one gossip port.
-//! - The node joins through the static `peers`, retrying with backoff (1 s doubling to 30 s) until a member
-//!   lets it in; the member table ([`ClusterHandle::members`]) and cluster health are lock-free snapshots.
+//! - The node joins through what discovery finds — static `peers` and the `discovery.type` method, filtered
+//!   by `allowed_address_space` — retrying with backoff (1 s doubling to 30 s) until a member lets it in;
+//!   registrations are withdrawn on graceful leave, after the final flush; the member table ([`ClusterHandle::members`]) and cluster health are lock-free snapshots.
 //! - [`ClusterHandle::shutdown`] flushes the last changes, waits (bounded) for peers to read them, then
 //!   announces the leave so the others mark this node left, not suspect.
 //!
@@ -41,6 +42,7 @@
 
 mod advertise;
 mod cluster;
+mod discovery_loop;
 mod driver;
 mod error;
 mod hello;
