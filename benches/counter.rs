@@ -3,6 +3,7 @@
 //!
 //! - `floor/atomic_fetch_add`: a bare `AtomicU64::fetch_add`, the physical floor;
 //! - `handle/add`, `handle/try_acquire`: the resolved-handle hot path;
+//! - `state/record`: one request recorded by the traffic plane (count + latency bucket);
 //! - `by_key/add` against `dashmap/string_add`: lookup by string on every call;
 //! - `governor/direct`, `governor/keyed`: the `governor` crate's limiter, what a Rust gateway would use locally;
 //! - `contended/handle_add_2threads` against `contended/atomic_2threads`: two threads on one hot key (the
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
+use bifrost_cluster::state::{Outcome, TrafficRecorder};
 use criterion::{Criterion, criterion_group, criterion_main};
 use dashmap::DashMap;
 use governor::{Quota, RateLimiter};
@@ -65,6 +67,21 @@ fn counter(c: &mut Criterion) {
     let handle = s.handle("vk/openai/gpt-4o", minute).expect("handle");
     group.bench_function("handle/add", |b| {
         b.iter(|| black_box(&handle).add(black_box(1)))
+    });
+    // Traffic patterns (the shared-state plane): one request with its latency, on a resolved handle. Latencies
+    // cycle over 16 values in a few buckets, as real traffic does; target: at most 4x the floor.
+    let traffic = TrafficRecorder::new(s.clone(), minute)
+        .handle("openai/gpt-4o")
+        .expect("traffic handle");
+    let latencies: Vec<Duration> = (0..16u64)
+        .map(|i| Duration::from_micros(80_000 + i * 9_000))
+        .collect();
+    let mut l = 0usize;
+    group.bench_function("state/record", |b| {
+        b.iter(|| {
+            l = (l + 1) & 15;
+            black_box(&traffic).record(black_box(latencies[l]), Outcome::Ok)
+        })
     });
     let limited = s
         .handle("vk/openai/gpt-4o-limited", minute)

@@ -409,6 +409,28 @@ impl CounterStore {
             .map(|cell| (cell.local(epoch), cell.remote(epoch)))
     }
 
+    /// Every origin's count of `(key, window)` in `epoch`, read without creating the key: this replica's own
+    /// (under its replica id) first when non-zero, then each remote origin merged here. Empty for an unknown
+    /// key.
+    pub fn origin_counts_at(&self, key: &str, window: Window, epoch: u64) -> Vec<(u64, u64)> {
+        let map = self.shared.cells.pin();
+        let Some(cell) = map.get(&KeyRef { key, window }) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let local = cell.local(epoch);
+        if local > 0 {
+            out.push((self.shared.options.replica_id, local));
+        }
+        out.extend(
+            cell.remote_values()
+                .into_iter()
+                .filter(|&(_, e, v)| e == epoch && v > 0)
+                .map(|(origin, _, v)| (origin, v)),
+        );
+        out
+    }
+
     /// Drains up to `max_cells` dirty cells into `out`: for each, every epoch still in the ring with this
     /// replica's absolute value (zero values skipped). Returns the number of cells drained. Also gives
     /// contended cells their stripes (this is the only place that allocates them, off the hot path).

@@ -122,6 +122,13 @@ pub enum WindowError {
 }
 
 impl Window {
+    /// One minute, fixed alignment.
+    pub const MINUTE: Window = Window {
+        count: 1,
+        unit: Unit::Minute,
+        alignment: Alignment::Fixed,
+    };
+
     /// A window of `count` units with the unit's default alignment (fixed for `s`/`m`/`h`, calendar otherwise).
     pub fn new(count: u32, unit: Unit) -> Result<Window, WindowError> {
         let alignment = match unit {

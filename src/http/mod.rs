@@ -9,6 +9,10 @@
 //! | `POST /v1/ratelimit/check` | `{key, window, limit, cost, algorithm}` → the decision (counted when allowed) |
 //! | `POST /v1/counters/{key}/add` | `{window, n}` → adds `n` to the key's current window |
 //! | `GET /v1/counters/{key}?window=1m[&epoch=N]` | this node's view of the key: local, remote, global |
+//! | `GET /cluster/nodes` | every node's latest health record (CPU, memory, connections, request rate, links) and its age |
+//! | `GET /v1/config` | every cluster-wide config entry (`utf8` values as text, others in hex) |
+//! | `GET` / `PUT` / `DELETE /v1/config/{key}` | one entry: the raw value; write the raw body; delete |
+//! | `GET /v1/traffic/{key}[?epoch=N]` | a traffic key's requests, errors and p50/p90/p99 latency, cluster-wide and per node |
 //!
 //! Keys may contain `/` (`vk/openai/gpt-4o`): the counter routes take the rest of the path as the key.
 //!
@@ -18,6 +22,7 @@
 
 mod api_error;
 mod counters;
+mod shared_state;
 mod status;
 
 use std::net::SocketAddr;
@@ -43,6 +48,15 @@ pub fn router(node: ClusterHandle) -> Router {
             "/v1/counters/{*path}",
             get(counters::get_counter).post(counters::post_counter),
         )
+        .route("/cluster/nodes", get(shared_state::nodes))
+        .route("/v1/config", get(shared_state::list_config))
+        .route(
+            "/v1/config/{*key}",
+            get(shared_state::get_config)
+                .put(shared_state::put_config)
+                .delete(shared_state::delete_config),
+        )
+        .route("/v1/traffic/{*key}", get(shared_state::traffic))
         .fallback(api_error::not_found)
         .with_state(node)
 }

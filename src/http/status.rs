@@ -41,6 +41,8 @@ pub(crate) struct ClusterStatus {
     cluster_health: String,
     /// Whether `/ready` answers 200.
     ready: bool,
+    /// The healthy member with the lowest node id (work only one node should do).
+    leader: Option<String>,
     /// This node in detail.
     local: LocalStatus,
     /// Every other known member in detail, left ones included until forgotten.
@@ -98,6 +100,7 @@ pub(crate) async fn cluster_status(State(node): State<ClusterHandle>) -> Json<Cl
             healthy_members: table.healthy_count(),
             cluster_health: table.cluster_health.to_string(),
             ready,
+            leader: node.leader(),
             local: LocalStatus {
                 node_id: node.node_id().to_string(),
                 replica_id: format!("{:016x}", node.replica_id()),
@@ -114,6 +117,7 @@ pub(crate) async fn cluster_status(State(node): State<ClusterHandle>) -> Json<Cl
             healthy_members: 1,
             cluster_health: node.cluster_health().to_string(),
             ready,
+            leader: node.leader(),
             local: LocalStatus {
                 node_id: node.node_id().to_string(),
                 replica_id: format!("{:016x}", node.replica_id()),

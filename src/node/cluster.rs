@@ -4,25 +4,33 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::advertise;
 use super::discovery_loop::{self, DiscoveryLoop};
+use super::driver::ConfigCommand;
 use super::driver::{Driver, DriverParts, Event, NodeStatus, PeerInfo};
 use super::error::NodeError;
+use super::health_probe::HEALTH_INTERVAL;
 use super::hello;
 use super::identity;
 use super::join::JoinSchedule;
 use super::link_tasks::{self, HelloSetup};
+use super::shared_view::SharedView;
 use super::system_clock::{self, SystemClock};
 use crate::config::{CLUSTER_SECRET_ENV, ClusterConfig, Trust};
-use crate::counter::{Clock, CoarseClock, CounterStore, StoreOptions};
+use crate::counter::{Clock, CoarseClock, CounterStore, StoreOptions, Window};
 use crate::discovery::{self, Discovery, LocalNode};
 use crate::membership::{
     ClusterHealth, LocalIdentity, MemberTable, Membership, MembershipOptions, MembershipReader,
 };
 use crate::replication::{ReplicationStats, Replicator, ReplicatorOptions};
+use crate::state::{
+    ConfigChange, NodeHealthView, StateError, StateOptions, StateReplicator, Timestamp,
+    TrafficRecorder,
+};
 use crate::transport::{TlsSetup, Transport, TransportOptions};
 
 /// Options of a node beyond `cluster_config`.
@@ -57,6 +65,30 @@ impl Default for NodeOptions {
 #[derive(Debug)]
 pub struct Cluster;
 
+/// The window traffic patterns are counted in ([`ClusterHandle::traffic`]): one minute.
+pub const TRAFFIC_WINDOW: Window = Window::MINUTE;
+
+/// Why a config-entry call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedStateError {
+    /// The map refused the write (full, key or value too large); nothing was written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The node has shut down (or cluster mode is off: the config map is a cluster feature).
+    #[error(
+        "the node is not running in cluster mode (stopped, or cluster_config.enabled is false)"
+    )]
+    NotRunning,
+    /// The value is not valid JSON for the type asked for, or could not be serialized.
+    #[error("config value of {key:?}: {error}")]
+    Json {
+        /// The key.
+        key: String,
+        /// What serde said.
+        error: String,
+    },
+}
+
 struct Inner {
     node_id: String,
     replica_id: u64,
@@ -66,6 +98,8 @@ struct Inner {
     advertised_addr: Option<SocketAddr>,
     status: Arc<Mutex<NodeStatus>>,
     members: Option<MembershipReader>,
+    shared: Option<Arc<SharedView>>,
+    traffic: TrafficRecorder,
     events: Option<mpsc::Sender<Event>>,
     transport: Option<Arc<Transport>>,
     /// The discovery loop (stopped first on shutdown).
@@ -136,6 +170,7 @@ impl Cluster {
             ..StoreOptions::default()
         });
         let mut tasks = vec![system_clock::spawn_ticker(Arc::clone(&clock))];
+        let traffic = TrafficRecorder::new(store.clone(), TRAFFIC_WINDOW);
         let status = Arc::new(Mutex::new(NodeStatus::default()));
         if !config.enabled {
             tracing::info!(node = %node_id, "cluster mode off: counting locally only");
@@ -149,6 +184,8 @@ impl Cluster {
                     advertised_addr: None,
                     status,
                     members: None,
+                    shared: None,
+                    traffic,
                     events: None,
                     transport: None,
                     discovery: Mutex::new(None),
@@ -236,6 +273,14 @@ impl Cluster {
             hello.clone(),
             events_tx.clone(),
         ));
+        let state = StateReplicator::new(
+            node_id.as_str(),
+            replica_id,
+            StateOptions::default(),
+            identity::random_u64()?,
+            now,
+        );
+        let shared = Arc::new(SharedView::new());
         let driver = Driver::new(DriverParts {
             replicator,
             membership,
@@ -245,6 +290,9 @@ impl Cluster {
             transport: Arc::clone(&transport),
             hello,
             join,
+            state,
+            shared: Arc::clone(&shared),
+            traffic: traffic.clone(),
         });
         tasks.push(tokio::spawn(driver.run(events_rx)));
         let dial_timeout = Duration::from_millis(config.discovery.dial_timeout.as_millis().max(1));
@@ -279,6 +327,8 @@ impl Cluster {
                 advertised_addr: Some(advertised.addr),
                 status,
                 members: Some(members),
+                shared: Some(shared),
+                traffic,
                 events: Some(events_tx),
                 transport: Some(transport),
                 discovery: Mutex::new(Some(discovery_task)),
@@ -356,6 +406,134 @@ impl ClusterHandle {
                         .unwrap_or(false)
             }
         }
+    }
+
+    /// Traffic patterns: `cluster.traffic().handle("openai/gpt-4o")?.record(latency, Outcome::Ok)` on the hot
+    /// path; [`TrafficRecorder::read`] for the cluster's and each node's view, per window of
+    /// [`TRAFFIC_WINDOW`].
+    pub fn traffic(&self) -> &TrafficRecorder {
+        &self.inner.traffic
+    }
+
+    /// Every node's latest health record (this node's included) and its age, sorted by node id. A node that
+    /// stopped publishing (dead) drops out after three publication intervals (6 s).
+    pub fn nodes(&self) -> Vec<NodeHealthView> {
+        let Some(shared) = &self.inner.shared else {
+            return Vec::new();
+        };
+        let expire = 3 * HEALTH_INTERVAL.as_millis() as u64;
+        shared
+            .records
+            .load()
+            .view(self.inner.clock.now_unix_ms(), expire)
+    }
+
+    /// The leader: the healthy member with the lowest node id (this node counts while it is in the cluster or
+    /// alone), re-evaluated on every membership change. The reference's rule, for work only one node should do.
+    /// With cluster mode off, this node.
+    pub fn leader(&self) -> Option<String> {
+        let Some(table) = self.members() else {
+            return Some(self.inner.node_id.clone());
+        };
+        let me = matches!(
+            table.local.state,
+            crate::membership::LocalState::Joined | crate::membership::LocalState::Alone
+        )
+        .then_some(self.inner.node_id.as_str());
+        table
+            .members
+            .iter()
+            .filter(|m| m.state.is_active() && m.healthy)
+            .map(|m| m.node_id())
+            .chain(me)
+            .min()
+            .map(str::to_string)
+    }
+
+    async fn config_call(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<Timestamp, StateError>>) -> ConfigCommand,
+    ) -> Result<Timestamp, SharedStateError> {
+        let events = self
+            .inner
+            .events
+            .as_ref()
+            .ok_or(SharedStateError::NotRunning)?;
+        let (reply, answer) = oneshot::channel();
+        events
+            .send(Event::Config(make(reply)))
+            .await
+            .map_err(|_| SharedStateError::NotRunning)?;
+        Ok(answer.await.map_err(|_| SharedStateError::NotRunning)??)
+    }
+
+    /// Writes a cluster-wide config entry; every node sees it shortly (a joining node receives the whole
+    /// map). Last writer wins by hybrid logical clock. Returns the write's timestamp.
+    pub async fn config_put(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+    ) -> Result<Timestamp, SharedStateError> {
+        let (key, value) = (key.to_string(), value.into());
+        self.config_call(|reply| ConfigCommand::Put { key, value, reply })
+            .await
+    }
+
+    /// Writes `value` as JSON.
+    pub async fn config_put_json<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<Timestamp, SharedStateError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| SharedStateError::Json {
+            key: key.to_string(),
+            error: e.to_string(),
+        })?;
+        self.config_put(key, bytes).await
+    }
+
+    /// Deletes a cluster-wide config entry (a tombstone that wins over older writes).
+    pub async fn config_delete(&self, key: &str) -> Result<Timestamp, SharedStateError> {
+        let key = key.to_string();
+        self.config_call(|reply| ConfigCommand::Delete { key, reply })
+            .await
+    }
+
+    /// The value of a config entry as this node holds it now (lock-free).
+    pub fn config_get(&self, key: &str) -> Option<Bytes> {
+        self.inner
+            .shared
+            .as_ref()
+            .and_then(|s| s.config.load().get(key).cloned())
+    }
+
+    /// A config entry parsed as JSON: `None` when absent, `Some(Err)` when it does not parse as `T`.
+    pub fn config_get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Option<Result<T, SharedStateError>> {
+        self.config_get(key).map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|e| SharedStateError::Json {
+                key: key.to_string(),
+                error: e.to_string(),
+            })
+        })
+    }
+
+    /// Every live config entry (lock-free snapshot).
+    pub fn config_entries(&self) -> Arc<std::collections::BTreeMap<Arc<str>, Bytes>> {
+        self.inner
+            .shared
+            .as_ref()
+            .map(|s| s.config.load_full())
+            .unwrap_or_default()
+    }
+
+    /// A stream of config changes, local and remote, in the order this node applied them. `None` with cluster
+    /// mode off. A subscriber more than 1 024 changes behind gets `RecvError::Lagged` and should re-read
+    /// [`ClusterHandle::config_entries`].
+    pub fn config_subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<ConfigChange>> {
+        self.inner.shared.as_ref().map(|s| s.changes.subscribe())
     }
 
     /// The linked peers (refreshed every 50 ms and on every link change).

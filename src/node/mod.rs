@@ -45,13 +45,15 @@ mod cluster;
 mod discovery_loop;
 mod driver;
 mod error;
+mod health_probe;
 mod hello;
 mod identity;
 mod join;
 mod link_tasks;
+mod shared_view;
 mod system_clock;
 
-pub use cluster::{Cluster, ClusterHandle, NodeOptions};
+pub use cluster::{Cluster, ClusterHandle, NodeOptions, SharedStateError, TRAFFIC_WINDOW};
 pub use driver::{NodeStatus, PeerInfo};
 pub use error::NodeError;
 pub use hello::{HelloError, PeerHello};

@@ -493,9 +493,13 @@ impl Replicator {
                 }
                 // An answer to a replaced (timed-out) check proves nothing about now: ignored.
             }
-            Frame::Hello(_) | Frame::Membership(_) => {
+            Frame::Hello(_)
+            | Frame::Membership(_)
+            | Frame::ConfigEntries(_)
+            | Frame::ConfigDigest(_)
+            | Frame::NodeHealth(_) => {
                 // The link layer consumes Hello before a peer is handed to us, and the node routes membership
-                // frames to the membership plane; either one here is harmless.
+                // and shared-state frames to their planes; any of them here is harmless.
                 self.stats.unexpected_frames += 1;
             }
         }

@@ -22,9 +22,11 @@ use rkyv::ser::allocator::ArenaHandle;
 
 use super::error::WireError;
 use super::messages::{
-    ArchivedDataPing, ArchivedDataPong, ArchivedDeltaBatch, ArchivedDigest, ArchivedHello,
-    ArchivedMembershipPacket, ArchivedOriginGroup, ArchivedStateChunk, ArchivedStateRequest,
-    DataPing, DataPong, DeltaBatch, Digest, Hello, MembershipPacket, StateChunk, StateRequest,
+    ArchivedConfigDigest, ArchivedConfigEntries, ArchivedDataPing, ArchivedDataPong,
+    ArchivedDeltaBatch, ArchivedDigest, ArchivedHello, ArchivedMembershipPacket,
+    ArchivedNodeHealth, ArchivedOriginGroup, ArchivedStateChunk, ArchivedStateRequest,
+    ConfigDigest, ConfigEntries, DataPing, DataPong, DeltaBatch, Digest, Hello, MembershipPacket,
+    NodeHealth, StateChunk, StateRequest,
 };
 
 /// The first two bytes of every frame.
@@ -43,6 +45,8 @@ pub const MAX_ENTRIES_PER_FRAME: usize = 16_384;
 pub const MAX_KEY_BYTES: usize = 4_096;
 /// Most origins one digest or state request may name.
 pub const MAX_ORIGINS_PER_FRAME: usize = 65_536;
+/// Largest config value on the wire (the map's own `max_value_bytes` is usually lower).
+pub const MAX_CONFIG_VALUE_BYTES: usize = 256 * 1024;
 /// Longest node id (and gossip address) in a [`Hello`].
 pub const MAX_NODE_ID_BYTES: usize = 256;
 
@@ -64,6 +68,12 @@ pub enum Kind {
     DataPing = 6,
     /// [`DataPong`] (protocol 1.1).
     DataPong = 7,
+    /// [`ConfigEntries`] (protocol 1.1, shared state).
+    ConfigEntries = 8,
+    /// [`ConfigDigest`] (protocol 1.1, shared state).
+    ConfigDigest = 9,
+    /// [`NodeHealth`] (protocol 1.1, shared state).
+    NodeHealth = 10,
     /// [`MembershipPacket`] (the first of the kinds reserved for the membership plane, 16..=31).
     Membership = 16,
 }
@@ -78,6 +88,9 @@ impl Kind {
             5 => Kind::StateChunk,
             6 => Kind::DataPing,
             7 => Kind::DataPong,
+            8 => Kind::ConfigEntries,
+            9 => Kind::ConfigDigest,
+            10 => Kind::NodeHealth,
             16 => Kind::Membership,
             other => return Err(WireError::UnknownKind(other)),
         })
@@ -112,6 +125,15 @@ impl Message for DataPing {
 }
 impl Message for DataPong {
     const KIND: Kind = Kind::DataPong;
+}
+impl Message for ConfigEntries {
+    const KIND: Kind = Kind::ConfigEntries;
+}
+impl Message for ConfigDigest {
+    const KIND: Kind = Kind::ConfigDigest;
+}
+impl Message for NodeHealth {
+    const KIND: Kind = Kind::NodeHealth;
 }
 impl Message for MembershipPacket {
     const KIND: Kind = Kind::Membership;
@@ -160,6 +182,12 @@ pub enum Frame<'a> {
     DataPing(&'a ArchivedDataPing),
     /// A [`DataPong`].
     DataPong(&'a ArchivedDataPong),
+    /// A [`ConfigEntries`].
+    ConfigEntries(&'a ArchivedConfigEntries),
+    /// A [`ConfigDigest`].
+    ConfigDigest(&'a ArchivedConfigDigest),
+    /// A [`NodeHealth`].
+    NodeHealth(&'a ArchivedNodeHealth),
     /// A [`MembershipPacket`].
     Membership(&'a ArchivedMembershipPacket),
 }
@@ -232,6 +260,13 @@ fn check_groups(groups: &[ArchivedOriginGroup]) -> Result<(), WireError> {
     Ok(())
 }
 
+fn check_len(len: usize, max: usize) -> Result<(), WireError> {
+    if len > max {
+        return Err(WireError::KeyTooLong { len, max });
+    }
+    Ok(())
+}
+
 fn check_origins(count: usize) -> Result<(), WireError> {
     if count > MAX_ORIGINS_PER_FRAME {
         return Err(WireError::TooManyEntries {
@@ -280,6 +315,33 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
         }
         Kind::DataPing => Frame::DataPing(access::<ArchivedDataPing>(archive)?),
         Kind::DataPong => Frame::DataPong(access::<ArchivedDataPong>(archive)?),
+        Kind::ConfigEntries => {
+            let entries = access::<ArchivedConfigEntries>(archive)?;
+            if entries.entries.len() > MAX_ENTRIES_PER_FRAME {
+                return Err(WireError::TooManyEntries {
+                    count: entries.entries.len(),
+                    max: MAX_ENTRIES_PER_FRAME,
+                });
+            }
+            for e in entries.entries.iter() {
+                check_len(e.key.len(), MAX_KEY_BYTES)?;
+                check_len(e.node.len(), MAX_NODE_ID_BYTES)?;
+                if let Some(v) = e.value.as_ref() {
+                    check_len(v.len(), MAX_CONFIG_VALUE_BYTES)?;
+                }
+            }
+            Frame::ConfigEntries(entries)
+        }
+        Kind::ConfigDigest => Frame::ConfigDigest(access::<ArchivedConfigDigest>(archive)?),
+        Kind::NodeHealth => {
+            let health = access::<ArchivedNodeHealth>(archive)?;
+            check_len(health.node_id.len(), MAX_NODE_ID_BYTES)?;
+            check_origins(health.links.len())?;
+            for l in health.links.iter() {
+                check_len(l.node_id.len(), MAX_NODE_ID_BYTES)?;
+            }
+            Frame::NodeHealth(health)
+        }
         Kind::Membership => Frame::Membership(access::<ArchivedMembershipPacket>(archive)?),
     })
 }

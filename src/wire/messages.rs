@@ -236,6 +236,85 @@ pub struct DataPong {
     pub nonce: u64,
 }
 
+/// One config entry on the wire (see `state::config_map`): a value or a tombstone, and its HLC timestamp.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WireConfigEntry {
+    /// The key (at most [`crate::wire::MAX_KEY_BYTES`]).
+    pub key: String,
+    /// The value; `None` for a delete.
+    pub value: Option<Vec<u8>>,
+    /// Timestamp: wall-clock part (Unix ms).
+    pub wall_ms: u64,
+    /// Timestamp: logical counter.
+    pub logical: u32,
+    /// Timestamp: the writing node's id (at most [`crate::wire::MAX_NODE_ID_BYTES`]).
+    pub node: String,
+}
+
+/// Config entries: one write as it happens, or a whole map (in chunks) for anti-entropy and joining nodes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ConfigEntries {
+    /// The sender's replica id.
+    pub sender: u64,
+    /// Set on the last chunk of a full map sent in answer to a differing digest: the receiver answers with
+    /// its own full map (so both sides end with the union).
+    pub reply: bool,
+    /// The entries.
+    pub entries: Vec<WireConfigEntry>,
+}
+
+/// "This is the config map I hold": the receiver sends its full map back when its own digest differs.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ConfigDigest {
+    /// The sender's replica id.
+    pub sender: u64,
+    /// Entries held, tombstones included.
+    pub entries: u32,
+    /// Order-independent hash of every key and timestamp.
+    pub fingerprint: u64,
+}
+
+/// One link of a node health record.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WireLinkHealth {
+    /// The peer's node id.
+    pub node_id: String,
+    /// Up and replicating.
+    pub up: bool,
+    /// Last data-plane round trip, µs.
+    pub rtt_us: u64,
+}
+
+/// A node's health record (see `state::node_record`), published on an interval to every peer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct NodeHealth {
+    /// The publisher's replica id.
+    pub owner: u64,
+    /// The publisher's node id.
+    pub node_id: String,
+    /// Publication counter.
+    pub version: u64,
+    /// Publisher's wall clock at publication (Unix ms).
+    pub published_ms: u64,
+    /// CPU used, thousandths of a core.
+    pub cpu_millicores: u32,
+    /// Resident memory, bytes.
+    pub memory_bytes: u64,
+    /// Machine memory, bytes.
+    pub memory_total_bytes: u64,
+    /// Open inter-node links.
+    pub open_connections: u32,
+    /// Requests per second, thousandths.
+    pub request_rate_milli: u64,
+    /// The publisher's links.
+    pub links: Vec<WireLinkHealth>,
+}
+
 /// A membership-plane packet (SWIM probes, acks, gossip), carried opaquely: the membership module encodes and
 /// decodes its own payload; the frame only delimits and validates it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

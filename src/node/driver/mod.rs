@@ -28,12 +28,20 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+mod shared_state;
+
+pub(crate) use shared_state::ConfigCommand;
+
+use super::health_probe::HealthProbe;
 use super::hello::PeerHello;
 use super::join::JoinSchedule;
 use super::link_tasks::{self, HelloSetup};
+use super::shared_view::SharedView;
 use crate::counter::CoarseClock;
 use crate::membership::{ClusterHealth, Membership, MembershipError, MembershipEvent};
 use crate::replication::{Channel, PeerId, PeerStats, ReplicationStats, Replicator};
+use crate::state::traffic::RequestMark;
+use crate::state::{StateReplicator, TrafficRecorder};
 use crate::transport::{Link, LinkError, Transport};
 use crate::wire::{self, Frame, Kind, MembershipPacket};
 
@@ -59,6 +67,8 @@ pub(crate) enum Event {
     StreamFailed { link_id: usize, error: String },
     /// The discovery loop found these join targets (filtered; this node excluded).
     Discovered { addrs: Vec<SocketAddr> },
+    /// A config write from the handle.
+    Config(ConfigCommand),
     /// Flush, leave, close the links and stop.
     Shutdown { done: oneshot::Sender<()> },
 }
@@ -138,6 +148,9 @@ pub(crate) struct DriverParts {
     pub(crate) transport: Arc<Transport>,
     pub(crate) hello: HelloSetup,
     pub(crate) join: JoinSchedule,
+    pub(crate) state: StateReplicator,
+    pub(crate) shared: Arc<SharedView>,
+    pub(crate) traffic: TrafficRecorder,
 }
 
 pub(crate) struct Driver {
@@ -156,6 +169,16 @@ pub(crate) struct Driver {
     self_addrs: HashSet<SocketAddr>,
     status_at_ms: u64,
     health_logged: bool,
+    state: StateReplicator,
+    shared: Arc<SharedView>,
+    traffic: TrafficRecorder,
+    probe: HealthProbe,
+    rate_mark: RequestMark,
+    next_health_ms: u64,
+    last_health_ms: u64,
+    health_version: u64,
+    records_seen: u64,
+    records_dirty: bool,
 }
 
 impl Driver {
@@ -176,6 +199,16 @@ impl Driver {
             self_addrs: HashSet::new(),
             status_at_ms: 0,
             health_logged: false,
+            state: parts.state,
+            shared: parts.shared,
+            traffic: parts.traffic,
+            probe: HealthProbe::default(),
+            rate_mark: RequestMark::default(),
+            next_health_ms: 0,
+            last_health_ms: 0,
+            health_version: 0,
+            records_seen: 0,
+            records_dirty: false,
         }
     }
 
@@ -185,7 +218,11 @@ impl Driver {
 
     /// When the next timer of either state machine or of the join schedule is due (Unix ms).
     fn next_due_ms(&self) -> u64 {
-        let mut due = self.replicator.poll_timeout();
+        let mut due = self
+            .replicator
+            .poll_timeout()
+            .min(self.state.poll_timeout())
+            .min(self.next_health_ms);
         if let Some(t) = self.membership.poll_timeout() {
             due = due.min(t);
         }
@@ -228,6 +265,9 @@ impl Driver {
         self.refresh_datagram_sizes();
         let now = self.now();
         self.replicator.handle_timeout(now);
+        self.state.handle_timeout(now);
+        self.publish_health_if_due(now);
+        self.after_state();
         if self.membership.poll_timeout().is_some_and(|t| t <= now) {
             self.membership.handle_timeout(now);
         }
@@ -288,6 +328,7 @@ impl Driver {
             } => self.dial_failed(addr, error, self_link),
             Event::Frame { link_id, bytes } => self.frame(link_id as PeerId, bytes),
             Event::Discovered { addrs } => self.discovered(addrs),
+            Event::Config(command) => self.config_command(command),
             Event::StreamFailed { link_id, error } => {
                 if let Some(linked) = self.links.get(&(link_id as PeerId)) {
                     let replica = linked.hello.replica_id;
@@ -369,6 +410,10 @@ impl Driver {
                     "dropped an invalid membership frame from a peer"
                 ),
             }
+            return;
+        }
+        if Self::is_state_frame(&bytes) {
+            self.state_frame(peer, &bytes);
             return;
         }
         if let Err(error) = self.replicator.handle_frame(peer, &bytes, now) {
@@ -468,6 +513,7 @@ impl Driver {
             if linked.replicating {
                 self.replicator
                     .add_peer(peer, linked.link.max_datagram_size());
+                self.state.add_peer(peer);
             }
             self.by_replica.insert(linked.hello.replica_id, peer);
             self.links.insert(peer, linked);
@@ -508,6 +554,7 @@ impl Driver {
         }
         if linked.replicating {
             self.replicator.remove_peer(peer);
+            self.state.remove_peer(peer);
         }
         let reason = linked
             .link
@@ -619,6 +666,7 @@ impl Driver {
                     linked.replicating = true;
                     self.replicator
                         .add_peer(peer, linked.link.max_datagram_size());
+                    self.state.add_peer(peer);
                 }
                 self.ensure_link(id.addr(), None);
             }
@@ -713,7 +761,11 @@ impl Driver {
     }
 
     fn send_transmits(&mut self) {
-        while let Some(transmit) = self.replicator.poll_transmit() {
+        while let Some(transmit) = self
+            .replicator
+            .poll_transmit()
+            .or_else(|| self.state.poll_transmit())
+        {
             let Some(linked) = self.links.get(&transmit.peer) else {
                 continue;
             };
@@ -743,6 +795,7 @@ impl Driver {
             return;
         }
         self.status_at_ms = now;
+        self.publish_records();
         let peers = self
             .links
             .iter()
@@ -774,7 +827,11 @@ impl Driver {
         // 1. The last deltas, on streams, confirmed by the peers.
         self.replicator.flush(self.now());
         let mut frames = Vec::new();
-        while let Some(transmit) = self.replicator.poll_transmit() {
+        while let Some(transmit) = self
+            .replicator
+            .poll_transmit()
+            .or_else(|| self.state.poll_transmit())
+        {
             if let Some(linked) = self.links.get(&transmit.peer) {
                 frames.push((linked.link.clone(), transmit.frame));
             }
