@@ -16,6 +16,8 @@ use anyhow::Context as _;
 use bifrost_cluster::config::{self, CLUSTER_SECRET_ENV, CONFIG_ENV, ConfigError};
 use clap::{Parser, Subcommand};
 
+mod cli;
+
 /// Exit code when the config cannot be found, read or validated.
 const EXIT_BAD_CONFIG: u8 = 2;
 
@@ -39,6 +41,25 @@ enum Command {
     CheckConfig {
         /// JSON config file with a top-level `cluster_config` member [default: $BIFROST_CONFIG]
         file: Option<PathBuf>,
+    },
+    /// Run a local demo cluster on loopback: N nodes in this process, rate-limited traffic through all of
+    /// them, a table once a second. No file to write first.
+    Demo {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+        nodes: u16,
+        /// How long to run, e.g. "20s", "2m"; "0" runs until Ctrl-C.
+        #[arg(long, default_value = "20s")]
+        duration: String,
+    },
+    /// Print a node's /cluster/status as a table.
+    Status {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Print the raw JSON instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a node until SIGTERM or SIGINT, then leave gracefully and exit 0.
     ///
@@ -73,6 +94,8 @@ fn main() -> ExitCode {
             bind_ip,
             log_format,
         } => run(config, bind_ip, log_format),
+        Command::Demo { nodes, duration } => demo(nodes, &duration),
+        Command::Status { url, json } => status(&url, json),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -104,6 +127,41 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     for requirement in &run_requirements {
         writeln!(stderr, "warning: {requirement}")?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(nodes: u16, duration: &str) -> anyhow::Result<ExitCode> {
+    let duration = match duration {
+        "0" => None,
+        text => Some(
+            config::ConfigDuration::parse(text)
+                .map(|d| std::time::Duration::from_millis(d.as_millis()))
+                .map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
+        ),
+    };
+    // The nodes' own logs are noise in a demo: warnings only, unless RUST_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(cli::demo::run(usize::from(nodes), duration))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let value = cli::status::fetch(url)?;
+    let text = if json {
+        serde_json::to_string_pretty(&value)?
+    } else {
+        cli::status::render(&value)
+    };
+    writeln!(std::io::stdout().lock(), "{text}").context("writing to stdout")?;
     Ok(ExitCode::SUCCESS)
 }
 

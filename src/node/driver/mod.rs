@@ -709,10 +709,17 @@ impl Driver {
                 healthy,
                 reason,
             } => {
+                let active = self
+                    .membership
+                    .state_of(member.addr())
+                    .is_some_and(|(id, state)| id == &member && state.is_active());
                 if healthy {
                     tracing::info!(node = %member.node_id(), %reason, "member healthy");
-                } else {
+                } else if active {
                     tracing::warn!(node = %member.node_id(), %reason, "member unhealthy");
+                } else {
+                    // Down or left: already logged as such.
+                    tracing::debug!(node = %member.node_id(), %reason, "member unhealthy");
                 }
             }
             MembershipEvent::ClusterHealthChanged(health) => self.log_cluster_health(health),
@@ -723,6 +730,9 @@ impl Driver {
     fn log_cluster_health(&mut self, health: ClusterHealth) {
         self.health_logged = true;
         let table = self.membership.members();
+        if table.local.state == crate::membership::LocalState::Left {
+            return; // this node is leaving: "left the cluster" says it
+        }
         let members = 1 + table
             .members
             .iter()
