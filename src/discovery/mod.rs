@@ -12,6 +12,8 @@
 //! - Backends with a watch (Kubernetes, etcd) or a listener (UDP, mDNS) wake the loop through
 //!   [`Discovery::changed`] so a new node is tried at once rather than at the next interval.
 
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod filter;
 pub mod static_peers;
 
@@ -147,6 +149,8 @@ pub async fn from_config(
         // One arm per backend, each behind its cargo feature:
         // #[cfg(feature = "etcd")]
         // DiscoveryType::Etcd => Box::new(etcd::EtcdDiscovery::new(d, local).await?),
+        #[cfg(feature = "dns")]
+        DiscoveryType::Dns => Box::new(dns::DnsDiscovery::new(d, local).await?),
         #[allow(unreachable_patterns)]
         other => {
             let _ = (d, local);

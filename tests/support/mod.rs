@@ -15,4 +15,5 @@ pub fn free_port() -> u16 {
     panic!("no free port on loopback");
 }
 
+pub mod dns_server;
 pub mod http;
