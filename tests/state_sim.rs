@@ -27,11 +27,14 @@ fn seed() -> u64 {
         })
 }
 
+/// A frame in flight: (deliver at, sequence, to, from, frame), earliest first.
+type InFlight = Reverse<(u64, u64, usize, usize, Bytes)>;
+
 struct Sim {
     now: u64,
     nodes: Vec<StateReplicator>,
     /// (deliver at, sequence, to, from, frame)
-    queue: BinaryHeap<Reverse<(u64, u64, usize, usize, Bytes)>>,
+    queue: BinaryHeap<InFlight>,
     sequence: u64,
     rng: SplitMix64,
     loss: f64,
