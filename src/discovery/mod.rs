@@ -13,6 +13,8 @@
 //!   [`Discovery::changed`] so a new node is tried at once rather than at the next interval.
 
 pub mod filter;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod static_peers;
 
 use std::future::Future;
@@ -147,6 +149,10 @@ pub async fn from_config(
         // One arm per backend, each behind its cargo feature:
         // #[cfg(feature = "etcd")]
         // DiscoveryType::Etcd => Box::new(etcd::EtcdDiscovery::new(d, local).await?),
+        #[cfg(feature = "kubernetes")]
+        DiscoveryType::Kubernetes => {
+            Box::new(kubernetes::KubernetesDiscovery::new(d, local).await?)
+        }
         #[allow(unreachable_patterns)]
         other => {
             let _ = (d, local);
