@@ -15,6 +15,8 @@
 #[cfg(feature = "dns")]
 pub mod dns;
 pub mod filter;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod static_peers;
 
 use std::future::Future;
@@ -151,6 +153,10 @@ pub async fn from_config(
         // DiscoveryType::Etcd => Box::new(etcd::EtcdDiscovery::new(d, local).await?),
         #[cfg(feature = "dns")]
         DiscoveryType::Dns => Box::new(dns::DnsDiscovery::new(d, local).await?),
+        #[cfg(feature = "kubernetes")]
+        DiscoveryType::Kubernetes => {
+            Box::new(kubernetes::KubernetesDiscovery::new(d, local).await?)
+        }
         #[allow(unreachable_patterns)]
         other => {
             let _ = (d, local);
