@@ -195,11 +195,6 @@ impl Cluster {
                 }),
             });
         }
-        if config.discovery.enabled {
-            tracing::warn!(
-                "discovery is not implemented yet: this node joins through the static peers only"
-            );
-        }
         let trust = config
             .trust(env_secret)
             .map_err(|e| NodeError::Config(vec![e]))?;
