@@ -12,6 +12,7 @@
 //! - Memory is bounded by `max_keys`; expired epochs are reused in place and idle keys can be reclaimed.
 //! - Time is read from a [`CoarseClock`] that the owner ticks; this module never reads the system clock.
 
+mod calls;
 mod cell;
 mod clock;
 mod error;
@@ -20,6 +21,7 @@ mod lookup_cache;
 mod store;
 mod window;
 
+pub use calls::{CallCounts, call_counts};
 pub use cell::{AddOutcome, MAX_CELL_VALUE, MergeOutcome, RING};
 pub use clock::{Clock, CoarseClock, ManualClock};
 pub use error::CounterError;

@@ -345,6 +345,7 @@ impl CounterStore {
     /// cache of resolved cells answers repeated keys without entering the map). Never blocks; creates the key if
     /// needed.
     pub fn add(&self, key: &str, window: Window, n: u64) -> Result<AddResult, CounterError> {
+        super::calls::count_add();
         self.check_key(key)?;
         let epoch = window.epoch_at(self.shared.clock.now_unix_ms());
         let hash = lookup_cache::hash(&self.shared.hasher, key, window);
@@ -675,6 +676,7 @@ impl CounterHandle {
     /// Adds `n` to the current window. Lock-free, allocation-free.
     #[inline]
     pub fn add(&self, n: u64) -> AddResult {
+        super::calls::count_add();
         let outcome = self.cell.add(self.epoch_now(), n);
         if outcome == AddOutcome::Added {
             self.shared.changed(&self.cell);
@@ -709,6 +711,7 @@ impl CounterHandle {
     /// Acquire with a chosen algorithm (see [`Algorithm`]).
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+        super::calls::count_acquire();
         let now = self.shared.clock.now_unix_ms();
         let (decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
         if counted {
