@@ -31,6 +31,7 @@ async fn node(name: &str, port: u16, peer: u16) -> ClusterHandle {
         env_secret: None,
         transport: TransportOptions::default(),
         membership: None,
+        discovery_overrides: Default::default(),
     };
     Cluster::start_with(config, options)
         .await

@@ -469,6 +469,7 @@ async fn three_nodes_form_a_cluster_from_srv_records_and_converge_exactly() {
                 env_secret: None,
                 transport: TransportOptions::default(),
                 membership: None,
+                discovery_overrides: Default::default(),
             },
         )
         .await

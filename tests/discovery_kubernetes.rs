@@ -965,6 +965,7 @@ async fn three_nodes_on_their_own_loopback_ips_find_each_other_through_the_pods_
             env_secret: None,
             transport: TransportOptions::default(),
             membership: None,
+            discovery_overrides: Default::default(),
         };
         let node = Cluster::start_with(
             node_config(&format!("node-{i}"), port, &double.url()),

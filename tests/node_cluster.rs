@@ -44,6 +44,7 @@ fn options() -> NodeOptions {
         env_secret: None,
         transport: TransportOptions::default(),
         membership: None,
+        discovery_overrides: Default::default(),
     }
 }
 

@@ -46,6 +46,7 @@ async fn start(node: &str, port: u16, peers: &[u16], health: &str) -> ClusterHan
         env_secret: None,
         transport: TransportOptions::default(),
         membership: None,
+        discovery_overrides: Default::default(),
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

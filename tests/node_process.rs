@@ -67,6 +67,7 @@ async fn run_links_to_its_peer_and_leaves_on_sigterm_with_exit_code_zero() {
             env_secret: None,
             transport: TransportOptions::default(),
             membership: None,
+            discovery_overrides: Default::default(),
         },
     )
     .await

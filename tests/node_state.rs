@@ -32,6 +32,7 @@ async fn start(node: &str, port: u16, peers: &[u16]) -> ClusterHandle {
             env_secret: None,
             transport: TransportOptions::default(),
             membership: None,
+            discovery_overrides: Default::default(),
         },
     )
     .await

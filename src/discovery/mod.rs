@@ -12,8 +12,12 @@
 //! - Backends with a watch (Kubernetes, etcd) or a listener (UDP, mDNS) wake the loop through
 //!   [`Discovery::changed`] so a new node is tried at once rather than at the next interval.
 
+#[cfg(feature = "consul")]
+pub mod consul;
 #[cfg(feature = "dns")]
 pub mod dns;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod filter;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
@@ -123,12 +127,23 @@ pub trait Discovery: Send + Sync + 'static {
     }
 }
 
+/// Backend knobs that are not part of `cluster_config` (tests shorten timers here). Default: each backend's
+/// documented defaults. Carried by `NodeOptions::discovery_overrides`.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct DiscoveryOverrides {
+    /// etcd: the lease TTL (default 30 s).
+    #[cfg(feature = "etcd")]
+    pub etcd: etcd::EtcdOptions,
+}
+
 /// Builds the discovery methods `config` asks for: static peers when `peers` is non-empty, and the
 /// `discovery.type` backend when `discovery.enabled`. Nothing is contacted yet: registration and the first
 /// round are the discovery loop's.
 pub async fn from_config(
     config: &ClusterConfig,
     local: &LocalNode,
+    overrides: &DiscoveryOverrides,
 ) -> Result<Vec<Box<dyn Discovery>>, DiscoveryError> {
     let mut methods: Vec<Box<dyn Discovery>> = Vec::new();
     if !config.peers.is_empty() {
@@ -148,9 +163,13 @@ pub async fn from_config(
     };
     let d = &config.discovery;
     let method: Box<dyn Discovery> = match kind {
-        // One arm per backend, each behind its cargo feature:
-        // #[cfg(feature = "etcd")]
-        // DiscoveryType::Etcd => Box::new(etcd::EtcdDiscovery::new(d, local).await?),
+        // One arm per backend, each behind its cargo feature.
+        #[cfg(feature = "etcd")]
+        DiscoveryType::Etcd => {
+            Box::new(etcd::EtcdDiscovery::with_options(d, local, overrides.etcd.clone()).await?)
+        }
+        #[cfg(feature = "consul")]
+        DiscoveryType::Consul => Box::new(consul::ConsulDiscovery::new(d, local).await?),
         #[cfg(feature = "dns")]
         DiscoveryType::Dns => Box::new(dns::DnsDiscovery::new(d, local).await?),
         #[cfg(feature = "kubernetes")]
@@ -159,7 +178,7 @@ pub async fn from_config(
         }
         #[allow(unreachable_patterns)]
         other => {
-            let _ = (d, local);
+            let _ = (d, local, overrides);
             return Err(DiscoveryError::Setup {
                 backend: other.as_str(),
                 reason: format!(

@@ -22,7 +22,7 @@ use super::shared_view::SharedView;
 use super::system_clock::{self, SystemClock};
 use crate::config::{CLUSTER_SECRET_ENV, ClusterConfig, Trust};
 use crate::counter::{Clock, CoarseClock, CounterStore, StoreOptions, Window};
-use crate::discovery::{self, Discovery, LocalNode};
+use crate::discovery::{self, Discovery, DiscoveryOverrides, LocalNode};
 use crate::membership::{
     ClusterHealth, LocalIdentity, MemberTable, Membership, MembershipOptions, MembershipReader,
 };
@@ -46,6 +46,9 @@ pub struct NodeOptions {
     /// Membership timing. Default `None`: the defaults of [`MembershipOptions`] with the health thresholds of
     /// `gossip.config`. Tests shorten the timers here.
     pub membership: Option<MembershipOptions>,
+    /// Discovery backend knobs beyond `cluster_config` (e.g. the etcd lease TTL). Default: each backend's
+    /// documented defaults. Tests shorten timers here.
+    pub discovery_overrides: DiscoveryOverrides,
 }
 
 impl Default for NodeOptions {
@@ -57,6 +60,7 @@ impl Default for NodeOptions {
                 .ok()
                 .filter(|s| !s.is_empty()),
             membership: None,
+            discovery_overrides: DiscoveryOverrides::default(),
         }
     }
 }
@@ -246,6 +250,7 @@ impl Cluster {
                     _ => None,
                 },
             },
+            &options.discovery_overrides,
         )
         .await?
         .into_iter()
