@@ -13,7 +13,13 @@
 //!   [`Discovery::changed`] so a new node is tried at once rather than at the next interval.
 
 pub mod filter;
+#[cfg(any(feature = "udp", feature = "mdns"))]
+pub mod interfaces;
+#[cfg(feature = "mdns")]
+pub mod mdns;
 pub mod static_peers;
+#[cfg(feature = "udp")]
+pub mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -147,6 +153,10 @@ pub async fn from_config(
         // One arm per backend, each behind its cargo feature:
         // #[cfg(feature = "etcd")]
         // DiscoveryType::Etcd => Box::new(etcd::EtcdDiscovery::new(d, local).await?),
+        #[cfg(feature = "udp")]
+        DiscoveryType::Udp => Box::new(udp::UdpDiscovery::new(d, local).await?),
+        #[cfg(feature = "mdns")]
+        DiscoveryType::Mdns => Box::new(mdns::MdnsDiscovery::new(d, local).await?),
         #[allow(unreachable_patterns)]
         other => {
             let _ = (d, local);

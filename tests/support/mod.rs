@@ -16,3 +16,4 @@ pub fn free_port() -> u16 {
 }
 
 pub mod http;
+pub mod netns;
