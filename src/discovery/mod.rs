@@ -19,9 +19,15 @@ pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod filter;
+#[cfg(any(feature = "udp", feature = "mdns"))]
+pub mod interfaces;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+#[cfg(feature = "mdns")]
+pub mod mdns;
 pub mod static_peers;
+#[cfg(feature = "udp")]
+pub mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -176,6 +182,10 @@ pub async fn from_config(
         DiscoveryType::Kubernetes => {
             Box::new(kubernetes::KubernetesDiscovery::new(d, local).await?)
         }
+        #[cfg(feature = "udp")]
+        DiscoveryType::Udp => Box::new(udp::UdpDiscovery::new(d, local).await?),
+        #[cfg(feature = "mdns")]
+        DiscoveryType::Mdns => Box::new(mdns::MdnsDiscovery::new(d, local).await?),
         #[allow(unreachable_patterns)]
         other => {
             let _ = (d, local, overrides);

@@ -17,3 +17,4 @@ pub fn free_port() -> u16 {
 
 pub mod dns_server;
 pub mod http;
+pub mod netns;
