@@ -8,7 +8,7 @@ use bifrost_cluster::http::HttpServer;
 use bifrost_cluster::node::Cluster;
 
 mod support;
-use support::http::{get, post, request};
+use support::http::{get, parse_prometheus, post, request, request_text};
 
 async fn server() -> (bifrost_cluster::node::ClusterHandle, HttpServer, SocketAddr) {
     let config = load_from_str(r#"{ "cluster_config": { "enabled": false, "node_id": "solo" } }"#)
@@ -176,4 +176,50 @@ async fn bad_requests_get_400_naming_the_field() {
     assert_eq!(code, 200);
     http.shutdown().await;
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_hot_path_calls() {
+    let (node, http, addr) = server().await;
+    let handle = node
+        .store()
+        .handle(
+            "m",
+            bifrost_cluster::counter::Window::parse("1m").expect("window"),
+        )
+        .expect("handle");
+    for _ in 0..10 {
+        handle.add(1);
+        handle.try_acquire(100, 1);
+    }
+    let (code, text) = call_text(move || request_text(addr, "GET", "/metrics", None)).await;
+    assert_eq!(code, 200);
+    let samples = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let value = |series: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(
+        value("bifrost_members{state=\"alive\",healthy=\"true\"}"),
+        1.0
+    );
+    assert_eq!(value("bifrost_cluster_healthy"), 1.0);
+    assert!(value("bifrost_counter_calls_total{op=\"add\"}") >= 10.0);
+    assert!(value("bifrost_counter_calls_total{op=\"acquire\"}") >= 10.0);
+    assert!(value("bifrost_counter_keys") >= 1.0);
+    assert_eq!(value("bifrost_counter_refused_keys_total"), 0.0);
+    http.shutdown().await;
+    node.shutdown().await;
+}
+
+async fn call_text(
+    f: impl FnOnce() -> std::io::Result<(u16, String)> + Send + 'static,
+) -> (u16, String) {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("join")
+        .expect("http call")
 }

@@ -34,8 +34,11 @@ fn entries() -> impl Strategy<Value = Vec<ConfigEntry>> {
     )
 }
 
-/// The state a map reaches after merging `list` in order: (digest, live entries).
-fn apply(list: &[ConfigEntry]) -> ((u32, u64), Vec<(String, Vec<u8>)>) {
+/// What a map holds: its digest and its live entries.
+type MapState = ((u32, u64), Vec<(String, Vec<u8>)>);
+
+/// The state a map reaches after merging `list` in order.
+fn apply(list: &[ConfigEntry]) -> MapState {
     let mut m = ConfigMap::new("observer", ConfigMapOptions::default());
     for e in list {
         m.merge(e.clone(), 1_000);
@@ -43,7 +46,7 @@ fn apply(list: &[ConfigEntry]) -> ((u32, u64), Vec<(String, Vec<u8>)>) {
     state(&m)
 }
 
-fn state(m: &ConfigMap) -> ((u32, u64), Vec<(String, Vec<u8>)>) {
+fn state(m: &ConfigMap) -> MapState {
     (
         m.digest(),
         m.live().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),

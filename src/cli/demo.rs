@@ -60,8 +60,12 @@ struct DemoNode {
 
 fn free_port() -> Result<u16, DemoError> {
     for _ in 0..100 {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| DemoError::Setup(e.to_string()))?;
-        let port = udp.local_addr().map_err(|e| DemoError::Setup(e.to_string()))?.port();
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+        let port = udp
+            .local_addr()
+            .map_err(|e| DemoError::Setup(e.to_string()))?
+            .port();
         if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
             return Ok(port);
         }
@@ -128,7 +132,9 @@ pub async fn run(nodes: usize, duration: Option<Duration>) -> Result<(), DemoErr
         println!(
             "  {}  gossip {}  http://{}/cluster/status",
             n.handle.node_id(),
-            n.handle.local_addr().map_or_else(String::new, |a| a.to_string()),
+            n.handle
+                .local_addr()
+                .map_or_else(String::new, |a| a.to_string()),
             n.http.local_addr()
         );
     }
@@ -144,9 +150,17 @@ pub async fn run(nodes: usize, duration: Option<Duration>) -> Result<(), DemoErr
     let mut drivers = Vec::new();
     for n in &cluster {
         let store = n.handle.store();
-        let requests = store.handle("demo/requests", hour).map_err(|e| DemoError::Setup(e.to_string()))?;
-        let limited = store.handle("demo/limited", second).map_err(|e| DemoError::Setup(e.to_string()))?;
-        let (counted, allowed, stop) = (Arc::clone(&n.counted), Arc::clone(&n.allowed), Arc::clone(&stop));
+        let requests = store
+            .handle("demo/requests", hour)
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+        let limited = store
+            .handle("demo/limited", second)
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+        let (counted, allowed, stop) = (
+            Arc::clone(&n.counted),
+            Arc::clone(&n.allowed),
+            Arc::clone(&stop),
+        );
         drivers.push(tokio::spawn(async move {
             // 10 ms ticks; each offers its share of the second's requests.
             let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -160,7 +174,10 @@ pub async fn run(nodes: usize, duration: Option<Duration>) -> Result<(), DemoErr
                     }
                     requests.add(1);
                     counted.fetch_add(1, Ordering::Relaxed);
-                    if limited.acquire(Algorithm::SlidingWindow, GLOBAL_LIMIT, 1).allowed {
+                    if limited
+                        .acquire(Algorithm::SlidingWindow, GLOBAL_LIMIT, 1)
+                        .allowed
+                    {
                         allowed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -187,7 +204,10 @@ pub async fn run(nodes: usize, duration: Option<Duration>) -> Result<(), DemoErr
     for d in drivers {
         let _ = d.await;
     }
-    let exact: u64 = cluster.iter().map(|n| n.counted.load(Ordering::Relaxed)).sum();
+    let exact: u64 = cluster
+        .iter()
+        .map(|n| n.counted.load(Ordering::Relaxed))
+        .sum();
     let deadline = Instant::now() + Duration::from_secs(5);
     let views = loop {
         let views: Vec<u64> = cluster
@@ -219,8 +239,14 @@ fn view(node: &ClusterHandle, window: Window, epoch: u64) -> u64 {
 }
 
 fn print_table(cluster: &[DemoNode], epoch: u64, window: Window, elapsed: Duration) {
-    let exact: u64 = cluster.iter().map(|n| n.counted.load(Ordering::Relaxed)).sum();
-    let allowed: Vec<u64> = cluster.iter().map(|n| n.allowed.swap(0, Ordering::Relaxed)).collect();
+    let exact: u64 = cluster
+        .iter()
+        .map(|n| n.counted.load(Ordering::Relaxed))
+        .sum();
+    let allowed: Vec<u64> = cluster
+        .iter()
+        .map(|n| n.allowed.swap(0, Ordering::Relaxed))
+        .collect();
     let first = &cluster[0].handle;
     let mut out = String::new();
     out.push_str(&format!(
@@ -232,7 +258,13 @@ fn print_table(cluster: &[DemoNode], epoch: u64, window: Window, elapsed: Durati
     out.push_str("  node     view of demo/requests  behind  max lag  members (alive/suspect/down)  allowed/s\n");
     for (n, allowed) in cluster.iter().zip(&allowed) {
         let v = view(&n.handle, window, epoch);
-        let lag = n.handle.peers().iter().map(|p| p.stats.lag_ms).max().unwrap_or(0);
+        let lag = n
+            .handle
+            .peers()
+            .iter()
+            .map(|p| p.stats.lag_ms)
+            .max()
+            .unwrap_or(0);
         let (mut alive, mut suspect, mut down) = (1, 0, 0);
         if let Some(table) = n.handle.members() {
             for m in &table.members {

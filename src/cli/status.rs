@@ -42,7 +42,10 @@ pub fn fetch(url: &str) -> Result<Value, StatusError> {
     if host.is_empty() || host.contains('/') {
         return Err(StatusError::Url(url.to_string()));
     }
-    let authority = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let authority = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         host.to_string()
     } else {
         format!("{host}:80")
@@ -67,7 +70,9 @@ pub fn fetch(url: &str) -> Result<Value, StatusError> {
     )
     .map_err(|e| io(e.to_string()))?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| io(e.to_string()))?;
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| io(e.to_string()))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -110,7 +115,9 @@ pub fn render(status: &Value) -> String {
                 s(&m["state"]),
                 m["healthy"],
                 m["incarnation"],
-                m["rtt_ms"].as_u64().map_or_else(|| "-".into(), |r| r.to_string()),
+                m["rtt_ms"]
+                    .as_u64()
+                    .map_or_else(|| "-".into(), |r| r.to_string()),
                 s(&m["health_reason"]),
             ));
         }

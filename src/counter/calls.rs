@@ -101,7 +101,9 @@ pub fn call_counts() -> CallCounts {
     for c in &r.live {
         // Relaxed: statistics.
         total.adds = total.adds.wrapping_add(c.adds.load(Ordering::Relaxed));
-        total.acquires = total.acquires.wrapping_add(c.acquires.load(Ordering::Relaxed));
+        total.acquires = total
+            .acquires
+            .wrapping_add(c.acquires.load(Ordering::Relaxed));
     }
     total
 }

@@ -9,6 +9,7 @@
 //! | `POST /v1/ratelimit/check` | `{key, window, limit, cost, algorithm}` → the decision (counted when allowed) |
 //! | `POST /v1/counters/{key}/add` | `{window, n}` → adds `n` to the key's current window |
 //! | `GET /v1/counters/{key}?window=1m[&epoch=N]` | this node's view of the key: local, remote, global |
+//! | `GET /metrics` | Prometheus text (OpenMetrics): members, replication per peer, merges, decode errors, refused keys, discovery, hot-path calls (see [`metrics`]) |
 //! | `GET /cluster/nodes` | every node's latest health record (CPU, memory, connections, request rate, links) and its age |
 //! | `GET /v1/config` | every cluster-wide config entry (`utf8` values as text, others in hex) |
 //! | `GET` / `PUT` / `DELETE /v1/config/{key}` | one entry: the raw value; write the raw body; delete |
@@ -22,6 +23,7 @@
 
 mod api_error;
 mod counters;
+pub mod metrics;
 mod shared_state;
 mod status;
 
@@ -49,6 +51,7 @@ pub fn router(node: ClusterHandle) -> Router {
             get(counters::get_counter).post(counters::post_counter),
         )
         .route("/cluster/nodes", get(shared_state::nodes))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/config", get(shared_state::list_config))
         .route(
             "/v1/config/{*key}",

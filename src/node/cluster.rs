@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::advertise;
-use super::discovery_loop::{self, DiscoveryLoop};
+use super::discovery_loop::{self, DiscoveryLoop, DiscoveryMethodStats, SharedDiscoveryStats};
 use super::driver::ConfigCommand;
 use super::driver::{Driver, DriverParts, Event, NodeStatus, PeerInfo};
 use super::error::NodeError;
@@ -108,6 +108,7 @@ struct Inner {
     transport: Option<Arc<Transport>>,
     /// The discovery loop (stopped first on shutdown).
     discovery: Mutex<Option<JoinHandle<()>>>,
+    discovery_stats: SharedDiscoveryStats,
     /// The discovery methods (deregistered on shutdown, after the final flush).
     methods: Vec<Arc<dyn Discovery>>,
     dial_timeout: Duration,
@@ -193,6 +194,7 @@ impl Cluster {
                     events: None,
                     transport: None,
                     discovery: Mutex::new(None),
+                    discovery_stats: Arc::default(),
                     methods: Vec::new(),
                     dial_timeout: Duration::ZERO,
                     tasks: Mutex::new(tasks),
@@ -296,6 +298,7 @@ impl Cluster {
         });
         tasks.push(tokio::spawn(driver.run(events_rx)));
         let dial_timeout = Duration::from_millis(config.discovery.dial_timeout.as_millis().max(1));
+        let discovery_stats: SharedDiscoveryStats = Arc::default();
         let discovery_task = DiscoveryLoop {
             methods: methods.clone(),
             allowed: config.discovery.allowed_address_space.clone(),
@@ -305,6 +308,7 @@ impl Cluster {
             timeout: dial_timeout,
             members: members.clone(),
             events: events_tx.clone(),
+            stats: Arc::clone(&discovery_stats),
         }
         .spawn();
         tracing::info!(
@@ -332,6 +336,7 @@ impl Cluster {
                 events: Some(events_tx),
                 transport: Some(transport),
                 discovery: Mutex::new(Some(discovery_task)),
+                discovery_stats,
                 methods,
                 dial_timeout,
                 tasks: Mutex::new(tasks),
@@ -536,12 +541,29 @@ impl ClusterHandle {
         self.inner.shared.as_ref().map(|s| s.changes.subscribe())
     }
 
+    /// Counters of every discovery method (static peers included): rounds, errors, what the last round found.
+    pub fn discovery_stats(&self) -> Vec<DiscoveryMethodStats> {
+        match self.inner.discovery_stats.lock() {
+            Ok(all) => all.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// The linked peers (refreshed every 50 ms and on every link change).
     pub fn peers(&self) -> Vec<PeerInfo> {
         self.inner
             .status
             .lock()
             .map(|s| s.peers.clone())
+            .unwrap_or_default()
+    }
+
+    /// Links, replication, membership and shared-state counters (refreshed every 50 ms).
+    pub fn status(&self) -> NodeStatus {
+        self.inner
+            .status
+            .lock()
+            .map(|s| s.clone())
             .unwrap_or_default()
     }
 

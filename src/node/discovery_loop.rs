@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -23,6 +23,31 @@ use super::driver::Event;
 use crate::discovery::{Discovery, DiscoveryError, filter};
 use crate::membership::{LocalState, MembershipReader};
 
+/// Counters of one discovery method, as `/metrics` and [`crate::node::ClusterHandle::discovery_stats`] show
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiscoveryMethodStats {
+    /// The method (`"static"`, `"etcd"`, ...).
+    pub method: &'static str,
+    /// Rounds run.
+    pub runs: u64,
+    /// Rounds that failed (the method's error, or `dial_timeout`).
+    pub errors: u64,
+    /// Registrations that failed (retried next round).
+    pub registration_errors: u64,
+    /// Whether the method is registered (always true for methods without registration).
+    pub registered: bool,
+    /// Join targets the last successful round found (after filtering).
+    pub last_found: usize,
+    /// Addresses refused because they are outside `allowed_address_space` (distinct addresses).
+    pub outside_space: usize,
+    /// The method's own counters (e.g. `beacons_rejected`).
+    pub backend: Vec<(&'static str, u64)>,
+}
+
+/// The counters of every method, shared with the handle.
+pub(crate) type SharedDiscoveryStats = Arc<Mutex<Vec<DiscoveryMethodStats>>>;
+
 /// Everything the loop runs with.
 pub(crate) struct DiscoveryLoop {
     pub(crate) methods: Vec<Arc<dyn Discovery>>,
@@ -32,6 +57,7 @@ pub(crate) struct DiscoveryLoop {
     pub(crate) timeout: Duration,
     pub(crate) members: MembershipReader,
     pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) stats: SharedDiscoveryStats,
 }
 
 impl DiscoveryLoop {
@@ -56,13 +82,41 @@ impl DiscoveryLoop {
         let mut registered = vec![false; self.methods.len()];
         let mut seen: HashSet<SocketAddr> = HashSet::new();
         let mut warned_outside: HashSet<SocketAddr> = HashSet::new();
+        self.update_stats(|all| {
+            *all = self
+                .methods
+                .iter()
+                .map(|m| DiscoveryMethodStats {
+                    method: m.name(),
+                    ..DiscoveryMethodStats::default()
+                })
+                .collect();
+        });
         loop {
             for (i, method) in self.methods.iter().enumerate() {
                 if !registered[i] {
                     registered[i] = self.register(method.as_ref()).await;
+                    let ok = registered[i];
+                    self.update_stats(|all| {
+                        all[i].registered = ok;
+                        all[i].registration_errors += u64::from(!ok);
+                    });
                 }
-                self.round(method.as_ref(), &mut seen, &mut warned_outside)
+                let found = self
+                    .round(method.as_ref(), &mut seen, &mut warned_outside)
                     .await;
+                let backend = method.counters();
+                let outside = warned_outside.len();
+                self.update_stats(|all| {
+                    let s = &mut all[i];
+                    s.runs += 1;
+                    match found {
+                        Some(n) => s.last_found = n,
+                        None => s.errors += 1,
+                    }
+                    s.outside_space = outside;
+                    s.backend = backend;
+                });
             }
             tokio::select! {
                 () = tokio::time::sleep(self.interval) => {}
@@ -71,6 +125,13 @@ impl DiscoveryLoop {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
+        }
+    }
+
+    fn update_stats(&self, f: impl FnOnce(&mut Vec<DiscoveryMethodStats>)) {
+        match self.stats.lock() {
+            Ok(mut all) => f(&mut all),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
         }
     }
 
@@ -92,17 +153,18 @@ impl DiscoveryLoop {
         }
     }
 
+    /// One round of `method`: the number of join targets it found, `None` when it failed.
     async fn round(
         &self,
         method: &dyn Discovery,
         seen: &mut HashSet<SocketAddr>,
         warned_outside: &mut HashSet<SocketAddr>,
-    ) {
+    ) -> Option<usize> {
         let found = match tokio::time::timeout(self.timeout, method.discover()).await {
             Ok(Ok(found)) => found,
             Ok(Err(error)) => {
                 tracing::warn!(method = method.name(), %error, "discovery failed");
-                return;
+                return None;
             }
             Err(_) => {
                 let error = DiscoveryError::Timeout {
@@ -110,7 +172,7 @@ impl DiscoveryLoop {
                     after: self.timeout,
                 };
                 tracing::warn!(method = method.name(), %error, "discovery failed");
-                return;
+                return None;
             }
         };
         let filtered = filter::filter(&found, &self.allowed, &self.own);
@@ -151,6 +213,7 @@ impl DiscoveryLoop {
                 new.len()
             );
         }
+        let count = filtered.accepted.len();
         if !filtered.accepted.is_empty() {
             let _ = self
                 .events
@@ -159,6 +222,7 @@ impl DiscoveryLoop {
                 })
                 .await;
         }
+        Some(count)
     }
 }
 

@@ -54,6 +54,7 @@ mod shared_view;
 mod system_clock;
 
 pub use cluster::{Cluster, ClusterHandle, NodeOptions, SharedStateError, TRAFFIC_WINDOW};
+pub use discovery_loop::DiscoveryMethodStats;
 pub use driver::{NodeStatus, PeerInfo};
 pub use error::NodeError;
 pub use hello::{HelloError, PeerHello};

@@ -12,6 +12,20 @@ pub fn request(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, serde_json::Value)> {
+    let (status, text) = request_text(addr, method, path, body)?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// Sends one request and returns the status code and the raw body as text.
+pub fn request_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     assert!(addr.ip().is_loopback(), "tests only talk to loopback");
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -30,8 +44,56 @@ pub fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
+    Ok((status, body.to_string()))
+}
+
+/// Checks `text` is Prometheus/OpenMetrics text exposition: `# HELP`/`# TYPE`/`# UNIT` comments, samples
+/// `name{label="value",...} number`, and the final `# EOF`. Returns the samples as `(name with labels, value)`.
+pub fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
+    let mut samples = Vec::new();
+    let mut eof = false;
+    for (n, line) in text.lines().enumerate() {
+        if eof {
+            return Err(format!("line {}: content after # EOF", n + 1));
+        }
+        if line == "# EOF" {
+            eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            if !(rest.starts_with("HELP ")
+                || rest.starts_with("TYPE ")
+                || rest.starts_with("UNIT "))
+            {
+                return Err(format!("line {}: unknown comment {line:?}", n + 1));
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| format!("line {}: no value: {line:?}", n + 1))?;
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(format!("line {}: bad metric name {name:?}", n + 1));
+        }
+        if name_end < series.len() && !series.ends_with('}') {
+            return Err(format!("line {}: unterminated labels: {line:?}", n + 1));
+        }
+        let value: f64 = value
+            .parse()
+            .map_err(|_| format!("line {}: bad value {value:?}", n + 1))?;
+        samples.push((series.to_string(), value));
+    }
+    if !eof {
+        return Err("no final # EOF".into());
+    }
+    Ok(samples)
 }
 
 /// `GET path`.

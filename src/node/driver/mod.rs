@@ -101,6 +101,10 @@ pub struct NodeStatus {
     pub replication: ReplicationStats,
     /// The start-up join is over (joined once, gave up once, or nobody to join): readiness follows it.
     pub join_settled: bool,
+    /// Membership packet counters.
+    pub membership: crate::membership::MembershipStats,
+    /// Shared-state counters.
+    pub state: crate::state::StateStats,
 }
 
 struct Linked {
@@ -828,6 +832,8 @@ impl Driver {
                 peers,
                 replication: self.replicator.stats().clone(),
                 join_settled: self.join.settled() || self.membership.is_joined(),
+                membership: self.membership.stats(),
+                state: self.state.stats(),
             };
         }
     }
