@@ -16,7 +16,7 @@ use serde_json::Value;
 
 mod support;
 use support::free_port;
-use support::http::{get, post};
+use support::http::{get, parse_prometheus, post, request_text};
 
 const SECRET: &str = "process-cluster-secret-0123456789ab";
 /// `gossip.config` of the test: short health timeout so the bound below is tight.
@@ -205,6 +205,41 @@ fn kill_nine_is_detected_the_restart_rejoins_and_counting_continues_exactly() {
             node.name
         );
     }
+
+    // /metrics parses as Prometheus text and shows the three healthy members.
+    for node in &nodes {
+        let (code, text) = request_text(node.http, "GET", "/metrics", None).expect("metrics");
+        assert_eq!(code, 200);
+        let samples =
+            parse_prometheus(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", node.name));
+        let alive = samples
+            .iter()
+            .find(|(s, _)| s == "bifrost_members{state=\"alive\",healthy=\"true\"}")
+            .map(|(_, v)| *v);
+        assert_eq!(alive, Some(3.0), "{}: {text}", node.name);
+    }
+
+    // One global limit through the HTTP rate-limit API, requests spread over the three nodes: the cluster
+    // allows the limit, not three times it. Requests are 30 ms apart (six flush intervals), so each node has
+    // seen the others' counts; the documented overshoot is what other nodes admit within one replication delay.
+    const LIMIT: u64 = 40;
+    let mut allowed = 0;
+    for i in 0..(3 * LIMIT) {
+        let node = &nodes[(i % 3) as usize];
+        let (code, decision) = post(
+            node.http,
+            "/v1/ratelimit/check",
+            &format!(r#"{{"key":"rl/global","window":"1h","limit":{LIMIT},"cost":1,"algorithm":"fixed_window"}}"#),
+        )
+        .expect("ratelimit check");
+        assert_eq!(code, 200, "{decision}");
+        allowed += u64::from(decision["allowed"] == true);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(
+        (LIMIT..=LIMIT + 2).contains(&allowed),
+        "{allowed} allowed across three nodes for a global limit of {LIMIT}"
+    );
 
     // Count on every node; every node agrees on the exact total.
     let mut total = 0;
