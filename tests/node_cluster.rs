@@ -278,9 +278,10 @@ async fn malformed_and_oversized_frames_from_a_trusted_peer_are_dropped_and_the_
     let hello = wire::encode(&Hello {
         node_id: "rogue".into(),
         replica_id: 0xbad,
-        protocol_version: 1 << 16,
+        protocol_version: u32::from(wire::PROTOCOL_MAJOR) << 16,
         capabilities: capabilities::REPLICATION_V1,
         gossip_addr: String::new(),
+        link_nonce: 0,
     })
     .expect("encode");
     let (mut send, mut recv) = link.open_stream().await.expect("stream");
@@ -385,9 +386,10 @@ async fn a_client_without_a_certificate_cannot_join_and_nothing_of_it_is_merged(
         let hello = wire::encode(&Hello {
             node_id: "anonymous".into(),
             replica_id: 0xa11,
-            protocol_version: 1 << 16,
+            protocol_version: u32::from(wire::PROTOCOL_MAJOR) << 16,
             capabilities: capabilities::REPLICATION_V1,
             gossip_addr: String::new(),
+        link_nonce: 0,
         })
         .expect("encode");
         let batch = wire::encode(&DeltaBatch {

@@ -248,9 +248,10 @@ async fn spawn_swim_member(
     let hello = wire::encode(&Hello {
         node_id: "swim-only".into(),
         replica_id: 0x5_0000_0001,
-        protocol_version: 1 << 16 | 1,
+        protocol_version: u32::from(wire::PROTOCOL_MAJOR) << 16,
         capabilities: capabilities::REPLICATION_V1,
         gossip_addr: own.to_string(),
+        link_nonce: 7,
     })
     .expect("encode");
     let (mut send, mut recv) = link.open_stream().await.expect("stream");

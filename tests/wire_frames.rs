@@ -88,8 +88,9 @@ proptest! {
         request_id in any::<u64>(), last in any::<bool>(), batch in batch_strategy(),
     ) {
         let hello = Hello {
-            node_id, replica_id: replica, protocol_version: 1 << 16 | 1, capabilities: caps,
+            node_id, replica_id: replica, protocol_version: u32::from(wire::PROTOCOL_MAJOR) << 16, capabilities: caps,
             gossip_addr: format!("10.0.{}.{}:10101", replica % 256, caps % 256),
+            link_nonce: replica ^ caps,
         };
         let bytes = wire::encode(&hello).unwrap();
         let Ok(Frame::Hello(h)) = wire::decode(&bytes) else { panic!() };

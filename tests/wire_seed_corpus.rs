@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bifrost_cluster::counter::Window;
 use bifrost_cluster::wire::{
-    self, DataPing, DataPong, DeltaBatch, Digest, Entry, Hello, MembershipPacket, OriginDigest,
+    self, ConfigDigest, ConfigEntries, DataPing, DataPong, NodeHealth, WireConfigEntry, WireLinkHealth, DeltaBatch, Digest, Entry, Hello, MembershipPacket, OriginDigest,
     OriginGroup, OriginKind, StateChunk, StateRequest, WireWindow, capabilities,
 };
 
@@ -38,9 +38,10 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             wire::encode(&Hello {
                 node_id: "node-1".into(),
                 replica_id: 11,
-                protocol_version: 1 << 16 | 1,
+                protocol_version: u32::from(wire::PROTOCOL_MAJOR) << 16,
                 capabilities: capabilities::REPLICATION_V1,
                 gossip_addr: "10.0.0.1:10101".into(),
+                link_nonce: 0x5eed,
             })
             .unwrap(),
         ),
@@ -98,6 +99,59 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             wire::encode(&DataPong {
                 sender: 12,
                 nonce: 0x1234_5678,
+            })
+            .unwrap(),
+        ),
+        (
+            "config_entries.bin",
+            wire::encode(&ConfigEntries {
+                sender: 11,
+                reply: true,
+                entries: vec![
+                    WireConfigEntry {
+                        key: "routing/default".into(),
+                        value: Some(b"{\"provider\":\"openai\"}".to_vec()),
+                        wall_ms: 1_795_514_400_000,
+                        logical: 2,
+                        node: "node-1".into(),
+                    },
+                    WireConfigEntry {
+                        key: "deleted".into(),
+                        value: None,
+                        wall_ms: 1_795_514_400_001,
+                        logical: 0,
+                        node: "node-2".into(),
+                    },
+                ],
+            })
+            .unwrap(),
+        ),
+        (
+            "config_digest.bin",
+            wire::encode(&ConfigDigest {
+                sender: 11,
+                entries: 2,
+                fingerprint: 0xdead_beef,
+            })
+            .unwrap(),
+        ),
+        (
+            "node_health.bin",
+            wire::encode(&NodeHealth {
+                owner: 11,
+                node_id: "node-1".into(),
+                version: 7,
+                published_ms: 1_795_514_400_000,
+                cpu_millicores: 250,
+                memory_bytes: 50 << 20,
+                memory_total_bytes: 8 << 30,
+                open_connections: 2,
+                request_rate_milli: 1_500_000,
+                links: vec![WireLinkHealth {
+                    node_id: "node-2".into(),
+                    up: true,
+                    rtt_us: 350,
+                }],
             })
             .unwrap(),
         ),

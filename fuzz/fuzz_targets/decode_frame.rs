@@ -1,11 +1,13 @@
 //! Fuzzes frame decoding and merging: any bytes from a peer give a typed error or a frame that merges, never a
-//! panic, and merging never makes a counter go down.
+//! panic; merging the same frame twice changes nothing, for the counters and for the shared state (config map,
+//! health records).
 #![no_main]
 
 use std::sync::Arc;
 
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
+use bifrost_cluster::state::{StateOptions, StateReplicator};
 use bifrost_cluster::wire::{self, Frame};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,6 +35,21 @@ fuzz_target!(|data: &[u8]| {
             Frame::Membership(m) => {
                 let _ = m.payload.len();
             }
+            Frame::DataPing(p) => {
+                let _ = p.nonce.to_native();
+            }
+            Frame::DataPong(p) => {
+                let _ = p.nonce.to_native();
+            }
+            Frame::ConfigEntries(c) => c.entries.iter().for_each(|e| {
+                let _ = (e.key.as_str(), e.node.as_str(), e.value.as_ref().map(|v| v.len()));
+            }),
+            Frame::ConfigDigest(d) => {
+                let _ = d.fingerprint.to_native();
+            }
+            Frame::NodeHealth(h) => {
+                let _ = (h.node_id.as_str(), h.links.len());
+            }
         }
     }
     let store = CounterStore::new(StoreOptions {
@@ -48,4 +65,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = replicator.handle_frame(2, data, NOW);
     assert_eq!(before, store.remote_snapshot(), "merging the same frame twice changes nothing");
     while replicator.poll_transmit().is_some() {}
+
+    let mut state = StateReplicator::new("node-1", 1, StateOptions::default(), 7, NOW);
+    state.add_peer(2);
+    if StateReplicator::is_state_frame(data) {
+        let _ = state.handle_frame(2, data, NOW);
+        let digest = state.map().digest();
+        let _ = state.handle_frame(2, data, NOW);
+        assert_eq!(digest, state.map().digest(), "merging the same config entries twice changes nothing");
+    }
+    while state.poll_transmit().is_some() {}
 });

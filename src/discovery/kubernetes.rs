@@ -310,15 +310,22 @@ impl KubernetesDiscovery {
     }
 }
 
-impl Drop for KubernetesDiscovery {
-    fn drop(&mut self) {
-        let slot = self
+impl KubernetesDiscovery {
+    /// Stops the watch task, if any.
+    fn stop_watch(&self) {
+        let mut slot = self
             .watch
-            .get_mut()
+            .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(task) = slot.take() {
             task.abort();
         }
+    }
+}
+
+impl Drop for KubernetesDiscovery {
+    fn drop(&mut self) {
+        self.stop_watch();
     }
 }
 
@@ -329,6 +336,12 @@ impl Discovery for KubernetesDiscovery {
 
     fn discover(&self) -> BoxFuture<'_, Result<Vec<SocketAddr>, DiscoveryError>> {
         Box::pin(self.discover_pods())
+    }
+
+    /// Nothing to withdraw (pods are the registry); stops the watch so it does not outlive a graceful leave.
+    fn deregister(&self) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+        self.stop_watch();
+        Box::pin(async { Ok(()) })
     }
 
     fn changed(&self) -> Option<Arc<Notify>> {

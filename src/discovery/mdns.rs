@@ -433,9 +433,12 @@ impl MdnsDiscovery {
         let Some(running) = running else {
             return;
         };
+        // Within the node's 2 s deregistration bound: browsing stops first, the goodbye gets 1 s, the daemon's
+        // shutdown 500 ms.
+        running.browser.abort();
         match running.daemon.unregister(&self.shared.own_fullname) {
             Ok(status) => {
-                match tokio::time::timeout(Duration::from_secs(2), status.recv_async()).await {
+                match tokio::time::timeout(Duration::from_secs(1), status.recv_async()).await {
                     Ok(Ok(mdns_sd::UnregisterStatus::OK)) => {
                         tracing::debug!(method = BACKEND, instance = %self.shared.own_fullname, "mdns instance unregistered (goodbye sent)")
                     }
@@ -443,7 +446,7 @@ impl MdnsDiscovery {
                         tracing::warn!(method = BACKEND, instance = %self.shared.own_fullname, status = ?other, "mdns: unregistration did not complete")
                     }
                     Err(_) => {
-                        tracing::warn!(method = BACKEND, instance = %self.shared.own_fullname, "mdns: no unregistration status within 2 s")
+                        tracing::warn!(method = BACKEND, instance = %self.shared.own_fullname, "mdns: no unregistration status within 1 s")
                     }
                 }
             }
@@ -452,9 +455,8 @@ impl MdnsDiscovery {
             }
         }
         if let Ok(status) = running.daemon.shutdown() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), status.recv_async()).await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), status.recv_async()).await;
         }
-        running.browser.abort();
         self.shared.found().clear();
     }
 }

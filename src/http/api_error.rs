@@ -52,3 +52,60 @@ impl IntoResponse for ApiError {
 pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::with_status(404, format!("no route for {}", uri.path()))
 }
+
+pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::with_status(405, format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// The rest of the path after a route's prefix (a key, which may contain `/`), percent-decoded; a path that
+/// does not decode is a `400` naming `path`.
+#[derive(Debug)]
+pub(crate) struct KeyPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(key)) => Ok(KeyPath(key)),
+            Err(rejection) => Err(ApiError::bad_field("path", rejection.body_text())),
+        }
+    }
+}
+
+/// The query parameters; a query that does not decode is a `400` naming `query`.
+#[derive(Debug)]
+pub(crate) struct Params(pub std::collections::HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(map)) => Ok(Params(map)),
+            Err(rejection) => Err(ApiError::bad_field("query", rejection.body_text())),
+        }
+    }
+}
+
+impl Params {
+    /// `?epoch=N`, or the window index of `now_ms` in `window` when absent.
+    pub(crate) fn epoch(
+        &self,
+        window: crate::counter::Window,
+        now_ms: u64,
+    ) -> Result<u64, ApiError> {
+        match self.0.get("epoch") {
+            None => Ok(window.epoch_at(now_ms)),
+            Some(e) => e
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad_field("epoch", format!("expected an integer, got {e:?}"))),
+        }
+    }
+}

@@ -2,15 +2,13 @@
 //!
 //! Bodies are JSON objects; every field is checked and a bad one is answered `400` naming it.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::api_error::ApiError;
+use super::api_error::{ApiError, KeyPath, Params};
 use crate::counter::{AddOutcome, Algorithm, CounterError, Decision, Window};
 use crate::node::ClusterHandle;
 
@@ -64,6 +62,17 @@ fn window(text: &str, field: &str) -> Result<Window, ApiError> {
     })
 }
 
+/// A key a client may write: keys starting with `@` belong to the traffic plane.
+fn writable_key(key: &str) -> Result<&str, ApiError> {
+    if key.starts_with('@') {
+        return Err(ApiError::bad_field(
+            "key",
+            format!("keys starting with '@' are reserved (traffic patterns), got {key:?}"),
+        ));
+    }
+    Ok(key)
+}
+
 fn key_error(e: CounterError) -> ApiError {
     match e {
         CounterError::KeyLimit { .. } => ApiError::with_status(503, e.to_string()),
@@ -100,7 +109,7 @@ pub(crate) async fn ratelimit_check(
     body: Bytes,
 ) -> Result<Json<DecisionJson>, ApiError> {
     let map = object(&body)?;
-    let key = string(&map, "key")?;
+    let key = writable_key(string(&map, "key")?)?;
     let window = window(string(&map, "window")?, "window")?;
     let limit = integer(&map, "limit", None)?;
     let cost = integer(&map, "cost", Some(1))?;
@@ -163,7 +172,7 @@ fn counter_json(
 
 pub(crate) async fn post_counter(
     State(node): State<ClusterHandle>,
-    Path(path): Path<String>,
+    KeyPath(path): KeyPath,
     body: Bytes,
 ) -> Result<Json<CounterJson>, ApiError> {
     let Some(key) = path.strip_suffix("/add") else {
@@ -172,6 +181,7 @@ pub(crate) async fn post_counter(
             "POST goes to /v1/counters/{key}/add",
         ));
     };
+    let key = writable_key(key)?;
     let map = object(&body)?;
     let window = window(string(&map, "window")?, "window")?;
     let n = integer(&map, "n", Some(1))?;
@@ -187,21 +197,16 @@ pub(crate) async fn post_counter(
 
 pub(crate) async fn get_counter(
     State(node): State<ClusterHandle>,
-    Path(key): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    KeyPath(key): KeyPath,
+    params: Params,
 ) -> Result<Json<CounterJson>, ApiError> {
-    let Some(text) = query.get("window") else {
+    let Some(text) = params.0.get("window") else {
         return Err(ApiError::bad_field(
             "window",
             "required query parameter, e.g. ?window=1m",
         ));
     };
     let window = window(text, "window")?;
-    let epoch = match query.get("epoch") {
-        None => window.epoch_at(node.clock().now_unix_ms()),
-        Some(e) => e
-            .parse::<u64>()
-            .map_err(|_| ApiError::bad_field("epoch", format!("expected an integer, got {e:?}")))?,
-    };
+    let epoch = params.epoch(window, node.clock().now_unix_ms())?;
     Ok(Json(counter_json(&node, &key, window, epoch, None)))
 }

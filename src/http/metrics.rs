@@ -62,10 +62,23 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str, values: &[(Labe
     registry.register(name, help, f);
 }
 
+/// Label pairs, values escaped as the text format requires (`\\`, `\"`, `\n`): prometheus-client writes
+/// them as given, and a peer's node id reaches a label.
 fn label(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| {
+            let mut escaped = String::with_capacity(v.len());
+            for c in v.chars() {
+                match c {
+                    '\\' => escaped.push_str("\\\\"),
+                    '"' => escaped.push_str("\\\""),
+                    '\n' => escaped.push_str("\\n"),
+                    c => escaped.push(c),
+                }
+            }
+            (k.to_string(), escaped)
+        })
         .collect()
 }
 

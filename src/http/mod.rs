@@ -18,8 +18,11 @@
 //! Keys may contain `/` (`vk/openai/gpt-4o`): the counter routes take the rest of the path as the key.
 //!
 //! Guarantees: a bad request gets a `400` with `{"error": "...", "field": "..."}` naming the field at fault
-//! (`404` for an unknown route); no input makes a handler panic; no handler blocks the counter hot path (they
-//! call the same lock-free store as the gateway); reads never create keys.
+//! (`path`, `query`, `body` or a JSON member); every other error is JSON too: `404` unknown route or config
+//! key, `405` wrong method, `503` counter store full (`limits.max_keys`) or node not running, `507` config map
+//! full. No input makes a handler panic; no handler blocks the counter hot path (they call the same lock-free
+//! store as the gateway); reads never create keys; keys starting with `@` (the traffic plane's) cannot be
+//! written.
 
 mod api_error;
 mod counters;
@@ -61,6 +64,7 @@ pub fn router(node: ClusterHandle) -> Router {
         )
         .route("/v1/traffic/{*key}", get(shared_state::traffic))
         .fallback(api_error::not_found)
+        .method_not_allowed_fallback(api_error::method_not_allowed)
         .with_state(node)
 }
 

@@ -1,15 +1,13 @@
 //! The shared-state routes: cluster-wide config entries, node health records, traffic patterns.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::api_error::ApiError;
+use super::api_error::{ApiError, KeyPath, Params};
 use crate::node::{ClusterHandle, SharedStateError};
 use crate::state::StateError;
 
@@ -65,7 +63,7 @@ pub(crate) async fn list_config(State(node): State<ClusterHandle>) -> Json<Vec<C
 
 pub(crate) async fn get_config(
     State(node): State<ClusterHandle>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
 ) -> Result<Response, ApiError> {
     match node.config_get(&key) {
         Some(bytes) => {
@@ -86,7 +84,7 @@ pub(crate) struct WriteJson {
 
 pub(crate) async fn put_config(
     State(node): State<ClusterHandle>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
     body: Bytes,
 ) -> Result<Json<WriteJson>, ApiError> {
     let ts = node.config_put(&key, body).await.map_err(state_error)?;
@@ -98,8 +96,12 @@ pub(crate) async fn put_config(
 
 pub(crate) async fn delete_config(
     State(node): State<ClusterHandle>,
-    Path(key): Path<String>,
+    KeyPath(key): KeyPath,
 ) -> Result<Json<WriteJson>, ApiError> {
+    // Over HTTP only what exists can be deleted: a tombstone per random key would fill the map cluster-wide.
+    if node.config_get(&key).is_none() {
+        return Err(ApiError::with_status(404, format!("no config entry {key:?}")));
+    }
     let ts = node.config_delete(&key).await.map_err(state_error)?;
     Ok(Json(WriteJson {
         key,
@@ -182,16 +184,11 @@ struct OriginJson {
 
 pub(crate) async fn traffic(
     State(node): State<ClusterHandle>,
-    Path(key): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    KeyPath(key): KeyPath,
+    params: Params,
 ) -> Result<(StatusCode, Json<TrafficJson>), ApiError> {
     let window = node.traffic().window();
-    let epoch = match query.get("epoch") {
-        None => window.epoch_at(node.clock().now_unix_ms()),
-        Some(e) => e
-            .parse::<u64>()
-            .map_err(|_| ApiError::bad_field("epoch", format!("expected an integer, got {e:?}")))?,
-    };
+    let epoch = params.epoch(window, node.clock().now_unix_ms())?;
     let view = node.traffic().read(&key, epoch);
     let members = node.members();
     let node_of = |replica: u64| -> Option<String> {

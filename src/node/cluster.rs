@@ -106,6 +106,8 @@ struct Inner {
     traffic: TrafficRecorder,
     events: Option<mpsc::Sender<Event>>,
     transport: Option<Arc<Transport>>,
+    /// Ticks the coarse clock; stopped only when the last handle is dropped.
+    ticker: JoinHandle<()>,
     /// The discovery loop (stopped first on shutdown).
     discovery: Mutex<Option<JoinHandle<()>>>,
     discovery_stats: SharedDiscoveryStats,
@@ -117,6 +119,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.ticker.abort();
         if let Ok(Some(discovery)) = self.discovery.get_mut() {
             discovery.abort();
         }
@@ -174,7 +177,9 @@ impl Cluster {
             clock: Arc::clone(&clock),
             ..StoreOptions::default()
         });
-        let mut tasks = vec![system_clock::spawn_ticker(Arc::clone(&clock))];
+        // The clock ticks until the last handle is dropped: the store stays usable after `shutdown`.
+        let ticker = system_clock::spawn_ticker(Arc::clone(&clock));
+        let mut tasks = Vec::new();
         let traffic = TrafficRecorder::new(store.clone(), TRAFFIC_WINDOW);
         let status = Arc::new(Mutex::new(NodeStatus::default()));
         if !config.enabled {
@@ -193,6 +198,7 @@ impl Cluster {
                     traffic,
                     events: None,
                     transport: None,
+                    ticker,
                     discovery: Mutex::new(None),
                     discovery_stats: Arc::default(),
                     methods: Vec::new(),
@@ -335,6 +341,7 @@ impl Cluster {
                 traffic,
                 events: Some(events_tx),
                 transport: Some(transport),
+                ticker,
                 discovery: Mutex::new(Some(discovery_task)),
                 discovery_stats,
                 methods,

@@ -3,8 +3,10 @@
 //! join targets to the driver.
 //!
 //! Guarantees:
-//! - A round is bounded by `discovery.dial_timeout`; a failing method is logged ("discovery failed", with the
-//!   cause) and retried next round; the other methods are unaffected.
+//! - Each method runs in its own task; a round is bounded by `discovery.dial_timeout`; a failing method is
+//!   logged ("discovery failed", with the cause) and retried next round; the other methods are unaffected.
+//! - Memory is bounded by what the methods currently find: "new" means not found by the method's previous
+//!   round, and an address outside the space is warned about again only after it went away.
 //! - A registration that failed is retried every round until it succeeds.
 //! - The reference's log lines: "discovered X nodes" (new addresses, with the method), "no new nodes
 //!   discovered" (a warning while the node is alone, debug otherwise), "discovery failed", and "not in
@@ -16,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::driver::Event;
@@ -61,69 +63,72 @@ pub(crate) struct DiscoveryLoop {
 }
 
 impl DiscoveryLoop {
-    /// Starts the loop on the current runtime.
+    /// Starts one task per method on the current runtime, under one handle: aborting it stops them all.
     pub(crate) fn spawn(self) -> JoinHandle<()> {
-        tokio::spawn(self.run())
+        tokio::spawn(async move {
+            self.update_stats(|all| {
+                *all = self
+                    .methods
+                    .iter()
+                    .map(|m| DiscoveryMethodStats {
+                        method: m.name(),
+                        ..DiscoveryMethodStats::default()
+                    })
+                    .collect();
+            });
+            let this = Arc::new(self);
+            // Each method runs on its own, so a slow one (a timeout) never delays the others. The guard aborts
+            // them when this task is aborted (shutdown) or dropped.
+            let _tasks = AbortOnDrop(
+                (0..this.methods.len())
+                    .map(|i| tokio::spawn(Arc::clone(&this).run_method(i)))
+                    .collect(),
+            );
+            std::future::pending::<()>().await
+        })
     }
 
-    async fn run(self) {
-        let wake = Arc::new(Notify::new());
-        for method in &self.methods {
-            if let Some(changed) = method.changed() {
-                let wake = Arc::clone(&wake);
-                tokio::spawn(async move {
-                    loop {
-                        changed.notified().await;
-                        wake.notify_one();
-                    }
-                });
-            }
-        }
-        let mut registered = vec![false; self.methods.len()];
-        let mut seen: HashSet<SocketAddr> = HashSet::new();
+    /// Registers method `i` (retried every round until it works) and runs its rounds: every `interval`, and
+    /// soon after the method signals a change.
+    async fn run_method(self: Arc<Self>, i: usize) {
+        let method = Arc::clone(&self.methods[i]);
+        let changed = method.changed();
+        let mut registered = false;
+        let mut previous: HashSet<SocketAddr> = HashSet::new();
         let mut warned_outside: HashSet<SocketAddr> = HashSet::new();
-        self.update_stats(|all| {
-            *all = self
-                .methods
-                .iter()
-                .map(|m| DiscoveryMethodStats {
-                    method: m.name(),
-                    ..DiscoveryMethodStats::default()
-                })
-                .collect();
-        });
         loop {
-            for (i, method) in self.methods.iter().enumerate() {
-                if !registered[i] {
-                    registered[i] = self.register(method.as_ref()).await;
-                    let ok = registered[i];
-                    self.update_stats(|all| {
-                        all[i].registered = ok;
-                        all[i].registration_errors += u64::from(!ok);
-                    });
-                }
-                let found = self
-                    .round(method.as_ref(), &mut seen, &mut warned_outside)
-                    .await;
-                let backend = method.counters();
-                let outside = warned_outside.len();
+            if !registered {
+                registered = self.register(method.as_ref()).await;
+                let ok = registered;
                 self.update_stats(|all| {
-                    let s = &mut all[i];
-                    s.runs += 1;
-                    match found {
-                        Some(n) => s.last_found = n,
-                        None => s.errors += 1,
-                    }
-                    s.outside_space = outside;
-                    s.backend = backend;
+                    all[i].registered = ok;
+                    all[i].registration_errors += u64::from(!ok);
                 });
             }
-            tokio::select! {
-                () = tokio::time::sleep(self.interval) => {}
-                () = wake.notified() => {
-                    // Let a burst of changes settle into one round.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            let found = self
+                .round(method.as_ref(), &mut previous, &mut warned_outside)
+                .await;
+            let backend = method.counters();
+            let outside = warned_outside.len();
+            self.update_stats(|all| {
+                let s = &mut all[i];
+                s.runs += 1;
+                match found {
+                    Some(n) => s.last_found = n,
+                    None => s.errors += 1,
                 }
+                s.outside_space = outside;
+                s.backend = backend;
+            });
+            match &changed {
+                Some(changed) => tokio::select! {
+                    () = tokio::time::sleep(self.interval) => {}
+                    () = changed.notified() => {
+                        // Let a burst of changes settle into one round.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                None => tokio::time::sleep(self.interval).await,
             }
         }
     }
@@ -157,7 +162,7 @@ impl DiscoveryLoop {
     async fn round(
         &self,
         method: &dyn Discovery,
-        seen: &mut HashSet<SocketAddr>,
+        previous: &mut HashSet<SocketAddr>,
         warned_outside: &mut HashSet<SocketAddr>,
     ) -> Option<usize> {
         let found = match tokio::time::timeout(self.timeout, method.discover()).await {
@@ -176,6 +181,8 @@ impl DiscoveryLoop {
             }
         };
         let filtered = filter::filter(&found, &self.allowed, &self.own);
+        // Warn once per address while it keeps showing up; forget addresses that are gone (bounded memory).
+        warned_outside.retain(|a| filtered.outside.contains(a));
         for addr in filtered.outside {
             if warned_outside.insert(addr) {
                 tracing::warn!(
@@ -186,12 +193,14 @@ impl DiscoveryLoop {
                 );
             }
         }
+        // New: not found by the previous round of this method.
         let new: Vec<SocketAddr> = filtered
             .accepted
             .iter()
             .copied()
-            .filter(|a| !seen.contains(a))
+            .filter(|a| !previous.contains(a))
             .collect();
+        *previous = filtered.accepted.iter().copied().collect();
         if new.is_empty() {
             let alone = self.members.load().local.state != LocalState::Joined;
             if alone {
@@ -204,7 +213,6 @@ impl DiscoveryLoop {
                 tracing::debug!(method = method.name(), "no new nodes discovered");
             }
         } else {
-            seen.extend(new.iter().copied());
             tracing::info!(
                 method = method.name(),
                 new = ?new,
@@ -223,6 +231,15 @@ impl DiscoveryLoop {
                 .await;
         }
         Some(count)
+    }
+}
+
+/// Aborts the tasks when dropped.
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(JoinHandle::abort);
     }
 }
 

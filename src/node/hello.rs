@@ -23,6 +23,8 @@ pub struct PeerHello {
     pub capabilities: u64,
     /// The gossip address it advertises (`None` for a client that is not a member).
     pub gossip_addr: Option<SocketAddr>,
+    /// The link nonce it sent (the dialer's choice; 0 from an acceptor).
+    pub link_nonce: u64,
 }
 
 /// Why a link was refused during the exchange.
@@ -58,6 +60,7 @@ pub fn own_hello(node_id: &str, replica_id: u64, gossip_addr: SocketAddr) -> Hel
         protocol_version: (u32::from(PROTOCOL_MAJOR) << 16) | u32::from(PROTOCOL_MINOR),
         capabilities: capabilities::REPLICATION_V1,
         gossip_addr: gossip_addr.to_string(),
+        link_nonce: 0,
     }
 }
 
@@ -133,7 +136,14 @@ fn check(
         replica_id: hello.replica_id.to_native(),
         capabilities: hello.capabilities.to_native(),
         gossip_addr,
+        link_nonce: hello.link_nonce.to_native(),
     };
+    if let Err(rule) = crate::config::NodeId::new(&peer.node_id) {
+        return Err(HelloError::Invalid(format!(
+            "node id {:?}: {rule}",
+            peer.node_id
+        )));
+    }
     if peer.replica_id == ours.replica_id {
         return Err(HelloError::SelfLink);
     }

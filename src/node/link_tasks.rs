@@ -40,11 +40,13 @@ pub(crate) fn spawn_acceptor(
             tokio::spawn(async move {
                 match hello::exchange(&link, &setup.ours, false, setup.trust, setup.timeout).await {
                     Ok(hello) => {
+                        let link_nonce = hello.link_nonce;
                         let _ = events
                             .send(Event::PeerUp {
                                 link,
                                 hello,
                                 dialed_addr: None,
+                                link_nonce,
                             })
                             .await;
                     }
@@ -66,9 +68,15 @@ pub(crate) fn spawn_dial(
     events: mpsc::Sender<Event>,
 ) {
     tokio::spawn(async move {
+        // A fresh nonce per link: it settles duplicate links the same way at both ends.
+        let mut ours = setup.ours.clone();
+        ours.link_nonce = super::identity::random_u64().unwrap_or_else(|_| {
+            u64::from(addr.port()) ^ ours.replica_id.rotate_left(17) ^ link_counter()
+        });
+        let link_nonce = ours.link_nonce;
         let outcome = match transport.connect(addr).await {
             Ok(link) => {
-                match hello::exchange(&link, &setup.ours, true, setup.trust, setup.timeout).await {
+                match hello::exchange(&link, &ours, true, setup.trust, setup.timeout).await {
                     Ok(hello) => Ok((link, hello)),
                     Err(error) => {
                         let reason = if matches!(error, HelloError::SelfLink) {
@@ -88,6 +96,7 @@ pub(crate) fn spawn_dial(
                 link,
                 hello,
                 dialed_addr: Some(addr),
+                link_nonce,
             },
             Err((error, self_link)) => Event::DialFailed {
                 addr,
@@ -97,6 +106,13 @@ pub(crate) fn spawn_dial(
         };
         let _ = events.send(event).await;
     });
+}
+
+/// A process-wide dial counter: the fallback nonce when the OS random generator fails.
+fn link_counter() -> u64 {
+    static DIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Relaxed: a counter for uniqueness, ordering nothing.
+    DIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Sends `frame` on a new stream of `link`, in the background; a failure is reported as `StreamFailed`.

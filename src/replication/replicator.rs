@@ -237,6 +237,17 @@ impl Replicator {
         }
     }
 
+    /// Sending to `peer` failed (a stream refused or reset): its outstanding check, if any, cannot be answered;
+    /// the next one goes out one interval from `now_ms` instead of waiting for the timeout. The caller counts
+    /// the failure as a failed health check.
+    pub fn check_failed(&mut self, peer: PeerId, now_ms: u64) {
+        if let Some(p) = self.peers.get_mut(&peer)
+            && p.outstanding.take().is_some()
+        {
+            p.next_check_ms = now_ms.saturating_add(self.options.check_interval_ms);
+        }
+    }
+
     /// The next answered data-plane check, in the order they were answered.
     pub fn poll_check(&mut self) -> Option<CheckAnswered> {
         self.checks.pop_front()

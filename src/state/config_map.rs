@@ -11,8 +11,11 @@
 //!   an older put arriving late. A tombstone is collected [`ConfigMapOptions::tombstone_ttl_ms`] after its
 //!   write; a node cut off for longer than that may bring the deleted key back (documented trade-off).
 //! - **Bounded.** At most `max_entries` keys (tombstones included), keys up to `max_key_bytes`, values up to
-//!   `max_value_bytes`. A local put past a bound is refused with a typed [`StateError`]; a remote entry past
-//!   one is dropped and counted, and the map keeps what it has.
+//!   `max_value_bytes`. A local put past a bound is refused with a typed [`StateError`]; a remote value past
+//!   one is dropped and counted, and the map keeps what it has. Remote deletes are never refused for space.
+//! - **No entry from the far future.** A remote entry written more than [`MAX_DRIFT_MS`] ahead of this node's
+//!   clock is refused (it would win over every write for that long); an expired tombstone is not taken back
+//!   once collected, so collection converges.
 //! - Sans-IO: time comes in as `now_ms`.
 
 use std::collections::BTreeMap;
@@ -21,7 +24,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::error::StateError;
-use super::hlc::{Hlc, Timestamp};
+use super::hlc::{Hlc, MAX_DRIFT_MS, Timestamp};
 
 /// Bounds and timing of the map. Every node of a cluster should use the same values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +179,17 @@ impl ConfigMap {
     /// Merges a remote entry at wall time `now_ms`. Returns the visible change, if the entry won and changed
     /// what a reader sees.
     pub fn merge(&mut self, entry: ConfigEntry, now_ms: u64) -> Option<ConfigChange> {
+        if entry.ts.wall_ms > now_ms.saturating_add(MAX_DRIFT_MS) {
+            // Written by a clock far ahead: it would beat every write for that long. Refused.
+            self.stats.refused += 1;
+            return None;
+        }
+        if entry.value.is_none() && entry.ts.wall_ms.saturating_add(self.options.tombstone_ttl_ms) <= now_ms
+        {
+            // A tombstone past its time: every node collects it; taking it back would resurrect it forever.
+            self.stats.stale += 1;
+            return None;
+        }
         self.hlc.observe(&entry.ts, now_ms);
         let current = self.entries.get(&entry.key);
         if let Some(current) = current
@@ -184,7 +198,12 @@ impl ConfigMap {
             self.stats.stale += 1;
             return None;
         }
-        if self.check(&entry.key, entry.value.as_deref()).is_err() {
+        // Deletes are never refused for space (they are how space comes back); sizes still apply.
+        let refused = match &entry.value {
+            Some(value) => self.check(&entry.key, Some(value)).is_err(),
+            None => entry.key.is_empty() || entry.key.len() > self.options.max_key_bytes,
+        };
+        if refused {
             self.stats.refused += 1;
             return None;
         }
@@ -346,6 +365,23 @@ mod tests {
         assert_eq!(m.merge(remote, 10), None);
         assert_eq!(m.stats().refused, 1);
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn expired_tombstones_and_far_future_entries_are_not_taken() {
+        let mut a = ConfigMap::new("a", ConfigMapOptions { tombstone_ttl_ms: 100, ..ConfigMapOptions::default() });
+        let mut b = ConfigMap::new("b", ConfigMapOptions { tombstone_ttl_ms: 100, ..ConfigMapOptions::default() });
+        let tombstone = b.delete("gone", 1_000).expect("delete");
+        assert_eq!(a.merge(tombstone.clone(), 1_050), None);
+        assert_eq!(a.len(), 1, "a fresh tombstone is kept");
+        a.collect_tombstones(1_100);
+        assert_eq!(a.len(), 0);
+        assert_eq!(a.merge(tombstone, 1_200), None, "an expired tombstone does not come back");
+        assert_eq!(a.len(), 0);
+        let mut c = ConfigMap::new("c", ConfigMapOptions::default());
+        let future = c.put("k", Bytes::from_static(b"x"), 10_000_000).expect("put");
+        assert_eq!(a.merge(future, 10_000_000 - MAX_DRIFT_MS - 1), None);
+        assert_eq!(a.stats().refused, 1);
     }
 
     #[test]

@@ -134,6 +134,12 @@ impl StateReplicator {
         }
     }
 
+    /// Collects expired tombstones first, so digests compare what both sides will keep.
+    fn digest_at(&mut self, now_ms: u64) -> (u32, u64) {
+        self.map.collect_tombstones(now_ms);
+        self.map.digest()
+    }
+
     /// A peer link is gone.
     pub fn remove_peer(&mut self, peer: PeerId) {
         self.peers.remove(&peer);
@@ -195,6 +201,7 @@ impl StateReplicator {
     pub fn handle_timeout(&mut self, now_ms: u64) {
         if now_ms >= self.next_digest_ms {
             self.next_digest_ms = now_ms + self.options.digest_interval_ms.max(1);
+            self.map.collect_tombstones(now_ms);
             if !self.peers.is_empty() {
                 let index = (self.rng.next_u64() % self.peers.len() as u64) as usize;
                 if let Some(&peer) = self.peers.iter().nth(index) {
@@ -266,7 +273,7 @@ impl StateReplicator {
             Frame::ConfigDigest(digest) => {
                 self.stats.config_frames_received += 1;
                 let theirs = (digest.entries.to_native(), digest.fingerprint.to_native());
-                if theirs != self.map.digest() {
+                if theirs != self.digest_at(now_ms) {
                     self.stats.config_repairs += 1;
                     self.send_map(peer, true);
                 }

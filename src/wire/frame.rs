@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset 0..2  magic  b"BF"
-//! offset 2     major protocol version (1)
+//! offset 2     major protocol version (2)
 //! offset 3     message kind
 //! offset 4..8  archive length, u32 little endian
 //! offset 8..   the archive (rkyv 0.8, unaligned, little endian, 32-bit relative pointers)
@@ -32,9 +32,9 @@ use super::messages::{
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"BF";
 /// The major protocol version this build speaks.
-pub const PROTOCOL_MAJOR: u8 = 1;
+pub const PROTOCOL_MAJOR: u8 = 2;
 /// The minor protocol version this build speaks (announced in [`Hello`]).
-pub const PROTOCOL_MINOR: u16 = 1;
+pub const PROTOCOL_MINOR: u16 = 0;
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 8;
 /// Largest frame accepted (header included): 1 MiB. Datagrams are far smaller (the path MTU bounds them).
@@ -64,15 +64,15 @@ pub enum Kind {
     StateRequest = 4,
     /// [`StateChunk`].
     StateChunk = 5,
-    /// [`DataPing`] (protocol 1.1).
+    /// [`DataPing`] (protocol 2).
     DataPing = 6,
-    /// [`DataPong`] (protocol 1.1).
+    /// [`DataPong`] (protocol 2).
     DataPong = 7,
-    /// [`ConfigEntries`] (protocol 1.1, shared state).
+    /// [`ConfigEntries`] (protocol 2, shared state).
     ConfigEntries = 8,
-    /// [`ConfigDigest`] (protocol 1.1, shared state).
+    /// [`ConfigDigest`] (protocol 2, shared state).
     ConfigDigest = 9,
-    /// [`NodeHealth`] (protocol 1.1, shared state).
+    /// [`NodeHealth`] (protocol 2, shared state).
     NodeHealth = 10,
     /// [`MembershipPacket`] (the first of the kinds reserved for the membership plane, 16..=31).
     Membership = 16,

@@ -13,7 +13,7 @@ use crate::counter::{Alignment, Unit, Window, WindowError};
 
 /// Capabilities a node announces in [`Hello`]; unknown bits are ignored.
 pub mod capabilities {
-    /// Understands [`super::DeltaBatch`] and the anti-entropy messages of protocol 1.
+    /// Understands [`super::DeltaBatch`] and the anti-entropy messages.
     pub const REPLICATION_V1: u64 = 1 << 0;
     /// Understands relayed groups (origins other than the sender) in batches.
     pub const RELAYED_GROUPS: u64 = 1 << 1;
@@ -35,6 +35,10 @@ pub struct Hello {
     /// node reach it. It can differ from the address a link arrives from (NAT, several interfaces). Empty
     /// for a client that is not a member (a tool). At most [`crate::wire::MAX_NODE_ID_BYTES`] bytes.
     pub gossip_addr: String,
+    /// Chosen at random by the dialer for each link and sent by it; the acceptor sends 0. When two links join
+    /// the same pair of nodes, both ends keep the one with the lower `(dialer replica id, link nonce)`, so
+    /// they agree without talking even when one node dialed both.
+    pub link_nonce: u64,
 }
 
 /// A window on the wire: count, unit and alignment as small integers.
@@ -136,7 +140,7 @@ pub enum OriginKind {
     /// A replica's own values (merged per origin with max).
     Replica,
     /// An aggregate of several replicas, named by an aggregate id (reserved for the large-cluster step;
-    /// receivers of protocol 1 ignore these groups).
+    /// receivers of protocol 2 ignore these groups).
     Aggregate,
 }
 

@@ -47,11 +47,13 @@ use crate::wire::{self, Frame, Kind, MembershipPacket};
 
 /// Inputs of the driver.
 pub(crate) enum Event {
-    /// A link passed the hello exchange. `dialed_addr` is the address we dialed (`None`: the peer dialed us).
+    /// A link passed the hello exchange. `dialed_addr` is the address we dialed (`None`: the peer dialed us);
+    /// `link_nonce` is the dialer's nonce, known to both ends.
     PeerUp {
         link: Link,
         hello: PeerHello,
         dialed_addr: Option<SocketAddr>,
+        link_nonce: u64,
     },
     /// A dial ended without a link. `self_link`: the address is this node itself.
     DialFailed {
@@ -111,6 +113,8 @@ struct Linked {
     link: Link,
     hello: PeerHello,
     dialed_by_us: bool,
+    /// The dialer's nonce of this link.
+    link_nonce: u64,
     readers: Vec<JoinHandle<()>>,
     /// Addresses routed to this link: the peer's advertised gossip address and the address we dialed.
     addrs: Vec<SocketAddr>,
@@ -244,9 +248,16 @@ impl Driver {
             self.log_cluster_health(self.membership.cluster_health());
         }
         loop {
+            // Timers first, whatever the backlog of events: under a steady stream of frames the sleep below would
+            // never be the ready branch, and flushes, checks and SWIM timers would starve.
+            if self.next_due_ms() <= self.now() {
+                self.handle_timers();
+                self.send_transmits();
+            }
             let wait = self.next_due_ms().saturating_sub(self.now());
             tokio::select! {
                 event = rx.recv() => match event {
+                    // The driver holds a sender itself, so the channel never closes while it runs.
                     None => break,
                     Some(Event::Shutdown { done }) => {
                         self.shutdown().await;
@@ -278,14 +289,7 @@ impl Driver {
         let step = self.join.step(self.membership.is_joined(), now);
         if step.attempt {
             for target in self.join.targets().to_vec() {
-                if self.self_addrs.contains(&target) {
-                    continue;
-                }
-                match self.membership.join(target, now) {
-                    Ok(()) => {}
-                    Err(MembershipError::JoinSelf(addr)) => self.join.remove_target(addr),
-                    Err(error) => tracing::debug!(%target, %error, "join request not sent"),
-                }
+                self.ask_to_join(target, now);
             }
             tracing::debug!(
                 attempt = self.join.attempts(),
@@ -314,7 +318,7 @@ impl Driver {
                 "failed to join cluster; still retrying"
             );
         }
-        self.after_membership(now);
+        self.after_membership();
     }
 
     fn handle(&mut self, event: Event) {
@@ -323,7 +327,8 @@ impl Driver {
                 link,
                 hello,
                 dialed_addr,
-            } => self.peer_up(link, hello, dialed_addr),
+                link_nonce,
+            } => self.peer_up(link, hello, dialed_addr, link_nonce),
             Event::PeerDown { link_id } => self.peer_down(link_id as PeerId),
             Event::DialFailed {
                 addr,
@@ -336,14 +341,16 @@ impl Driver {
             Event::StreamFailed { link_id, error } => {
                 if let Some(linked) = self.links.get(&(link_id as PeerId)) {
                     let replica = linked.hello.replica_id;
+                    self.replicator.check_failed(link_id as PeerId, self.now());
                     let reason = format!("replication stream failed: {error}");
                     let _ = self
                         .membership
                         .record_data_plane(replica, false, &reason, self.now());
-                    self.after_membership(self.now());
+                    self.after_membership();
                 }
             }
-            Event::Shutdown { .. } => {}
+            // Handled by the run loop before it gets here.
+            Event::Shutdown { done } => drop(done),
         }
     }
 
@@ -361,16 +368,23 @@ impl Driver {
                 .membership
                 .state_of(addr)
                 .is_some_and(|(_, state)| state.is_active());
-            if active {
-                continue;
-            }
-            match self.membership.join(addr, now) {
-                Ok(()) => {}
-                Err(MembershipError::JoinSelf(addr)) => self.join.remove_target(addr),
-                Err(error) => tracing::debug!(%addr, %error, "join request not sent"),
+            if !active {
+                self.ask_to_join(addr, now);
             }
         }
-        self.after_membership(now);
+        self.after_membership();
+    }
+
+    /// Asks the node at `addr` to let this node in (a join target that turns out to be us is forgotten).
+    fn ask_to_join(&mut self, addr: SocketAddr, now: u64) {
+        if self.self_addrs.contains(&addr) {
+            return;
+        }
+        match self.membership.join(addr, now) {
+            Ok(()) => {}
+            Err(MembershipError::JoinSelf(addr)) => self.join.remove_target(addr),
+            Err(error) => tracing::debug!(%addr, %error, "join request not sent"),
+        }
     }
 
     fn frame(&mut self, peer: PeerId, bytes: Bytes) {
@@ -378,7 +392,9 @@ impl Driver {
             return;
         };
         let now = self.now();
-        if let Ok((Kind::Membership, _)) = wire::split_header(&bytes) {
+        // Route by the header's kind (one read of 8 bytes; each plane validates the whole frame itself).
+        let kind = wire::split_header(&bytes).map(|(kind, _)| kind).ok();
+        if kind == Some(Kind::Membership) {
             let from = linked
                 .hello
                 .gossip_addr
@@ -403,7 +419,7 @@ impl Driver {
                             }
                         }
                     }
-                    self.after_membership(now);
+                    self.after_membership();
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(
@@ -416,7 +432,10 @@ impl Driver {
             }
             return;
         }
-        if Self::is_state_frame(&bytes) {
+        if matches!(
+            kind,
+            Some(Kind::ConfigEntries | Kind::ConfigDigest | Kind::NodeHealth)
+        ) {
             self.state_frame(peer, &bytes);
             return;
         }
@@ -441,17 +460,19 @@ impl Driver {
             answered = true;
         }
         if answered {
-            self.after_membership(now);
+            self.after_membership();
         }
     }
 
-    /// The replica id of the node that dialed `linked`.
-    fn dialer_replica(&self, linked: &Linked) -> u64 {
-        if linked.dialed_by_us {
+    /// `(replica id of the node that dialed `linked`, the dialer's link nonce)`: the same at both ends, so the
+    /// lower one is the link both keep.
+    fn link_rank(&self, linked: &Linked) -> (u64, u64) {
+        let dialer = if linked.dialed_by_us {
             self.replicator.replica_id()
         } else {
             linked.hello.replica_id
-        }
+        };
+        (dialer, linked.link_nonce)
     }
 
     /// True when membership holds this replica down or left (then nothing is replicated to it).
@@ -462,7 +483,13 @@ impl Driver {
             .is_some_and(|m| !m.state.is_active())
     }
 
-    fn peer_up(&mut self, link: Link, hello: PeerHello, dialed_addr: Option<SocketAddr>) {
+    fn peer_up(
+        &mut self,
+        link: Link,
+        hello: PeerHello,
+        dialed_addr: Option<SocketAddr>,
+        link_nonce: u64,
+    ) {
         let pending = dialed_addr
             .and_then(|addr| self.dials.get_mut(&addr))
             .map(|d| {
@@ -483,6 +510,7 @@ impl Driver {
             link,
             hello,
             dialed_by_us: dialed_addr.is_some(),
+            link_nonce,
             readers: Vec::new(),
             addrs: Vec::new(),
             replicating: false,
@@ -491,11 +519,9 @@ impl Driver {
         if let Some(&existing) = self.by_replica.get(&candidate.hello.replica_id)
             && let Some(old) = self.links.get(&existing)
         {
-            let (old_dialer, new_dialer) =
-                (self.dialer_replica(old), self.dialer_replica(&candidate));
-            // Keep the link dialed by the lower replica id; both ends apply the same rule. Same dialer: the
-            // newer link replaces the older (which is probably dead).
-            if new_dialer > old_dialer {
+            // Keep the link with the lower (dialer replica id, link nonce): both ends know both and apply the same
+            // rule, whatever order the links came up in at each end.
+            if self.link_rank(&candidate) > self.link_rank(old) {
                 candidate.link.close("duplicate link");
                 surviving = existing;
             } else {
@@ -584,7 +610,7 @@ impl Driver {
         }
         let dial = self.dials.entry(addr).or_default();
         dial.in_flight = false;
-        dial.pending.clear();
+        let pending = std::mem::take(&mut dial.pending);
         dial.failures = dial.failures.saturating_add(1);
         let backoff = FIRST_DIAL_BACKOFF_MS
             .saturating_mul(1 << dial.failures.saturating_sub(1).min(16))
@@ -596,9 +622,16 @@ impl Driver {
             tracing::debug!(%addr, %error, failures = dial.failures, "failed to link to peer");
         }
         dial.last_error = Some(error);
+        // The peer may have dialed us meanwhile: what waited for this dial goes on that link.
+        if let Some(linked) = self.by_addr.get(&addr).and_then(|p| self.links.get(p)) {
+            for frame in pending {
+                send_frame(linked, frame, &self.events);
+            }
+        }
     }
 
-    /// Makes sure a link to `addr` exists or is being dialed (unless backing off). Returns the link if any.
+    /// Makes sure a link to `addr` exists or is being dialed (unless backing off), and sends `frame` on it or
+    /// queues it for the dial.
     fn ensure_link(&mut self, addr: SocketAddr, frame: Option<Bytes>) {
         if self.self_addrs.contains(&addr) || addr == self.membership.local_id().addr() {
             return;
@@ -632,19 +665,18 @@ impl Driver {
     }
 
     /// Sends what membership queued and reacts to its events.
-    fn after_membership(&mut self, now: u64) {
+    fn after_membership(&mut self) {
         while let Some((addr, payload)) = self.membership.poll_transmit() {
-            match wire::encode(&MembershipPacket { payload }) {
-                Ok(frame) => self.ensure_link(addr, Some(Bytes::from(frame))),
-                Err(error) => tracing::error!(%error, "failed to encode a membership packet"),
+            if let Some(frame) = membership_frame(payload) {
+                self.ensure_link(addr, Some(frame));
             }
         }
         while let Some(event) = self.membership.poll_event() {
-            self.member_event(event, now);
+            self.member_event(event);
         }
     }
 
-    fn member_event(&mut self, event: MembershipEvent, _now: u64) {
+    fn member_event(&mut self, event: MembershipEvent) {
         match event {
             MembershipEvent::Joined { peers } => {
                 tracing::info!(peers, "successfully joined {peers} peers on startup");
@@ -774,26 +806,20 @@ impl Driver {
         }
     }
 
-    fn send_transmits(&mut self) {
-        while let Some(transmit) = self
-            .replicator
+    /// The next frame either replication plane (counters, shared state) wants sent.
+    fn next_transmit(&mut self) -> Option<crate::replication::Transmit> {
+        self.replicator
             .poll_transmit()
             .or_else(|| self.state.poll_transmit())
-        {
+    }
+
+    fn send_transmits(&mut self) {
+        while let Some(transmit) = self.next_transmit() {
             let Some(linked) = self.links.get(&transmit.peer) else {
                 continue;
             };
             match transmit.channel {
-                Channel::Datagram => match linked.link.send_datagram(transmit.frame.clone()) {
-                    Ok(()) => {}
-                    // The path MTU shrank since the last refresh: the values still go, reliably.
-                    Err(LinkError::DatagramTooLarge { .. }) => link_tasks::spawn_stream_send(
-                        linked.link.clone(),
-                        transmit.frame,
-                        self.events.clone(),
-                    ),
-                    Err(error) => tracing::debug!(%error, "datagram not sent (link closing)"),
-                },
+                Channel::Datagram => send_frame(linked, transmit.frame, &self.events),
                 Channel::Stream => link_tasks::spawn_stream_send(
                     linked.link.clone(),
                     transmit.frame,
@@ -843,11 +869,7 @@ impl Driver {
         // 1. The last deltas, on streams, confirmed by the peers.
         self.replicator.flush(self.now());
         let mut frames = Vec::new();
-        while let Some(transmit) = self
-            .replicator
-            .poll_transmit()
-            .or_else(|| self.state.poll_transmit())
-        {
+        while let Some(transmit) = self.next_transmit() {
             if let Some(linked) = self.links.get(&transmit.peer) {
                 frames.push((linked.link.clone(), transmit.frame));
             }
@@ -872,14 +894,14 @@ impl Driver {
             let Some(linked) = self.by_addr.get(&addr).and_then(|p| self.links.get(p)) else {
                 continue;
             };
-            if let Ok(frame) = wire::encode(&MembershipPacket { payload }) {
-                frames.push((linked.link.clone(), Bytes::from(frame)));
+            if let Some(frame) = membership_frame(payload) {
+                frames.push((linked.link.clone(), frame));
             }
         }
         let (confirmed, total) = link_tasks::send_and_confirm(frames, LEAVE_TIMEOUT).await;
         tracing::info!(notices = total, confirmed, "left the cluster");
         while let Some(event) = self.membership.poll_event() {
-            self.member_event(event, now);
+            self.member_event(event);
         }
         self.publish_status(true);
         for linked in self.links.values() {
@@ -888,13 +910,25 @@ impl Driver {
     }
 }
 
-/// Sends one membership frame on `linked`: as a datagram, or on a stream when it does not fit one.
+/// A membership payload wrapped in its frame.
+fn membership_frame(payload: Vec<u8>) -> Option<Bytes> {
+    match wire::encode(&MembershipPacket { payload }) {
+        Ok(frame) => Some(Bytes::from(frame)),
+        Err(error) => {
+            tracing::error!(%error, "failed to encode a membership packet");
+            None
+        }
+    }
+}
+
+/// Sends one frame on `linked` as a datagram, or on a stream when it does not fit one (the path MTU shrank) or
+/// the link takes no datagrams: the frame still goes, reliably.
 fn send_frame(linked: &Linked, frame: Bytes, events: &mpsc::Sender<Event>) {
     match linked.link.send_datagram(frame.clone()) {
         Ok(()) => {}
         Err(LinkError::DatagramTooLarge { .. } | LinkError::DatagramsUnsupported { .. }) => {
             link_tasks::spawn_stream_send(linked.link.clone(), frame, events.clone())
         }
-        Err(error) => tracing::debug!(%error, "membership datagram not sent (link closing)"),
+        Err(error) => tracing::debug!(%error, "datagram not sent (link closing)"),
     }
 }

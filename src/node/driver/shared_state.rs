@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::Driver;
 use crate::node::health_probe::HEALTH_INTERVAL;
 use crate::replication::PeerId;
-use crate::state::{LinkHealth, NodeRecord, StateError, StateReplicator, Timestamp};
+use crate::state::{LinkHealth, NodeRecord, StateError, Timestamp};
 
 /// A config write asked for by the handle.
 pub(crate) enum ConfigCommand {
@@ -28,19 +28,13 @@ pub(crate) enum ConfigCommand {
 impl Driver {
     pub(super) fn config_command(&mut self, command: ConfigCommand) {
         let now = self.now();
-        let result = match command {
-            ConfigCommand::Put { key, value, reply } => {
-                let _ = reply.send(self.state.put(&key, value, now));
-                true
-            }
-            ConfigCommand::Delete { key, reply } => {
-                let _ = reply.send(self.state.delete(&key, now));
-                true
-            }
+        let (result, reply) = match command {
+            ConfigCommand::Put { key, value, reply } => (self.state.put(&key, value, now), reply),
+            ConfigCommand::Delete { key, reply } => (self.state.delete(&key, now), reply),
         };
-        if result {
-            self.after_state();
-        }
+        // Publish the snapshot before answering, so the writer reads its own write.
+        self.after_state();
+        let _ = reply.send(result);
     }
 
     /// A frame of the shared-state plane from `peer`.
@@ -133,8 +127,4 @@ impl Driver {
         }
     }
 
-    /// Whether `bytes` belongs to the shared-state plane.
-    pub(super) fn is_state_frame(bytes: &[u8]) -> bool {
-        StateReplicator::is_state_frame(bytes)
-    }
 }
