@@ -2,11 +2,15 @@
 //! ports with its data in a temporary directory and killed when the test ends (a guard). Nodes are real
 //! in-process nodes over QUIC on 127.0.0.1; registrations are checked with the real `etcdctl`.
 //!
+//! The TLS tests generate their CA and certificates with rcgen and start etcd with `--cert-file`/`--key-file`
+//! (and `--client-cert-auth` for mutual TLS) on an `https://127.0.0.1:P` client URL.
+//!
 //! Without the `etcd` binary the tests print "SKIPPED" and pass, unless `REQUIRE_ETCD=1` (CI), then they fail.
 //! Every wait is a bounded poll; every address is on loopback.
 #![cfg(feature = "etcd")]
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +32,84 @@ const SECRET: &str = "etcd-discovery-test-secret-0123456789";
 struct Etcd {
     child: Child,
     endpoint: String,
+    /// `etcdctl` TLS flags (`--cacert`, `--cert`, `--key`) when the etcd serves https.
+    etcdctl_tls: Vec<String>,
     _dir: tempfile::TempDir,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, generated with rcgen, as PEM files.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A fresh CA named `ca_name` and its two leaves.
+    fn generate(ca_name: &str) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::default();
+        ca_params.distinguished_name = rcgen::DistinguishedName::new();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, ca_name);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let write = |name: &str, text: &str| -> PathBuf {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write PEM");
+            path
+        };
+        let leaf = |cn: &str, sans: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>| {
+            let key = KeyPair::generate().expect("leaf key");
+            // `CertificateParams::new` turns "127.0.0.1" into an IP address SAN.
+            let mut params = CertificateParams::new(sans).expect("leaf params");
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = usages;
+            let cert = params.signed_by(&key, &issuer).expect("leaf certificate");
+            (
+                write(&format!("{cn}.crt"), &cert.pem()),
+                write(&format!("{cn}.key"), &key.serialize_pem()),
+            )
+        };
+        // etcd also dials itself (its gRPC gateway) with the server certificate: it is a client too.
+        let (server_cert, server_key) = leaf(
+            "etcd-server",
+            vec!["127.0.0.1".into()],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client_cert, client_key) = leaf(
+            "bifrost-node",
+            vec!["bifrost-node.test".into()],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        );
+        Pki {
+            ca: write(&format!("{ca_name}.pem"), &ca_cert.pem()),
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+            _dir: dir,
+        }
+    }
 }
 
 impl Drop for Etcd {
@@ -42,6 +123,16 @@ impl Etcd {
     /// Starts etcd, or returns `None` (after printing SKIPPED) when the binary is missing and
     /// `REQUIRE_ETCD` is not `1`.
     fn start(test: &str) -> Option<Etcd> {
+        Etcd::start_with(test, None, false)
+    }
+
+    /// Starts etcd serving clients over https with `pki`'s server certificate; with `client_cert_auth`,
+    /// clients must present a certificate issued by `pki`'s CA.
+    fn start_tls(test: &str, pki: &Pki, client_cert_auth: bool) -> Option<Etcd> {
+        Etcd::start_with(test, Some(pki), client_cert_auth)
+    }
+
+    fn start_with(test: &str, tls: Option<&Pki>, client_cert_auth: bool) -> Option<Etcd> {
         let found = Command::new("etcd")
             .arg("--version")
             .stdout(Stdio::null())
@@ -69,10 +160,31 @@ impl Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let client_port = free_port();
         let peer_port = free_port();
-        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        let mut etcdctl_tls = Vec::new();
+        if let Some(pki) = tls {
+            command
+                .arg("--cert-file")
+                .arg(&pki.server_cert)
+                .arg("--key-file")
+                .arg(&pki.server_key);
+            if client_cert_auth {
+                command
+                    .arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(&pki.ca);
+            }
+            etcdctl_tls = vec![
+                format!("--cacert={}", pki.ca.display()),
+                format!("--cert={}", pki.client_cert.display()),
+                format!("--key={}", pki.client_key.display()),
+            ];
+        }
+        let child = command
             .arg("--name")
             .arg("bifrost-test")
             .arg("--data-dir")
@@ -97,6 +209,7 @@ impl Etcd {
         let etcd = Etcd {
             child,
             endpoint,
+            etcdctl_tls,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -129,6 +242,7 @@ impl Etcd {
             .arg(&self.endpoint)
             .arg("--dial-timeout=2s")
             .arg("--command-timeout=5s")
+            .args(&self.etcdctl_tls)
             .args(args)
             .output()
             .expect("run etcdctl")
@@ -475,6 +589,7 @@ async fn a_revoked_lease_is_granted_again_and_the_key_put_back() {
         &local("phoenix", gossip),
         EtcdOptions {
             lease_ttl: Duration::from_secs(3),
+            ..EtcdOptions::default()
         },
     )
     .await
@@ -574,4 +689,220 @@ async fn timed<T>(
         .await
         .expect("the call did not return within 30 s");
     (r, start.elapsed())
+}
+
+fn tls_options(ca: Option<&Pki>, identity: Option<&Pki>) -> EtcdOptions {
+    EtcdOptions {
+        ca_file: ca.map(|p| p.ca.clone()),
+        client_cert_file: identity.map(|p| p.client_cert.clone()),
+        client_key_file: identity.map(|p| p.client_key.clone()),
+        ..EtcdOptions::default()
+    }
+}
+
+/// Registers, discovers (seeing the key also through the real `etcdctl` over TLS) and deregisters.
+async fn register_discover_deregister(etcd: &Etcd, service: &str, options: EtcdOptions) {
+    let gossip: SocketAddr = "127.0.0.1:4301".parse().expect("addr");
+    let d = EtcdDiscovery::with_options(
+        &discovery_config(service, &etcd.endpoint, "2s"),
+        &local("secure", gossip),
+        options,
+    )
+    .await
+    .expect("backend");
+    d.register().await.expect("registered over TLS");
+    let key = format!("/services/{service}/secure");
+    assert_eq!(etcd.get_prefix(&key), [(key.clone(), gossip.to_string())]);
+    // Another registration, put with etcdctl, is found too.
+    let other = format!("/services/{service}/other");
+    let put = etcd.etcdctl(&["put", &other, "127.0.0.1:4302"]);
+    assert!(put.status.success(), "{put:?}");
+    let mut found = d.discover().await.expect("discovered over TLS");
+    found.sort();
+    assert_eq!(found, vec![gossip, "127.0.0.1:4302".parse().expect("addr")]);
+    d.deregister().await.expect("deregistered over TLS");
+    assert!(etcd.get_prefix(&key).is_empty());
+}
+
+/// `register()` with `options` fails: returns the error, after checking it is `Unreachable` naming the
+/// endpoint and saying "TLS".
+async fn tls_failure(etcd: &Etcd, service: &str, options: EtcdOptions) -> String {
+    let d = EtcdDiscovery::with_options(
+        &discovery_config(service, &etcd.endpoint, "2s"),
+        &local("refused", "127.0.0.1:4303".parse().expect("addr")),
+        options,
+    )
+    .await
+    .expect("construction contacts nothing");
+    let (result, took) = timed(d.register()).await;
+    let error = result.expect_err("the TLS connection must fail");
+    eprintln!("{}: register failed after {took:?}: {error}", etcd.endpoint);
+    assert!(
+        matches!(error, DiscoveryError::Unreachable { ref target, .. } if *target == etcd.endpoint),
+        "not Unreachable naming {}: {error:?}",
+        etcd.endpoint
+    );
+    let text = error.to_string();
+    assert!(text.contains(&etcd.endpoint), "{text}");
+    assert!(text.contains("TLS"), "the error does not say TLS: {text}");
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_millis(500),
+        "took {took:?} with a 2 s dial timeout"
+    );
+    // Nothing was registered.
+    assert!(
+        etcd.get_prefix(&format!("/services/{service}/refused"))
+            .is_empty()
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_work_with_the_ca_file_and_fail_without_it_naming_endpoint_and_tls() {
+    let pki = Pki::generate("bifrost-test-ca");
+    let Some(etcd) = Etcd::start_tls("https_endpoints_work_with_the_ca_file", &pki, false) else {
+        return;
+    };
+    assert!(etcd.endpoint.starts_with("https://127.0.0.1:"));
+    let service = "bifrost-https";
+    register_discover_deregister(&etcd, service, tls_options(Some(&pki), None)).await;
+
+    // Without the CA file the system trust store is used, which does not know this test CA.
+    let text = tls_failure(&etcd, service, tls_options(None, None)).await;
+    assert!(text.contains("certificate"), "{text}");
+    // With another CA's file: refused the same way.
+    let other = Pki::generate("another-ca");
+    let text = tls_failure(&etcd, service, tls_options(Some(&other), None)).await;
+    assert!(text.contains("UnknownIssuer"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_presents_the_client_certificate_and_fails_without_it() {
+    let pki = Pki::generate("bifrost-mtls-ca");
+    let Some(etcd) = Etcd::start_tls("mutual_tls_presents_the_client_certificate", &pki, true)
+    else {
+        return;
+    };
+    let service = "bifrost-mtls";
+    register_discover_deregister(&etcd, service, tls_options(Some(&pki), Some(&pki))).await;
+    // The server is trusted but no client certificate is presented: etcd refuses the connection.
+    let text = tls_failure(&etcd, service, tls_options(Some(&pki), None)).await;
+    assert!(
+        text.contains("received fatal alert") && text.contains("client_cert_file"),
+        "{text}"
+    );
+    // A client certificate from another CA is refused too.
+    let other = Pki::generate("another-mtls-ca");
+    let text = tls_failure(
+        &etcd,
+        service,
+        EtcdOptions {
+            ca_file: Some(pki.ca.clone()),
+            client_cert_file: Some(other.client_cert.clone()),
+            client_key_file: Some(other.client_key.clone()),
+            ..EtcdOptions::default()
+        },
+    )
+    .await;
+    assert!(
+        text.contains("received fatal alert") && text.contains("refused the client certificate"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn mixed_schemes_and_tls_files_with_http_are_setup_errors() {
+    // No etcd needed: construction checks the endpoints and the files.
+    let pki = Pki::generate("bifrost-setup-ca");
+    let mixed = load_from_str(&format!(
+        r#"{{ "cluster_config": {{ "enabled": true, "discovery": {{
+            "enabled": true, "type": "etcd", "service_name": "s",
+            "etcd_endpoints": ["http://127.0.0.1:1", "https://127.0.0.1:2"] }},
+            "security": {{ "cluster_secret": "{SECRET}" }} }} }}"#
+    ))
+    .expect("valid config")
+    .config
+    .discovery;
+    let node = local("n", "127.0.0.1:4304".parse().expect("addr"));
+    let error = EtcdDiscovery::new(&mixed, &node)
+        .await
+        .expect_err("mixed schemes");
+    assert!(matches!(error, DiscoveryError::Setup { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("cluster_config.discovery.etcd_endpoints"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("http://127.0.0.1:1"), "{error}");
+
+    let http = discovery_config("s", "http://127.0.0.1:1", "1s");
+    let error = EtcdDiscovery::with_options(&http, &node, tls_options(Some(&pki), None))
+        .await
+        .expect_err("ca_file with http");
+    assert!(error.to_string().contains("ca_file"), "{error}");
+
+    let https = discovery_config("s", "https://127.0.0.1:1", "1s");
+    // A file that is not a certificate, and half a key pair, are named.
+    let error = EtcdDiscovery::with_options(
+        &https,
+        &node,
+        EtcdOptions {
+            ca_file: Some(pki.client_key.clone()),
+            ..EtcdOptions::default()
+        },
+    )
+    .await
+    .expect_err("a key is no CA");
+    assert!(
+        error
+            .to_string()
+            .contains(&pki.client_key.display().to_string()),
+        "{error}"
+    );
+    let error = EtcdDiscovery::with_options(
+        &https,
+        &node,
+        EtcdOptions {
+            client_cert_file: Some(pki.client_cert.clone()),
+            ..EtcdOptions::default()
+        },
+    )
+    .await
+    .expect_err("no key");
+    assert!(error.to_string().contains("together"), "{error}");
+    // And a good configuration builds without contacting anything.
+    EtcdDiscovery::with_options(&https, &node, tls_options(Some(&pki), Some(&pki)))
+        .await
+        .expect("https with TLS files");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_endpoint_on_a_plain_http_etcd_is_a_tls_error() {
+    let Some(etcd) = Etcd::start("an_https_endpoint_on_a_plain_http_etcd") else {
+        return;
+    };
+    let https = etcd.endpoint.replacen("http://", "https://", 1);
+    let d = EtcdDiscovery::new(
+        &discovery_config("bifrost-plain", &https, "2s"),
+        &local("confused", "127.0.0.1:4305".parse().expect("addr")),
+    )
+    .await
+    .expect("construction contacts nothing");
+    let (result, took) = timed(d.register()).await;
+    let error = result.expect_err("TLS to a plain-http etcd must fail");
+    eprintln!("{https}: register failed after {took:?}: {error}");
+    assert!(
+        matches!(error, DiscoveryError::Unreachable { ref target, .. } if *target == https),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("TLS handshake failed") && text.contains("http://"),
+        "{text}"
+    );
+    assert!(
+        etcd.get_prefix("/services/bifrost-plain/").is_empty(),
+        "nothing registered"
+    );
 }

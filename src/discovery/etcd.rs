@@ -23,10 +23,27 @@
 //!   and wakes the discovery loop through [`Discovery::changed`] on every put and delete under the prefix.
 //! - Dropping the backend (the node's handle dropped without `shutdown`) stops its background tasks and
 //!   revokes nothing: the key then expires with the lease, like a crashed process.
-//! - `https://` endpoints are rejected at construction: this build's etcd client has no TLS.
+//! - `https://` endpoints are spoken to over TLS (rustls with the ring provider; HTTP/2 negotiated by ALPN).
+//!   The server's certificate must chain to the CA certificates in [`EtcdOptions::ca_file`] when it is set,
+//!   otherwise to the system's trust store (the OS certificate store, e.g. `/etc/ssl/certs` on Debian, as
+//!   loaded by `rustls-native-certs` at each connection), and must name the endpoint's host (DNS name or IP
+//!   address SAN). With [`EtcdOptions::client_cert_file`] and [`EtcdOptions::client_key_file`] the node
+//!   presents a client certificate (mutual TLS, etcd's `--client-cert-auth`). The files are read and checked
+//!   when the backend is built (a [`DiscoveryError::Setup`] naming the file otherwise); a rotated file takes
+//!   effect when the node restarts. All endpoints must use the same scheme: a list mixing `http://` and
+//!   `https://` is a [`DiscoveryError::Setup`] naming `cluster_config.discovery.etcd_endpoints`, and so are
+//!   TLS files given with `http://` endpoints.
+//! - A TLS failure (untrusted certificate, wrong name, a server that does not speak TLS, a refused or
+//!   missing client certificate) is an `Unreachable` error naming the endpoints, saying "TLS handshake
+//!   failed", the cause, the trust used and what to check. When the etcd client's error lost the cause
+//!   (HTTP/2 may keep only "connection closed" when etcd refuses the client certificate), or nothing
+//!   answered, the backend makes one TLS handshake of its own per endpoint, bounded like the TCP diagnosis
+//!   (1 s or 1/6 of `dial_timeout`): it presents the same client certificate, does not check etcd's
+//!   certificate (the etcd client does, and says so), sends no application data, and reports etcd's alert.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,8 +51,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -66,6 +86,18 @@ pub struct EtcdOptions {
     /// 1 s; rounded up to whole seconds (etcd counts in seconds and may raise a very short TTL to its own
     /// minimum, about 2 s with default server settings).
     pub lease_ttl: Duration,
+    /// PEM file with the CA certificate(s) that the certificates of `https://` endpoints must chain to,
+    /// replacing the system's trust store. Default: `None` (the system's trust store). Constraints: only with
+    /// `https://` endpoints; at least one certificate; read once, when the backend is built.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with the client certificate (chain, leaf first) presented to `https://` endpoints, for
+    /// etcd's `--client-cert-auth`. Default: `None` (no client certificate). Constraints: given together with
+    /// [`EtcdOptions::client_key_file`]; only with `https://` endpoints; read once, when the backend is
+    /// built.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM file with the private key of [`EtcdOptions::client_cert_file`] (PKCS#8, PKCS#1 or SEC1).
+    /// Default: `None`. Constraints: given together with `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl EtcdOptions {
@@ -79,6 +111,9 @@ impl Default for EtcdOptions {
     fn default() -> EtcdOptions {
         EtcdOptions {
             lease_ttl: EtcdOptions::DEFAULT_LEASE_TTL,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -96,6 +131,7 @@ impl std::fmt::Debug for EtcdDiscovery {
             .field("key", &self.inner.key)
             .field("value", &self.inner.value)
             .field("lease_ttl_s", &self.inner.lease_ttl_s)
+            .field("tls", &self.inner.tls.as_ref().map(|t| &t.summary))
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +163,8 @@ struct Inner {
     value: String,
     dial_timeout: Duration,
     lease_ttl_s: i64,
+    /// TLS settings, for `https://` endpoints (`None`: plain `http://`).
+    tls: Option<Tls>,
     /// The connected client (connecting is lazy; dropped after a connection error so the next call redials).
     client: Mutex<Option<Client>>,
     /// The lease the key is attached to now (updated by the keep-alive task when it re-grants).
@@ -140,6 +178,280 @@ struct Inner {
     bad_seen: Mutex<HashSet<(Vec<u8>, Vec<u8>)>>,
     watch_events: AtomicU64,
     watch_restarts: AtomicU64,
+}
+
+/// TLS settings for `https://` endpoints, checked when the backend is built.
+struct Tls {
+    /// What the etcd client is given.
+    client: TlsOptions,
+    /// Whether `EtcdOptions::ca_file` replaces the system's trust store.
+    custom_ca: bool,
+    /// Whether a client certificate is presented (mutual TLS).
+    client_cert: bool,
+    /// For [`tls_probe`]: the same client certificate, any server certificate.
+    probe: Arc<rustls::ClientConfig>,
+    /// For logs: where the trust comes from, and whether a client certificate is presented.
+    summary: String,
+}
+
+impl Tls {
+    /// Reads and checks the files of `options`.
+    fn load(options: &EtcdOptions) -> Result<Tls, DiscoveryError> {
+        let mut client = TlsOptions::new();
+        let mut summary = String::new();
+        match &options.ca_file {
+            Some(path) => {
+                let pem = read_file(path, "ca_file")?;
+                pem_certificates(&pem, path, "ca_file")?;
+                client = client.ca_certificate(Certificate::from_pem(pem));
+                summary.push_str(&format!("trusting the CA file {}", path.display()));
+            }
+            None => {
+                client = client.with_native_roots();
+                summary.push_str("trusting the system trust store");
+            }
+        }
+        let probe = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DiscoveryError::Setup {
+            backend: BACKEND,
+            reason: format!("TLS: {e}"),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))));
+        let (client_cert, mut probe) = match (&options.client_cert_file, &options.client_key_file) {
+            (None, None) => (false, probe.with_no_client_auth()),
+            (Some(cert_path), Some(key_path)) => {
+                let cert_pem = read_file(cert_path, "client_cert_file")?;
+                let chain = pem_certificates(&cert_pem, cert_path, "client_cert_file")?;
+                let key_pem = read_file(key_path, "client_key_file")?;
+                let key =
+                    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| DiscoveryError::Setup {
+                        backend: BACKEND,
+                        reason: format!(
+                            "EtcdOptions::client_key_file {}: no usable PEM private key: {e}",
+                            key_path.display()
+                        ),
+                    })?;
+                client = client.identity(Identity::from_pem(cert_pem, key_pem));
+                summary.push_str(&format!(
+                    ", presenting the client certificate {}",
+                    cert_path.display()
+                ));
+                let probe = probe.with_client_auth_cert(chain, key).map_err(|e| {
+                    DiscoveryError::Setup {
+                        backend: BACKEND,
+                        reason: format!(
+                            "EtcdOptions::client_cert_file {} and client_key_file {} do not make a usable \
+                             client certificate: {e}",
+                            cert_path.display(),
+                            key_path.display()
+                        ),
+                    }
+                })?;
+                (true, probe)
+            }
+            _ => {
+                return Err(DiscoveryError::Setup {
+                    backend: BACKEND,
+                    reason:
+                        "EtcdOptions::client_cert_file and client_key_file must be given together"
+                            .into(),
+                });
+            }
+        };
+        probe.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Tls {
+            custom_ca: options.ca_file.is_some(),
+            client,
+            client_cert,
+            probe: Arc::new(probe),
+            summary,
+        })
+    }
+
+    /// `TLS handshake failed: {cause} ({summary}){hint}`.
+    fn failure(&self, cause: &str, hint: &str) -> String {
+        format!("{TLS_FAILED}: {cause} ({}){hint}", self.summary)
+    }
+}
+
+/// Starts the text of every TLS failure.
+const TLS_FAILED: &str = "TLS handshake failed";
+
+/// The server certificate verifier of [`tls_probe`]: accepts any chain (the etcd client checks etcd's
+/// certificate, and its errors say so) but checks the handshake signatures with ring.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// What etcd at `endpoint` (an `https://` URL) says to a TLS handshake of our own presenting the same
+/// client certificate: the TLS failure and what to check (e.g. the alert refusing the client certificate,
+/// or the connection closed during the handshake), or `None` when etcd accepts it (its first HTTP/2 frames
+/// arrive), closes after the handshake without an alert, cannot be reached, or `deadline` passes first.
+/// Sends no application data. Used when the etcd client's error lost the TLS cause (HTTP/2
+/// keeps only a "connection closed" when etcd's alert races the client's first request).
+async fn tls_probe(tls: &Tls, endpoint: &str, deadline: Instant) -> Option<(String, &'static str)> {
+    let url = url::Url::parse(endpoint).ok()?;
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port_or_known_default()?;
+    let addr = tokio::time::timeout_at(deadline, tokio::net::lookup_host((host.as_str(), port)))
+        .await
+        .ok()?
+        .ok()?
+        .next()?;
+    let name = ServerName::try_from(host).ok()?;
+    let config = Arc::clone(&tls.probe);
+    let deadline = deadline.into_std();
+    match tokio::task::spawn_blocking(move || blocking_tls_probe(config, name, addr, deadline))
+        .await
+        .ok()??
+    {
+        Ok(cause) => {
+            let hint = rustls_hint(&cause, tls);
+            Some((cause.to_string(), hint))
+        }
+        Err(ClosedInHandshake) => Some((CLOSED_IN_HANDSHAKE.into(), NOT_TLS_HINT)),
+    }
+}
+
+/// The peer closed (or reset) the connection before the TLS handshake completed.
+struct ClosedInHandshake;
+
+fn blocking_tls_probe(
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    addr: SocketAddr,
+    deadline: std::time::Instant,
+) -> Option<Result<rustls::Error, ClosedInHandshake>> {
+    use std::io::Read;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+    };
+    let mut socket = std::net::TcpStream::connect_timeout(&addr, left()?).ok()?;
+    let mut connection = rustls::ClientConnection::new(config, name).ok()?;
+    loop {
+        let timeout = left()?;
+        socket.set_read_timeout(Some(timeout)).ok()?;
+        socket.set_write_timeout(Some(timeout)).ok()?;
+        if let Err(error) = connection.complete_io(&mut socket) {
+            // A TLS error comes wrapped in an io::Error; the connection closed (or reset) in the handshake
+            // tells too; anything else (a timeout) tells nothing.
+            if let Some(cause) = error
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return Some(Ok(cause.clone()));
+            }
+            let closed = matches!(
+                error.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+            if closed && connection.is_handshaking() {
+                return Some(Err(ClosedInHandshake));
+            }
+            return None;
+        }
+        if connection.is_handshaking() {
+            continue;
+        }
+        let mut byte = [0_u8; 1];
+        match connection.reader().read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // Data: etcd accepted us. Ok(0) or another error: closed without an alert.
+            _ => return None,
+        }
+    }
+}
+
+fn read_file(path: &Path, option: &str) -> Result<Vec<u8>, DiscoveryError> {
+    std::fs::read(path).map_err(|e| DiscoveryError::Setup {
+        backend: BACKEND,
+        reason: format!("EtcdOptions::{option} {}: cannot read: {e}", path.display()),
+    })
+}
+
+/// The certificates of a PEM file: at least one, every `CERTIFICATE` block well-formed.
+fn pem_certificates(
+    pem: &[u8],
+    path: &Path,
+    option: &str,
+) -> Result<Vec<CertificateDer<'static>>, DiscoveryError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DiscoveryError::Setup {
+            backend: BACKEND,
+            reason: format!(
+                "EtcdOptions::{option} {}: bad PEM certificate: {e}",
+                path.display()
+            ),
+        })?;
+    if certs.is_empty() {
+        return Err(DiscoveryError::Setup {
+            backend: BACKEND,
+            reason: format!(
+                "EtcdOptions::{option} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file",
+                path.display()
+            ),
+        });
+    }
+    Ok(certs)
 }
 
 impl EtcdDiscovery {
@@ -173,30 +485,53 @@ impl EtcdDiscovery {
             });
         }
         let mut endpoints = Vec::with_capacity(config.etcd_endpoints.len());
+        let mut schemes = Vec::new();
         for url in &config.etcd_endpoints {
             let text = url.as_str().strip_suffix('/').unwrap_or(url.as_str());
             match url.scheme() {
-                "http" => endpoints.push(text.to_owned()),
-                "https" => {
-                    return Err(DiscoveryError::Setup {
-                        backend: BACKEND,
-                        reason: format!(
-                            "cluster_config.discovery.etcd_endpoints: {text}: https endpoints are not \
-                             supported by this build (its etcd client has no TLS); use http:// or a local \
-                             TLS-terminating proxy"
-                        ),
-                    });
+                scheme @ ("http" | "https") => {
+                    endpoints.push(text.to_owned());
+                    if !schemes.contains(&scheme) {
+                        schemes.push(scheme);
+                    }
                 }
                 other => {
                     return Err(DiscoveryError::Setup {
                         backend: BACKEND,
                         reason: format!(
-                            "cluster_config.discovery.etcd_endpoints: {text}: scheme {other:?} is not http"
+                            "cluster_config.discovery.etcd_endpoints: {text}: scheme {other:?} is neither http \
+                             nor https"
                         ),
                     });
                 }
             }
         }
+        let tls_files = options.ca_file.is_some()
+            || options.client_cert_file.is_some()
+            || options.client_key_file.is_some();
+        let tls = match schemes.as_slice() {
+            ["https"] => Some(Tls::load(&options)?),
+            ["http"] if tls_files => {
+                return Err(DiscoveryError::Setup {
+                    backend: BACKEND,
+                    reason: "cluster_config.discovery.etcd_endpoints: TLS files (EtcdOptions::ca_file, \
+                             client_cert_file, client_key_file) are given but the endpoints are http://; \
+                             use https:// endpoints"
+                        .into(),
+                });
+            }
+            ["http"] => None,
+            _ => {
+                return Err(DiscoveryError::Setup {
+                    backend: BACKEND,
+                    reason: format!(
+                        "cluster_config.discovery.etcd_endpoints: mixes http:// and https:// endpoints ({}); \
+                         all must use the same scheme",
+                        endpoints.join(", ")
+                    ),
+                });
+            }
+        };
         if options.lease_ttl < EtcdOptions::MIN_LEASE_TTL {
             return Err(DiscoveryError::Setup {
                 backend: BACKEND,
@@ -225,6 +560,7 @@ impl EtcdDiscovery {
                 value: local.gossip_addr.to_string(),
                 dial_timeout: Duration::from_millis(config.dial_timeout.as_millis().max(1)),
                 lease_ttl_s,
+                tls,
                 client: Mutex::new(None),
                 lease: Mutex::new(None),
                 changed: Arc::new(Notify::new()),
@@ -283,6 +619,7 @@ impl EtcdDiscovery {
             value = %self.inner.value,
             lease = format_args!("{lease:x}"),
             ttl_s = self.inner.lease_ttl_s,
+            tls = self.inner.tls.as_ref().map_or("none (http)", |t| t.summary.as_str()),
             "registered with etcd"
         );
         let task = tokio::spawn(Arc::clone(&self.inner).keep_alive_loop(lease));
@@ -401,11 +738,17 @@ impl Inner {
         {
             return Ok(client);
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(self.dial_timeout)
             // Detects a dead connection under a long-lived watch (etcd accepts pings every 5 s or slower).
             .with_keep_alive(Duration::from_secs(10), self.dial_timeout)
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            // The etcd client picks the process-default rustls provider when one is installed (and ring
+            // otherwise); make it ring, as in the rest of the process. An error only means one is installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            options = options.with_tls(tls.client.clone());
+        }
         let client = self
             .call(
                 "connect",
@@ -442,7 +785,18 @@ impl Inner {
     ) -> Result<T, DiscoveryError> {
         let result = match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(error)) => self.map_error(what, &error),
+            Ok(Err(error)) => match (self.map_error(what, &error), &self.tls) {
+                (DiscoveryError::Unreachable { reason, .. }, Some(tls))
+                    if !reason.contains(TLS_FAILED) =>
+                {
+                    DiscoveryError::Unreachable {
+                        backend: BACKEND,
+                        target: self.target.clone(),
+                        reason: format!("{reason}{}", self.probe_all(tls).await),
+                    }
+                }
+                (mapped, _) => mapped,
+            },
             Err(_) => DiscoveryError::Unreachable {
                 backend: BACKEND,
                 target: self.target.clone(),
@@ -462,10 +816,33 @@ impl Inner {
         Err(result)
     }
 
-    /// Why nothing answered, when a plain TCP connect tells (e.g. "connection refused"): each endpoint is
-    /// tried once, all together bounded by 1 s or 1/6 of `dial_timeout`, whichever is shorter.
+    /// How long a diagnosis may take: 1 s or 1/6 of `dial_timeout`, whichever is shorter.
+    fn diagnosis_deadline(&self) -> Instant {
+        Instant::now() + (self.dial_timeout / 6).min(Duration::from_secs(1))
+    }
+
+    /// ` (endpoint: TLS handshake failed: ...; ...)` for the endpoints whose [`tls_probe`] finds a TLS
+    /// error, bounded by [`Inner::diagnosis_deadline`]; empty when none does.
+    async fn probe_all(&self, tls: &Tls) -> String {
+        let deadline = self.diagnosis_deadline();
+        let mut causes = Vec::new();
+        for endpoint in &self.endpoints {
+            if let Some((cause, hint)) = tls_probe(tls, endpoint, deadline).await {
+                causes.push(format!("{endpoint}: {}", tls.failure(&cause, hint)));
+            }
+        }
+        if causes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", causes.join("; "))
+        }
+    }
+
+    /// Why nothing answered, when a plain TCP connect tells (e.g. "connection refused") or, for `https://`
+    /// endpoints that accept TCP, a [`tls_probe`]: each endpoint is tried once, all together bounded by
+    /// [`Inner::diagnosis_deadline`].
     async fn diagnose(&self) -> String {
-        let deadline = Instant::now() + (self.dial_timeout / 6).min(Duration::from_secs(1));
+        let deadline = self.diagnosis_deadline();
         let mut causes = Vec::new();
         for endpoint in &self.endpoints {
             let Ok(url) = url::Url::parse(endpoint) else {
@@ -478,7 +855,13 @@ impl Inner {
             match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect((host, port)))
                 .await
             {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    if let Some(tls) = &self.tls
+                        && let Some((cause, hint)) = tls_probe(tls, endpoint, deadline).await
+                    {
+                        causes.push(format!("{endpoint}: {}", tls.failure(&cause, hint)));
+                    }
+                }
                 Ok(Err(e)) => causes.push(format!("{endpoint}: {e}")),
                 Err(_) => causes.push(format!("{endpoint}: TCP connect timed out")),
             }
@@ -492,6 +875,15 @@ impl Inner {
 
     fn map_error(&self, what: &str, error: &etcd_client::Error) -> DiscoveryError {
         use etcd_client::Error as E;
+        if let Some(tls) = &self.tls
+            && let Some((cause, hint)) = tls_failure(error, tls)
+        {
+            return DiscoveryError::Unreachable {
+                backend: BACKEND,
+                target: self.target.clone(),
+                reason: format!("{what}: {}", tls.failure(&cause, hint)),
+            };
+        }
         match error {
             E::GRpcStatus(status) => match i32::from(status.code()) {
                 GRPC_PERMISSION_DENIED | GRPC_UNAUTHENTICATED => DiscoveryError::Forbidden {
@@ -770,6 +1162,108 @@ impl Inner {
     }
 }
 
+/// The rustls error somewhere in `error`'s sources (tokio-rustls reports it inside an `io::Error`).
+fn rustls_cause(error: &etcd_client::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    if let etcd_client::Error::GRpcStatus(status) = error {
+        // The status is a field, not a source, of the etcd error.
+        next = Some(status);
+    }
+    while let Some(current) = next {
+        if let Some(found) = current.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        if let Some(found) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(found);
+        }
+        next = current.source();
+    }
+    None
+}
+
+/// The TLS failure in `error`, if it is one: its cause and what to check (a `; ...` suffix, or empty).
+fn tls_failure(error: &etcd_client::Error, tls: &Tls) -> Option<(String, &'static str)> {
+    if let Some(cause) = rustls_cause(error) {
+        return Some((cause.to_string(), rustls_hint(cause, tls)));
+    }
+    // An alert sent by etcd after the handshake (refusing the client certificate, in TLS 1.3) reaches the
+    // client through HTTP/2, which keeps only the text of the rustls error: "received fatal alert: <Name>".
+    let text = describe(error);
+    if text.contains(HANDSHAKE_EOF) {
+        return Some((CLOSED_IN_HANDSHAKE.into(), NOT_TLS_HINT));
+    }
+    if text.contains(NO_NATIVE_CERTS) {
+        return Some((
+            "the system trust store has no certificate".into(),
+            "; install the system's CA certificates (Debian: ca-certificates) or set EtcdOptions::ca_file",
+        ));
+    }
+    let start = text.find(ALERT_TEXT)?;
+    let name: String = text[start + ALERT_TEXT.len()..]
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    let hint = alert_hint(&name, tls);
+    Some((format!("{ALERT_TEXT}{name}"), hint))
+}
+
+/// What to check after the TLS error `cause` (a `; ...` suffix, or empty).
+fn rustls_hint(cause: &rustls::Error, tls: &Tls) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    match cause {
+        E::InvalidCertificate(C::UnknownIssuer) if !tls.custom_ca => {
+            "; etcd's certificate is not issued by a CA of the system trust store: set \
+                 EtcdOptions::ca_file to the CA that issued it"
+        }
+        E::InvalidCertificate(C::UnknownIssuer) => {
+            "; etcd's certificate is not issued by the CA(s) of EtcdOptions::ca_file"
+        }
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "; etcd's certificate does not name the endpoint's host (DNS name or IP address SAN)"
+        }
+        E::AlertReceived(alert) => alert_hint(&format!("{alert:?}"), tls),
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } => NOT_TLS_HINT,
+        _ => "",
+    }
+}
+
+/// How rustls writes a TLS alert received from the peer.
+const ALERT_TEXT: &str = "received fatal alert: ";
+/// How the etcd client (tokio-rustls) says that the server closed the connection during the handshake.
+const HANDSHAKE_EOF: &str = "tls handshake eof";
+/// What we say then.
+const CLOSED_IN_HANDSHAKE: &str = "the endpoint closed the connection during the handshake";
+/// The hint for an endpoint that may not speak TLS.
+const NOT_TLS_HINT: &str =
+    "; does the endpoint speak TLS? (an etcd serving plain http needs an http:// endpoint)";
+/// How the etcd client (tonic) says that the system trust store is empty.
+const NO_NATIVE_CERTS: &str = "no native certs found";
+
+/// What to check after etcd sent the TLS alert `name` (rustls' `AlertDescription` name).
+fn alert_hint(name: &str, tls: &Tls) -> &'static str {
+    match name {
+        "CertificateRequired" | "BadCertificate" if !tls.client_cert => {
+            "; etcd requires a client certificate (--client-cert-auth): set EtcdOptions::client_cert_file and \
+             client_key_file"
+        }
+        "CertificateRequired"
+        | "BadCertificate"
+        | "UnknownCA"
+        | "CertificateUnknown"
+        | "UnsupportedCertificate"
+        | "CertificateExpired"
+        | "CertificateRevoked" => {
+            "; etcd refused the client certificate: it must be issued by etcd's --trusted-ca-file CA, be \
+             valid now and allow client authentication"
+        }
+        _ => "",
+    }
+}
+
 /// An error with its sources, `a: b: c`.
 fn describe(error: &etcd_client::Error) -> String {
     match error {
@@ -879,6 +1373,24 @@ mod tests {
         assert_eq!(d.inner.value, "127.0.0.1:10101");
         assert_eq!(d.inner.endpoints, vec!["http://127.0.0.1:2379".to_string()]);
         assert_eq!(d.lease_ttl_secs(), 30);
+        assert!(d.inner.tls.is_none());
+    }
+
+    #[tokio::test]
+    async fn https_endpoints_use_tls_with_the_system_trust_store_by_default() {
+        let d = EtcdDiscovery::new(
+            &config(&["https://127.0.0.1:2379/", "https://[::1]:2379"]),
+            &local(),
+        )
+        .await
+        .expect("https endpoints are accepted, and nothing is contacted");
+        assert_eq!(
+            d.inner.endpoints,
+            ["https://127.0.0.1:2379", "https://[::1]:2379"]
+        );
+        let tls = d.inner.tls.as_ref().expect("TLS");
+        assert!(!tls.custom_ca && !tls.client_cert);
+        assert_eq!(tls.summary, "trusting the system trust store");
     }
 
     #[tokio::test]
@@ -893,15 +1405,27 @@ mod tests {
             .await
             .expect_err("no endpoints");
         assert!(e.to_string().contains("etcd_endpoints"), "{e}");
-        let e = EtcdDiscovery::new(&config(&["https://127.0.0.1:2379"]), &local())
+        let e = EtcdDiscovery::new(
+            &config(&["https://127.0.0.1:2379", "http://127.0.0.1:2380"]),
+            &local(),
+        )
+        .await
+        .expect_err("mixed schemes");
+        assert!(
+            e.to_string()
+                .contains("cluster_config.discovery.etcd_endpoints: mixes http:// and https://"),
+            "{e}"
+        );
+        let e = EtcdDiscovery::new(&config(&["unix:///run/etcd.sock"]), &local())
             .await
-            .expect_err("https");
-        assert!(e.to_string().contains("https://127.0.0.1:2379"), "{e}");
+            .expect_err("unix");
+        assert!(e.to_string().contains("unix:///run/etcd.sock"), "{e}");
         let e = EtcdDiscovery::with_options(
             &config(&["http://127.0.0.1:2379"]),
             &local(),
             EtcdOptions {
                 lease_ttl: Duration::from_millis(500),
+                ..EtcdOptions::default()
             },
         )
         .await
@@ -916,6 +1440,7 @@ mod tests {
             &local(),
             EtcdOptions {
                 lease_ttl: Duration::from_millis(2_100),
+                ..EtcdOptions::default()
             },
         )
         .await
