@@ -164,6 +164,19 @@ async fn bad_requests_get_400_naming_the_field() {
         ("POST", "/v1/counters/k", Some(r#"{"window":"1m"}"#), "path"),
         ("GET", "/v1/counters/k", None, "window"),
         ("GET", "/v1/counters/k?window=1m&epoch=x", None, "epoch"),
+        (
+            "POST",
+            "/v1/counters/@traffic/openai/requests/add",
+            Some(r#"{"window":"1m"}"#),
+            "key",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"@x","window":"1m","limit":1}"#),
+            "key",
+        ),
+        ("GET", "/v1/counters/%FF%FE?window=1m", None, "path"),
     ];
     for (method, path, body, field) in cases {
         let (code, answer) = call(move || request(addr, method, path, body)).await;
@@ -171,6 +184,14 @@ async fn bad_requests_get_400_naming_the_field() {
         assert_eq!(answer["field"], field, "{method} {path} {body:?}: {answer}");
         assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
+    // Other errors are JSON too.
+    let (code, answer) = call(move || request(addr, "DELETE", "/health", None)).await;
+    assert_eq!(code, 405, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("DELETE"))
+    );
     // Still serving after all that.
     let (code, _) = call(move || get(addr, "/health")).await;
     assert_eq!(code, 200);

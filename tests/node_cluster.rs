@@ -389,7 +389,7 @@ async fn a_client_without_a_certificate_cannot_join_and_nothing_of_it_is_merged(
             protocol_version: u32::from(wire::PROTOCOL_MAJOR) << 16,
             capabilities: capabilities::REPLICATION_V1,
             gossip_addr: String::new(),
-        link_nonce: 0,
+            link_nonce: 0,
         })
         .expect("encode");
         let batch = wire::encode(&DeltaBatch {

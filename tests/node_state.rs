@@ -13,6 +13,7 @@ use bifrost_cluster::transport::TransportOptions;
 
 mod support;
 use support::free_port;
+use support::http::request_text;
 
 const SECRET: &str = "state-test-secret-0123456789abcdef";
 
@@ -186,6 +187,29 @@ async fn config_entries_reach_every_node_and_a_late_joiner_and_health_records_ag
     }
     assert!(saw_route);
 
+    // Over HTTP: PUT, GET, and DELETE of a key nobody holds is a 404 (no tombstone is written).
+    let http = bifrost_cluster::http::HttpServer::start(
+        nodes[0].clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("http");
+    let addr = http.local_addr();
+    let (put, get, missing) = tokio::task::spawn_blocking(move || {
+        (
+            request_text(addr, "PUT", "/v1/config/http/key", Some("from http")).expect("put"),
+            request_text(addr, "GET", "/v1/config/http/key", None).expect("get"),
+            request_text(addr, "DELETE", "/v1/config/never/written", None).expect("delete"),
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(put.0, 200, "{}", put.1);
+    assert_eq!(get, (200, "from http".to_string()));
+    assert_eq!(missing.0, 404, "{}", missing.1);
+    assert!(nodes[0].config_entries().get("never/written").is_none());
+    http.shutdown().await;
+
     // A node that joins later (through node-a only) receives the map.
     let late = start("node-d", free_port(), &[ports[0]]).await;
     wait_for(
@@ -194,11 +218,12 @@ async fn config_entries_reach_every_node_and_a_late_joiner_and_health_records_ag
         || {
             late.config_get("prices/gpt-4o").as_deref() == Some(&b"2.50"[..])
                 && late.config_get("routing/default").is_some()
+                && late.config_get("http/key").is_some()
                 && late.config_get("to-delete").is_none()
         },
     )
     .await;
-    assert_eq!(late.config_entries().len(), 2);
+    assert_eq!(late.config_entries().len(), 3);
 
     // Health records: every node sees the four, fresh.
     wait_for(

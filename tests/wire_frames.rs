@@ -203,7 +203,7 @@ fn header_errors_are_typed() {
         err,
         WireError::UnsupportedVersion {
             major: 9,
-            supported: 1
+            supported: wire::PROTOCOL_MAJOR
         }
     );
     assert!(

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use bifrost_cluster::counter::Window;
 use bifrost_cluster::wire::{
-    self, ConfigDigest, ConfigEntries, DataPing, DataPong, NodeHealth, WireConfigEntry, WireLinkHealth, DeltaBatch, Digest, Entry, Hello, MembershipPacket, OriginDigest,
-    OriginGroup, OriginKind, StateChunk, StateRequest, WireWindow, capabilities,
+    self, ConfigDigest, ConfigEntries, DataPing, DataPong, DeltaBatch, Digest, Entry, Hello,
+    MembershipPacket, NodeHealth, OriginDigest, OriginGroup, OriginKind, StateChunk, StateRequest,
+    WireConfigEntry, WireLinkHealth, WireWindow, capabilities,
 };
 
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {

@@ -3,8 +3,10 @@
 //! contention), and a reader sums every thread's counts. A thread that exits folds its counts into a retired
 //! total first, so nothing is lost and the registry does not grow with thread churn.
 //!
-//! Counts are per process (every store of the process), monotone, and may lag a call in flight on another
-//! thread by that call.
+//! Counts are per process (every store of the process, the traffic plane's own adds included), monotone, and
+//! may lag a call in flight on another thread by that call. A thread's first call registers its slot under a
+//! mutex (once per thread), and a thread's exit folds its counts under the same mutex; every other call takes
+//! no lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

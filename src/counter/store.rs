@@ -345,8 +345,8 @@ impl CounterStore {
     /// cache of resolved cells answers repeated keys without entering the map). Never blocks; creates the key if
     /// needed.
     pub fn add(&self, key: &str, window: Window, n: u64) -> Result<AddResult, CounterError> {
-        super::calls::count_add();
         self.check_key(key)?;
+        super::calls::count_add();
         let epoch = window.epoch_at(self.shared.clock.now_unix_ms());
         let hash = lookup_cache::hash(&self.shared.hasher, key, window);
         let shared = &self.shared;

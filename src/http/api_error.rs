@@ -53,7 +53,10 @@ pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::with_status(404, format!("no route for {}", uri.path()))
 }
 
-pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+pub(crate) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
     ApiError::with_status(405, format!("{method} is not allowed on {}", uri.path()))
 }
 
@@ -103,9 +106,9 @@ impl Params {
     ) -> Result<u64, ApiError> {
         match self.0.get("epoch") {
             None => Ok(window.epoch_at(now_ms)),
-            Some(e) => e
-                .parse::<u64>()
-                .map_err(|_| ApiError::bad_field("epoch", format!("expected an integer, got {e:?}"))),
+            Some(e) => e.parse::<u64>().map_err(|_| {
+                ApiError::bad_field("epoch", format!("expected an integer, got {e:?}"))
+            }),
         }
     }
 }

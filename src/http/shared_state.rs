@@ -100,7 +100,10 @@ pub(crate) async fn delete_config(
 ) -> Result<Json<WriteJson>, ApiError> {
     // Over HTTP only what exists can be deleted: a tombstone per random key would fill the map cluster-wide.
     if node.config_get(&key).is_none() {
-        return Err(ApiError::with_status(404, format!("no config entry {key:?}")));
+        return Err(ApiError::with_status(
+            404,
+            format!("no config entry {key:?}"),
+        ));
     }
     let ts = node.config_delete(&key).await.map_err(state_error)?;
     Ok(Json(WriteJson {

@@ -31,6 +31,8 @@ pub(crate) struct JoinStep {
 #[derive(Debug)]
 pub(crate) struct JoinSchedule {
     targets: Vec<SocketAddr>,
+    /// When discovery last reported each target (parallel to `targets`).
+    last_seen_ms: Vec<u64>,
     report_after_ms: u64,
     next_ms: u64,
     backoff_ms: u64,
@@ -48,6 +50,7 @@ impl JoinSchedule {
     pub(crate) fn new(expect_peers: bool, report_after_ms: u64, now_ms: u64) -> JoinSchedule {
         JoinSchedule {
             targets: Vec::new(),
+            last_seen_ms: Vec::new(),
             report_after_ms,
             next_ms: now_ms,
             backoff_ms: FIRST_BACKOFF_MS,
@@ -74,13 +77,18 @@ impl JoinSchedule {
         self.attempts
     }
 
-    /// Adds targets not already known (discovery feeds this); an unjoined node tries them at once.
+    /// Adds targets not already known and refreshes known ones (discovery feeds this every round); an
+    /// unjoined node tries new ones at once.
     pub(crate) fn add_targets(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now_ms: u64) {
         let mut added = false;
         for addr in addrs {
-            if !self.targets.contains(&addr) {
-                self.targets.push(addr);
-                added = true;
+            match self.targets.iter().position(|t| *t == addr) {
+                Some(i) => self.last_seen_ms[i] = now_ms,
+                None => {
+                    self.targets.push(addr);
+                    self.last_seen_ms.push(now_ms);
+                    added = true;
+                }
             }
         }
         if added {
@@ -90,7 +98,24 @@ impl JoinSchedule {
 
     /// Forgets a target (it turned out to be this node itself).
     pub(crate) fn remove_target(&mut self, addr: SocketAddr) {
-        self.targets.retain(|t| *t != addr);
+        if let Some(i) = self.targets.iter().position(|t| *t == addr) {
+            self.targets.remove(i);
+            self.last_seen_ms.remove(i);
+        }
+    }
+
+    /// Forgets targets discovery has not reported since `before_ms` (pods and hosts that went away), so the
+    /// list follows what discovery finds instead of growing with every address ever seen.
+    pub(crate) fn forget_unseen(&mut self, before_ms: u64) {
+        let mut i = 0;
+        while i < self.targets.len() {
+            if self.last_seen_ms[i] < before_ms {
+                self.targets.remove(i);
+                self.last_seen_ms.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// When [`JoinSchedule::step`] should next run; `None` while joined, or with nothing to try and nothing
@@ -223,5 +248,14 @@ mod tests {
         assert!(s.step(false, 12_000).attempt);
         s.remove_target(addr(2));
         assert_eq!(s.due_ms(false), None);
+    }
+
+    #[test]
+    fn targets_discovery_stops_reporting_are_forgotten() {
+        let mut s = JoinSchedule::new(true, 10_000, 0);
+        s.add_targets([addr(1), addr(2)], 0);
+        s.add_targets([addr(2)], 50_000);
+        s.forget_unseen(10_000);
+        assert_eq!(s.targets(), &[addr(2)]);
     }
 }

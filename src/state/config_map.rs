@@ -184,7 +184,12 @@ impl ConfigMap {
             self.stats.refused += 1;
             return None;
         }
-        if entry.value.is_none() && entry.ts.wall_ms.saturating_add(self.options.tombstone_ttl_ms) <= now_ms
+        if entry.value.is_none()
+            && entry
+                .ts
+                .wall_ms
+                .saturating_add(self.options.tombstone_ttl_ms)
+                <= now_ms
         {
             // A tombstone past its time: every node collects it; taking it back would resurrect it forever.
             self.stats.stale += 1;
@@ -369,17 +374,35 @@ mod tests {
 
     #[test]
     fn expired_tombstones_and_far_future_entries_are_not_taken() {
-        let mut a = ConfigMap::new("a", ConfigMapOptions { tombstone_ttl_ms: 100, ..ConfigMapOptions::default() });
-        let mut b = ConfigMap::new("b", ConfigMapOptions { tombstone_ttl_ms: 100, ..ConfigMapOptions::default() });
+        let mut a = ConfigMap::new(
+            "a",
+            ConfigMapOptions {
+                tombstone_ttl_ms: 100,
+                ..ConfigMapOptions::default()
+            },
+        );
+        let mut b = ConfigMap::new(
+            "b",
+            ConfigMapOptions {
+                tombstone_ttl_ms: 100,
+                ..ConfigMapOptions::default()
+            },
+        );
         let tombstone = b.delete("gone", 1_000).expect("delete");
         assert_eq!(a.merge(tombstone.clone(), 1_050), None);
         assert_eq!(a.len(), 1, "a fresh tombstone is kept");
         a.collect_tombstones(1_100);
         assert_eq!(a.len(), 0);
-        assert_eq!(a.merge(tombstone, 1_200), None, "an expired tombstone does not come back");
+        assert_eq!(
+            a.merge(tombstone, 1_200),
+            None,
+            "an expired tombstone does not come back"
+        );
         assert_eq!(a.len(), 0);
         let mut c = ConfigMap::new("c", ConfigMapOptions::default());
-        let future = c.put("k", Bytes::from_static(b"x"), 10_000_000).expect("put");
+        let future = c
+            .put("k", Bytes::from_static(b"x"), 10_000_000)
+            .expect("put");
         assert_eq!(a.merge(future, 10_000_000 - MAX_DRIFT_MS - 1), None);
         assert_eq!(a.stats().refused, 1);
     }

@@ -145,6 +145,11 @@ const MAX_PENDING_PER_DIAL: usize = 32;
 const FIRST_DIAL_BACKOFF_MS: u64 = 250;
 /// Longest wait between dials to an address that keeps failing.
 const MAX_DIAL_BACKOFF_MS: u64 = 5_000;
+/// How often join targets and dial states are pruned.
+const PRUNE_EVERY_MS: u64 = 60_000;
+/// A join target discovery has not reported for this long is forgotten (the discovery interval is at most
+/// 1 h, so a live target is reported well within it); so is the dial state of an address idle for as long.
+const FORGET_TARGETS_AFTER_MS: u64 = 2 * 3_600_000;
 
 /// Everything the driver is built from.
 pub(crate) struct DriverParts {
@@ -176,6 +181,7 @@ pub(crate) struct Driver {
     dials: HashMap<SocketAddr, DialState>,
     self_addrs: HashSet<SocketAddr>,
     status_at_ms: u64,
+    next_prune_ms: u64,
     health_logged: bool,
     state: StateReplicator,
     shared: Arc<SharedView>,
@@ -206,6 +212,7 @@ impl Driver {
             dials: HashMap::new(),
             self_addrs: HashSet::new(),
             status_at_ms: 0,
+            next_prune_ms: 0,
             health_logged: false,
             state: parts.state,
             shared: parts.shared,
@@ -285,6 +292,10 @@ impl Driver {
         self.after_state();
         if self.membership.poll_timeout().is_some_and(|t| t <= now) {
             self.membership.handle_timeout(now);
+        }
+        if now >= self.next_prune_ms {
+            self.next_prune_ms = now + PRUNE_EVERY_MS;
+            self.prune(now);
         }
         let step = self.join.step(self.membership.is_joined(), now);
         if step.attempt {
@@ -373,6 +384,19 @@ impl Driver {
             }
         }
         self.after_membership();
+    }
+
+    /// Forgets join targets discovery stopped reporting and dial state nobody uses any more.
+    fn prune(&mut self, now: u64) {
+        self.join
+            .forget_unseen(now.saturating_sub(FORGET_TARGETS_AFTER_MS));
+        let targets = self.join.targets();
+        self.dials.retain(|addr, d| {
+            d.in_flight
+                || !d.pending.is_empty()
+                || targets.contains(addr)
+                || d.retry_at_ms.saturating_add(FORGET_TARGETS_AFTER_MS) > now
+        });
     }
 
     /// Asks the node at `addr` to let this node in (a join target that turns out to be us is forgotten).

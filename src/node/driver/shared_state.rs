@@ -126,5 +126,4 @@ impl Driver {
                 .store(Arc::new(self.state.records().clone()));
         }
     }
-
 }
