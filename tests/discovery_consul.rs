@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -40,7 +40,7 @@ use bifrost_cluster::transport::TransportOptions;
 use serde_json::{Value, json};
 
 mod support;
-use support::free_port;
+use support::{free_port, wait_for};
 
 const SECRET: &str = "consul-discovery-test-secret-0123456789";
 
@@ -656,18 +656,6 @@ fn node_options() -> NodeOptions {
         membership: None,
         discovery_overrides: Default::default(),
     }
-}
-
-async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
 }
 
 fn alive_peers(node: &ClusterHandle) -> usize {

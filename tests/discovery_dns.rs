@@ -19,7 +19,7 @@ use hickory_proto::rr::RecordType;
 
 mod support;
 use support::dns_server::{Behaviour, DnsServer, Logged, NEGATIVE_TTL, Transport};
-use support::free_port;
+use support::{free_port, wait_for};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -418,18 +418,6 @@ fn node_config(
         }} }}"#
     );
     load_from_str(&text).expect("valid test config").config
-}
-
-async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
 }
 
 fn alive_members(node: &ClusterHandle) -> usize {

@@ -24,7 +24,7 @@ use bifrost_cluster::node::{Cluster, ClusterHandle, NodeOptions};
 use bifrost_cluster::transport::TransportOptions;
 
 mod support;
-use support::free_port;
+use support::{free_port, wait_for};
 
 const SECRET: &str = "etcd-discovery-test-secret-0123456789";
 
@@ -309,19 +309,6 @@ async fn start(
     )
     .await
     .expect("node starts")
-}
-
-/// Polls `done` every 20 ms for at most `limit`; returns how long it took.
-async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
 }
 
 fn alive_peers(node: &ClusterHandle) -> usize {

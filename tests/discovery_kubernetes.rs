@@ -42,6 +42,9 @@ use bifrost_cluster::transport::TransportOptions;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+mod support;
+use support::wait_for;
+
 const NS: &str = "bifrost-test";
 const GOSSIP_PORT: u16 = 10101;
 
@@ -435,19 +438,6 @@ async fn sorted(backend: &KubernetesDiscovery) -> Vec<SocketAddr> {
         .expect("discover succeeded");
     found.sort();
     found
-}
-
-/// Polls `done` every 10 ms for at most `limit`; returns the time it took.
-async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
 }
 
 async fn notified(backend: &KubernetesDiscovery, what: &str) {

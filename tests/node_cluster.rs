@@ -14,7 +14,7 @@ use bifrost_cluster::wire::{
 use bytes::Bytes;
 
 mod support;
-use support::free_port;
+use support::{free_port, wait_for};
 
 const SECRET: &str = "test-cluster-secret-0123456789abcdef";
 
@@ -52,18 +52,6 @@ async fn start(node: &str, port: u16, peers: &[u16], secret: &str) -> ClusterHan
     Cluster::start_with(config(node, port, peers, secret), options())
         .await
         .expect("node starts")
-}
-
-/// Polls `done` every 10 ms for at most `limit`.
-async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// `node`'s global count of `key` in `window`'s epoch `epoch`. Tests read the epoch they wrote into, so a window

@@ -19,7 +19,7 @@ use bifrost_cluster::wire::{self, DataPong, Frame, Hello, MembershipPacket, capa
 use bytes::Bytes;
 
 mod support;
-use support::free_port;
+use support::{free_port, wait_for};
 
 const SECRET: &str = "membership-test-secret-0123456789";
 
@@ -60,19 +60,6 @@ async fn start(node: &str, port: u16, peers: &[u16], health: &str) -> ClusterHan
             Err(error) => panic!("start failed: {error}"),
         }
     }
-}
-
-/// Polls `done` every 10 ms for at most `limit`; returns the time it took.
-async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
 }
 
 fn state_of(node: &ClusterHandle, other: &str) -> Option<(MemberState, bool, u64)> {

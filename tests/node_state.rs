@@ -4,7 +4,7 @@
 //! the lowest node id. Every wait is a bounded poll.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bifrost_cluster::config::load_from_str;
 use bifrost_cluster::node::{Cluster, ClusterHandle, NodeOptions, TRAFFIC_WINDOW};
@@ -12,8 +12,8 @@ use bifrost_cluster::state::{ConfigChange, Histogram, Outcome};
 use bifrost_cluster::transport::TransportOptions;
 
 mod support;
-use support::free_port;
 use support::http::request_text;
+use support::{free_port, wait_for};
 
 const SECRET: &str = "state-test-secret-0123456789abcdef";
 
@@ -38,17 +38,6 @@ async fn start(node: &str, port: u16, peers: &[u16]) -> ClusterHandle {
     )
     .await
     .expect("node starts")
-}
-
-async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn three() -> (Vec<u16>, Vec<ClusterHandle>) {

@@ -34,7 +34,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
-use super::{BoxFuture, Discovery, DiscoveryError, LocalNode};
+use super::{BoxFuture, Discovery, DiscoveryError, LocalNode, error_chain};
 use crate::config::DiscoveryConfig;
 
 const BACKEND: &str = "consul";
@@ -423,21 +423,6 @@ fn quote_body(body: &[u8]) -> String {
     } else {
         format!("{text:?}")
     }
-}
-
-/// An error with its sources, `a: b: c`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl Discovery for ConsulDiscovery {

@@ -59,7 +59,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{BoxFuture, Discovery, DiscoveryError, LocalNode};
+use super::{BoxFuture, Discovery, DiscoveryError, LocalNode, error_chain};
 use crate::config::DiscoveryConfig;
 
 const BACKEND: &str = "etcd";
@@ -1280,21 +1280,6 @@ fn describe(error: &etcd_client::Error) -> String {
         }
         other => error_chain(other),
     }
-}
-
-/// An error with its sources, `a: b: c`.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl Discovery for EtcdDiscovery {

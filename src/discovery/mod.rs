@@ -37,7 +37,33 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::config::{ClusterConfig, ClusterSecret, DiscoveryType};
+#[cfg(any(
+    feature = "kubernetes",
+    feature = "consul",
+    feature = "etcd",
+    feature = "dns",
+    feature = "udp",
+    feature = "mdns"
+))]
+use crate::config::DiscoveryType;
+use crate::config::{ClusterConfig, ClusterSecret};
+
+/// An error and its sources, joined with `: ` (a source already quoted in its parent's text is skipped), so a
+/// log line carries the root cause (the OS error under an HTTP or gRPC client's message).
+#[cfg(any(feature = "consul", feature = "etcd"))]
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
 
 /// A boxed, sendable future (the trait's methods are called through `dyn Discovery`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -168,35 +194,36 @@ pub async fn from_config(
         });
     };
     let d = &config.discovery;
-    let method: Box<dyn Discovery> = match kind {
+    let method: Option<Box<dyn Discovery>> = match kind {
         // One arm per backend, each behind its cargo feature.
         #[cfg(feature = "etcd")]
-        DiscoveryType::Etcd => {
-            Box::new(etcd::EtcdDiscovery::with_options(d, local, overrides.etcd.clone()).await?)
-        }
+        DiscoveryType::Etcd => Some(Box::new(
+            etcd::EtcdDiscovery::with_options(d, local, overrides.etcd.clone()).await?,
+        )),
         #[cfg(feature = "consul")]
-        DiscoveryType::Consul => Box::new(consul::ConsulDiscovery::new(d, local).await?),
+        DiscoveryType::Consul => Some(Box::new(consul::ConsulDiscovery::new(d, local).await?)),
         #[cfg(feature = "dns")]
-        DiscoveryType::Dns => Box::new(dns::DnsDiscovery::new(d, local).await?),
+        DiscoveryType::Dns => Some(Box::new(dns::DnsDiscovery::new(d, local).await?)),
         #[cfg(feature = "kubernetes")]
-        DiscoveryType::Kubernetes => {
-            Box::new(kubernetes::KubernetesDiscovery::new(d, local).await?)
-        }
+        DiscoveryType::Kubernetes => Some(Box::new(
+            kubernetes::KubernetesDiscovery::new(d, local).await?,
+        )),
         #[cfg(feature = "udp")]
-        DiscoveryType::Udp => Box::new(udp::UdpDiscovery::new(d, local).await?),
+        DiscoveryType::Udp => Some(Box::new(udp::UdpDiscovery::new(d, local).await?)),
         #[cfg(feature = "mdns")]
-        DiscoveryType::Mdns => Box::new(mdns::MdnsDiscovery::new(d, local).await?),
+        DiscoveryType::Mdns => Some(Box::new(mdns::MdnsDiscovery::new(d, local).await?)),
         #[allow(unreachable_patterns)]
-        other => {
-            let _ = (d, local, overrides);
-            return Err(DiscoveryError::Setup {
-                backend: other.as_str(),
-                reason: format!(
-                    "cluster_config.discovery.type: this build has no {:?} backend (its cargo feature is off)",
-                    other.as_str()
-                ),
-            });
-        }
+        _ => None,
+    };
+    let Some(method) = method else {
+        let _ = (d, local, overrides);
+        return Err(DiscoveryError::Setup {
+            backend: kind.as_str(),
+            reason: format!(
+                "cluster_config.discovery.type: this build has no {:?} backend (its cargo feature is off)",
+                kind.as_str()
+            ),
+        });
     };
     methods.push(method);
     Ok(methods)

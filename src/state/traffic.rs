@@ -1,14 +1,15 @@
 //! Traffic patterns: request counts, error counts and latency histograms per key (a provider, a model), per
 //! window, per node and for the whole cluster.
 //!
-//! Built on the counter plane: each key's requests, errors and every latency bucket are G-counters in the
-//! [`CounterStore`] under reserved keys (`@traffic/{key}/requests`, `.../errors`, `.../latency/{bucket}`), so
-//! they replicate, merge exactly (per-origin max), carry their window epoch and reach joining nodes like any
-//! counter. Keys starting with `@` are reserved for this plane.
+//! Built on the counter plane: each key's errors and every latency bucket are G-counters in the
+//! [`CounterStore`] under reserved keys (`@traffic/{key}/errors`, `@traffic/{key}/latency/{bucket}`), so they
+//! replicate, merge exactly (per-origin max), carry their window epoch and reach joining nodes like any
+//! counter. Every request lands in exactly one latency bucket, so the request count is the histogram's total:
+//! no separate counter to pay for on the hot path. Keys starting with `@` are reserved for this plane.
 //!
 //! Guarantees:
 //! - [`TrafficHandle::record`] takes no lock, allocates nothing once the latency's bucket has been seen on this
-//!   handle, and does two counter adds (three for an error): a few atomic operations.
+//!   handle, and does one counter add (two for an error): a few atomic operations.
 //! - Cluster-wide histograms are the bucket-wise sum of every node's, so a percentile read from the merged
 //!   buckets equals the one of a single histogram fed every sample (the buckets' relative error, ≤ 12.5 %,
 //!   is the only approximation: see [`super::histogram`]).
@@ -35,9 +36,6 @@ pub enum Outcome {
 }
 
 /// The counter keys behind a traffic key.
-fn requests_key(key: &str) -> String {
-    format!("{TRAFFIC_PREFIX}{key}/requests")
-}
 fn errors_key(key: &str) -> String {
     format!("{TRAFFIC_PREFIX}{key}/errors")
 }
@@ -70,6 +68,11 @@ impl TrafficRecorder {
         }
     }
 
+    /// The window traffic is counted in.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
     /// Every key a handle was resolved for, sorted.
     pub fn keys(&self) -> Vec<String> {
         match self.keys.lock() {
@@ -84,11 +87,14 @@ impl TrafficRecorder {
         let current = self.window.epoch_at(now_ms);
         let mut total = 0u64;
         for key in self.keys() {
-            let counter = requests_key(&key);
+            // Requests of this node in `epoch`: its latency buckets' local counts.
             let local = |epoch: u64| {
-                self.store
-                    .counts_at(&counter, self.window, epoch)
-                    .map_or(0, |(local, _)| local)
+                (0..BUCKETS)
+                    .filter_map(|b| {
+                        self.store
+                            .counts_at(&bucket_key(&key, b), self.window, epoch)
+                    })
+                    .fold(0u64, |sum, (local, _)| sum.saturating_add(local))
             };
             let now_value = local(current);
             if let Some(&(epoch, value)) = mark.last.get(&key) {
@@ -103,16 +109,10 @@ impl TrafficRecorder {
         total
     }
 
-    /// The window traffic is counted in.
-    pub fn window(&self) -> Window {
-        self.window
-    }
-
     /// Resolves `key` once (the gateway keeps the handle next to its provider or model config).
     pub fn handle(&self, key: &str) -> Result<TrafficHandle, StateError> {
         let handle = TrafficHandle {
             inner: Arc::new(HandleInner {
-                requests: self.store.handle(&requests_key(key), self.window)?,
                 errors: self.store.handle(&errors_key(key), self.window)?,
                 buckets: (0..BUCKETS).map(|_| OnceLock::new()).collect(),
                 key: key.to_string(),
@@ -138,12 +138,6 @@ impl TrafficRecorder {
         }
         for (o, n) in self
             .store
-            .origin_counts_at(&requests_key(key), self.window, epoch)
-        {
-            at(&mut by_origin, o).requests += n;
-        }
-        for (o, n) in self
-            .store
             .origin_counts_at(&errors_key(key), self.window, epoch)
         {
             at(&mut by_origin, o).errors += n;
@@ -155,6 +149,9 @@ impl TrafficRecorder {
             {
                 at(&mut by_origin, o).latency.add_bucket(b, n);
             }
+        }
+        for o in by_origin.values_mut() {
+            o.requests = o.latency.count();
         }
         let mut view = TrafficView {
             by_origin: by_origin.into_values().collect(),
@@ -208,7 +205,6 @@ impl TrafficView {
 
 #[derive(Debug)]
 struct HandleInner {
-    requests: CounterHandle,
     errors: CounterHandle,
     /// Resolved on the first latency in each bucket (off the common path), then read with one atomic load.
     buckets: Box<[OnceLock<CounterHandle>]>,
@@ -229,13 +225,13 @@ impl TrafficHandle {
         &self.inner.key
     }
 
-    /// Counts one request that took `latency` and ended with `outcome`. Lock-free; allocates only the first
-    /// time a latency falls in a bucket not seen before on this handle. A bucket the store refuses (at
-    /// `limits.max_keys`) loses that sample's latency, never its request count.
+    /// Counts one request that took `latency` and ended with `outcome`: one add to the latency's bucket (the
+    /// request count is the buckets' total), and one to `errors` for an error. Lock-free; allocates only the
+    /// first time a latency falls in a bucket not seen before on this handle. A bucket the store refuses (at
+    /// `limits.max_keys`) loses that sample, counted in the store's `refused_keys`.
     #[inline]
     pub fn record(&self, latency: Duration, outcome: Outcome) {
         let inner = &*self.inner;
-        inner.requests.add(1);
         if outcome == Outcome::Error {
             inner.errors.add(1);
         }

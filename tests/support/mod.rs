@@ -17,4 +17,22 @@ pub fn free_port() -> u16 {
 
 pub mod dns_server;
 pub mod http;
+
+/// Polls `done` every 10 ms until it holds, for at most `limit` (then panics naming `what`); returns the time it
+/// took. Every wait of the tests is bounded this way.
+pub async fn wait_for(
+    limit: std::time::Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
 pub mod netns;
