@@ -115,9 +115,29 @@ fn link_counter() -> u64 {
     DIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Sends `frame` on a new stream of `link`, in the background; a failure is reported as `StreamFailed`.
-pub(crate) fn spawn_stream_send(link: Link, frame: Bytes, events: mpsc::Sender<Event>) {
+/// Stream sends in flight per link at most: a peer that keeps its connection but stops accepting streams
+/// cannot make tasks and frames pile up without bound. Far above what a healthy link has in flight (a state
+/// transfer is a few chunks of 256 KiB; checks and health records one each per second).
+pub(crate) const MAX_STREAM_SENDS_PER_LINK: usize = 1_024;
+
+/// Sends `frame` on a new stream of `link`, in the background, holding one of the link's `permits` until done;
+/// a failure (or no permit left) is reported as `StreamFailed`, and what is lost is repaired by anti-entropy.
+pub(crate) fn spawn_stream_send(
+    link: Link,
+    frame: Bytes,
+    events: mpsc::Sender<Event>,
+    permits: &Arc<tokio::sync::Semaphore>,
+) {
+    let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+        tracing::debug!(address = %link.remote_address(), "stream sends backed up; frame dropped");
+        let _ = events.try_send(Event::StreamFailed {
+            link_id: link.id(),
+            error: format!("{MAX_STREAM_SENDS_PER_LINK} stream sends already in flight"),
+        });
+        return;
+    };
     tokio::spawn(async move {
+        let _permit = permit;
         let result = async {
             let (mut send, _recv) = link.open_stream().await.map_err(|e| e.to_string())?;
             send.write_all(&frame).await.map_err(|e| e.to_string())?;

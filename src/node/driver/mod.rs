@@ -120,6 +120,8 @@ struct Linked {
     addrs: Vec<SocketAddr>,
     /// Whether the replicator sends to it.
     replicating: bool,
+    /// Bounds the stream sends in flight on this link.
+    stream_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Dials to one address.
@@ -538,6 +540,9 @@ impl Driver {
             readers: Vec::new(),
             addrs: Vec::new(),
             replicating: false,
+            stream_permits: Arc::new(tokio::sync::Semaphore::new(
+                link_tasks::MAX_STREAM_SENDS_PER_LINK,
+            )),
         };
         let mut surviving = peer;
         if let Some(&existing) = self.by_replica.get(&candidate.hello.replica_id)
@@ -848,6 +853,7 @@ impl Driver {
                     linked.link.clone(),
                     transmit.frame,
                     self.events.clone(),
+                    &linked.stream_permits,
                 ),
             }
         }
@@ -951,7 +957,12 @@ fn send_frame(linked: &Linked, frame: Bytes, events: &mpsc::Sender<Event>) {
     match linked.link.send_datagram(frame.clone()) {
         Ok(()) => {}
         Err(LinkError::DatagramTooLarge { .. } | LinkError::DatagramsUnsupported { .. }) => {
-            link_tasks::spawn_stream_send(linked.link.clone(), frame, events.clone())
+            link_tasks::spawn_stream_send(
+                linked.link.clone(),
+                frame,
+                events.clone(),
+                &linked.stream_permits,
+            )
         }
         Err(error) => tracing::debug!(%error, "datagram not sent (link closing)"),
     }
