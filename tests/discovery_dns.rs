@@ -8,7 +8,6 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bifrost_cluster::config::{ConfigDuration, DiscoveryConfig, PeerAddr, load_from_str};
-use bifrost_cluster::counter::Window;
 use bifrost_cluster::discovery::dns::DnsDiscovery;
 use bifrost_cluster::discovery::{Discovery, DiscoveryError, LocalNode};
 use bifrost_cluster::membership::{LocalState, MemberState};
@@ -19,7 +18,7 @@ use hickory_proto::rr::RecordType;
 
 mod support;
 use support::dns_server::{Behaviour, DnsServer, Logged, NEGATIVE_TTL, Transport};
-use support::{free_port, wait_for};
+use support::{free_port, increment_everywhere_and_converge, wait_for};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -434,10 +433,6 @@ fn alive_members(node: &ClusterHandle) -> usize {
         .count()
 }
 
-fn hour() -> Window {
-    Window::parse("1h").expect("window")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_from_srv_records_and_converge_exactly() {
     let server = DnsServer::start().await;
@@ -492,59 +487,14 @@ async fn three_nodes_form_a_cluster_from_srv_records_and_converge_exactly() {
         nodes.iter().all(|n| n.peers().len() == 2)
     })
     .await;
-    const PER_THREAD: u64 = 5_000;
-    let keys = ["vk/dns-a", "budget/dns-b"];
-    let epoch = hour().epoch_at(nodes[0].clock().now_unix_ms());
-    let threads: Vec<_> = nodes
-        .iter()
-        .flat_map(|node| {
-            keys.iter().map(move |key| {
-                let handle = node.store().handle(key, hour()).expect("handle");
-                std::thread::spawn(move || {
-                    for _ in 0..PER_THREAD {
-                        assert_eq!(
-                            handle.epoch_now(),
-                            epoch,
-                            "an hour boundary passed during the test"
-                        );
-                        handle.add(1);
-                    }
-                })
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("incrementing thread");
-    }
-    let total = PER_THREAD * nodes.len() as u64;
-    let took = wait_for(
+    let (_, took) = increment_everywhere_and_converge(
+        &nodes,
+        &["vk/dns-a", "budget/dns-b"],
+        5_000,
         Duration::from_secs(15),
-        "every node to hold the exact totals",
-        || {
-            nodes.iter().all(|n| {
-                keys.iter().all(|k| {
-                    n.store()
-                        .handle(k, hour())
-                        .expect("handle")
-                        .global_at(epoch)
-                        == total
-                })
-            })
-        },
     )
     .await;
     eprintln!("exact totals everywhere {took:?} after the last increment");
-    for node in &nodes {
-        for key in keys {
-            assert_eq!(
-                node.store()
-                    .handle(key, hour())
-                    .expect("handle")
-                    .global_at(epoch),
-                total
-            );
-        }
-    }
     for node in &nodes {
         node.shutdown().await;
     }

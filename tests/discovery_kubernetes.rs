@@ -33,17 +33,16 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bifrost_cluster::config::{DiscoveryConfig, load_from_str};
-use bifrost_cluster::counter::Window;
 use bifrost_cluster::discovery::kubernetes::{KubernetesDiscovery, KubernetesOptions};
 use bifrost_cluster::discovery::{Discovery, DiscoveryError, LocalNode};
 use bifrost_cluster::membership::MemberState;
-use bifrost_cluster::node::{Cluster, ClusterHandle, NodeOptions};
+use bifrost_cluster::node::{Cluster, NodeOptions};
 use bifrost_cluster::transport::TransportOptions;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 mod support;
-use support::wait_for;
+use support::{increment_everywhere_and_converge, wait_for};
 
 const NS: &str = "bifrost-test";
 const GOSSIP_PORT: u16 = 10101;
@@ -930,17 +929,6 @@ fn node_config(node: &str, port: u16, api_url: &str) -> bifrost_cluster::config:
     load_from_str(&text).expect("valid test config").config
 }
 
-fn global_at(node: &ClusterHandle, key: &str, epoch: u64) -> u64 {
-    node.store()
-        .handle(key, hour())
-        .expect("handle")
-        .global_at(epoch)
-}
-
-fn hour() -> Window {
-    Window::parse("1h").expect("window")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_their_own_loopback_ips_find_each_other_through_the_pods_and_converge() {
     let double = Double::start().await;
@@ -1024,42 +1012,13 @@ async fn three_nodes_on_their_own_loopback_ips_find_each_other_through_the_pods_
     .await;
 
     // Counters converge exactly.
-    const PER_NODE: u64 = 5_000;
-    let keys = ["vk/k8s-a", "budget/k8s-b"];
-    let epoch = hour().epoch_at(nodes[0].clock().now_unix_ms());
-    let threads: Vec<_> = nodes
-        .iter()
-        .flat_map(|node| {
-            keys.iter().map(move |key| {
-                let handle = node.store().handle(key, hour()).expect("handle");
-                std::thread::spawn(move || {
-                    for _ in 0..PER_NODE {
-                        assert_eq!(handle.epoch_now(), epoch, "an hour boundary passed");
-                        handle.add(1);
-                    }
-                })
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("incrementing thread");
-    }
-    let total = PER_NODE * nodes.len() as u64;
-    wait_for(
+    increment_everywhere_and_converge(
+        &nodes,
+        &["vk/k8s-a", "budget/k8s-b"],
+        5_000,
         Duration::from_secs(15),
-        "the exact totals everywhere",
-        || {
-            nodes
-                .iter()
-                .all(|n| keys.iter().all(|k| global_at(n, k, epoch) == total))
-        },
     )
     .await;
-    for node in &nodes {
-        for key in keys {
-            assert_eq!(global_at(node, key, epoch), total);
-        }
-    }
     // Only the selected pods were ever dialed: nobody knows 127.0.0.5.
     for node in &nodes {
         let table = node.members().expect("cluster mode");

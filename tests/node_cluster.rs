@@ -14,7 +14,7 @@ use bifrost_cluster::wire::{
 use bytes::Bytes;
 
 mod support;
-use support::{free_port, wait_for};
+use support::{free_port, increment_everywhere_and_converge, wait_for};
 
 const SECRET: &str = "test-cluster-secret-0123456789abcdef";
 
@@ -84,39 +84,11 @@ async fn three_nodes_converge_to_the_exact_totals_under_concurrent_increments() 
         nodes.iter().all(|n| n.peers().len() == 2)
     })
     .await;
-    const PER_THREAD: u64 = 20_000;
-    let keys = ["vk/a", "vk/b", "budget/c"];
-    let epoch = epoch_now(&nodes[0], hour());
-    let threads: Vec<_> = nodes
-        .iter()
-        .flat_map(|node| {
-            keys.iter().map(move |key| {
-                let handle = node.store().handle(key, hour()).expect("handle");
-                std::thread::spawn(move || {
-                    for _ in 0..PER_THREAD {
-                        assert_eq!(
-                            handle.epoch_now(),
-                            epoch,
-                            "an hour boundary passed during the test"
-                        );
-                        handle.add(1);
-                    }
-                })
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("incrementing thread");
-    }
-    let total = PER_THREAD * nodes.len() as u64;
-    wait_for(
+    increment_everywhere_and_converge(
+        &nodes,
+        &["vk/a", "vk/b", "budget/c"],
+        20_000,
         Duration::from_secs(15),
-        "every node to hold the exact totals",
-        || {
-            nodes
-                .iter()
-                .all(|n| keys.iter().all(|k| global_at(n, k, hour(), epoch) == total))
-        },
     )
     .await;
     // The status is refreshed every 50 ms: wait for it to show the traffic.

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
-use crate::membership::{LocalState, MemberInfo, MemberState};
+use crate::membership::{LocalState, MemberInfo};
 use crate::node::ClusterHandle;
 
 pub(crate) async fn health() -> Json<serde_json::Value> {
@@ -92,11 +92,7 @@ pub(crate) async fn cluster_status(State(node): State<ClusterHandle>) -> Json<Cl
     let status = match node.members() {
         Some(table) => ClusterStatus {
             local_node: node.node_id().to_string(),
-            members: 1 + table
-                .members
-                .iter()
-                .filter(|m| m.state != MemberState::Left)
-                .count(),
+            members: table.member_count(),
             healthy_members: table.healthy_count(),
             cluster_health: table.cluster_health.to_string(),
             ready,

@@ -167,6 +167,15 @@ impl MemberTable {
         self.members.iter().filter(|m| m.state.is_active())
     }
 
+    /// Number of members, this node included, that have not left (the reference's `members`).
+    pub fn member_count(&self) -> usize {
+        1 + self
+            .members
+            .iter()
+            .filter(|m| m.state != MemberState::Left)
+            .count()
+    }
+
     /// Number of members, this node included, that are active and healthy (the reference's
     /// `healthy_members`).
     pub fn healthy_count(&self) -> usize {

@@ -141,17 +141,9 @@ impl DiscoveryLoop {
     }
 
     async fn register(&self, method: &dyn Discovery) -> bool {
-        match tokio::time::timeout(self.timeout, method.register()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                tracing::warn!(method = method.name(), %error, "discovery failed: registration; retrying next round");
-                false
-            }
-            Err(_) => {
-                let error = DiscoveryError::Timeout {
-                    backend: method.name(),
-                    after: self.timeout,
-                };
+        match bounded(method, self.timeout, method.register()).await {
+            Ok(()) => true,
+            Err(error) => {
                 tracing::warn!(method = method.name(), %error, "discovery failed: registration; retrying next round");
                 false
             }
@@ -165,17 +157,9 @@ impl DiscoveryLoop {
         previous: &mut HashSet<SocketAddr>,
         warned_outside: &mut HashSet<SocketAddr>,
     ) -> Option<usize> {
-        let found = match tokio::time::timeout(self.timeout, method.discover()).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(error)) => {
-                tracing::warn!(method = method.name(), %error, "discovery failed");
-                return None;
-            }
-            Err(_) => {
-                let error = DiscoveryError::Timeout {
-                    backend: method.name(),
-                    after: self.timeout,
-                };
+        let found = match bounded(method, self.timeout, method.discover()).await {
+            Ok(found) => found,
+            Err(error) => {
                 tracing::warn!(method = method.name(), %error, "discovery failed");
                 return None;
             }
@@ -246,16 +230,22 @@ impl Drop for AbortOnDrop {
 /// Withdraws every method's announcement, each bounded by `timeout` (graceful leave, after the final flush).
 pub(crate) async fn deregister_all(methods: &[Arc<dyn Discovery>], timeout: Duration) {
     for method in methods {
-        match tokio::time::timeout(timeout, method.deregister()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(method = method.name(), %error, "deregistration failed")
-            }
-            Err(_) => tracing::warn!(
-                method = method.name(),
-                after = ?timeout,
-                "deregistration did not finish in time"
-            ),
+        if let Err(error) = bounded(method.as_ref(), timeout, method.deregister()).await {
+            tracing::warn!(method = method.name(), %error, "deregistration failed");
         }
     }
+}
+
+/// Runs one call of `method`, turning a call that outlives `timeout` into [`DiscoveryError::Timeout`].
+async fn bounded<T>(
+    method: &dyn Discovery,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, DiscoveryError>>,
+) -> Result<T, DiscoveryError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or(Err(DiscoveryError::Timeout {
+            backend: method.name(),
+            after: timeout,
+        }))
 }

@@ -153,23 +153,26 @@ impl ConfigMap {
 
     /// Writes `value` under `key` at wall time `now_ms`. Returns the entry to replicate.
     pub fn put(&mut self, key: &str, value: Bytes, now_ms: u64) -> Result<ConfigEntry, StateError> {
-        self.check(key, Some(&value))?;
-        let entry = ConfigEntry {
-            key: Arc::from(key),
-            value: Some(value),
-            ts: self.hlc.tick(now_ms),
-        };
-        self.entries.insert(Arc::clone(&entry.key), entry.clone());
-        Ok(entry)
+        self.write(key, Some(value), now_ms)
     }
 
     /// Deletes `key` at wall time `now_ms`: writes a tombstone and returns it to replicate. A key this node
     /// never saw gets a tombstone too (a put for it may be on its way).
     pub fn delete(&mut self, key: &str, now_ms: u64) -> Result<ConfigEntry, StateError> {
-        self.check(key, None)?;
+        self.write(key, None, now_ms)
+    }
+
+    /// A local write (a value, or a tombstone for `None`) stamped with the next HLC timestamp.
+    fn write(
+        &mut self,
+        key: &str,
+        value: Option<Bytes>,
+        now_ms: u64,
+    ) -> Result<ConfigEntry, StateError> {
+        self.check(key, value.as_deref())?;
         let entry = ConfigEntry {
             key: Arc::from(key),
-            value: None,
+            value,
             ts: self.hlc.tick(now_ms),
         };
         self.entries.insert(Arc::clone(&entry.key), entry.clone());

@@ -36,3 +36,53 @@ pub async fn wait_for(
     start.elapsed()
 }
 pub mod netns;
+
+/// Every node increments every key `per_thread` times, one thread per node and key, in the current window of
+/// one hour; then waits (bounded by `limit`) until every node holds the exact total of every key. Returns the
+/// window's epoch and how long convergence took after the last increment. Fails if an hour boundary passes.
+pub async fn increment_everywhere_and_converge(
+    nodes: &[bifrost_cluster::node::ClusterHandle],
+    keys: &[&'static str],
+    per_thread: u64,
+    limit: std::time::Duration,
+) -> (u64, std::time::Duration) {
+    let hour = bifrost_cluster::counter::Window::parse("1h").expect("window");
+    let epoch = hour.epoch_at(nodes[0].clock().now_unix_ms());
+    let threads: Vec<_> = nodes
+        .iter()
+        .flat_map(|node| {
+            keys.iter().map(move |key| {
+                let handle = node.store().handle(key, hour).expect("handle");
+                std::thread::spawn(move || {
+                    for _ in 0..per_thread {
+                        assert_eq!(
+                            handle.epoch_now(),
+                            epoch,
+                            "an hour boundary passed during the test"
+                        );
+                        handle.add(1);
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("incrementing thread");
+    }
+    let total = per_thread * nodes.len() as u64;
+    let global = |n: &bifrost_cluster::node::ClusterHandle, k: &str| {
+        n.store().handle(k, hour).expect("handle").global_at(epoch)
+    };
+    let took = wait_for(limit, "every node to hold the exact totals", || {
+        nodes
+            .iter()
+            .all(|n| keys.iter().all(|k| global(n, k) == total))
+    })
+    .await;
+    for node in nodes {
+        for key in keys {
+            assert_eq!(global(node, key), total, "{} {key}", node.node_id());
+        }
+    }
+    (epoch, took)
+}

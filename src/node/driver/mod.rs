@@ -798,11 +798,7 @@ impl Driver {
         if table.local.state == crate::membership::LocalState::Left {
             return; // this node is leaving: "left the cluster" says it
         }
-        let members = 1 + table
-            .members
-            .iter()
-            .filter(|m| m.state != crate::membership::MemberState::Left)
-            .count();
+        let members = table.member_count();
         let healthy = table.healthy_count();
         let local = table.local.state;
         match health {
