@@ -1,12 +1,13 @@
-//! Hot-path call counts (for `/metrics`) at the cost of about one nanosecond: every thread counts its own calls
-//! in its own cache line with a plain load and store (it is the only writer, so no read-modify-write and no
-//! contention), found through one `const` thread-local pointer, and a reader sums every thread's counts. A thread that exits folds its counts into a retired
-//! total first, so nothing is lost and the registry does not grow with thread churn.
+//! Hot-path call counts (for `/metrics`) of the counter API (`add`, `acquire`), at the cost of about one
+//! nanosecond: every thread counts its own calls in its own cache line with a plain load and store (it is the
+//! only writer, so no read-modify-write and no contention), found through one `const` thread-local pointer, and
+//! a reader sums every thread's counts. A thread that exits folds its counts into a retired total first, so
+//! nothing is lost and the registry does not grow with thread churn. The traffic plane's records are not counted
+//! here: its own request counts say how many there were.
 //!
-//! Counts are per process (every store of the process, the traffic plane's own adds included), monotone, and
-//! may lag a call in flight on another thread by that call. A thread's first call registers its slot under a
-//! mutex (once per thread), and a thread's exit folds its counts under the same mutex; every other call takes
-//! no lock.
+//! Counts are per process (every store of the process), monotone, and may lag a call in flight on another thread
+//! by that call. A thread's first call registers its slot under a mutex (once per thread), and a thread's exit
+//! folds its counts under the same mutex; every other call takes no lock.
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -31,6 +31,7 @@ use crate::sync::{
     AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, seqcst_handshake,
 };
 
+use super::epoch_cache::EpochCache;
 use super::window::Window;
 
 /// Epochs kept per cell: the current one, the previous one (sliding windows, late merges) and two more so a slow
@@ -144,6 +145,8 @@ pub enum MergeOutcome {
 /// A counter cell. Shared by the store, the handles and the dirty queue through `Arc`.
 pub struct Cell {
     slots: [AtomicU64; RING],
+    /// The cell's window, and the epoch of "now" without a division on the hot path.
+    epochs: EpochCache,
     inline: Stripe,
     remote: [AtomicU64; RING],
     extra: OnceLock<Box<[CachePadded<Stripe>]>>,
@@ -152,7 +155,6 @@ pub struct Cell {
     handles: AtomicUsize,
     origins: Mutex<OriginTable>,
     key: std::sync::Arc<str>,
-    window: Window,
 }
 
 thread_local! {
@@ -189,6 +191,7 @@ impl Cell {
     pub(crate) fn new(key: std::sync::Arc<str>, window: Window) -> Cell {
         Cell {
             slots: std::array::from_fn(|_| AtomicU64::new(SLOT_EMPTY)),
+            epochs: EpochCache::new(window),
             inline: Stripe::new(),
             remote: std::array::from_fn(|_| AtomicU64::new(pack_word(0, 0))),
             extra: OnceLock::new(),
@@ -197,7 +200,6 @@ impl Cell {
             handles: AtomicUsize::new(0),
             origins: Mutex::new(OriginTable::default()),
             key,
-            window,
         }
     }
 
@@ -208,12 +210,24 @@ impl Cell {
 
     /// The cell's window.
     pub fn window(&self) -> Window {
-        self.window
+        self.epochs.window()
+    }
+
+    /// The epoch of the cell's window containing `unix_ms` (`Window::epoch_at`, without a division).
+    #[inline(always)]
+    pub(crate) fn epoch_at(&self, unix_ms: u64) -> u64 {
+        self.epochs.epoch_at(unix_ms)
+    }
+
+    /// The first millisecond after `epoch` (`Window::end_ms`).
+    #[inline(always)]
+    pub(crate) fn end_ms(&self, epoch: u64) -> u64 {
+        self.epochs.end_ms(epoch)
     }
 
     /// The generation of `epoch`'s slot, rolling the slot forward if it holds an older epoch; `None` if the slot
     /// already holds a newer epoch (then `epoch` has left the ring).
-    #[inline]
+    #[inline(always)]
     fn generation_for(&self, epoch: u64) -> Option<u16> {
         if epoch >= EPOCH_MASK {
             return None; // beyond the representable range (and the retired sentinel's epoch)
@@ -221,7 +235,19 @@ impl Cell {
         let i = ring_index(epoch);
         // Acquire: pairs with the roll so a writer that sees the new generation also sees the roll's position
         // in the slot's modification order before its own word CAS.
-        let mut slot = self.slots[i].load(Ordering::Acquire);
+        let slot = self.slots[i].load(Ordering::Acquire);
+        // An empty (or retired) slot reads as epoch `EPOCH_MASK`, which `epoch` is below: it never matches here.
+        if slot_epoch(slot) == epoch {
+            return Some(slot_gen(slot)); // the common case: the slot already holds this epoch
+        }
+        self.roll_for(epoch, slot)
+    }
+
+    /// `generation_for` when the slot does not hold `epoch` yet: rolls it forward, or finds it newer.
+    #[cold]
+    #[inline(never)]
+    fn roll_for(&self, epoch: u64, mut slot: u64) -> Option<u16> {
+        let i = ring_index(epoch);
         loop {
             if slot != SLOT_EMPTY {
                 let current = slot_epoch(slot);
@@ -301,15 +327,22 @@ impl Cell {
     }
 
     /// Adds `n` to `epoch`. Lock-free; one CAS when uncontended.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add(&self, epoch: u64, n: u64) -> AddOutcome {
         let Some(generation) = self.generation_for(epoch) else {
             return AddOutcome::Stale;
         };
         let i = ring_index(epoch);
-        let mut hint = stripe_hint();
+        // The stripe hint is a thread-local read: only a contended cell, which has extra stripes, needs it.
+        let mut extra = self.extra.get();
+        let mut hint = if extra.is_some() { stripe_hint() } else { 0 };
         loop {
-            let word = &self.stripe(hint).words[i];
+            let stripe = match extra {
+                None => &self.inline,
+                // The length is a power of two (see `inflate`).
+                Some(extra) => &extra[hint & (extra.len() - 1)],
+            };
+            let word = &stripe.words[i];
             // Relaxed: the CAS below validates what we read.
             let current = word.load(Ordering::Relaxed);
             let base = if word_gen(current) == generation {
@@ -331,7 +364,10 @@ impl Cell {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return outcome,
-                Err(_) => hint = self.note_contention(),
+                Err(_) => {
+                    hint = self.note_contention();
+                    extra = self.extra.get();
+                }
             }
         }
     }
@@ -442,6 +478,15 @@ impl Cell {
 
     /// Marks the cell dirty; returns true when the caller must push it onto the dirty queue (first change since
     /// the last drain).
+    /// Whether the cell is marked dirty (queued for the next drain). The same load as `mark_dirty`'s first step,
+    /// so a caller that sees `true` may skip `mark_dirty`.
+    #[inline(always)]
+    pub(crate) fn is_dirty(&self) -> bool {
+        // SeqCst: the second half of the add side of the handshake (after the word CAS), as in `mark_dirty`.
+        seqcst_handshake();
+        self.dirty.load(Ordering::SeqCst)
+    }
+
     #[inline]
     pub(crate) fn mark_dirty(&self) -> bool {
         // SeqCst: the load is the second half of the add side of the handshake (after the word CAS); the swap

@@ -77,13 +77,12 @@ pub(crate) fn acquire(
     limit: u64,
     cost: u64,
 ) -> (Decision, bool) {
-    let window = cell.window();
-    let epoch = window.epoch_at(now_ms);
+    let epoch = cell.epoch_at(now_ms);
     let extra = match algorithm {
         Algorithm::FixedWindow => 0,
         Algorithm::SlidingWindow => sliding_weight(cell, epoch, now_ms),
     };
-    let reset_at = window.end_ms(epoch);
+    let reset_at = cell.end_ms(epoch);
     match cell.take(epoch, cost, limit, extra) {
         TakeOutcome::Taken { used } => (Decision::new(true, used, limit, reset_at), cost > 0),
         TakeOutcome::Refused { used } => (Decision::new(false, used, limit, reset_at), false),
@@ -100,8 +99,7 @@ pub(crate) fn peek(
     limit: u64,
     cost: u64,
 ) -> Decision {
-    let window = cell.window();
-    let epoch = window.epoch_at(now_ms);
+    let epoch = cell.epoch_at(now_ms);
     let extra = match algorithm {
         Algorithm::FixedWindow => 0,
         Algorithm::SlidingWindow => sliding_weight(cell, epoch, now_ms),
@@ -113,6 +111,6 @@ pub(crate) fn peek(
         used.saturating_add(cost) <= limit,
         used,
         limit,
-        window.end_ms(epoch),
+        cell.end_ms(epoch),
     )
 }

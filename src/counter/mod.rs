@@ -15,6 +15,7 @@
 mod calls;
 mod cell;
 mod clock;
+mod epoch_cache;
 mod error;
 mod limiter;
 mod lookup_cache;
@@ -24,6 +25,7 @@ mod window;
 pub use calls::{CallCounts, call_counts};
 pub use cell::{AddOutcome, MAX_CELL_VALUE, MergeOutcome, RING};
 pub use clock::{Clock, CoarseClock, ManualClock};
+pub(crate) use epoch_cache::EpochCache;
 pub use error::CounterError;
 pub use limiter::{Algorithm, Decision};
 pub use store::{CounterHandle, CounterStore, DirtyEntry, StatsSnapshot, StoreOptions, StoreStats};

@@ -173,6 +173,16 @@ impl Shared {
     /// Marks `cell` dirty after a change and queues it on the first change since the last drain.
     #[inline]
     fn changed(&self, cell: &Arc<Cell>) {
+        // Already queued (the common case between two drains): one load.
+        if cell.is_dirty() {
+            return;
+        }
+        self.queue_changed(cell);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn queue_changed(&self, cell: &Arc<Cell>) {
         if cell.mark_dirty() {
             // The queue holds at most one entry per cell (the dirty flag guards it) and has room for `max_keys`
             // cells plus slack, so this push cannot fail. Were it ever to, clearing the flag lets the next add
@@ -251,6 +261,7 @@ impl CounterStore {
             if cell.register_handle() {
                 return Ok(CounterHandle {
                     cell,
+                    clock: Arc::clone(&self.shared.clock),
                     shared: Arc::clone(&self.shared),
                 });
             }
@@ -628,6 +639,8 @@ impl CounterStore {
 /// A resolved `(key, window)`: the hot-path entry point. Clone it freely (each clone is one refcount).
 pub struct CounterHandle {
     cell: Arc<Cell>,
+    /// The store's clock, held directly: the hot path reads it one pointer away instead of two.
+    clock: Arc<CoarseClock>,
     shared: Arc<Shared>,
 }
 
@@ -636,6 +649,7 @@ impl Clone for CounterHandle {
         self.cell.register_clone();
         CounterHandle {
             cell: Arc::clone(&self.cell),
+            clock: Arc::clone(&self.clock),
             shared: Arc::clone(&self.shared),
         }
     }
@@ -670,14 +684,22 @@ impl CounterHandle {
     /// The current epoch by the coarse clock.
     #[inline]
     pub fn epoch_now(&self) -> u64 {
-        self.cell.window().epoch_at(self.shared.clock.now_unix_ms())
+        self.cell.epoch_at(self.clock.now_unix_ms())
     }
 
     /// Adds `n` to the current window. Lock-free, allocation-free.
-    #[inline]
+    #[inline(always)]
     pub fn add(&self, n: u64) -> AddResult {
         super::calls::count_add();
-        let outcome = self.cell.add(self.epoch_now(), n);
+        self.add_in_epoch(self.epoch_now(), n)
+    }
+
+    /// Adds `n` to `epoch`, which the caller read from this store's clock for this window (the traffic plane
+    /// resolves it once for every bucket of a key). Not counted in the hot-path call counts: the traffic plane's
+    /// own request counts say how often it records.
+    #[inline(always)]
+    pub(crate) fn add_in_epoch(&self, epoch: u64, n: u64) -> AddResult {
+        let outcome = self.cell.add(epoch, n);
         if outcome == AddOutcome::Added {
             self.shared.changed(&self.cell);
             outcome

@@ -198,6 +198,18 @@ impl Window {
         self.alignment
     }
 
+    /// The length in milliseconds of a fixed-aligned window (every epoch equally long), `None` for calendar
+    /// windows.
+    pub fn fixed_len_ms(&self) -> Option<u64> {
+        match self.alignment {
+            Alignment::Fixed => self
+                .unit
+                .fixed_seconds()
+                .map(|s| s * u64::from(self.count) * MS_PER_SECOND),
+            Alignment::Calendar => None,
+        }
+    }
+
     /// The epoch (window index) containing `unix_ms`.
     #[inline]
     pub fn epoch_at(&self, unix_ms: u64) -> u64 {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::error::StateError;
 use super::histogram::{BUCKETS, Histogram, bucket_of_duration};
-use crate::counter::{CounterHandle, CounterStore, Window};
+use crate::counter::{CoarseClock, CounterHandle, CounterStore, EpochCache, Window};
 
 /// Prefix of the counter keys of this plane.
 pub const TRAFFIC_PREFIX: &str = "@traffic/";
@@ -113,8 +113,10 @@ impl TrafficRecorder {
     pub fn handle(&self, key: &str) -> Result<TrafficHandle, StateError> {
         let handle = TrafficHandle {
             inner: Arc::new(HandleInner {
+                clock: Arc::clone(self.store.clock()),
+                epochs: EpochCache::new(self.window),
                 errors: self.store.handle(&errors_key(key), self.window)?,
-                buckets: (0..BUCKETS).map(|_| OnceLock::new()).collect(),
+                buckets: std::array::from_fn(|_| OnceLock::new()),
                 key: key.to_string(),
                 store: self.store.clone(),
                 window: self.window,
@@ -205,9 +207,13 @@ impl TrafficView {
 
 #[derive(Debug)]
 struct HandleInner {
+    /// The store's clock and the window's epoch of "now", read once per record for every cell it touches.
+    clock: Arc<CoarseClock>,
+    epochs: EpochCache,
     errors: CounterHandle,
     /// Resolved on the first latency in each bucket (off the common path), then read with one atomic load.
-    buckets: Box<[OnceLock<CounterHandle>]>,
+    /// Inline, not boxed: one pointer less between a record and its bucket.
+    buckets: [OnceLock<CounterHandle>; BUCKETS],
     key: String,
     store: CounterStore,
     window: Window,
@@ -232,23 +238,25 @@ impl TrafficHandle {
     #[inline]
     pub fn record(&self, latency: Duration, outcome: Outcome) {
         let inner = &*self.inner;
+        // The epoch comes from the handle itself, not from the bucket's cell: it does not wait for the bucket.
+        let epoch = inner.epochs.epoch_at(inner.clock.now_unix_ms());
         if outcome == Outcome::Error {
-            inner.errors.add(1);
+            inner.errors.add_in_epoch(epoch, 1);
         }
         let b = bucket_of_duration(latency);
         match inner.buckets[b].get() {
             Some(handle) => {
-                handle.add(1);
+                handle.add_in_epoch(epoch, 1);
             }
-            None => self.record_new_bucket(b),
+            None => self.record_new_bucket(b, epoch),
         }
     }
 
     #[cold]
-    fn record_new_bucket(&self, b: usize) {
+    fn record_new_bucket(&self, b: usize, epoch: u64) {
         let inner = &*self.inner;
         if let Ok(handle) = inner.store.handle(&bucket_key(&inner.key, b), inner.window) {
-            handle.add(1);
+            handle.add_in_epoch(epoch, 1);
             // Another thread may have resolved the same bucket meanwhile: both handles name the same cell.
             let _ = inner.buckets[b].set(handle);
         }

@@ -1,0 +1,118 @@
+//! The epoch of "now" for one window, cheaply: the last epoch computed is kept and checked against the clock's
+//! time with one multiply, so the hot path divides only when a window boundary has passed.
+//!
+//! Guarantees: [`EpochCache::epoch_at`] returns exactly `window.epoch_at(unix_ms)` for every input, whatever
+//! other threads store meanwhile (the cached value is only a guess that the check verifies). Calendar windows
+//! (days, weeks, months, years by the calendar) have epochs of different lengths and are computed in full.
+
+use crate::sync::{AtomicU64, Ordering};
+
+use super::window::Window;
+
+/// One window's epoch cache. Shared between threads by reference.
+#[derive(Debug)]
+pub(crate) struct EpochCache {
+    window: Window,
+    /// The window's length for a fixed-aligned window, 0 for a calendar one.
+    fixed_len_ms: u64,
+    /// The epoch of the last fixed-window computation (0 at first).
+    hint: AtomicU64,
+}
+
+impl EpochCache {
+    pub(crate) fn new(window: Window) -> EpochCache {
+        EpochCache {
+            window,
+            fixed_len_ms: window.fixed_len_ms().unwrap_or(0),
+            hint: AtomicU64::new(0),
+        }
+    }
+
+    /// The window.
+    #[inline(always)]
+    pub(crate) fn window(&self) -> Window {
+        self.window
+    }
+
+    /// The epoch containing `unix_ms`: `window.epoch_at(unix_ms)`.
+    #[inline(always)]
+    pub(crate) fn epoch_at(&self, unix_ms: u64) -> u64 {
+        let len = self.fixed_len_ms;
+        if len == 0 {
+            return self.window.epoch_at(unix_ms);
+        }
+        // Relaxed: a guess, verified here against `unix_ms`. Every value it ever holds is some `t / len`, so
+        // `hint * len <= t` cannot overflow, and the check accepts it only if it is exactly `unix_ms / len`.
+        let hint = self.hint.load(Ordering::Relaxed);
+        if unix_ms.wrapping_sub(hint.wrapping_mul(len)) < len {
+            return hint;
+        }
+        self.recompute(unix_ms, len)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn recompute(&self, unix_ms: u64, len: u64) -> u64 {
+        let epoch = unix_ms / len;
+        // Relaxed: see `epoch_at`.
+        self.hint.store(epoch, Ordering::Relaxed);
+        epoch
+    }
+
+    /// The first millisecond after `epoch`: `window.end_ms(epoch)`.
+    #[inline(always)]
+    pub(crate) fn end_ms(&self, epoch: u64) -> u64 {
+        if self.fixed_len_ms != 0 {
+            epoch.saturating_add(1).saturating_mul(self.fixed_len_ms)
+        } else {
+            self.window.end_ms(epoch)
+        }
+    }
+}
+
+#[cfg(all(test, not(bifrost_loom)))]
+mod tests {
+    use super::*;
+    use crate::counter::window::{Alignment, Unit};
+
+    /// 2026-11-24T10:00:00Z.
+    const T0: u64 = 1_795_514_400_000;
+
+    #[test]
+    fn matches_the_window_for_every_kind_of_window_and_any_order_of_times() {
+        let windows = [
+            Window::parse("1s").expect("1s"),
+            Window::parse("1m").expect("1m"),
+            Window::parse("7m").expect("7m"),
+            Window::parse("1h").expect("1h"),
+            Window::parse("1d").expect("1d"),
+            Window::parse("1w").expect("1w"),
+            Window::parse("1M").expect("1M"),
+            Window::parse("2Y").expect("2Y"),
+            Window::with_alignment(1, Unit::Day, Alignment::Fixed).expect("fixed day"),
+        ];
+        // Forwards, backwards and jumping: the cache must never answer with a stale epoch.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut times: Vec<u64> = (0..2_000u64).map(|i| T0 + i * 997).collect();
+        times.extend((0..2_000u64).rev().map(|i| T0 + i * 1_013));
+        for _ in 0..2_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            times.push(x % (T0 * 2));
+        }
+        times.extend([0, 1, 59_999, 60_000, u64::MAX / 2, u64::MAX - 1, u64::MAX]);
+        for window in windows {
+            let cache = EpochCache::new(window);
+            for &t in &times {
+                let epoch = cache.epoch_at(t);
+                assert_eq!(epoch, window.epoch_at(t), "{window} at {t}");
+                assert_eq!(
+                    cache.end_ms(epoch),
+                    window.end_ms(epoch),
+                    "{window} end of {epoch}"
+                );
+            }
+        }
+    }
+}
