@@ -74,6 +74,25 @@ fn word_gen(word: u64) -> u16 {
 fn word_value(word: u64) -> u64 {
     word & MAX_CELL_VALUE
 }
+/// The word an add of `n` at `generation` turns `current` into, and the outcome, when the fast path of
+/// [`Cell::add`] does not apply: a word not swept yet (an older generation, reset by this add), or a value that
+/// saturates. `None` when the word already belongs to a newer generation.
+#[cold]
+#[inline(never)]
+fn next_word(current: u64, generation: u16, n: u64) -> Option<(u64, AddOutcome)> {
+    let base = if word_gen(current) == generation {
+        word_value(current)
+    } else if older(word_gen(current), generation) {
+        0 // not swept yet: this CAS resets it
+    } else {
+        return None;
+    };
+    Some(match base.checked_add(n) {
+        Some(v) if v <= MAX_CELL_VALUE => (pack_word(generation, v), AddOutcome::Added),
+        _ => (pack_word(generation, MAX_CELL_VALUE), AddOutcome::Saturated),
+    })
+}
+
 /// `a` is an older generation than `b` (wrapping; valid while they are less than 2^15 rolls apart).
 #[inline]
 fn older(a: u16, b: u16) -> bool {
@@ -180,11 +199,10 @@ fn stripe_hint() -> usize {
 
 #[cold]
 fn bump_stripe_hint() -> usize {
-    STRIPE_HINT.with(|h| {
-        let v = h.get().wrapping_add(1);
-        h.set(v);
-        v
-    })
+    // A thread that never needed a hint (its cells had no extra stripes) takes its round-robin ticket first.
+    let v = stripe_hint().wrapping_add(1);
+    STRIPE_HINT.with(|h| h.set(v));
+    v
 }
 
 impl Cell {
@@ -345,24 +363,19 @@ impl Cell {
             let word = &stripe.words[i];
             // Relaxed: the CAS below validates what we read.
             let current = word.load(Ordering::Relaxed);
-            let base = if word_gen(current) == generation {
-                word_value(current)
-            } else if older(word_gen(current), generation) {
-                0 // not swept yet: this CAS resets it
-            } else {
-                return AddOutcome::Stale; // the position already moved on to a newer epoch
-            };
-            let (value, outcome) = match base.checked_add(n) {
-                Some(v) if v <= MAX_CELL_VALUE => (v, AddOutcome::Added),
-                _ => (MAX_CELL_VALUE, AddOutcome::Saturated),
-            };
+            // The common case, a word of this generation with room for `n`, adds to the packed word directly
+            // (the generation bits cannot change): one addition between the load and the CAS.
+            let (new, outcome) =
+                if word_gen(current) == generation && n <= MAX_CELL_VALUE - word_value(current) {
+                    (current + n, AddOutcome::Added)
+                } else {
+                    match next_word(current, generation, n) {
+                        Some(next) => next,
+                        None => return AddOutcome::Stale, // the position already moved on to a newer epoch
+                    }
+                };
             // SeqCst: the first half of the dirty-flag handshake (see module docs).
-            match word.compare_exchange(
-                current,
-                pack_word(generation, value),
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            ) {
+            match word.compare_exchange(current, new, Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => return outcome,
                 Err(_) => {
                     hint = self.note_contention();
@@ -476,8 +489,6 @@ impl Cell {
         }
     }
 
-    /// Marks the cell dirty; returns true when the caller must push it onto the dirty queue (first change since
-    /// the last drain).
     /// Whether the cell is marked dirty (queued for the next drain). The same load as `mark_dirty`'s first step,
     /// so a caller that sees `true` may skip `mark_dirty`.
     #[inline(always)]
@@ -487,6 +498,8 @@ impl Cell {
         self.dirty.load(Ordering::SeqCst)
     }
 
+    /// Marks the cell dirty; returns true when the caller must push it onto the dirty queue (first change since
+    /// the last drain).
     #[inline]
     pub(crate) fn mark_dirty(&self) -> bool {
         // SeqCst: the load is the second half of the add side of the handshake (after the word CAS); the swap
@@ -747,6 +760,13 @@ mod tests {
             MAX_CELL_VALUE,
             "the neighbour epoch is untouched"
         );
+        // Exactly up to the maximum is still a plain add; one more saturates.
+        assert_eq!(c.add(3, MAX_CELL_VALUE - 2), AddOutcome::Added);
+        assert_eq!(c.add(3, 2), AddOutcome::Added);
+        assert_eq!(c.local(3), MAX_CELL_VALUE);
+        assert_eq!(c.add(3, 1), AddOutcome::Saturated);
+        assert_eq!(c.add(3, 0), AddOutcome::Added);
+        assert_eq!(c.local(3), MAX_CELL_VALUE);
     }
 
     #[test]

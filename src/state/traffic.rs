@@ -241,7 +241,7 @@ impl TrafficHandle {
         // The epoch comes from the handle itself, not from the bucket's cell: it does not wait for the bucket.
         let epoch = inner.epochs.epoch_at(inner.clock.now_unix_ms());
         if outcome == Outcome::Error {
-            inner.errors.add_in_epoch(epoch, 1);
+            self.record_error(epoch);
         }
         let b = bucket_of_duration(latency);
         match inner.buckets[b].get() {
@@ -250,6 +250,12 @@ impl TrafficHandle {
             }
             None => self.record_new_bucket(b, epoch),
         }
+    }
+
+    /// Out of line so the common path (a success) keeps fewer registers live.
+    #[inline(never)]
+    fn record_error(&self, epoch: u64) {
+        self.inner.errors.add_in_epoch(epoch, 1);
     }
 
     #[cold]
