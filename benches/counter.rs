@@ -3,7 +3,8 @@
 //!
 //! - `floor/atomic_fetch_add`: a bare `AtomicU64::fetch_add`, the physical floor;
 //! - `handle/add`, `handle/try_acquire`: the resolved-handle hot path;
-//! - `state/record`: one request recorded by the traffic plane (count + latency bucket);
+//! - `state/record`: one request recorded by the traffic plane (count + latency bucket), latencies of 80–215 ms;
+//!   `state/record_seconds` the same with latencies of 1.2–14.7 s;
 //! - `by_key/add` against `dashmap/string_add`: lookup by string on every call;
 //! - `governor/direct`, `governor/keyed`: the `governor` crate's limiter, what a Rust gateway would use locally;
 //! - `contended/handle_add_2threads` against `contended/atomic_2threads`: two threads on one hot key (the
@@ -81,6 +82,18 @@ fn counter(c: &mut Criterion) {
         b.iter(|| {
             l = (l + 1) & 15;
             black_box(&traffic).record(black_box(latencies[l]), Outcome::Ok)
+        })
+    });
+    // The same with latencies of seconds (long generations): the bucket is found by the f64 path, not the table
+    // that covers 4 ms to 1 s.
+    let slow: Vec<Duration> = (0..16u64)
+        .map(|i| Duration::from_millis(1_200 + i * 900))
+        .collect();
+    let mut l = 0usize;
+    group.bench_function("state/record_seconds", |b| {
+        b.iter(|| {
+            l = (l + 1) & 15;
+            black_box(&traffic).record(black_box(slow[l]), Outcome::Ok)
         })
     });
     let limited = s

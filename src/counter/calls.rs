@@ -104,6 +104,25 @@ fn slot() -> &'static ThreadCalls {
     unsafe { &*ptr }
 }
 
+/// Counts one add if this thread's slot is registered already, with no call; `false` (nothing counted) on the
+/// thread's first call, which `count_add` then registers.
+#[inline(always)]
+pub(crate) fn try_count_add() -> bool {
+    let ptr = SLOT.with(Cell::get);
+    if ptr.is_null() {
+        return false;
+    }
+    // SAFETY: as in `slot`: a non-null `SLOT` points to `SINK` or to this thread's registered counts, which
+    // outlive every use through `SLOT`.
+    let c = unsafe { &*ptr };
+    // Relaxed: single writer; readers only need an eventually current, monotone value.
+    c.adds.store(
+        c.adds.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+    true
+}
+
 /// Counts one add (`CounterHandle::add`, `CounterStore::add`).
 #[inline(always)]
 pub(crate) fn count_add() {

@@ -237,6 +237,12 @@ impl Cell {
         self.epochs.epoch_at(unix_ms)
     }
 
+    /// `epoch_at` if the cached epoch answers it, with no call (see `EpochCache::cached_epoch_at`).
+    #[inline(always)]
+    pub(crate) fn cached_epoch_at(&self, unix_ms: u64) -> Option<u64> {
+        self.epochs.cached_epoch_at(unix_ms)
+    }
+
     /// The first millisecond after `epoch` (`Window::end_ms`).
     #[inline(always)]
     pub(crate) fn end_ms(&self, epoch: u64) -> u64 {
@@ -342,6 +348,31 @@ impl Cell {
             self.contended.store(true, Ordering::Relaxed);
         }
         bump_stripe_hint()
+    }
+
+    /// The common case of [`Cell::add`] as one attempt with no call, for leaf fast paths: the slot already holds
+    /// `epoch`, the cell has no extra stripes, and the value word is of this generation with room for `n`. Then
+    /// one CAS, with the same orderings as `add`. `false` means nothing was counted (one of those did not hold,
+    /// or the CAS lost a race): the caller runs `add`, which handles every case.
+    #[inline(always)]
+    pub(crate) fn try_add_fast(&self, epoch: u64, n: u64) -> bool {
+        let i = ring_index(epoch);
+        // Acquire: as in `generation_for`.
+        let slot = self.slots[i].load(Ordering::Acquire);
+        // `epoch < EPOCH_MASK`: an empty or retired slot reads as epoch `EPOCH_MASK`, never a match.
+        if slot_epoch(slot) != epoch || epoch >= EPOCH_MASK || self.extra.get().is_some() {
+            return false;
+        }
+        let generation = slot_gen(slot);
+        let word = &self.inline.words[i];
+        // Relaxed: the CAS below validates what we read.
+        let current = word.load(Ordering::Relaxed);
+        if word_gen(current) != generation || n > MAX_CELL_VALUE - word_value(current) {
+            return false;
+        }
+        // SeqCst: the first half of the dirty-flag handshake (see module docs), as in `add`.
+        word.compare_exchange(current, current + n, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Adds `n` to `epoch`. Lock-free; one CAS when uncontended.

@@ -50,6 +50,16 @@ impl EpochCache {
         self.recompute(unix_ms, len)
     }
 
+    /// The epoch containing `unix_ms` if it is the cached one (a fixed window whose boundary has not passed
+    /// since): the check of `epoch_at` alone, with no call, for leaf fast paths. `None` means "use `epoch_at`".
+    #[inline(always)]
+    pub(crate) fn cached_epoch_at(&self, unix_ms: u64) -> Option<u64> {
+        let len = self.fixed_len_ms;
+        // Relaxed: see `epoch_at`. A calendar window (len 0) never passes the check (`x < 0` is false).
+        let hint = self.hint.load(Ordering::Relaxed);
+        (unix_ms.wrapping_sub(hint.wrapping_mul(len)) < len).then_some(hint)
+    }
+
     #[cold]
     #[inline(never)]
     fn recompute(&self, unix_ms: u64, len: u64) -> u64 {

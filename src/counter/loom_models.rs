@@ -51,6 +51,53 @@ fn add_racing_a_roll_never_leaks_into_the_new_epoch() {
     });
 }
 
+/// The leaf fast path of an add racing a roll: counted in its own epoch or not at all (then the full path
+/// would run), never in the newer epoch.
+#[test]
+fn fast_add_racing_a_roll_never_leaks_into_the_new_epoch() {
+    loom::model(|| {
+        let c = cell();
+        c.add(0, 1); // the position holds epoch 0
+        let c2 = Arc::clone(&c);
+        let late = thread::spawn(move || c2.try_add_fast(0, 10));
+        let fresh = c.add(4, 100); // same position, four epochs later
+        let late = late.join().expect("thread");
+        assert_eq!(fresh, AddOutcome::Added);
+        assert_eq!(
+            c.local(4),
+            100,
+            "fast add leaked into the new epoch (it reported counted: {late})"
+        );
+    });
+}
+
+/// The dirty handshake with the leaf fast path (CAS, then the flag load): a counted add is either seen by the
+/// drain that clears the flag, or sees the cleared flag and queues the cell again.
+#[test]
+fn fast_add_dirty_handshake_never_strands_an_add() {
+    loom::model(|| {
+        let c = cell();
+        c.add(0, 1); // the slot holds epoch 0, so the fast path applies
+        assert!(c.mark_dirty());
+        let c2 = Arc::clone(&c);
+        let adder = thread::spawn(move || {
+            let counted = c2.try_add_fast(0, 1);
+            (counted, counted && !c2.is_dirty())
+        });
+        c.clear_dirty();
+        let drained = c.local(0);
+        let (counted, requeues) = adder.join().expect("thread");
+        assert!(
+            counted,
+            "nothing else touches the word: the fast path applies"
+        );
+        assert!(
+            drained == 2 || requeues,
+            "add neither drained nor re-queued"
+        );
+    });
+}
+
 /// Two threads rolling the same position to the same new epoch both count.
 #[test]
 fn concurrent_rolls_keep_every_add() {

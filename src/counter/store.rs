@@ -690,8 +690,36 @@ impl CounterHandle {
     /// Adds `n` to the current window. Lock-free, allocation-free.
     #[inline(always)]
     pub fn add(&self, n: u64) -> AddResult {
+        // The fast path makes no call (so it saves no registers): a registered thread, the cached epoch, and
+        // one uncontended CAS. Anything else, and it counted nothing: the full path handles every case.
+        if let Some(epoch) = self.cell.cached_epoch_at(self.clock.now_unix_ms())
+            && self.try_add_in_epoch_fast(epoch, n)
+        {
+            if !super::calls::try_count_add() {
+                super::calls::count_add();
+            }
+            return AddOutcome::Added;
+        }
+        self.add_full(n)
+    }
+
+    #[inline(never)]
+    fn add_full(&self, n: u64) -> AddResult {
         super::calls::count_add();
         self.add_in_epoch(self.epoch_now(), n)
+    }
+
+    /// One attempt at adding `n` to `epoch` with no call but the dirty queueing after it (see
+    /// `Cell::try_add_fast`); `false` means nothing was counted and the caller must take a full path.
+    #[inline(always)]
+    pub(crate) fn try_add_in_epoch_fast(&self, epoch: u64, n: u64) -> bool {
+        if !self.cell.try_add_fast(epoch, n) {
+            return false;
+        }
+        if !self.cell.is_dirty() {
+            self.shared.queue_changed(&self.cell);
+        }
+        true
     }
 
     /// Adds `n` to `epoch`, which the caller read from this store's clock for this window (the traffic plane

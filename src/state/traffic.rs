@@ -238,6 +238,21 @@ impl TrafficHandle {
     #[inline]
     pub fn record(&self, latency: Duration, outcome: Outcome) {
         let inner = &*self.inner;
+        // The fast path makes no call (so it saves no registers): a success, the cached epoch, a bucket already
+        // resolved, one uncontended CAS. Anything else, and it counted nothing: `record_full` does it all.
+        if outcome == Outcome::Ok
+            && let Some(epoch) = inner.epochs.cached_epoch_at(inner.clock.now_unix_ms())
+            && let Some(handle) = inner.buckets[bucket_of_duration(latency)].get()
+            && handle.try_add_in_epoch_fast(epoch, 1)
+        {
+            return;
+        }
+        self.record_full(latency, outcome);
+    }
+
+    #[inline(never)]
+    fn record_full(&self, latency: Duration, outcome: Outcome) {
+        let inner = &*self.inner;
         // The epoch comes from the handle itself, not from the bucket's cell: it does not wait for the bucket.
         let epoch = inner.epochs.epoch_at(inner.clock.now_unix_ms());
         if outcome == Outcome::Error {
