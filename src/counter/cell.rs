@@ -147,6 +147,15 @@ struct OriginTable {
     sums: [Option<(u64, u64)>; RING],
 }
 
+/// The decision of [`Cell::try_take_fast`] (it never finds the epoch stale: then it declines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FastTake {
+    /// Taken; `used` includes the cost.
+    Taken { used: u64 },
+    /// Not taken: `used + cost` would exceed the limit (or the value word would saturate).
+    Refused { used: u64 },
+}
+
 /// Result of merging one remote value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MergeOutcome {
@@ -241,6 +250,12 @@ impl Cell {
     #[inline(always)]
     pub(crate) fn cached_epoch_at(&self, unix_ms: u64) -> Option<u64> {
         self.epochs.cached_epoch_at(unix_ms)
+    }
+
+    /// `end_ms` for an epoch from [`Cell::cached_epoch_at`], with no call.
+    #[inline(always)]
+    pub(crate) fn cached_end_ms(&self, epoch: u64) -> u64 {
+        self.epochs.cached_end_ms(epoch)
     }
 
     /// The first millisecond after `epoch` (`Window::end_ms`).
@@ -375,6 +390,41 @@ impl Cell {
             .is_ok()
     }
 
+    /// The common case of [`Cell::take`] (with no sliding-window weight) as one attempt with no call, under the
+    /// same conditions as [`Cell::try_add_fast`]: then the decision against `limit` and, when taken, one CAS,
+    /// with the same orderings as `take`. `None` means nothing was decided or counted: the caller runs `take`.
+    #[inline(always)]
+    pub(crate) fn try_take_fast(&self, epoch: u64, cost: u64, limit: u64) -> Option<FastTake> {
+        let i = ring_index(epoch);
+        // Acquire: as in `generation_for`.
+        let slot = self.slots[i].load(Ordering::Acquire);
+        // `epoch < EPOCH_MASK`: an empty or retired slot reads as epoch `EPOCH_MASK`, never a match.
+        if slot_epoch(slot) != epoch || epoch >= EPOCH_MASK || self.extra.get().is_some() {
+            return None;
+        }
+        let generation = slot_gen(slot);
+        let word = &self.inline.words[i];
+        // SeqCst: as in `take`; this read is validated by the CAS.
+        let current = word.load(Ordering::SeqCst);
+        if word_gen(current) != generation {
+            return None;
+        }
+        let own = word_value(current);
+        // With no extra stripes there is no other local value: the rest is the remote sum.
+        let used = self.remote_value(i, generation).saturating_add(own);
+        let after = used.saturating_add(cost);
+        if after > limit || cost > MAX_CELL_VALUE - own {
+            return Some(FastTake::Refused { used });
+        }
+        if cost == 0 {
+            return Some(FastTake::Taken { used });
+        }
+        // SeqCst: the first half of the dirty-flag handshake, as in `take`. `own + cost <= MAX_CELL_VALUE`.
+        word.compare_exchange(current, current + cost, Ordering::SeqCst, Ordering::Relaxed)
+            .ok()
+            .map(|_| FastTake::Taken { used: after })
+    }
+
     /// Adds `n` to `epoch`. Lock-free; one CAS when uncontended.
     #[inline(always)]
     pub(crate) fn add(&self, epoch: u64, n: u64) -> AddOutcome {
@@ -485,7 +535,7 @@ impl Cell {
         sum
     }
 
-    #[inline]
+    #[inline(always)]
     fn remote_value(&self, i: usize, generation: u16) -> u64 {
         // Acquire: pairs with the Release store of the merge so the sum is read whole.
         let w = self.remote[i].load(Ordering::Acquire);

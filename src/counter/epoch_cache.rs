@@ -69,6 +69,13 @@ impl EpochCache {
         epoch
     }
 
+    /// `end_ms` for an epoch that [`EpochCache::cached_epoch_at`] returned (so the window is fixed), with no
+    /// call.
+    #[inline(always)]
+    pub(crate) fn cached_end_ms(&self, epoch: u64) -> u64 {
+        epoch.saturating_add(1).saturating_mul(self.fixed_len_ms)
+    }
+
     /// The first millisecond after `epoch`: `window.end_ms(epoch)`.
     #[inline(always)]
     pub(crate) fn end_ms(&self, epoch: u64) -> u64 {
@@ -122,6 +129,14 @@ mod tests {
                     window.end_ms(epoch),
                     "{window} end of {epoch}"
                 );
+                if let Some(cached) = cache.cached_epoch_at(t) {
+                    assert_eq!(cached, epoch, "{window} cached at {t}");
+                    assert_eq!(
+                        cache.cached_end_ms(cached),
+                        window.end_ms(epoch),
+                        "{window}"
+                    );
+                }
             }
         }
     }

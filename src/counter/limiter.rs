@@ -39,7 +39,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn new(allowed: bool, used: u64, limit: u64, reset_at_ms: u64) -> Decision {
+    pub(crate) fn new(allowed: bool, used: u64, limit: u64, reset_at_ms: u64) -> Decision {
         Decision {
             allowed,
             used,

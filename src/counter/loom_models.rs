@@ -7,7 +7,7 @@
 use loom::sync::Arc;
 use loom::thread;
 
-use super::cell::{AddOutcome, Cell};
+use super::cell::{AddOutcome, Cell, FastTake};
 use super::window::Window;
 
 fn cell() -> Arc<Cell> {
@@ -95,6 +95,25 @@ fn fast_add_dirty_handshake_never_strands_an_add() {
             drained == 2 || requeues,
             "add neither drained nor re-queued"
         );
+    });
+}
+
+/// Two fast-path takes racing for the last unit of a limit: at most one is taken, and the count says so.
+#[test]
+fn fast_takes_never_overshoot_a_limit() {
+    loom::model(|| {
+        let c = cell();
+        c.add(0, 1); // the slot holds epoch 0; one unit of a limit of 2 is used
+        let c2 = Arc::clone(&c);
+        let t = thread::spawn(move || c2.try_take_fast(0, 1, 2));
+        let a = c.try_take_fast(0, 1, 2);
+        let b = t.join().expect("thread");
+        let taken = [a, b]
+            .iter()
+            .filter(|o| matches!(o, Some(FastTake::Taken { .. })))
+            .count();
+        assert!(taken <= 1, "both took the last unit: {a:?} {b:?}");
+        assert_eq!(c.local(0), 1 + taken as u64);
     });
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 use papaya::Equivalent;
 
-use super::cell::{AddOutcome, Cell, MergeOutcome, RING};
+use super::cell::{AddOutcome, Cell, FastTake, MergeOutcome, RING};
 use super::clock::CoarseClock;
 use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
@@ -761,6 +761,32 @@ impl CounterHandle {
     /// Acquire with a chosen algorithm (see [`Algorithm`]).
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+        // The fast path makes no call, as in `add`: a fixed window, the cached epoch, an uncontended cell, one
+        // decision and at most one CAS. Anything else, and it decided and counted nothing.
+        if algorithm == Algorithm::FixedWindow
+            && let Some(epoch) = self.cell.cached_epoch_at(self.clock.now_unix_ms())
+            && let Some(outcome) = self.cell.try_take_fast(epoch, cost, limit)
+        {
+            if !super::calls::try_count_acquire() {
+                super::calls::count_acquire();
+            }
+            let reset_at = self.cell.cached_end_ms(epoch);
+            return match outcome {
+                FastTake::Taken { used } => {
+                    if cost > 0 && !self.cell.is_dirty() {
+                        self.shared.queue_changed(&self.cell);
+                    }
+                    Decision::new(true, used, limit, reset_at)
+                }
+                // The slot held the epoch, so the cell was not being retired: the refusal is a real decision.
+                FastTake::Refused { used } => Decision::new(false, used, limit, reset_at),
+            };
+        }
+        self.acquire_full(algorithm, limit, cost)
+    }
+
+    #[inline(never)]
+    fn acquire_full(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
         super::calls::count_acquire();
         let now = self.shared.clock.now_unix_ms();
         let (decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
