@@ -121,11 +121,7 @@ pub(crate) fn try_count_add() -> bool {
     let Some(c) = registered_slot() else {
         return false;
     };
-    // Relaxed: single writer; readers only need an eventually current, monotone value.
-    c.adds.store(
-        c.adds.load(Ordering::Relaxed).wrapping_add(1),
-        Ordering::Relaxed,
-    );
+    bump(&c.adds);
     true
 }
 
@@ -135,32 +131,28 @@ pub(crate) fn try_count_acquire() -> bool {
     let Some(c) = registered_slot() else {
         return false;
     };
-    // Relaxed: as in `try_count_add`.
-    c.acquires.store(
-        c.acquires.load(Ordering::Relaxed).wrapping_add(1),
-        Ordering::Relaxed,
-    );
+    bump(&c.acquires);
     true
 }
 
 /// Counts one add (`CounterHandle::add`, `CounterStore::add`).
 #[inline(always)]
 pub(crate) fn count_add() {
-    let c = slot();
-    // Relaxed: single writer; readers only need an eventually current, monotone value.
-    c.adds.store(
-        c.adds.load(Ordering::Relaxed).wrapping_add(1),
-        Ordering::Relaxed,
-    );
+    bump(&slot().adds);
 }
 
 /// Counts one acquire (`CounterHandle::acquire`, `try_acquire`).
 #[inline(always)]
 pub(crate) fn count_acquire() {
-    let c = slot();
-    // Relaxed: as in `count_add`.
-    c.acquires.store(
-        c.acquires.load(Ordering::Relaxed).wrapping_add(1),
+    bump(&slot().acquires);
+}
+
+/// One more in a count this thread alone writes: a plain load and store, no read-modify-write.
+#[inline(always)]
+fn bump(count: &AtomicU64) {
+    // Relaxed: single writer; readers only need an eventually current, monotone value.
+    count.store(
+        count.load(Ordering::Relaxed).wrapping_add(1),
         Ordering::Relaxed,
     );
 }

@@ -365,20 +365,29 @@ impl Cell {
         bump_stripe_hint()
     }
 
+    /// The generation and ring position of `epoch` when the leaf fast paths apply: the slot already holds
+    /// `epoch` and the cell has no extra stripes (so the inline stripe is the one to write).
+    #[inline(always)]
+    fn fast_position(&self, epoch: u64) -> Option<(u16, usize)> {
+        let i = ring_index(epoch);
+        // Acquire: as in `generation_for`.
+        let slot = self.slots[i].load(Ordering::Acquire);
+        // `epoch < EPOCH_MASK`: an empty or retired slot reads as epoch `EPOCH_MASK`, never a match.
+        if slot_epoch(slot) != epoch || epoch >= EPOCH_MASK || self.extra.get().is_some() {
+            return None;
+        }
+        Some((slot_gen(slot), i))
+    }
+
     /// The common case of [`Cell::add`] as one attempt with no call, for leaf fast paths: the slot already holds
     /// `epoch`, the cell has no extra stripes, and the value word is of this generation with room for `n`. Then
     /// one CAS, with the same orderings as `add`. `false` means nothing was counted (one of those did not hold,
     /// or the CAS lost a race): the caller runs `add`, which handles every case.
     #[inline(always)]
     pub(crate) fn try_add_fast(&self, epoch: u64, n: u64) -> bool {
-        let i = ring_index(epoch);
-        // Acquire: as in `generation_for`.
-        let slot = self.slots[i].load(Ordering::Acquire);
-        // `epoch < EPOCH_MASK`: an empty or retired slot reads as epoch `EPOCH_MASK`, never a match.
-        if slot_epoch(slot) != epoch || epoch >= EPOCH_MASK || self.extra.get().is_some() {
+        let Some((generation, i)) = self.fast_position(epoch) else {
             return false;
-        }
-        let generation = slot_gen(slot);
+        };
         let word = &self.inline.words[i];
         // Relaxed: the CAS below validates what we read.
         let current = word.load(Ordering::Relaxed);
@@ -395,14 +404,7 @@ impl Cell {
     /// with the same orderings as `take`. `None` means nothing was decided or counted: the caller runs `take`.
     #[inline(always)]
     pub(crate) fn try_take_fast(&self, epoch: u64, cost: u64, limit: u64) -> Option<FastTake> {
-        let i = ring_index(epoch);
-        // Acquire: as in `generation_for`.
-        let slot = self.slots[i].load(Ordering::Acquire);
-        // `epoch < EPOCH_MASK`: an empty or retired slot reads as epoch `EPOCH_MASK`, never a match.
-        if slot_epoch(slot) != epoch || epoch >= EPOCH_MASK || self.extra.get().is_some() {
-            return None;
-        }
-        let generation = slot_gen(slot);
+        let (generation, i) = self.fast_position(epoch)?;
         let word = &self.inline.words[i];
         // SeqCst: as in `take`; this read is validated by the CAS.
         let current = word.load(Ordering::SeqCst);
