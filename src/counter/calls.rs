@@ -104,37 +104,6 @@ fn slot() -> &'static ThreadCalls {
     unsafe { &*ptr }
 }
 
-/// This thread's counts if its slot is registered already, with no call (`None` on the thread's first call,
-/// which `count_add` or `count_acquire` then registers).
-#[inline(always)]
-fn registered_slot() -> Option<&'static ThreadCalls> {
-    let ptr = SLOT.with(Cell::get);
-    // SAFETY: as in `slot`: a non-null `SLOT` points to `SINK` or to this thread's registered counts, which
-    // outlive every use through `SLOT`.
-    (!ptr.is_null()).then(|| unsafe { &*ptr })
-}
-
-/// Counts one add if this thread's slot is registered already, with no call; `false` (nothing counted) on the
-/// thread's first call, which `count_add` then registers.
-#[inline(always)]
-pub(crate) fn try_count_add() -> bool {
-    let Some(c) = registered_slot() else {
-        return false;
-    };
-    bump(&c.adds);
-    true
-}
-
-/// Counts one acquire like [`try_count_add`] counts an add.
-#[inline(always)]
-pub(crate) fn try_count_acquire() -> bool {
-    let Some(c) = registered_slot() else {
-        return false;
-    };
-    bump(&c.acquires);
-    true
-}
-
 /// Counts one add (`CounterHandle::add`, `CounterStore::add`).
 #[inline(always)]
 pub(crate) fn count_add() {

@@ -349,7 +349,23 @@ impl Cell {
 
     #[inline]
     fn stripe(&self, hint: usize) -> &Stripe {
-        match self.extra.get() {
+        self.stripe_in(self.extra_stripes(), hint)
+    }
+
+    /// The cell's extra stripes, once a contended cell got them.
+    #[inline(always)]
+    fn extra_stripes(&self) -> Option<&[CachePadded<Stripe>]> {
+        self.extra.get().map(|extra| &extra[..])
+    }
+
+    /// The stripe for `hint` given the cell's extra stripes as read by the caller.
+    #[inline(always)]
+    fn stripe_in<'a>(
+        &'a self,
+        extra: Option<&'a [CachePadded<Stripe>]>,
+        hint: usize,
+    ) -> &'a Stripe {
+        match extra {
             None => &self.inline,
             // The length is a power of two (see `inflate`).
             Some(extra) => &extra[hint & (extra.len() - 1)],
@@ -435,15 +451,10 @@ impl Cell {
         };
         let i = ring_index(epoch);
         // The stripe hint is a thread-local read: only a contended cell, which has extra stripes, needs it.
-        let mut extra = self.extra.get();
+        let mut extra = self.extra_stripes();
         let mut hint = if extra.is_some() { stripe_hint() } else { 0 };
         loop {
-            let stripe = match extra {
-                None => &self.inline,
-                // The length is a power of two (see `inflate`).
-                Some(extra) => &extra[hint & (extra.len() - 1)],
-            };
-            let word = &stripe.words[i];
+            let word = &self.stripe_in(extra, hint).words[i];
             // Relaxed: the CAS below validates what we read.
             let current = word.load(Ordering::Relaxed);
             // The common case, a word of this generation with room for `n`, adds to the packed word directly
@@ -462,7 +473,7 @@ impl Cell {
                 Ok(_) => return outcome,
                 Err(_) => {
                     hint = self.note_contention();
-                    extra = self.extra.get();
+                    extra = self.extra_stripes();
                 }
             }
         }

@@ -37,17 +37,10 @@ impl EpochCache {
     /// The epoch containing `unix_ms`: `window.epoch_at(unix_ms)`.
     #[inline(always)]
     pub(crate) fn epoch_at(&self, unix_ms: u64) -> u64 {
-        let len = self.fixed_len_ms;
-        if len == 0 {
-            return self.window.epoch_at(unix_ms);
+        match self.cached_epoch_at(unix_ms) {
+            Some(epoch) => epoch,
+            None => self.recompute(unix_ms),
         }
-        // Relaxed: a guess, verified here against `unix_ms`. Every value it ever holds is some `t / len`, so
-        // `hint * len <= t` cannot overflow, and the check accepts it only if it is exactly `unix_ms / len`.
-        let hint = self.hint.load(Ordering::Relaxed);
-        if unix_ms.wrapping_sub(hint.wrapping_mul(len)) < len {
-            return hint;
-        }
-        self.recompute(unix_ms, len)
     }
 
     /// The epoch containing `unix_ms` if it is the cached one (a fixed window whose boundary has not passed
@@ -55,16 +48,22 @@ impl EpochCache {
     #[inline(always)]
     pub(crate) fn cached_epoch_at(&self, unix_ms: u64) -> Option<u64> {
         let len = self.fixed_len_ms;
-        // Relaxed: see `epoch_at`. A calendar window (len 0) never passes the check (`x < 0` is false).
+        // Relaxed: a guess, verified here against `unix_ms`. Every value it ever holds is some `t / len`, so
+        // `hint * len <= t` cannot overflow, and the check accepts it only if it is exactly `unix_ms / len`. A
+        // calendar window (len 0) never passes it (`x < 0` is false).
         let hint = self.hint.load(Ordering::Relaxed);
         (unix_ms.wrapping_sub(hint.wrapping_mul(len)) < len).then_some(hint)
     }
 
     #[cold]
     #[inline(never)]
-    fn recompute(&self, unix_ms: u64, len: u64) -> u64 {
+    fn recompute(&self, unix_ms: u64) -> u64 {
+        let len = self.fixed_len_ms;
+        if len == 0 {
+            return self.window.epoch_at(unix_ms);
+        }
         let epoch = unix_ms / len;
-        // Relaxed: see `epoch_at`.
+        // Relaxed: see `cached_epoch_at`.
         self.hint.store(epoch, Ordering::Relaxed);
         epoch
     }
@@ -80,7 +79,7 @@ impl EpochCache {
     #[inline(always)]
     pub(crate) fn end_ms(&self, epoch: u64) -> u64 {
         if self.fixed_len_ms != 0 {
-            epoch.saturating_add(1).saturating_mul(self.fixed_len_ms)
+            self.cached_end_ms(epoch)
         } else {
             self.window.end_ms(epoch)
         }

@@ -695,9 +695,7 @@ impl CounterHandle {
         if let Some(epoch) = self.cell.cached_epoch_at(self.clock.now_unix_ms())
             && self.try_add_in_epoch_fast(epoch, n)
         {
-            if !super::calls::try_count_add() {
-                super::calls::count_add();
-            }
+            super::calls::count_add();
             return AddOutcome::Added;
         }
         self.add_full(n)
@@ -767,9 +765,7 @@ impl CounterHandle {
             && let Some(epoch) = self.cell.cached_epoch_at(self.clock.now_unix_ms())
             && let Some(outcome) = self.cell.try_take_fast(epoch, cost, limit)
         {
-            if !super::calls::try_count_acquire() {
-                super::calls::count_acquire();
-            }
+            super::calls::count_acquire();
             let reset_at = self.cell.cached_end_ms(epoch);
             return match outcome {
                 FastTake::Taken { used } => {
@@ -788,7 +784,7 @@ impl CounterHandle {
     #[inline(never)]
     fn acquire_full(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
         super::calls::count_acquire();
-        let now = self.shared.clock.now_unix_ms();
+        let now = self.clock.now_unix_ms();
         let (decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
         if counted {
             self.shared.changed(&self.cell);
@@ -811,7 +807,7 @@ impl CounterHandle {
     ) -> Decision {
         while !decision.allowed && self.cell.is_retired() {
             std::hint::spin_loop();
-            let now = self.shared.clock.now_unix_ms();
+            let now = self.clock.now_unix_ms();
             let counted;
             (decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
             if counted {
@@ -823,13 +819,7 @@ impl CounterHandle {
 
     /// The decision an acquire of `cost` would get now, without counting anything.
     pub fn check(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
-        limiter::peek(
-            &self.cell,
-            algorithm,
-            self.shared.clock.now_unix_ms(),
-            limit,
-            cost,
-        )
+        limiter::peek(&self.cell, algorithm, self.clock.now_unix_ms(), limit, cost)
     }
 
     /// This replica's own count in the current window.

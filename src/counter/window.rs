@@ -202,12 +202,16 @@ impl Window {
     /// windows.
     pub fn fixed_len_ms(&self) -> Option<u64> {
         match self.alignment {
-            Alignment::Fixed => self
-                .unit
-                .fixed_seconds()
-                .map(|s| s * u64::from(self.count) * MS_PER_SECOND),
+            Alignment::Fixed => Some(self.units_len_ms()),
             Alignment::Calendar => None,
         }
+    }
+
+    /// `count` units of a fixed-length unit, in ms. `fixed_seconds` is Some for every unit this is called for
+    /// (fixed-aligned windows, checked at construction, and the calendar arms for s/m/h).
+    #[inline]
+    fn units_len_ms(&self) -> u64 {
+        self.unit.fixed_seconds().unwrap_or(1) * u64::from(self.count) * MS_PER_SECOND
     }
 
     /// The epoch (window index) containing `unix_ms`.
@@ -215,11 +219,7 @@ impl Window {
     pub fn epoch_at(&self, unix_ms: u64) -> u64 {
         let count = u64::from(self.count);
         match (self.alignment, self.unit) {
-            (Alignment::Fixed, unit) => {
-                // `fixed_seconds` is Some for every unit that can be fixed aligned (checked at construction).
-                let len_ms = unit.fixed_seconds().unwrap_or(1) * count * MS_PER_SECOND;
-                unix_ms / len_ms
-            }
+            (Alignment::Fixed, _) => unix_ms / self.units_len_ms(),
             (Alignment::Calendar, Unit::Day) => unix_ms / MS_PER_DAY / count,
             (Alignment::Calendar, Unit::Week) => {
                 (unix_ms / MS_PER_DAY + DAYS_FROM_MONDAY_TO_EPOCH) / 7 / count
@@ -233,9 +233,7 @@ impl Window {
                 (year - 1970) / count
             }
             // Seconds, minutes and hours are normalised to Fixed at construction.
-            (Alignment::Calendar, unit) => {
-                unix_ms / (unit.fixed_seconds().unwrap_or(1) * count * MS_PER_SECOND)
-            }
+            (Alignment::Calendar, _) => unix_ms / self.units_len_ms(),
         }
     }
 
@@ -267,9 +265,7 @@ impl Window {
                 }
                 days_from_civil(year, 1, 1).saturating_mul(MS_PER_DAY)
             }
-            (_, unit) => {
-                epoch.saturating_mul(unit.fixed_seconds().unwrap_or(1) * count * MS_PER_SECOND)
-            }
+            (_, _) => epoch.saturating_mul(self.units_len_ms()),
         }
     }
 

@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use url::Url;
 
-use super::{BoxFuture, Discovery, DiscoveryError, LocalNode};
+use super::{BoxFuture, Discovery, DiscoveryError, LocalNode, error_chain};
 use crate::config::DiscoveryConfig;
 
 const BACKEND: &str = "kubernetes";
@@ -226,7 +226,10 @@ impl KubernetesDiscovery {
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 let client = Client::try_from(config).map_err(|e| DiscoveryError::Setup {
                     backend: BACKEND,
-                    reason: format!("cannot build the API client for {target}: {}", chain(&e)),
+                    reason: format!(
+                        "cannot build the API client for {target}: {}",
+                        error_chain(&e)
+                    ),
                 })?;
                 Ok(Conn {
                     api: Api::namespaced(client, &self.namespace),
@@ -256,12 +259,20 @@ impl KubernetesDiscovery {
         };
         if let Some(path) = &self.options.kubeconfig {
             let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
-                config_error(format!("kubeconfig {}: {}", path.display(), chain(&e)))
+                config_error(format!(
+                    "kubeconfig {}: {}",
+                    path.display(),
+                    error_chain(&e)
+                ))
             })?;
             return Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| {
-                    config_error(format!("kubeconfig {}: {}", path.display(), chain(&e)))
+                    config_error(format!(
+                        "kubeconfig {}: {}",
+                        path.display(),
+                        error_chain(&e)
+                    ))
                 });
         }
         match Config::incluster() {
@@ -271,8 +282,8 @@ impl KubernetesDiscovery {
                 .map_err(|kubeconfig| {
                     config_error(format!(
                         "in-cluster config: {}; kubeconfig: {}",
-                        chain(&in_cluster),
-                        chain(&kubeconfig)
+                        error_chain(&in_cluster),
+                        error_chain(&kubeconfig)
                     ))
                 }),
         }
@@ -557,7 +568,10 @@ fn map_error(error: &kube::Error, verb: Verb, namespace: &str, target: &str) -> 
         },
         kube::Error::Auth(e) => DiscoveryError::Setup {
             backend: BACKEND,
-            reason: format!("cannot load the credentials for {target}: {}", chain(e)),
+            reason: format!(
+                "cannot load the credentials for {target}: {}",
+                error_chain(e)
+            ),
         },
         other => DiscoveryError::Unreachable {
             backend: BACKEND,
@@ -565,7 +579,7 @@ fn map_error(error: &kube::Error, verb: Verb, namespace: &str, target: &str) -> 
             reason: format!(
                 "{} pods in namespace {namespace:?}: {}",
                 verb.as_str(),
-                chain(other)
+                error_chain(other)
             ),
         },
     }
@@ -616,22 +630,6 @@ fn map_status(status: &Status, verb: Verb, namespace: &str, target: &str) -> Dis
             ),
         },
     }
-}
-
-/// `error` and its sources, joined with ": " (kube's top-level messages alone are terse, e.g.
-/// "ServiceError: client error (Connect)").
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ use crate::config::{ClusterConfig, ClusterSecret};
 
 /// An error and its sources, joined with `: ` (a source already quoted in its parent's text is skipped), so a
 /// log line carries the root cause (the OS error under an HTTP or gRPC client's message).
-#[cfg(any(feature = "consul", feature = "etcd"))]
+#[cfg(any(feature = "consul", feature = "etcd", feature = "kubernetes"))]
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

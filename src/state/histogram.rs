@@ -29,15 +29,28 @@ static BUCKET_BY_KIB: [u8; (BY_KIB_END >> 10) as usize] = {
     let mut table = [0u8; (BY_KIB_END >> 10) as usize];
     let mut kib = (BY_KIB_START >> 10) as usize;
     while kib < table.len() {
-        let v = (kib as u64) << 10;
-        let exp = 63 - v.leading_zeros();
-        let sub = (v >> (exp - SUB_BITS)) & (SUB - 1);
         // Below BUCKETS, which fits a u8 (asserted above).
-        table[kib] = (SUB + (exp - SUB_BITS) as u64 * SUB + sub) as u8;
+        table[kib] = bucket_by_leading_zeros((kib as u64) << 10) as u8;
         kib += 1;
     }
     table
 };
+
+/// The bucket by its definition in integers: `SUB + (exp - SUB_BITS) * SUB + sub`, where `exp` is the position
+/// of the leading one and `sub` the SUB_BITS bits below it. Builds the table; `bucket_of` must agree with it.
+const fn bucket_by_leading_zeros(micros: u64) -> usize {
+    if micros < SUB {
+        return micros as usize;
+    }
+    let v = if micros < (1u64 << MAX_EXP) {
+        micros
+    } else {
+        (1u64 << MAX_EXP) - 1
+    };
+    let exp = 63 - v.leading_zeros(); // ≥ SUB_BITS
+    let sub = (v >> (exp - SUB_BITS)) & (SUB - 1);
+    (SUB + (exp - SUB_BITS) as u64 * SUB + sub) as usize
+}
 
 /// The bucket of a latency of `micros` µs.
 #[inline]
@@ -50,10 +63,9 @@ pub fn bucket_of(micros: u64) -> usize {
         return usize::from(BUCKET_BY_KIB[(micros >> 10) as usize]);
     }
     let v = micros.min((1u64 << MAX_EXP) - 1);
-    // The bucket is `SUB + (exp - SUB_BITS) * SUB + sub`, where `exp` is the position of the leading one and
-    // `sub` the SUB_BITS bits below it. Both are in the bits of `v` as an f64, exact below 2^53: the biased
-    // exponent `exp + 1023` above 52 mantissa bits, whose top SUB_BITS are `sub`. So the top bits are
-    // `((exp + 1023) << SUB_BITS) | sub`, and the bucket is those minus a constant. The conversion is one
+    // The bucket is `bucket_by_leading_zeros(v)`, whose `exp` and `sub` are both in the bits of `v` as an f64,
+    // exact below 2^53: the biased exponent `exp + 1023` above 52 mantissa bits, whose top SUB_BITS are `sub`.
+    // So the top bits are `((exp + 1023) << SUB_BITS) | sub`, and the bucket is those minus a constant. The conversion is one
     // instruction on every x86-64 (`cvtsi2sd`); the leading-zero count it replaces is `bsr` there unless the
     // build targets a CPU with `lzcnt`, and measured about 3 ns slower on the hot path (docs/benchmarks.md).
     let key = (v as i64 as f64).to_bits() >> (52 - SUB_BITS);
@@ -188,17 +200,6 @@ mod tests {
         }
         assert_eq!(next, 1 << MAX_EXP);
         assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
-    }
-
-    /// The bucket by integer arithmetic, the definition `bucket_of` must match.
-    fn bucket_by_leading_zeros(micros: u64) -> usize {
-        if micros < SUB {
-            return micros as usize;
-        }
-        let v = micros.min((1u64 << MAX_EXP) - 1);
-        let exp = 63 - v.leading_zeros(); // ≥ SUB_BITS
-        let sub = (v >> (exp - SUB_BITS)) & (SUB - 1);
-        (SUB + u64::from(exp - SUB_BITS) * SUB + sub) as usize
     }
 
     #[test]

@@ -119,7 +119,6 @@ impl TrafficRecorder {
                 buckets: std::array::from_fn(|_| OnceLock::new()),
                 key: key.to_string(),
                 store: self.store.clone(),
-                window: self.window,
             }),
         };
         match self.keys.lock() {
@@ -216,7 +215,6 @@ struct HandleInner {
     buckets: [OnceLock<CounterHandle>; BUCKETS],
     key: String,
     store: CounterStore,
-    window: Window,
 }
 
 /// A resolved traffic key: the hot-path API. Cheap to clone.
@@ -256,7 +254,7 @@ impl TrafficHandle {
         // The epoch comes from the handle itself, not from the bucket's cell: it does not wait for the bucket.
         let epoch = inner.epochs.epoch_at(inner.clock.now_unix_ms());
         if outcome == Outcome::Error {
-            self.record_error(epoch);
+            inner.errors.add_in_epoch(epoch, 1);
         }
         let b = bucket_of_duration(latency);
         match inner.buckets[b].get() {
@@ -267,16 +265,13 @@ impl TrafficHandle {
         }
     }
 
-    /// Out of line so the common path (a success) keeps fewer registers live.
-    #[inline(never)]
-    fn record_error(&self, epoch: u64) {
-        self.inner.errors.add_in_epoch(epoch, 1);
-    }
-
     #[cold]
     fn record_new_bucket(&self, b: usize, epoch: u64) {
         let inner = &*self.inner;
-        if let Ok(handle) = inner.store.handle(&bucket_key(&inner.key, b), inner.window) {
+        if let Ok(handle) = inner
+            .store
+            .handle(&bucket_key(&inner.key, b), inner.epochs.window())
+        {
             handle.add_in_epoch(epoch, 1);
             // Another thread may have resolved the same bucket meanwhile: both handles name the same cell.
             let _ = inner.buckets[b].set(handle);
