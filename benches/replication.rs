@@ -22,7 +22,7 @@ async fn node(name: &str, port: u16, peer: u16) -> ClusterHandle {
     let config = load_from_str(&format!(
         r#"{{ "cluster_config": {{ "enabled": true, "node_id": "{name}", "peers": ["127.0.0.1:{peer}"],
               "gossip": {{ "port": {port} }}, "http": {{ "listen": "127.0.0.1:0" }},
-              "security": {{ "cluster_secret": "bench-secret-0123456789abcdef0123" }} }} }}"#
+              "security": {{ "cluster_secret": "pJBNOIdLLfZXEnvUmCU5IIKyprxgZMSZuFJDa9xdpNQ=" }} }} }}"#
     ))
     .expect("config")
     .config;

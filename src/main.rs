@@ -105,9 +105,14 @@ fn main() -> ExitCode {
 
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let loaded = match config::resolve_config_path(file, std::env::var_os(CONFIG_ENV))
-        .and_then(|path| config::load_from_path(&path))
+        .and_then(|path| config::load_from_path(&path).map(|loaded| (path, loaded)))
     {
-        Ok(loaded) => loaded,
+        Ok((path, loaded)) => {
+            for warning in cli::file_permissions::warnings(&path, &loaded.config) {
+                eprintln!("warning: {warning}");
+            }
+            loaded
+        }
         Err(e) => {
             print_config_error(&e);
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
@@ -192,9 +197,14 @@ fn run(
 ) -> anyhow::Result<ExitCode> {
     init_logs(log_format);
     let loaded = match config::resolve_config_path(file, std::env::var_os(CONFIG_ENV))
-        .and_then(|path| config::load_from_path(&path))
+        .and_then(|path| config::load_from_path(&path).map(|loaded| (path, loaded)))
     {
-        Ok(loaded) => loaded,
+        Ok((path, loaded)) => {
+            for warning in cli::file_permissions::warnings(&path, &loaded.config) {
+                tracing::warn!("{warning}");
+            }
+            loaded
+        }
         Err(e) => {
             print_config_error(&e);
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));

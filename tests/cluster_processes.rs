@@ -18,7 +18,7 @@ mod support;
 use support::free_port;
 use support::http::{get, parse_prometheus, post, request_text};
 
-const SECRET: &str = "process-cluster-secret-0123456789ab";
+const SECRET: &str = "1ZoiRMEskCoa53C4bi4WQhUMUnMhp9AqRQYNdtHZE/s=";
 /// `gossip.config` of the test: short health timeout so the bound below is tight.
 const TIMEOUT_SECONDS: u64 = 2;
 const FAILURE_THRESHOLD: u64 = 3;

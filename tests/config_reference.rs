@@ -20,7 +20,7 @@ const FIXTURES: [&str; 8] = [
     "k8s_configmap_gateway.json",
 ];
 
-const A_SECRET: &str = "0123456789abcdef0123456789abcdef";
+const A_SECRET: &str = "Y2CsLcCNXfePWqyNeD7zAZrMtZpOLRxCA0gLFuFdP/E=";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -253,7 +253,18 @@ fn secret_is_redacted_in_the_effective_config() {
     assert!(!json.contains("correct-horse"), "{json}");
     assert!(json.contains("\"cluster_secret\":\"<redacted>\""), "{json}");
     assert!(!format!("{:?}", loaded.config).contains("correct-horse"));
-    assert!(loaded.config.run_requirements(None).is_empty());
+    // A passphrase loads (reference compatibility) but is too weak for `run`, which names the field.
+    let requirements = loaded.config.run_requirements(None);
+    assert_eq!(requirements.len(), 1, "{requirements:?}");
+    assert_eq!(
+        requirements[0].path,
+        "cluster_config.security.cluster_secret"
+    );
+    assert!(
+        requirements[0].rule.contains("too weak"),
+        "{requirements:?}"
+    );
+    assert!(!requirements[0].rule.contains("correct-horse"));
 }
 
 #[test]

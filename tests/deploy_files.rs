@@ -21,7 +21,7 @@ use serde::Deserialize as _;
 use serde_yaml_ng::Value;
 
 /// A secret of valid length, standing in for `BIFROST_CLUSTER_SECRET`.
-const TEST_SECRET: &str = "a-test-secret-of-enough-length-123";
+const TEST_SECRET: &str = "yNEkKUZIfswxB/Nh3pX9S8ecVhh4+Wxezg/IaJO1PGQ=";
 
 /// Fewer files than this means the walk did not see the tree (7 JSON files + the ConfigMap's embedded config).
 const MIN_CONFIGS: usize = 8;

@@ -42,7 +42,7 @@ use serde_json::{Value, json};
 mod support;
 use support::{free_port, wait_for};
 
-const SECRET: &str = "consul-discovery-test-secret-0123456789";
+const SECRET: &str = "XLiku60Z/GsF9yvrR1XJwpnqqQkgIfq/0KVLF9DVd4I=";
 
 /// One request as the double received it.
 #[derive(Debug, Clone)]

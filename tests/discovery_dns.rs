@@ -395,7 +395,7 @@ async fn the_test_server_answers_over_tcp_too() {
 
 // ---- end to end: three nodes find each other through SRV records ----
 
-const SECRET: &str = "dns-discovery-test-secret-0123456789";
+const SECRET: &str = "ZjVSicobzKaYLFzjQJkvCms6diMnBuQjGstRXv4xqJs=";
 const SRV_NAME: &str = "_bifrost._udp.cluster.test";
 
 fn node_config(

@@ -26,7 +26,7 @@ use bifrost_cluster::transport::TransportOptions;
 mod support;
 use support::{free_port, wait_for};
 
-const SECRET: &str = "etcd-discovery-test-secret-0123456789";
+const SECRET: &str = "Yf/FTvb6XBsCl476S3Ew/4pLfxiDCgFl8fNHd7Q1Mhs=";
 
 /// A real etcd on loopback, killed on drop.
 struct Etcd {

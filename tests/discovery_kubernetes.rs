@@ -887,7 +887,7 @@ async fn dropping_the_backend_stops_its_watch() {
 // End to end: three nodes found through the double
 // ---------------------------------------------------------------------------------------------------------
 
-const SECRET: &str = "kubernetes-discovery-test-secret-0123456789";
+const SECRET: &str = "G88vc7VTFrUNo5wlbMFXnOvd/dEGNd3ApQHsRIfsL1k=";
 
 /// A port free for UDP and TCP on every one of `ips`.
 fn free_port_on(ips: &[Ipv4Addr]) -> u16 {

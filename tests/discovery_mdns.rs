@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 mod support;
 use support::netns::{self, Lab, NsNode, listed, wait_until};
 
-const SECRET: &str = "mdns-discovery-test-secret-0123456789";
+const SECRET: &str = "mZjVSicobzKaYLFzjQJkvCms6diMnBuQjGstRXv4xqJs=";
 const SPACE: &str = "10.77.0.0/24";
 const HTTP_PORT: u16 = 8080;
 const SERVICE: &str = "_bifrost._tcp.local.";

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 mod support;
 use support::netns::{self, Lab, NsNode, listed, wait_until};
 
-const SECRET: &str = "udp-discovery-test-secret-0123456789";
+const SECRET: &str = "9yNq1iRaCnD1NKotm1HOMxVRZZ/vW+4doDOatwSzJNg=";
 const SPACE: &str = "10.77.0.0/24";
 const UDP_PORT: u16 = 9999;
 const HTTP_PORT: u16 = 8080;

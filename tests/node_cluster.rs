@@ -16,7 +16,7 @@ use bytes::Bytes;
 mod support;
 use support::{free_port, increment_everywhere_and_converge, wait_for};
 
-const SECRET: &str = "test-cluster-secret-0123456789abcdef";
+const SECRET: &str = "pvpvAyeGnDyLxqgsGE1J01X1XyexOyuMWseCUxCT+oE=";
 
 fn config(
     node: &str,

@@ -21,7 +21,7 @@ use bytes::Bytes;
 mod support;
 use support::{free_port, wait_for};
 
-const SECRET: &str = "membership-test-secret-0123456789";
+const SECRET: &str = "yX6WNpR5zAcJnakRPq9L6iIoXXinL46bZWmv8k92AkU=";
 
 fn config(node: &str, port: u16, peers: &[u16], health: &str) -> ClusterConfig {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();

@@ -14,7 +14,7 @@ use bifrost_cluster::transport::TransportOptions;
 mod support;
 use support::free_port;
 
-const SECRET: &str = "process-test-secret-0123456789abcdef";
+const SECRET: &str = "KaT/nzi5ZroCIPADV8+4BgyVmdIxfabxVss21BYPEb8=";
 
 fn config_text(node: &str, port: u16, peer: u16) -> String {
     format!(

@@ -15,7 +15,7 @@ mod support;
 use support::http::request_text;
 use support::{free_port, wait_for};
 
-const SECRET: &str = "state-test-secret-0123456789abcdef";
+const SECRET: &str = "A/hgB5Gx2l1HTcPRWq3A4ips7PVdaQyk5G/CfVVyVqA=";
 
 async fn start(node: &str, port: u16, peers: &[u16]) -> ClusterHandle {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();

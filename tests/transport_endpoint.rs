@@ -11,7 +11,7 @@ use bifrost_cluster::transport::{
 };
 use bytes::Bytes;
 
-const SECRET: &str = "endpoint-test-secret-0123456789";
+const SECRET: &str = "FTAcy5s4Vp4Bb6N4YlrQmnKlSB68MBjzMytQnD4uDVA=";
 const PATIENCE: Duration = Duration::from_secs(5);
 
 fn init_logs() {

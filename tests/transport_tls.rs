@@ -13,8 +13,8 @@ use bifrost_cluster::transport::{
 };
 use bytes::Bytes;
 
-const SECRET_ONE: &str = "test-secret-one-0123456789abcdef";
-const SECRET_TWO: &str = "test-secret-two-0123456789abcdef";
+const SECRET_ONE: &str = "YmSxAoHivDdA2mimqDxOyk/boDECnQdtXLa3nNkYCdA=";
+const SECRET_TWO: &str = "/bGNp9NuJp5P2Rr8CHAPIlWtt3q0d/8XycmtTYz/ZPE=";
 
 /// How long the tests wait for something that must happen.
 const PATIENCE: Duration = Duration::from_secs(5);

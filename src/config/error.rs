@@ -51,13 +51,23 @@ pub enum ConfigWarning {
         /// Why the value has no effect.
         reason: String,
     },
+    /// A setting that is accepted but leaves the cluster open (e.g. `security.insecure_dev` with no trust
+    /// source). `check-config` prints it; `run` logs it at WARN.
+    Insecure {
+        /// JSON path of the field.
+        path: String,
+        /// What is exposed, and the fix.
+        reason: String,
+    },
 }
 
 impl ConfigWarning {
     /// JSON path the warning is about.
     pub fn path(&self) -> &str {
         match self {
-            ConfigWarning::UnknownField { path } | ConfigWarning::Ineffective { path, .. } => path,
+            ConfigWarning::UnknownField { path }
+            | ConfigWarning::Ineffective { path, .. }
+            | ConfigWarning::Insecure { path, .. } => path,
         }
     }
 }
@@ -68,7 +78,8 @@ impl fmt::Display for ConfigWarning {
             ConfigWarning::UnknownField { path } => {
                 write!(f, "{path}: unknown field, ignored")
             }
-            ConfigWarning::Ineffective { path, reason } => write!(f, "{path}: {reason}"),
+            ConfigWarning::Ineffective { path, reason }
+            | ConfigWarning::Insecure { path, reason } => write!(f, "{path}: {reason}"),
         }
     }
 }

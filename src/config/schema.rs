@@ -293,6 +293,18 @@ impl DiscoveryType {
         }
     }
 
+    /// Whether this build has the backend (its cargo feature is on).
+    pub const fn is_built(self) -> bool {
+        match self {
+            DiscoveryType::Kubernetes => cfg!(feature = "kubernetes"),
+            DiscoveryType::Consul => cfg!(feature = "consul"),
+            DiscoveryType::Etcd => cfg!(feature = "etcd"),
+            DiscoveryType::Dns => cfg!(feature = "dns"),
+            DiscoveryType::Udp => cfg!(feature = "udp"),
+            DiscoveryType::Mdns => cfg!(feature = "mdns"),
+        }
+    }
+
     /// The type spelled `name` exactly (lowercase), if any.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == name)
@@ -557,10 +569,67 @@ impl ClusterSecret {
         Ok(Self(secret.to_owned()))
     }
 
+    /// Least estimated strength `run` accepts, in bits (see [`ClusterSecret::estimated_bits`]).
+    pub const MIN_BITS: u32 = 128;
+
+    /// A conservative estimate of the secret's entropy, in bits: the Shannon entropy of its own characters
+    /// times the number of characters that do not merely repeat or step their predecessor (`aaaa`, `1234`,
+    /// `abcd` count once). A secret from `openssl rand -base64 32` (44 characters) scores about 210 bits;
+    /// `password12345678` scores about 40, `aaaaaaaaaaaaaaaa` 0.
+    ///
+    /// The estimate can only under-credit random secrets (a string of n characters from an alphabet of k
+    /// never scores above n·log2(min(n, k))), and over-credits words written out by hand (a passphrase of four
+    /// dictionary words scores more than its real ~44 bits): [`Self::MIN_BITS`] is set high enough that such
+    /// phrases have to be long and varied to pass. No key stretching is applied: with at least 128 bits of
+    /// real entropy an offline guess from a captured handshake is hopeless at any rate, and stretching would
+    /// only slow down the guessing of secrets this check already refuses.
+    pub fn estimated_bits(&self) -> u32 {
+        estimated_bits(&self.0)
+    }
+
+    /// The rule a weak secret breaks, in words (never containing the secret), or `None` when it is strong
+    /// enough for `run`.
+    pub fn weakness(&self) -> Option<String> {
+        let bits = self.estimated_bits();
+        (bits < Self::MIN_BITS).then(|| {
+            format!(
+                "too weak: estimated {bits} bits of entropy, run needs at least {}; generate one with \
+                 `openssl rand -base64 32`",
+                Self::MIN_BITS
+            )
+        })
+    }
+
     /// The secret itself, for key derivation. Do not log it.
     pub fn expose_secret(&self) -> &str {
         &self.0
     }
+}
+
+/// See [`ClusterSecret::estimated_bits`].
+fn estimated_bits(secret: &str) -> u32 {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.is_empty() {
+        return 0;
+    }
+    let mut counts: std::collections::HashMap<char, u32> = std::collections::HashMap::new();
+    for c in &chars {
+        *counts.entry(*c).or_insert(0) += 1;
+    }
+    let n = chars.len() as f64;
+    let per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = f64::from(k) / n;
+            -p * p.log2()
+        })
+        .sum();
+    let novel = 1 + chars
+        .windows(2)
+        .filter(|w| (i64::from(u32::from(w[1])) - i64::from(u32::from(w[0]))).abs() > 1)
+        .count();
+    // At most a few thousand bits for any secret that fits in a config file: the cast cannot truncate.
+    (per_char * novel as f64).floor().min(f64::from(u32::MAX)) as u32
 }
 
 impl fmt::Debug for ClusterSecret {
@@ -755,5 +824,31 @@ mod tests {
             Some("\"<redacted>\"")
         );
         assert!(ClusterSecret::new("short").is_err());
+    }
+
+    #[test]
+    fn weak_secrets_are_named() {
+        let bits = |s: &str| estimated_bits(s);
+        assert_eq!(bits("aaaaaaaaaaaaaaaa"), 0);
+        assert!(
+            bits("password12345678") < 64,
+            "{}",
+            bits("password12345678")
+        );
+        assert!(bits("0123456789abcdef0123456789abcdef") < 32);
+        // Output of `openssl rand -base64 32` and `openssl rand -hex 32`.
+        assert!(bits("7bYq3Jx0s9F2mWc8TnLr5Ue1HkZpVd6Ga4Qo+Rj/iEw=") > 180);
+        assert!(
+            bits("9c4e1f7a2b8d0e6f3a5c7b9d1e2f4a6c8b0d2e4f6a8c0b2d4e6f8a0c2e4b6d8f") > 180,
+            "{}",
+            bits("9c4e1f7a2b8d0e6f3a5c7b9d1e2f4a6c8b0d2e4f6a8c0b2d4e6f8a0c2e4b6d8f")
+        );
+        let weak = ClusterSecret::new("password12345678").unwrap_or_else(|e| panic!("{e}"));
+        let rule = weak.weakness().unwrap_or_default();
+        assert!(rule.contains("openssl rand -base64 32"), "{rule}");
+        assert!(!rule.contains("password"), "{rule}");
+        let strong = ClusterSecret::new("7bYq3Jx0s9F2mWc8TnLr5Ue1HkZpVd6Ga4Qo+Rj/iEw=")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(strong.weakness(), None);
     }
 }

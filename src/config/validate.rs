@@ -32,10 +32,34 @@ impl ClusterConfig {
     /// the environment so this stays pure. Empty when `run` can start.
     pub fn run_requirements(&self, env_secret: Option<&str>) -> Vec<FieldError> {
         let mut out = Vec::new();
+        if self.enabled {
+            match self.trust(env_secret) {
+                Err(e) => out.push(e),
+                Ok(Trust::Secret(secret)) => {
+                    if let Some(rule) = secret.weakness() {
+                        let path = if self.security.cluster_secret.is_some() {
+                            format!("{ROOT}.security.cluster_secret")
+                        } else {
+                            CLUSTER_SECRET_ENV.to_owned()
+                        };
+                        out.push(FieldError::new(path, rule));
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
         if self.enabled
-            && let Err(e) = self.trust(env_secret)
+            && self.discovery.enabled
+            && let Some(kind) = self.discovery.discovery_type
+            && !kind.is_built()
         {
-            out.push(e);
+            out.push(FieldError::new(
+                format!("{ROOT}.discovery.type"),
+                format!(
+                    "this build has no {:?} backend (its cargo feature is off); run will refuse to start",
+                    kind.as_str()
+                ),
+            ));
         }
         if self.discovery.enabled
             && self.discovery.discovery_type == Some(DiscoveryType::Kubernetes)
@@ -119,6 +143,14 @@ pub(crate) fn validate_parsed(
         warnings.push(ConfigWarning::Ineffective {
             path: format!("{ROOT}.security.insecure_dev"),
             reason: "has no effect: a trust source is configured and will be used".to_owned(),
+        });
+    } else if sec.insecure_dev && config.enabled {
+        warnings.push(ConfigWarning::Insecure {
+            path: format!("{ROOT}.security.insecure_dev"),
+            reason: "INSECURE: without a cluster secret or certificate files (or BIFROST_CLUSTER_SECRET) any \
+                     process that reaches the gossip port joins the cluster and can write every counter; \
+                     development only"
+                .to_owned(),
         });
     }
     (errors, warnings)
