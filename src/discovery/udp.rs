@@ -838,7 +838,7 @@ impl Discovery for UdpDiscovery {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "mP8yRiO/WE4uxt27HOEICsdiLX2aQXOlbIGc8sQdts8=";
+    const SECRET: &str = "unit-test-cluster-secret-0123456789";
 
     fn key(secret: &str) -> BeaconKey {
         BeaconKey::derive(&ClusterSecret::new(secret).expect("secret")).expect("key")
@@ -905,7 +905,7 @@ mod tests {
         )
         .expect("encode");
         assert_eq!(
-            decode(&bytes, &key("Q4mHzWREkTWJCVvkeHGEoUg7HjCRc1jISIo3E7UksLE=")),
+            decode(&bytes, &key("another-cluster-secret-0123456789")),
             Err(BeaconError::Unauthenticated)
         );
     }
@@ -1032,7 +1032,7 @@ mod tests {
         // Wrong key, stale, foreign service.
         let forged = encode(
             &beacon(BeaconKind::Beacon, "evil", "10.77.0.9:10101", NOW, 3),
-            &key("Q4mHzWREkTWJCVvkeHGEoUg7HjCRc1jISIo3E7UksLE="),
+            &key("another-cluster-secret-0123456789"),
         )
         .expect("encode");
         assert!(s.handle(&forged, src("10.77.0.9:9999"), now, NOW).is_none());

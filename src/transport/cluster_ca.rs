@@ -200,9 +200,9 @@ mod tests {
 
     #[test]
     fn same_secret_gives_byte_identical_ca() {
-        let a = ClusterCa::derive(&secret("6YSGnExFjIDQHQckb0DivFiPXLg5PDDNuDbpNSwi3II="))
+        let a = ClusterCa::derive(&secret("0123456789abcdef-cluster-one"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let b = ClusterCa::derive(&secret("6YSGnExFjIDQHQckb0DivFiPXLg5PDDNuDbpNSwi3II="))
+        let b = ClusterCa::derive(&secret("0123456789abcdef-cluster-one"))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.public_key_raw(), b.public_key_raw());
         assert_eq!(a.certificate(), b.certificate());
@@ -211,9 +211,9 @@ mod tests {
 
     #[test]
     fn different_secrets_give_different_cas() {
-        let a = ClusterCa::derive(&secret("6YSGnExFjIDQHQckb0DivFiPXLg5PDDNuDbpNSwi3II="))
+        let a = ClusterCa::derive(&secret("0123456789abcdef-cluster-one"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let b = ClusterCa::derive(&secret("UeYxdr27H93DRfzh4Wv6ctmTSWorBadqYwMJQrtTbXI="))
+        let b = ClusterCa::derive(&secret("0123456789abcdef-cluster-two"))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(a.public_key_raw(), b.public_key_raw());
     }
@@ -253,9 +253,9 @@ mod tests {
 
     #[test]
     fn leaf_names_the_node_and_chains_to_the_ca() {
-        let ca = ClusterCa::derive(&secret("6YSGnExFjIDQHQckb0DivFiPXLg5PDDNuDbpNSwi3II="))
+        let ca = ClusterCa::derive(&secret("0123456789abcdef-cluster-one"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let other = ClusterCa::derive(&secret("UeYxdr27H93DRfzh4Wv6ctmTSWorBadqYwMJQrtTbXI="))
+        let other = ClusterCa::derive(&secret("0123456789abcdef-cluster-two"))
             .unwrap_or_else(|e| panic!("{e}"));
         let (leaf, _key) = ca.issue_leaf("node_1").unwrap_or_else(|e| panic!("{e}"));
         assert!(chains_to(&leaf, &ca));
