@@ -185,7 +185,7 @@ async fn a_node_with_another_secret_cannot_join_and_nothing_of_it_is_merged() {
         "intruder",
         ports[2],
         &[ports[0], ports[1]],
-        "another-secret-entirely-0123456789",
+        "wNRfMlkgJupNQzhaqDM4acnlKMjR5/BrmVG9bbXot8A=",
     )
     .await;
     wait_for(Duration::from_secs(15), "a and b linked", || {
