@@ -1,9 +1,11 @@
 //! Secrets and the warnings around them, through the binary: `check-config` warns about a weak cluster secret
 //! (the reference's configs must still load), about `insecure_dev`, and about secret-bearing files that other
 //! users can read; `run` refuses a weak secret with exit code 2, naming the field or the environment variable.
-//! No network: every `run` here stops at the config check.
+//! No network: every `run` here stops at the config check. (A discovery backend missing from the build is a
+//! unit test in `config::validate`: every backend is in the build this runs against.)
 
 use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const STRONG: &str = "vN3kQ8zR1xW5mT9bY2cL7pH4sJ6dF0gA+eU/oIq1KjM=";
@@ -15,7 +17,7 @@ fn bin() -> Command {
     cmd
 }
 
-fn write_config(dir: &std::path::Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+fn write_config(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write config");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -24,6 +26,30 @@ fn write_config(dir: &std::path::Path, name: &str, text: &str, mode: u32) -> std
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `check-config FILE`, which must load (exit 0); its stderr (the warnings).
+fn check_config(path: &Path) -> String {
+    let check = bin()
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .expect("check-config");
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    stderr(&check)
+}
+
+/// `run --config FILE`, which must refuse the config (exit 2); its stderr.
+fn run_refused(path: &Path, env_secret: Option<&str>) -> String {
+    let mut cmd = bin();
+    cmd.args(["run", "--bind-ip", "127.0.0.1", "--config"])
+        .arg(path);
+    if let Some(secret) = env_secret {
+        cmd.env("BIFROST_CLUSTER_SECRET", secret);
+    }
+    let run = cmd.output().expect("run");
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
+    stderr(&run)
 }
 
 fn with_secret(secret: &str) -> String {
@@ -38,13 +64,7 @@ fn weak_secrets_load_with_a_warning_and_run_refuses_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     for weak in ["aaaaaaaaaaaaaaaa", "password12345678"] {
         let path = write_config(dir.path(), "weak.json", &with_secret(weak), 0o600);
-        let check = bin()
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .expect("check-config");
-        assert_eq!(check.status.code(), Some(0), "{check:?}");
-        let err = stderr(&check);
+        let err = check_config(&path);
         assert!(
             err.contains("warning: cluster_config.security.cluster_secret: too weak"),
             "{weak}: {err}"
@@ -55,13 +75,7 @@ fn weak_secrets_load_with_a_warning_and_run_refuses_them() {
             "the secret itself must never be printed: {err}"
         );
 
-        let run = bin()
-            .args(["run", "--bind-ip", "127.0.0.1", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run");
-        assert_eq!(run.status.code(), Some(2), "{weak}: {run:?}");
-        let err = stderr(&run);
+        let err = run_refused(&path, None);
         assert!(
             err.contains("cluster_config.security.cluster_secret"),
             "{err}"
@@ -75,48 +89,23 @@ fn weak_secrets_load_with_a_warning_and_run_refuses_them() {
         r#"{ "cluster_config": { "enabled": true, "peers": ["127.0.0.1:1"], "http": { "listen": "127.0.0.1:0" } } }"#,
         0o600,
     );
-    let run = bin()
-        .args(["run", "--bind-ip", "127.0.0.1", "--config"])
-        .arg(&path)
-        .env("BIFROST_CLUSTER_SECRET", "password12345678")
-        .output()
-        .expect("run");
-    assert_eq!(run.status.code(), Some(2), "{run:?}");
-    assert!(
-        stderr(&run).contains("BIFROST_CLUSTER_SECRET: too weak"),
-        "{}",
-        stderr(&run)
-    );
+    let err = run_refused(&path, Some("password12345678"));
+    assert!(err.contains("BIFROST_CLUSTER_SECRET: too weak"), "{err}");
 }
 
 #[test]
 fn a_strong_secret_draws_no_warning() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), "strong.json", &with_secret(STRONG), 0o600);
-    let check = bin()
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .expect("check-config");
-    assert_eq!(check.status.code(), Some(0), "{check:?}");
-    assert!(
-        !stderr(&check).contains("cluster_secret"),
-        "{}",
-        stderr(&check)
-    );
+    let err = check_config(&path);
+    assert!(!err.contains("cluster_secret"), "{err}");
 }
 
 #[test]
 fn a_config_with_an_inline_secret_readable_by_others_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), "open.json", &with_secret(STRONG), 0o644);
-    let check = bin()
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .expect("check-config");
-    assert_eq!(check.status.code(), Some(0), "{check:?}");
-    let err = stderr(&check);
+    let err = check_config(&path);
     assert!(err.contains("readable by other users (mode 0644)"), "{err}");
     assert!(err.contains("chmod 600"), "{err}");
 }
@@ -130,61 +119,9 @@ fn insecure_dev_is_a_loud_warning_in_check_config() {
         r#"{ "cluster_config": { "enabled": true, "peers": ["127.0.0.1:1"], "security": { "insecure_dev": true } } }"#,
         0o600,
     );
-    let check = bin()
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .expect("check-config");
-    assert_eq!(check.status.code(), Some(0), "{check:?}");
-    let err = stderr(&check);
+    let err = check_config(&path);
     assert!(
         err.contains("warning: cluster_config.security.insecure_dev: INSECURE"),
         "{err}"
     );
-}
-
-/// A discovery backend left out of the build is named by `check-config` (this test only has something to
-/// check in a build without every backend, e.g. `--no-default-features`).
-#[test]
-fn a_backend_missing_from_the_build_is_named_by_check_config() {
-    let missing: Vec<&str> = [
-        ("kubernetes", cfg!(feature = "kubernetes")),
-        ("consul", cfg!(feature = "consul")),
-        ("etcd", cfg!(feature = "etcd")),
-        ("dns", cfg!(feature = "dns")),
-        ("udp", cfg!(feature = "udp")),
-        ("mdns", cfg!(feature = "mdns")),
-    ]
-    .into_iter()
-    .filter(|(_, built)| !built)
-    .map(|(name, _)| name)
-    .collect();
-    if missing.is_empty() {
-        eprintln!("every discovery backend is in this build: nothing is missing to warn about");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    for name in missing {
-        let path = write_config(
-            dir.path(),
-            "backend.json",
-            &format!(
-                r#"{{ "cluster_config": {{ "enabled": true, "discovery": {{ "enabled": true, "type": "{name}",
-                     "service_name": "s", "dns_names": ["a.example"], "udp_broadcast_port": 9999,
-                     "etcd_endpoints": ["http://127.0.0.1:2379"], "k8s_label_selector": "app=x" }},
-                     "security": {{ "cluster_secret": "{STRONG}" }} }} }}"#
-            ),
-            0o600,
-        );
-        let check = bin()
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .expect("check-config");
-        let err = stderr(&check);
-        assert!(
-            err.contains("cluster_config.discovery.type: this build has no"),
-            "{name}: {err}"
-        );
-    }
 }

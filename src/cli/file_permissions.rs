@@ -62,10 +62,9 @@ mod tests {
 
     #[test]
     fn readable_key_and_secret_files_are_named() {
-        let dir = std::env::temp_dir().join(format!("bifrost-perm-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let config_path = dir.join("config.json");
-        let key = dir.join("node.key");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let config_path = dir.path().join("config.json");
+        let key = dir.path().join("node.key");
         let write = |p: &Path, mode: u32| {
             std::fs::write(p, "x").unwrap_or_else(|e| panic!("{e}"));
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
@@ -90,6 +89,5 @@ mod tests {
         write(&config_path, 0o600);
         write(&key, 0o600);
         assert!(warnings(&config_path, &config).is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -48,19 +48,7 @@ impl ClusterConfig {
                 Ok(_) => {}
             }
         }
-        if self.enabled
-            && self.discovery.enabled
-            && let Some(kind) = self.discovery.discovery_type
-            && !kind.is_built()
-        {
-            out.push(FieldError::new(
-                format!("{ROOT}.discovery.type"),
-                format!(
-                    "this build has no {:?} backend (its cargo feature is off); run will refuse to start",
-                    kind.as_str()
-                ),
-            ));
-        }
+        out.extend(self.missing_backend(DiscoveryType::is_built));
         if self.discovery.enabled
             && self.discovery.discovery_type == Some(DiscoveryType::Kubernetes)
             && self.discovery.k8s_label_selector.is_none()
@@ -71,6 +59,18 @@ impl ClusterConfig {
             ));
         }
         out
+    }
+
+    /// The requirement a cluster-mode config breaks when its `discovery.type` backend is not in the build
+    /// (`built` tells which are: [`DiscoveryType::is_built`], a parameter so tests can remove backends).
+    fn missing_backend(&self, built: fn(DiscoveryType) -> bool) -> Option<FieldError> {
+        let kind = self.discovery.discovery_type?;
+        (self.enabled && self.discovery.enabled && !built(kind)).then(|| {
+            FieldError::new(
+                format!("{ROOT}.discovery.type"),
+                format!("{}; run will refuse to start", kind.not_built_rule()),
+            )
+        })
     }
 
     /// The trust source `run` uses, from the config and `env_secret` (the value of `BIFROST_CLUSTER_SECRET`;
@@ -367,6 +367,34 @@ mod tests {
         let c = ClusterConfig::default();
         assert!(c.validate().is_empty());
         assert!(c.run_requirements(None).is_empty());
+    }
+
+    #[test]
+    fn a_backend_missing_from_the_build_is_a_run_requirement() {
+        let mut c = ClusterConfig {
+            enabled: true,
+            ..ClusterConfig::default()
+        };
+        c.discovery.enabled = true;
+        for kind in DiscoveryType::ALL {
+            c.discovery.discovery_type = Some(kind);
+            let missing = c.missing_backend(|_| false).map(|e| (e.path, e.rule));
+            let Some((path, rule)) = missing else {
+                panic!("{kind:?}: a build without it must be named");
+            };
+            assert_eq!(path, "cluster_config.discovery.type");
+            assert!(
+                rule.contains(&format!("no {:?} backend", kind.as_str())),
+                "{rule}"
+            );
+            assert!(c.missing_backend(|_| true).is_none(), "{kind:?}");
+            assert_eq!(
+                c.missing_backend(DiscoveryType::is_built).is_some(),
+                !kind.is_built()
+            );
+        }
+        c.discovery.enabled = false;
+        assert!(c.missing_backend(|_| false).is_none());
     }
 
     #[test]

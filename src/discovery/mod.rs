@@ -219,10 +219,7 @@ pub async fn from_config(
         let _ = (d, local, overrides);
         return Err(DiscoveryError::Setup {
             backend: kind.as_str(),
-            reason: format!(
-                "cluster_config.discovery.type: this build has no {:?} backend (its cargo feature is off)",
-                kind.as_str()
-            ),
+            reason: format!("cluster_config.discovery.type: {}", kind.not_built_rule()),
         });
     };
     methods.push(method);
