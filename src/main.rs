@@ -58,7 +58,8 @@ enum Command {
         /// The node's HTTP address.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
-        /// Bearer token with the `read` scope, when the node has tokens configured.
+        /// Bearer token with the `read` scope, when the node has tokens configured [default: the first token
+        /// with the `read` scope in $BIFROST_HTTP_TOKENS, as the node itself reads it (container healthchecks)]
         #[arg(long, env = "BIFROST_HTTP_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// Print the raw JSON instead.
@@ -170,7 +171,24 @@ fn demo(nodes: u16, duration: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn status(url: &str, token: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    let value = cli::status::fetch(url, token)?;
+    // Without --token, a read token of the node's own BIFROST_HTTP_TOKENS (same container or unit).
+    let env_token = match token {
+        Some(_) => None,
+        None => std::env::var(HTTP_TOKENS_ENV)
+            .ok()
+            .and_then(|text| config::parse_env_tokens(&text).ok())
+            .and_then(|tokens| {
+                tokens.into_iter().find_map(|t| match t.source {
+                    config::HttpTokenSource::Inline(value)
+                        if t.scopes.contains(&config::HttpScope::Read) =>
+                    {
+                        Some(value.expose_secret().to_owned())
+                    }
+                    _ => None,
+                })
+            }),
+    };
+    let value = cli::status::fetch(url, token.or(env_token.as_deref()))?;
     let text = if json {
         serde_json::to_string_pretty(&value)?
     } else {

@@ -18,9 +18,12 @@
 //! Keys may contain `/` (`vk/openai/gpt-4o`): the counter routes take the rest of the path as the key.
 //!
 //! Guarantees: a bad request gets a `400` with `{"error": "...", "field": "..."}` naming the field at fault
-//! (`path`, `query`, `body` or a JSON member); every other error is JSON too: `404` unknown route or config
-//! key, `405` wrong method, `503` counter store full (`limits.max_keys`) or node not running, `507` config map
-//! full. No input makes a handler panic; no handler blocks the counter hot path (they call the same lock-free
+//! (`path`, `query`, `body` or a JSON member); every other error is JSON too: `401`/`403` (tokens, scopes,
+//! the loopback rule, foreign `Origin`), `404` unknown route or config key, `405` wrong method, `413`/`414`
+//! body or URI too long, `415` wrong `Content-Type`, `503` counter store full (`limits.max_keys`), node not
+//! running or connection cap reached, `507` config map full. Every request passes the gate of `guard.rs`
+//! first (authentication and scopes, cross-site checks, limits); the listener (`serve.rs`) bounds connections in
+//! count and time; `n`/`cost` are bounded by `http.max_request_n`. No input makes a handler panic; no handler blocks the counter hot path (they call the same lock-free
 //! store as the gateway); reads never create keys; keys starting with `@` (the traffic plane's) cannot be
 //! written.
 
@@ -87,7 +90,7 @@ pub fn router(node: ClusterHandle) -> Router {
     router_with(node, HttpAccess::default(), Arc::new(HttpStats::default()))
 }
 
-/// The router with `access` enforced in front of every route (see [`guard`]'s order of checks) and its
+/// The router with `access` enforced in front of every route (in the order of `guard.rs`) and its
 /// rejections counted in `stats`. The peer address comes from the `ConnectInfo<SocketAddr>` request extension,
 /// which [`HttpServer`] sets.
 pub fn router_with(node: ClusterHandle, access: HttpAccess, stats: Arc<HttpStats>) -> Router {
