@@ -475,6 +475,81 @@ fn body_and_uri_limits_answer_json() {
     let long = format!("/v1/counters/{}?window=1m", "k".repeat(10 * 1024));
     let a = send(node.addr, "GET", &long, &[], None).expect("get");
     assert_json_error(&a, 414, Some("path"));
+    // Past what the HTTP parser itself takes (64 KiB of URI; about 400 KB of head).
+    let longer = format!("/v1/counters/{}?window=1m", "k".repeat(100 * 1024));
+    let a = send(node.addr, "GET", &longer, &[], None).expect("get");
+    assert_json_error(&a, 414, Some("path"));
+    let huge = "v".repeat(500 * 1024);
+    let a = send(node.addr, "GET", "/health", &[("X-Huge", &huge)], None).expect("get");
+    assert_json_error(&a, 431, Some("headers"));
+}
+
+/// Without tokens, a write from a peer that is not loopback is refused even when the listener accepted it
+/// (`http.allow_unauthenticated_reads`), while reads are served. In process: the peer address is the request's
+/// `ConnectInfo`, as the server sets it; no traffic leaves the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_writes_from_a_non_loopback_peer_are_refused() {
+    use axum::extract::ConnectInfo;
+    use bifrost_cluster::http::{HttpAccess, HttpStats, router_with};
+
+    let config =
+        bifrost_cluster::config::load_from_str(r#"{ "cluster_config": { "node_id": "p" } }"#)
+            .expect("config")
+            .config;
+    let node = bifrost_cluster::node::Cluster::start(config)
+        .await
+        .expect("node");
+    let stats = std::sync::Arc::new(HttpStats::default());
+    let router = router_with(node.clone(), HttpAccess::default(), stats.clone());
+    let call = |peer: [u8; 4], method: &str, path: &str, body: &str| {
+        let mut router = router.clone();
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1:8080")
+            .header("content-type", "application/json")
+            .extension(ConnectInfo(SocketAddr::from((peer, 40000))))
+            .body(axum::body::Body::from(body.to_owned()))
+            .expect("request");
+        async move {
+            tower_service::Service::call(&mut router, request)
+                .await
+                .expect("infallible")
+                .status()
+                .as_u16()
+        }
+    };
+    let add = r#"{"window":"1m"}"#;
+    assert_eq!(
+        call([10, 1, 2, 3], "POST", "/v1/counters/k/add", add).await,
+        403
+    );
+    assert_eq!(
+        call(
+            [10, 1, 2, 3],
+            "POST",
+            "/v1/ratelimit/check",
+            r#"{"key":"k","window":"1m","limit":1}"#
+        )
+        .await,
+        403
+    );
+    assert_eq!(call([10, 1, 2, 3], "PUT", "/v1/config/x", "{}").await, 403);
+    assert_eq!(
+        call([10, 1, 2, 3], "GET", "/v1/counters/k?window=1m", "").await,
+        200
+    );
+    assert_eq!(
+        call([127, 0, 0, 1], "POST", "/v1/counters/k/add", add).await,
+        200
+    );
+    assert_eq!(
+        stats
+            .rejected_not_loopback
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    node.shutdown().await;
 }
 
 #[test]

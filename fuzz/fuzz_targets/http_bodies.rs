@@ -1,8 +1,8 @@
 //! Fuzzes the HTTP request bodies of the write routes through the real router and its request gate: `POST
 //! /v1/ratelimit/check`, `POST /v1/counters/{key}/add` and `PUT /v1/config/{key}`, with the key, the
 //! `Content-Type` and the body taken from the input. Whatever the bytes, the answer is never a 5xx other than
-//! the documented 503/507, every error answer is JSON `{"error": ...}`, and an accepted add or check never
-//! counts more than `http.max_request_n`.
+//! the documented 503/507, every error answer is JSON `{"error": ...}`, and an accepted add or check answers
+//! its JSON shape. The node's `http.max_request_n` is 1000, so the ceiling's 400 is reached often.
 //!
 //! Input layout: byte 0 picks the route (low 2 bits) and the content type (next 2 bits); the bytes up to the
 //! first `\n` are the key; the rest is the body.
@@ -124,16 +124,13 @@ fuzz_target!(|data: &[u8]| {
         status < 500 || status == 503 || status == 507,
         "{method} {path}: status {status}"
     );
-    if status >= 400 {
-        let json = json.unwrap_or_else(|| panic!("{method} {path}: {status} is not JSON"));
-        assert!(json["error"].is_string(), "{method} {path}: {json}");
-    }
-    if status == 200 && selector & 3 == 1 {
-        let json = json.expect("an add answers JSON");
-        assert!(json["local"].as_u64().is_some(), "{json}");
-    }
-    if status == 200 && selector & 3 == 0 {
-        let json = json.expect("a check answers JSON");
-        assert!(json["allowed"].is_boolean(), "{json}");
+    let route = selector & 3;
+    match (status, json) {
+        (400.., Some(json)) => assert!(json["error"].is_string(), "{method} {path}: {json}"),
+        (400.., None) => panic!("{method} {path}: {status} is not JSON"),
+        (200, Some(json)) if route == 1 => assert!(json["local"].as_u64().is_some(), "{json}"),
+        (200, Some(json)) if route == 0 => assert!(json["allowed"].is_boolean(), "{json}"),
+        (200, None) if route <= 1 => panic!("{method} {path}: 200 without JSON"),
+        _ => {}
     }
 });

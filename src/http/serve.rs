@@ -9,6 +9,7 @@
 //!   a keep-alive connection waits for its next request (hyper starts the timer whenever it waits for a head);
 //! - a connection that moves no byte either way for `idle_timeout` is closed (a stalled body, a client that
 //!   stopped reading);
+//! - the answers hyper writes by itself (a head it cannot parse) are JSON too, like every other error;
 //! - accept errors (e.g. out of file descriptors) never spin: the loop backs off and logs at most every 10 s.
 
 use std::net::SocketAddr;
@@ -84,6 +85,118 @@ impl AsyncWrite for Tracked {
             self.bump();
         }
         result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Makes the answers hyper writes by itself JSON like every other error: a request head hyper cannot parse
+/// (a URI over 64 KiB: `414`, a head over its buffer: `431`, garbage: `400`) gets a bare head with
+/// `content-length: 0` before the connection closes. Such a write is replaced by the same head with a JSON
+/// body `{"error": ..., "field": ...}`. Handlers never answer an error with an empty body (the gate makes every
+/// error JSON), so only hyper's own answers match.
+struct JsonErrors<I> {
+    inner: I,
+    /// A replacement being written, and how far.
+    pending: Vec<u8>,
+    written: usize,
+    /// The length of the original buffer the replacement stands for.
+    claimed: usize,
+}
+
+impl<I> JsonErrors<I> {
+    fn new(inner: I) -> Self {
+        JsonErrors {
+            inner,
+            pending: Vec::new(),
+            written: 0,
+            claimed: 0,
+        }
+    }
+}
+
+/// The JSON replacement of a bare error head hyper wrote, if `buf` is one.
+fn json_error_answer(buf: &[u8]) -> Option<Vec<u8>> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    if head_end != buf.len() || !buf.starts_with(b"HTTP/1.1 ") {
+        return None;
+    }
+    let head = std::str::from_utf8(buf).ok()?;
+    let status: u16 = head.get(9..12)?.parse().ok()?;
+    if status < 400 {
+        return None;
+    }
+    let lower = head.to_ascii_lowercase();
+    let zero = "content-length: 0\r\n";
+    let at = lower.find(zero)?;
+    let (error, field) = match status {
+        414 => (
+            "request URI too long for the HTTP parser (at most 64 KiB; the API takes 8 KiB)",
+            "path",
+        ),
+        431 => ("request head too large", "headers"),
+        _ => ("malformed HTTP request", "request"),
+    };
+    let body = format!(r#"{{"error":"{error}","field":"{field}"}}"#);
+    let mut out = Vec::with_capacity(buf.len() + body.len() + 40);
+    out.extend_from_slice(&buf[..at]);
+    out.extend_from_slice(
+        format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&buf[at + zero.len()..]);
+    out.extend_from_slice(body.as_bytes());
+    Some(out)
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for JsonErrors<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for JsonErrors<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.pending.is_empty() {
+            match json_error_answer(buf) {
+                Some(answer) => {
+                    this.pending = answer;
+                    this.written = 0;
+                    this.claimed = buf.len();
+                }
+                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+            }
+        }
+        while this.written < this.pending.len() {
+            match Pin::new(&mut this.inner).poll_write(cx, &this.pending[this.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => this.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        this.pending.clear();
+        Poll::Ready(Ok(this.claimed))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -239,8 +352,10 @@ async fn drive<I>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .keep_alive(true);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+        .keep_alive(true)
+        // One buffer per answer, so an error head hyper writes itself arrives whole at `JsonErrors`.
+        .writev(false);
+    let connection = builder.serve_connection(TokioIo::new(JsonErrors::new(io)), service);
     tokio::pin!(connection);
     let tick = (options.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut ticker = tokio::time::interval(tick);
@@ -271,6 +386,34 @@ async fn drive<I>(
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_error_heads_become_json_and_nothing_else_changes() {
+        let bare = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let out = json_error_answer(bare).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let out = out.unwrap_or_default();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or(("", ""));
+        assert!(head.contains("content-type: application/json"), "{out}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{out}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        assert_eq!(json["field"], "path");
+        for other in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nextra",
+            b"{\"error\": 1}",
+        ] {
+            assert!(json_error_answer(other).is_none());
         }
     }
 }
