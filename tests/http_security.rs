@@ -740,6 +740,28 @@ fn two_thousand_half_open_sockets_are_closed_after_the_header_read_timeout() {
 }
 
 #[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let node = start(r#""header_read_timeout": "1s""#, &[]);
+    let mut s = TcpStream::connect(node.addr).expect("connect");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let n = s.read(&mut buf).expect("an answer");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Kept alive, then nothing: closed about 1 s later.
+    assert!(
+        closed_within(&mut s, Duration::from_secs(6)),
+        "idle keep-alive connection still open"
+    );
+}
+
+#[test]
 fn the_connection_cap_is_logged_once_and_health_recovers_when_idle_sockets_close() {
     let node = start(
         r#""max_connections": 40, "header_read_timeout": "60s""#,
