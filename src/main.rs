@@ -6,14 +6,15 @@
 //!   other failure (e.g. stdout closed).
 //! - `run [--config FILE]`: run a node and its HTTP surface (`http.listen`) until SIGTERM or SIGINT, then stop
 //!   HTTP (≤ 1 s), leave gracefully (final flush ≤ 2 s, leave announced ≤ 1 s, links closed ≤ 1 s) and exit 0.
-//!   Exit 2 when the config cannot run, 1 when the node or its HTTP listener fails to start.
+//!   Exit 2 when the config cannot run (including a non-loopback `http.listen` without any HTTP token, an
+//!   unreadable token file or TLS file), 1 when the node or its HTTP listener fails to start.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use bifrost_cluster::config::{self, CLUSTER_SECRET_ENV, CONFIG_ENV, ConfigError};
+use bifrost_cluster::config::{self, CLUSTER_SECRET_ENV, CONFIG_ENV, ConfigError, HTTP_TOKENS_ENV};
 use clap::{Parser, Subcommand};
 
 mod cli;
@@ -57,6 +58,10 @@ enum Command {
         /// The node's HTTP address.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// Bearer token with the `read` scope, when the node has tokens configured [default: the first token
+        /// with the `read` scope in $BIFROST_HTTP_TOKENS, as the node itself reads it (container healthchecks)]
+        #[arg(long, env = "BIFROST_HTTP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Print the raw JSON instead.
         #[arg(long)]
         json: bool,
@@ -95,7 +100,7 @@ fn main() -> ExitCode {
             log_format,
         } => run(config, bind_ip, log_format),
         Command::Demo { nodes, duration } => demo(nodes, &duration),
-        Command::Status { url, json } => status(&url, json),
+        Command::Status { url, token, json } => status(&url, token.as_deref(), json),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -132,6 +137,17 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     for requirement in &run_requirements {
         writeln!(stderr, "warning: {requirement}")?;
     }
+    // HTTP security (issue 14): what `run` will refuse about the HTTP listener.
+    let env_tokens = std::env::var(HTTP_TOKENS_ENV).ok();
+    match env_tokens.as_deref().map(config::parse_env_tokens) {
+        Some(Err(e)) => writeln!(stderr, "warning: {e}; run will refuse to start")?,
+        parsed => {
+            let from_env = parsed.is_some_and(|t| t.is_ok_and(|t| !t.is_empty()));
+            if let Some(requirement) = loaded.config.http.auth_requirement(from_env) {
+                writeln!(stderr, "warning: {requirement}")?;
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -159,8 +175,25 @@ fn demo(nodes: u16, duration: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(url: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let value = cli::status::fetch(url)?;
+fn status(url: &str, token: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    // Without --token, a read token of the node's own BIFROST_HTTP_TOKENS (same container or unit).
+    let env_token = match token {
+        Some(_) => None,
+        None => std::env::var(HTTP_TOKENS_ENV)
+            .ok()
+            .and_then(|text| config::parse_env_tokens(&text).ok())
+            .and_then(|tokens| {
+                tokens.into_iter().find_map(|t| match t.source {
+                    config::HttpTokenSource::Inline(value)
+                        if t.scopes.contains(&config::HttpScope::Read) =>
+                    {
+                        Some(value.expose_secret().to_owned())
+                    }
+                    _ => None,
+                })
+            }),
+    };
+    let value = cli::status::fetch(url, token.or(env_token.as_deref()))?;
     let text = if json {
         serde_json::to_string_pretty(&value)?
     } else {
@@ -213,6 +246,24 @@ fn run(
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
+    // The HTTP listener's tokens, TLS files and loopback rule, before anything starts.
+    let env_tokens = std::env::var(HTTP_TOKENS_ENV).ok();
+    let http_options = match bifrost_cluster::http::HttpOptions::from_config(
+        &loaded.config.http,
+        env_tokens.as_deref(),
+    ) {
+        Ok(options) => options,
+        Err(e) => {
+            // Every reason at once: what the node itself would refuse, then the HTTP listener's.
+            let env_secret = std::env::var(CLUSTER_SECRET_ENV).ok();
+            let mut stderr = std::io::stderr().lock();
+            for requirement in loaded.config.run_requirements(env_secret.as_deref()) {
+                let _ = writeln!(stderr, "error: {requirement}");
+            }
+            let _ = writeln!(stderr, "error: {e}");
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -222,7 +273,6 @@ fn run(
             bind_ip,
             ..Default::default()
         };
-        let http_listen = loaded.config.http.listen;
         let node = match bifrost_cluster::node::Cluster::start_with(loaded.config, options).await {
             Ok(node) => node,
             Err(bifrost_cluster::node::NodeError::Config(errors)) => {
@@ -234,13 +284,14 @@ fn run(
             }
             Err(e) => return Err(anyhow::Error::new(e).context("starting the node")),
         };
-        let http = match bifrost_cluster::http::HttpServer::start(node.clone(), http_listen).await {
-            Ok(http) => http,
-            Err(e) => {
-                node.shutdown().await;
-                return Err(anyhow::Error::new(e).context("starting the HTTP server"));
-            }
-        };
+        let http =
+            match bifrost_cluster::http::HttpServer::start_with(node.clone(), http_options).await {
+                Ok(http) => http,
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(anyhow::Error::new(e).context("starting the HTTP server"));
+                }
+            };
         wait_for_signal().await.context("waiting for a signal")?;
         tracing::info!("signal received: leaving the cluster");
         // HTTP first (≤ 1 s), so every request it counted is in the final flush; then the node leaves.

@@ -504,7 +504,10 @@ fn check_config_reads_bifrost_config_when_no_file_is_given() {
         dir.path(),
         r#"{"cluster_config": {"enabled": true, "peers": ["10.0.0.2:10101"], "future_knob": 1}}"#,
     );
-    let (code, stdout, stderr) = run(bin().arg("check-config").env("BIFROST_CONFIG", &path));
+    let (code, stdout, stderr) = run(bin()
+        .arg("check-config")
+        .env("BIFROST_CONFIG", &path)
+        .env_remove("BIFROST_HTTP_TOKENS"));
     assert_eq!(code, Some(0), "{stderr}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
@@ -514,7 +517,8 @@ fn check_config_reads_bifrost_config_when_no_file_is_given() {
     assert_eq!(
         stderr,
         "warning: cluster_config.future_knob: unknown field, ignored\n\
-         warning: cluster_config.security: run needs a cluster secret (security.cluster_secret or BIFROST_CLUSTER_SECRET), CA/cert/key files, or security.insecure_dev\n"
+         warning: cluster_config.security: run needs a cluster secret (security.cluster_secret or BIFROST_CLUSTER_SECRET), CA/cert/key files, or security.insecure_dev\n\
+         warning: cluster_config.http.listen: 0.0.0.0:8080 is not a loopback address and no HTTP token is configured: anyone reaching the port could write counters and config; run will refuse to start. Add tokens (http.auth.tokens or BIFROST_HTTP_TOKENS; make one with `openssl rand -base64 32`), listen on 127.0.0.1, or set http.allow_unauthenticated_reads: true (reads open to all, writes only from loopback)\n"
     );
     // FILE wins over BIFROST_CONFIG.
     let (code, _, stderr) = run(bin()

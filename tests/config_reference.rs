@@ -40,7 +40,8 @@ fn check_config(path: &Path, secret: Option<&str>) -> Output {
     cmd.arg("check-config")
         .arg(path)
         .env_remove("BIFROST_CONFIG")
-        .env_remove("BIFROST_CLUSTER_SECRET");
+        .env_remove("BIFROST_CLUSTER_SECRET")
+        .env_remove("BIFROST_HTTP_TOKENS");
     if let Some(secret) = secret {
         cmd.env("BIFROST_CLUSTER_SECRET", secret);
     }
@@ -307,16 +308,25 @@ fn check_config_accepts_every_fixture() {
 
 #[test]
 fn check_config_with_a_secret_in_the_environment_warns_only_about_what_is_missing() {
+    // The reference's configs keep the default `http.listen` (0.0.0.0:8080) and have no HTTP token: loading
+    // succeeds, and the one warning left is the one `run` would refuse for (HTTP security, issue 14).
+    let http_warning = "warning: cluster_config.http.listen: 0.0.0.0:8080 is not a loopback address and no HTTP token is configured";
     let out = check_config(&fixture("kubernetes.json"), Some(A_SECRET));
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with(http_warning), "{stderr}");
 
     let out = check_config(&fixture("core_structure.json"), Some(A_SECRET));
     assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "warning: cluster_config.discovery.k8s_label_selector: required when discovery.type is \"kubernetes\"; run will refuse to start without it\n"
+        lines[0],
+        "warning: cluster_config.discovery.k8s_label_selector: required when discovery.type is \"kubernetes\"; run will refuse to start without it"
     );
+    assert!(lines[1].starts_with(http_warning), "{stderr}");
 }
 
 /// The fixtures are the reference's text, byte for byte (checked when the reference sits next to the repo, as

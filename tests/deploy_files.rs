@@ -10,6 +10,9 @@
 //!   networks' subnets are inside the config's `allowed_address_space`; nginx's upstream names are services.
 //! - The Dockerfile is multi-stage, runs as a non-root user, and copies only what its ignore file lets through.
 //! - The systemd unit starts `run` with the shipped config path and stops with SIGTERM.
+//! - HTTP security: every node can run its HTTP listener: the Kubernetes config reads its tokens from files of
+//!   a mounted Secret that has those keys; compose requires `BIFROST_HTTP_TOKENS` from the host; the systemd
+//!   env file carries a `BIFROST_HTTP_TOKENS` line of the documented shape.
 //!
 //! A guard fails the test when too few files were found, so it cannot pass on an empty or moved tree.
 
@@ -487,6 +490,9 @@ fn check_kubernetes(
                 || format!("{origin}: BIFROST_CONFIG {config_path:?} is not config.json in the ConfigMap's mount {mount:?}"),
             );
 
+            // HTTP security: every token file of the config is a key of the tokens Secret, mounted read-only.
+            check_kubernetes_tokens(origin, pod, container, &objects, configmap, problems);
+
             // The headless Service is the StatefulSet's serviceName and carries both gossip protocols.
             let service_name = str_at(sts, &["spec", "serviceName"]);
             let headless = objects.iter().map(|(_, d)| *d).find(|d| {
@@ -717,6 +723,14 @@ fn check_compose(
                 continue;
             };
             let cfg = &loaded.config;
+            // HTTP security: the tokens come from the host environment, and with them the node may run.
+            let tokens = compose_env(service, "BIFROST_HTTP_TOKENS").unwrap_or_default();
+            problems.check(tokens.starts_with("${BIFROST_HTTP_TOKENS:?"), || {
+                format!("{origin}: service {name}: BIFROST_HTTP_TOKENS is not required from the host environment")
+            });
+            problems.check(cfg.http.auth_requirement(true).is_none(), || {
+                format!("{origin}: service {name}: would not run even with BIFROST_HTTP_TOKENS")
+            });
             let http_port = cfg.http.listen.port().to_string();
             problems.check(
                 seq_at(service, &["ports"]).iter().filter_map(Value::as_str).all(|p| p.ends_with(&format!(":{http_port}"))),
@@ -895,6 +909,71 @@ fn check_dockerfile(deploy: &Path, problems: &mut Problems) {
     });
 }
 
+/// The ConfigMap's config reads its HTTP tokens from files of a Secret volume the container mounts, one key per
+/// file, and with them it may run (HTTP security, issue 14).
+fn check_kubernetes_tokens(
+    origin: &str,
+    pod: &Value,
+    container: &Value,
+    objects: &[(String, &Value)],
+    configmap: Option<&Value>,
+    problems: &mut Problems,
+) {
+    let Some(loaded) = configmap
+        .and_then(|cm| str_at(cm, &["data", "config.json"]))
+        .and_then(|text| config::load_from_str(text).ok())
+    else {
+        return; // reported above
+    };
+    let http = &loaded.config.http;
+    problems.check(http.auth_requirement(false).is_none(), || {
+        "deploy/kubernetes/configmap.yaml (config.json): no HTTP token, so run refuses http.listen".to_owned()
+    });
+    problems.check(!http.auth.tokens.is_empty(), || {
+        "deploy/kubernetes/configmap.yaml (config.json): http.auth.tokens is empty".to_owned()
+    });
+    for token in &http.auth.tokens {
+        let config::HttpTokenSource::File(path) = &token.source else {
+            problems.0.push(format!(
+                "deploy/kubernetes/configmap.yaml (config.json): token {:?} is not a token_file (tokens belong in the Secret)",
+                token.name
+            ));
+            continue;
+        };
+        let path = path.to_string_lossy();
+        let mounted = seq_at(container, &["volumeMounts"]).iter().find_map(|m| {
+            let dir = str_at(m, &["mountPath"])?.trim_end_matches('/');
+            let key = path.strip_prefix(dir)?.strip_prefix('/')?;
+            let volume = seq_at(pod, &["volumes"])
+                .iter()
+                .find(|v| str_at(v, &["name"]) == str_at(m, &["name"]))?;
+            let secret_name = str_at(volume, &["secret", "secretName"])?;
+            Some((m, key.to_owned(), secret_name))
+        });
+        let Some((mount, key, secret_name)) = mounted else {
+            problems.0.push(format!(
+                "{origin}: token file {path} of token {:?} is not in a mounted Secret volume",
+                token.name
+            ));
+            continue;
+        };
+        problems.check(
+            at(mount, &["readOnly"]).and_then(Value::as_bool) == Some(true),
+            || format!("{origin}: the token volume at {path} is not mounted readOnly"),
+        );
+        let secret = objects.iter().map(|(_, d)| *d).find(|d| {
+            str_at(d, &["kind"]) == Some("Secret")
+                && str_at(d, &["metadata", "name"]) == Some(secret_name)
+        });
+        problems.check(
+            secret.is_some_and(|s| {
+                at(s, &["stringData", key.as_str()]).is_some() || at(s, &["data", key.as_str()]).is_some()
+            }),
+            || format!("{origin}: Secret {secret_name:?} (secret.example.yaml) has no key {key:?} for token {:?}", token.name),
+        );
+    }
+}
+
 fn check_systemd(dir: &Path, configs: &BTreeMap<PathBuf, LoadedConfig>, problems: &mut Problems) {
     let path = dir.join("bifrost-cluster.service");
     let origin = rel(&path);
@@ -937,7 +1016,45 @@ fn check_systemd(dir: &Path, configs: &BTreeMap<PathBuf, LoadedConfig>, problems
             format!("{origin}: no {hardening}=")
         });
     }
+    // HTTP security: the env file carries BIFROST_HTTP_TOKENS entries of the documented shape.
+    let env_path = dir.join("env.example");
+    let env_text = std::fs::read_to_string(&env_path).unwrap_or_default();
+    let tokens_line = env_text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("BIFROST_HTTP_TOKENS="))
+        .map(|v| v.trim_matches('"'));
+    problems.check(
+        tokens_line.is_some_and(|v| {
+            !v.is_empty()
+                && v.split_whitespace().all(|entry| {
+                    let parts: Vec<&str> = entry.splitn(3, ':').collect();
+                    parts.len() == 3
+                        && !parts[0].is_empty()
+                        && parts[1]
+                            .split(',')
+                            .all(|s| config::HttpScope::from_name(s).is_some())
+                })
+        }),
+        || {
+            format!(
+                "{}: no BIFROST_HTTP_TOKENS=\"name:scopes:token ...\" line",
+                rel(&env_path)
+            )
+        },
+    );
     let example = dir.join("config.json");
+    problems.check(
+        configs
+            .get(&example)
+            .is_some_and(|c| c.config.http.auth_requirement(true).is_none()),
+        || {
+            format!(
+                "{}: would not run even with BIFROST_HTTP_TOKENS",
+                rel(&example)
+            )
+        },
+    );
     problems.check(
         configs
             .get(&example)

@@ -33,8 +33,9 @@ pub enum StatusError {
     },
 }
 
-/// Fetches `GET {url}/cluster/status` and returns the parsed JSON.
-pub fn fetch(url: &str) -> Result<Value, StatusError> {
+/// Fetches `GET {url}/cluster/status` (with `Authorization: Bearer {token}` when given) and returns the parsed
+/// JSON.
+pub fn fetch(url: &str, token: Option<&str>) -> Result<Value, StatusError> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| StatusError::Url(url.to_string()))?;
@@ -64,9 +65,11 @@ pub fn fetch(url: &str) -> Result<Value, StatusError> {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| io(e.to_string()))?;
+    let authorization =
+        token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "GET /cluster/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+        "GET /cluster/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n{authorization}\r\n"
     )
     .map_err(|e| io(e.to_string()))?;
     let mut raw = Vec::new();

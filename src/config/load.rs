@@ -19,6 +19,10 @@ pub const CONFIG_ENV: &str = "BIFROST_CONFIG";
 /// Environment variable that may hold the cluster secret instead of `security.cluster_secret`.
 pub const CLUSTER_SECRET_ENV: &str = "BIFROST_CLUSTER_SECRET";
 
+/// Environment variable with bearer tokens for the HTTP API, on top of `http.auth.tokens`: entries separated
+/// by whitespace, each `name:scope,scope:token` (e.g. `gateway:check,read:<token>`).
+pub const HTTP_TOKENS_ENV: &str = "BIFROST_HTTP_TOKENS";
+
 /// What the text passed to [`load_from_str`] is called in errors.
 const STRING_ORIGIN: &str = "<string>";
 

@@ -36,6 +36,7 @@
 
 mod duration;
 mod error;
+mod http_auth;
 mod load;
 mod parse;
 mod schema;
@@ -50,4 +51,10 @@ pub use load::{
 pub use schema::{
     ClusterConfig, ClusterSecret, DiscoveryConfig, DiscoveryType, GossipConfig, GossipHealthConfig,
     HttpConfig, LimitsConfig, NodeId, PeerAddr, PeerHost, ReplicationConfig, SecurityConfig, Trust,
+};
+// HTTP security (issue 14).
+pub use http_auth::parse_env_tokens;
+pub use load::HTTP_TOKENS_ENV;
+pub use schema::{
+    HttpAuthConfig, HttpScope, HttpTlsConfig, HttpToken, HttpTokenConfig, HttpTokenSource,
 };

@@ -22,6 +22,9 @@ use super::schema::{
     HttpConfig, LimitsConfig, NodeId, PeerAddr, PeerHost, ReplicationConfig, SecurityConfig,
     validate_dns_name,
 };
+use super::schema::{
+    HttpAuthConfig, HttpScope, HttpTlsConfig, HttpToken, HttpTokenConfig, HttpTokenSource,
+};
 
 /// The JSON path of the config object itself.
 pub(crate) const ROOT: &str = "cluster_config";
@@ -613,7 +616,17 @@ impl Ctx {
     }
 
     fn http(&mut self, path: &str, value: &Value, out: &mut HttpConfig) {
-        let Some(map) = self.object(path, value, &["listen"]) else {
+        const KNOWN: &[&str] = &[
+            "listen",
+            "auth",
+            "allow_unauthenticated_reads",
+            "header_read_timeout",
+            "idle_timeout",
+            "max_connections",
+            "max_request_n",
+            "tls",
+        ];
+        let Some(map) = self.object(path, value, KNOWN) else {
             return;
         };
         if let Some((p, v)) = member(path, map, "listen")
@@ -628,6 +641,179 @@ impl Ctx {
                         quote(text)
                     ),
                 ),
+            }
+        }
+        // ---- HTTP security (issue 14).
+        if let Some((p, v)) = member(path, map, "auth") {
+            self.http_auth(&p, v, &mut out.auth);
+        }
+        if let Some((p, v)) = member(path, map, "allow_unauthenticated_reads") {
+            set(&mut out.allow_unauthenticated_reads, self.bool(&p, v));
+        }
+        if let Some((p, v)) = member(path, map, "header_read_timeout") {
+            set(
+                &mut out.header_read_timeout,
+                self.duration(
+                    &p,
+                    v,
+                    HttpConfig::MIN_HEADER_READ_TIMEOUT,
+                    HttpConfig::MAX_HEADER_READ_TIMEOUT,
+                ),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "idle_timeout") {
+            set(
+                &mut out.idle_timeout,
+                self.duration(
+                    &p,
+                    v,
+                    HttpConfig::MIN_IDLE_TIMEOUT,
+                    HttpConfig::MAX_IDLE_TIMEOUT,
+                ),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "max_connections") {
+            set(
+                &mut out.max_connections,
+                self.usize_in(&p, v, 1, HttpConfig::MAX_MAX_CONNECTIONS),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "max_request_n") {
+            set(&mut out.max_request_n, self.integer(&p, v, 1, u64::MAX));
+        }
+        if let Some((p, v)) = member(path, map, "tls")
+            && let Some(tls) = self.object(&p, v, &["cert_file", "key_file"])
+        {
+            let mut file = |key: &str| -> Option<PathBuf> {
+                match member(&p, tls, key) {
+                    Some((fp, fv)) => self.non_empty_string(&fp, fv).map(PathBuf::from),
+                    None => {
+                        self.fail(&format!("{p}.{key}"), "required when http.tls is given");
+                        None
+                    }
+                }
+            };
+            let cert_file = file("cert_file");
+            let key_file = file("key_file");
+            if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
+                out.tls = Some(HttpTlsConfig {
+                    cert_file,
+                    key_file,
+                });
+            }
+        }
+    }
+
+    fn http_auth(&mut self, path: &str, value: &Value, out: &mut HttpAuthConfig) {
+        let Some(map) = self.object(path, value, &["tokens", "public_metrics"]) else {
+            return;
+        };
+        if let Some((p, v)) = member(path, map, "public_metrics") {
+            set(&mut out.public_metrics, self.bool(&p, v));
+        }
+        let Some((p, v)) = member(path, map, "tokens") else {
+            return;
+        };
+        let Some(items) = self.array(&p, v) else {
+            return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{p}[{i}]");
+            let known = &["name", "token", "token_env", "token_file", "scopes"];
+            let Some(entry) = self.object(&item_path, item, known) else {
+                continue;
+            };
+            let name = match member(&item_path, entry, "name") {
+                Some((np, nv)) => self.string(&np, nv).and_then(|n| match check_name(n) {
+                    Ok(()) if out.tokens.iter().any(|t| t.name == n) => {
+                        self.fail(&np, format!("duplicate token name {}", quote(n)));
+                        None
+                    }
+                    Ok(()) => Some(n.to_owned()),
+                    Err(rule) => {
+                        self.fail(&np, rule);
+                        None
+                    }
+                }),
+                None => {
+                    self.fail(&format!("{item_path}.name"), "required");
+                    None
+                }
+            };
+            let given: Vec<&str> = ["token", "token_env", "token_file"]
+                .into_iter()
+                .filter(|k| member(&item_path, entry, k).is_some())
+                .collect();
+            let source = match given.as_slice() {
+                ["token"] => member(&item_path, entry, "token").and_then(|(tp, tv)| {
+                    // The rule never quotes the value: it is a secret.
+                    let text = self.string(&tp, tv)?;
+                    match HttpToken::new(text) {
+                        Ok(t) => Some(HttpTokenSource::Inline(t)),
+                        Err(rule) => {
+                            self.fail(&tp, rule);
+                            None
+                        }
+                    }
+                }),
+                ["token_env"] => member(&item_path, entry, "token_env").and_then(|(tp, tv)| {
+                    let text = self.non_empty_string(&tp, tv)?;
+                    if text.contains('=') || text.contains('\0') {
+                        self.fail(&tp, "expected the name of an environment variable");
+                        return None;
+                    }
+                    Some(HttpTokenSource::Env(text.to_owned()))
+                }),
+                ["token_file"] => member(&item_path, entry, "token_file").and_then(|(tp, tv)| {
+                    self.non_empty_string(&tp, tv)
+                        .map(|f| HttpTokenSource::File(PathBuf::from(f)))
+                }),
+                [] => {
+                    self.fail(&item_path, "needs one of token, token_env or token_file");
+                    None
+                }
+                _ => {
+                    self.fail(
+                        &item_path,
+                        format!(
+                            "give only one of token, token_env, token_file; got {}",
+                            given.join(", ")
+                        ),
+                    );
+                    None
+                }
+            };
+            let scopes = match member(&item_path, entry, "scopes") {
+                Some((sp, sv)) => {
+                    let scopes = self.string_array(&sp, sv, |text| {
+                        HttpScope::from_name(text).ok_or_else(|| {
+                            format!("expected one of read, check, admin, got {}", quote(text))
+                        })
+                    });
+                    if scopes.is_empty() && !self.refused.contains(&sp) {
+                        self.fail(&sp, "must list at least one of read, check, admin");
+                    }
+                    let mut unique = scopes;
+                    unique.sort_unstable();
+                    unique.dedup();
+                    Some(unique)
+                }
+                None => {
+                    self.fail(
+                        &format!("{item_path}.scopes"),
+                        "required: an array of read, check, admin",
+                    );
+                    None
+                }
+            };
+            if let (Some(name), Some(source), Some(scopes)) = (name, source, scopes)
+                && !scopes.is_empty()
+            {
+                out.tokens.push(HttpTokenConfig {
+                    name,
+                    source,
+                    scopes,
+                });
             }
         }
     }

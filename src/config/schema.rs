@@ -715,26 +715,215 @@ impl Default for ReplicationConfig {
 }
 
 /// `cluster_config.http`.
+///
+/// Who may call what is decided by `auth` (bearer tokens with scopes); without any token the node serves
+/// writes only to loopback clients, and `run` refuses a non-loopback `listen` unless
+/// `allow_unauthenticated_reads` accepts it (see the README's "HTTP security").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HttpConfig {
     /// Socket address of the HTTP listener, `"ip:port"` (`"[::]:8080"` for IPv6). Default: `"0.0.0.0:8080"`.
     /// Port 0 asks the OS for a free port (tests, demos). In cluster mode the port must differ from
     /// `gossip.port` (the gossip port also has a TCP listener).
     pub listen: SocketAddr,
+    // ---- HTTP security (issue 14): authentication, limits, TLS.
+    /// Bearer tokens and what they may do. Default: no token (then see `allow_unauthenticated_reads`).
+    pub auth: HttpAuthConfig,
+    /// Accepts a non-loopback `listen` without any token: reads are served to anyone who reaches the port,
+    /// writes (checks, adds, resets, config writes) only to loopback clients (`403` to others), and `run`
+    /// logs a loud warning. Default: `false`, and `run` refuses a non-loopback `listen` without tokens
+    /// (`check-config` warns). Has no effect once a token is configured.
+    pub allow_unauthenticated_reads: bool,
+    /// Longest time a client may take to send a request's headers, from the moment the node waits for them
+    /// (also between keep-alive requests) and including the TLS handshake. Default: `"10s"`. Range 100ms..=5m.
+    pub header_read_timeout: ConfigDuration,
+    /// A connection that moves no byte in either direction for this long is closed (a stalled body, a client
+    /// that stopped reading). Default: `"60s"`. Range 1s..=1h.
+    pub idle_timeout: ConfigDuration,
+    /// Most connections served at once; past it a new connection gets a `503` JSON answer and is closed,
+    /// counted in `bifrost_http_connections_refused_total` and logged once until the count recovers.
+    /// Default: 512 (below the usual 1,024 file-descriptor limit). Range 1..=1000000.
+    pub max_connections: usize,
+    /// Largest `n` (add) and `cost` (check) one request may carry; a larger value is a `400` naming the
+    /// field. Default: 1000000000 (10^9, far below saturation at 2^64-1). Range 1..=2^64-1.
+    pub max_request_n: u64,
+    /// TLS on the HTTP listener. Default: none (plain HTTP).
+    pub tls: Option<HttpTlsConfig>,
 }
 
 impl HttpConfig {
     /// Default `listen`: `0.0.0.0:8080`.
     pub const DEFAULT_LISTEN: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
+    /// Default `header_read_timeout`: 10 s.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(10_000);
+    /// Smallest `header_read_timeout`: 100 ms.
+    pub const MIN_HEADER_READ_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(100);
+    /// Largest `header_read_timeout`: 5 min.
+    pub const MAX_HEADER_READ_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(300_000);
+    /// Default `idle_timeout`: 60 s.
+    pub const DEFAULT_IDLE_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(60_000);
+    /// Smallest `idle_timeout`: 1 s.
+    pub const MIN_IDLE_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(1_000);
+    /// Largest `idle_timeout`: 1 h.
+    pub const MAX_IDLE_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(3_600_000);
+    /// Default `max_connections`.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+    /// Largest `max_connections`.
+    pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+    /// Default `max_request_n`: 10^9.
+    pub const DEFAULT_MAX_REQUEST_N: u64 = 1_000_000_000;
+
+    /// Whether any token is configured here (tokens from `BIFROST_HTTP_TOKENS` come on top).
+    pub fn has_config_tokens(&self) -> bool {
+        !self.auth.tokens.is_empty()
+    }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: Self::DEFAULT_LISTEN,
+            auth: HttpAuthConfig::default(),
+            allow_unauthenticated_reads: false,
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_request_n: Self::DEFAULT_MAX_REQUEST_N,
+            tls: None,
         }
     }
+}
+
+/// `cluster_config.http.auth`: bearer tokens, each with a name and scopes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct HttpAuthConfig {
+    /// The tokens. Default: empty. Names are unique. More tokens may come from `BIFROST_HTTP_TOKENS`.
+    pub tokens: Vec<HttpTokenConfig>,
+    /// Serve `/metrics` without a token even when tokens are configured. Default: `false`: a scrape then needs
+    /// a token with the `read` scope (Prometheus: `authorization: { credentials_file: ... }`), because the
+    /// metrics name peers, keys counts and addresses. `/health` and `/ready` are always open.
+    pub public_metrics: bool,
+}
+
+/// What a token may do. A token has exactly the scopes it lists (`admin` does not imply `read`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpScope {
+    /// `GET` routes: `/cluster/status`, `/cluster/nodes`, `/v1/counters/...`, `/v1/traffic/...`,
+    /// `/v1/config...`, and `/metrics` unless `public_metrics`.
+    Read,
+    /// `POST /v1/ratelimit/check` and `POST /v1/counters/{key}/add`.
+    Check,
+    /// `PUT`/`DELETE /v1/config/...`, `POST /v1/counters/{key}/reset`, and every other write.
+    Admin,
+}
+
+impl HttpScope {
+    /// Every scope.
+    pub const ALL: [HttpScope; 3] = [HttpScope::Read, HttpScope::Check, HttpScope::Admin];
+
+    /// The JSON spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HttpScope::Read => "read",
+            HttpScope::Check => "check",
+            HttpScope::Admin => "admin",
+        }
+    }
+
+    /// The scope spelled `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl fmt::Display for HttpScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of `http.auth.tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpTokenConfig {
+    /// A name for logs and metrics (never the token). Constraints: 1..=128 characters of `[A-Za-z0-9._-]`,
+    /// unique.
+    pub name: String,
+    /// Where the token comes from: exactly one of `token`, `token_env`, `token_file`.
+    #[serde(flatten)]
+    pub source: HttpTokenSource,
+    /// What it may do: a non-empty array of `"read"`, `"check"`, `"admin"`.
+    pub scopes: Vec<HttpScope>,
+}
+
+/// Where a token comes from. The config itself stays free of I/O: the HTTP server reads the variable or the
+/// file when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HttpTokenSource {
+    /// `token`: the token inline (at least 32 bytes). Serialized as `"<redacted>"`.
+    #[serde(rename = "token")]
+    Inline(HttpToken),
+    /// `token_env`: the name of an environment variable holding the token.
+    #[serde(rename = "token_env")]
+    Env(String),
+    /// `token_file`: a file holding the token (surrounding whitespace trimmed), e.g. a Kubernetes Secret
+    /// mounted as a file.
+    #[serde(rename = "token_file")]
+    File(PathBuf),
+}
+
+/// A bearer token. Its `Debug` and `Serialize` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpToken(String);
+
+impl HttpToken {
+    /// Shortest accepted token, in bytes (`openssl rand -base64 32` gives 44).
+    pub const MIN_BYTES: usize = 32;
+    /// Longest accepted token, in bytes.
+    pub const MAX_BYTES: usize = 4096;
+
+    /// Accepts a token of [`Self::MIN_BYTES`]..=[`Self::MAX_BYTES`] bytes of visible ASCII (what an
+    /// `Authorization` header can carry); the error is the rule in words and never contains the token.
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.len() < Self::MIN_BYTES || token.len() > Self::MAX_BYTES {
+            return Err(format!(
+                "a token must be {}..={} bytes, got {} (make one with `openssl rand -base64 32`)",
+                Self::MIN_BYTES,
+                Self::MAX_BYTES,
+                token.len()
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a token may only contain visible ASCII characters (no spaces)".to_owned());
+        }
+        Ok(Self(token.to_owned()))
+    }
+
+    /// The token itself, for hashing. Do not log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for HttpToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HttpToken({})", ClusterSecret::REDACTED)
+    }
+}
+
+impl Serialize for HttpToken {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(ClusterSecret::REDACTED)
+    }
+}
+
+/// `cluster_config.http.tls`: serve HTTPS with this certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpTlsConfig {
+    /// PEM file of the certificate chain (leaf first). Required.
+    pub cert_file: PathBuf,
+    /// PEM file of the private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key_file: PathBuf,
 }
 
 /// `cluster_config.limits`: memory bounds of the counter store.

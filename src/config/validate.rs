@@ -328,7 +328,28 @@ fn check_ranges(config: &ClusterConfig) -> Vec<FieldError> {
         1,
         LimitsConfig::MAX_MAX_KEY_LENGTH as u64,
     );
+    // ---- HTTP security (issue 14).
+    let http = &config.http;
+    range(
+        "http.max_connections",
+        http.max_connections as u64,
+        1,
+        super::schema::HttpConfig::MAX_MAX_CONNECTIONS as u64,
+    );
+    range("http.max_request_n", http.max_request_n, 1, u64::MAX);
     for (field, value, min, max) in [
+        (
+            "http.header_read_timeout",
+            http.header_read_timeout,
+            super::schema::HttpConfig::MIN_HEADER_READ_TIMEOUT,
+            super::schema::HttpConfig::MAX_HEADER_READ_TIMEOUT,
+        ),
+        (
+            "http.idle_timeout",
+            http.idle_timeout,
+            super::schema::HttpConfig::MIN_IDLE_TIMEOUT,
+            super::schema::HttpConfig::MAX_IDLE_TIMEOUT,
+        ),
         (
             "discovery.dial_timeout",
             d.dial_timeout,

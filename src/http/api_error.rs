@@ -36,6 +36,15 @@ impl ApiError {
         }
     }
 
+    /// An answer with `status` naming `field` (`401`, `403`, `413`, `414`, `415` of the request gate).
+    pub fn with_field(status: u16, field: &str, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
     /// The HTTP status code.
     pub fn status(&self) -> u16 {
         self.status

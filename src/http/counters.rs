@@ -1,6 +1,8 @@
 //! The counter API: `POST /v1/ratelimit/check`, `POST /v1/counters/{key}/add`, `GET /v1/counters/{key}`.
 //!
-//! Bodies are JSON objects; every field is checked and a bad one is answered `400` naming it.
+//! Bodies are JSON objects; every field is checked and a bad one is answered `400` naming it. `n` (add) and
+//! `cost` (check) are bounded by `http.max_request_n`, so one request cannot saturate a key; `limit` is not
+//! bounded: it is compared, never stored.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -8,6 +10,7 @@ use axum::extract::State;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::RequestCeiling;
 use super::api_error::{ApiError, KeyPath, Params};
 use crate::counter::{AddOutcome, Algorithm, CounterError, Decision, Window};
 use crate::node::ClusterHandle;
@@ -51,6 +54,20 @@ fn integer(map: &Map<String, Value>, field: &str, default: Option<u64>) -> Resul
             format!("expected an integer, got {other}"),
         )),
     }
+}
+
+/// `field` of at most `ceiling` (`http.max_request_n`): a larger value is a `400` naming the field.
+fn bounded(value: u64, field: &str, ceiling: RequestCeiling) -> Result<u64, ApiError> {
+    if value > ceiling.0 {
+        return Err(ApiError::bad_field(
+            field,
+            format!(
+                "{value} is above the per-request ceiling of {} (cluster_config.http.max_request_n)",
+                ceiling.0
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 fn window(text: &str, field: &str) -> Result<Window, ApiError> {
@@ -106,13 +123,14 @@ impl From<Decision> for DecisionJson {
 
 pub(crate) async fn ratelimit_check(
     State(node): State<ClusterHandle>,
+    State(ceiling): State<RequestCeiling>,
     body: Bytes,
 ) -> Result<Json<DecisionJson>, ApiError> {
     let map = object(&body)?;
     let key = writable_key(string(&map, "key")?)?;
     let window = window(string(&map, "window")?, "window")?;
     let limit = integer(&map, "limit", None)?;
-    let cost = integer(&map, "cost", Some(1))?;
+    let cost = bounded(integer(&map, "cost", Some(1))?, "cost", ceiling)?;
     let algorithm = match map.get("algorithm") {
         None | Some(Value::Null) => Algorithm::FixedWindow,
         Some(Value::String(s)) if s == "fixed_window" => Algorithm::FixedWindow,
@@ -172,6 +190,7 @@ fn counter_json(
 
 pub(crate) async fn post_counter(
     State(node): State<ClusterHandle>,
+    State(ceiling): State<RequestCeiling>,
     KeyPath(path): KeyPath,
     body: Bytes,
 ) -> Result<Json<CounterJson>, ApiError> {
@@ -184,7 +203,7 @@ pub(crate) async fn post_counter(
     let key = writable_key(key)?;
     let map = object(&body)?;
     let window = window(string(&map, "window")?, "window")?;
-    let n = integer(&map, "n", Some(1))?;
+    let n = bounded(integer(&map, "n", Some(1))?, "n", ceiling)?;
     let epoch = window.epoch_at(node.clock().now_unix_ms());
     let outcome = node.store().add(key, window, n).map_err(key_error)?;
     let outcome = match outcome {

@@ -18,6 +18,9 @@
 //! | `bifrost_discovery_found` | gauge | `method`: join targets of the last round |
 //! | `bifrost_discovery_backend_events_total` | counter | `method`, `event` (e.g. `beacons_rejected`) |
 //! | `bifrost_config_entries` | gauge | live cluster-wide config entries |
+//! | `bifrost_http_connections_open` | gauge | HTTP connections served now |
+//! | `bifrost_http_connections_{accepted,refused,idle_closed}_total`, `bifrost_http_tls_handshake_failures_total` | counter | refused: over `http.max_connections` |
+//! | `bifrost_http_rejected_total` | counter | `status` (401, 403, 415), `reason` (missing_token, unknown_token, scope, not_loopback, origin, content_type) |
 
 use axum::extract::State;
 use axum::http::header;
@@ -373,10 +376,68 @@ pub fn registry(node: &ClusterHandle) -> Registry {
     r
 }
 
-pub(crate) async fn metrics(State(node): State<ClusterHandle>) -> impl IntoResponse {
+// ---- HTTP security (issue 14): the HTTP listener's own counters.
+
+/// Registers the HTTP surface's counters (connections, rejected requests) in `r`.
+pub fn register_http(r: &mut Registry, stats: &super::HttpStats) {
+    use std::sync::atomic::Ordering;
+    // Statistics: a slightly stale reading is fine.
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    gauge(
+        r,
+        "bifrost_http_connections_open",
+        "HTTP connections served now",
+        clamp(load(&stats.connections_open)),
+    );
+    for (name, help, v) in [
+        (
+            "bifrost_http_connections_accepted",
+            "HTTP connections accepted and served",
+            load(&stats.connections_accepted),
+        ),
+        (
+            "bifrost_http_connections_refused",
+            "HTTP connections refused because http.max_connections were open",
+            load(&stats.connections_refused),
+        ),
+        (
+            "bifrost_http_connections_idle_closed",
+            "HTTP connections closed after http.idle_timeout without progress",
+            load(&stats.connections_idle_closed),
+        ),
+        (
+            "bifrost_http_tls_handshake_failures",
+            "HTTP TLS handshakes that failed or timed out",
+            load(&stats.tls_handshake_failures),
+        ),
+    ] {
+        counter(r, name, help, v);
+    }
+    counter_family(
+        r,
+        "bifrost_http_rejected",
+        "HTTP requests refused by the request gate, by status and reason",
+        &[
+            ("401", "missing_token", load(&stats.rejected_missing_token)),
+            ("401", "unknown_token", load(&stats.rejected_unknown_token)),
+            ("403", "scope", load(&stats.rejected_scope)),
+            ("403", "not_loopback", load(&stats.rejected_not_loopback)),
+            ("403", "origin", load(&stats.rejected_origin)),
+            ("415", "content_type", load(&stats.rejected_content_type)),
+        ]
+        .map(|(status, reason, v)| (label(&[("status", status), ("reason", reason)]), v)),
+    );
+}
+
+pub(crate) async fn metrics(
+    State(node): State<ClusterHandle>,
+    State(http): State<std::sync::Arc<super::HttpStats>>,
+) -> impl IntoResponse {
     let mut body = String::new();
+    let mut r = registry(&node);
+    register_http(&mut r, &http);
     // Writing into a String cannot fail.
-    let _ = encode(&mut body, &registry(&node));
+    let _ = encode(&mut body, &r);
     (
         [(
             header::CONTENT_TYPE,
