@@ -19,7 +19,7 @@ fn replicator() -> (CounterStore, Replicator) {
         ..StoreOptions::default()
     });
     let mut r = Replicator::new(store.clone(), 1, ReplicatorOptions::default(), 7, NOW);
-    r.add_peer(2, Some(1200));
+    r.add_peer(2, 2, Some(1200));
     while r.poll_transmit().is_some() {}
     (store, r)
 }
