@@ -14,6 +14,7 @@ const NOW: u64 = 1_795_514_400_000;
 fn replicator() -> (CounterStore, Replicator) {
     let store = CounterStore::new(StoreOptions {
         max_keys: 16,
+        max_remote_keys: 16,
         replica_id: 1,
         clock: Arc::new(CoarseClock::new(NOW)),
         ..StoreOptions::default()

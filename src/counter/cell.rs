@@ -16,8 +16,12 @@
 //! - Rolling is lock-free: whoever first sees an older epoch in a slot CASes it forward and then sweeps the old
 //!   value words to the new generation (a word already at the new generation is never touched, so the sweep
 //!   cannot erase a fresh add). A writer that meets a word not yet swept resets it itself in its CAS.
-//! - Values are G-counters: the hot path only ever increases a value word within its generation. Nothing is ever
-//!   subtracted, so what replication ships is monotone per `(origin, epoch)` and max-merge is exact.
+//! - Values are G-counters: the hot path only ever increases a value word within its generation, so what
+//!   replication ships is monotone per `(origin, epoch)` and max-merge is exact. The one exception is a reset's
+//!   floor of this replica's own origin, which the replication side moves out of the value words into a
+//!   per-epoch offset under the origins mutex; what it ships is words + offset, which stays monotone.
+//! - Floors (resets) are max-merged per `(origin, epoch)` and never exceed the value held for their origin; the
+//!   pre-summed remote value is `Σ (value − floor)` over remote origins, so the hot path reads it as before.
 //! - Per value word (one stripe, one epoch) the value saturates at [`MAX_CELL_VALUE`] (2^48 − 1, about 2.8 × 10^14
 //!   units); saturation is reported to the caller. Epochs must be below 2^48 (true for every window until the
 //!   year 8 million).

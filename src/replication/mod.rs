@@ -12,6 +12,6 @@ mod stats;
 
 pub use replicator::{
     Channel, CheckAnswered, DEFAULT_MAX_DIGEST_ORIGINS, DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
-    MAX_REQUEST_ORIGINS, PeerId, Replicator, ReplicatorOptions, Transmit,
+    MAX_DIGEST_ORIGINS, MAX_REQUEST_ORIGINS, PeerId, Replicator, ReplicatorOptions, Transmit,
 };
 pub use stats::{PeerStats, ReplicationStats};

@@ -54,6 +54,10 @@ pub const MAX_REQUEST_ORIGINS: usize = 8_192;
 /// Default of [`ReplicatorOptions::max_digest_origins`]: 16,384 origins of 20 bytes, about 330 KB per digest.
 pub const DEFAULT_MAX_DIGEST_ORIGINS: usize = 16_384;
 
+/// Most origins one digest may cover: 40,000 of 20 bytes is 800 KB, within the 1 MiB frame limit (and below
+/// the decoder's [`crate::wire::MAX_ORIGINS_PER_FRAME`]).
+pub const MAX_DIGEST_ORIGINS: usize = 40_000;
+
 /// Default of [`ReplicatorOptions::max_relayed_origins_per_peer`] (`limits.max_relayed_origins_per_peer`).
 pub const DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER: usize = 4_096;
 
@@ -103,8 +107,8 @@ pub struct ReplicatorOptions {
     /// 10,000 (`gossip.config.timeout_seconds`). Must be ≥ 1.
     pub check_timeout_ms: u64,
     /// Most origins one digest covers; a node holding more covers them over consecutive rounds. Default
-    /// [`DEFAULT_MAX_DIGEST_ORIGINS`]; clamped to 1..=[`crate::wire::MAX_ORIGINS_PER_FRAME`] (a digest of that
-    /// many origins still fits the frame limit).
+    /// [`DEFAULT_MAX_DIGEST_ORIGINS`]; clamped to 1..=[`MAX_DIGEST_ORIGINS`] (a digest of that many origins
+    /// still fits the frame limit).
     pub max_digest_origins: usize,
     /// Most distinct origins other than its own one peer may relay to us (state chunks) while it stays linked;
     /// origins that no longer hold values here stop counting at the next anti-entropy round. Default
@@ -476,10 +480,7 @@ impl Replicator {
         for p in self.peers.values_mut() {
             p.relayed.retain(|origin| values.contains_key(origin));
         }
-        let max = self
-            .options
-            .max_digest_origins
-            .clamp(1, wire::MAX_ORIGINS_PER_FRAME);
+        let max = self.options.max_digest_origins.clamp(1, MAX_DIGEST_ORIGINS);
         let first = self.digest_cursor;
         let mut in_range = values.range(first..);
         let chunk: BTreeMap<u64, Vec<DirtyEntry>> = in_range
