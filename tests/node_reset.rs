@@ -13,7 +13,7 @@ use bifrost_cluster::node::{Cluster, ClusterHandle, NodeOptions};
 use bifrost_cluster::transport::TransportOptions;
 
 mod support;
-use support::http::post;
+use support::http::{parse_prometheus, post, request_text};
 use support::{free_port, wait_for};
 
 const SECRET: &str = "test-cluster-secret-0123456789abcdef";
@@ -134,6 +134,29 @@ async fn a_key_poisoned_with_u64_max_is_reset_through_another_node_and_every_nod
         global_at(&a, epoch) == 0
     })
     .await;
+    // The reset and the counter plane's bounds are in /metrics.
+    let (code, text) =
+        tokio::task::spawn_blocking(move || request_text(addr, "GET", "/metrics", None))
+            .await
+            .expect("join")
+            .expect("metrics");
+    assert_eq!(code, 200);
+    let samples = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let value = |series: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(value("bifrost_counter_resets_total"), 1.0);
+    assert_eq!(value("bifrost_counter_floors_raised_total"), 3.0);
+    assert_eq!(value("bifrost_replication_encode_errors_total"), 0.0);
+    assert_eq!(value("bifrost_replication_forged_entries_total"), 0.0);
+    assert_eq!(
+        value("bifrost_counter_refused_keys_by_kind_total{kind=\"remote\"}"),
+        0.0
+    );
 
     // node-c restarts (new replica id): it gets the values and the floors with its state transfer and
     // anti-entropy.

@@ -282,7 +282,7 @@ fn bump_stripe_hint() -> usize {
 
 impl Cell {
     /// A cell in the local budget (tests and loom models; the store says which budget).
-    #[cfg(any(test, bifrost_loom))]
+    #[cfg(test)]
     pub(crate) fn new(key: std::sync::Arc<str>, window: Window) -> Cell {
         Cell::with_budget(key, window, false)
     }

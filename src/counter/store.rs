@@ -102,6 +102,9 @@ pub struct StoreStats {
     pub floors_raised: std::sync::atomic::AtomicU64,
     /// Resets run on this node ([`CounterStore::reset`]).
     pub resets: std::sync::atomic::AtomicU64,
+    /// Floors dropped from the queue for replication because it held its cap (they still travel with
+    /// anti-entropy's floor repair).
+    pub pending_floors_dropped: std::sync::atomic::AtomicU64,
     /// Keys refused for their length (or empty).
     pub invalid_keys: std::sync::atomic::AtomicU64,
     /// Adds refused because their epoch had already left the ring (a clock far behind).
@@ -137,6 +140,8 @@ pub struct StatsSnapshot {
     pub floors_raised: u64,
     /// See [`StoreStats::resets`].
     pub resets: u64,
+    /// See [`StoreStats::pending_floors_dropped`].
+    pub pending_floors_dropped: u64,
     /// See [`StoreStats::invalid_keys`].
     pub invalid_keys: u64,
     /// See [`StoreStats::stale_adds`].
@@ -208,6 +213,7 @@ struct CapLogs {
     local_keys: std::sync::atomic::AtomicBool,
     remote_keys: std::sync::atomic::AtomicBool,
     origins: std::sync::atomic::AtomicBool,
+    pending_floors: std::sync::atomic::AtomicBool,
 }
 
 /// Logs `message` unless `flag` says it was logged already (one line per cap, not one per refusal).
@@ -786,6 +792,18 @@ impl CounterStore {
         for &(origin, floor) in &floors {
             if pending.len() == MAX_PENDING_FLOORS {
                 pending.pop_front();
+                // Relaxed: statistics.
+                stats
+                    .pending_floors_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log_once(
+                    &self.shared.logged.pending_floors,
+                    format_args!(
+                        "{MAX_PENDING_FLOORS} reset floors wait for replication (none is running, or resets come \
+                         faster than flushes); the oldest are dropped from the queue and travel with \
+                         anti-entropy instead"
+                    ),
+                );
             }
             pending.push_back((
                 origin,
@@ -953,6 +971,7 @@ impl CounterStore {
             refused_origins: load(&s.refused_origins),
             floors_raised: load(&s.floors_raised),
             resets: load(&s.resets),
+            pending_floors_dropped: load(&s.pending_floors_dropped),
             invalid_keys: load(&s.invalid_keys),
             stale_adds: load(&s.stale_adds),
             saturated_adds: load(&s.saturated_adds),

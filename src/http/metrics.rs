@@ -418,6 +418,12 @@ fn counter_plane_bounds(r: &mut Registry, node: &ClusterHandle, status: &crate::
     );
     counter(
         r,
+        "bifrost_counter_pending_floors_dropped",
+        "Reset floors dropped from the replication queue at its cap (anti-entropy still carries them)",
+        store.pending_floors_dropped,
+    );
+    counter(
+        r,
         "bifrost_counter_floors_raised",
         "Floors (resets) that lowered an origin's counted value here",
         store.floors_raised,
