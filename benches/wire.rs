@@ -133,7 +133,7 @@ fn wire_benches(c: &mut Criterion) {
         ..StoreOptions::default()
     });
     let mut replicator = Replicator::new(store, 1, ReplicatorOptions::default(), 7, NOW);
-    replicator.add_peer(2, Some(1200));
+    replicator.add_peer(2, 2, Some(1200));
     while replicator.poll_transmit().is_some() {}
     group.bench_function("wire/merge_batch", |b| {
         b.iter(|| {
@@ -159,7 +159,7 @@ fn wire_benches(c: &mut Criterion) {
                 });
                 let mut replicator =
                     Replicator::new(store, 1, ReplicatorOptions::default(), 7, NOW);
-                replicator.add_peer(2, Some(1200));
+                replicator.add_peer(2, 2, Some(1200));
                 replicator
                     .handle_frame(2, &raising[0], NOW)
                     .expect("merges");

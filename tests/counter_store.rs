@@ -129,14 +129,20 @@ fn key_limit_refuses_new_keys_and_keeps_existing_ones_working() {
     );
     assert!(err.to_string().contains("max_keys = 3"), "{err}");
     assert!(store.add("e", minute(), 1).is_err());
-    assert!(store.merge_remote(9, "f", minute(), 1, 1).is_err());
-    assert_eq!(store.stats().refused_keys, 3);
+    // A merged value of a new key counts in the other budget (limits.max_remote_keys), not in this one.
+    assert_eq!(
+        store.merge_remote(9, "f", minute(), 1, 1),
+        Ok(MergeOutcome::Raised)
+    );
+    assert_eq!(store.stats().refused_keys, 2);
+    assert_eq!(store.stats().refused_local_keys, 2);
     assert_eq!(handles[0].add(1), AddOutcome::Added);
     assert_eq!(store.add("b", minute(), 2).unwrap(), AddOutcome::Added);
     assert_eq!(store.global("b", minute()), 2);
     // The same key with another window is another cell.
     assert!(store.handle("a", Window::parse("1h").unwrap()).is_err());
-    assert_eq!(store.stats().keys, 3);
+    assert_eq!(store.stats().keys, 4);
+    assert_eq!(store.stats().remote_keys, 1);
 }
 
 #[test]

@@ -25,7 +25,7 @@ fn node(replica: u64, peer: u64) -> Replicator {
         ..ReplicatorOptions::default()
     };
     let mut r = Replicator::new(store, replica, options, replica, NOW);
-    r.add_peer(peer, Some(1_200));
+    r.add_peer(peer, peer, Some(1_200));
     r
 }
 
@@ -129,7 +129,7 @@ fn checks_can_be_switched_off() {
         ..ReplicatorOptions::default()
     };
     let mut a = Replicator::new(store, 1, options, 1, NOW);
-    a.add_peer(2, Some(1_200));
+    a.add_peer(2, 2, Some(1_200));
     assert!(a.poll_timeout() > NOW, "no check is due");
     a.handle_timeout(NOW + 60_000);
     assert!(checks_out(&mut a).is_empty());

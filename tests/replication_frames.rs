@@ -14,12 +14,13 @@ const NOW: u64 = 1_795_514_400_000;
 fn replicator() -> (CounterStore, Replicator) {
     let store = CounterStore::new(StoreOptions {
         max_keys: 16,
+        max_remote_keys: 16,
         replica_id: 1,
         clock: Arc::new(CoarseClock::new(NOW)),
         ..StoreOptions::default()
     });
     let mut r = Replicator::new(store.clone(), 1, ReplicatorOptions::default(), 7, NOW);
-    r.add_peer(2, Some(1200));
+    r.add_peer(2, 2, Some(1200));
     while r.poll_transmit().is_some() {}
     (store, r)
 }

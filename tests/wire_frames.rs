@@ -98,7 +98,11 @@ proptest! {
 
         let digest = Digest {
             sender: replica,
+            first: caps.min(replica),
+            last: caps.max(replica),
             origins: origins.iter().map(|&(origin, entries, fingerprint)| OriginDigest { origin, entries, fingerprint }).collect(),
+            floors: origins.len() as u32,
+            floor_fingerprint: caps ^ replica,
         };
         let bytes = wire::encode(&digest).unwrap();
         let Ok(Frame::Digest(d)) = wire::decode(&bytes) else { panic!() };

@@ -32,6 +32,11 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             kind: OriginKind::Aggregate,
             entries: vec![entry("rl/x", "1s", 1_795_514_400, 1)],
         },
+        OriginGroup {
+            origin: 11,
+            kind: OriginKind::Floor,
+            entries: vec![entry("budget/team-a", "1M", 682, 4_000_000)],
+        },
     ];
     vec![
         (
@@ -60,11 +65,15 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "digest.bin",
             wire::encode(&Digest {
                 sender: 11,
+                first: 0,
+                last: u64::MAX,
                 origins: vec![OriginDigest {
                     origin: 11,
                     entries: 2,
                     fingerprint: 0xdead_beef,
                 }],
+                floors: 1,
+                floor_fingerprint: 0xf100_0f00,
             })
             .unwrap(),
         ),

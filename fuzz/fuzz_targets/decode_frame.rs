@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
         ..StoreOptions::default()
     });
     let mut replicator = Replicator::new(store.clone(), 1, ReplicatorOptions::default(), 7, NOW);
-    replicator.add_peer(2, Some(1200));
+    replicator.add_peer(2, 2, Some(1200));
     let _ = replicator.handle_frame(2, data, NOW);
     let before = store.remote_snapshot();
     let _ = replicator.handle_frame(2, data, NOW);

@@ -819,7 +819,18 @@ impl Ctx {
     }
 
     fn limits(&mut self, path: &str, value: &Value, out: &mut LimitsConfig) {
-        let Some(map) = self.object(path, value, &["max_keys", "max_key_length"]) else {
+        let Some(map) = self.object(
+            path,
+            value,
+            &[
+                "max_keys",
+                "max_key_length",
+                // replication bounds (counter plane)
+                "max_remote_keys",
+                "max_origins_per_key",
+                "max_relayed_origins_per_peer",
+            ],
+        ) else {
             return;
         };
         if let Some((p, v)) = member(path, map, "max_keys") {
@@ -832,6 +843,24 @@ impl Ctx {
             set(
                 &mut out.max_key_length,
                 self.usize_in(&p, v, 1, LimitsConfig::MAX_MAX_KEY_LENGTH),
+            );
+        }
+        // --- replication bounds (counter plane) ---
+        if let Some((p, v)) = member(path, map, "max_remote_keys")
+            && let Some(n) = self.usize_in(&p, v, 1, LimitsConfig::MAX_MAX_KEYS)
+        {
+            out.max_remote_keys = Some(n);
+        }
+        if let Some((p, v)) = member(path, map, "max_origins_per_key") {
+            set(
+                &mut out.max_origins_per_key,
+                self.usize_in(&p, v, 1, LimitsConfig::MAX_ORIGIN_CAP),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "max_relayed_origins_per_peer") {
+            set(
+                &mut out.max_relayed_origins_per_peer,
+                self.usize_in(&p, v, 0, LimitsConfig::MAX_ORIGIN_CAP),
             );
         }
     }

@@ -934,6 +934,20 @@ pub struct LimitsConfig {
     pub max_keys: usize,
     /// Longest counter key, in bytes (UTF-8). Default: 256. Range 1..=4096.
     pub max_key_length: usize,
+    // --- replication bounds (counter plane) ---
+    /// Most counter keys one node holds that only other nodes' values created (keys it has not used itself);
+    /// past it, values of new keys from peers are refused (counted, logged once) and local keys are unaffected:
+    /// `max_keys` budgets local keys alone. Default: `null`, meaning equal to `max_keys`. Range 1..=100000000.
+    pub max_remote_keys: Option<usize>,
+    /// Most relayed origins (replica ids other than the sending peer's) one counter key holds per window;
+    /// values of further origins are refused (counted, logged once). Values a peer sends for its own replica
+    /// id are never refused by this cap. Default: 4096 (a 1,000-node cluster with three restarts of every node
+    /// within one window). Range 1..=1000000.
+    pub max_origins_per_key: usize,
+    /// Most distinct origins other than its own one peer may relay (anti-entropy state transfer) while it is
+    /// linked; origins that no longer hold values stop counting at the next anti-entropy round. Further relays
+    /// from that peer are refused (counted per peer, logged once per peer). Default: 4096. Range 0..=1000000.
+    pub max_relayed_origins_per_peer: usize,
 }
 
 impl LimitsConfig {
@@ -945,6 +959,18 @@ impl LimitsConfig {
     pub const DEFAULT_MAX_KEY_LENGTH: usize = 256;
     /// Largest `max_key_length`.
     pub const MAX_MAX_KEY_LENGTH: usize = 4096;
+    /// Default `max_origins_per_key`.
+    pub const DEFAULT_MAX_ORIGINS_PER_KEY: usize = crate::counter::DEFAULT_MAX_ORIGINS_PER_KEY;
+    /// Default `max_relayed_origins_per_peer`.
+    pub const DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER: usize =
+        crate::replication::DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER;
+    /// Largest `max_origins_per_key` and `max_relayed_origins_per_peer`.
+    pub const MAX_ORIGIN_CAP: usize = 1_000_000;
+
+    /// `max_remote_keys`, or `max_keys` when it is not set.
+    pub fn remote_keys(&self) -> usize {
+        self.max_remote_keys.unwrap_or(self.max_keys)
+    }
 }
 
 impl Default for LimitsConfig {
@@ -952,6 +978,9 @@ impl Default for LimitsConfig {
         Self {
             max_keys: Self::DEFAULT_MAX_KEYS,
             max_key_length: Self::DEFAULT_MAX_KEY_LENGTH,
+            max_remote_keys: None,
+            max_origins_per_key: Self::DEFAULT_MAX_ORIGINS_PER_KEY,
+            max_relayed_origins_per_peer: Self::DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
         }
     }
 }

@@ -328,6 +328,27 @@ fn check_ranges(config: &ClusterConfig) -> Vec<FieldError> {
         1,
         LimitsConfig::MAX_MAX_KEY_LENGTH as u64,
     );
+    // --- replication bounds (counter plane) ---
+    if let Some(n) = l.max_remote_keys {
+        range(
+            "limits.max_remote_keys",
+            n as u64,
+            1,
+            LimitsConfig::MAX_MAX_KEYS as u64,
+        );
+    }
+    range(
+        "limits.max_origins_per_key",
+        l.max_origins_per_key as u64,
+        1,
+        LimitsConfig::MAX_ORIGIN_CAP as u64,
+    );
+    range(
+        "limits.max_relayed_origins_per_peer",
+        l.max_relayed_origins_per_peer as u64,
+        0,
+        LimitsConfig::MAX_ORIGIN_CAP as u64,
+    );
     // ---- HTTP security (issue 14).
     let http = &config.http;
     range(

@@ -16,8 +16,12 @@
 //! - Rolling is lock-free: whoever first sees an older epoch in a slot CASes it forward and then sweeps the old
 //!   value words to the new generation (a word already at the new generation is never touched, so the sweep
 //!   cannot erase a fresh add). A writer that meets a word not yet swept resets it itself in its CAS.
-//! - Values are G-counters: the hot path only ever increases a value word within its generation. Nothing is ever
-//!   subtracted, so what replication ships is monotone per `(origin, epoch)` and max-merge is exact.
+//! - Values are G-counters: the hot path only ever increases a value word within its generation, so what
+//!   replication ships is monotone per `(origin, epoch)` and max-merge is exact. The one exception is a reset's
+//!   floor of this replica's own origin, which the replication side moves out of the value words into a
+//!   per-epoch offset under the origins mutex; what it ships is words + offset, which stays monotone.
+//! - Floors (resets) are max-merged per `(origin, epoch)` and never exceed the value held for their origin; the
+//!   pre-summed remote value is `Σ (value − floor)` over remote origins, so the hot path reads it as before.
 //! - Per value word (one stripe, one epoch) the value saturates at [`MAX_CELL_VALUE`] (2^48 − 1, about 2.8 × 10^14
 //!   units); saturation is reported to the caller. Epochs must be below 2^48 (true for every window until the
 //!   year 8 million).
@@ -138,13 +142,69 @@ pub(crate) enum TakeOutcome {
     Stale,
 }
 
-/// The per-origin values merged into one cell, kept by the replication side only.
+/// What the origin table holds for the epoch at one ring position.
+#[derive(Clone, Copy, Debug, Default)]
+struct Position {
+    /// The epoch.
+    epoch: u64,
+    /// Σ over remote origins of `value − floor` (a floor never exceeds its value): what the hot path reads.
+    /// u128, so the sum of any number of u64 values is exact and can be lowered again by a floor.
+    sum: u128,
+    /// Remote origins with a value for the epoch (what `limits.max_origins_per_key` bounds).
+    origins: usize,
+    /// This replica's own floor: how much was moved out of its value words by resets (see
+    /// [`Cell::merge_own_floor`]). What it ships is its value words plus this, so it stays monotone.
+    own_offset: u64,
+}
+
+/// The per-origin values and floors merged into one cell, kept by the replication side only.
 #[derive(Default)]
 struct OriginTable {
     /// `(origin, epoch) -> value`: the max of everything that origin reported for that epoch.
     values: std::collections::HashMap<(u64, u64), u64>,
-    /// Per ring position, `(epoch, sum of values)` for the epoch the table holds there.
-    sums: [Option<(u64, u64)>; RING],
+    /// `(origin, epoch) -> floor`: the max of every reset's view of that origin, never above its value here.
+    floors: std::collections::HashMap<(u64, u64), u64>,
+    /// Per ring position, what the table holds for the epoch there.
+    positions: [Option<Position>; RING],
+}
+
+impl OriginTable {
+    /// The position of `epoch` (ring position `i`), emptied first if it held another epoch.
+    fn position(&mut self, i: usize, epoch: u64) -> &mut Position {
+        match self.positions[i] {
+            Some(p) if p.epoch == epoch => {}
+            Some(p) => {
+                let held = p.epoch;
+                self.values.retain(|&(_, e), _| e != held);
+                self.floors.retain(|&(_, e), _| e != held);
+                self.positions[i] = None;
+            }
+            None => {}
+        }
+        self.positions[i].get_or_insert(Position {
+            epoch,
+            ..Position::default()
+        })
+    }
+
+    /// The position of `epoch` if the table holds that epoch there.
+    fn held(&self, i: usize, epoch: u64) -> Option<&Position> {
+        self.positions[i].as_ref().filter(|p| p.epoch == epoch)
+    }
+}
+
+/// Result of merging one floor (see [`Cell::merge_floor`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloorOutcome {
+    /// The floor rose: the origin's counted contribution fell.
+    Raised,
+    /// The floor was not higher than the one held (or than the origin's value here): nothing changed.
+    Unchanged,
+    /// No value of that origin is held for the epoch here, so there is nothing to lower (yet): dropped. Anti-entropy
+    /// brings the floor again once the value is here.
+    NoValue,
+    /// The epoch is not in the ring (over, or not started here): dropped.
+    Expired,
 }
 
 /// The decision of [`Cell::try_take_fast`] (it never finds the epoch stale: then it declines).
@@ -168,6 +228,9 @@ pub enum MergeOutcome {
     /// The epoch is more than one window ahead of this node's clock: dropped, so a peer's fast clock cannot
     /// push our windows forward (see `CounterStore::merge_remote`).
     Future,
+    /// A new origin for the epoch, but the cell already holds `limits.max_origins_per_key` remote origins for it:
+    /// dropped (counted by the store).
+    OriginLimit,
 }
 
 /// A counter cell. Shared by the store, the handles and the dirty queue through `Arc`.
@@ -183,6 +246,9 @@ pub struct Cell {
     handles: AtomicUsize,
     origins: Mutex<OriginTable>,
     key: std::sync::Arc<str>,
+    /// Created by a merge (counted in `limits.max_remote_keys`) rather than by a local add or handle (counted in
+    /// `limits.max_keys`). Set once at creation.
+    remote_created: bool,
 }
 
 thread_local! {
@@ -215,7 +281,18 @@ fn bump_stripe_hint() -> usize {
 }
 
 impl Cell {
+    /// A cell in the local budget (tests and loom models; the store says which budget).
+    #[cfg(test)]
     pub(crate) fn new(key: std::sync::Arc<str>, window: Window) -> Cell {
+        Cell::with_budget(key, window, false)
+    }
+
+    /// A cell counted in the local (`remote_created == false`) or in the remote key budget.
+    pub(crate) fn with_budget(
+        key: std::sync::Arc<str>,
+        window: Window,
+        remote_created: bool,
+    ) -> Cell {
         Cell {
             slots: std::array::from_fn(|_| AtomicU64::new(SLOT_EMPTY)),
             epochs: EpochCache::new(window),
@@ -227,7 +304,13 @@ impl Cell {
             handles: AtomicUsize::new(0),
             origins: Mutex::new(OriginTable::default()),
             key,
+            remote_created,
         }
+    }
+
+    /// Whether a merge created the cell (it counts in the remote key budget).
+    pub(crate) fn remote_created(&self) -> bool {
+        self.remote_created
     }
 
     /// The cell's key.
@@ -610,16 +693,26 @@ impl Cell {
     }
 
     /// Every epoch in the ring not older than `oldest`, with this replica's local value (zero values skipped).
+    ///
+    /// The value is what this replica ships: its value words plus the offset its own floor moved out of them
+    /// (read under the origins mutex, so a reset moving value into the offset is seen whole).
     pub(crate) fn local_values(&self, oldest: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        (0..RING).filter_map(move |i| {
+        let table = self.table();
+        let values: [Option<(u64, u64)>; RING] = std::array::from_fn(|i| {
             // SeqCst: the drain's side of the dirty handshake (flag store, then slot and value loads).
             let slot = self.slots[i].load(Ordering::SeqCst);
             if slot == SLOT_EMPTY || slot == SLOT_RETIRED || slot_epoch(slot) < oldest {
                 return None;
             }
-            let value = self.local_except(i, slot_gen(slot), None);
-            (value > 0).then(|| (slot_epoch(slot), value))
-        })
+            let epoch = slot_epoch(slot);
+            let offset = table.held(i, epoch).map_or(0, |p| p.own_offset);
+            let value = self
+                .local_except(i, slot_gen(slot), None)
+                .saturating_add(offset);
+            (value > 0).then_some((epoch, value))
+        });
+        drop(table);
+        values.into_iter().flatten()
     }
 
     /// Whether a reclaimer has retired (or is retiring) this cell.
@@ -738,56 +831,209 @@ impl Cell {
         self.extra.get().is_some()
     }
 
-    /// Merges `value` reported by `origin` for `epoch` (per-origin max) and republishes the remote sum.
-    pub(crate) fn merge_remote(&self, origin: u64, epoch: u64, value: u64) -> MergeOutcome {
-        // A poisoned mutex only means a panic elsewhere while merging; the table is still consistent
-        // (every update below is a single insert followed by a recomputed sum).
-        let mut table = match self.origins.lock() {
+    /// Locks the origin table. A poisoned mutex only means a panic elsewhere while merging; the table is still
+    /// consistent (every update is a few inserts followed by one published sum).
+    fn table(&self) -> impl std::ops::DerefMut<Target = OriginTable> + '_ {
+        match self.origins.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
-        };
+        }
+    }
+
+    /// Publishes the remote sum of position `i` for the hot path.
+    fn publish_remote(&self, i: usize, generation: u16, sum: u128) {
+        let value = u64::try_from(sum).unwrap_or(u64::MAX).min(MAX_CELL_VALUE);
+        // Release: pairs with the Acquire in `remote_value`. Only the replication side writes here, serialised
+        // by the origins mutex.
+        self.remote[i].store(pack_word(generation, value), Ordering::Release);
+    }
+
+    /// Merges `value` reported by `origin` for `epoch` (per-origin max) and republishes the remote sum. A new
+    /// origin is refused with [`MergeOutcome::OriginLimit`] when the epoch already has `max_origins` remote
+    /// origins here.
+    pub(crate) fn merge_remote(
+        &self,
+        origin: u64,
+        epoch: u64,
+        value: u64,
+        max_origins: usize,
+    ) -> MergeOutcome {
+        let mut table = self.table();
         let Some(generation) = self.generation_for(epoch) else {
             return MergeOutcome::Expired;
         };
         let i = ring_index(epoch);
-        // The position now holds `epoch`: forget what the table kept for the epoch it held before.
-        match table.sums[i] {
-            Some((held, _)) if held == epoch => {}
-            Some((held, _)) => {
-                table.values.retain(|&(_, e), _| e != held);
-                table.sums[i] = Some((epoch, 0));
-            }
-            None => table.sums[i] = Some((epoch, 0)),
+        // The position now holds `epoch`: `position` forgets what the table kept for the epoch it held before.
+        let held = table.position(i, epoch).origins;
+        let old = table.values.get(&(origin, epoch)).copied();
+        match old {
+            Some(v) if value <= v => return MergeOutcome::Unchanged,
+            None if value == 0 => return MergeOutcome::Unchanged,
+            None if held >= max_origins => return MergeOutcome::OriginLimit,
+            _ => {}
         }
-        let entry = table.values.entry((origin, epoch)).or_insert(0);
-        if value <= *entry {
-            return MergeOutcome::Unchanged;
+        let floor = table.floors.get(&(origin, epoch)).copied().unwrap_or(0);
+        table.values.insert((origin, epoch), value);
+        let before = u128::from(old.unwrap_or(0).saturating_sub(floor));
+        let after = u128::from(value.saturating_sub(floor));
+        let position = table.position(i, epoch);
+        if old.is_none() {
+            position.origins += 1;
         }
-        let raise = value - *entry;
-        *entry = value;
-        let sum = table.sums[i].map_or(0, |(_, s)| s).saturating_add(raise);
-        table.sums[i] = Some((epoch, sum));
-        // Release: pairs with the Acquire in `remote_value`. Only the replication side writes here, serialised
-        // by the mutex.
-        self.remote[i].store(
-            pack_word(generation, sum.min(MAX_CELL_VALUE)),
-            Ordering::Release,
-        );
+        // `sum` includes `before`: no underflow.
+        position.sum = position.sum - before + after;
+        let sum = position.sum;
+        self.publish_remote(i, generation, sum);
         MergeOutcome::Raised
+    }
+
+    /// Raises the floor of remote `origin` in `epoch` to `floor`, but never above the value held for it here (so
+    /// a floor can take back what an origin counted, never what it counts later). Republishes the remote sum.
+    pub(crate) fn merge_floor(&self, origin: u64, epoch: u64, floor: u64) -> FloorOutcome {
+        let mut table = self.table();
+        let Some(generation) = self.generation_if_present(epoch) else {
+            return FloorOutcome::Expired;
+        };
+        let i = ring_index(epoch);
+        if table.held(i, epoch).is_none() {
+            return FloorOutcome::NoValue;
+        }
+        let Some(&value) = table.values.get(&(origin, epoch)) else {
+            return FloorOutcome::NoValue;
+        };
+        let floor = floor.min(value);
+        let old = table.floors.get(&(origin, epoch)).copied().unwrap_or(0);
+        if floor <= old {
+            return FloorOutcome::Unchanged;
+        }
+        table.floors.insert((origin, epoch), floor);
+        let position = table.position(i, epoch);
+        // Contribution `value − old` becomes `value − floor`: the sum includes the former, no underflow.
+        position.sum -= u128::from(floor - old);
+        let sum = position.sum;
+        self.publish_remote(i, generation, sum);
+        FloorOutcome::Raised
+    }
+
+    /// Raises this replica's own floor in `epoch` to `floor` (never above what it ships for the epoch): the
+    /// difference is moved out of its value words into the position's offset, so the hot path reads the value
+    /// net of the floor with no extra work, while what replication ships (words + offset) stays the same and
+    /// grows with every later add. A word that saturated before the reset counts again after it.
+    pub(crate) fn merge_own_floor(&self, epoch: u64, floor: u64) -> FloorOutcome {
+        let mut table = self.table();
+        let Some(generation) = self.generation_if_present(epoch) else {
+            return FloorOutcome::Expired;
+        };
+        let i = ring_index(epoch);
+        let offset = table.position(i, epoch).own_offset;
+        if floor <= offset {
+            return FloorOutcome::Unchanged;
+        }
+        let moved = self.lower_local(i, generation, floor - offset);
+        if moved == 0 {
+            return FloorOutcome::Unchanged;
+        }
+        table.position(i, epoch).own_offset = offset.saturating_add(moved);
+        FloorOutcome::Raised
+    }
+
+    /// Takes up to `amount` out of the value words of position `i` at `generation`; returns what it took.
+    fn lower_local(&self, i: usize, generation: u16, amount: u64) -> u64 {
+        let mut left = amount;
+        let mut lower = |word: &AtomicU64| {
+            // Relaxed: the CAS validates the read; the origins mutex (held by the caller and by every reader of
+            // the offset) orders this change before the offset that compensates it.
+            let mut current = word.load(Ordering::Relaxed);
+            while left > 0 && word_gen(current) == generation && word_value(current) > 0 {
+                let take = word_value(current).min(left);
+                match word.compare_exchange(
+                    current,
+                    current - take, // the value bits only: `take <= word_value(current)`
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        left -= take;
+                        break;
+                    }
+                    Err(actual) => current = actual,
+                }
+            }
+        };
+        lower(&self.inline.words[i]);
+        if let Some(extra) = self.extra.get() {
+            for stripe in extra.iter() {
+                lower(&stripe.words[i]);
+            }
+        }
+        amount - left
+    }
+
+    /// Resets `epoch`: every origin's floor becomes its value as this cell holds it (this replica's own: what it
+    /// ships). Returns the floors set, `None` standing for this replica itself, or `None` if the epoch is not in
+    /// the ring.
+    pub(crate) fn reset_epoch(&self, epoch: u64) -> Option<Vec<(Option<u64>, u64)>> {
+        let values: Vec<(u64, u64)> = {
+            let table = self.table();
+            self.generation_if_present(epoch)?;
+            table
+                .values
+                .iter()
+                .filter(|&(&(_, e), _)| e == epoch)
+                .map(|(&(origin, _), &value)| (origin, value))
+                .collect()
+        };
+        let mut floors = Vec::with_capacity(values.len() + 1);
+        let own = self.shipped(epoch);
+        if own > 0 {
+            self.merge_own_floor(epoch, own);
+            floors.push((None, own));
+        }
+        for (origin, value) in values {
+            self.merge_floor(origin, epoch, value);
+            floors.push((Some(origin), value));
+        }
+        Some(floors)
+    }
+
+    /// What this replica ships for `epoch`: its value words plus its own floor's offset (0 if not in the ring).
+    pub(crate) fn shipped(&self, epoch: u64) -> u64 {
+        let table = self.table();
+        let Some(generation) = self.generation_if_present(epoch) else {
+            return 0;
+        };
+        let i = ring_index(epoch);
+        let offset = table.held(i, epoch).map_or(0, |p| p.own_offset);
+        self.local_except(i, generation, None)
+            .saturating_add(offset)
     }
 
     /// Every `(origin, epoch, value)` merged into this cell for epochs still in the ring.
     pub(crate) fn remote_values(&self) -> Vec<(u64, u64, u64)> {
-        let table = match self.origins.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let table = self.table();
         table
             .values
             .iter()
             .filter(|&(&(_, epoch), _)| self.generation_if_present(epoch).is_some())
             .map(|(&(origin, epoch), &value)| (origin, epoch, value))
             .collect()
+    }
+
+    /// Every non-zero floor for epochs still in the ring, as `(origin, epoch, floor)`; `None` is this replica.
+    pub(crate) fn floor_values(&self) -> Vec<(Option<u64>, u64, u64)> {
+        let table = self.table();
+        let mut out: Vec<(Option<u64>, u64, u64)> = table
+            .floors
+            .iter()
+            .filter(|&(&(_, epoch), &f)| f > 0 && self.generation_if_present(epoch).is_some())
+            .map(|(&(origin, epoch), &f)| (Some(origin), epoch, f))
+            .collect();
+        for p in table.positions.iter().flatten() {
+            if p.own_offset > 0 && self.generation_if_present(p.epoch).is_some() {
+                out.push((None, p.epoch, p.own_offset));
+            }
+        }
+        out
     }
 }
 
@@ -818,7 +1064,7 @@ mod tests {
     #[test]
     fn take_respects_the_limit_including_remote_and_extra() {
         let c = cell();
-        assert_eq!(c.merge_remote(7, 50, 6), MergeOutcome::Raised);
+        assert_eq!(c.merge_remote(7, 50, 6, usize::MAX), MergeOutcome::Raised);
         assert_eq!(c.take(50, 3, 10, 0), TakeOutcome::Taken { used: 9 });
         assert_eq!(c.take(50, 2, 10, 0), TakeOutcome::Refused { used: 9 });
         assert_eq!(c.take(50, 1, 10, 0), TakeOutcome::Taken { used: 10 });
@@ -829,14 +1075,20 @@ mod tests {
     #[test]
     fn merge_is_a_per_origin_max() {
         let c = cell();
-        assert_eq!(c.merge_remote(1, 10, 5), MergeOutcome::Raised);
-        assert_eq!(c.merge_remote(1, 10, 3), MergeOutcome::Unchanged);
-        assert_eq!(c.merge_remote(2, 10, 4), MergeOutcome::Raised);
-        assert_eq!(c.merge_remote(1, 10, 5), MergeOutcome::Unchanged);
+        assert_eq!(c.merge_remote(1, 10, 5, usize::MAX), MergeOutcome::Raised);
+        assert_eq!(
+            c.merge_remote(1, 10, 3, usize::MAX),
+            MergeOutcome::Unchanged
+        );
+        assert_eq!(c.merge_remote(2, 10, 4, usize::MAX), MergeOutcome::Raised);
+        assert_eq!(
+            c.merge_remote(1, 10, 5, usize::MAX),
+            MergeOutcome::Unchanged
+        );
         assert_eq!(c.remote(10), 9);
         c.add(14, 1); // position reused: epoch 10 expires with its origins
-        assert_eq!(c.merge_remote(1, 10, 50), MergeOutcome::Expired);
-        assert_eq!(c.merge_remote(1, 14, 2), MergeOutcome::Raised);
+        assert_eq!(c.merge_remote(1, 10, 50, usize::MAX), MergeOutcome::Expired);
+        assert_eq!(c.merge_remote(1, 14, 2, usize::MAX), MergeOutcome::Raised);
         assert_eq!(c.remote(14), 2);
         assert_eq!(c.remote_values(), vec![(1, 14, 2)]);
     }
@@ -877,7 +1129,10 @@ mod tests {
     #[test]
     fn remote_sums_do_not_reappear_when_the_generation_wraps() {
         let c = cell();
-        assert_eq!(c.merge_remote(9, 0, 1_000), MergeOutcome::Raised);
+        assert_eq!(
+            c.merge_remote(9, 0, 1_000, usize::MAX),
+            MergeOutcome::Raised
+        );
         // Peers stop reporting; local traffic rolls position 0 past a full 16-bit generation cycle.
         for k in 1..=70_000u64 {
             let epoch = k * RING as u64;
@@ -913,7 +1168,10 @@ mod tests {
         let c = cell();
         assert_eq!(c.add(EPOCH_MASK, 1), AddOutcome::Stale);
         assert_eq!(c.add(u64::MAX, 1), AddOutcome::Stale);
-        assert_eq!(c.merge_remote(9, u64::MAX, 1), MergeOutcome::Expired);
+        assert_eq!(
+            c.merge_remote(9, u64::MAX, 1, usize::MAX),
+            MergeOutcome::Expired
+        );
         assert_eq!(
             c.add(5, 1),
             AddOutcome::Added,

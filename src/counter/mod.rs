@@ -9,7 +9,10 @@
 //! - Every value carries its window index (epoch): counts never leak between windows, nothing is ever "reset".
 //! - Local values only grow within a window (G-counters), so replication ships absolute values and merges with
 //!   a per-origin max: idempotent, commutative, associative.
-//! - Memory is bounded by `max_keys`; expired epochs are reused in place and idle keys can be reclaimed.
+//! - Memory is bounded by `max_keys` (local keys) plus `max_remote_keys` (keys only merged here), and each cell by
+//!   `max_origins_per_key`; expired epochs are reused in place and idle keys can be reclaimed.
+//! - A reset sets per-origin floors (grow-only, max-merged, subtracted in reads) instead of lowering any value, so
+//!   replication stays a per-origin max and the hot path is unchanged.
 //! - Time is read from a [`CoarseClock`] that the owner ticks; this module never reads the system clock.
 
 mod calls;
@@ -23,12 +26,15 @@ mod store;
 mod window;
 
 pub use calls::{CallCounts, call_counts};
-pub use cell::{AddOutcome, MAX_CELL_VALUE, MergeOutcome, RING};
+pub use cell::{AddOutcome, FloorOutcome, MAX_CELL_VALUE, MergeOutcome, RING};
 pub use clock::{Clock, CoarseClock, ManualClock};
 pub(crate) use epoch_cache::EpochCache;
 pub use error::CounterError;
 pub use limiter::{Algorithm, Decision};
-pub use store::{CounterHandle, CounterStore, DirtyEntry, StatsSnapshot, StoreOptions, StoreStats};
+pub use store::{
+    CounterHandle, CounterStore, DEFAULT_MAX_ORIGINS_PER_KEY, DirtyEntry, ResetReport,
+    StatsSnapshot, StoreOptions, StoreStats,
+};
 pub use window::{Alignment, MAX_WINDOW_COUNT, Unit, Window, WindowError};
 
 #[cfg(all(test, bifrost_loom))]

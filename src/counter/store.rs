@@ -6,11 +6,19 @@
 //! - [`CounterHandle::add`] and [`CounterHandle::try_acquire`] take no lock, allocate nothing and make no syscall:
 //!   a clock load, an epoch computation, one slot load, one CAS, and on the first change of a flush interval one
 //!   flag swap and one push onto a preallocated queue.
-//! - The store never holds more than `max_keys` cells. At the cap a new key is refused with
-//!   [`CounterError::KeyLimit`] and counted; existing keys keep working. Before refusing, a full store frees (at
+//! - The store never holds more than `max_keys` cells created locally (by an add, an acquire or a handle) plus
+//!   `max_remote_keys` cells created by merges of other replicas' values: two budgets, so keys written through
+//!   other nodes can never make this node refuse a new local key. At a cap a new key is refused with
+//!   [`CounterError::KeyLimit`] (local) or [`CounterError::RemoteKeyLimit`] (merge), counted per kind and logged
+//!   once (again after a reclaim freed room); existing keys keep working. Before refusing, a full store frees (at
 //!   most once per second) the cells whose every epoch has left the ring and that no handle refers to (see
 //!   [`CounterStore::reclaim_idle`]); an add racing with that is either counted in the old cell (which then is
 //!   not freed) or refused by it and retried on a fresh cell, never lost or counted twice.
+//! - A cell holds at most `max_origins_per_key` relayed remote origins per epoch (values from their own origin
+//!   over its direct link are never refused by this cap); a refusal is counted and logged once.
+//! - Resets ([`CounterStore::reset`]) set per-origin floors: grow-only, max-merged, never above the value held
+//!   for their origin; reads (and the hot path, through the pre-summed remote value and the local value words)
+//!   count each origin's value minus its floor, so a reset clears what was counted before it and nothing after.
 //! - Every change reaches [`CounterStore::drain_dirty`]: the first add after a drain marks the cell dirty and
 //!   queues it (see the handshake in the cell's docs). Nothing scans the keys on a timer.
 
@@ -20,7 +28,7 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 use papaya::Equivalent;
 
-use super::cell::{AddOutcome, Cell, FastTake, MergeOutcome, RING};
+use super::cell::{AddOutcome, Cell, FastTake, FloorOutcome, MergeOutcome, RING};
 use super::clock::CoarseClock;
 use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
@@ -30,8 +38,16 @@ use super::window::Window;
 /// Options of a [`CounterStore`].
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Maximum number of `(key, window)` cells. Default 100,000 (`limits.max_keys`). Must be ≥ 1.
+    /// Maximum number of `(key, window)` cells created locally (adds, acquires, handles). Default 100,000
+    /// (`limits.max_keys`). Must be ≥ 1.
     pub max_keys: usize,
+    /// Maximum number of cells created by merging other replicas' values (keys used only elsewhere). Default
+    /// 100,000 (`limits.max_remote_keys`, which defaults to `limits.max_keys`). Must be ≥ 1.
+    pub max_remote_keys: usize,
+    /// Most relayed remote origins one cell holds per epoch (values merged with
+    /// [`CounterStore::merge_remote`]); values merged with [`CounterStore::merge_from_origin`] are exempt.
+    /// Default 4,096 (`limits.max_origins_per_key`). Must be ≥ 1.
+    pub max_origins_per_key: usize,
     /// Maximum key length in bytes. Default 256 (`limits.max_key_length`). Must be ≥ 1.
     pub max_key_length: usize,
     /// Stripes given to a cell once it is contended (rounded up to a power of two, at least 2). Default: twice
@@ -52,6 +68,8 @@ impl Default for StoreOptions {
         let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
         StoreOptions {
             max_keys: 100_000,
+            max_remote_keys: 100_000,
+            max_origins_per_key: DEFAULT_MAX_ORIGINS_PER_KEY,
             max_key_length: 256,
             stripes: (parallelism * 2).clamp(2, 64),
             replica_id: 0,
@@ -61,11 +79,32 @@ impl Default for StoreOptions {
     }
 }
 
+/// Default of [`StoreOptions::max_origins_per_key`]: room for a 1,000-node cluster whose every node restarted
+/// three times within one window.
+pub const DEFAULT_MAX_ORIGINS_PER_KEY: usize = 4_096;
+
+/// Most floors waiting for [`CounterStore::drain_floors`]; beyond it the oldest are dropped (anti-entropy still
+/// carries them: floors are state, the queue only makes them travel at once).
+const MAX_PENDING_FLOORS: usize = 65_536;
+
 /// Counters of what the store refused or dropped. All monotone.
 #[derive(Debug, Default)]
 pub struct StoreStats {
-    /// New keys refused at `max_keys`.
+    /// New keys refused at either cap (`refused_local_keys + refused_remote_keys`).
     pub refused_keys: std::sync::atomic::AtomicU64,
+    /// New local keys refused at `max_keys`.
+    pub refused_local_keys: std::sync::atomic::AtomicU64,
+    /// New keys of merged values refused at `max_remote_keys`.
+    pub refused_remote_keys: std::sync::atomic::AtomicU64,
+    /// Remote values of a new origin refused at `max_origins_per_key`.
+    pub refused_origins: std::sync::atomic::AtomicU64,
+    /// Floors that lowered an origin's contribution (resets here and floors merged from peers).
+    pub floors_raised: std::sync::atomic::AtomicU64,
+    /// Resets run on this node ([`CounterStore::reset`]).
+    pub resets: std::sync::atomic::AtomicU64,
+    /// Floors dropped from the queue for replication because it held its cap (they still travel with
+    /// anti-entropy's floor repair).
+    pub pending_floors_dropped: std::sync::atomic::AtomicU64,
     /// Keys refused for their length (or empty).
     pub invalid_keys: std::sync::atomic::AtomicU64,
     /// Adds refused because their epoch had already left the ring (a clock far behind).
@@ -85,10 +124,24 @@ pub struct StoreStats {
 /// A snapshot of [`StoreStats`] plus the current number of keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsSnapshot {
-    /// Cells held now.
+    /// Cells held now (both budgets).
     pub keys: usize,
+    /// Cells held now that merges created (the `max_remote_keys` budget).
+    pub remote_keys: usize,
     /// See [`StoreStats::refused_keys`].
     pub refused_keys: u64,
+    /// See [`StoreStats::refused_local_keys`].
+    pub refused_local_keys: u64,
+    /// See [`StoreStats::refused_remote_keys`].
+    pub refused_remote_keys: u64,
+    /// See [`StoreStats::refused_origins`].
+    pub refused_origins: u64,
+    /// See [`StoreStats::floors_raised`].
+    pub floors_raised: u64,
+    /// See [`StoreStats::resets`].
+    pub resets: u64,
+    /// See [`StoreStats::pending_floors_dropped`].
+    pub pending_floors_dropped: u64,
     /// See [`StoreStats::invalid_keys`].
     pub invalid_keys: u64,
     /// See [`StoreStats::stale_adds`].
@@ -154,14 +207,60 @@ impl Equivalent<CellKey> for KeyRef<'_> {
     }
 }
 
+/// Which caps have been logged since they were last reached.
+#[derive(Debug, Default)]
+struct CapLogs {
+    local_keys: std::sync::atomic::AtomicBool,
+    remote_keys: std::sync::atomic::AtomicBool,
+    origins: std::sync::atomic::AtomicBool,
+    pending_floors: std::sync::atomic::AtomicBool,
+}
+
+/// Logs `message` unless `flag` says it was logged already (one line per cap, not one per refusal).
+#[cold]
+fn log_once(flag: &std::sync::atomic::AtomicBool, message: std::fmt::Arguments<'_>) {
+    // Relaxed: a log throttle; at worst two racing refusals both log.
+    if !flag.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!("{message}");
+    }
+}
+
+/// Which budget a new cell counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// Created by this node's own traffic: `max_keys`.
+    Local,
+    /// Created by a merge of another replica's value: `max_remote_keys`.
+    Remote,
+}
+
+/// What a reset did (see [`CounterStore::reset`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetReport {
+    /// The epoch reset.
+    pub epoch: u64,
+    /// The global count of the epoch before the reset, as this node saw it.
+    pub before: u64,
+    /// The global count right after it (0 unless adds raced the reset).
+    pub after: u64,
+    /// The floors set: `(origin, floor)`, this replica's own included, each the origin's value here.
+    pub floors: Vec<(u64, u64)>,
+}
+
 struct Shared {
     /// Unique per store in this process (keys the per-thread lookup cache).
     id: u64,
     hasher: foldhash::fast::FixedState,
     clock: Arc<CoarseClock>,
     cells: papaya::HashMap<CellKey, Arc<Cell>, foldhash::fast::FixedState>,
-    /// Cells held, counted exactly (papaya's `len` is approximate under concurrency).
+    /// Cells held in the local budget, counted exactly (papaya's `len` is approximate under concurrency).
     count: std::sync::atomic::AtomicUsize,
+    /// Cells held in the remote budget (created by merges).
+    remote_count: std::sync::atomic::AtomicUsize,
+    /// Each cap logs once when reached, and again only after a reclaim freed room.
+    logged: CapLogs,
+    /// Floors set by resets here, waiting for replication to send them.
+    pending_floors: std::sync::Mutex<std::collections::VecDeque<(u64, DirtyEntry)>>,
     /// Coarse-clock time of the last reclaim attempted because the store was full.
     last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64,
     dirty: ArrayQueue<Arc<Cell>>,
@@ -223,6 +322,7 @@ impl CounterStore {
     /// A new, empty store.
     pub fn new(options: StoreOptions) -> CounterStore {
         let max_keys = options.max_keys.max(1);
+        let max_remote_keys = options.max_remote_keys.max(1);
         let hasher = foldhash::fast::FixedState::with_seed(options.hash_seed);
         let cells = papaya::HashMap::builder().hasher(hasher.clone()).build();
         CounterStore {
@@ -232,10 +332,16 @@ impl CounterStore {
                 clock: Arc::clone(&options.clock),
                 cells,
                 count: std::sync::atomic::AtomicUsize::new(0),
+                remote_count: std::sync::atomic::AtomicUsize::new(0),
+                logged: CapLogs::default(),
+                pending_floors: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64::new(0),
-                dirty: ArrayQueue::new(max_keys + 64),
+                // Every cell, of either budget, can be dirty (a local add to a key a merge created).
+                dirty: ArrayQueue::new(max_keys + max_remote_keys + 64),
                 options: StoreOptions {
                     max_keys,
+                    max_remote_keys,
+                    max_origins_per_key: options.max_origins_per_key.max(1),
                     max_key_length: options.max_key_length.max(1),
                     ..options
                 },
@@ -257,7 +363,7 @@ impl CounterStore {
     /// Resolves `(key, window)` to a handle, creating the cell if needed. Do this once and keep the handle.
     pub fn handle(&self, key: &str, window: Window) -> Result<CounterHandle, CounterError> {
         loop {
-            let cell = self.cell(key, window)?;
+            let cell = self.cell(key, window, Budget::Local)?;
             if cell.register_handle() {
                 return Ok(CounterHandle {
                     cell,
@@ -270,14 +376,20 @@ impl CounterStore {
         }
     }
 
-    /// Looks up or creates the cell of `(key, window)`.
-    fn cell(&self, key: &str, window: Window) -> Result<Arc<Cell>, CounterError> {
+    /// Looks up or creates the cell of `(key, window)`; a new cell counts in `budget`.
+    fn cell(&self, key: &str, window: Window, budget: Budget) -> Result<Arc<Cell>, CounterError> {
         self.check_key(key)?;
         let map = self.shared.cells.pin();
         if let Some(cell) = map.get(&KeyRef { key, window }) {
             return Ok(Arc::clone(cell));
         }
-        self.insert(&map, key, window)
+        self.insert(&map, key, window, budget)
+    }
+
+    /// The cell of `(key, window)` if it exists (never creates one).
+    fn existing(&self, key: &str, window: Window) -> Option<Arc<Cell>> {
+        let map = self.shared.cells.pin();
+        map.get(&KeyRef { key, window }).map(Arc::clone)
     }
 
     fn check_key(&self, key: &str) -> Result<(), CounterError> {
@@ -306,22 +418,22 @@ impl CounterStore {
         map: &papaya::HashMapRef<'_, CellKey, Arc<Cell>, foldhash::fast::FixedState, G>,
         key: &str,
         window: Window,
+        budget: Budget,
     ) -> Result<Arc<Cell>, CounterError> {
-        let max_keys = self.shared.options.max_keys;
+        let shared = &self.shared;
+        let (count, max) = match budget {
+            Budget::Local => (&shared.count, shared.options.max_keys),
+            Budget::Remote => (&shared.remote_count, shared.options.max_remote_keys),
+        };
         let mut reclaimed = false;
         loop {
             // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter whose
             // only job is the cap; the map insert publishes the cell.
-            let reserved = self
-                .shared
-                .count
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if reserved < max_keys {
+            let reserved = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if reserved < max {
                 break;
             }
-            self.shared
-                .count
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(cell) = map.get(&KeyRef { key, window }) {
                 return Ok(Arc::clone(cell)); // inserted meanwhile by someone else
             }
@@ -329,25 +441,65 @@ impl CounterStore {
                 reclaimed = true;
                 continue;
             }
-            self.shared
-                .stats
-                .refused_keys
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(CounterError::KeyLimit {
-                key: key.to_string(),
-                max_keys,
-            });
+            return Err(self.refuse_key(key, budget, max));
         }
         let key: Arc<str> = Arc::from(key);
-        let cell = Arc::new(Cell::new(Arc::clone(&key), window));
+        let cell = Arc::new(Cell::with_budget(
+            Arc::clone(&key),
+            window,
+            budget == Budget::Remote,
+        ));
         match map.try_insert(CellKey { key, window }, Arc::clone(&cell)) {
             Ok(_) => Ok(cell),
             Err(occupied) => {
                 // Lost a race with another insert of the same key: give the reservation back.
-                self.shared
-                    .count
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(Arc::clone(occupied.current))
+            }
+        }
+    }
+
+    /// Counts a key refused at its budget's cap, logs the first refusal, and builds the error.
+    #[cold]
+    fn refuse_key(&self, key: &str, budget: Budget, max: usize) -> CounterError {
+        let stats = &self.shared.stats;
+        // Relaxed: statistics.
+        stats
+            .refused_keys
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match budget {
+            Budget::Local => {
+                stats
+                    .refused_local_keys
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log_once(
+                    &self.shared.logged.local_keys,
+                    format_args!(
+                        "counter store full: limits.max_keys = {max} local keys held; new local keys are refused \
+                         (counted in bifrost_counter_refused_keys_by_kind_total{{kind=\"local\"}})"
+                    ),
+                );
+                CounterError::KeyLimit {
+                    key: key.to_string(),
+                    max_keys: max,
+                }
+            }
+            Budget::Remote => {
+                stats
+                    .refused_remote_keys
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log_once(
+                    &self.shared.logged.remote_keys,
+                    format_args!(
+                        "counter store full for replicated keys: limits.max_remote_keys = {max} held; values of \
+                         new keys from other nodes are refused (counted in \
+                         bifrost_counter_refused_keys_by_kind_total{{kind=\"remote\"}}); local keys are unaffected"
+                    ),
+                );
+                CounterError::RemoteKeyLimit {
+                    key: key.to_string(),
+                    max_remote_keys: max,
+                }
             }
         }
     }
@@ -390,7 +542,7 @@ impl CounterStore {
         n: u64,
     ) -> Result<AddResult, CounterError> {
         loop {
-            let cell = self.cell(key, window)?;
+            let cell = self.cell(key, window, Budget::Local)?;
             let outcome = cell.add(epoch, n);
             if outcome == AddOutcome::Stale && cell.is_retired() {
                 std::thread::yield_now();
@@ -489,6 +641,8 @@ impl CounterStore {
 
     /// Merges a value reported by replica `origin` for `(key, window, epoch)`: per-origin max, then the cell's
     /// pre-summed remote value is republished for the hot path. Values from this replica's own id are ignored.
+    /// A new key counts in `max_remote_keys`; a new origin beyond `max_origins_per_key` for the epoch is refused
+    /// ([`MergeOutcome::OriginLimit`], counted). Use this for values relayed by a node other than their origin.
     pub fn merge_remote(
         &self,
         origin: u64,
@@ -496,6 +650,31 @@ impl CounterStore {
         window: Window,
         epoch: u64,
         value: u64,
+    ) -> Result<MergeOutcome, CounterError> {
+        self.merge(origin, key, window, epoch, value, true)
+    }
+
+    /// [`CounterStore::merge_remote`] for a value that came from its own origin over that origin's
+    /// authenticated link: exempt from `max_origins_per_key` (a live member always has room for its values).
+    pub fn merge_from_origin(
+        &self,
+        origin: u64,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        value: u64,
+    ) -> Result<MergeOutcome, CounterError> {
+        self.merge(origin, key, window, epoch, value, false)
+    }
+
+    fn merge(
+        &self,
+        origin: u64,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        value: u64,
+        capped: bool,
     ) -> Result<MergeOutcome, CounterError> {
         if origin == self.shared.options.replica_id {
             return Ok(MergeOutcome::Unchanged);
@@ -512,21 +691,167 @@ impl CounterStore {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(MergeOutcome::Future);
         }
+        let max_origins = if capped {
+            self.shared.options.max_origins_per_key
+        } else {
+            usize::MAX
+        };
         loop {
-            let cell = self.cell(key, window)?;
-            let outcome = cell.merge_remote(origin, epoch, value);
-            if outcome == MergeOutcome::Expired {
-                if cell.is_retired() {
-                    continue;
+            let cell = self.cell(key, window, Budget::Remote)?;
+            let outcome = cell.merge_remote(origin, epoch, value, max_origins);
+            match outcome {
+                MergeOutcome::Expired if cell.is_retired() => continue,
+                MergeOutcome::Expired => {
+                    // Relaxed: statistics.
+                    self.shared
+                        .stats
+                        .expired_merges
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                // Relaxed: statistics.
-                self.shared
-                    .stats
-                    .expired_merges
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                MergeOutcome::OriginLimit => self.refuse_origin(key, max_origins),
+                _ => {}
             }
             return Ok(outcome);
         }
+    }
+
+    #[cold]
+    fn refuse_origin(&self, key: &str, max: usize) {
+        // Relaxed: statistics.
+        self.shared
+            .stats
+            .refused_origins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log_once(
+            &self.shared.logged.origins,
+            format_args!(
+                "key {key:?} holds limits.max_origins_per_key = {max} relayed origins for one window; values of \
+                 further origins are refused (counted in bifrost_counter_refused_origins_total)"
+            ),
+        );
+    }
+
+    /// Merges a floor of `origin` for `(key, window, epoch)` (see [`CounterStore::reset`]): the origin's counted
+    /// contribution becomes its value minus the highest floor seen, and a floor never exceeds the value held for
+    /// its origin here. This replica's own floor lowers its value words instead (what it ships does not change).
+    /// Never creates a key: a floor for a key or origin not held here is dropped ([`FloorOutcome::NoValue`]);
+    /// anti-entropy offers it again.
+    pub fn merge_floor(
+        &self,
+        origin: u64,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        floor: u64,
+    ) -> FloorOutcome {
+        let Some(cell) = self.existing(key, window) else {
+            return FloorOutcome::NoValue;
+        };
+        let outcome = if origin == self.shared.options.replica_id {
+            cell.merge_own_floor(epoch, floor)
+        } else {
+            cell.merge_floor(origin, epoch, floor)
+        };
+        if outcome == FloorOutcome::Raised {
+            // Relaxed: statistics.
+            self.shared
+                .stats
+                .floors_raised
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// Resets `(key, window)` in `epoch`: every origin's floor (this replica's own included) becomes its value
+    /// as this node holds it, so the epoch's count here drops to what is counted from now on. The floors are
+    /// queued for replication ([`CounterStore::drain_floors`]), which makes every node converge on them: values
+    /// counted after the floor (anywhere) keep counting. `None` when the key is unknown here or the epoch is not
+    /// in its ring.
+    pub fn reset(&self, key: &str, window: Window, epoch: u64) -> Option<ResetReport> {
+        let cell = self.existing(key, window)?;
+        let before = cell.local(epoch).saturating_add(cell.remote(epoch));
+        let floors: Vec<(u64, u64)> = cell
+            .reset_epoch(epoch)?
+            .into_iter()
+            .map(|(origin, floor)| (origin.unwrap_or(self.shared.options.replica_id), floor))
+            .collect();
+        let after = cell.local(epoch).saturating_add(cell.remote(epoch));
+        let stats = &self.shared.stats;
+        // Relaxed: statistics.
+        stats
+            .resets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .floors_raised
+            .fetch_add(floors.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut pending = match self.shared.pending_floors.lock() {
+            Ok(guard) => guard,
+            // A panic while pushing leaves a queue of whole entries.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for &(origin, floor) in &floors {
+            if pending.len() == MAX_PENDING_FLOORS {
+                pending.pop_front();
+                // Relaxed: statistics.
+                stats
+                    .pending_floors_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log_once(
+                    &self.shared.logged.pending_floors,
+                    format_args!(
+                        "{MAX_PENDING_FLOORS} reset floors wait for replication (none is running, or resets come \
+                         faster than flushes); the oldest are dropped from the queue and travel with \
+                         anti-entropy instead"
+                    ),
+                );
+            }
+            pending.push_back((
+                origin,
+                DirtyEntry {
+                    key: Arc::clone(cell.key()),
+                    window,
+                    epoch,
+                    value: floor,
+                },
+            ));
+        }
+        Some(ResetReport {
+            epoch,
+            before,
+            after,
+            floors,
+        })
+    }
+
+    /// Takes the floors that resets on this node set since the last call, as `(origin, entry)` with the floor in
+    /// `entry.value`, for replication to send at once.
+    pub fn drain_floors(&self) -> Vec<(u64, DirtyEntry)> {
+        let mut pending = match self.shared.pending_floors.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        pending.drain(..).collect()
+    }
+
+    /// Every non-zero floor held for epochs still in the ring, as `(origin, entry)` with the floor in
+    /// `entry.value` (this replica's own under its replica id), for anti-entropy.
+    pub fn floor_snapshot(&self) -> Vec<(u64, DirtyEntry)> {
+        let map = self.shared.cells.pin();
+        let mut out = Vec::new();
+        for (key, cell) in map.iter() {
+            for (origin, epoch, floor) in cell.floor_values() {
+                out.push((
+                    origin.unwrap_or(self.shared.options.replica_id),
+                    DirtyEntry {
+                        key: Arc::clone(&key.key),
+                        window: key.window,
+                        epoch,
+                        value: floor,
+                    },
+                ));
+            }
+        }
+        out
     }
 
     /// Frees every cell whose epochs have all left the ring, that no handle refers to and that is not waiting
@@ -540,11 +865,21 @@ impl CounterStore {
             let oldest = key.window.epoch_at(now).saturating_sub(RING as u64 - 1);
             if cell.try_retire(oldest) {
                 map.remove(key);
+                let count = if cell.remote_created() {
+                    &self.shared.remote_count
+                } else {
+                    &self.shared.count
+                };
                 // Relaxed: the cap counter (see `insert`).
-                self.shared
-                    .count
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 freed += 1;
+            }
+        }
+        if freed > 0 {
+            // Room again: a cap reached later is logged again. Relaxed: log throttles.
+            let logged = &self.shared.logged;
+            for flag in [&logged.local_keys, &logged.remote_keys] {
+                flag.store(false, std::sync::atomic::Ordering::Relaxed);
             }
         }
         // Relaxed: statistics.
@@ -622,9 +957,21 @@ impl CounterStore {
         let s = &self.shared.stats;
         // Relaxed: statistics.
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let local = self.shared.count.load(std::sync::atomic::Ordering::Relaxed);
+        let remote = self
+            .shared
+            .remote_count
+            .load(std::sync::atomic::Ordering::Relaxed);
         StatsSnapshot {
-            keys: self.shared.count.load(std::sync::atomic::Ordering::Relaxed),
+            keys: local + remote,
+            remote_keys: remote,
             refused_keys: load(&s.refused_keys),
+            refused_local_keys: load(&s.refused_local_keys),
+            refused_remote_keys: load(&s.refused_remote_keys),
+            refused_origins: load(&s.refused_origins),
+            floors_raised: load(&s.floors_raised),
+            resets: load(&s.resets),
+            pending_floors_dropped: load(&s.pending_floors_dropped),
             invalid_keys: load(&s.invalid_keys),
             stale_adds: load(&s.stale_adds),
             saturated_adds: load(&s.saturated_adds),

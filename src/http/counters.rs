@@ -1,4 +1,5 @@
-//! The counter API: `POST /v1/ratelimit/check`, `POST /v1/counters/{key}/add`, `GET /v1/counters/{key}`.
+//! The counter API: `POST /v1/ratelimit/check`, `POST /v1/counters/{key}/add`, `POST /v1/counters/{key}/reset`
+//! (admin), `GET /v1/counters/{key}`.
 //!
 //! Bodies are JSON objects; every field is checked and a bad one is answered `400` naming it. `n` (add) and
 //! `cost` (check) are bounded by `http.max_request_n`, so one request cannot saturate a key; `limit` is not
@@ -92,7 +93,9 @@ fn writable_key(key: &str) -> Result<&str, ApiError> {
 
 fn key_error(e: CounterError) -> ApiError {
     match e {
-        CounterError::KeyLimit { .. } => ApiError::with_status(503, e.to_string()),
+        CounterError::KeyLimit { .. } | CounterError::RemoteKeyLimit { .. } => {
+            ApiError::with_status(503, e.to_string())
+        }
         CounterError::KeyTooLong { .. } | CounterError::EmptyKey => {
             ApiError::bad_field("key", e.to_string())
         }
@@ -162,9 +165,15 @@ pub(crate) struct CounterJson {
     remote: u64,
     /// `local + remote`: the cluster-wide count as this node knows it.
     global: u64,
-    /// For an add: `added`, `saturated` or `stale`.
+    /// For an add: `added`, `saturated` or `stale`; `reset` for a reset.
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<&'static str>,
+    /// For a reset: the global count it cleared, as this node saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<u64>,
+    /// For a reset: how many origins got a floor (this node included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origins: Option<usize>,
 }
 
 fn counter_json(
@@ -185,6 +194,8 @@ fn counter_json(
         remote,
         global: local.saturating_add(remote),
         outcome,
+        before: None,
+        origins: None,
     }
 }
 
@@ -194,10 +205,13 @@ pub(crate) async fn post_counter(
     KeyPath(path): KeyPath,
     body: Bytes,
 ) -> Result<Json<CounterJson>, ApiError> {
+    if let Some(key) = path.strip_suffix("/reset") {
+        return reset_counter(&node, key, &body).map(Json);
+    }
     let Some(key) = path.strip_suffix("/add") else {
         return Err(ApiError::bad_field(
             "path",
-            "POST goes to /v1/counters/{key}/add",
+            "POST goes to /v1/counters/{key}/add or /v1/counters/{key}/reset",
         ));
     };
     let key = writable_key(key)?;
@@ -212,6 +226,35 @@ pub(crate) async fn post_counter(
         AddOutcome::Stale => "stale",
     };
     Ok(Json(counter_json(&node, key, window, epoch, Some(outcome))))
+}
+
+// --- admin reset (POST /v1/counters/{key}/reset) ---
+
+/// `POST /v1/counters/{key}/reset` `{"window": "1Y", "epoch": N?}`: clears the key's window (the current one
+/// unless `epoch` is given) cluster-wide through per-origin floors (see [`ClusterHandle::reset_counter`]).
+/// Answers the counter as this node sees it right after the reset, with `outcome: "reset"`, `before` (the
+/// global count it cleared) and `origins` (the floors set). `404` when the key has no value in that window
+/// here. The authentication layer classifies this path as the `admin` scope.
+fn reset_counter(node: &ClusterHandle, key: &str, body: &Bytes) -> Result<CounterJson, ApiError> {
+    let key = writable_key(key)?;
+    let map = object(body)?;
+    let window = window(string(&map, "window")?, "window")?;
+    let epoch = match map.get("epoch") {
+        None | Some(Value::Null) => window.epoch_at(node.clock().now_unix_ms()),
+        Some(_) => integer(&map, "epoch", None)?,
+    };
+    let Some(report) = node.reset_counter(key, window, Some(epoch)) else {
+        return Err(ApiError::with_status(
+            404,
+            format!(
+                "no value of {key:?} in window {window} epoch {epoch} on this node: nothing to reset"
+            ),
+        ));
+    };
+    let mut answer = counter_json(node, key, window, epoch, Some("reset"));
+    answer.before = Some(report.before);
+    answer.origins = Some(report.floors.len());
+    Ok(answer)
 }
 
 pub(crate) async fn get_counter(

@@ -373,6 +373,7 @@ pub fn registry(node: &ClusterHandle) -> Registry {
         "Live cluster-wide config entries",
         clamp(node.config_entries().len() as u64),
     );
+    counter_plane_bounds(&mut r, node, &status);
     r
 }
 
@@ -426,6 +427,141 @@ pub fn register_http(r: &mut Registry, stats: &super::HttpStats) {
             ("415", "content_type", load(&stats.rejected_content_type)),
         ]
         .map(|(status, reason, v)| (label(&[("status", status), ("reason", reason)]), v)),
+    );
+}
+
+// --- counter plane: key budgets, origin binding, chunked anti-entropy, resets (issue 14) ---
+//
+// | metric | type | labels |
+// |---|---|---|
+// | `bifrost_counter_remote_keys` | gauge | cells only merges created (the `limits.max_remote_keys` budget) |
+// | `bifrost_counter_refused_keys_by_kind_total` | counter | `kind`: `local` (`max_keys`), `remote` (`max_remote_keys`) |
+// | `bifrost_counter_refused_origins_total` | counter | relayed origins refused at `limits.max_origins_per_key` |
+// | `bifrost_counter_resets_total`, `bifrost_counter_floors_raised_total` | counter | resets run here; floors that lowered a count |
+// | `bifrost_replication_encode_errors_total` | counter | frames that could not be encoded |
+// | `bifrost_replication_forged_entries_total`, `..._forged_frames_total` | counter | values for another origin than the sender's |
+// | `bifrost_replication_relays_skipped_total`, `..._relayed_refused_total`, `..._unbound_entries_total` | counter | |
+// | `bifrost_replication_floors_{merged,unchanged,dropped,sent}_total`, `..._digest_passes_total` | counter | |
+// | `bifrost_peer_forged_entries_total`, `bifrost_peer_relayed_refused_total` | counter | `peer` |
+fn counter_plane_bounds(r: &mut Registry, node: &ClusterHandle, status: &crate::node::NodeStatus) {
+    let store = node.store().stats();
+    gauge(
+        r,
+        "bifrost_counter_remote_keys",
+        "Counter cells created by merges of other nodes' values (limits.max_remote_keys budget)",
+        clamp(store.remote_keys as u64),
+    );
+    counter_family(
+        r,
+        "bifrost_counter_refused_keys_by_kind",
+        "New keys refused at their budget: local (limits.max_keys) or remote (limits.max_remote_keys)",
+        &[
+            (label(&[("kind", "local")]), store.refused_local_keys),
+            (label(&[("kind", "remote")]), store.refused_remote_keys),
+        ],
+    );
+    counter(
+        r,
+        "bifrost_counter_refused_origins",
+        "Relayed origins refused at limits.max_origins_per_key",
+        store.refused_origins,
+    );
+    counter(
+        r,
+        "bifrost_counter_resets",
+        "Counter resets run on this node",
+        store.resets,
+    );
+    counter(
+        r,
+        "bifrost_counter_pending_floors_dropped",
+        "Reset floors dropped from the replication queue at its cap (anti-entropy still carries them)",
+        store.pending_floors_dropped,
+    );
+    counter(
+        r,
+        "bifrost_counter_floors_raised",
+        "Floors (resets) that lowered an origin's counted value here",
+        store.floors_raised,
+    );
+    let s = &status.replication;
+    for (name, help, value) in [
+        (
+            "bifrost_replication_encode_errors",
+            "Frames that could not be encoded (their values travel with a later round)",
+            s.encode_errors,
+        ),
+        (
+            "bifrost_replication_forged_entries",
+            "Values refused: sent for an origin other than the sending peer's replica id",
+            s.forged_entries,
+        ),
+        (
+            "bifrost_replication_forged_frames",
+            "Frames refused whole: their sender is not the replica id of their link",
+            s.forged_frames,
+        ),
+        (
+            "bifrost_replication_relays_skipped",
+            "Relayed values of a linked origin, never merged from a third party (the origin is asked instead)",
+            s.relays_skipped,
+        ),
+        (
+            "bifrost_replication_relayed_refused",
+            "Relayed values refused at limits.max_relayed_origins_per_peer",
+            s.relayed_refused,
+        ),
+        (
+            "bifrost_replication_unbound_entries",
+            "Values from a link with no bound replica id, refused",
+            s.unbound_entries,
+        ),
+        (
+            "bifrost_replication_floors_merged",
+            "Floors received that lowered a count",
+            s.floors_merged,
+        ),
+        (
+            "bifrost_replication_floors_unchanged",
+            "Floors received that changed nothing",
+            s.floors_unchanged,
+        ),
+        (
+            "bifrost_replication_floors_dropped",
+            "Floors received for values not held here (offered again by anti-entropy)",
+            s.floors_dropped,
+        ),
+        (
+            "bifrost_replication_floors_sent",
+            "Floors sent (per peer)",
+            s.floors_sent,
+        ),
+        (
+            "bifrost_replication_digest_passes",
+            "Anti-entropy passes over every origin held (a pass spans several digests past max_digest_origins)",
+            s.digest_passes,
+        ),
+    ] {
+        counter(r, name, help, value);
+    }
+    let peer_counter = |f: &dyn Fn(&crate::replication::PeerStats) -> u64| -> Vec<(Labels, u64)> {
+        status
+            .peers
+            .iter()
+            .map(|p| (label(&[("peer", &p.node_id)]), f(&p.stats)))
+            .collect()
+    };
+    counter_family(
+        r,
+        "bifrost_peer_forged_entries",
+        "Values the peer sent for an origin other than its own replica id (refused)",
+        &peer_counter(&|s| s.forged_entries),
+    );
+    counter_family(
+        r,
+        "bifrost_peer_relayed_refused",
+        "Relayed values of the peer refused at limits.max_relayed_origins_per_peer",
+        &peer_counter(&|s| s.relayed_refused),
     );
 }
 

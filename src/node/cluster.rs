@@ -171,6 +171,8 @@ impl Cluster {
         let clock = Arc::new(CoarseClock::new(SystemClock.now_unix_ms()));
         let store = CounterStore::new(StoreOptions {
             max_keys: config.limits.max_keys,
+            max_remote_keys: config.limits.remote_keys(),
+            max_origins_per_key: config.limits.max_origins_per_key,
             max_key_length: config.limits.max_key_length,
             replica_id,
             hash_seed: identity::random_u64()?,
@@ -231,6 +233,7 @@ impl Cluster {
                 anti_entropy_interval_ms: config.replication.anti_entropy_interval.as_millis(),
                 max_batch_bytes: config.replication.max_batch_bytes,
                 check_timeout_ms: u64::from(config.gossip.config.timeout_seconds) * 1000,
+                max_relayed_origins_per_peer: config.limits.max_relayed_origins_per_peer,
                 ..ReplicatorOptions::default()
             },
             identity::random_u64()?,
@@ -356,6 +359,31 @@ impl ClusterHandle {
     /// The counter store: resolve handles once, then call `add` / `try_acquire` on the hot path.
     pub fn store(&self) -> &CounterStore {
         &self.inner.store
+    }
+
+    /// Resets `(key, window)` cluster-wide in `epoch` (default: the current window): every origin's value as
+    /// this node holds it becomes that origin's floor, so the count drops to what is counted from now on, here
+    /// at once and on every other node as the floors replicate (at the next flush; nodes that miss them, or
+    /// were down, get them through anti-entropy). Adds after the reset keep counting everywhere, including on a
+    /// node whose count had saturated. `None` when the key is unknown here or the epoch is not in its ring
+    /// (nothing to reset). This is an admin operation: the HTTP route requires the `admin` scope.
+    pub fn reset_counter(
+        &self,
+        key: &str,
+        window: crate::counter::Window,
+        epoch: Option<u64>,
+    ) -> Option<crate::counter::ResetReport> {
+        let epoch = epoch.unwrap_or_else(|| window.epoch_at(self.inner.clock.now_unix_ms()));
+        let report = self.inner.store.reset(key, window, epoch)?;
+        tracing::info!(
+            key,
+            %window,
+            epoch,
+            before = report.before,
+            origins = report.floors.len(),
+            "counter reset: floors set for every origin, replicating to the cluster"
+        );
+        Some(report)
     }
 
     /// The coarse clock the store reads (ticked every millisecond by the node).

@@ -6,6 +6,10 @@
 //! collisions, 2^-64 per comparison). "Recent" is the current and the previous epoch of each window at `now`,
 //! so nodes whose rings differ by an expired epoch do not see a difference.
 //!
+//! Floors (set by resets) get one fingerprint for the whole store: their number and the XOR of a hash of each
+//! recent `(origin, key, window, epoch, floor)`. They are few (one per origin of each reset key) and a
+//! difference makes the receiver send all of them.
+//!
 //! The hash uses a fixed seed: it must agree across nodes (unlike the store's map hash, which is per process).
 
 use std::collections::BTreeMap;
@@ -23,6 +27,35 @@ pub fn value_hash(key: &str, window: Window, epoch: u64, value: u64) -> u64 {
     let window_code =
         (u64::from(w.count) << 16) | (u64::from(w.unit) << 8) | u64::from(w.alignment);
     mix(key_hash ^ mix(window_code ^ mix(epoch ^ mix(value))))
+}
+
+/// The fingerprint hash of one floor of `origin`.
+pub fn floor_hash(origin: u64, key: &str, window: Window, epoch: u64, floor: u64) -> u64 {
+    mix(origin ^ mix(value_hash(key, window, epoch, floor) ^ 0x0066_6c6f_6f72))
+}
+
+/// Every recent floor this node holds, by origin (see [`CounterStore::floor_snapshot`]).
+pub fn floors_by_origin(store: &CounterStore, now_ms: u64) -> BTreeMap<u64, Vec<DirtyEntry>> {
+    let mut by_origin: BTreeMap<u64, Vec<DirtyEntry>> = BTreeMap::new();
+    for (origin, entry) in store.floor_snapshot() {
+        if is_recent(entry.window, entry.epoch, now_ms) {
+            by_origin.entry(origin).or_default().push(entry);
+        }
+    }
+    by_origin
+}
+
+/// `(count, fingerprint)` of `floors` (as produced by [`floors_by_origin`]).
+pub fn floor_digest(floors: &BTreeMap<u64, Vec<DirtyEntry>>) -> (u32, u64) {
+    let mut count: u64 = 0;
+    let mut fingerprint = 0;
+    for (&origin, entries) in floors {
+        for e in entries {
+            count += 1;
+            fingerprint ^= floor_hash(origin, &e.key, e.window, e.epoch, e.value);
+        }
+    }
+    (u32::try_from(count).unwrap_or(u32::MAX), fingerprint)
 }
 
 /// splitmix64's finaliser: a bijective 64-bit mix.

@@ -10,5 +10,8 @@ pub mod digest;
 mod replicator;
 mod stats;
 
-pub use replicator::{Channel, CheckAnswered, PeerId, Replicator, ReplicatorOptions, Transmit};
+pub use replicator::{
+    Channel, CheckAnswered, DEFAULT_MAX_DIGEST_ORIGINS, DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
+    MAX_DIGEST_ORIGINS, MAX_REQUEST_ORIGINS, PeerId, Replicator, ReplicatorOptions, Transmit,
+};
 pub use stats::{PeerStats, ReplicationStats};

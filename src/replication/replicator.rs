@@ -9,26 +9,57 @@
 //! - Merging is a per-origin max, so loss, duplication and reordering are harmless; anti-entropy repairs loss:
 //!   each interval, a digest goes to one random peer, which answers with the values of every origin whose
 //!   fingerprint differs and asks for ours.
-//! - A node that gains its first peer asks it for its full state (current and previous epochs of every key).
+//! - Origins are bound to their sender: a peer is known by the replica id of its authenticated link (the
+//!   `Hello` after mutual TLS, passed to [`Replicator::add_peer`]). A delta batch may carry only that replica's
+//!   own values; any other group, and any frame whose `sender` field is not the link's replica id, is refused,
+//!   counted per peer (`forged_entries`) and logged once per peer. State chunks may relay other origins only
+//!   when those are not linked peers here (a linked member speaks for itself; its relayed values are skipped),
+//!   and each peer may introduce at most `max_relayed_origins_per_peer` such origins (counted, logged once).
+//!   Aggregate groups stay refused. Values from a link never given to [`Replicator::add_peer`] are refused.
+//! - Anti-entropy never fails on size: a digest covers at most `max_digest_origins` origins (an origin range);
+//!   the next round continues after it, so every origin is compared within `ceil(origins /
+//!   max_digest_origins)` rounds. State transfers are packed into frames within the frame and entry limits, and
+//!   state requests name at most [`MAX_REQUEST_ORIGINS`] origins each. Any encode error is counted
+//!   (`encode_errors`).
+//! - Floors (resets, see `CounterStore::reset`) travel in state chunks: the floors a local reset set go to every
+//!   peer at the next flush; every digest carries a fingerprint of all recent floors, and a receiver whose
+//!   floors differ sends all of its own, so a node that was down gets them at its first anti-entropy rounds.
+//!   Floors are accepted from any peer (a reset is issued on one node for all) but never exceed the value a
+//!   node holds for their origin: a floor can take back what was counted, never what is counted later.
+//! - A node that gains its first peer asks it for its full state (current and previous epochs of every key);
+//!   every later peer is asked for its own values.
 //! - Data-plane checks: every `check_interval_ms` each peer gets a [`DataPing`] on a stream, which its
 //!   replicator answers with a [`DataPong`]; answers come out of [`Replicator::poll_check`] with their round
 //!   trip, so the membership plane can count a member healthy only while its replication path works. One
 //!   check per peer is outstanding at a time; one unanswered for `check_timeout_ms` is counted and replaced.
 //! - Errors caused by network input never panic: a bad frame is dropped whole and counted.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 
-use crate::counter::{CounterError, CounterStore, DirtyEntry, MergeOutcome};
+use crate::counter::{CounterError, CounterStore, DirtyEntry, FloorOutcome, MergeOutcome};
 use crate::wire::{
     self, ArchivedOriginGroup, ArchivedOriginKind, BatchPacker, DataPing, DataPong, DeltaBatch,
-    Digest, Entry, Frame, OriginGroup, StateChunk, StateRequest, WireError, WireWindow,
+    Digest, Entry, Frame, OriginGroup, OriginKind, StateChunk, StateRequest, WireError, WireWindow,
 };
 
 use super::digest;
 use super::stats::{PeerStats, ReplicationStats};
 use crate::rng::SplitMix64;
+
+/// Most origins one [`StateRequest`] names (a pull of more goes out as several requests).
+pub const MAX_REQUEST_ORIGINS: usize = 8_192;
+
+/// Default of [`ReplicatorOptions::max_digest_origins`]: 16,384 origins of 20 bytes, about 330 KB per digest.
+pub const DEFAULT_MAX_DIGEST_ORIGINS: usize = 16_384;
+
+/// Most origins one digest may cover: 40,000 of 20 bytes is 800 KB, within the 1 MiB frame limit (and below
+/// the decoder's [`crate::wire::MAX_ORIGINS_PER_FRAME`]).
+pub const MAX_DIGEST_ORIGINS: usize = 40_000;
+
+/// Default of [`ReplicatorOptions::max_relayed_origins_per_peer`] (`limits.max_relayed_origins_per_peer`).
+pub const DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER: usize = 4_096;
 
 /// Identifies a peer link, as chosen by the runtime.
 pub type PeerId = u64;
@@ -75,6 +106,14 @@ pub struct ReplicatorOptions {
     /// How long a check may stay unanswered before it is counted as timed out and replaced, in ms. Default
     /// 10,000 (`gossip.config.timeout_seconds`). Must be ≥ 1.
     pub check_timeout_ms: u64,
+    /// Most origins one digest covers; a node holding more covers them over consecutive rounds. Default
+    /// [`DEFAULT_MAX_DIGEST_ORIGINS`]; clamped to 1..=[`MAX_DIGEST_ORIGINS`] (a digest of that many origins
+    /// still fits the frame limit).
+    pub max_digest_origins: usize,
+    /// Most distinct origins other than its own one peer may relay to us (state chunks) while it stays linked;
+    /// origins that no longer hold values here stop counting at the next anti-entropy round. Default
+    /// [`DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER`] (`limits.max_relayed_origins_per_peer`). 0 refuses every relay.
+    pub max_relayed_origins_per_peer: usize,
 }
 
 /// A peer answered a data-plane check.
@@ -96,12 +135,22 @@ impl Default for ReplicatorOptions {
             max_cells_per_flush: 65_536,
             check_interval_ms: 1_000,
             check_timeout_ms: 10_000,
+            max_digest_origins: DEFAULT_MAX_DIGEST_ORIGINS,
+            max_relayed_origins_per_peer: DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
         }
     }
 }
 
 #[derive(Debug)]
 struct Peer {
+    /// The replica id of the peer's authenticated link: the only origin it may send values for directly.
+    replica: u64,
+    /// Origins other than its own the peer relayed and we accepted (bounded by `max_relayed_origins_per_peer`).
+    relayed: HashSet<u64>,
+    /// A forged value from this peer was logged (once per peer).
+    forged_logged: bool,
+    /// The peer reached its relay cap and that was logged (once per peer).
+    relay_cap_logged: bool,
     max_datagram: usize,
     stats: PeerStats,
     /// When the next data-plane check is due (Unix ms; 0 = at the next timeout).
@@ -121,6 +170,12 @@ pub struct Replicator {
     next_request_id: u64,
     next_flush_ms: u64,
     next_anti_entropy_ms: u64,
+    /// Lowest origin the next digest covers.
+    digest_cursor: u64,
+    /// When each linked origin was last asked for its own values because a relay hinted at a difference.
+    pulled_at: BTreeMap<u64, u64>,
+    /// The latest time passed in (Unix ms).
+    now_ms: u64,
     asked_full_state: bool,
     rng: SplitMix64,
     outbox: VecDeque<Transmit>,
@@ -151,6 +206,9 @@ impl Replicator {
             next_flush_ms: now_ms + flush,
             // Spread the first round over one interval so nodes started together do not all fire at once.
             next_anti_entropy_ms: now_ms + 1 + SplitMix64::new(seed).next_u64() % anti_entropy,
+            digest_cursor: 0,
+            pulled_at: BTreeMap::new(),
+            now_ms,
             asked_full_state: false,
             rng: SplitMix64::new(seed),
             outbox: VecDeque::new(),
@@ -172,13 +230,19 @@ impl Replicator {
         self.replica_id
     }
 
-    /// A peer link became trusted (after the `Hello` exchange). The first peer ever is asked for its full state.
-    /// Its first data-plane check goes out at the next [`Replicator::handle_timeout`].
-    pub fn add_peer(&mut self, peer: PeerId, max_datagram: Option<usize>) {
+    /// A peer link became trusted (after the `Hello` exchange); `replica` is the replica id its authenticated
+    /// `Hello` announced, the only origin the peer may send values for directly. The first peer ever is asked
+    /// for its full state, every later one for its own values. Its first data-plane check goes out at the next
+    /// [`Replicator::handle_timeout`].
+    pub fn add_peer(&mut self, peer: PeerId, replica: u64, max_datagram: Option<usize>) {
         let max_datagram = max_datagram.unwrap_or(self.options.max_batch_bytes);
         self.peers.insert(
             peer,
             Peer {
+                replica,
+                relayed: HashSet::new(),
+                forged_logged: false,
+                relay_cap_logged: false,
                 max_datagram,
                 stats: PeerStats::default(),
                 next_check_ms: 0,
@@ -188,12 +252,39 @@ impl Replicator {
         if !self.asked_full_state {
             self.asked_full_state = true;
             self.request_state(peer, Vec::new());
+        } else {
+            self.request_state(peer, vec![replica]);
         }
+    }
+
+    /// The replica id bound to `peer`'s link, if the peer was added.
+    pub fn peer_replica(&self, peer: PeerId) -> Option<u64> {
+        self.peers.get(&peer).map(|p| p.replica)
     }
 
     /// A peer link is gone.
     pub fn remove_peer(&mut self, peer: PeerId) {
-        self.peers.remove(&peer);
+        if let Some(p) = self.peers.remove(&peer) {
+            self.pulled_at.remove(&p.replica);
+        }
+    }
+
+    /// A relay or a digest showed that our copy of linked origin `origin`'s values may differ from its own: ask
+    /// that origin itself (at most once per anti-entropy interval), since only its own values are merged.
+    fn pull_from_origin(&mut self, origin: u64) {
+        let Some((&peer, _)) = self.peers.iter().find(|(_, p)| p.replica == origin) else {
+            return;
+        };
+        let interval = self.options.anti_entropy_interval_ms.max(1);
+        if self
+            .pulled_at
+            .get(&origin)
+            .is_some_and(|&at| self.now_ms < at.saturating_add(interval))
+        {
+            return;
+        }
+        self.pulled_at.insert(origin, self.now_ms);
+        self.request_state(peer, vec![origin]);
     }
 
     /// The peer's link reports a new `max_datagram_size` (it changes with the path MTU).
@@ -294,6 +385,7 @@ impl Replicator {
 
     /// Runs what is due at `now_ms`: the flush, the anti-entropy round and the data-plane checks.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         self.run_checks(now_ms);
         if now_ms >= self.next_flush_ms {
             self.flush(now_ms);
@@ -307,6 +399,13 @@ impl Replicator {
 
     /// Drains the dirty cells now and queues their values for every peer (also the final flush on shutdown).
     pub fn flush(&mut self, now_ms: u64) {
+        let floors = self.store.drain_floors();
+        if !floors.is_empty() && !self.peers.is_empty() {
+            let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+            for peer in peers {
+                self.send_entries(peer, 0, Vec::new(), floors.clone());
+            }
+        }
         self.drained.clear();
         let cells = self
             .store
@@ -377,10 +476,36 @@ impl Replicator {
             return;
         };
         let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
-        let origins = digest::digest_of(&values);
+        // Origins that hold no value here any more stop counting against their relayer's cap.
+        for p in self.peers.values_mut() {
+            p.relayed.retain(|origin| values.contains_key(origin));
+        }
+        let max = self.options.max_digest_origins.clamp(1, MAX_DIGEST_ORIGINS);
+        let first = self.digest_cursor;
+        let mut in_range = values.range(first..);
+        let chunk: BTreeMap<u64, Vec<DirtyEntry>> = in_range
+            .by_ref()
+            .take(max)
+            .map(|(&origin, entries)| (origin, entries.clone()))
+            .collect();
+        let more = in_range.next().is_some();
+        let (last, next) = match chunk.keys().next_back() {
+            Some(&last) if more => (last, last.wrapping_add(1)),
+            _ => (u64::MAX, 0),
+        };
+        if next == 0 {
+            self.stats.digest_passes += 1;
+        }
+        self.digest_cursor = next;
+        let (floors, floor_fingerprint) =
+            digest::floor_digest(&digest::floors_by_origin(&self.store, now_ms));
         match wire::encode(&Digest {
             sender: self.replica_id,
-            origins,
+            first,
+            last,
+            origins: digest::digest_of(&chunk),
+            floors,
+            floor_fingerprint,
         }) {
             Ok(frame) => {
                 self.stats.digests_sent += 1;
@@ -393,16 +518,34 @@ impl Replicator {
         }
     }
 
+    /// Asks `peer` for its values of `origins` (everything when empty), in requests of at most
+    /// [`MAX_REQUEST_ORIGINS`] origins.
     fn request_state(&mut self, peer: PeerId, origins: Vec<u64>) {
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
-        if let Ok(frame) = wire::encode(&StateRequest {
-            sender: self.replica_id,
-            request_id,
-            origins,
-        }) {
-            self.stats.state_requests_sent += 1;
-            self.queue(peer, Channel::Stream, frame);
+        let parts: Vec<Vec<u64>> = if origins.is_empty() {
+            vec![Vec::new()]
+        } else {
+            origins
+                .chunks(MAX_REQUEST_ORIGINS)
+                .map(<[u64]>::to_vec)
+                .collect()
+        };
+        for origins in parts {
+            let request_id = self.next_request_id;
+            self.next_request_id += 1;
+            match wire::encode(&StateRequest {
+                sender: self.replica_id,
+                request_id,
+                origins,
+            }) {
+                Ok(frame) => {
+                    self.stats.state_requests_sent += 1;
+                    self.queue(peer, Channel::Stream, frame);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "failed to encode a state request");
+                    self.stats.encode_errors += 1;
+                }
+            }
         }
     }
 
@@ -431,6 +574,7 @@ impl Replicator {
         bytes: &[u8],
         now_ms: u64,
     ) -> Result<(), WireError> {
+        self.now_ms = self.now_ms.max(now_ms);
         self.stats.bytes_received += bytes.len() as u64;
         let frame = match wire::decode(bytes) {
             Ok(frame) => frame,
@@ -461,11 +605,15 @@ impl Replicator {
                     }
                     p.stats.last_sequence = p.stats.last_sequence.max(sequence);
                 }
-                self.merge_groups(&batch.groups);
+                if self.sender_matches(peer, batch.sender.to_native(), &batch.groups) {
+                    self.merge_groups(peer, &batch.groups, false);
+                }
             }
             Frame::StateChunk(chunk) => {
                 self.stats.state_chunks_received += 1;
-                self.merge_groups(&chunk.groups);
+                if self.sender_matches(peer, chunk.sender.to_native(), &chunk.groups) {
+                    self.merge_groups(peer, &chunk.groups, true);
+                }
             }
             Frame::StateRequest(request) => {
                 self.stats.state_requests_received += 1;
@@ -517,31 +665,156 @@ impl Replicator {
         Ok(())
     }
 
-    fn merge_groups(&mut self, groups: &[ArchivedOriginGroup]) {
+    /// Whether a frame carrying `groups` names the replica id bound to `peer`'s link as its sender. A frame
+    /// from a link never added, or claiming another sender, is refused whole and its values counted.
+    fn sender_matches(
+        &mut self,
+        peer: PeerId,
+        sender: u64,
+        groups: &[ArchivedOriginGroup],
+    ) -> bool {
+        let entries: u64 = groups.iter().map(|g| g.entries.len() as u64).sum();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            self.stats.unbound_entries += entries;
+            return false;
+        };
+        if p.replica == sender {
+            return true;
+        }
+        self.stats.forged_frames += 1;
+        self.stats.forged_entries += entries;
+        p.stats.forged_entries += entries;
+        if !p.forged_logged {
+            p.forged_logged = true;
+            tracing::warn!(
+                peer_replica = format_args!("{:016x}", p.replica),
+                claimed_sender = format_args!("{sender:016x}"),
+                "refused a frame whose sender is not the replica id of its link (logged once per peer; counted \
+                 in bifrost_peer_forged_entries_total)"
+            );
+        }
+        false
+    }
+
+    /// Counts `entries` values of `origin` from `peer` as forged and logs the first per peer.
+    fn forged(&mut self, peer: PeerId, origin: u64, entries: u64) {
+        self.stats.forged_entries += entries;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.stats.forged_entries += entries;
+        if !p.forged_logged {
+            p.forged_logged = true;
+            tracing::warn!(
+                peer_replica = format_args!("{:016x}", p.replica),
+                origin = format_args!("{origin:016x}"),
+                "refused values a peer sent for another origin than its own replica id (logged once per peer; \
+                 counted in bifrost_peer_forged_entries_total)"
+            );
+        }
+    }
+
+    /// Whether `peer` may relay values of `origin` (a state chunk), counting it against the peer's relay cap.
+    fn admit_relay(&mut self, peer: PeerId, origin: u64, entries: u64) -> bool {
+        let max = self.options.max_relayed_origins_per_peer;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        if p.relayed.contains(&origin) {
+            return true;
+        }
+        if p.relayed.len() < max {
+            p.relayed.insert(origin);
+            return true;
+        }
+        self.stats.relayed_refused += entries;
+        p.stats.relayed_refused += entries;
+        if !p.relay_cap_logged {
+            p.relay_cap_logged = true;
+            tracing::warn!(
+                peer_replica = format_args!("{:016x}", p.replica),
+                max,
+                "a peer relayed values of more than limits.max_relayed_origins_per_peer other origins; further \
+                 ones are refused (logged once per peer; counted in bifrost_peer_relayed_refused_total)"
+            );
+        }
+        false
+    }
+
+    /// Merges the groups of a frame from `peer` (whose sender was checked). `relay`: a state chunk, which may
+    /// relay origins that are not linked peers and carry floors; a delta batch carries only the peer's own.
+    fn merge_groups(&mut self, peer: PeerId, groups: &[ArchivedOriginGroup], relay: bool) {
+        let Some(sender) = self.peer_replica(peer) else {
+            return;
+        };
+        let linked: HashSet<u64> = if relay {
+            self.peers.values().map(|p| p.replica).collect()
+        } else {
+            HashSet::new()
+        };
         for group in groups {
-            if !matches!(group.kind, ArchivedOriginKind::Replica) {
-                self.stats.entries_ignored += group.entries.len() as u64; // aggregates: a later protocol step
+            let origin = group.origin.to_native();
+            let entries = group.entries.len() as u64;
+            match group.kind {
+                ArchivedOriginKind::Replica => {}
+                ArchivedOriginKind::Floor if relay => {
+                    self.merge_floors(group);
+                    continue;
+                }
+                // Aggregates stay refused until relaying is restricted to the members entitled to it; floors
+                // travel only in state chunks.
+                ArchivedOriginKind::Aggregate | ArchivedOriginKind::Floor => {
+                    self.stats.entries_ignored += entries;
+                    continue;
+                }
+            }
+            if origin == self.replica_id {
+                // Our own values echoed back: the store ignores them anyway.
+                self.stats.entries_unchanged += entries;
                 continue;
             }
-            let origin = group.origin.to_native();
+            let direct = origin == sender;
+            if !direct {
+                if !relay {
+                    self.forged(peer, origin, entries);
+                    continue;
+                }
+                if linked.contains(&origin) {
+                    // Never merged from a third party; but the relayer holds something else for that origin:
+                    // ask the origin itself.
+                    self.stats.relays_skipped += entries;
+                    self.pull_from_origin(origin);
+                    continue;
+                }
+                if !self.admit_relay(peer, origin, entries) {
+                    continue;
+                }
+            }
             for entry in group.entries.iter() {
                 // Windows were validated by `wire::decode`.
                 let Ok(window) = entry.window.window() else {
                     continue;
                 };
-                match self.store.merge_remote(
-                    origin,
+                let (key, epoch, value) = (
                     entry.key.as_str(),
-                    window,
                     entry.epoch.to_native(),
                     entry.value.to_native(),
-                ) {
+                );
+                let merged = if direct {
+                    self.store
+                        .merge_from_origin(origin, key, window, epoch, value)
+                } else {
+                    self.store.merge_remote(origin, key, window, epoch, value)
+                };
+                match merged {
                     Ok(MergeOutcome::Raised) => self.stats.entries_merged += 1,
                     Ok(MergeOutcome::Unchanged) => self.stats.entries_unchanged += 1,
                     Ok(MergeOutcome::Expired) => self.stats.entries_expired += 1,
                     Ok(MergeOutcome::Future) => self.stats.entries_future += 1,
-                    Err(
+                    Ok(MergeOutcome::OriginLimit)
+                    | Err(
                         CounterError::KeyLimit { .. }
+                        | CounterError::RemoteKeyLimit { .. }
                         | CounterError::KeyTooLong { .. }
                         | CounterError::EmptyKey,
                     ) => self.stats.entries_refused += 1,
@@ -550,28 +823,78 @@ impl Replicator {
         }
     }
 
-    /// Sends our recent values of `origins` (all when empty) to `peer` as stream chunks.
+    /// Merges one group of floors (any peer may carry them: a reset is issued on one node for all).
+    fn merge_floors(&mut self, group: &ArchivedOriginGroup) {
+        let origin = group.origin.to_native();
+        for entry in group.entries.iter() {
+            let Ok(window) = entry.window.window() else {
+                continue;
+            };
+            match self.store.merge_floor(
+                origin,
+                entry.key.as_str(),
+                window,
+                entry.epoch.to_native(),
+                entry.value.to_native(),
+            ) {
+                FloorOutcome::Raised => self.stats.floors_merged += 1,
+                FloorOutcome::Unchanged => self.stats.floors_unchanged += 1,
+                FloorOutcome::NoValue | FloorOutcome::Expired => self.stats.floors_dropped += 1,
+            }
+        }
+    }
+
+    /// Sends our recent values of `origins` (all when empty) to `peer` as stream chunks, each origin's floors
+    /// after its values. The peer's own origin is left out (it holds its own values).
     fn send_state(&mut self, peer: PeerId, request_id: u64, origins: &[u64], now_ms: u64) {
-        let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
+        let requester = self.peer_replica(peer);
+        let wanted = |origin: &u64| {
+            Some(*origin) != requester && (origins.is_empty() || origins.contains(origin))
+        };
+        let values: Vec<(u64, DirtyEntry)> =
+            digest::values_by_origin(&self.store, self.replica_id, now_ms)
+                .into_iter()
+                .filter(|(origin, _)| wanted(origin))
+                .flat_map(|(origin, entries)| entries.into_iter().map(move |e| (origin, e)))
+                .collect();
+        let floors: Vec<(u64, DirtyEntry)> = digest::floors_by_origin(&self.store, now_ms)
+            .into_iter()
+            .filter(|(origin, _)| origins.is_empty() || origins.contains(origin))
+            .flat_map(|(origin, entries)| entries.into_iter().map(move |e| (origin, e)))
+            .collect();
+        self.send_entries(peer, request_id, values, floors);
+    }
+
+    /// Sends `values` and then `floors` to `peer` as state chunks that fit the frame limits (at least one chunk,
+    /// so a requester always learns the transfer is complete).
+    fn send_entries(
+        &mut self,
+        peer: PeerId,
+        request_id: u64,
+        values: Vec<(u64, DirtyEntry)>,
+        floors: Vec<(u64, DirtyEntry)>,
+    ) {
         let mut packer = BatchPacker::new(self.options.stream_chunk_bytes);
         let mut chunks: Vec<Vec<OriginGroup>> = Vec::new();
-        for (origin, entries) in values {
-            if !origins.is_empty() && !origins.contains(&origin) {
-                continue;
+        for (origin, entry) in values {
+            if let Some(groups) = packer.push(origin, to_wire_entry(entry)) {
+                chunks.push(groups);
             }
-            for entry in entries {
-                if let Some(groups) = packer.push(origin, to_wire_entry(entry)) {
-                    chunks.push(groups);
-                }
+        }
+        let floor_count = floors.len() as u64;
+        for (origin, entry) in floors {
+            if let Some(groups) = packer.push_kind(origin, OriginKind::Floor, to_wire_entry(entry))
+            {
+                chunks.push(groups);
             }
         }
         chunks.extend(packer.finish());
-        let count = chunks.len();
-        if count == 0 {
+        if chunks.is_empty() {
             // Answer even when empty so the requester knows the transfer is complete.
             chunks.push(Vec::new());
         }
         let total = chunks.len();
+        let mut sent_all = true;
         for (i, groups) in chunks.into_iter().enumerate() {
             let chunk = StateChunk {
                 sender: self.replica_id,
@@ -585,55 +908,99 @@ impl Replicator {
                     self.queue(peer, Channel::Stream, frame);
                 }
                 Err(error) => {
+                    // Not expected (the packer keeps chunks within the limits): counted and logged.
                     tracing::error!(%error, "failed to encode a state chunk");
                     self.stats.encode_errors += 1;
+                    sent_all = false;
                 }
             }
         }
+        if sent_all {
+            self.stats.floors_sent += floor_count;
+        }
     }
 
-    /// Compares a peer's digest with ours: pushes our values of every origin that differs or that the peer
-    /// lacks, and asks for the peer's values of every origin that differs or that we lack.
+    /// Compares a peer's digest with ours over the digest's origin range. For our own origin we push what
+    /// differs; for the peer's own we pull; for a third origin that is a linked peer we ask that origin itself
+    /// and push ours to the peer as a hint (the peer then asks it too: relayed values of a linked origin are
+    /// never merged); any other origin (departed, or not linked here) is pushed and pulled. If the floors
+    /// differ, all of ours go to the peer.
     fn answer_digest(&mut self, peer: PeerId, theirs: &wire::ArchivedDigest, now_ms: u64) {
+        let Some(sender) = self.peer_replica(peer) else {
+            return; // a link never added: nothing is bound to it
+        };
+        let (first, last) = (theirs.first.to_native(), theirs.last.to_native());
         let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
-        let ours: BTreeMap<u64, (u32, u64)> = digest::digest_of(&values)
+        let in_range: BTreeMap<u64, Vec<DirtyEntry>> = if first <= last {
+            values
+                .range(first..=last)
+                .map(|(&o, e)| (o, e.clone()))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let ours: BTreeMap<u64, (u32, u64)> = digest::digest_of(&in_range)
             .into_iter()
             .map(|d| (d.origin, (d.entries, d.fingerprint)))
             .collect();
         let mut theirs_map = BTreeMap::new();
         for d in theirs.origins.iter() {
-            theirs_map.insert(
-                d.origin.to_native(),
-                (d.entries.to_native(), d.fingerprint.to_native()),
-            );
+            let origin = d.origin.to_native();
+            if (first..=last).contains(&origin) {
+                theirs_map.insert(origin, (d.entries.to_native(), d.fingerprint.to_native()));
+            }
         }
-        let sender = theirs.sender.to_native();
+        let linked: HashSet<u64> = self.peers.values().map(|p| p.replica).collect();
         let mut push = Vec::new();
         let mut pull = Vec::new();
-        for (origin, mine) in &ours {
-            match theirs_map.get(origin) {
-                Some(other) if other == mine => {}
-                // Nobody needs its own values back: the peer holds its own, we hold ours.
-                Some(_) if *origin == sender => {}
-                Some(_) if *origin == self.replica_id => push.push(*origin),
-                Some(_) => {
-                    push.push(*origin);
-                    pull.push(*origin);
+        let all: std::collections::BTreeSet<u64> =
+            ours.keys().chain(theirs_map.keys()).copied().collect();
+        for origin in all {
+            let (mine, other) = (ours.get(&origin), theirs_map.get(&origin));
+            if mine == other {
+                continue;
+            }
+            if origin == self.replica_id {
+                push.push(origin);
+            } else if origin == sender {
+                if other.is_some() {
+                    pull.push(origin);
                 }
-                None if *origin == sender => {}
-                None => push.push(*origin),
+            } else if linked.contains(&origin) {
+                // A linked member's values are merged only from itself: we ask it, and hand the peer ours as a
+                // hint to do the same (it merges nothing of them).
+                if mine.is_some() {
+                    push.push(origin);
+                }
+                self.pull_from_origin(origin);
+            } else {
+                if mine.is_some() {
+                    push.push(origin);
+                }
+                if other.is_some() {
+                    pull.push(origin);
+                }
             }
         }
-        for origin in theirs_map.keys() {
-            if !ours.contains_key(origin) && *origin != self.replica_id {
-                pull.push(*origin);
-            }
-        }
-        if !push.is_empty() || !pull.is_empty() {
+        let floors = digest::floors_by_origin(&self.store, now_ms);
+        let floor_digest = digest::floor_digest(&floors);
+        let floors_differ = floor_digest
+            != (
+                theirs.floors.to_native(),
+                theirs.floor_fingerprint.to_native(),
+            );
+        if !push.is_empty() || !pull.is_empty() || floors_differ {
             self.stats.anti_entropy_repairs += 1;
         }
         if !push.is_empty() {
             self.send_state(peer, 0, &push, now_ms);
+        }
+        if floors_differ && !floors.is_empty() {
+            let floors = floors
+                .into_iter()
+                .flat_map(|(origin, entries)| entries.into_iter().map(move |e| (origin, e)))
+                .collect();
+            self.send_entries(peer, 0, Vec::new(), floors);
         }
         if !pull.is_empty() {
             self.request_state(peer, pull);

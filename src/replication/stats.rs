@@ -21,16 +21,41 @@ pub struct ReplicationStats {
     pub entries_future: u64,
     /// Remote values refused by the store (key limit, key length).
     pub entries_refused: u64,
-    /// Remote values of a kind this protocol version does not merge (aggregates).
+    /// Remote values of a kind this protocol version does not merge (aggregates), or floors outside a state
+    /// chunk.
     pub entries_ignored: u64,
+    /// Values refused because a peer sent them for an origin other than its own replica id where only its own
+    /// are allowed (delta batches), or in a frame whose `sender` is not the link's replica id.
+    pub forged_entries: u64,
+    /// Frames refused whole because their `sender` field is not the replica id of the link they came on.
+    pub forged_frames: u64,
+    /// Relayed values (state chunks) of an origin that is itself a linked peer: skipped, that origin speaks for
+    /// itself. Honest full-state answers produce these; they are not an attack.
+    pub relays_skipped: u64,
+    /// Relayed values refused because their peer already relayed `max_relayed_origins_per_peer` other origins.
+    pub relayed_refused: u64,
+    /// Values from a link the replicator was not given (no identity to bind them to): refused.
+    pub unbound_entries: u64,
+    /// Floors (resets) merged that lowered an origin's contribution.
+    pub floors_merged: u64,
+    /// Floors received that changed nothing (already held, or above the origin's value here).
+    pub floors_unchanged: u64,
+    /// Floors received for a key, origin or epoch this node holds no value of: dropped (anti-entropy offers them
+    /// again).
+    pub floors_dropped: u64,
+    /// Floors sent (resets broadcast and anti-entropy repairs; one per floor and peer).
+    pub floors_sent: u64,
     /// Frames dropped because they failed to decode.
     pub decode_errors: u64,
     /// Frames that could not be encoded (values then travel with anti-entropy).
     pub encode_errors: u64,
     /// Frames of a kind the replicator does not expect (a repeated Hello).
     pub unexpected_frames: u64,
-    /// Digests sent (one per anti-entropy round).
+    /// Digests sent (one per anti-entropy round, each covering at most `max_digest_origins` origins).
     pub digests_sent: u64,
+    /// Anti-entropy rounds that completed a pass over every origin held (a node with few origins completes one
+    /// per round; one with more than `max_digest_origins` needs several).
+    pub digest_passes: u64,
     /// Digests received.
     pub digests_received: u64,
     /// Digests that showed a difference and triggered a transfer.
@@ -64,6 +89,11 @@ pub struct PeerStats {
     pub bytes_received: u64,
     /// Frames from the peer that failed to decode.
     pub decode_errors: u64,
+    /// Values the peer sent for another origin where only its own are allowed (see
+    /// [`ReplicationStats::forged_entries`]).
+    pub forged_entries: u64,
+    /// Relayed values of the peer refused at `max_relayed_origins_per_peer`.
+    pub relayed_refused: u64,
     /// When we last received a valid frame from the peer (Unix ms).
     pub last_received_ms: u64,
     /// Replication lag: receive time minus the peer's send time of its last batch, in ms (includes clock skew).

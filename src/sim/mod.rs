@@ -154,7 +154,8 @@ impl Simulation {
         for i in 0..sim.nodes.len() {
             for j in 0..sim.nodes.len() {
                 if i != j {
-                    sim.nodes[i].replicator.add_peer(j as PeerId, None);
+                    let replica = sim.nodes[j].replicator.replica_id();
+                    sim.nodes[i].replicator.add_peer(j as PeerId, replica, None);
                 }
             }
             sim.collect(i);

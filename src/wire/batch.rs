@@ -1,10 +1,12 @@
 //! Packing entries into frames that fit a byte budget (a datagram's `max_datagram_size`, or a stream chunk).
 //!
-//! Guarantee: the size estimate is an upper bound of the encoded frame (checked against real encodings in the
+//! Guarantees: the size estimate is an upper bound of the encoded frame (checked against real encodings in the
 //! tests), so a packed batch never exceeds its budget — except a single entry larger than the budget on its
-//! own, which is packed alone; the sender then ships that frame on a stream instead of a datagram.
+//! own, which is packed alone; the sender then ships that frame on a stream instead of a datagram. The budget is
+//! clamped to [`MAX_FRAME_BYTES`] and a frame never gets more than [`MAX_ENTRIES_PER_FRAME`] entries, so
+//! whatever the state, every packed frame encodes and every receiver accepts it.
 
-use super::frame::HEADER_LEN;
+use super::frame::{HEADER_LEN, MAX_ENTRIES_PER_FRAME, MAX_FRAME_BYTES};
 use super::messages::{Entry, OriginGroup, OriginKind};
 
 /// Upper bound of a batch's bytes outside its groups: the header plus the fixed fields of the largest message
@@ -26,15 +28,17 @@ pub struct BatchPacker {
     budget: usize,
     groups: Vec<OriginGroup>,
     size: usize,
+    entries: usize,
 }
 
 impl BatchPacker {
     /// A packer for frames of at most `budget` bytes.
     pub fn new(budget: usize) -> BatchPacker {
         BatchPacker {
-            budget,
+            budget: budget.min(MAX_FRAME_BYTES),
             groups: Vec::new(),
             size: FRAME_OVERHEAD,
+            entries: 0,
         }
     }
 
@@ -46,23 +50,37 @@ impl BatchPacker {
     /// Adds an entry of `origin`. When it does not fit in the frame being filled, that frame's groups are
     /// returned and the entry starts the next one.
     pub fn push(&mut self, origin: u64, entry: Entry) -> Option<Vec<OriginGroup>> {
-        let new_group = self.groups.last().is_none_or(|g| g.origin != origin);
+        self.push_kind(origin, OriginKind::Replica, entry)
+    }
+
+    /// [`BatchPacker::push`] for a group of another kind (floors).
+    pub fn push_kind(
+        &mut self,
+        origin: u64,
+        kind: OriginKind,
+        entry: Entry,
+    ) -> Option<Vec<OriginGroup>> {
+        let same = |g: &OriginGroup| g.origin == origin && g.kind == kind;
+        let new_group = self.groups.last().is_none_or(|g| !same(g));
         let added = entry_size(entry.key.len()) + if new_group { GROUP_OVERHEAD } else { 0 };
-        let full = if !self.groups.is_empty() && self.size + added > self.budget {
+        let full = if !self.groups.is_empty()
+            && (self.size + added > self.budget || self.entries >= MAX_ENTRIES_PER_FRAME)
+        {
             Some(self.take())
         } else {
             None
         };
-        let new_group = self.groups.last().is_none_or(|g| g.origin != origin);
+        let new_group = self.groups.last().is_none_or(|g| !same(g));
         if new_group {
             self.groups.push(OriginGroup {
                 origin,
-                kind: OriginKind::Replica,
+                kind,
                 entries: Vec::new(),
             });
             self.size += GROUP_OVERHEAD;
         }
         self.size += entry_size(entry.key.len());
+        self.entries += 1;
         if let Some(group) = self.groups.last_mut() {
             group.entries.push(entry);
         }
@@ -76,6 +94,7 @@ impl BatchPacker {
 
     fn take(&mut self) -> Vec<OriginGroup> {
         self.size = FRAME_OVERHEAD;
+        self.entries = 0;
         std::mem::take(&mut self.groups)
     }
 }

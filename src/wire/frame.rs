@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset 0..2  magic  b"BF"
-//! offset 2     major protocol version (2)
+//! offset 2     major protocol version (3)
 //! offset 3     message kind
 //! offset 4..8  archive length, u32 little endian
 //! offset 8..   the archive (rkyv 0.8, unaligned, little endian, 32-bit relative pointers)
@@ -31,8 +31,9 @@ use super::messages::{
 
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"BF";
-/// The major protocol version this build speaks.
-pub const PROTOCOL_MAJOR: u8 = 2;
+/// The major protocol version this build speaks. 3: digests cover an origin range and carry a floor digest;
+/// groups may carry floors.
+pub const PROTOCOL_MAJOR: u8 = 3;
 /// The minor protocol version this build speaks (announced in [`Hello`]).
 pub const PROTOCOL_MINOR: u16 = 0;
 /// Header size in bytes.

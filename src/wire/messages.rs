@@ -3,9 +3,11 @@
 //! Design rules:
 //! - Values are absolute per-origin counts, never differences, so any message may be lost, duplicated or
 //!   reordered: the receiver merges with a per-origin max.
-//! - A batch groups entries by origin replica. A direct batch has one group whose origin is the sender; the
-//!   group list leaves room for relayed entries (other origins forwarded by the sender) and aggregated entries
-//!   (`OriginKind::Aggregate`), which the large-cluster step will use.
+//! - A batch groups entries by origin replica. A direct batch has one group whose origin is the sender (a
+//!   receiver refuses any other: origins are bound to their sender's authenticated replica id). State chunks may
+//!   also relay other origins (departed replicas, members the receiver has no link to yet) and carry floors
+//!   (`OriginKind::Floor`, set by resets). Aggregated entries (`OriginKind::Aggregate`) are reserved for the
+//!   large-cluster step and refused until relaying is restricted to the members entitled to it.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -140,8 +142,12 @@ pub enum OriginKind {
     /// A replica's own values (merged per origin with max).
     Replica,
     /// An aggregate of several replicas, named by an aggregate id (reserved for the large-cluster step;
-    /// receivers of protocol 2 ignore these groups).
+    /// receivers of protocols 2 and 3 ignore these groups).
     Aggregate,
+    /// Floors of replica `origin` (protocol 3): each entry's `value` is the origin's value at a reset, which
+    /// receivers subtract from its contribution (max-merged, never above the origin's value). Carried by state
+    /// chunks only.
+    Floor,
 }
 
 /// Entries of one origin.
@@ -182,14 +188,24 @@ pub struct OriginDigest {
     pub fingerprint: u64,
 }
 
-/// Anti-entropy: "this is what I hold"; the receiver answers with what differs.
+/// Anti-entropy: "this is what I hold" for the origins in `first..=last`; the receiver answers with what
+/// differs in that range. A node with more origins than fit one frame covers them in consecutive ranges over
+/// consecutive rounds (protocol 3).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Digest {
     /// The sender's replica id.
     pub sender: u64,
-    /// One fingerprint per origin the sender holds values for (itself included).
+    /// Lowest origin id the digest covers.
+    pub first: u64,
+    /// Highest origin id the digest covers (inclusive).
+    pub last: u64,
+    /// One fingerprint per origin in the range the sender holds values for (itself included), ascending.
     pub origins: Vec<OriginDigest>,
+    /// How many recent floors the sender holds (all keys, all origins).
+    pub floors: u32,
+    /// Order-independent hash of those floors.
+    pub floor_fingerprint: u64,
 }
 
 /// "Send me your values of these origins" (all origins when empty: the full state transfer of a joining node).

@@ -570,8 +570,12 @@ impl Driver {
                 "linked to peer"
             );
             if linked.replicating {
-                self.replicator
-                    .add_peer(peer, linked.link.max_datagram_size());
+                // The replica id of the authenticated hello binds the origins the peer may send.
+                self.replicator.add_peer(
+                    peer,
+                    linked.hello.replica_id,
+                    linked.link.max_datagram_size(),
+                );
                 self.state.add_peer(peer);
             }
             self.by_replica.insert(linked.hello.replica_id, peer);
@@ -729,8 +733,11 @@ impl Driver {
                     && !linked.replicating
                 {
                     linked.replicating = true;
-                    self.replicator
-                        .add_peer(peer, linked.link.max_datagram_size());
+                    self.replicator.add_peer(
+                        peer,
+                        linked.hello.replica_id,
+                        linked.link.max_datagram_size(),
+                    );
                     self.state.add_peer(peer);
                 }
                 self.ensure_link(id.addr(), None);
