@@ -296,6 +296,29 @@ fn check_ranges(config: &ClusterConfig) -> Vec<FieldError> {
         1,
         LimitsConfig::MAX_MAX_KEY_LENGTH as u64,
     );
+    // Config map bounds.
+    for (field, value, min, max) in [
+        (
+            "limits.config_max_entries",
+            l.config_max_entries,
+            1,
+            LimitsConfig::MAX_CONFIG_MAX_ENTRIES,
+        ),
+        (
+            "limits.config_max_bytes",
+            l.config_max_bytes,
+            LimitsConfig::MIN_CONFIG_MAX_BYTES,
+            LimitsConfig::MAX_CONFIG_MAX_BYTES,
+        ),
+        (
+            "limits.config_max_tombstones",
+            l.config_max_tombstones,
+            1,
+            LimitsConfig::MAX_CONFIG_MAX_ENTRIES,
+        ),
+    ] {
+        range(field, value as u64, min as u64, max as u64);
+    }
     for (field, value, min, max) in [
         (
             "discovery.dial_timeout",
