@@ -610,3 +610,41 @@ mod properties {
         }
     }
 }
+
+// --- Config map bounds (`limits.config_max_*`). ---
+#[test]
+fn config_map_bounds_have_defaults_and_ranges() {
+    let defaults = loads(r#"{"cluster_config": {}}"#).config.limits;
+    assert_eq!(
+        (
+            defaults.config_max_entries,
+            defaults.config_max_bytes,
+            defaults.config_max_tombstones
+        ),
+        (10_000, 16 << 20, 10_000)
+    );
+    let set = loads(
+        r#"{"cluster_config": {"limits": {"config_max_entries": 5, "config_max_bytes": 131072, "config_max_tombstones": 7}}}"#,
+    )
+    .config
+    .limits;
+    assert_eq!(
+        (
+            set.config_max_entries,
+            set.config_max_bytes,
+            set.config_max_tombstones
+        ),
+        (5, 131_072, 7)
+    );
+    let bad = errors(
+        r#"{"cluster_config": {"limits": {"config_max_entries": 0, "config_max_bytes": 131071, "config_max_tombstones": 1000001}}}"#,
+    );
+    assert_eq!(
+        paths(&bad),
+        [
+            "cluster_config.limits.config_max_entries",
+            "cluster_config.limits.config_max_bytes",
+            "cluster_config.limits.config_max_tombstones",
+        ]
+    );
+}

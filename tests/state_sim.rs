@@ -63,6 +63,7 @@ impl Sim {
         for (i, node) in nodes.iter_mut().enumerate() {
             for j in 0..NODES {
                 if i != j {
+                    node.bind_peer(j as u64, j as u64 + 1, &format!("node-{j:02}"));
                     node.add_peer(j as u64);
                 }
             }
@@ -262,7 +263,13 @@ fn a_node_that_joins_later_receives_the_whole_map() {
     sim.step_to(until);
     assert_eq!(sim.nodes[newcomer].map().len(), 0);
     sim.group[newcomer] = 0;
+    sim.nodes[newcomer].bind_peer(0, 1, "node-00");
     sim.nodes[newcomer].add_peer(0);
+    sim.nodes[0].bind_peer(
+        newcomer as u64,
+        newcomer as u64 + 1,
+        &format!("node-{newcomer:02}"),
+    );
     sim.nodes[0].add_peer(newcomer as u64);
     sim.collect(newcomer);
     sim.collect(0);

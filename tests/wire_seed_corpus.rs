@@ -6,9 +6,9 @@ use std::path::Path;
 
 use bifrost_cluster::counter::Window;
 use bifrost_cluster::wire::{
-    self, ConfigDigest, ConfigEntries, DataPing, DataPong, DeltaBatch, Digest, Entry, Hello,
-    MembershipPacket, NodeHealth, OriginDigest, OriginGroup, OriginKind, StateChunk, StateRequest,
-    WireConfigEntry, WireLinkHealth, WireWindow, capabilities,
+    self, ConfigBucketDigest, ConfigDigest, ConfigEntries, DataPing, DataPong, DeltaBatch, Digest,
+    Entry, Hello, MembershipPacket, NodeHealth, OriginDigest, OriginGroup, OriginKind, StateChunk,
+    StateRequest, WireConfigEntry, WireLinkHealth, WireWindow, capabilities,
 };
 
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -116,7 +116,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "config_entries.bin",
             wire::encode(&ConfigEntries {
                 sender: 11,
-                reply: true,
+                more: true,
                 entries: vec![
                     WireConfigEntry {
                         key: "routing/default".into(),
@@ -142,6 +142,19 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 sender: 11,
                 entries: 2,
                 fingerprint: 0xdead_beef,
+                reply: true,
+                buckets: vec![
+                    ConfigBucketDigest {
+                        index: 3,
+                        entries: 1,
+                        fingerprint: 0xdead_0000,
+                    },
+                    ConfigBucketDigest {
+                        index: 1_023,
+                        entries: 1,
+                        fingerprint: 0xbeef,
+                    },
+                ],
             })
             .unwrap(),
         ),

@@ -46,6 +46,9 @@ fuzz_target!(|data: &[u8]| {
             }),
             Frame::ConfigDigest(d) => {
                 let _ = d.fingerprint.to_native();
+                d.buckets.iter().for_each(|b| {
+                    let _ = (b.index.to_native(), b.fingerprint.to_native());
+                });
             }
             Frame::NodeHealth(h) => {
                 let _ = (h.node_id.as_str(), h.links.len());

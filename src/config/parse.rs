@@ -819,20 +819,45 @@ impl Ctx {
     }
 
     fn limits(&mut self, path: &str, value: &Value, out: &mut LimitsConfig) {
-        let Some(map) = self.object(
-            path,
-            value,
-            &[
-                "max_keys",
-                "max_key_length",
-                // replication bounds (counter plane)
-                "max_remote_keys",
-                "max_origins_per_key",
-                "max_relayed_origins_per_peer",
-            ],
-        ) else {
+        let fields: Vec<&str> = [
+            "max_keys",
+            "max_key_length",
+            // replication bounds (counter plane)
+            "max_remote_keys",
+            "max_origins_per_key",
+            "max_relayed_origins_per_peer",
+        ]
+        .into_iter()
+            .chain(CONFIG_MAP_LIMITS)
+            .collect();
+        let Some(map) = self.object(path, value, &fields) else {
             return;
         };
+        // Config map bounds.
+        for (name, out, min, max) in [
+            (
+                "config_max_entries",
+                &mut out.config_max_entries,
+                1,
+                LimitsConfig::MAX_CONFIG_MAX_ENTRIES,
+            ),
+            (
+                "config_max_bytes",
+                &mut out.config_max_bytes,
+                LimitsConfig::MIN_CONFIG_MAX_BYTES,
+                LimitsConfig::MAX_CONFIG_MAX_BYTES,
+            ),
+            (
+                "config_max_tombstones",
+                &mut out.config_max_tombstones,
+                1,
+                LimitsConfig::MAX_CONFIG_MAX_ENTRIES,
+            ),
+        ] {
+            if let Some((p, v)) = member(path, map, name) {
+                set(out, self.usize_in(&p, v, min, max));
+            }
+        }
         if let Some((p, v)) = member(path, map, "max_keys") {
             set(
                 &mut out.max_keys,
@@ -865,6 +890,13 @@ impl Ctx {
         }
     }
 }
+
+/// The config map bounds of `limits` (`state::config_map`).
+const CONFIG_MAP_LIMITS: [&str; 3] = [
+    "config_max_entries",
+    "config_max_bytes",
+    "config_max_tombstones",
+];
 
 /// A Kubernetes namespace name: a DNS-1123 label.
 fn check_dns1123_label(name: &str) -> Result<(), String> {

@@ -926,7 +926,7 @@ pub struct HttpTlsConfig {
     pub key_file: PathBuf,
 }
 
-/// `cluster_config.limits`: memory bounds of the counter store.
+/// `cluster_config.limits`: memory bounds of the counter store and of the cluster-wide config map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LimitsConfig {
     /// Most counter keys one node holds; past it a new key is refused (existing keys keep working).
@@ -948,6 +948,17 @@ pub struct LimitsConfig {
     /// linked; origins that no longer hold values stop counting at the next anti-entropy round. Further relays
     /// from that peer are refused (counted per peer, logged once per peer). Default: 4096. Range 0..=1000000.
     pub max_relayed_origins_per_peer: usize,
+    // --- Config map bounds (cluster-wide config entries, `state::config_map`). ---
+    /// Most live config entries (keys with a value; tombstones not included); past it a new key is answered
+    /// 507 locally and a replicated one waits for room (anti-entropy offers it again). Default: 10000.
+    /// Range 1..=1000000.
+    pub config_max_entries: usize,
+    /// Most bytes of live config keys and values (sum of key and value lengths), same behaviour at the cap.
+    /// Default: 16777216 (16 MiB). Range 131072..=1073741824 (at least one largest entry must fit).
+    pub config_max_bytes: usize,
+    /// Most tombstones (deletes) kept, outside the two bounds above; past it the oldest is collected before its
+    /// 24 h TTL, so deleting never fills the map. Default: 10000. Range 1..=1000000.
+    pub config_max_tombstones: usize,
 }
 
 impl LimitsConfig {
@@ -971,6 +982,21 @@ impl LimitsConfig {
     pub fn remote_keys(&self) -> usize {
         self.max_remote_keys.unwrap_or(self.max_keys)
     }
+    // --- Config map bounds. ---
+    /// Default `config_max_entries`.
+    pub const DEFAULT_CONFIG_MAX_ENTRIES: usize =
+        crate::state::ConfigMapOptions::DEFAULT_MAX_ENTRIES;
+    /// Largest `config_max_entries` (and `config_max_tombstones`).
+    pub const MAX_CONFIG_MAX_ENTRIES: usize = 1_000_000;
+    /// Default `config_max_bytes`.
+    pub const DEFAULT_CONFIG_MAX_BYTES: usize = crate::state::ConfigMapOptions::DEFAULT_MAX_BYTES;
+    /// Smallest `config_max_bytes`: one largest key and value fit.
+    pub const MIN_CONFIG_MAX_BYTES: usize = 128 * 1024;
+    /// Largest `config_max_bytes`: 1 GiB.
+    pub const MAX_CONFIG_MAX_BYTES: usize = 1 << 30;
+    /// Default `config_max_tombstones`.
+    pub const DEFAULT_CONFIG_MAX_TOMBSTONES: usize =
+        crate::state::ConfigMapOptions::DEFAULT_MAX_TOMBSTONES;
 }
 
 impl Default for LimitsConfig {
@@ -981,6 +1007,9 @@ impl Default for LimitsConfig {
             max_remote_keys: None,
             max_origins_per_key: Self::DEFAULT_MAX_ORIGINS_PER_KEY,
             max_relayed_origins_per_peer: Self::DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
+            config_max_entries: Self::DEFAULT_CONFIG_MAX_ENTRIES,
+            config_max_bytes: Self::DEFAULT_CONFIG_MAX_BYTES,
+            config_max_tombstones: Self::DEFAULT_CONFIG_MAX_TOMBSTONES,
         }
     }
 }

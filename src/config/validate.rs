@@ -358,6 +358,29 @@ fn check_ranges(config: &ClusterConfig) -> Vec<FieldError> {
         super::schema::HttpConfig::MAX_MAX_CONNECTIONS as u64,
     );
     range("http.max_request_n", http.max_request_n, 1, u64::MAX);
+    // Config map bounds.
+    for (field, value, min, max) in [
+        (
+            "limits.config_max_entries",
+            l.config_max_entries,
+            1,
+            LimitsConfig::MAX_CONFIG_MAX_ENTRIES,
+        ),
+        (
+            "limits.config_max_bytes",
+            l.config_max_bytes,
+            LimitsConfig::MIN_CONFIG_MAX_BYTES,
+            LimitsConfig::MAX_CONFIG_MAX_BYTES,
+        ),
+        (
+            "limits.config_max_tombstones",
+            l.config_max_tombstones,
+            1,
+            LimitsConfig::MAX_CONFIG_MAX_ENTRIES,
+        ),
+    ] {
+        range(field, value as u64, min as u64, max as u64);
+    }
     for (field, value, min, max) in [
         (
             "http.header_read_timeout",

@@ -21,6 +21,13 @@
 //! | `bifrost_http_connections_open` | gauge | HTTP connections served now |
 //! | `bifrost_http_connections_{accepted,refused,idle_closed}_total`, `bifrost_http_tls_handshake_failures_total` | counter | refused: over `http.max_connections` |
 //! | `bifrost_http_rejected_total` | counter | `status` (401, 403, 415), `reason` (missing_token, unknown_token, scope, not_loopback, origin, content_type) |
+//! | `bifrost_config_bytes`, `bifrost_config_tombstones` | gauge | live config bytes (keys + values); tombstones held |
+//! | `bifrost_config_refused_total` | counter | `reason` (full: no room, retried by anti-entropy; invalid; local_full: answered 507) |
+//! | `bifrost_config_tombstones_{collected,evicted}_total` | counter | after their TTL; early, at `limits.config_max_tombstones` |
+//! | `bifrost_config_repairs_total`, `bifrost_config_repairs_{resumed,deferred}_total` | counter | digests that differed; answers cut short by the pacing budget; answers delayed to the next pacing window |
+//! | `bifrost_state_encode_errors_total`, `bifrost_state_decode_errors_total` | counter | shared-state frames not sent / dropped |
+//! | `bifrost_state_refused_total` | counter | `reason` (foreign_record: a health record for another node; sender: unbound link or other sender) |
+//! | `bifrost_state_records_truncated_total` | counter | own health records cut to fit one frame |
 
 use axum::extract::State;
 use axum::http::header;
@@ -374,6 +381,7 @@ pub fn registry(node: &ClusterHandle) -> Registry {
         clamp(node.config_entries().len() as u64),
     );
     counter_plane_bounds(&mut r, node, &status);
+    shared_state_metrics(&mut r, &status.state);
     r
 }
 
@@ -562,6 +570,86 @@ fn counter_plane_bounds(r: &mut Registry, node: &ClusterHandle, status: &crate::
         "bifrost_peer_relayed_refused",
         "Relayed values of the peer refused at limits.max_relayed_origins_per_peer",
         &peer_counter(&|s| s.relayed_refused),
+    );
+}
+
+
+/// The shared-state plane: config map bounds, repairs, frames refused or not encodable.
+fn shared_state_metrics(r: &mut Registry, s: &crate::state::StateStats) {
+    gauge(
+        r,
+        "bifrost_config_bytes",
+        "Bytes of live config keys and values (bounded by limits.config_max_bytes)",
+        clamp(s.usage.live_bytes as u64),
+    );
+    gauge(
+        r,
+        "bifrost_config_tombstones",
+        "Config tombstones held (bounded by limits.config_max_tombstones)",
+        clamp(s.usage.tombstones as u64),
+    );
+    counter_family(
+        r,
+        "bifrost_config_refused",
+        "Config entries not stored: replicated ones for want of room (full, offered again by anti-entropy) or for good (invalid), local puts answered 507 (local_full)",
+        &[
+            (label(&[("reason", "full")]), s.map.refused_full),
+            (label(&[("reason", "invalid")]), s.map.refused_invalid),
+            (label(&[("reason", "local_full")]), s.local_refused_full),
+        ],
+    );
+    for (name, help, value) in [
+        (
+            "bifrost_config_tombstones_collected",
+            "Config tombstones collected after their TTL",
+            s.map.tombstones_collected,
+        ),
+        (
+            "bifrost_config_tombstones_evicted",
+            "Config tombstones collected early because limits.config_max_tombstones was reached",
+            s.map.tombstones_evicted,
+        ),
+        (
+            "bifrost_config_repairs",
+            "Config digests that differed and were repaired",
+            s.config_repairs,
+        ),
+        (
+            "bifrost_config_repairs_resumed",
+            "Config repairs cut short by the pacing budget, continued in later windows",
+            s.repairs_resumed,
+        ),
+        (
+            "bifrost_config_repairs_deferred",
+            "Config digests answered late because the peer's pacing window was spent",
+            s.repairs_deferred,
+        ),
+        (
+            "bifrost_state_encode_errors",
+            "Shared-state frames, entries or records that could not be encoded within the frame limit (not sent)",
+            s.encode_errors,
+        ),
+        (
+            "bifrost_state_decode_errors",
+            "Shared-state frames dropped because they failed to decode",
+            s.decode_errors,
+        ),
+        (
+            "bifrost_state_records_truncated",
+            "Own health records whose link list was cut to fit one frame",
+            s.records_truncated,
+        ),
+    ] {
+        counter(r, name, help, value);
+    }
+    counter_family(
+        r,
+        "bifrost_state_refused",
+        "Shared-state input refused: health records for another node than their link (foreign_record), frames from an unbound link or naming another sender (sender)",
+        &[
+            (label(&[("reason", "foreign_record")]), s.records_refused),
+            (label(&[("reason", "sender")]), s.frames_refused),
+        ],
     );
 }
 

@@ -69,6 +69,20 @@ impl Default for NodeOptions {
 #[derive(Debug)]
 pub struct Cluster;
 
+/// The shared-state options a config asks for: the config map bounds of `limits`, defaults for the rest.
+fn state_options(limits: &crate::config::LimitsConfig) -> StateOptions {
+    let defaults = StateOptions::default();
+    StateOptions {
+        config: crate::state::ConfigMapOptions {
+            max_entries: limits.config_max_entries,
+            max_bytes: limits.config_max_bytes,
+            max_tombstones: limits.config_max_tombstones,
+            ..defaults.config.clone()
+        },
+        ..defaults
+    }
+}
+
 /// The window traffic patterns are counted in ([`ClusterHandle::traffic`]): one minute.
 pub const TRAFFIC_WINDOW: Window = Window::MINUTE;
 
@@ -287,7 +301,7 @@ impl Cluster {
         let state = StateReplicator::new(
             node_id.as_str(),
             replica_id,
-            StateOptions::default(),
+            state_options(&config.limits),
             identity::random_u64()?,
             now,
         );

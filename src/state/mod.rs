@@ -8,9 +8,11 @@
 //! - [`node_record`]: each node's health record (CPU, memory, open connections, request rate, links), last
 //!   writer wins per owner, aging out when its publisher stops.
 //! - [`config_map`]: a replicated key → bytes map, last writer wins by hybrid logical clock ([`hlc`]) with the
-//!   node id breaking ties, tombstones for deletes, bounded size.
+//!   node id breaking ties, tombstones for deletes; live entries bounded in count and bytes, tombstones under
+//!   their own bound, so deleting always frees room.
 //! - [`replicator`]: the sans-IO state machine that moves config entries and health records between nodes
-//!   (writes at once, anti-entropy by digest, the whole map to a joining node).
+//!   (writes at once, anti-entropy by bucketed digest, chunked and resumed transfers so no frame exceeds the
+//!   limit, health records bound to the link they come on).
 //!
 //! Nothing here reads the clock, draws OS randomness or touches the network (`.ci/check-sans-io.sh`).
 
@@ -22,8 +24,10 @@ pub mod node_record;
 pub mod replicator;
 pub mod traffic;
 
-pub use config_map::{ConfigChange, ConfigEntry, ConfigMap, ConfigMapOptions, ConfigMapStats};
-pub use error::StateError;
+pub use config_map::{
+    ConfigChange, ConfigEntry, ConfigMap, ConfigMapOptions, ConfigMapStats, ConfigMapUsage,
+};
+pub use error::{Limit, StateError};
 pub use histogram::Histogram;
 pub use hlc::{Hlc, Timestamp};
 pub use node_record::{LinkHealth, NodeHealthView, NodeRecord, NodeRecords};

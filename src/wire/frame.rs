@@ -32,7 +32,7 @@ use super::messages::{
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"BF";
 /// The major protocol version this build speaks. 3: digests cover an origin range and carry a floor digest;
-/// groups may carry floors.
+/// groups may carry floors; config digests are bucketed and config entries chunked.
 pub const PROTOCOL_MAJOR: u8 = 3;
 /// The minor protocol version this build speaks (announced in [`Hello`]).
 pub const PROTOCOL_MINOR: u16 = 0;
@@ -50,6 +50,8 @@ pub const MAX_ORIGINS_PER_FRAME: usize = 65_536;
 pub const MAX_CONFIG_VALUE_BYTES: usize = 256 * 1024;
 /// Longest node id (and gossip address) in a [`Hello`].
 pub const MAX_NODE_ID_BYTES: usize = 256;
+/// Buckets of keys a [`ConfigDigest`] may carry (its bucket indexes are below this).
+pub const MAX_CONFIG_DIGEST_BUCKETS: usize = 1_024;
 
 /// Message kinds (the header's fourth byte). 16..=31 are reserved for the membership plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -333,7 +335,27 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
             }
             Frame::ConfigEntries(entries)
         }
-        Kind::ConfigDigest => Frame::ConfigDigest(access::<ArchivedConfigDigest>(archive)?),
+        Kind::ConfigDigest => {
+            let digest = access::<ArchivedConfigDigest>(archive)?;
+            if digest.buckets.len() > MAX_CONFIG_DIGEST_BUCKETS {
+                return Err(WireError::TooManyEntries {
+                    count: digest.buckets.len(),
+                    max: MAX_CONFIG_DIGEST_BUCKETS,
+                });
+            }
+            if let Some(b) = digest
+                .buckets
+                .iter()
+                .find(|b| usize::from(b.index.to_native()) >= MAX_CONFIG_DIGEST_BUCKETS)
+            {
+                return Err(WireError::Invalid(format!(
+                    "config digest bucket {} (at most {})",
+                    b.index.to_native(),
+                    MAX_CONFIG_DIGEST_BUCKETS - 1
+                )));
+            }
+            Frame::ConfigDigest(digest)
+        }
         Kind::NodeHealth => {
             let health = access::<ArchivedNodeHealth>(archive)?;
             check_len(health.node_id.len(), MAX_NODE_ID_BYTES)?;

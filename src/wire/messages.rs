@@ -272,29 +272,48 @@ pub struct WireConfigEntry {
     pub node: String,
 }
 
-/// Config entries: one write as it happens, or a whole map (in chunks) for anti-entropy and joining nodes.
+/// Config entries: one write as it happens, or the entries (live and tombstones) of the buckets a digest found
+/// different, in chunks that each fit a frame.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ConfigEntries {
     /// The sender's replica id.
     pub sender: u64,
-    /// Set on the last chunk of a full map sent in answer to a differing digest: the receiver answers with
-    /// its own full map (so both sides end with the union).
-    pub reply: bool,
+    /// Set on the last chunk of a repair cut short by the sender's per-round budget: the receiver may send its
+    /// digest again at once to get the rest (a transfer resumes over rounds).
+    pub more: bool,
     /// The entries.
     pub entries: Vec<WireConfigEntry>,
 }
 
-/// "This is the config map I hold": the receiver sends its full map back when its own digest differs.
+/// One bucket of keys of a [`ConfigDigest`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ConfigBucketDigest {
+    /// The bucket (`< MAX_CONFIG_DIGEST_BUCKETS`).
+    pub index: u16,
+    /// Live entries in it.
+    pub entries: u32,
+    /// Order-independent hash of their keys and timestamps.
+    pub fingerprint: u64,
+}
+
+/// "These are the live config entries I hold", per bucket of keys: the receiver sends the entries of the
+/// buckets that differ from its own and, when `reply` is set, its own digest back, so both sides end with the
+/// union. Its size is bounded by the bucket count (about 14 KiB), whatever the map holds.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ConfigDigest {
     /// The sender's replica id.
     pub sender: u64,
-    /// Entries held, tombstones included.
+    /// Live entries held (tombstones not included).
     pub entries: u32,
-    /// Order-independent hash of every key and timestamp.
+    /// Order-independent hash of every live key and timestamp.
     pub fingerprint: u64,
+    /// Ask the receiver for its digest in return (it then sends the entries this side lacks).
+    pub reply: bool,
+    /// The non-empty buckets; a bucket not listed is empty.
+    pub buckets: Vec<ConfigBucketDigest>,
 }
 
 /// One link of a node health record.

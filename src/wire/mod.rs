@@ -15,16 +15,18 @@ mod messages;
 pub use batch::{BatchPacker, FRAME_OVERHEAD, entry_size};
 pub use error::WireError;
 pub use frame::{
-    Frame, HEADER_LEN, Kind, MAGIC, MAX_CONFIG_VALUE_BYTES, MAX_ENTRIES_PER_FRAME, MAX_FRAME_BYTES,
-    MAX_KEY_BYTES, MAX_NODE_ID_BYTES, MAX_ORIGINS_PER_FRAME, Message, PROTOCOL_MAJOR,
-    PROTOCOL_MINOR, decode, encode, encode_into, split_header,
+    Frame, HEADER_LEN, Kind, MAGIC, MAX_CONFIG_DIGEST_BUCKETS, MAX_CONFIG_VALUE_BYTES,
+    MAX_ENTRIES_PER_FRAME, MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_NODE_ID_BYTES,
+    MAX_ORIGINS_PER_FRAME, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR, decode, encode, encode_into,
+    split_header,
 };
 pub use messages::{
-    ArchivedConfigDigest, ArchivedConfigEntries, ArchivedDataPing, ArchivedDataPong,
-    ArchivedDeltaBatch, ArchivedDigest, ArchivedEntry, ArchivedHello, ArchivedMembershipPacket,
-    ArchivedNodeHealth, ArchivedOriginDigest, ArchivedOriginGroup, ArchivedOriginKind,
-    ArchivedStateChunk, ArchivedStateRequest, ArchivedWireConfigEntry, ArchivedWireLinkHealth,
-    ArchivedWireWindow, ConfigDigest, ConfigEntries, DataPing, DataPong, DeltaBatch, Digest, Entry,
-    Hello, MembershipPacket, NodeHealth, OriginDigest, OriginGroup, OriginKind, StateChunk,
-    StateRequest, WireConfigEntry, WireLinkHealth, WireWindow, WireWindowError, capabilities,
+    ArchivedConfigBucketDigest, ArchivedConfigDigest, ArchivedConfigEntries, ArchivedDataPing,
+    ArchivedDataPong, ArchivedDeltaBatch, ArchivedDigest, ArchivedEntry, ArchivedHello,
+    ArchivedMembershipPacket, ArchivedNodeHealth, ArchivedOriginDigest, ArchivedOriginGroup,
+    ArchivedOriginKind, ArchivedStateChunk, ArchivedStateRequest, ArchivedWireConfigEntry,
+    ArchivedWireLinkHealth, ArchivedWireWindow, ConfigBucketDigest, ConfigDigest, ConfigEntries,
+    DataPing, DataPong, DeltaBatch, Digest, Entry, Hello, MembershipPacket, NodeHealth,
+    OriginDigest, OriginGroup, OriginKind, StateChunk, StateRequest, WireConfigEntry,
+    WireLinkHealth, WireWindow, WireWindowError, capabilities,
 };

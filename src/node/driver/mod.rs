@@ -561,6 +561,9 @@ impl Driver {
         if surviving == peer {
             let mut linked = candidate;
             linked.readers = link_tasks::spawn_readers(&linked.link, self.events.clone());
+            // Shared-state frames from this link are taken for its authenticated identity only.
+            self.state
+                .bind_peer(peer, linked.hello.replica_id, &linked.hello.node_id);
             linked.replicating = !self.member_gone(linked.hello.replica_id);
             tracing::info!(
                 peer = %linked.hello.node_id,
@@ -617,8 +620,9 @@ impl Driver {
         }
         if linked.replicating {
             self.replicator.remove_peer(peer);
-            self.state.remove_peer(peer);
         }
+        // Also unbinds the link's identity, replicating or not.
+        self.state.remove_peer(peer);
         let reason = linked
             .link
             .close_reason()
