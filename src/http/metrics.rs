@@ -18,6 +18,8 @@
 //! | `bifrost_discovery_found` | gauge | `method`: join targets of the last round |
 //! | `bifrost_discovery_backend_events_total` | counter | `method`, `event` (e.g. `beacons_rejected`) |
 //! | `bifrost_config_entries` | gauge | live cluster-wide config entries |
+//! | `bifrost_membership_refused_duplicates` | gauge | live processes refused as duplicates of a member's node id |
+//! | `bifrost_membership_local_refused` | gauge | 1 while this process is itself a refused duplicate |
 
 use axum::extract::State;
 use axum::http::header;
@@ -370,6 +372,23 @@ pub fn registry(node: &ClusterHandle) -> Registry {
         "Live cluster-wide config entries",
         clamp(node.config_entries().len() as u64),
     );
+
+    // ---- Identity: duplicate node ids (issue 14, docs/membership.md "Duplicate node ids") ----
+    if let Some(table) = node.members() {
+        gauge(
+            &mut r,
+            "bifrost_membership_refused_duplicates",
+            "Live processes refused as duplicates of a member's node id",
+            clamp(table.refused.len() as u64),
+        );
+        gauge(
+            &mut r,
+            "bifrost_membership_local_refused",
+            "1 while this process is a refused duplicate: a live member holds its node id",
+            i64::from(table.local.refused_by.is_some()),
+        );
+    }
+    // ---- end of identity block ----
     r
 }
 
