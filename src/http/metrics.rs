@@ -20,6 +20,7 @@
 //! | `bifrost_config_entries` | gauge | live cluster-wide config entries |
 //! | `bifrost_membership_refused_duplicates` | gauge | live processes refused as duplicates of a member's node id |
 //! | `bifrost_membership_local_refused` | gauge | 1 while this process is itself a refused duplicate |
+//! | `bifrost_transport_handshakes_refused_total` | counter | `direction` (incoming, outgoing), `reason` (no_certificate, unknown_ca, bad_signature, expired, bad_certificate, wrong_alpn, handshake, timeout, closed, other) |
 
 use axum::extract::State;
 use axum::http::header;
@@ -389,6 +390,34 @@ pub fn registry(node: &ClusterHandle) -> Registry {
         );
     }
     // ---- end of identity block ----
+
+    // ---- Transport: refused handshakes (issue 14, docs/transport.md "Refused handshakes") ----
+    if node.members().is_some() {
+        let refused = node.transport_refusals();
+        let mut values: Vec<(Labels, u64)> = Vec::new();
+        for direction in crate::transport::Direction::ALL {
+            for reason in crate::transport::RefusalReason::ALL {
+                let n = refused
+                    .iter()
+                    .find(|(d, r, _)| *d == direction && *r == reason)
+                    .map_or(0, |(_, _, n)| *n);
+                values.push((
+                    label(&[
+                        ("direction", direction.as_str()),
+                        ("reason", reason.as_str()),
+                    ]),
+                    n,
+                ));
+            }
+        }
+        counter_family(
+            &mut r,
+            "bifrost_transport_handshakes_refused",
+            "TLS/QUIC handshakes refused or failed, by direction and reason",
+            &values,
+        );
+    }
+    // ---- end of transport block ----
     r
 }
 

@@ -560,6 +560,22 @@ impl ClusterHandle {
         }
     }
 
+    /// Handshakes the transport refused or that failed since start, by direction and reason, non-zero counts
+    /// only (empty with cluster mode off). `bifrost_transport_handshakes_refused_total` in `/metrics`.
+    pub fn transport_refusals(
+        &self,
+    ) -> Vec<(
+        crate::transport::Direction,
+        crate::transport::RefusalReason,
+        u64,
+    )> {
+        self.inner
+            .transport
+            .as_ref()
+            .map(|t| t.refusals())
+            .unwrap_or_default()
+    }
+
     /// The linked peers (refreshed every 50 ms and on every link change).
     pub fn peers(&self) -> Vec<PeerInfo> {
         self.inner
