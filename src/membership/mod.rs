@@ -1328,7 +1328,12 @@ impl Membership {
     /// Marks `id` a refused duplicate of `holder`'s node id (reported once per identity). If it was a member,
     /// it stops being one: no health checks, not counted.
     fn refuse(&mut self, id: &MemberId, holder: &MemberId, now_ms: u64) {
-        if self.refused.contains_key(id) {
+        if let Some((known, _)) = self.refused.get_mut(id) {
+            if known != holder {
+                // The holder renewed its identity (or another live one started earlier): no new report.
+                *known = holder.clone();
+                self.changed = true;
+            }
             return;
         }
         self.refused.insert(id.clone(), (holder.clone(), now_ms));
