@@ -204,3 +204,256 @@ fn restarted_node_replaces_its_old_identity() {
         );
     }
 }
+
+/// True when node `i` sees node `j` as a member: alive under its current identity, not refused.
+fn member_in_view(sim: &MembershipSim, i: usize, j: usize) -> bool {
+    let addr = sim.node(j).addr;
+    sim.view(i, j)
+        .is_some_and(|(id, st)| st == MemberState::Alive && id == sim.node(j).membership.local_id())
+        && sim.node(i).membership.refused_by(addr).is_none()
+}
+
+#[test]
+fn a_second_live_process_with_a_members_node_id_is_refused_everywhere_and_the_member_stays() {
+    let n = 5;
+    let seed = seed(5);
+    let mut sim = converged_cluster(n, seed);
+    let real = 1;
+    let real_id = sim.node(real).membership.local_id().clone();
+    let marks: Vec<usize> = (0..n).map(|i| sim.node(i).events.len()).collect();
+    // A second process with node 1's id, started later at another address, joining through node 3.
+    let dup = sim.add_node(real_id.node_id(), 3);
+    let dup_addr = sim.node(dup).addr;
+    // Far longer than the suspicion timeouts (4 s min, 24 s max at this size).
+    let t0 = sim.now_ms();
+    let refused_everywhere = sim.run_until_true(t0 + 10_000, 50, |sim| {
+        (0..n).all(|i| sim.node(i).membership.refused_by(dup_addr) == Some(&real_id))
+            && sim.node(dup).membership.local_refused_by() == Some(&real_id)
+    });
+    assert!(
+        refused_everywhere,
+        "not every node refused the duplicate (seed {seed})"
+    );
+    println!(
+        "duplicate of node 1 in {n} nodes (seed {seed}): refused everywhere after {} ms",
+        sim.now_ms() - t0
+    );
+    sim.run_for(60_000);
+    let dup_id = sim.node(dup).membership.local_id().clone();
+    for (i, &mark) in marks.iter().enumerate() {
+        let m = &sim.node(i).membership;
+        assert_eq!(
+            m.refused_by(dup_addr),
+            Some(&real_id),
+            "node {i} (seed {seed})"
+        );
+        assert_eq!(
+            m.cluster_health(),
+            bifrost_cluster::membership::ClusterHealth::Healthy,
+            "node {i} (seed {seed})"
+        );
+        let table = m.members();
+        assert_eq!(table.member_count(), n, "node {i} (seed {seed})");
+        assert_eq!(table.healthy_count(), n, "node {i} (seed {seed})");
+        assert!(table.by_replica(dup_id.replica_id()).is_none());
+        assert!(table.is_refused(dup_id.replica_id()));
+        if i != real {
+            assert!(member_in_view(&sim, i, real), "node {i} (seed {seed})");
+        }
+        for (_, e) in &sim.node(i).events[mark..] {
+            match e {
+                MembershipEvent::MemberSuspect(x)
+                | MembershipEvent::MemberDown(x)
+                | MembershipEvent::MemberLeft(x)
+                | MembershipEvent::MemberUp(x)
+                    if x.node_id() == real_id.node_id() =>
+                {
+                    panic!("node {i} saw {e:?} (seed {seed})")
+                }
+                MembershipEvent::MemberReplaced { .. }
+                | MembershipEvent::ClusterHealthChanged(_) => {
+                    panic!("node {i} saw {e:?} (seed {seed})")
+                }
+                _ => {}
+            }
+        }
+        let refusals = sim.node(i).events[mark..]
+            .iter()
+            .filter(|(_, e)| matches!(e, MembershipEvent::DuplicateRefused { duplicate, holder } if *duplicate == dup_id && *holder == real_id))
+            .count();
+        assert_eq!(
+            refusals, 1,
+            "node {i} reports the duplicate once (seed {seed})"
+        );
+    }
+    assert_eq!(sim.node(real).membership.local_refused_by(), None);
+    let m = &sim.node(dup).membership;
+    assert_eq!(m.local_refused_by(), Some(&real_id));
+    assert_eq!(
+        m.cluster_health(),
+        bifrost_cluster::membership::ClusterHealth::NotHealthy
+    );
+
+    // The real member leaves gracefully: the waiting process holds the node id within one dissemination round.
+    let opts = sim.options().membership.clone();
+    let round = u64::from(opts.max_transmissions(n)) * opts.gossip_interval_ms;
+    sim.leave(real);
+    let t1 = sim.now_ms();
+    let took_over = sim.run_until_true(t1 + round, 10, |sim| {
+        (0..n)
+            .filter(|&i| i != real)
+            .all(|i| member_in_view(sim, i, dup))
+            && sim.node(dup).membership.local_refused_by().is_none()
+    });
+    assert!(
+        took_over,
+        "the duplicate did not take over within {round} ms of the leave (seed {seed})"
+    );
+    println!(
+        "after node 1 left (seed {seed}): the waiting process is the member everywhere after {} ms",
+        sim.now_ms() - t1
+    );
+    sim.run_for(5_000);
+    for i in (0..n).filter(|&i| i != real) {
+        assert_eq!(
+            sim.node(i).membership.cluster_health(),
+            bifrost_cluster::membership::ClusterHealth::Healthy,
+            "node {i} (seed {seed})"
+        );
+    }
+}
+
+#[test]
+fn a_node_restarted_at_a_new_address_after_a_crash_takes_over_once_the_old_one_is_down() {
+    let n = 8;
+    for seed in [seed(6), seed(6) + 1, seed(6) + 2] {
+        let mut sim = converged_cluster(n, seed);
+        let k = 2;
+        let old = sim.node(k).membership.local_id().clone();
+        // kill -9, and the replacement starts at once at a new address (a new pod IP).
+        sim.kill(k);
+        let t0 = sim.now_ms();
+        let new = sim.add_node(old.node_id(), 0);
+        let new_addr = sim.node(new).addr;
+        let others: Vec<usize> = (0..n).filter(|&i| i != k).collect();
+        let mut held_back = true;
+        let took_over = sim.run_until_true(t0 + 60_000, 50, |sim| {
+            // Wherever the old identity still counts as live, the new one is refused.
+            for &i in &others {
+                let old_live = sim.view(i, k).is_some_and(|(_, st)| st.is_active());
+                let new_known = sim.view(i, new).is_some();
+                if old_live && new_known && sim.node(i).membership.refused_by(new_addr).is_none() {
+                    held_back = false;
+                }
+            }
+            others.iter().all(|&i| member_in_view(sim, i, new))
+                && sim.node(new).membership.local_refused_by().is_none()
+        });
+        assert!(
+            took_over,
+            "the restarted node did not take over within 60 s (seed {seed})"
+        );
+        assert!(
+            held_back,
+            "a node accepted the new process while the old was live (seed {seed})"
+        );
+        let took = sim.now_ms() - t0;
+        let opts = sim.options().membership.clone();
+        // Detection (first probe of the dead node, one probe interval, the suspicion timeout) plus spread.
+        let bound = opts.suspicion_max_ms(n) + 10 * opts.probe_interval_ms;
+        println!(
+            "crash + restart at a new address in {n} nodes (seed {seed}): new identity is the member everywhere \
+             {took} ms after the kill (bound {bound} ms)"
+        );
+        assert!(took <= bound, "took {took} ms (seed {seed})");
+        for &i in &others {
+            let (_, st) = sim.view(i, k).expect("old identity remembered");
+            assert_eq!(
+                st,
+                MemberState::Left,
+                "node {i}: old shown replaced (seed {seed})"
+            );
+            assert!(
+                sim.node(i).events.iter().any(|(_, e)| matches!(e,
+                    MembershipEvent::MemberReplaced { old: o, new: nw } if *o == old && nw.addr() == new_addr)),
+                "node {i} (seed {seed})"
+            );
+        }
+        sim.run_for(10_000);
+        for &i in &others {
+            assert_eq!(
+                sim.node(i).membership.cluster_health(),
+                bifrost_cluster::membership::ClusterHealth::Healthy,
+                "node {i} (seed {seed})"
+            );
+        }
+    }
+}
+
+#[test]
+fn after_a_partition_every_node_agrees_which_process_holds_a_duplicated_node_id() {
+    let n = 6;
+    let seed = seed(9);
+    let mut sim = converged_cluster(n, seed);
+    let real = 4;
+    let real_id = sim.node(real).membership.local_id().clone();
+    // Node 4 is cut off; the others declare it down, then a second process with its id starts on their side
+    // and is accepted there (to them it is a restart at a new address).
+    sim.set_group(real, 1);
+    let t0 = sim.now_ms();
+    assert!(
+        sim.run_until_true(t0 + 60_000, 200, |sim| {
+            (0..n)
+                .filter(|&i| i != real)
+                .all(|i| sim.view(i, real).map(|v| v.1) == Some(MemberState::Down))
+        }),
+        "seed {seed}"
+    );
+    let dup = sim.add_node(real_id.node_id(), 0);
+    let t1 = sim.now_ms();
+    assert!(
+        sim.run_until_true(t1 + 30_000, 100, |sim| {
+            (0..n)
+                .filter(|&i| i != real)
+                .all(|i| member_in_view(sim, i, dup))
+        }),
+        "the new process was not accepted while node 4 was down (seed {seed})"
+    );
+    // The partition heals: two live processes claim the node id. The one that started first (node 4, under a
+    // renewed identity) holds it everywhere, the later one is refused everywhere, itself included.
+    sim.heal();
+    let t2 = sim.now_ms();
+    let agreed = sim.run_until_true(t2 + 120_000, 200, |sim| {
+        let dup_addr = sim.node(dup).addr;
+        (0..n).filter(|&i| i != real).all(|i| {
+            member_in_view(sim, i, real)
+                && sim
+                    .node(i)
+                    .membership
+                    .refused_by(dup_addr)
+                    .is_some_and(|h| h.replica_id() == real_id.replica_id())
+        }) && sim.node(real).membership.refused_by(dup_addr).is_some()
+            && sim
+                .node(dup)
+                .membership
+                .local_refused_by()
+                .is_some_and(|h| h.replica_id() == real_id.replica_id())
+            && sim.node(real).membership.local_refused_by().is_none()
+    });
+    assert!(
+        agreed,
+        "the nodes did not agree on the holder within 120 s of the heal (seed {seed})"
+    );
+    println!(
+        "duplicate across a healed partition (seed {seed}): every node agrees on the holder {} ms after the heal",
+        sim.now_ms() - t2
+    );
+    sim.run_for(30_000);
+    for i in (0..n).filter(|&i| i != dup) {
+        assert_eq!(
+            sim.node(i).membership.cluster_health(),
+            bifrost_cluster::membership::ClusterHealth::Healthy,
+            "node {i} (seed {seed})"
+        );
+    }
+}

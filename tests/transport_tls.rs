@@ -1,5 +1,6 @@
 //! Mutual TLS of the transport, with real quinn endpoints on 127.0.0.1: the three trust modes, rejected
-//! strangers (another secret, no client certificate), and file errors that name the file.
+//! strangers (another secret, no client certificate), file errors that name the file, and refused handshakes
+//! counted by reason with a rate-limited log.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use bifrost_cluster::config::{ClusterSecret, NodeId, Trust};
 use bifrost_cluster::transport::{
-    ALPN, CA_COMMON_NAME, FailureKind, Link, SERVER_NAME, TlsError, TlsSetup, Transport,
-    TransportError, TransportOptions, TrustMode, common_name,
+    ALPN, CA_COMMON_NAME, Direction, FailureKind, Link, RefusalReason, SERVER_NAME, TlsError,
+    TlsSetup, Transport, TransportError, TransportOptions, TrustMode, common_name,
 };
 use bytes::Bytes;
 
@@ -541,5 +542,198 @@ async fn secret_mode_rejects_an_insecure_node() {
     assert!(
         !matches!(accepted, Ok(Some(_))),
         "insecure node yielded a link"
+    );
+}
+
+/// A tracing subscriber for the current thread that writes into a buffer (no ANSI), for counting log lines.
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&buffer);
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter("bifrost_cluster=debug")
+        .with_writer(move || Sink(Arc::clone(&sink)))
+        .finish();
+    (buffer, tracing::subscriber::set_default(subscriber))
+}
+
+fn captured(buffer: &Arc<Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(
+        &buffer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned()
+}
+
+/// A raw quinn client trusting secret one's CA, offering `alpn`, presenting no certificate.
+fn raw_client(alpn: &[u8]) -> (quinn::Endpoint, quinn::ClientConfig) {
+    let anchor = TlsSetup::from_trust(&secret(SECRET_ONE), &node("x"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .ca_certificates()[0]
+        .clone();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(anchor).unwrap_or_else(|e| panic!("{e}"));
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![alpn.to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    (endpoint, quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// One handshake attempt that the server refuses; returns once the client's side of it is over.
+async fn refused_handshake(
+    client: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    server: std::net::SocketAddr,
+) {
+    let connecting = client
+        .connect_with(config.clone(), server, SERVER_NAME)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // With TLS 1.3 the client may finish its side before the server refuses: then wait for the close.
+    if let Ok(Ok(connection)) = tokio::time::timeout(PATIENCE, connecting).await {
+        let _ = tokio::time::timeout(PATIENCE, connection.closed()).await;
+    }
+}
+
+/// Polls `server`'s refusal counter for `direction`/`reason` until it reaches `want` (bounded).
+async fn wait_for_count(
+    server: &Transport,
+    direction: Direction,
+    reason: RefusalReason,
+    want: u64,
+) -> u64 {
+    let count = || {
+        server
+            .refusals()
+            .iter()
+            .find(|(d, r, _)| *d == direction && *r == reason)
+            .map_or(0, |(_, _, n)| *n)
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while count() < want && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    count()
+}
+
+// The attack: 500 handshakes without a certificate gave 500 WARN lines and no metric.
+#[tokio::test]
+async fn a_flood_of_refused_handshakes_is_counted_exactly_and_logged_once() {
+    // The runtime of this test is single-threaded, so the transport's tasks log into this capture.
+    let (logs, _guard) = capture_logs();
+    let server = bind(&secret(SECRET_ONE), "node-server");
+    let (client, config) = raw_client(ALPN);
+    const ATTEMPTS: u64 = 500;
+    for _ in 0..ATTEMPTS {
+        refused_handshake(&client, &config, server.local_addr()).await;
+    }
+    let counted = wait_for_count(
+        &server,
+        Direction::Incoming,
+        RefusalReason::NoCertificate,
+        ATTEMPTS,
+    )
+    .await;
+    let text = captured(&logs);
+    let warn_lines: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+    let refused_lines: Vec<&&str> = warn_lines
+        .iter()
+        .filter(|l| l.contains("incoming connection refused") || l.contains("handshakes refused"))
+        .collect();
+    eprintln!(
+        "{ATTEMPTS} handshakes without a certificate: counted {counted}, {} WARN lines:\n{}",
+        warn_lines.len(),
+        warn_lines.join("\n")
+    );
+    assert_eq!(
+        refused_lines.len(),
+        1,
+        "one line for the first refusal, the rest within the minute summarized later"
+    );
+    assert!(
+        refused_lines[0].contains("no_certificate"),
+        "{}",
+        refused_lines[0]
+    );
+    assert!(warn_lines.len() <= 2, "{}", warn_lines.join("\n"));
+    assert_eq!(counted, ATTEMPTS, "every refused handshake is counted");
+    assert_eq!(
+        server.refusals(),
+        vec![(Direction::Incoming, RefusalReason::NoCertificate, ATTEMPTS)],
+        "nothing else was counted"
+    );
+    // Closing the transport reports what the rate limit held back, in one line.
+    server.close("test over");
+    let text = captured(&logs);
+    let summaries: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("handshakes refused (no_certificate)"))
+        .collect();
+    assert_eq!(summaries.len(), 1, "{text}");
+    assert!(
+        summaries[0].contains(&format!("{} more incoming", ATTEMPTS - 1)),
+        "{}",
+        summaries[0]
+    );
+}
+
+#[tokio::test]
+async fn refused_handshakes_are_counted_by_reason() {
+    init_logs();
+    let server = bind(&secret(SECRET_ONE), "node-server");
+    // A node of another cluster: the certificates do not verify (bad signature), both ways.
+    let stranger = bind(&secret(SECRET_TWO), "node-stranger");
+    for _ in 0..3 {
+        assert!(stranger.connect(server.local_addr()).await.is_err());
+    }
+    // A client speaking another protocol.
+    let (client, config) = raw_client(b"h3");
+    for _ in 0..2 {
+        refused_handshake(&client, &config, server.local_addr()).await;
+    }
+    assert_eq!(
+        wait_for_count(&server, Direction::Incoming, RefusalReason::BadSignature, 3).await,
+        3
+    );
+    assert_eq!(
+        wait_for_count(&server, Direction::Incoming, RefusalReason::WrongAlpn, 2).await,
+        2
+    );
+    // The dialer counts its own failures too.
+    assert_eq!(
+        wait_for_count(
+            &stranger,
+            Direction::Outgoing,
+            RefusalReason::BadSignature,
+            3
+        )
+        .await,
+        3
+    );
+    eprintln!(
+        "server: {:?}\nstranger: {:?}",
+        server.refusals(),
+        stranger.refusals()
     );
 }

@@ -28,6 +28,9 @@
 //! | `bifrost_state_encode_errors_total`, `bifrost_state_decode_errors_total` | counter | shared-state frames not sent / dropped |
 //! | `bifrost_state_refused_total` | counter | `reason` (foreign_record: a health record for another node; sender: unbound link or other sender) |
 //! | `bifrost_state_records_truncated_total` | counter | own health records cut to fit one frame |
+//! | `bifrost_membership_refused_duplicates` | gauge | live processes refused as duplicates of a member's node id |
+//! | `bifrost_membership_local_refused` | gauge | 1 while this process is itself a refused duplicate |
+//! | `bifrost_transport_handshakes_refused_total` | counter | `direction` (incoming, outgoing), `reason` (no_certificate, unknown_ca, bad_signature, expired, bad_certificate, wrong_alpn, handshake, timeout, closed, other) |
 
 use axum::extract::State;
 use axum::http::header;
@@ -382,6 +385,49 @@ pub fn registry(node: &ClusterHandle) -> Registry {
     );
     counter_plane_bounds(&mut r, node, &status);
     shared_state_metrics(&mut r, &status.state);
+
+    // ---- Identity: duplicate node ids (issue 14, docs/membership.md "Duplicate node ids") ----
+    if let Some(table) = node.members() {
+        gauge(
+            &mut r,
+            "bifrost_membership_refused_duplicates",
+            "Live processes refused as duplicates of a member's node id",
+            clamp(table.refused.len() as u64),
+        );
+        gauge(
+            &mut r,
+            "bifrost_membership_local_refused",
+            "1 while this process is a refused duplicate: a live member holds its node id",
+            i64::from(table.local.refused_by.is_some()),
+        );
+    }
+
+    // ---- Transport: refused handshakes (issue 14, docs/transport.md "Refused handshakes") ----
+    if node.members().is_some() {
+        let refused = node.transport_refusals();
+        let mut values: Vec<(Labels, u64)> = Vec::new();
+        for direction in crate::transport::Direction::ALL {
+            for reason in crate::transport::RefusalReason::ALL {
+                let n = refused
+                    .iter()
+                    .find(|(d, r, _)| *d == direction && *r == reason)
+                    .map_or(0, |(_, _, n)| *n);
+                values.push((
+                    label(&[
+                        ("direction", direction.as_str()),
+                        ("reason", reason.as_str()),
+                    ]),
+                    n,
+                ));
+            }
+        }
+        counter_family(
+            &mut r,
+            "bifrost_transport_handshakes_refused",
+            "TLS/QUIC handshakes refused or failed, by direction and reason",
+            &values,
+        );
+    }
     r
 }
 

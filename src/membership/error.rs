@@ -55,6 +55,12 @@ pub enum MembershipError {
         /// Its state.
         state: MemberState,
     },
+    /// A data-plane report about a refused duplicate (a second process with a member's node id). Ignored;
+    /// state unchanged.
+    #[error(
+        "{0} is a refused duplicate of a member's node id: data-plane report ignored, state unchanged"
+    )]
+    RefusedDuplicate(MemberRef),
     /// Options break a documented constraint. No `Membership` was built.
     #[error("invalid membership options: {0}")]
     InvalidOptions(String),

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use super::identity::MemberId;
 use super::table::ClusterHealth;
 
-/// One change, in the order it happened. Every identity that was reported up is later reported down, left or
-/// replaced (unless this node leaves first); one reported down may later be re-reported left or replaced when
-/// that news arrives after the "down" (the table then shows it left).
+/// One change, in the order it happened. Every identity that was reported up is later reported down, left,
+/// replaced or refused as a duplicate (unless this node leaves first); one reported down may later be
+/// re-reported left or replaced when that news arrives after the "down" (the table then shows it left). A
+/// refused duplicate is reported up only if it takes over its node id (the holder left or went down).
 #[derive(Debug, Clone, PartialEq)]
 pub enum MembershipEvent {
     /// This node joined a cluster for the first time (the reference's "successfully joined X peers on
@@ -37,6 +38,28 @@ pub enum MembershipEvent {
         old: MemberId,
         /// The identity that superseded it.
         new: MemberId,
+    },
+    /// A live process uses a node id already held by an older live member at another address: it is refused
+    /// (not a member here: not counted, no health, nothing replicated to or from it) until the holder leaves
+    /// or is declared down. Reported once per duplicate identity. If the duplicate was a member before (the
+    /// holder came back under a renewed identity), treat this like its "down".
+    DuplicateRefused {
+        /// The refused process.
+        duplicate: MemberId,
+        /// The live member holding the node id (this node's own identity when this node is the holder).
+        holder: MemberId,
+    },
+    /// This process is the duplicate: an older live member at another address holds its node id, so no node
+    /// counts it as a member (cluster health `NOT HEALTHY` here) until that member leaves or is declared down.
+    RefusedAsDuplicate {
+        /// The live member holding this node id.
+        holder: MemberId,
+    },
+    /// This process is no longer a refused duplicate: the holder of its node id left or was declared down,
+    /// and this process is now the member.
+    DuplicateCleared {
+        /// The identity that held the node id.
+        holder: MemberId,
     },
     /// A member's health flipped (thresholds reached, or it went down or left).
     HealthChanged {

@@ -16,7 +16,13 @@
 //! - **Graceful leave is not a failure**: a node that calls [`Membership::leave`] is reported
 //!   [`MembershipEvent::MemberLeft`] by the others, never suspect.
 //! - **A restart supersedes**: a node that restarts (same node id, new replica id) replaces its old identity
-//!   everywhere ([`MembershipEvent::MemberReplaced`]), whether it kept its address or not.
+//!   everywhere ([`MembershipEvent::MemberReplaced`]): at once at the same address; at a new address once the
+//!   old identity left or was declared down.
+//! - **One live process per node id**: of two live identities of a node id at different addresses, every node
+//!   picks the one that started first; the other is a refused duplicate ([`MembershipEvent::DuplicateRefused`],
+//!   [`MemberTable::refused`]; in itself [`MembershipEvent::RefusedAsDuplicate`], cluster health `NOT HEALTHY`):
+//!   no member, not counted, no health checks, until the holder leaves or is declared down. The rule reads only
+//!   SWIM states, so nodes agree once SWIM has converged.
 //! - **Lock-free reads**: [`Membership::members`] and [`MembershipReader::load`] return an
 //!   `Arc<`[`MemberTable`]`>` published through `arc-swap`. States, health and cluster health are published
 //!   before the call that changed them returns; `last_seen_ms` and `rtt_ms` alone are republished at most
@@ -48,7 +54,7 @@
 //!   one random member right after joining, 5, 10, 20, … probe intervals later, then every
 //!   `roster_sync_interval_ms` (scaled like memberlist's push-pull), and applies them with foca's
 //!   `apply_many`.
-//! - **Node-id supersession** across addresses, **health thresholds**, **cluster health**, the **member
+//! - **One live process per node id** across addresses (refused duplicates), **health thresholds**, **cluster health**, the **member
 //!   table** with last-seen and round-trip times, and the events.
 //!
 //! ## Health
@@ -113,6 +119,7 @@ pub use identity::{LocalIdentity, MAX_NODE_ID_BYTES, MemberId};
 pub use options::{HealthOptions, MembershipOptions, suspicion_timeout_ms};
 pub use table::{
     ClusterHealth, LocalInfo, LocalState, MemberInfo, MemberState, MemberTable, MembershipReader,
+    RefusedInfo,
 };
 
 use codec::{
@@ -253,6 +260,10 @@ pub struct Membership {
     by_node: BTreeSet<(Arc<str>, SocketAddr)>,
     left_ids: BTreeMap<MemberId, u64>,
     superseded: BTreeMap<MemberId, (MemberId, u64)>,
+    /// Refused duplicates: identity → (the holder of its node id when refused, since when).
+    refused: BTreeMap<MemberId, (MemberId, u64)>,
+    /// The holder of this node's own node id while this node is a refused duplicate.
+    local_refused: Option<MemberId>,
     confirmations: BTreeMap<(MemberId, Incarnation), BTreeSet<SocketAddr>>,
     suspicions: Vec<PendingSuspicion>,
     probe: Option<ProbeTrack>,
@@ -340,8 +351,10 @@ impl Membership {
                 id: local.clone(),
                 state: LocalState::Alone,
                 local_health: 0,
+                refused_by: None,
             },
             members: Vec::new(),
+            refused: Vec::new(),
             cluster_health: ClusterHealth::Healthy,
             published_ms: now_ms,
         }));
@@ -356,6 +369,8 @@ impl Membership {
             by_node: BTreeSet::new(),
             left_ids: BTreeMap::new(),
             superseded: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            local_refused: None,
             confirmations: BTreeMap::new(),
             suspicions: Vec::new(),
             probe: None,
@@ -517,7 +532,7 @@ impl Membership {
                 continue;
             };
             e.health_deadline = None;
-            if !e.state.is_active() {
+            if !e.state.is_active() || self.refused.contains_key(&e.id) {
                 continue;
             }
             let what = format!(
@@ -621,11 +636,14 @@ impl Membership {
                 .get(&r)
                 .ok_or(MembershipError::UnknownMember(member))?,
         };
-        let state = self
+        let (state, refused) = self
             .members
             .get(&addr)
-            .map(|e| e.state)
+            .map(|e| (e.state, self.refused.contains_key(&e.id)))
             .ok_or(MembershipError::UnknownMember(member))?;
+        if refused {
+            return Err(MembershipError::RefusedDuplicate(member));
+        }
         if !state.is_active() {
             return Err(MembershipError::NotActive { member, state });
         }
@@ -696,6 +714,27 @@ impl Membership {
     /// The identity and state of the member at `addr`, read directly (no snapshot).
     pub fn state_of(&self, addr: SocketAddr) -> Option<(&MemberId, MemberState)> {
         self.members.get(&addr).map(|e| (&e.id, e.state))
+    }
+
+    /// The holder of the node id of the identity at `addr` when that identity is a refused duplicate (a
+    /// second live process with a member's node id), read directly.
+    pub fn refused_by(&self, addr: SocketAddr) -> Option<&MemberId> {
+        let e = self.members.get(&addr)?;
+        self.refused.get(&e.id).map(|(holder, _)| holder)
+    }
+
+    /// True when the member with `replica_id` is a refused duplicate: nothing is replicated to or from it.
+    pub fn is_refused(&self, replica_id: u64) -> bool {
+        self.by_replica
+            .get(&replica_id)
+            .and_then(|addr| self.members.get(addr))
+            .is_some_and(|e| self.refused.contains_key(&e.id))
+    }
+
+    /// The holder of this node's own node id while this node is a refused duplicate (an older live member at
+    /// another address has it); `None` when this node is the member.
+    pub fn local_refused_by(&self) -> Option<&MemberId> {
+        self.local_refused.as_ref()
     }
 
     /// Health of the member at `addr`, read directly: `(healthy, reason)`.
@@ -782,6 +821,9 @@ impl Membership {
         let Some(e) = self.members.get_mut(&addr) else {
             return;
         };
+        if self.refused.contains_key(&e.id) {
+            return; // not a member: no health checks
+        }
         if e.health.record(&self.opts.health, ok, what) {
             self.events.push_back(MembershipEvent::HealthChanged {
                 member: e.id.clone(),
@@ -941,7 +983,7 @@ impl Membership {
                 }
             }
             if scan {
-                pending_down.extend(self.sync_members(now_ms));
+                self.sync_members(now_ms);
             }
             for h in received {
                 if let Some(e) = self.members.get_mut(&h.src.addr)
@@ -1021,10 +1063,11 @@ impl Membership {
         }
     }
 
+    /// Active members, refused duplicates excluded.
     fn active_count(&self) -> usize {
         self.members
             .values()
-            .filter(|e| e.state.is_active())
+            .filter(|e| e.state.is_active() && !self.refused.contains_key(&e.id))
             .count()
     }
 
@@ -1081,29 +1124,41 @@ impl Membership {
         });
     }
 
-    /// Compares foca's member list with the table and emits the differences. Returns identities to declare
-    /// down in SWIM (older identities of a node id that came back under a newer one at another address).
-    fn sync_members(&mut self, now_ms: u64) -> Vec<MemberId> {
+    /// Compares foca's member list with the table and emits the differences, then settles which identity
+    /// holds each node id (see [`Membership::node_id_holders`]).
+    fn sync_members(&mut self, now_ms: u64) {
         self.scan_gen += 1;
         let scan = self.scan_gen;
-        let snapshot: Vec<(MemberId, Incarnation, State)> = self
+        let snapshot: Vec<(MemberId, Incarnation, MemberState)> = self
             .swim
             .iter_membership_state()
-            .map(|m| (m.id().clone(), m.incarnation(), m.state()))
+            .map(|m| {
+                let id = m.id();
+                let state = match m.state() {
+                    State::Alive => MemberState::Alive,
+                    State::Suspect => MemberState::Suspect,
+                    State::Down
+                        if self.left_ids.contains_key(id) || self.superseded.contains_key(id) =>
+                    {
+                        MemberState::Left
+                    }
+                    State::Down => MemberState::Down,
+                };
+                (id.clone(), m.incarnation(), state)
+            })
             .collect();
-        let mut newly_up: Vec<MemberId> = Vec::new();
-        for (id, incarnation, st) in snapshot {
+        let holders = self.node_id_holders(&snapshot);
+        for (id, incarnation, state) in snapshot {
             let addr = id.addr;
-            let state = match st {
-                State::Alive => MemberState::Alive,
-                State::Suspect => MemberState::Suspect,
-                State::Down
-                    if self.left_ids.contains_key(&id) || self.superseded.contains_key(&id) =>
-                {
-                    MemberState::Left
-                }
-                State::Down => MemberState::Down,
-            };
+            // A live identity that does not hold its node id is a refused duplicate; one that was refused and
+            // now holds it (the holder left or went down) takes over.
+            let holder = holders.get(&id.node_id).filter(|h| **h != id);
+            let mut promoted = false;
+            match holder {
+                Some(holder) if state.is_active() => self.refuse(&id, holder, now_ms),
+                _ if state.is_active() => promoted = self.refused.remove(&id).is_some(),
+                _ => {}
+            }
             let known = self.members.get(&addr).map(|e| (e.id.clone(), e.state));
             match known {
                 Some((old_id, old_state)) if old_id == id => {
@@ -1114,17 +1169,25 @@ impl Membership {
                             self.changed = true;
                         }
                     }
-                    if old_state != state {
+                    if promoted {
+                        if let Some(e) = self.members.get_mut(&addr) {
+                            e.state = state;
+                        }
+                        self.member_up(&id, state, now_ms);
+                    } else if old_state != state {
                         self.transition(addr, old_state, state);
                     }
                 }
                 other => {
                     if let Some((old_id, _)) = other {
+                        let was_member = !self.refused.contains_key(&old_id);
                         self.forget(addr);
-                        self.events.push_back(MembershipEvent::MemberReplaced {
-                            old: old_id,
-                            new: id.clone(),
-                        });
+                        if was_member {
+                            self.events.push_back(MembershipEvent::MemberReplaced {
+                                old: old_id,
+                                new: id.clone(),
+                            });
+                        }
                     }
                     let mut health = HealthTracker::new(&self.opts.health);
                     if !state.is_active() {
@@ -1150,19 +1213,8 @@ impl Membership {
                         },
                     );
                     self.changed = true;
-                    if state.is_active() {
-                        self.events.push_back(MembershipEvent::MemberUp(id.clone()));
-                        if state == MemberState::Suspect {
-                            self.events
-                                .push_back(MembershipEvent::MemberSuspect(id.clone()));
-                        }
-                        if self.opts.health.require_data_plane {
-                            self.set_health_deadline(
-                                addr,
-                                Some(now_ms.saturating_add(self.opts.health.timeout_ms)),
-                            );
-                        }
-                        newly_up.push(id);
+                    if state.is_active() && !self.refused.contains_key(&id) {
+                        self.member_up(&id, state, now_ms);
                     }
                 }
             }
@@ -1185,46 +1237,129 @@ impl Membership {
                     && e.incarnation == s.incarnation
             })
         });
-        // A node id seen at two addresses: the newer identity supersedes the older one, which is declared
-        // down in SWIM (if still active) and reported replaced here, not down: it does not count against
-        // cluster health.
-        let mut down = Vec::new();
-        for id in newly_up {
+        // A node id whose holder took over from an older identity that is down (a restart at a new address
+        // after a crash): the older one was replaced, so it is shown left and does not count against cluster
+        // health.
+        for holder in holders.values() {
             let lo = (
-                Arc::clone(&id.node_id),
+                Arc::clone(&holder.node_id),
                 SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
             );
-            let others: Vec<(SocketAddr, MemberId, MemberState)> = self
+            let replaced: Vec<(SocketAddr, MemberId)> = self
                 .by_node
                 .range(lo..)
-                .take_while(|(node, _)| **node == *id.node_id)
-                .filter(|(_, addr)| *addr != id.addr)
-                .filter_map(|(_, addr)| {
-                    self.members
-                        .get(addr)
-                        .map(|e| (*addr, e.id.clone(), e.state))
+                .take_while(|(node, _)| **node == *holder.node_id)
+                .filter(|(_, addr)| *addr != holder.addr)
+                .filter_map(|(_, addr)| self.members.get(addr).map(|e| (*addr, e)))
+                .filter(|(_, e)| {
+                    e.state == MemberState::Down
+                        && holder.supersedes(&e.id)
+                        && !self.refused.contains_key(&e.id)
                 })
+                .map(|(addr, e)| (addr, e.id.clone()))
                 .collect();
-            for (addr, other, state) in others {
-                if state == MemberState::Left {
-                    continue;
-                }
-                let (older, newer) = if id.supersedes(&other) {
-                    (other, id.clone())
-                } else {
-                    (id.clone(), other)
-                };
+            for (addr, older) in replaced {
                 self.superseded
-                    .entry(older.clone())
-                    .or_insert((newer, now_ms));
-                if older.addr == addr && state == MemberState::Down {
-                    self.transition(addr, MemberState::Down, MemberState::Left);
-                } else if !down.contains(&older) {
-                    down.push(older);
+                    .entry(older)
+                    .or_insert((holder.clone(), now_ms));
+                self.transition(addr, MemberState::Down, MemberState::Left);
+            }
+        }
+        // This node itself may be the duplicate.
+        let local_holder = holders
+            .get(&self.local.node_id)
+            .filter(|h| **h != self.local)
+            .cloned();
+        match (&self.local_refused, local_holder) {
+            (None, Some(holder)) => {
+                self.events.push_back(MembershipEvent::RefusedAsDuplicate {
+                    holder: holder.clone(),
+                });
+                self.local_refused = Some(holder);
+                self.changed = true;
+            }
+            (Some(old), Some(holder)) if *old != holder => {
+                // The holder renewed its identity (same process): no new report.
+                if (old.replica_id, old.addr) != (holder.replica_id, holder.addr) {
+                    self.events.push_back(MembershipEvent::RefusedAsDuplicate {
+                        holder: holder.clone(),
+                    });
+                }
+                self.local_refused = Some(holder);
+                self.changed = true;
+            }
+            (Some(_), None) => {
+                if let Some(holder) = self.local_refused.take() {
+                    self.events
+                        .push_back(MembershipEvent::DuplicateCleared { holder });
+                }
+                self.changed = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// Which identity holds each node id that foca knows (this node's own included): the one that started
+    /// first among the live ones (alive or suspect, and this node itself). Every node applies the same rule to
+    /// the same SWIM states, so they agree once SWIM has converged. A later live identity of the same node id
+    /// at another address is a refused duplicate; it takes over once the holder leaves or is declared down.
+    /// (The same address is foca's address conflict: the later start wins it at once, a restart.)
+    fn node_id_holders(
+        &self,
+        snapshot: &[(MemberId, Incarnation, MemberState)],
+    ) -> BTreeMap<Arc<str>, MemberId> {
+        let mut holders: BTreeMap<Arc<str>, MemberId> = BTreeMap::new();
+        let live = snapshot
+            .iter()
+            .filter(|(_, _, state)| state.is_active())
+            .map(|(id, _, _)| id);
+        for id in std::iter::once(&self.local).chain(live) {
+            match holders.get_mut(&id.node_id) {
+                Some(holder) if holder.supersedes(id) => *holder = id.clone(),
+                Some(_) => {}
+                None => {
+                    holders.insert(Arc::clone(&id.node_id), id.clone());
                 }
             }
         }
-        down
+        holders
+    }
+
+    /// Marks `id` a refused duplicate of `holder`'s node id (reported once per identity). If it was a member,
+    /// it stops being one: no health checks, not counted.
+    fn refuse(&mut self, id: &MemberId, holder: &MemberId, now_ms: u64) {
+        if let Some((known, _)) = self.refused.get_mut(id) {
+            if known != holder {
+                // The holder renewed its identity (or another live one started earlier): no new report.
+                *known = holder.clone();
+                self.changed = true;
+            }
+            return;
+        }
+        self.refused.insert(id.clone(), (holder.clone(), now_ms));
+        self.set_health_deadline(id.addr, None);
+        self.events.push_back(MembershipEvent::DuplicateRefused {
+            duplicate: id.clone(),
+            holder: holder.clone(),
+        });
+        self.changed = true;
+    }
+
+    /// Reports `id` (at its address, already in the table) up as a member in `state`, and arms its data-plane
+    /// deadline.
+    fn member_up(&mut self, id: &MemberId, state: MemberState, now_ms: u64) {
+        self.changed = true;
+        self.events.push_back(MembershipEvent::MemberUp(id.clone()));
+        if state == MemberState::Suspect {
+            self.events
+                .push_back(MembershipEvent::MemberSuspect(id.clone()));
+        }
+        if self.opts.health.require_data_plane {
+            self.set_health_deadline(
+                id.addr,
+                Some(now_ms.saturating_add(self.opts.health.timeout_ms)),
+            );
+        }
     }
 
     fn transition(&mut self, addr: SocketAddr, from: MemberState, to: MemberState) {
@@ -1233,6 +1368,14 @@ impl Membership {
         };
         let id = e.id.clone();
         self.changed = true;
+        if self.refused.contains_key(&id) {
+            // Not a member: its SWIM state is tracked, nothing is reported.
+            e.state = to;
+            if !to.is_active() {
+                self.set_health_deadline(addr, None);
+            }
+            return;
+        }
         match (from, to) {
             (MemberState::Left, MemberState::Down) => return, // we know better: it left
             (MemberState::Alive, MemberState::Suspect) => {
@@ -1295,6 +1438,7 @@ impl Membership {
                 self.by_replica.remove(&e.id.replica_id);
             }
             self.by_node.remove(&(Arc::clone(&e.id.node_id), addr));
+            self.refused.remove(&e.id);
         }
     }
 
@@ -1317,7 +1461,7 @@ impl Membership {
         let alive: Vec<SocketAddr> = self
             .members
             .values()
-            .filter(|e| e.state == MemberState::Alive)
+            .filter(|e| e.state == MemberState::Alive && !self.refused.contains_key(&e.id))
             .map(|e| e.id.addr)
             .collect();
         if alive.is_empty() {
@@ -1430,6 +1574,9 @@ impl Membership {
     }
 
     fn prune(&mut self, now_ms: u64) {
+        let members = &self.members;
+        self.refused
+            .retain(|id, _| members.get(&id.addr).is_some_and(|e| e.id == *id));
         let ttl = SEEN_TTL_MS.max(self.opts.suspicion_max_ms(self.live).saturating_mul(2));
         lock(&self.shared)
             .seen
@@ -1453,17 +1600,18 @@ impl Membership {
     }
 
     fn compute_cluster_health(&self) -> ClusterHealth {
-        let self_ok = match self.state {
-            LocalState::Left | LocalState::Defunct => false,
-            LocalState::Joined => true,
-            LocalState::Alone => !self.join_requested,
-        };
+        let self_ok = self.local_refused.is_none()
+            && match self.state {
+                LocalState::Left | LocalState::Defunct => false,
+                LocalState::Joined => true,
+                LocalState::Alone => !self.join_requested,
+            };
         if !self_ok {
             return ClusterHealth::NotHealthy;
         }
         let (mut total, mut good) = (1usize, 1usize);
         for e in self.members.values() {
-            if e.state == MemberState::Left {
+            if e.state == MemberState::Left || self.refused.contains_key(&e.id) {
                 continue;
             }
             total += 1;
@@ -1479,10 +1627,20 @@ impl Membership {
     }
 
     fn publish(&mut self, now_ms: u64) {
-        let mut members: Vec<MemberInfo> = self
-            .members
-            .values()
-            .map(|e| MemberInfo {
+        let mut refused: Vec<RefusedInfo> = Vec::new();
+        let mut members: Vec<MemberInfo> = Vec::with_capacity(self.members.len());
+        for e in self.members.values() {
+            if let Some((holder, since_ms)) = self.refused.get(&e.id) {
+                if e.state.is_active() {
+                    refused.push(RefusedInfo {
+                        id: e.id.clone(),
+                        holder: holder.clone(),
+                        since_ms: *since_ms,
+                    });
+                }
+                continue;
+            }
+            members.push(MemberInfo {
                 id: e.id.clone(),
                 state: e.state,
                 healthy: e.health.healthy,
@@ -1490,16 +1648,19 @@ impl Membership {
                 incarnation: e.incarnation,
                 last_seen_ms: e.last_seen_ms,
                 rtt_ms: e.rtt_ms.map(|r| r.round() as u64),
-            })
-            .collect();
+            });
+        }
         members.sort_by(|a, b| (a.id.node_id(), a.id.addr).cmp(&(b.id.node_id(), b.id.addr)));
+        refused.sort_by(|a, b| (a.id.node_id(), a.id.addr).cmp(&(b.id.node_id(), b.id.addr)));
         self.table.store(Arc::new(MemberTable {
             local: LocalInfo {
                 id: self.local.clone(),
                 state: self.state,
                 local_health: self.lhm,
+                refused_by: self.local_refused.clone(),
             },
             members,
+            refused,
             cluster_health: self.cluster_health,
             published_ms: now_ms,
         }));

@@ -275,6 +275,30 @@ impl MembershipSim {
         replica_id
     }
 
+    /// Starts a new process with node id `node_id` at the next free address (index [`MembershipSim::len`]),
+    /// started now with a fresh replica id; it joins `join` (retried until joined). Returns its index. With a
+    /// node id already in the cluster it is a second process of that node (a duplicate, or a restart at a new
+    /// address).
+    pub fn add_node(&mut self, node_id: &str, join: usize) -> usize {
+        let i = self.nodes.len();
+        let identity = LocalIdentity::new(node_id, self.rng.random(), sim_addr(i));
+        let seed = self.rng.random();
+        let membership =
+            Membership::new(identity, self.options.membership.clone(), seed, self.now_ms)
+                .expect("simulation options are valid");
+        self.nodes.push(SimMember {
+            membership,
+            addr: sim_addr(i),
+            events: Vec::new(),
+            running: true,
+            join_target: None,
+            group: 0,
+        });
+        self.collect(i);
+        self.join(i, join);
+        i
+    }
+
     /// Reports a data-plane check from node `i` about node `j`.
     pub fn record_data_plane(&mut self, i: usize, j: usize, ok: bool, reason: &str) {
         if !self.nodes[i].running {

@@ -136,6 +136,23 @@ pub struct LocalInfo {
     pub state: LocalState,
     /// Lifeguard local health multiplier (0 = healthy; probe timing is stretched by `1 + lhm`).
     pub local_health: u32,
+    /// `Some(holder)` while this process is a refused duplicate: a live member at another address (`holder`)
+    /// already holds this node id and started earlier. A refused node is not a member anywhere (cluster
+    /// health `NOT HEALTHY` here) until the holder leaves or is declared down; then it takes over.
+    pub refused_by: Option<MemberId>,
+}
+
+/// A refused duplicate: a live process whose node id is already held by an older live member at another
+/// address. It takes part in SWIM (it is probed and answers), but it is no member: not in
+/// [`MemberTable::members`], not in the counts or cluster health, no health checks, no replication.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedInfo {
+    /// The duplicate's identity (its address is where the second process runs).
+    pub id: MemberId,
+    /// The live member that holds the node id (this node itself when it is the holder).
+    pub holder: MemberId,
+    /// When this node refused it (Unix ms, caller's clock).
+    pub since_ms: u64,
 }
 
 /// A consistent snapshot of the membership, cheap to read from any thread.
@@ -144,7 +161,10 @@ pub struct MemberTable {
     /// This node.
     pub local: LocalInfo,
     /// Every other known member (down and left ones until forgotten), sorted by node id then address.
+    /// Refused duplicates are not in it (see [`MemberTable::refused`]).
     pub members: Vec<MemberInfo>,
+    /// Live processes refused as duplicates of a member's node id, sorted by node id then address.
+    pub refused: Vec<RefusedInfo>,
     /// Cluster health at publication.
     pub cluster_health: ClusterHealth,
     /// When it was published (Unix ms, caller's clock).
@@ -155,6 +175,11 @@ impl MemberTable {
     /// The member with this replica id.
     pub fn by_replica(&self, replica_id: u64) -> Option<&MemberInfo> {
         self.members.iter().find(|m| m.id.replica_id == replica_id)
+    }
+
+    /// True when `replica_id` is a refused duplicate (not a member: nothing is replicated to or from it).
+    pub fn is_refused(&self, replica_id: u64) -> bool {
+        self.refused.iter().any(|r| r.id.replica_id == replica_id)
     }
 
     /// The member at this address.
@@ -177,12 +202,12 @@ impl MemberTable {
     }
 
     /// Number of members, this node included, that are active and healthy (the reference's
-    /// `healthy_members`).
+    /// `healthy_members`). This node does not count while it is a refused duplicate.
     pub fn healthy_count(&self) -> usize {
-        let local = usize::from(matches!(
-            self.local.state,
-            LocalState::Alone | LocalState::Joined
-        ));
+        let local = usize::from(
+            self.local.refused_by.is_none()
+                && matches!(self.local.state, LocalState::Alone | LocalState::Joined),
+        );
         local
             + self
                 .members

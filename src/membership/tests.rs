@@ -323,7 +323,7 @@ fn run(nodes: &mut [Membership], from_ms: u64, to_ms: u64) {
 }
 
 #[test]
-fn a_node_restarted_at_a_new_address_replaces_its_old_identity() {
+fn a_node_restarted_at_a_new_address_takes_over_once_its_old_identity_is_down() {
     let mut nodes = vec![node("a", 1, 1), node("b", 2, 2), node("c", 3, 3)];
     for n in &mut nodes[1..] {
         n.join(addr(1), T0).expect("join");
@@ -346,10 +346,21 @@ fn a_node_restarted_at_a_new_address_replaces_its_old_identity() {
     for n in nodes.iter_mut() {
         drain(n);
     }
-    run(&mut nodes, T0 + 5_000, T0 + 8_000);
+    // While the old identity still counts as live, the new process is held back as a duplicate.
+    run(&mut nodes, T0 + 5_000, T0 + 6_000);
+    for n in &nodes[..2] {
+        assert_eq!(n.refused_by(addr(13)), Some(&old_c));
+        assert!(n.members().by_replica(33).is_none());
+        assert!(n.members().is_refused(33));
+    }
+    assert_eq!(nodes[2].local_refused_by(), Some(&old_c));
+    // The old process does not answer: once it is declared down (suspicion min 4 s at N = 3), the new one
+    // takes over everywhere, and the old identity is shown replaced (left), not down.
+    run(&mut nodes, T0 + 6_000, T0 + 20_000);
     for (i, n) in nodes[..2].iter_mut().enumerate() {
         let (id, st) = n.state_of(addr(13)).expect("new c known");
         assert_eq!((id.replica_id(), st), (33, MemberState::Alive));
+        assert_eq!(n.refused_by(addr(13)), None);
         let (_, old_st) = n.state_of(addr(3)).expect("old c remembered");
         assert_eq!(old_st, MemberState::Left, "node {i}");
         let events = drain(n);
@@ -357,10 +368,124 @@ fn a_node_restarted_at_a_new_address_replaces_its_old_identity() {
             events.iter().any(|e| matches!(e, MembershipEvent::MemberReplaced { old, new } if *old == old_c && new.replica_id() == 33)),
             "node {i}: {events:?}"
         );
-        // A node that hears "old c is down" (gossiped by one that already saw the new c) before it hears of
-        // the new c reports it down first, then replaced: the end state is the same everywhere.
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, MembershipEvent::MemberUp(new) if new.replica_id() == 33)),
+            "node {i}: {events:?}"
+        );
         assert_eq!(n.cluster_health(), ClusterHealth::Healthy);
     }
+    assert_eq!(nodes[2].local_refused_by(), None);
+    let events = drain(&mut nodes[2]);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, MembershipEvent::DuplicateCleared { holder } if *holder == old_c)),
+        "{events:?}"
+    );
+    assert_eq!(nodes[2].cluster_health(), ClusterHealth::Healthy);
+}
+
+#[test]
+fn a_second_live_process_with_a_members_node_id_is_refused_and_the_member_stays() {
+    let mut nodes = vec![node("a", 1, 1), node("b", 2, 2), node("c", 3, 3)];
+    for n in &mut nodes[1..] {
+        n.join(addr(1), T0).expect("join");
+    }
+    run(&mut nodes, T0, T0 + 5_000);
+    let real_c = nodes[2].local_id().clone();
+    for n in nodes.iter_mut() {
+        drain(n);
+    }
+    // A second process, started later with c's node id at another address, while c runs on.
+    let mut dup = Membership::new(
+        LocalIdentity::new("c", 44, addr(14)),
+        swim_only(),
+        44,
+        T0 + 5_000,
+    )
+    .expect("valid");
+    dup.join(addr(2), T0 + 5_000).expect("join");
+    nodes.push(dup);
+    // Much longer than the suspicion timeouts (4 s min, 24 s max at N = 3).
+    run(&mut nodes, T0 + 5_000, T0 + 40_000);
+    let dup_id = nodes[3].local_id().clone();
+    for (i, n) in nodes[..3].iter_mut().enumerate() {
+        assert_eq!(n.refused_by(addr(14)), Some(&real_c), "node {i}");
+        let table = n.members();
+        assert!(
+            table
+                .refused
+                .iter()
+                .any(|r| r.id == dup_id && r.holder == real_c)
+        );
+        assert!(
+            table.members.iter().all(|m| m.replica_id() != 44),
+            "node {i}"
+        );
+        assert_eq!(table.member_count(), 3, "node {i}");
+        assert_eq!(table.healthy_count(), 3, "node {i}");
+        assert_eq!(n.cluster_health(), ClusterHealth::Healthy, "node {i}");
+        assert!(matches!(
+            n.record_data_plane(44, true, "", T0 + 40_000),
+            Err(MembershipError::RefusedDuplicate(_))
+        ));
+        let events = drain(n);
+        let refusals = events
+            .iter()
+            .filter(|e| matches!(e, MembershipEvent::DuplicateRefused { duplicate, holder } if *duplicate == dup_id && *holder == real_c))
+            .count();
+        assert_eq!(refusals, 1, "node {i}: {events:?}");
+        for e in &events {
+            match e {
+                MembershipEvent::MemberUp(x)
+                | MembershipEvent::MemberSuspect(x)
+                | MembershipEvent::MemberDown(x)
+                | MembershipEvent::MemberLeft(x)
+                    if x.node_id() == "c" =>
+                {
+                    panic!("node {i}: {e:?}")
+                }
+                MembershipEvent::MemberReplaced { .. }
+                | MembershipEvent::ClusterHealthChanged(_) => {
+                    panic!("node {i}: {e:?}")
+                }
+                _ => {}
+            }
+        }
+        if i != 2 {
+            let (id, st) = n.state_of(addr(3)).expect("real c");
+            assert_eq!((id, st), (&real_c, MemberState::Alive), "node {i}");
+            assert_eq!(n.health_of(addr(3)).map(|h| h.0), Some(true), "node {i}");
+        }
+    }
+    // The duplicate knows it is one, and is not healthy.
+    assert_eq!(nodes[3].local_refused_by(), Some(&real_c));
+    assert_eq!(nodes[3].members().local.refused_by.as_ref(), Some(&real_c));
+    assert_eq!(nodes[3].cluster_health(), ClusterHealth::NotHealthy);
+    let events = drain(&mut nodes[3]);
+    assert_eq!(
+        events
+            .iter()
+            .filter(
+                |e| matches!(e, MembershipEvent::RefusedAsDuplicate { holder } if *holder == real_c)
+            )
+            .count(),
+        1,
+        "{events:?}"
+    );
+    // The real c leaves: the waiting process takes the node id over at once.
+    nodes[2].leave(T0 + 40_000).expect("leave");
+    run(&mut nodes, T0 + 40_000, T0 + 42_000);
+    for (i, n) in [0, 1].into_iter().map(|i| (i, &nodes[i])) {
+        assert_eq!(n.refused_by(addr(14)), None, "node {i}");
+        assert_eq!(
+            n.state_of(addr(14)).map(|(id, st)| (id.replica_id(), st)),
+            Some((44, MemberState::Alive))
+        );
+    }
+    assert_eq!(nodes[3].local_refused_by(), None);
 }
 
 #[test]

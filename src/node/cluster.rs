@@ -443,13 +443,16 @@ impl ClusterHandle {
             .map_or(ClusterHealth::Healthy, |t| t.cluster_health)
     }
 
-    /// Ready to serve as a cluster member (`/ready`): cluster mode is off, or this node is joined, or its
+    /// Ready to serve as a cluster member (`/ready`): not a refused duplicate (see
+    /// [`crate::membership::LocalInfo::refused_by`]), and cluster mode is off, or this node is joined, or its
     /// start-up join is over — it joined once, had nobody to join, or gave up after
     /// `discovery.dial_timeout` (it then runs alone and keeps retrying, logging "failed to join cluster").
     /// Giving up counts as ready so a StatefulSet that starts pods one by one never waits on itself.
     pub fn is_ready(&self) -> bool {
         match self.members() {
             None => true,
+            // A refused duplicate (a live member holds this node id) is not ready until it takes over.
+            Some(table) if table.local.refused_by.is_some() => false,
             Some(table) => {
                 table.local.state == crate::membership::LocalState::Joined
                     || self
@@ -489,10 +492,11 @@ impl ClusterHandle {
         let Some(table) = self.members() else {
             return Some(self.inner.node_id.clone());
         };
-        let me = matches!(
-            table.local.state,
-            crate::membership::LocalState::Joined | crate::membership::LocalState::Alone
-        )
+        let me = (table.local.refused_by.is_none()
+            && matches!(
+                table.local.state,
+                crate::membership::LocalState::Joined | crate::membership::LocalState::Alone
+            ))
         .then_some(self.inner.node_id.as_str());
         table
             .members
@@ -596,6 +600,22 @@ impl ClusterHandle {
             Ok(all) => all.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Handshakes the transport refused or that failed since start, by direction and reason, non-zero counts
+    /// only (empty with cluster mode off). `bifrost_transport_handshakes_refused_total` in `/metrics`.
+    pub fn transport_refusals(
+        &self,
+    ) -> Vec<(
+        crate::transport::Direction,
+        crate::transport::RefusalReason,
+        u64,
+    )> {
+        self.inner
+            .transport
+            .as_ref()
+            .map(|t| t.refusals())
+            .unwrap_or_default()
     }
 
     /// The linked peers (refreshed every 50 ms and on every link change).

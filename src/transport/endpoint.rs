@@ -9,8 +9,9 @@
 //!   times with a fresh port when the OS-chosen UDP port is taken on TCP.
 //! - Incoming handshakes run concurrently, each bounded by [`TransportOptions::connect_timeout`];
 //!   [`Transport::accept`] yields only connections whose handshake completed (client certificate verified).
-//!   Every refused, failed or timed-out attempt, incoming or outgoing, is logged at `WARN` with the peer address
-//!   and the reason.
+//!   Every refused, failed or timed-out attempt, incoming or outgoing, is counted by reason
+//!   ([`Transport::refusals`]) and logged at `WARN` with the peer address and the reason, rate-limited per
+//!   direction and reason: the first in full, then at most one summary line a minute ([`super::refusals`]).
 //! - [`Transport::close`] closes every connection and stops accepting (`accept` returns `None`) and the TCP
 //!   listener. Dropping the [`Transport`] stops accepting and the TCP listener; established [`Link`]s keep
 //!   working until they are closed or time out.
@@ -18,7 +19,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, EndpointConfig, VarInt};
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 use super::error::{FailureKind, TlsError, TransportError};
 use super::link::Link;
 use super::options::TransportOptions;
+use super::refusals::{Direction, REFUSAL_FLUSH_EVERY_MS, RefusalLine, RefusalLog, RefusalReason};
 use super::tls::{TlsSetup, TrustMode};
 use super::{SERVER_NAME, health_tcp};
 
@@ -49,6 +51,8 @@ pub struct Transport {
     closed: watch::Sender<bool>,
     tcp_task: JoinHandle<()>,
     accept_task: JoinHandle<()>,
+    refusals: Arc<Refusals>,
+    flush_task: JoinHandle<()>,
 }
 
 impl fmt::Debug for Transport {
@@ -98,11 +102,22 @@ impl Transport {
         })?;
 
         let (accepted_tx, accepted_rx) = mpsc::channel(ACCEPT_QUEUE);
+        let refusals = Arc::new(Refusals::new());
         let accept_task = tokio::spawn(accept_loop(
             endpoint.clone(),
             accepted_tx,
             options.connect_timeout,
+            Arc::clone(&refusals),
         ));
+        let flush_task = tokio::spawn({
+            let refusals = Arc::clone(&refusals);
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(REFUSAL_FLUSH_EVERY_MS)).await;
+                    refusals.flush();
+                }
+            }
+        });
         let (closed, _) = watch::channel(false);
         tracing::info!(
             udp = %local_addr,
@@ -120,7 +135,15 @@ impl Transport {
             closed,
             tcp_task,
             accept_task,
+            refusals,
+            flush_task,
         })
+    }
+
+    /// Handshakes refused or failed since bind, by direction and reason (non-zero counts only). The source of
+    /// `bifrost_transport_handshakes_refused_total`.
+    pub fn refusals(&self) -> Vec<(Direction, RefusalReason, u64)> {
+        self.refusals.counts()
     }
 
     /// The address of the UDP socket (and of the TCP listener).
@@ -160,7 +183,10 @@ impl Transport {
             }
             Ok(Err(source)) => {
                 let (kind, detail) = FailureKind::classify(&source);
-                tracing::warn!(%peer, reason = %kind, %detail, "outgoing connection failed");
+                if let Some(reason) = RefusalReason::classify(&source) {
+                    self.refusals
+                        .refused(Direction::Outgoing, reason, kind, peer, &detail);
+                }
                 Err(TransportError::Connection {
                     peer,
                     kind,
@@ -170,11 +196,12 @@ impl Transport {
             }
             Err(_) => {
                 let after = self.options.connect_timeout;
-                tracing::warn!(
-                    %peer,
-                    reason = %FailureKind::Timeout,
-                    detail = %format!("no handshake within {after:?}"),
-                    "outgoing connection failed"
+                self.refusals.refused(
+                    Direction::Outgoing,
+                    RefusalReason::Timeout,
+                    FailureKind::Timeout,
+                    peer,
+                    &format!("no handshake within {after:?}"),
                 );
                 Err(TransportError::Timeout { peer, after })
             }
@@ -204,6 +231,8 @@ impl Transport {
         self.endpoint.close(VarInt::from_u32(0), reason.as_bytes());
         self.accept_task.abort();
         self.tcp_task.abort();
+        self.flush_task.abort();
+        self.refusals.flush_all();
         tracing::info!(addr = %self.local_addr, reason, "transport closed");
     }
 
@@ -222,7 +251,117 @@ impl Drop for Transport {
     fn drop(&mut self) {
         self.accept_task.abort();
         self.tcp_task.abort();
+        self.flush_task.abort();
     }
+}
+
+/// The refusal counters and rate-limited log of one transport, shared by the accept loop and the dialers.
+#[derive(Debug)]
+struct Refusals {
+    log: std::sync::Mutex<RefusalLog>,
+    /// The monotonic clock the log runs on.
+    base: Instant,
+}
+
+impl Refusals {
+    fn new() -> Refusals {
+        Refusals {
+            log: std::sync::Mutex::new(RefusalLog::default()),
+            base: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RefusalLog> {
+        // A panic while holding it cannot leave the counters inconsistent: keep using them.
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one refusal and logs it if the rate limit allows.
+    fn refused(
+        &self,
+        direction: Direction,
+        reason: RefusalReason,
+        kind: FailureKind,
+        peer: SocketAddr,
+        detail: &str,
+    ) {
+        let now = self.now_ms();
+        let line = self.lock().record(direction, reason, peer, detail, now);
+        match line {
+            Some(RefusalLine::First) => match direction {
+                Direction::Incoming => tracing::warn!(
+                    %peer,
+                    reason = %kind,
+                    cause = %reason,
+                    %detail,
+                    "incoming connection refused (further refusals with this cause are counted in \
+                     bifrost_transport_handshakes_refused_total and summarized at most once a minute)"
+                ),
+                Direction::Outgoing => tracing::warn!(
+                    %peer,
+                    reason = %kind,
+                    cause = %reason,
+                    %detail,
+                    "outgoing connection failed (further failures with this cause are counted in \
+                     bifrost_transport_handshakes_refused_total and summarized at most once a minute)"
+                ),
+            },
+            Some(summary) => log_summary(&summary, now),
+            None => {}
+        }
+    }
+
+    /// Logs the summaries that are due.
+    fn flush(&self) {
+        let now = self.now_ms();
+        let lines = self.lock().flush(now);
+        for line in &lines {
+            log_summary(line, now);
+        }
+    }
+
+    /// Logs every pending summary, due or not (the transport is closing).
+    fn flush_all(&self) {
+        let now = self.now_ms();
+        let lines = self.lock().flush(u64::MAX);
+        for line in &lines {
+            log_summary(line, now);
+        }
+    }
+
+    fn counts(&self) -> Vec<(Direction, RefusalReason, u64)> {
+        self.lock().counts()
+    }
+}
+
+fn log_summary(line: &RefusalLine, now_ms: u64) {
+    let RefusalLine::Summary {
+        direction,
+        reason,
+        refused,
+        since_ms,
+        peer,
+        detail,
+    } = line
+    else {
+        return;
+    };
+    let over_s = now_ms.saturating_sub(*since_ms) / 1_000;
+    tracing::warn!(
+        %direction,
+        cause = %reason,
+        refused,
+        over_s,
+        latest_peer = %peer,
+        latest_detail = %detail,
+        "{refused} more {direction} handshakes refused ({reason}) in the last {over_s} s"
+    );
 }
 
 /// Binds the UDP socket and the TCP listener on the same IP and port.
@@ -258,10 +397,16 @@ fn bind_sockets(
 }
 
 /// Accepts incoming connections and runs each handshake in its own task, bounded by `timeout`.
-async fn accept_loop(endpoint: Endpoint, accepted: mpsc::Sender<Link>, timeout: Duration) {
+async fn accept_loop(
+    endpoint: Endpoint,
+    accepted: mpsc::Sender<Link>,
+    timeout: Duration,
+    refusals: Arc<Refusals>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let peer = incoming.remote_address();
         let accepted = accepted.clone();
+        let refusals = Arc::clone(&refusals);
         tokio::spawn(async move {
             match tokio::time::timeout(timeout, incoming).await {
                 Ok(Ok(connection)) => {
@@ -277,16 +422,22 @@ async fn accept_loop(endpoint: Endpoint, accepted: mpsc::Sender<Link>, timeout: 
                 }
                 Ok(Err(source)) => {
                     let (kind, detail) = FailureKind::classify(&source);
-                    tracing::warn!(%peer, reason = %kind, %detail, "incoming connection refused");
+                    match RefusalReason::classify(&source) {
+                        Some(reason) => {
+                            refusals.refused(Direction::Incoming, reason, kind, peer, &detail);
+                        }
+                        None => {
+                            tracing::debug!(%peer, %detail, "incoming handshake ended: closing")
+                        }
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!(
-                        %peer,
-                        reason = %FailureKind::Timeout,
-                        detail = %format!("no handshake within {timeout:?}"),
-                        "incoming connection refused"
-                    );
-                }
+                Err(_) => refusals.refused(
+                    Direction::Incoming,
+                    RefusalReason::Timeout,
+                    FailureKind::Timeout,
+                    peer,
+                    &format!("no handshake within {timeout:?}"),
+                ),
             }
         });
     }

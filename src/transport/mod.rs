@@ -27,10 +27,12 @@
 //!   certificate. A [`Link`] returned by [`Transport::connect`] has verified the server's certificate, but with
 //!   TLS 1.3 the server checks *ours* after the client considers the handshake done, so a dialed link counts as
 //!   trusted only after its first application exchange succeeded (the caller's job: a probe, a delta ack).
-//! - **Failures are logged, never panics.** Every refused or failed connection attempt is logged with
-//!   `tracing` at `WARN` with the peer address and a [`FailureKind`] (bad certificate, handshake failure,
-//!   timeout, …) and surfaced as a typed error ([`TransportError`], [`LinkError`], [`TlsError`]) naming the
-//!   peer, the file or the option at fault.
+//! - **Failures are counted and logged, never panics.** Every refused or failed connection attempt is counted
+//!   by direction and [`RefusalReason`] ([`Transport::refusals`]), logged with `tracing` at `WARN` with the peer
+//!   address and a [`FailureKind`] (bad certificate, handshake failure, timeout, …) — rate-limited: the first
+//!   per direction and reason in full, then at most one summary line a minute ([`refusals`]) — and surfaced as a
+//!   typed error ([`TransportError`], [`LinkError`], [`TlsError`]) naming the peer, the file or the option at
+//!   fault.
 //! - **Datagrams are bounded.** [`Link::send_datagram`] refuses a datagram larger than
 //!   [`Link::max_datagram_size`] (which follows the path MTU, so callers re-read it) with an error instead of
 //!   truncating or fragmenting. Datagrams are unreliable and unordered; streams are reliable and ordered.
@@ -61,6 +63,7 @@ mod link;
 mod options;
 mod peer_identity;
 mod pem_files;
+pub mod refusals;
 mod tls;
 mod verifiers;
 
@@ -70,6 +73,7 @@ pub use error::{FailureKind, LinkError, TlsError, TransportError};
 pub use link::Link;
 pub use options::TransportOptions;
 pub use peer_identity::common_name;
+pub use refusals::{Direction, RefusalReason};
 pub use tls::{TlsSetup, TrustMode};
 
 /// The ALPN protocol id every connection negotiates. A peer speaking anything else fails the handshake

@@ -10,6 +10,10 @@
 //!   with the lower replica id and close the other, so they agree without talking.
 //! - Replication sends to every linked peer except those membership holds down or left; a member reported
 //!   down, left or replaced has its link closed. Its counter contributions stay until their windows expire.
+//! - A refused duplicate (a second live process with a member's node id) keeps its link, for SWIM only:
+//!   nothing is replicated to it, and of what it sends only membership payloads and data-plane checks are
+//!   read. Its refusal is logged at `ERROR` with both addresses, once per duplicate identity, here and in the
+//!   duplicate itself.
 //! - Each answered data-plane check counts as a successful health check of its member; a refused stream as a
 //!   failed one; silence is counted by the membership plane itself.
 //! - A frame a peer sends that fails to decode is dropped, counted and logged with the peer's node id and
@@ -458,6 +462,16 @@ impl Driver {
             }
             return;
         }
+        if !matches!(kind, Some(Kind::DataPing | Kind::DataPong))
+            && self.membership.is_refused(linked.hello.replica_id)
+        {
+            tracing::debug!(
+                peer = %linked.hello.node_id,
+                address = %linked.link.remote_address(),
+                "dropped a data frame from a refused duplicate"
+            );
+            return;
+        }
         if matches!(
             kind,
             Some(Kind::ConfigEntries | Kind::ConfigDigest | Kind::NodeHealth)
@@ -501,12 +515,15 @@ impl Driver {
         (dialer, linked.link_nonce)
     }
 
-    /// True when membership holds this replica down or left (then nothing is replicated to it).
+    /// True when membership holds this replica down or left, or refuses it as a duplicate (then nothing is
+    /// replicated to it).
     fn member_gone(&self, replica_id: u64) -> bool {
-        self.membership
-            .members()
-            .by_replica(replica_id)
-            .is_some_and(|m| !m.state.is_active())
+        self.membership.is_refused(replica_id)
+            || self
+                .membership
+                .members()
+                .by_replica(replica_id)
+                .is_some_and(|m| !m.state.is_active())
     }
 
     fn peer_up(
@@ -780,6 +797,41 @@ impl Driver {
                     self.drop_replica(old.replica_id(), "member replaced");
                 }
             }
+            MembershipEvent::DuplicateRefused { duplicate, holder } => {
+                let holder_is_us = holder == *self.membership.local_id();
+                tracing::error!(
+                    node = %duplicate.node_id(),
+                    member_address = %holder.addr(),
+                    duplicate_address = %duplicate.addr(),
+                    duplicate_replica = format_args!("{:016x}", duplicate.replica_id()),
+                    holder = if holder_is_us { "this node" } else { "another member" },
+                    "refused a second process with node id {:?} at {}: the live member at {} already holds that \
+                     node id (the second process is not a member until that one leaves or is declared down)",
+                    duplicate.node_id(),
+                    duplicate.addr(),
+                    holder.addr()
+                );
+                self.stop_replicating(duplicate.replica_id());
+            }
+            MembershipEvent::RefusedAsDuplicate { holder } => {
+                let local = self.membership.local_id();
+                tracing::error!(
+                    node = %holder.node_id(),
+                    member_address = %holder.addr(),
+                    own_address = %local.addr(),
+                    "node id {:?} is already held by the live member at {}: this process at {} is refused as a \
+                     duplicate and is no cluster member (NOT HEALTHY, not ready) until that member leaves or is \
+                     declared down; give each process its own node_id",
+                    holder.node_id(),
+                    holder.addr(),
+                    local.addr()
+                );
+            }
+            MembershipEvent::DuplicateCleared { holder } => tracing::warn!(
+                node = %holder.node_id(),
+                previous_address = %holder.addr(),
+                "the member that held this node id left or was declared down: this process is the member now"
+            ),
             MembershipEvent::HealthChanged {
                 member,
                 healthy,
@@ -819,6 +871,18 @@ impl Driver {
             ClusterHealth::NotHealthy => {
                 tracing::warn!(members, healthy, %local, "cluster health: NOT HEALTHY")
             }
+        }
+    }
+
+    /// Stops replicating to `replica_id`, keeping its link (membership payloads still use it).
+    fn stop_replicating(&mut self, replica_id: u64) {
+        if let Some(&peer) = self.by_replica.get(&replica_id)
+            && let Some(linked) = self.links.get_mut(&peer)
+            && linked.replicating
+        {
+            linked.replicating = false;
+            self.replicator.remove_peer(peer);
+            self.state.remove_peer(peer);
         }
     }
 
