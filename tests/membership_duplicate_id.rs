@@ -17,7 +17,7 @@ mod support;
 use support::free_port;
 use support::http::{get, parse_prometheus, request_text};
 
-const SECRET: &str = "duplicate-id-cluster-secret-0123456789";
+const SECRET: &str = "CJG/w+bJxgQIFMJQQFSOJRtaQV+oq3nZDQfesmjjDJU=";
 const TIMEOUT_SECONDS: u64 = 2;
 const FAILURE_THRESHOLD: u64 = 3;
 

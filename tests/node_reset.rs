@@ -16,7 +16,7 @@ mod support;
 use support::http::{parse_prometheus, post, request_text};
 use support::{free_port, wait_for};
 
-const SECRET: &str = "test-cluster-secret-0123456789abcdef";
+const SECRET: &str = "3ao9Y+FxciNlnWobTD/DQU+lOK+eYg8XmIrIDN4YB1Q=";
 const KEY: &str = "tenant-42/gpt-4o";
 
 fn config(node: &str, port: u16, peers: &[u16]) -> bifrost_cluster::config::ClusterConfig {

@@ -18,7 +18,7 @@ mod support;
 use support::http::{parse_prometheus, request, request_text};
 use support::{free_port, wait_for};
 
-const SECRET: &str = "state-bounds-secret-0123456789abcdef";
+const SECRET: &str = "10X2XaMjUXqUr5hJJz0IOiL2Rr1uIPs6bBdp7hkbcX8=";
 
 async fn start(node: &str, port: u16, limits: &str) -> ClusterHandle {
     // Cluster mode needs a peer: one that never answers (a free loopback port).

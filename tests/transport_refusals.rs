@@ -14,7 +14,7 @@ mod support;
 use support::free_port;
 use support::http::{parse_prometheus, request_text};
 
-const SECRET: &str = "transport-refusals-secret-0123456789";
+const SECRET: &str = "eHMgL1J5UaN5h1rP/XT6d0eOB+7DGA7tH67tsXxEhrw=";
 
 fn metric(text: &str, series: &str) -> Option<f64> {
     parse_prometheus(text)

@@ -828,8 +828,8 @@ impl Ctx {
             "max_relayed_origins_per_peer",
         ]
         .into_iter()
-            .chain(CONFIG_MAP_LIMITS)
-            .collect();
+        .chain(CONFIG_MAP_LIMITS)
+        .collect();
         let Some(map) = self.object(path, value, &fields) else {
             return;
         };

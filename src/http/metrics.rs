@@ -619,7 +619,6 @@ fn counter_plane_bounds(r: &mut Registry, node: &ClusterHandle, status: &crate::
     );
 }
 
-
 /// The shared-state plane: config map bounds, repairs, frames refused or not encodable.
 fn shared_state_metrics(r: &mut Registry, s: &crate::state::StateStats) {
     gauge(
