@@ -28,7 +28,7 @@ fn config(name: &str) -> Value {
         "enabled": true,
         "node_id": name,
         "gossip": { "port": 10101, "config": { "timeout_seconds": 2, "success_threshold": 3, "failure_threshold": 3 } },
-        "http": { "listen": format!("0.0.0.0:{HTTP_PORT}") },
+        "http": { "listen": format!("127.0.0.1:{HTTP_PORT}") },
         "discovery": {
             "enabled": true, "type": "mdns", "service_name": "bifrost", "mdns_service": "_bifrost._tcp",
             "allowed_address_space": [SPACE], "dial_timeout": "2s", "interval": "1s"

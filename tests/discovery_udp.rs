@@ -27,7 +27,7 @@ fn config(name: &str) -> Value {
         "enabled": true,
         "node_id": name,
         "gossip": { "port": 10101, "config": { "timeout_seconds": 2, "success_threshold": 3, "failure_threshold": 3 } },
-        "http": { "listen": format!("0.0.0.0:{HTTP_PORT}") },
+        "http": { "listen": format!("127.0.0.1:{HTTP_PORT}") },
         "discovery": {
             "enabled": true, "type": "udp", "service_name": "bifrost-cluster",
             "udp_broadcast_port": UDP_PORT, "allowed_address_space": [SPACE],
