@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-planes=(counter replication membership state wire config)
+# node/machine: the node's decisions (the driver moves bytes for it); sim: the whole-node simulator.
+planes=(counter replication membership state wire config node/machine sim)
 # What the rule forbids, as extended regular expressions over code (comments are stripped first).
 forbidden='(^|[^A-Za-z0-9_])(tokio|quinn)::|^\s*use (tokio|quinn)\b|extern crate (tokio|quinn)|Instant::now\(|SystemTime::now\(|UNIX_EPOCH\.elapsed|thread_rng\(|rand::random|OsRng|getrandom|from_entropy\(|RandomState::new\(|fastrand::'
 

@@ -84,10 +84,16 @@ async fn a_key_poisoned_with_u64_max_is_reset_through_another_node_and_every_nod
     .await;
     let epoch = year().epoch_at(a.clock().now_unix_ms());
 
-    // The attack, and some honest traffic before the reset.
-    a.store().add(KEY, year(), u64::MAX).expect("add");
+    // Some honest traffic, seen everywhere (so every node holds b's and c's origins), then the attack.
     b.store().add(KEY, year(), 10).expect("add");
     c.store().add(KEY, year(), 20).expect("add");
+    wait_for(
+        Duration::from_secs(10),
+        "the honest counts everywhere",
+        || [&a, &b, &c].iter().all(|n| global_at(n, epoch) == 30),
+    )
+    .await;
+    a.store().add(KEY, year(), u64::MAX).expect("add");
     wait_for(Duration::from_secs(10), "the poison everywhere", || {
         [&a, &b, &c]
             .iter()

@@ -10,27 +10,23 @@ use tokio::task::JoinHandle;
 
 use super::advertise;
 use super::discovery_loop::{self, DiscoveryLoop, DiscoveryMethodStats, SharedDiscoveryStats};
-use super::driver::ConfigCommand;
-use super::driver::{Driver, DriverParts, Event, NodeStatus, PeerInfo};
+use super::driver::{Driver, DriverParts, NodeStatus, PeerInfo};
 use super::error::NodeError;
+use super::events::{ConfigCommand, Event};
 use super::health_probe::HEALTH_INTERVAL;
+use super::health_probe::HealthProbe;
 use super::hello;
 use super::identity;
-use super::join::JoinSchedule;
 use super::link_tasks::{self, HelloSetup};
+use super::options::{self, MachineIdentity, MachineSeeds, MachineSetup};
 use super::shared_view::SharedView;
 use super::system_clock::{self, SystemClock};
 use crate::config::{CLUSTER_SECRET_ENV, ClusterConfig, Trust};
-use crate::counter::{Clock, CoarseClock, CounterStore, StoreOptions, Window};
+use crate::counter::{Clock, CoarseClock, CounterStore, Window};
 use crate::discovery::{self, Discovery, DiscoveryOverrides, LocalNode};
-use crate::membership::{
-    ClusterHealth, LocalIdentity, MemberTable, Membership, MembershipOptions, MembershipReader,
-};
-use crate::replication::{ReplicationStats, Replicator, ReplicatorOptions};
-use crate::state::{
-    ConfigChange, NodeHealthView, StateError, StateOptions, StateReplicator, Timestamp,
-    TrafficRecorder,
-};
+use crate::membership::{ClusterHealth, MemberTable, MembershipOptions, MembershipReader};
+use crate::replication::ReplicationStats;
+use crate::state::{ConfigChange, NodeHealthView, StateError, Timestamp, TrafficRecorder};
 use crate::transport::{TlsSetup, Transport, TransportOptions};
 
 /// Options of a node beyond `cluster_config`.
@@ -70,19 +66,6 @@ impl Default for NodeOptions {
 pub struct Cluster;
 
 /// The shared-state options a config asks for: the config map bounds of `limits`, defaults for the rest.
-fn state_options(limits: &crate::config::LimitsConfig) -> StateOptions {
-    let defaults = StateOptions::default();
-    StateOptions {
-        config: crate::state::ConfigMapOptions {
-            max_entries: limits.config_max_entries,
-            max_bytes: limits.config_max_bytes,
-            max_tombstones: limits.config_max_tombstones,
-            ..defaults.config.clone()
-        },
-        ..defaults
-    }
-}
-
 /// The window traffic patterns are counted in ([`ClusterHandle::traffic`]): one minute.
 pub const TRAFFIC_WINDOW: Window = Window::MINUTE;
 
@@ -183,16 +166,12 @@ impl Cluster {
         let node_id = identity::resolve_node_id(config.node_id.as_ref())?;
         let replica_id = identity::random_u64()?;
         let clock = Arc::new(CoarseClock::new(SystemClock.now_unix_ms()));
-        let store = CounterStore::new(StoreOptions {
-            max_keys: config.limits.max_keys,
-            max_remote_keys: config.limits.remote_keys(),
-            max_origins_per_key: config.limits.max_origins_per_key,
-            max_key_length: config.limits.max_key_length,
+        let store = CounterStore::new(options::store_options(
+            &config,
             replica_id,
-            hash_seed: identity::random_u64()?,
-            clock: Arc::clone(&clock),
-            ..StoreOptions::default()
-        });
+            identity::random_u64()?,
+            Arc::clone(&clock),
+        ));
         // The clock ticks until the last handle is dropped: the store stays usable after `shutdown`.
         let ticker = system_clock::spawn_ticker(Arc::clone(&clock));
         let mut tasks = Vec::new();
@@ -239,30 +218,28 @@ impl Cluster {
         let advertised = advertise::choose(config.gossip.advertise_address.as_ref(), local_addr);
 
         let now = clock.now_unix_ms();
-        let replicator = Replicator::new(
-            store.clone(),
-            replica_id,
-            ReplicatorOptions {
-                flush_interval_ms: config.replication.flush_interval.as_millis(),
-                anti_entropy_interval_ms: config.replication.anti_entropy_interval.as_millis(),
-                max_batch_bytes: config.replication.max_batch_bytes,
-                check_timeout_ms: u64::from(config.gossip.config.timeout_seconds) * 1000,
-                max_relayed_origins_per_peer: config.limits.max_relayed_origins_per_peer,
-                ..ReplicatorOptions::default()
+        let setup = MachineSetup {
+            identity: MachineIdentity {
+                node_id: node_id.as_str().to_string(),
+                replica_id,
+                advertised: advertised.addr,
             },
-            identity::random_u64()?,
-            now,
-        );
-        let membership = Membership::new(
-            LocalIdentity::new(node_id.as_str(), replica_id, advertised.addr),
-            options
-                .membership
-                .clone()
-                .unwrap_or_else(|| MembershipOptions::from(&config.gossip.config)),
-            identity::random_u64()?,
+            membership: options::membership_options(&config, options.membership.as_ref()),
+            seeds: MachineSeeds {
+                replicator: identity::random_u64()?,
+                membership: identity::random_u64()?,
+                state: identity::random_u64()?,
+            },
+        };
+        let machine = options::build_machine(
+            &config,
+            setup,
+            &store,
+            traffic.clone(),
+            Box::new(HealthProbe::default()),
             now,
         )?;
-        let members = membership.reader();
+        let members = machine.membership().reader();
 
         let methods: Vec<Arc<dyn Discovery>> = discovery::from_config(
             &config,
@@ -281,12 +258,6 @@ impl Cluster {
         .into_iter()
         .map(Arc::from)
         .collect();
-        let join = JoinSchedule::new(
-            !config.peers.is_empty() || config.discovery.enabled,
-            config.discovery.dial_timeout.as_millis().max(1),
-            now,
-        );
-
         let (events_tx, events_rx) = mpsc::channel(4_096);
         let hello = HelloSetup {
             ours: hello::own_hello(node_id.as_str(), replica_id, advertised.addr),
@@ -298,36 +269,25 @@ impl Cluster {
             hello.clone(),
             events_tx.clone(),
         ));
-        let state = StateReplicator::new(
-            node_id.as_str(),
-            replica_id,
-            state_options(&config.limits),
-            identity::random_u64()?,
-            now,
-        );
         let shared = Arc::new(SharedView::new());
         let driver = Driver::new(DriverParts {
-            replicator,
-            membership,
+            machine,
             clock: Arc::clone(&clock),
             events: events_tx.clone(),
             status: Arc::clone(&status),
             transport: Arc::clone(&transport),
             hello,
-            join,
-            state,
             shared: Arc::clone(&shared),
-            traffic: traffic.clone(),
         });
         tasks.push(tokio::spawn(driver.run(events_rx)));
-        let dial_timeout = Duration::from_millis(config.discovery.dial_timeout.as_millis().max(1));
+        let dial_timeout = Duration::from_millis(config.discovery.dial_timeout.as_millis());
         let discovery_stats: SharedDiscoveryStats = Arc::default();
         let discovery_task = DiscoveryLoop {
             methods: methods.clone(),
             allowed: config.discovery.allowed_address_space.clone(),
             // This node's own addresses: a shared peer list or a registry lists us too.
             own: vec![local_addr, advertised.addr],
-            interval: Duration::from_millis(config.discovery.interval.as_millis().max(1)),
+            interval: Duration::from_millis(config.discovery.interval.as_millis()),
             timeout: dial_timeout,
             members: members.clone(),
             events: events_tx.clone(),

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::driver::Event;
+use super::events::Event;
 use crate::discovery::{Discovery, DiscoveryError, filter};
 use crate::membership::{LocalState, MembershipReader};
 

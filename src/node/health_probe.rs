@@ -58,6 +58,18 @@ fn kb_field(path: &str, name: &str) -> Option<u64> {
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
+impl super::machine::ProcessProbe for HealthProbe {
+    fn cpu_millicores(&mut self, now_ms: u64) -> u32 {
+        HealthProbe::cpu_millicores(self, now_ms)
+    }
+    fn memory_bytes(&self) -> u64 {
+        HealthProbe::memory_bytes(self)
+    }
+    fn memory_total_bytes(&self) -> u64 {
+        HealthProbe::memory_total_bytes(self)
+    }
+}
+
 /// How often a node publishes its health record.
 pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::driver::Event;
+use super::events::Event;
 use super::hello::{self, HelloError};
 use crate::transport::{Link, Transport, TrustMode};
 use crate::wire::{Hello, MAX_FRAME_BYTES};

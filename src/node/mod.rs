@@ -45,11 +45,14 @@ mod cluster;
 mod discovery_loop;
 mod driver;
 mod error;
+mod events;
 mod health_probe;
 mod hello;
 mod identity;
 mod join;
 mod link_tasks;
+pub(crate) mod machine;
+pub(crate) mod options;
 mod shared_view;
 mod system_clock;
 

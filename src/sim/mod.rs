@@ -1,25 +1,59 @@
-//! Deterministic simulation: N nodes running the sans-IO replication plane over an in-memory network, in
-//! virtual time.
+//! Deterministic simulation of whole nodes: per node, the [`NodeMachine`] the tokio driver runs (links,
+//! membership, both replicators, health publishing) over an in-memory network, in virtual time.
 //!
 //! Guarantees:
 //! - Deterministic: the run is a function of the seed, the options and the calls made on the simulation. The
 //!   seed is printed when the simulation starts (`BIFROST_SIM_SEED=… replays it` in the tests).
-//! - Virtual time jumps to the next event (a delivery or a node's timer); nothing sleeps.
-//! - The network drops datagrams with probability `loss`, duplicates them with probability `duplicate`, gives
-//!   every message an independent latency (so messages reorder), and drops everything between nodes in
-//!   different partition groups. Streams are reliable except across a partition (a broken connection).
+//! - Virtual time jumps to the next event (a delivery, a link event, a node's timer); nothing sleeps.
+//! - One event costs O(log E) for E pending events: a timer heap with one entry per node wake-up (stale
+//!   entries are skipped when popped), never a scan of every node or peer. Each node's clock is advanced only
+//!   when that node runs.
+//! - The network ([`network`]) gives every message its own latency (jitter, so messages reorder), loses and
+//!   duplicates datagrams, delays stream frames under loss (retransmission), limits bandwidth per link
+//!   direction, and drops everything between partition groups. A link whose peer is unreachable (partition,
+//!   crash, pause) closes at both ends after the idle timeout, as QUIC's does.
+//! - Nodes crash (no goodbye), stop gracefully (final flush and leave, as the driver's shutdown), pause (no
+//!   processing; datagrams to them are lost, stream frames wait) and restart with a new replica id at the same
+//!   address, with an empty store.
+//!
+//! What is not simulated: TLS and the hello exchange (a link is up at both ends 1.5 round trips after the
+//! dial; the hello's identity is the node's own), path MTU changes, and the process probe (CPU and memory read
+//! 0).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+mod network;
+mod report;
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::counter::{CoarseClock, CounterStore, StoreOptions};
-use crate::replication::{Channel, PeerId, Replicator, ReplicatorOptions};
+pub use self::network::{NetOptions, NetStats};
+pub use self::report::{NodeTraffic, Percentiles, SimReport, TrafficSummary};
+
+use crate::config::{ClusterConfig, PeerAddr};
+use crate::counter::{CoarseClock, CounterError, CounterStore, Window};
+use crate::membership::{MemberState, MembershipError, MembershipOptions};
+use crate::node::PeerHello;
+use crate::node::machine::{Action, LinkId, LinkUp, NoProbe, NodeMachine};
+use crate::node::options::{self, MachineIdentity, MachineSeeds, MachineSetup};
+use crate::replication::{Channel, ReplicationStats};
+use crate::state::TrafficRecorder;
+use crate::wire::{self, capabilities};
 
 /// The simulation's generator: the crate's seeded splitmix64.
 pub use crate::rng::SplitMix64 as SimRng;
+
+/// The gossip port every simulated node listens on.
+pub const SIM_PORT: u16 = 10101;
+
+/// The address of simulated node `i` (virtual: nothing is sent to it).
+pub fn sim_addr(i: usize) -> SocketAddr {
+    let ip = Ipv4Addr::new(127, 1, (i >> 8) as u8, (i & 0xff) as u8);
+    SocketAddr::new(IpAddr::V4(ip), SIM_PORT)
+}
 
 /// Options of a simulation.
 #[derive(Debug, Clone)]
@@ -30,18 +64,16 @@ pub struct SimOptions {
     pub seed: u64,
     /// Virtual start time (Unix ms).
     pub start_ms: u64,
-    /// One-way latency range in ms.
-    pub latency_ms: (u64, u64),
-    /// Probability that a datagram is lost.
-    pub loss: f64,
-    /// Probability that a datagram is delivered twice.
-    pub duplicate: f64,
-    /// Replication options of every node. Default: the replicator's defaults without data-plane checks
-    /// (`check_interval_ms: 0`): they feed the membership plane, which this harness does not run, and at
-    /// 100 nodes they would be most of the simulated traffic.
-    pub replicator: ReplicatorOptions,
-    /// `max_keys` of every node's store.
-    pub max_keys: usize,
+    /// The network.
+    pub net: NetOptions,
+    /// The config every node runs (`peers` is replaced by the seed nodes' addresses).
+    pub config: ClusterConfig,
+    /// Membership options instead of `config.gossip.config`'s mapping (as `NodeOptions::membership`).
+    pub membership: Option<MembershipOptions>,
+    /// How many of the first nodes are the others' join targets (static peers). Default 3.
+    pub seeds: usize,
+    /// How often every node is told its join targets again, ms (the discovery loop's rounds). Default 10 s.
+    pub discovery_interval_ms: u64,
 }
 
 impl Default for SimOptions {
@@ -50,132 +82,279 @@ impl Default for SimOptions {
             nodes: 3,
             seed: 1,
             start_ms: 1_795_514_400_000,
-            latency_ms: (1, 10),
-            loss: 0.0,
-            duplicate: 0.0,
-            replicator: ReplicatorOptions {
-                check_interval_ms: 0,
-                ..ReplicatorOptions::default()
-            },
-            max_keys: 10_000,
+            net: NetOptions::default(),
+            config: ClusterConfig::default(),
+            membership: None,
+            seeds: 3,
+            discovery_interval_ms: 10_000,
         }
     }
 }
 
-/// One simulated node.
-#[derive(Debug)]
-pub struct SimNode {
-    /// The node's counter store (increment through it).
-    pub store: CounterStore,
-    /// The node's replicator.
-    pub replicator: Replicator,
+/// Why a simulation could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The membership options were refused.
+    #[error("membership options: {0}")]
+    Membership(#[from] MembershipError),
+    /// A node index out of range.
+    #[error("no node {0}")]
+    NoNode(usize),
+}
+
+/// Whether a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// It processes events.
+    Running,
+    /// It processes nothing until `until_ms`.
+    Paused {
+        /// When it resumes.
+        until_ms: u64,
+    },
+    /// Crashed or stopped; [`Simulation::restart`] brings it back.
+    Down,
+}
+
+struct SimNode {
+    node_id: String,
+    addr: SocketAddr,
+    /// Bumped at each restart: events of an older life are dropped.
+    incarnation: u32,
+    run: RunState,
+    machine: Option<NodeMachine>,
+    store: CounterStore,
     clock: Arc<CoarseClock>,
+    replica_id: u64,
+    /// The deadline of this node's live timer entry in the heap (`u64::MAX`: none).
+    timer_at: u64,
+    traffic: NodeTraffic,
+    /// Stream frames that arrived while paused (delivered at resume).
+    deferred: Vec<(LinkId, Bytes)>,
+    /// Links that closed while paused (reported at resume).
+    deferred_downs: Vec<LinkId>,
+}
+
+/// One end of a simulated link.
+#[derive(Debug)]
+struct End {
+    node: usize,
+    incarnation: u32,
+    peer: LinkId,
+    open: bool,
+    /// When this direction's queue is free again (bandwidth model).
+    busy_until_ms: u64,
 }
 
 #[derive(Debug)]
-struct Delivery {
-    from: usize,
-    to: usize,
-    frame: Bytes,
+enum Ev {
+    Timer {
+        node: usize,
+        incarnation: u32,
+    },
+    Deliver {
+        end: LinkId,
+        frame: Bytes,
+        reliable: bool,
+    },
+    LinkUp {
+        end: LinkId,
+        up: Box<LinkUp>,
+    },
+    DialFailed {
+        node: usize,
+        incarnation: u32,
+        addr: SocketAddr,
+        self_link: bool,
+    },
+    LinkDown {
+        end: LinkId,
+    },
+    IdleCheck {
+        end: LinkId,
+    },
+    Resume {
+        node: usize,
+        incarnation: u32,
+    },
+    Discover {
+        node: usize,
+        incarnation: u32,
+    },
 }
 
-/// Network counters of a run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NetStats {
-    /// Messages delivered.
-    pub delivered: u64,
-    /// Datagrams lost to `loss`.
-    pub lost: u64,
-    /// Datagrams duplicated.
-    pub duplicated: u64,
-    /// Messages dropped by a partition.
-    pub partitioned: u64,
-    /// Frames a receiver refused (decode errors).
-    pub refused: u64,
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
 }
 
-/// A simulation run.
-#[derive(Debug)]
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        // Reversed: the heap pops the earliest, then the first scheduled.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// A visibility probe: one increment of a fresh key, timed until every running node sees it.
+struct Probe {
+    key: String,
+    window: Window,
+    started_ms: u64,
+    seen: Vec<bool>,
+    missing: usize,
+}
+
+/// A whole-node simulation run.
 pub struct Simulation {
     options: SimOptions,
     now_ms: u64,
     rng: SimRng,
     nodes: Vec<SimNode>,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
-    in_flight: std::collections::HashMap<u64, Delivery>,
-    next_message: u64,
+    by_addr: HashMap<SocketAddr, usize>,
+    ends: HashMap<LinkId, End>,
+    next_link: LinkId,
+    queue: BinaryHeap<Scheduled>,
+    next_seq: u64,
     groups: Vec<usize>,
     stats: NetStats,
+    totals: HashMap<(String, Window), u64>,
+    probes: Vec<Probe>,
+    visibility_ms: Vec<u64>,
+    probe_window: Window,
+    events_run: u64,
 }
 
 impl Simulation {
-    /// Builds `options.nodes` nodes, all linked to each other, and prints the seed.
-    pub fn new(options: SimOptions) -> Simulation {
+    /// Builds `options.nodes` nodes, tells each its join targets (the first `options.seeds` nodes), and
+    /// prints the seed.
+    pub fn new(options: SimOptions) -> Result<Simulation, SimError> {
         eprintln!(
             "simulation seed: {} (set BIFROST_SIM_SEED={} to replay)",
             options.seed, options.seed
         );
-        let mut rng = SimRng::new(options.seed);
-        let nodes: Vec<SimNode> = (0..options.nodes)
-            .map(|_| {
-                let clock = Arc::new(CoarseClock::new(options.start_ms));
-                let replica_id = rng.next_u64();
-                let store = CounterStore::new(StoreOptions {
-                    max_keys: options.max_keys,
-                    replica_id,
-                    clock: Arc::clone(&clock),
-                    ..StoreOptions::default()
-                });
-                let replicator = Replicator::new(
-                    store.clone(),
-                    replica_id,
-                    options.replicator.clone(),
-                    rng.next_u64(),
-                    options.start_ms,
-                );
-                SimNode {
-                    store,
-                    replicator,
-                    clock,
-                }
-            })
-            .collect();
         let mut sim = Simulation {
             now_ms: options.start_ms,
-            rng,
-            groups: vec![0; nodes.len()],
-            nodes,
+            rng: SimRng::new(options.seed),
+            nodes: Vec::with_capacity(options.nodes),
+            by_addr: HashMap::new(),
+            ends: HashMap::new(),
+            next_link: 1,
             queue: BinaryHeap::new(),
-            in_flight: std::collections::HashMap::new(),
-            next_message: 0,
+            next_seq: 0,
+            groups: vec![0; options.nodes],
             stats: NetStats::default(),
+            totals: HashMap::new(),
+            probes: Vec::new(),
+            visibility_ms: Vec::new(),
+            // An hour: a probe never straddles a window boundary in a run of minutes.
+            probe_window: Window::parse("1h").unwrap_or(Window::MINUTE),
+            events_run: 0,
             options,
         };
-        for i in 0..sim.nodes.len() {
-            for j in 0..sim.nodes.len() {
-                if i != j {
-                    let replica = sim.nodes[j].replicator.replica_id();
-                    sim.nodes[i].replicator.add_peer(j as PeerId, replica, None);
-                }
-            }
-            sim.collect(i);
+        let seeds: Vec<PeerAddr> = (0..sim.options.seeds.min(sim.options.nodes))
+            .filter_map(|i| PeerAddr::parse(&sim_addr(i).to_string()).ok())
+            .collect();
+        sim.options.config.peers = seeds;
+        for i in 0..sim.options.nodes {
+            let addr = sim_addr(i);
+            sim.by_addr.insert(addr, i);
+            let node = sim.boot(format!("node-{i}"), addr, 0)?;
+            sim.nodes.push(node);
+            sim.push(
+                sim.now_ms,
+                Ev::Discover {
+                    node: i,
+                    incarnation: 0,
+                },
+            );
+            sim.touch(i);
         }
-        sim
+        Ok(sim)
     }
+
+    /// A fresh process for node `i`: new replica id, empty store, its machine started now.
+    fn boot(
+        &mut self,
+        node_id: String,
+        addr: SocketAddr,
+        incarnation: u32,
+    ) -> Result<SimNode, SimError> {
+        let replica_id = self.rng.next_u64();
+        let clock = Arc::new(CoarseClock::new(self.now_ms));
+        let store = CounterStore::new(options::store_options(
+            &self.options.config,
+            replica_id,
+            self.rng.next_u64(),
+            Arc::clone(&clock),
+        ));
+        let traffic = TrafficRecorder::new(store.clone(), crate::node::TRAFFIC_WINDOW);
+        let membership =
+            options::membership_options(&self.options.config, self.options.membership.as_ref());
+        let seeds = MachineSeeds {
+            replicator: self.rng.next_u64(),
+            membership: self.rng.next_u64(),
+            state: self.rng.next_u64(),
+        };
+        let setup = MachineSetup {
+            identity: MachineIdentity {
+                node_id: node_id.clone(),
+                replica_id,
+                advertised: addr,
+            },
+            membership,
+            seeds,
+        };
+        let machine = options::build_machine(
+            &self.options.config,
+            setup,
+            &store,
+            traffic,
+            Box::new(NoProbe),
+            self.now_ms,
+        )?;
+        Ok(SimNode {
+            node_id,
+            addr,
+            incarnation,
+            run: RunState::Running,
+            machine: Some(machine),
+            store,
+            clock,
+            replica_id,
+            timer_at: u64::MAX,
+            traffic: NodeTraffic::default(),
+            deferred: Vec::new(),
+            deferred_downs: Vec::new(),
+        })
+    }
+
+    // ---- Reads.
 
     /// Virtual now (Unix ms).
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }
 
-    /// The nodes.
-    pub fn nodes(&self) -> &[SimNode] {
-        &self.nodes
+    /// Number of nodes (running or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
     }
 
-    /// One node.
-    pub fn node(&self, i: usize) -> &SimNode {
-        &self.nodes[i]
+    /// True without nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 
     /// The generator of the run, for scenario drivers that need randomness replayed by the same seed.
@@ -183,21 +362,175 @@ impl Simulation {
         &mut self.rng
     }
 
-    /// Network counters.
+    /// Node `i`'s counter store (of its current life).
+    pub fn store(&self, i: usize) -> &CounterStore {
+        &self.nodes[i].store
+    }
+
+    /// Node `i`'s node id.
+    pub fn node_id(&self, i: usize) -> &str {
+        &self.nodes[i].node_id
+    }
+
+    /// Node `i`'s current replica id.
+    pub fn replica_id(&self, i: usize) -> u64 {
+        self.nodes[i].replica_id
+    }
+
+    /// Whether node `i` runs, is paused or is down.
+    pub fn run_state(&self, i: usize) -> RunState {
+        self.nodes[i].run
+    }
+
+    /// Node `i`'s replication counters (default when down).
+    pub fn replication_stats(&self, i: usize) -> ReplicationStats {
+        self.nodes[i]
+            .machine
+            .as_ref()
+            .map(|m| m.replication_stats().clone())
+            .unwrap_or_default()
+    }
+
+    /// Number of links node `i` holds.
+    pub fn links(&self, i: usize) -> usize {
+        self.nodes[i]
+            .machine
+            .as_ref()
+            .map_or(0, |m| m.peers().count())
+    }
+
+    /// How node `i` sees node `j`'s current life: `None` when it does not know it.
+    pub fn view(&self, i: usize, j: usize) -> Option<MemberState> {
+        let machine = self.nodes[i].machine.as_ref()?;
+        let replica = self.nodes[j].replica_id;
+        machine
+            .membership()
+            .members()
+            .by_replica(replica)
+            .map(|m| m.state)
+    }
+
+    /// Whether node `i` counts itself joined to a cluster.
+    pub fn is_joined(&self, i: usize) -> bool {
+        self.nodes[i]
+            .machine
+            .as_ref()
+            .is_some_and(|m| m.membership().is_joined())
+    }
+
+    /// Whether every running node sees every other running node as alive.
+    pub fn converged(&self) -> bool {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].run == RunState::Running)
+            .collect();
+        running.iter().all(|&i| {
+            running
+                .iter()
+                .all(|&j| i == j || self.view(i, j) == Some(MemberState::Alive))
+        })
+    }
+
+    /// The network's counters.
     pub fn net_stats(&self) -> NetStats {
         self.stats
     }
 
-    /// Sets the datagram loss probability.
-    pub fn set_loss(&mut self, loss: f64) {
-        self.options.loss = loss;
+    /// Node `i`'s traffic since the start (all its lives).
+    pub fn traffic(&self, i: usize) -> NodeTraffic {
+        self.nodes[i].traffic
     }
 
-    /// Splits the nodes: `group_of(i)` names node i's side; only nodes of the same group can talk.
+    /// Events processed so far.
+    pub fn events_run(&self) -> u64 {
+        self.events_run
+    }
+
+    /// The completed visibility probes' latencies (increment to visible on every running node), ms.
+    pub fn visibility_ms(&self) -> &[u64] {
+        &self.visibility_ms
+    }
+
+    // ---- Counting.
+
+    /// Adds `n` to `key` in `window` on node `i` (running), recording the exact total the cluster must reach.
+    pub fn add(&mut self, i: usize, key: &str, window: Window, n: u64) -> Result<(), CounterError> {
+        if self.nodes[i].run == RunState::Down {
+            return Ok(());
+        }
+        self.nodes[i].clock.advance_to(self.now_ms);
+        self.nodes[i].store.add(key, window, n)?;
+        *self.totals.entry((key.to_string(), window)).or_default() += n;
+        Ok(())
+    }
+
+    /// The exact total of every [`Simulation::add`] of `key`.
+    pub fn total(&self, key: &str, window: Window) -> u64 {
+        self.totals
+            .get(&(key.to_string(), window))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The `(node, key, seen, exact)` of every running node whose global count of a key added through
+    /// [`Simulation::add`] differs from the exact total.
+    pub fn diverged(&self) -> Vec<(usize, String, u64, u64)> {
+        let mut out = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.run != RunState::Running {
+                continue;
+            }
+            for ((key, window), &total) in &self.totals {
+                let seen = node.store.global(key, *window);
+                if seen != total {
+                    out.push((i, key.clone(), seen, total));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Starts a visibility probe: one increment of a fresh key on node `i`, timed until every node running now
+    /// sees it (see [`Simulation::visibility_ms`]).
+    pub fn probe(&mut self, i: usize) -> Result<(), CounterError> {
+        let key = format!("probe/{}", self.visibility_ms.len() + self.probes.len());
+        let window = self.probe_window;
+        self.add(i, &key, window, 1)?;
+        let seen: Vec<bool> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(j, n)| j == i || n.run != RunState::Running)
+            .collect();
+        let missing = seen.iter().filter(|s| !**s).count();
+        if missing == 0 {
+            self.visibility_ms.push(0);
+            return Ok(());
+        }
+        self.probes.push(Probe {
+            key,
+            window,
+            started_ms: self.now_ms,
+            seen,
+            missing,
+        });
+        Ok(())
+    }
+
+    // ---- Faults.
+
+    /// Sets the datagram loss probability.
+    pub fn set_loss(&mut self, loss: f64) {
+        self.options.net.loss = loss;
+    }
+
+    /// Splits the nodes: `group_of(i)` names node i's side; only nodes of the same group can talk. Links
+    /// across close after the idle timeout unless the partition heals first.
     pub fn partition(&mut self, group_of: impl Fn(usize) -> usize) {
         for (i, g) in self.groups.iter_mut().enumerate() {
             *g = group_of(i);
         }
+        self.check_links_of(None);
     }
 
     /// Heals every partition.
@@ -205,93 +538,565 @@ impl Simulation {
         self.groups.iter_mut().for_each(|g| *g = 0);
     }
 
-    /// Runs until virtual time `until_ms`, processing every delivery and timer due before it, in time order.
+    /// Kills node `i`: no flush, no goodbye; its peers' links close after the idle timeout.
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].run = RunState::Down;
+        self.nodes[i].machine = None;
+        self.nodes[i].timer_at = u64::MAX;
+        self.nodes[i].deferred.clear();
+        self.nodes[i].deferred_downs.clear();
+        for end in self.ends.values_mut() {
+            if end.node == i {
+                end.open = false;
+            }
+        }
+        self.check_links_of(Some(i));
+    }
+
+    /// Stops node `i` as `shutdown` does: the last values flushed and the leave announced on streams, then
+    /// its links closed.
+    pub fn stop(&mut self, i: usize) {
+        if self.nodes[i].run != RunState::Running {
+            self.crash(i);
+            return;
+        }
+        self.nodes[i].clock.advance_to(self.now_ms);
+        let now = self.now_ms;
+        let Some(machine) = self.nodes[i].machine.as_mut() else {
+            return;
+        };
+        let mut frames = machine.final_flush(now);
+        frames.extend(machine.leave(now));
+        let links = machine.link_ids();
+        let mut last = now;
+        for (link, frame) in frames {
+            if let Some(at) = self.transmit(i, link, frame, true) {
+                last = last.max(at);
+            }
+        }
+        self.crash(i);
+        // The close reaches each peer after the last frame it was sent.
+        for link in links {
+            if let Some(peer) = self.ends.get(&link).map(|e| e.peer) {
+                self.push(last + 1, Ev::LinkDown { end: peer });
+            }
+        }
+    }
+
+    /// Restarts node `i` (down) as a new process: same node id and address, new replica id, empty store.
+    pub fn restart(&mut self, i: usize) -> Result<(), SimError> {
+        if self.nodes[i].run != RunState::Down {
+            self.crash(i);
+        }
+        let (node_id, addr) = (self.nodes[i].node_id.clone(), self.nodes[i].addr);
+        let incarnation = self.nodes[i].incarnation + 1;
+        let traffic = self.nodes[i].traffic;
+        let mut node = self.boot(node_id, addr, incarnation)?;
+        node.traffic = traffic;
+        self.nodes[i] = node;
+        self.push(
+            self.now_ms,
+            Ev::Discover {
+                node: i,
+                incarnation,
+            },
+        );
+        self.touch(i);
+        Ok(())
+    }
+
+    /// Pauses node `i` for `ms` (a stopped VM, a long GC): it processes nothing meanwhile, then catches up.
+    pub fn pause(&mut self, i: usize, ms: u64) {
+        if self.nodes[i].run != RunState::Running {
+            return;
+        }
+        let until_ms = self.now_ms + ms;
+        self.nodes[i].run = RunState::Paused { until_ms };
+        let incarnation = self.nodes[i].incarnation;
+        self.push(
+            until_ms,
+            Ev::Resume {
+                node: i,
+                incarnation,
+            },
+        );
+        self.check_links_of(Some(i));
+    }
+
+    // ---- Running.
+
+    /// Runs until virtual time `until_ms`, processing every event due before it, in time order.
     pub fn run_until(&mut self, until_ms: u64) {
-        loop {
-            let next_delivery = self.queue.peek().map_or(u64::MAX, |Reverse((at, _))| *at);
-            let (timer_node, next_timer) = self
-                .nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (i, n.replicator.poll_timeout()))
-                .min_by_key(|&(_, t)| t)
-                .unwrap_or((0, u64::MAX));
-            let next = next_delivery.min(next_timer);
-            if next > until_ms {
-                self.set_time(until_ms);
+        while let Some(top) = self.queue.peek() {
+            if top.at > until_ms {
+                break;
+            }
+            let Some(Scheduled { at, ev, .. }) = self.queue.pop() else {
+                break;
+            };
+            self.now_ms = self.now_ms.max(at);
+            self.events_run += 1;
+            self.run_event(at, ev);
+        }
+        self.now_ms = self.now_ms.max(until_ms);
+    }
+
+    /// Runs for `ms` of virtual time.
+    pub fn run_for(&mut self, ms: u64) {
+        self.run_until(self.now_ms + ms);
+    }
+
+    /// Runs in steps of `step_ms` until `done` holds or `limit_ms` passed; returns when it held.
+    pub fn run_until_true(
+        &mut self,
+        step_ms: u64,
+        limit_ms: u64,
+        mut done: impl FnMut(&Simulation) -> bool,
+    ) -> Option<u64> {
+        let start = self.now_ms;
+        while self.now_ms < start + limit_ms {
+            if done(self) {
+                return Some(self.now_ms);
+            }
+            self.run_for(step_ms);
+        }
+        done(self).then_some(self.now_ms)
+    }
+
+    fn run_event(&mut self, at: u64, ev: Ev) {
+        match ev {
+            Ev::Timer { node, incarnation } => {
+                let n = &mut self.nodes[node];
+                if n.incarnation != incarnation || n.timer_at != at || n.run != RunState::Running {
+                    return; // a stale wake-up
+                }
+                n.timer_at = u64::MAX;
+                n.clock.advance_to(self.now_ms);
+                if let Some(machine) = n.machine.as_mut() {
+                    machine.handle_timeout(self.now_ms);
+                }
+                self.touch(node);
+            }
+            Ev::Deliver {
+                end,
+                frame,
+                reliable,
+            } => self.deliver(end, frame, reliable),
+            Ev::LinkUp { end, up } => {
+                let Some(e) = self.ends.get(&end) else {
+                    return;
+                };
+                let (node, incarnation) = (e.node, e.incarnation);
+                if !e.open || !self.alive(node, incarnation) {
+                    return;
+                }
+                let n = &mut self.nodes[node];
+                n.clock.advance_to(self.now_ms);
+                if let Some(machine) = n.machine.as_mut() {
+                    machine.handle_link_up(*up);
+                }
+                self.touch(node);
+            }
+            Ev::DialFailed {
+                node,
+                incarnation,
+                addr,
+                self_link,
+            } => {
+                if !self.alive(node, incarnation) {
+                    return;
+                }
+                self.stats.dials_failed += 1;
+                let now = self.now_ms;
+                let n = &mut self.nodes[node];
+                n.clock.advance_to(now);
+                if let Some(machine) = n.machine.as_mut() {
+                    let error = if self_link { "self" } else { "timed out" };
+                    machine.handle_dial_failed(addr, error.to_string(), self_link, now);
+                }
+                self.touch(node);
+            }
+            Ev::LinkDown { end } => self.close_end(end, "closed by peer"),
+            Ev::IdleCheck { end } => {
+                if self.ends.get(&end).is_some_and(|e| e.open) && !self.link_alive(end) {
+                    self.close_end(end, "timeout");
+                }
+            }
+            Ev::Resume { node, incarnation } => {
+                if self.nodes[node].incarnation != incarnation
+                    || !matches!(self.nodes[node].run, RunState::Paused { .. })
+                {
+                    return;
+                }
+                self.nodes[node].run = RunState::Running;
+                let now = self.now_ms;
+                self.nodes[node].clock.advance_to(now);
+                let downs = std::mem::take(&mut self.nodes[node].deferred_downs);
+                let frames = std::mem::take(&mut self.nodes[node].deferred);
+                if let Some(machine) = self.nodes[node].machine.as_mut() {
+                    for link in downs {
+                        machine.handle_link_down(link, "timeout");
+                    }
+                    for (link, frame) in frames {
+                        machine.handle_frame(link, &frame, now);
+                    }
+                }
+                self.touch(node);
+            }
+            Ev::Discover { node, incarnation } => {
+                if self.nodes[node].incarnation != incarnation
+                    || self.nodes[node].run == RunState::Down
+                {
+                    return;
+                }
+                let next = self.now_ms + self.options.discovery_interval_ms.max(1);
+                self.push(next, Ev::Discover { node, incarnation });
+                if self.nodes[node].run != RunState::Running {
+                    return;
+                }
+                let addrs: Vec<SocketAddr> = (0..self.options.seeds.min(self.nodes.len()))
+                    .map(sim_addr)
+                    .filter(|a| *a != self.nodes[node].addr)
+                    .collect();
+                let now = self.now_ms;
+                let n = &mut self.nodes[node];
+                n.clock.advance_to(now);
+                if let Some(machine) = n.machine.as_mut() {
+                    machine.handle_discovered(addrs, now);
+                }
+                self.touch(node);
+            }
+        }
+    }
+
+    fn deliver(&mut self, end: LinkId, frame: Bytes, reliable: bool) {
+        let Some(e) = self.ends.get(&end) else {
+            return;
+        };
+        let (node, incarnation) = (e.node, e.incarnation);
+        if !e.open || self.nodes[node].incarnation != incarnation {
+            self.stats.undeliverable += 1;
+            return;
+        }
+        match self.nodes[node].run {
+            RunState::Down => {
+                self.stats.undeliverable += 1;
                 return;
             }
-            self.set_time(next);
-            if next_delivery <= next_timer {
-                let Some(Reverse((_, id))) = self.queue.pop() else {
-                    continue;
-                };
-                let Some(delivery) = self.in_flight.remove(&id) else {
-                    continue;
-                };
-                self.stats.delivered += 1;
-                let now = self.now_ms;
-                let node = &mut self.nodes[delivery.to];
-                if node
-                    .replicator
-                    .handle_frame(delivery.from as PeerId, &delivery.frame, now)
-                    .is_err()
-                {
-                    self.stats.refused += 1;
+            RunState::Paused { .. } => {
+                if reliable {
+                    self.nodes[node].deferred.push((end, frame));
+                } else {
+                    self.stats.undeliverable += 1;
                 }
-                self.collect(delivery.to);
-            } else {
-                let now = self.now_ms;
-                self.nodes[timer_node].replicator.handle_timeout(now);
-                self.collect(timer_node);
+                return;
             }
+            RunState::Running => {}
+        }
+        self.stats.delivered += 1;
+        let now = self.now_ms;
+        let n = &mut self.nodes[node];
+        n.traffic.frames_received += 1;
+        n.traffic.bytes_received += frame.len() as u64;
+        n.clock.advance_to(now);
+        let counter_frame =
+            wire::split_header(&frame).is_ok_and(|(kind, _)| kind.plane() == wire::Plane::Counters);
+        if let Some(machine) = n.machine.as_mut() {
+            machine.handle_frame(end, &frame, now);
+        }
+        if counter_frame && !self.probes.is_empty() {
+            self.check_probes(node);
+        }
+        self.touch(node);
+    }
+
+    fn check_probes(&mut self, node: usize) {
+        let now = self.now_ms;
+        let store = &self.nodes[node].store;
+        let mut done = Vec::new();
+        for (p, probe) in self.probes.iter_mut().enumerate() {
+            if !probe.seen[node] && store.global(&probe.key, probe.window) >= 1 {
+                probe.seen[node] = true;
+                probe.missing -= 1;
+                if probe.missing == 0 {
+                    done.push(p);
+                }
+            }
+        }
+        for p in done.into_iter().rev() {
+            let probe = self.probes.swap_remove(p);
+            self.visibility_ms.push(now - probe.started_ms);
         }
     }
 
-    fn set_time(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
-        for node in &self.nodes {
-            node.clock.advance_to(self.now_ms);
+    /// Node `i` is running in life `incarnation`.
+    fn alive(&self, i: usize, incarnation: u32) -> bool {
+        self.nodes[i].incarnation == incarnation && self.nodes[i].run == RunState::Running
+    }
+
+    /// Both ends of the link of `end` are open, their nodes running in the same life and on the same side.
+    fn link_alive(&self, end: LinkId) -> bool {
+        let Some(e) = self.ends.get(&end) else {
+            return false;
+        };
+        let Some(p) = self.ends.get(&e.peer) else {
+            return false;
+        };
+        e.open
+            && p.open
+            && self.alive(e.node, e.incarnation)
+            && self.alive(p.node, p.incarnation)
+            && self.groups[e.node] == self.groups[p.node]
+    }
+
+    /// Schedules an idle check, one idle timeout from now, of every open link end of node `i` or of its peers
+    /// (`None`: of every node).
+    fn check_links_of(&mut self, node: Option<usize>) {
+        let at = self.now_ms + self.options.net.idle_timeout_ms;
+        let touches = |e: &End| {
+            node.is_none_or(|i| e.node == i || self.ends.get(&e.peer).is_some_and(|p| p.node == i))
+        };
+        let ends: Vec<LinkId> = self
+            .ends
+            .iter()
+            .filter(|(_, e)| e.open && touches(e))
+            .map(|(&id, _)| id)
+            .collect();
+        for end in ends {
+            self.push(at, Ev::IdleCheck { end });
         }
     }
 
-    /// Routes what node `from` wants to send.
-    fn collect(&mut self, from: usize) {
-        while let Some(transmit) = self.nodes[from].replicator.poll_transmit() {
-            let to = transmit.peer as usize;
-            if to >= self.nodes.len() {
-                continue;
-            }
-            if self.groups[from] != self.groups[to] {
-                self.stats.partitioned += 1;
-                continue;
-            }
-            let copies = match transmit.channel {
-                Channel::Datagram if self.rng.chance(self.options.loss) => {
-                    self.stats.lost += 1;
-                    0
+    /// Closes `end` and tells its node (now, or at resume when paused).
+    fn close_end(&mut self, end: LinkId, reason: &str) {
+        let Some(e) = self.ends.get_mut(&end) else {
+            return;
+        };
+        if !e.open {
+            return;
+        }
+        e.open = false;
+        let (node, incarnation) = (e.node, e.incarnation);
+        self.stats.links_closed += 1;
+        if self.nodes[node].incarnation != incarnation {
+            return;
+        }
+        match self.nodes[node].run {
+            RunState::Running => {
+                let n = &mut self.nodes[node];
+                n.clock.advance_to(self.now_ms);
+                if let Some(machine) = n.machine.as_mut() {
+                    machine.handle_link_down(end, reason);
                 }
-                Channel::Datagram if self.rng.chance(self.options.duplicate) => {
-                    self.stats.duplicated += 1;
-                    2
-                }
-                _ => 1,
+                self.touch(node);
+            }
+            RunState::Paused { .. } => self.nodes[node].deferred_downs.push(end),
+            RunState::Down => {}
+        }
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Scheduled { at, seq, ev });
+    }
+
+    /// Carries out what node `i`'s machine asked for and re-arms its wake-up.
+    fn touch(&mut self, i: usize) {
+        loop {
+            let Some(action) = self.nodes[i]
+                .machine
+                .as_mut()
+                .and_then(NodeMachine::poll_action)
+            else {
+                break;
             };
-            for _ in 0..copies {
-                let (lo, hi) = self.options.latency_ms;
-                let at = self.now_ms + self.rng.range(lo, hi.max(lo));
-                let id = self.next_message;
-                self.next_message += 1;
-                self.queue.push(Reverse((at, id)));
-                self.in_flight.insert(
-                    id,
-                    Delivery {
-                        from,
-                        to,
-                        frame: transmit.frame.clone(),
-                    },
-                );
+            match action {
+                Action::Dial(addr) => self.dial(i, addr),
+                Action::Send {
+                    link,
+                    channel,
+                    frame,
+                } => {
+                    let reliable =
+                        channel == Channel::Stream || frame.len() > self.options.net.max_datagram;
+                    self.transmit(i, link, frame, reliable);
+                }
+                Action::Close { link, .. } => {
+                    if let Some(e) = self.ends.get_mut(&link)
+                        && e.open
+                    {
+                        e.open = false;
+                        self.stats.links_closed += 1;
+                        let peer = e.peer;
+                        let (lo, hi) = self.options.net.latency_ms;
+                        let at = self.now_ms + self.rng.range(lo, hi.max(lo));
+                        self.push(at, Ev::LinkDown { end: peer });
+                    }
+                }
             }
         }
+        let n = &mut self.nodes[i];
+        let Some(machine) = n.machine.as_ref() else {
+            return;
+        };
+        let due = machine.poll_timeout().max(self.now_ms);
+        if due != n.timer_at {
+            n.timer_at = due;
+            let incarnation = n.incarnation;
+            self.push(
+                due,
+                Ev::Timer {
+                    node: i,
+                    incarnation,
+                },
+            );
+        }
+    }
+
+    /// Sends `frame` from node `i` on its link end `link`; returns when it arrives (the last copy), if it does.
+    fn transmit(&mut self, i: usize, link: LinkId, frame: Bytes, reliable: bool) -> Option<u64> {
+        let n = &mut self.nodes[i];
+        n.traffic.frames_sent += 1;
+        n.traffic.bytes_sent += frame.len() as u64;
+        let (peer, peer_node) = {
+            let e = self.ends.get(&link)?;
+            if !e.open {
+                self.stats.undeliverable += 1;
+                return None;
+            }
+            let p = self.ends.get(&e.peer)?;
+            (e.peer, p.node)
+        };
+        if self.groups[i] != self.groups[peer_node] {
+            self.stats.partitioned += 1;
+            return None;
+        }
+        let now = self.now_ms;
+        let e = self.ends.get_mut(&link)?;
+        let arrivals = network::schedule(
+            &self.options.net,
+            &mut self.rng,
+            &mut self.stats,
+            now,
+            &mut e.busy_until_ms,
+            frame.len(),
+            reliable,
+        );
+        let last = arrivals.iter().copied().max();
+        for at in arrivals {
+            self.push(
+                at,
+                Ev::Deliver {
+                    end: peer,
+                    frame: frame.clone(),
+                    reliable,
+                },
+            );
+        }
+        last
+    }
+
+    /// Node `i` dials `addr`: a link at both ends 1.5 round trips later, or a failure after the connect
+    /// timeout (nobody there, down, paused or across a partition).
+    fn dial(&mut self, i: usize, addr: SocketAddr) {
+        let incarnation = self.nodes[i].incarnation;
+        if addr == self.nodes[i].addr {
+            self.push(
+                self.now_ms,
+                Ev::DialFailed {
+                    node: i,
+                    incarnation,
+                    addr,
+                    self_link: true,
+                },
+            );
+            return;
+        }
+        let target = self.by_addr.get(&addr).copied();
+        let reachable = target.filter(|&j| {
+            self.nodes[j].run == RunState::Running && self.groups[i] == self.groups[j]
+        });
+        let Some(j) = reachable else {
+            self.push(
+                self.now_ms + self.options.net.connect_timeout_ms,
+                Ev::DialFailed {
+                    node: i,
+                    incarnation,
+                    addr,
+                    self_link: false,
+                },
+            );
+            return;
+        };
+        let (ours, theirs) = (self.next_link, self.next_link + 1);
+        self.next_link += 2;
+        self.ends.insert(
+            ours,
+            End {
+                node: i,
+                incarnation,
+                peer: theirs,
+                open: true,
+                busy_until_ms: 0,
+            },
+        );
+        self.ends.insert(
+            theirs,
+            End {
+                node: j,
+                incarnation: self.nodes[j].incarnation,
+                peer: ours,
+                open: true,
+                busy_until_ms: 0,
+            },
+        );
+        self.stats.links_opened += 1;
+        let nonce = self.rng.next_u64();
+        let (lo, hi) = self.options.net.latency_ms;
+        let at = self.now_ms + 3 * self.rng.range(lo, hi.max(lo));
+        let hello = |n: &SimNode, link_nonce: u64| PeerHello {
+            node_id: n.node_id.clone(),
+            replica_id: n.replica_id,
+            capabilities: capabilities::REPLICATION_V1,
+            gossip_addr: Some(n.addr),
+            link_nonce,
+        };
+        let max_datagram = Some(self.options.net.max_datagram);
+        let at_dialer = LinkUp {
+            link: ours,
+            hello: hello(&self.nodes[j], 0),
+            dialed_addr: Some(addr),
+            link_nonce: nonce,
+            remote: self.nodes[j].addr,
+            max_datagram,
+        };
+        let at_acceptor = LinkUp {
+            link: theirs,
+            hello: hello(&self.nodes[i], nonce),
+            dialed_addr: None,
+            link_nonce: nonce,
+            remote: self.nodes[i].addr,
+            max_datagram,
+        };
+        self.push(
+            at,
+            Ev::LinkUp {
+                end: theirs,
+                up: Box::new(at_acceptor),
+            },
+        );
+        self.push(
+            at,
+            Ev::LinkUp {
+                end: ours,
+                up: Box::new(at_dialer),
+            },
+        );
+    }
+
+    /// The traffic, visibility and network figures of the run so far, over `seconds` of virtual time.
+    pub fn report(&self, seconds: f64) -> SimReport {
+        report::build(self, seconds)
     }
 }

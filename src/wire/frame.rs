@@ -100,6 +100,43 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// The plane that owns frames of this kind: a node routes a frame by its header alone, and a new kind is
+    /// routed as soon as it names its plane here.
+    pub const fn plane(self) -> Plane {
+        match self {
+            Kind::Hello => Plane::Link,
+            Kind::DeltaBatch
+            | Kind::Digest
+            | Kind::StateRequest
+            | Kind::StateChunk
+            | Kind::DataPing
+            | Kind::DataPong => Plane::Counters,
+            Kind::ConfigEntries | Kind::ConfigDigest | Kind::NodeHealth => Plane::State,
+            Kind::Membership => Plane::Membership,
+        }
+    }
+
+    /// Data-plane checks: the only counter-plane frames a node still reads from a refused duplicate (they
+    /// feed the membership plane's health of that process).
+    pub const fn is_data_plane_check(self) -> bool {
+        matches!(self, Kind::DataPing | Kind::DataPong)
+    }
+}
+
+/// The planes frames belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Plane {
+    /// The link's own hello exchange (before any plane sees the link).
+    Link,
+    /// Counters: deltas, digests, state transfers, data-plane checks (`crate::replication`).
+    Counters,
+    /// Shared state: config entries and node health records (`crate::state`).
+    State,
+    /// SWIM membership packets (`crate::membership`).
+    Membership,
+}
+
 /// A message type that travels in a frame.
 pub trait Message:
     for<'a> rkyv::Serialize<HighSerializer<Vec<u8>, ArenaHandle<'a>, rancor::Error>>

@@ -17,8 +17,8 @@ pub use error::WireError;
 pub use frame::{
     Frame, HEADER_LEN, Kind, MAGIC, MAX_CONFIG_DIGEST_BUCKETS, MAX_CONFIG_VALUE_BYTES,
     MAX_ENTRIES_PER_FRAME, MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_NODE_ID_BYTES,
-    MAX_ORIGINS_PER_FRAME, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR, decode, encode, encode_into,
-    split_header,
+    MAX_ORIGINS_PER_FRAME, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR, Plane, decode, encode,
+    encode_into, split_header,
 };
 pub use messages::{
     ArchivedConfigBucketDigest, ArchivedConfigDigest, ArchivedConfigEntries, ArchivedDataPing,
