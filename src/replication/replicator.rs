@@ -34,7 +34,7 @@
 //!   check per peer is outstanding at a time; one unanswered for `check_timeout_ms` is counted and replaced.
 //! - Errors caused by network input never panic: a bad frame is dropped whole and counted.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -157,6 +157,8 @@ struct Peer {
     next_check_ms: u64,
     /// The outstanding check: nonce and when it was sent.
     outstanding: Option<(u64, u64)>,
+    /// The deadline this peer holds in `check_schedule`.
+    scheduled_check_ms: u64,
 }
 
 /// The replication state machine of one node.
@@ -166,6 +168,9 @@ pub struct Replicator {
     replica_id: u64,
     options: ReplicatorOptions,
     peers: BTreeMap<PeerId, Peer>,
+    /// Every peer's next data-plane check deadline, ordered: the next one is the first (O(log P) to keep, so
+    /// a timeout never scans the peers).
+    check_schedule: BTreeSet<(u64, PeerId)>,
     sequence: u64,
     next_request_id: u64,
     next_flush_ms: u64,
@@ -201,6 +206,7 @@ impl Replicator {
             store,
             replica_id,
             peers: BTreeMap::new(),
+            check_schedule: BTreeSet::new(),
             sequence: 0,
             next_request_id: 1,
             next_flush_ms: now_ms + flush,
@@ -236,6 +242,10 @@ impl Replicator {
     /// [`Replicator::handle_timeout`].
     pub fn add_peer(&mut self, peer: PeerId, replica: u64, max_datagram: Option<usize>) {
         let max_datagram = max_datagram.unwrap_or(self.options.max_batch_bytes);
+        if let Some(old) = self.peers.get(&peer) {
+            // A re-added peer keeps one schedule entry.
+            self.check_schedule.remove(&(old.scheduled_check_ms, peer));
+        }
         self.peers.insert(
             peer,
             Peer {
@@ -247,8 +257,10 @@ impl Replicator {
                 stats: PeerStats::default(),
                 next_check_ms: 0,
                 outstanding: None,
+                scheduled_check_ms: 0,
             },
         );
+        self.check_schedule.insert((0, peer));
         if !self.asked_full_state {
             self.asked_full_state = true;
             self.request_state(peer, Vec::new());
@@ -266,6 +278,23 @@ impl Replicator {
     pub fn remove_peer(&mut self, peer: PeerId) {
         if let Some(p) = self.peers.remove(&peer) {
             self.pulled_at.remove(&p.replica);
+            self.check_schedule.remove(&(p.scheduled_check_ms, peer));
+        }
+    }
+
+    /// Moves `peer`'s entry in the check schedule to its current deadline.
+    fn reschedule_check(&mut self, peer: PeerId) {
+        let timeout = self.options.check_timeout_ms.max(1);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            let due = match p.outstanding {
+                Some((_, sent)) => sent.saturating_add(timeout),
+                None => p.next_check_ms,
+            };
+            if due != p.scheduled_check_ms {
+                self.check_schedule.remove(&(p.scheduled_check_ms, peer));
+                self.check_schedule.insert((due, peer));
+                p.scheduled_check_ms = due;
+            }
         }
     }
 
@@ -312,20 +341,13 @@ impl Replicator {
     /// When [`Replicator::handle_timeout`] must next be called, in Unix ms.
     pub fn poll_timeout(&self) -> u64 {
         let mut due = self.next_flush_ms.min(self.next_anti_entropy_ms);
-        if self.options.check_interval_ms > 0 {
-            for p in self.peers.values() {
-                due = due.min(self.check_due_ms(p));
-            }
+        if self.options.check_interval_ms > 0
+            && let Some(&(check, _)) = self.check_schedule.first()
+        {
+            // A check is due at its schedule, or when the outstanding one times out.
+            due = due.min(check);
         }
         due
-    }
-
-    /// When `p`'s next check is due: at its schedule, or when the outstanding one times out.
-    fn check_due_ms(&self, p: &Peer) -> u64 {
-        match p.outstanding {
-            Some((_, sent)) => sent.saturating_add(self.options.check_timeout_ms.max(1)),
-            None => p.next_check_ms,
-        }
     }
 
     /// Sending to `peer` failed (a stream refused or reset): its outstanding check, if any, cannot be answered;
@@ -336,6 +358,7 @@ impl Replicator {
             && p.outstanding.take().is_some()
         {
             p.next_check_ms = now_ms.saturating_add(self.options.check_interval_ms);
+            self.reschedule_check(peer);
         }
     }
 
@@ -350,10 +373,10 @@ impl Replicator {
             return;
         }
         let due: Vec<PeerId> = self
-            .peers
+            .check_schedule
             .iter()
-            .filter(|(_, p)| self.check_due_ms(p) <= now_ms)
-            .map(|(&id, _)| id)
+            .take_while(|&&(at, _)| at <= now_ms)
+            .map(|&(_, peer)| peer)
             .collect();
         for peer in due {
             self.next_nonce = self.next_nonce.wrapping_add(1);
@@ -366,6 +389,7 @@ impl Replicator {
             }
             p.outstanding = Some((nonce, now_ms));
             p.next_check_ms = now_ms.saturating_add(self.options.check_interval_ms);
+            self.reschedule_check(peer);
             let ping = DataPing {
                 sender: self.replica_id,
                 nonce,
@@ -649,6 +673,7 @@ impl Replicator {
                     p.stats.last_check_answered_ms = now_ms;
                     self.stats.checks_answered += 1;
                     self.checks.push_back(CheckAnswered { peer, rtt_ms });
+                    self.reschedule_check(peer);
                 }
                 // An answer to a replaced (timed-out) check proves nothing about now: ignored.
             }

@@ -273,7 +273,7 @@ impl NodeMachine {
         {
             addrs.push(gossip);
         }
-        let replicating = !self.member_gone(hello.replica_id);
+        let replicating = !self.member_gone(hello.replica_id, hello.gossip_addr);
         let entry = LinkEntry {
             hello,
             remote,
@@ -600,15 +600,13 @@ impl NodeMachine {
 
     // ---- Internals.
 
-    /// True when membership holds this replica down or left, or refuses it as a duplicate (then nothing is
-    /// replicated to it).
-    fn member_gone(&self, replica_id: u64) -> bool {
+    /// True when membership holds this replica (whose gossip address is `addr`) down or left, or refuses it as
+    /// a duplicate (then nothing is replicated to it). Two map lookups, never a scan of the members.
+    fn member_gone(&self, replica_id: u64, addr: Option<SocketAddr>) -> bool {
         self.membership.is_refused(replica_id)
-            || self
-                .membership
-                .members()
-                .by_replica(replica_id)
-                .is_some_and(|m| !m.state.is_active())
+            || addr
+                .and_then(|a| self.membership.state_of(a))
+                .is_some_and(|(id, state)| id.replica_id() == replica_id && !state.is_active())
     }
 
     fn send(&mut self, link: LinkId, channel: Channel, frame: Bytes) {

@@ -1,0 +1,240 @@
+//! The scale harness: a whole-node simulation of N nodes, measured.
+//!
+//! ```text
+//! cargo run --release --example simulate -- --nodes 1000 --seconds 30 --json
+//! ```
+//!
+//! Phases, all in virtual time: the nodes start and join (until every node sees every other alive); then
+//! `--seconds` of load (one increment of one hot key per node every `--increment-ms`, and a visibility probe
+//! every 500 ms); then the load stops and the run checks that every node holds the exact totals; then one node
+//! is killed and the run measures until every other node marks it down. It prints per-node frames and bytes sent
+//! and received per virtual second of the load phase, increment-to-visible-everywhere p50/p99/max, the
+//! detection time, the exactness check, and the wall time per virtual second. The seed is printed and
+//! `--seed` replays the run.
+
+use std::time::Instant;
+
+use bifrost_cluster::counter::Window;
+use bifrost_cluster::membership::MemberState;
+use bifrost_cluster::sim::{NetOptions, NodeTraffic, SimOptions, Simulation};
+
+struct Args {
+    nodes: usize,
+    seconds: u64,
+    seed: u64,
+    increment_ms: u64,
+    loss: f64,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        nodes: 100,
+        seconds: 10,
+        seed: 1,
+        increment_ms: 100,
+        loss: 0.0,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "--nodes" => {
+                args.nodes = value("--nodes")?
+                    .parse()
+                    .map_err(|e| format!("--nodes: {e}"))?
+            }
+            "--seconds" => {
+                args.seconds = value("--seconds")?
+                    .parse()
+                    .map_err(|e| format!("--seconds: {e}"))?
+            }
+            "--seed" => {
+                args.seed = value("--seed")?
+                    .parse()
+                    .map_err(|e| format!("--seed: {e}"))?
+            }
+            "--increment-ms" => {
+                args.increment_ms = value("--increment-ms")?
+                    .parse()
+                    .map_err(|e| format!("--increment-ms: {e}"))?
+            }
+            "--loss" => {
+                args.loss = value("--loss")?
+                    .parse()
+                    .map_err(|e| format!("--loss: {e}"))?
+            }
+            "--json" => args.json = true,
+            "--help" | "-h" => {
+                return Err(
+                    "usage: simulate [--nodes N] [--seconds S] [--seed SEED] [--increment-ms MS] \
+                            [--loss P] [--json]"
+                        .to_string(),
+                );
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    if args.nodes < 2 || args.seconds == 0 || args.increment_ms == 0 {
+        return Err(
+            "--nodes must be at least 2, --seconds and --increment-ms at least 1".to_string(),
+        );
+    }
+    Ok(args)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let wall = Instant::now();
+    let mut sim = match Simulation::new(SimOptions {
+        nodes: args.nodes,
+        seed: args.seed,
+        net: NetOptions {
+            latency_ms: (1, 5),
+            ..NetOptions::default()
+        },
+        ..SimOptions::default()
+    }) {
+        Ok(sim) => sim,
+        Err(error) => {
+            eprintln!("cannot build the simulation: {error}");
+            std::process::exit(1);
+        }
+    };
+    // 1. Join.
+    let t0 = sim.now_ms();
+    let joined = sim.run_until_true(100, 600_000, Simulation::converged);
+    let join_ms = joined.map(|t| t - t0);
+    let join_wall = wall.elapsed().as_secs_f64();
+    eprintln!("joined: {join_ms:?} ms virtual, {join_wall:.1} s wall");
+
+    // 2. Load.
+    sim.set_loss(args.loss);
+    let hot = Window::parse("1h").unwrap_or(Window::MINUTE);
+    let before: Vec<NodeTraffic> = (0..sim.len()).map(|i| sim.traffic(i)).collect();
+    let load_start = sim.now_ms();
+    let load_wall = Instant::now();
+    let end = load_start + args.seconds * 1_000;
+    let mut next_probe = load_start;
+    // Each node increments at its own offset within the interval, so flushes are spread as in a real cluster.
+    let step = (args.increment_ms / sim.len() as u64).max(1);
+    let mut t = load_start;
+    let mut node = 0;
+    while t < end {
+        sim.run_until(t);
+        if let Err(error) = sim.add(node, "hot", hot, 1) {
+            eprintln!("add failed: {error}");
+            std::process::exit(1);
+        }
+        node = (node + 1) % sim.len();
+        if t >= next_probe {
+            let last = sim.len() as u64 - 1;
+            let at = sim.rng().range(0, last) as usize;
+            let _ = sim.probe(at);
+            next_probe += 500;
+        }
+        t += step;
+    }
+    sim.run_until(end);
+    let load_wall_s = load_wall.elapsed().as_secs_f64();
+    let seconds = args.seconds as f64;
+    let per_node = |f: fn(&NodeTraffic) -> u64| -> (f64, f64) {
+        let rates: Vec<f64> = (0..sim.len())
+            .map(|i| (f(&sim.traffic(i)) - f(&before[i])) as f64 / seconds)
+            .collect();
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        let max = rates.iter().copied().fold(0.0, f64::max);
+        (mean, max)
+    };
+    let frames_sent = per_node(|t| t.frames_sent);
+    let bytes_sent = per_node(|t| t.bytes_sent);
+    let frames_received = per_node(|t| t.frames_received);
+    let bytes_received = per_node(|t| t.bytes_received);
+
+    // 3. Exactness, once the load stopped.
+    sim.set_loss(0.0);
+    let settled = sim.run_until_true(100, 60_000, |s| s.diverged().is_empty());
+    let exact = settled.is_some();
+    let settle_ms = settled.map(|t| t - end);
+    let report = sim.report(seconds);
+
+    // 4. Detection of a killed node.
+    let victim = sim.len() / 3;
+    sim.crash(victim);
+    let killed = sim.now_ms();
+    let detected = sim.run_until_true(100, 120_000, |s| {
+        (0..s.len())
+            .filter(|&i| i != victim)
+            .all(|i| s.view(i, victim) == Some(MemberState::Down))
+    });
+    let detection_ms = detected.map(|t| t - killed);
+    let total_wall = wall.elapsed().as_secs_f64();
+
+    if args.json {
+        let out = serde_json::json!({
+            "nodes": args.nodes,
+            "seed": args.seed,
+            "seconds": args.seconds,
+            "increment_ms": args.increment_ms,
+            "loss": args.loss,
+            "join_ms": join_ms,
+            "per_node_per_s": {
+                "frames_sent": { "mean": frames_sent.0, "max": frames_sent.1 },
+                "bytes_sent": { "mean": bytes_sent.0, "max": bytes_sent.1 },
+                "frames_received": { "mean": frames_received.0, "max": frames_received.1 },
+                "bytes_received": { "mean": bytes_received.0, "max": bytes_received.1 },
+            },
+            "links_per_node": report.links_per_node,
+            "visibility_ms": report.visibility_ms,
+            "probes_pending": report.probes_pending,
+            "exact": exact,
+            "settle_ms": settle_ms,
+            "detection_ms": detection_ms,
+            "net": report.net,
+            "events": report.events,
+            "wall_s": { "join": join_wall, "load": load_wall_s, "total": total_wall },
+            "wall_s_per_virtual_s_under_load": load_wall_s / seconds,
+        });
+        println!("{out:#}");
+    } else {
+        println!(
+            "nodes {} seed {} ({} s of load, one increment per node every {} ms)",
+            args.nodes, args.seed, args.seconds, args.increment_ms
+        );
+        println!("joined after {join_ms:?} ms");
+        println!(
+            "per node per virtual second: frames sent {:.0} (max {:.0}), bytes sent {:.0} (max {:.0}), frames received {:.0}, bytes received {:.0}",
+            frames_sent.0,
+            frames_sent.1,
+            bytes_sent.0,
+            bytes_sent.1,
+            frames_received.0,
+            bytes_received.0
+        );
+        println!("links per node {:.1}", report.links_per_node.mean);
+        println!(
+            "increment to visible everywhere: p50 {} ms, p99 {} ms, max {} ms ({} probes, {} pending)",
+            report.visibility_ms.p50,
+            report.visibility_ms.p99,
+            report.visibility_ms.max,
+            report.visibility_ms.count,
+            report.probes_pending
+        );
+        println!("exact totals: {exact} (settled {settle_ms:?} ms after the load)");
+        println!("killed node marked down everywhere after {detection_ms:?} ms");
+        println!(
+            "wall: join {join_wall:.1} s, load {load_wall_s:.1} s ({:.2} s per virtual s), total {total_wall:.1} s",
+            load_wall_s / seconds
+        );
+    }
+    if !exact || detection_ms.is_none() || join_ms.is_none() {
+        std::process::exit(1);
+    }
+}
