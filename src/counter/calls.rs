@@ -13,6 +13,8 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::sync::LockClean;
+
 /// One thread's counts, alone in its cache line.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -35,10 +37,8 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    match REGISTRY.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    // Poison policy (crate::sync): the live list and the retired totals stay whole after a panic elsewhere.
+    REGISTRY.lock_clean()
 }
 
 /// This thread's registration: folds the counts into the retired totals when the thread exits.

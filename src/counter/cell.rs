@@ -32,7 +32,7 @@
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{
-    AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, seqcst_handshake,
+    AtomicBool, AtomicU64, AtomicUsize, LockClean, Mutex, OnceLock, Ordering, seqcst_handshake,
 };
 
 use super::epoch_cache::EpochCache;
@@ -831,13 +831,10 @@ impl Cell {
         self.extra.get().is_some()
     }
 
-    /// Locks the origin table. A poisoned mutex only means a panic elsewhere while merging; the table is still
-    /// consistent (every update is a few inserts followed by one published sum).
+    /// Locks the origin table under the crate's poison policy (`crate::sync`): a panic elsewhere while merging
+    /// leaves the table consistent (every update is a few inserts followed by one published sum).
     fn table(&self) -> impl std::ops::DerefMut<Target = OriginTable> + '_ {
-        match self.origins.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.origins.lock_clean()
     }
 
     /// Publishes the remote sum of position `i` for the hot path.

@@ -34,6 +34,7 @@ use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
 use super::lookup_cache;
 use super::window::Window;
+use crate::sync::LockClean;
 
 /// Options of a [`CounterStore`].
 #[derive(Clone, Debug)]
@@ -784,11 +785,8 @@ impl CounterStore {
         stats
             .floors_raised
             .fetch_add(floors.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut pending = match self.shared.pending_floors.lock() {
-            Ok(guard) => guard,
-            // A panic while pushing leaves a queue of whole entries.
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        // Poison policy (crate::sync): a panic while pushing leaves a queue of whole entries.
+        let mut pending = self.shared.pending_floors.lock_clean();
         for &(origin, floor) in &floors {
             if pending.len() == MAX_PENDING_FLOORS {
                 pending.pop_front();
@@ -826,10 +824,7 @@ impl CounterStore {
     /// Takes the floors that resets on this node set since the last call, as `(origin, entry)` with the floor in
     /// `entry.value`, for replication to send at once.
     pub fn drain_floors(&self) -> Vec<(u64, DirtyEntry)> {
-        let mut pending = match self.shared.pending_floors.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut pending = self.shared.pending_floors.lock_clean();
         pending.drain(..).collect()
     }
 

@@ -61,6 +61,7 @@ use tokio::task::JoinHandle;
 
 use super::{BoxFuture, Discovery, DiscoveryError, LocalNode, error_chain};
 use crate::config::DiscoveryConfig;
+use crate::sync::LockClean;
 
 const BACKEND: &str = "etcd";
 
@@ -586,10 +587,8 @@ impl EtcdDiscovery {
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
-        // A poisoned lock only means a panic elsewhere while holding it; the handles are still valid.
-        self.tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // Poison policy (crate::sync): the handles are still valid after a panic elsewhere.
+        self.tasks.lock_clean()
     }
 
     async fn do_register(&self) -> Result<(), DiscoveryError> {
@@ -651,8 +650,7 @@ impl EtcdDiscovery {
                 None => {
                     let first_time = inner
                         .bad_seen
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .lock_clean()
                         .insert((kv.key().to_vec(), kv.value().to_vec()));
                     let value = String::from_utf8_lossy(kv.value());
                     if first_time {
@@ -690,11 +688,7 @@ impl EtcdDiscovery {
             task.abort();
         }
         let inner = &self.inner;
-        let lease = inner
-            .lease
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let lease = inner.lease.lock_clean().take();
         let deadline = inner.loop_deadline();
         let mut client = inner.client(deadline).await?;
         if let Some(lease) = lease {
@@ -721,21 +715,14 @@ impl EtcdDiscovery {
 impl Drop for EtcdDiscovery {
     fn drop(&mut self) {
         // Like a crash: the renewals stop and the key expires with the lease.
-        if let Ok(tasks) = self.tasks.get_mut() {
-            tasks.abort_all();
-        }
+        self.tasks.lock_clean().abort_all();
     }
 }
 
 impl Inner {
     /// The cached client, or a new one (connecting is lazy: the first call dials, bounded by `call`).
     async fn client(&self, deadline: Instant) -> Result<Client, DiscoveryError> {
-        if let Some(client) = self
-            .client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-        {
+        if let Some(client) = self.client.lock_clean().clone() {
             return Ok(client);
         }
         let mut options = ConnectOptions::new()
@@ -756,10 +743,7 @@ impl Inner {
                 Client::connect(&self.endpoints, Some(options)),
             )
             .await?;
-        *self
-            .client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client.clone());
+        *self.client.lock_clean() = Some(client.clone());
         Ok(client)
     }
 
@@ -808,10 +792,7 @@ impl Inner {
             },
         };
         if matches!(result, DiscoveryError::Unreachable { .. }) {
-            *self
-                .client
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            *self.client.lock_clean() = None;
         }
         Err(result)
     }
@@ -962,10 +943,7 @@ impl Inner {
                 .await;
             return Err(error);
         }
-        *self
-            .lease
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
+        *self.lease.lock_clean() = Some(id);
         Ok(id)
     }
 

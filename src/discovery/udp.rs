@@ -41,7 +41,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
@@ -55,6 +55,7 @@ use super::filter::in_space;
 use super::interfaces::{self, V4Interface};
 use super::{BoxFuture, Discovery, DiscoveryError, LocalNode};
 use crate::config::{ClusterSecret, DiscoveryConfig};
+use crate::sync::LockClean;
 
 const BACKEND: &str = "udp";
 
@@ -370,7 +371,7 @@ struct Shared {
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock_clean()
     }
 
     /// A beacon (or answer) from this node, stamped now with a fresh nonce.
@@ -622,7 +623,7 @@ impl UdpDiscovery {
     }
 
     fn running(&self) -> MutexGuard<'_, Option<Running>> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+        self.running.lock_clean()
     }
 
     /// The broadcast targets: every broadcast-capable interface inside the space.
@@ -676,11 +677,7 @@ impl UdpDiscovery {
     async fn round(&self) -> Result<Vec<SocketAddr>, DiscoveryError> {
         let socket = self.running().as_ref().map(|r| Arc::clone(&r.socket));
         let Some(socket) = socket else {
-            let last = self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            let last = self.last_error.lock_clean().clone();
             return Err(DiscoveryError::Setup {
                 backend: BACKEND,
                 reason: match last {
@@ -800,10 +797,7 @@ impl Discovery for UdpDiscovery {
     fn register(&self) -> BoxFuture<'_, Result<(), DiscoveryError>> {
         Box::pin(async move {
             let result = self.start();
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = result.clone().err();
+            *self.last_error.lock_clean() = result.clone().err();
             result
         })
     }
