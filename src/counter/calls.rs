@@ -119,7 +119,8 @@ pub(crate) fn count_acquire() {
 /// One more in a count this thread alone writes: a plain load and store, no read-modify-write.
 #[inline(always)]
 fn bump(count: &AtomicU64) {
-    // Relaxed: single writer; readers only need an eventually current, monotone value.
+    // Relaxed: one writer per thread's slot (racing bumps of the shared `SINK` may lose a count, see there);
+    // nothing else is published through it, readers only need an eventually current value.
     count.store(
         count.load(Ordering::Relaxed).wrapping_add(1),
         Ordering::Relaxed,

@@ -27,7 +27,9 @@
 //!   year 8 million).
 //! - Dirty tracking publishes with `SeqCst` on both sides (add: CAS then flag load; drain: flag store then value
 //!   loads), so an add is either seen by the drain that clears the flag or re-marks the cell: no change is ever
-//!   stranded. On x86 these are the same instructions as the weaker orderings.
+//!   stranded. On x86 the `SeqCst` CASes and loads are the same instructions as the weaker orderings (a
+//!   `lock cmpxchg`, a plain `mov`); the drain's `SeqCst` flag store is not free (an `xchg`, a full barrier), but
+//!   it runs once per dirty cell per flush, off the hot path.
 
 use crossbeam_utils::CachePadded;
 
@@ -633,7 +635,10 @@ impl Cell {
 
     #[inline(always)]
     fn remote_value(&self, i: usize, generation: u16) -> u64 {
-        // Acquire: pairs with the Release store of the merge so the sum is read whole.
+        // Acquire: pairs with the Release store in `publish_remote`: a reader that sees a published sum also sees
+        // what the replication side wrote before publishing it (a reset lowers this replica's own value words,
+        // then publishes the remote sum net of the floors), so the value-word loads that follow are not older
+        // than the sum. (Any atomic load reads the word whole; that needs no ordering.)
         let w = self.remote[i].load(Ordering::Acquire);
         if word_gen(w) == generation {
             word_value(w)

@@ -55,7 +55,8 @@ pub struct StoreOptions {
     /// the available parallelism, at most 64. Uncontended cells use one inline stripe and cost no more memory.
     pub stripes: usize,
     /// This process's replica id: values merged from this origin are ignored (they are our own, echoed).
-    /// The node draws a fresh random one per process start (DESIGN.md, Identity). Default 0.
+    /// The node draws a fresh random one per process start, so a restarted process's new increments are never
+    /// hidden behind its old, higher values still held by peers (merge is a per-origin max). Default 0.
     pub replica_id: u64,
     /// Seed of the key hash. The node passes a random seed so keys chosen by clients cannot collide on purpose.
     /// Default: a fixed constant.
