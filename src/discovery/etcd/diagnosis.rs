@@ -325,3 +325,49 @@ fn describe(error: &etcd_client::Error) -> String {
         other => error_chain(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::EtcdOptions;
+    use super::*;
+
+    fn system_trust() -> Tls {
+        Tls::load(&EtcdOptions::default()).expect("no files to read")
+    }
+
+    #[test]
+    fn an_alert_kept_only_as_text_is_parsed_back_with_its_hint() {
+        let tls = system_trust();
+        let error = etcd_client::Error::WatchError(
+            "h2 protocol error: received fatal alert: CertificateRequired".into(),
+        );
+        let (cause, hint) = tls_failure(&error, &tls).expect("a TLS failure");
+        assert_eq!(cause, "received fatal alert: CertificateRequired");
+        assert!(hint.contains("client_cert_file"), "{hint}");
+        // An alert name rustls does not use is still reported, with no hint.
+        let error = etcd_client::Error::WatchError("received fatal alert: Nonsense".into());
+        assert_eq!(
+            tls_failure(&error, &tls),
+            Some(("received fatal alert: Nonsense".to_owned(), ""))
+        );
+        let error = etcd_client::Error::WatchError("connection refused".into());
+        assert_eq!(tls_failure(&error, &tls), None);
+    }
+
+    #[test]
+    fn rustls_errors_and_alerts_get_the_hint_for_the_trust_used() {
+        let tls = system_trust();
+        let unknown = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert!(rustls_hint(&unknown, &tls).contains("system trust store"));
+        let refused = rustls::Error::AlertReceived(AlertDescription::UnknownCA);
+        assert!(
+            rustls_hint(&refused, &tls).contains("refused the client certificate"),
+            "a certificate alert after a client certificate was sent"
+        );
+        assert_eq!(
+            alert_hint(AlertDescription::CertificateRequired, &tls),
+            alert_hint(AlertDescription::BadCertificate, &tls)
+        );
+        assert_eq!(alert_hint(AlertDescription::ProtocolVersion, &tls), "");
+    }
+}
