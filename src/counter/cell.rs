@@ -357,8 +357,9 @@ impl Cell {
             return None; // beyond the representable range (and the retired sentinel's epoch)
         }
         let i = ring_index(epoch);
-        // Acquire: pairs with the roll so a writer that sees the new generation also sees the roll's position
-        // in the slot's modification order before its own word CAS.
+        // Acquire: synchronizes with the roll's CAS (a release), so the roll happens before this writer's word
+        // CAS: a reader that sees the word at the new generation (with an Acquire or stronger load) and then
+        // loads the slot sees the roll or a later value, never the older epoch.
         let slot = self.slots[i].load(Ordering::Acquire);
         // An empty (or retired) slot reads as epoch `EPOCH_MASK`, which `epoch` is below: it never matches here.
         if slot_epoch(slot) == epoch {
@@ -766,8 +767,9 @@ impl Cell {
         let mut saved = [SLOT_EMPTY; RING];
         let restore = |saved: &[u64], upto: usize| {
             for (i, &slot) in saved.iter().enumerate().take(upto) {
-                // SeqCst: nobody else writes a retired slot (it looks newer than every epoch), so a plain store
-                // gives the slot back exactly.
+                // A plain store, not a CAS: nobody else writes a retired slot (it looks newer than every epoch),
+                // so it gives the slot back exactly. SeqCst: like every access of the retire handshake (see
+                // `register_handle`).
                 self.slots[i].store(slot, Ordering::SeqCst);
             }
         };
