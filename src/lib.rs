@@ -3,9 +3,9 @@
 //! A state-replication engine for AI-gateway clusters: every gateway node enforces **one** global rate limit or
 //! budget, not N copies of it, without a network round trip on the request path.
 //!
-//! Each node counts locally in lock-free per-replica G-counters ([`counter`]); replication (a later step) ships
-//! absolute per-origin values as delta batches and merges everyone else's with a per-origin `max`, so merges are
-//! idempotent, commutative and associative.
+//! Each node counts locally in lock-free per-replica G-counters ([`counter`]); [`replication`] ships absolute
+//! per-origin values as delta batches over the [`transport`] and merges everyone else's with a per-origin `max`,
+//! so merges are idempotent, commutative and associative, and anti-entropy repairs what was lost.
 //!
 //! ## What this crate guarantees today
 //!
@@ -16,6 +16,9 @@
 //!   another, and all nodes roll over on the same boundary by construction.
 //! - **Bounded memory**: the store holds at most `limits.max_keys` cells; at the cap a new key is refused with a
 //!   typed error and counted, existing keys keep working.
+//! - **Replication**: lost, duplicated or reordered batches are harmless (merge is a per-origin `max`); once
+//!   every node has received every other's values, every node's global count is the exact sum of all
+//!   increments ([`replication::Replicator`]).
 //! - **Config**: [`config`] loads the reference's `cluster_config` JSON unchanged and reports every invalid field
 //!   with its JSON path.
 //!
@@ -51,6 +54,7 @@ pub mod rng;
 pub mod sim;
 pub mod state;
 mod sync;
+mod tls;
 pub mod transport;
 pub mod wire;
 

@@ -13,6 +13,8 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::sync::LockClean;
+
 /// One thread's counts, alone in its cache line.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -35,10 +37,8 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
-    match REGISTRY.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    // Poison policy (crate::sync): the live list and the retired totals stay whole after a panic elsewhere.
+    REGISTRY.lock_clean()
 }
 
 /// This thread's registration: folds the counts into the retired totals when the thread exits.
@@ -119,7 +119,8 @@ pub(crate) fn count_acquire() {
 /// One more in a count this thread alone writes: a plain load and store, no read-modify-write.
 #[inline(always)]
 fn bump(count: &AtomicU64) {
-    // Relaxed: single writer; readers only need an eventually current, monotone value.
+    // Relaxed: one writer per thread's slot (racing bumps of the shared `SINK` may lose a count, see there);
+    // nothing else is published through it, readers only need an eventually current value.
     count.store(
         count.load(Ordering::Relaxed).wrapping_add(1),
         Ordering::Relaxed,

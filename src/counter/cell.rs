@@ -27,12 +27,14 @@
 //!   year 8 million).
 //! - Dirty tracking publishes with `SeqCst` on both sides (add: CAS then flag load; drain: flag store then value
 //!   loads), so an add is either seen by the drain that clears the flag or re-marks the cell: no change is ever
-//!   stranded. On x86 these are the same instructions as the weaker orderings.
+//!   stranded. On x86 the `SeqCst` CASes and loads are the same instructions as the weaker orderings (a
+//!   `lock cmpxchg`, a plain `mov`); the drain's `SeqCst` flag store is not free (an `xchg`, a full barrier), but
+//!   it runs once per dirty cell per flush, off the hot path.
 
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{
-    AtomicBool, AtomicU64, AtomicUsize, Mutex, OnceLock, Ordering, seqcst_handshake,
+    AtomicBool, AtomicU64, AtomicUsize, LockClean, Mutex, OnceLock, Ordering, seqcst_handshake,
 };
 
 use super::epoch_cache::EpochCache;
@@ -355,8 +357,9 @@ impl Cell {
             return None; // beyond the representable range (and the retired sentinel's epoch)
         }
         let i = ring_index(epoch);
-        // Acquire: pairs with the roll so a writer that sees the new generation also sees the roll's position
-        // in the slot's modification order before its own word CAS.
+        // Acquire: synchronizes with the roll's CAS (a release), so the roll happens before this writer's word
+        // CAS: a reader that sees the word at the new generation (with an Acquire or stronger load) and then
+        // loads the slot sees the roll or a later value, never the older epoch.
         let slot = self.slots[i].load(Ordering::Acquire);
         // An empty (or retired) slot reads as epoch `EPOCH_MASK`, which `epoch` is below: it never matches here.
         if slot_epoch(slot) == epoch {
@@ -633,7 +636,10 @@ impl Cell {
 
     #[inline(always)]
     fn remote_value(&self, i: usize, generation: u16) -> u64 {
-        // Acquire: pairs with the Release store of the merge so the sum is read whole.
+        // Acquire: pairs with the Release store in `publish_remote`: a reader that sees a published sum also sees
+        // what the replication side wrote before publishing it (a reset lowers this replica's own value words,
+        // then publishes the remote sum net of the floors), so the value-word loads that follow are not older
+        // than the sum. (Any atomic load reads the word whole; that needs no ordering.)
         let w = self.remote[i].load(Ordering::Acquire);
         if word_gen(w) == generation {
             word_value(w)
@@ -761,8 +767,9 @@ impl Cell {
         let mut saved = [SLOT_EMPTY; RING];
         let restore = |saved: &[u64], upto: usize| {
             for (i, &slot) in saved.iter().enumerate().take(upto) {
-                // SeqCst: nobody else writes a retired slot (it looks newer than every epoch), so a plain store
-                // gives the slot back exactly.
+                // A plain store, not a CAS: nobody else writes a retired slot (it looks newer than every epoch),
+                // so it gives the slot back exactly. SeqCst: like every access of the retire handshake (see
+                // `register_handle`).
                 self.slots[i].store(slot, Ordering::SeqCst);
             }
         };
@@ -831,13 +838,10 @@ impl Cell {
         self.extra.get().is_some()
     }
 
-    /// Locks the origin table. A poisoned mutex only means a panic elsewhere while merging; the table is still
-    /// consistent (every update is a few inserts followed by one published sum).
+    /// Locks the origin table under the crate's poison policy (`crate::sync`): a panic elsewhere while merging
+    /// leaves the table consistent (every update is a few inserts followed by one published sum).
     fn table(&self) -> impl std::ops::DerefMut<Target = OriginTable> + '_ {
-        match self.origins.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.origins.lock_clean()
     }
 
     /// Publishes the remote sum of position `i` for the hot path.

@@ -2,7 +2,7 @@
 //!
 //! Guarantees:
 //! - Reading [`CoarseClock::now_unix_ms`] is one relaxed atomic load: no syscall, no lock.
-//! - The counter plane never reads the system clock itself (DESIGN.md's sans-IO rule). Time is *pushed* into the
+//! - The counter plane never reads the system clock itself (the crate's sans-IO rule, see the crate docs). Time is *pushed* into the
 //!   coarse clock: the node ticks it from the system clock every millisecond or so; tests set it by hand or tick
 //!   it from a [`ManualClock`].
 //! - The coarse clock never goes backwards: [`CoarseClock::tick`] keeps the larger of the stored and the given

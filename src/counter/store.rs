@@ -34,6 +34,7 @@ use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
 use super::lookup_cache;
 use super::window::Window;
+use crate::sync::LockClean;
 
 /// Options of a [`CounterStore`].
 #[derive(Clone, Debug)]
@@ -54,7 +55,8 @@ pub struct StoreOptions {
     /// the available parallelism, at most 64. Uncontended cells use one inline stripe and cost no more memory.
     pub stripes: usize,
     /// This process's replica id: values merged from this origin are ignored (they are our own, echoed).
-    /// The node draws a fresh random one per process start (DESIGN.md, Identity). Default 0.
+    /// The node draws a fresh random one per process start, so a restarted process's new increments are never
+    /// hidden behind its old, higher values still held by peers (merge is a per-origin max). Default 0.
     pub replica_id: u64,
     /// Seed of the key hash. The node passes a random seed so keys chosen by clients cannot collide on purpose.
     /// Default: a fixed constant.
@@ -784,11 +786,8 @@ impl CounterStore {
         stats
             .floors_raised
             .fetch_add(floors.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut pending = match self.shared.pending_floors.lock() {
-            Ok(guard) => guard,
-            // A panic while pushing leaves a queue of whole entries.
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        // Poison policy (crate::sync): a panic while pushing leaves a queue of whole entries.
+        let mut pending = self.shared.pending_floors.lock_clean();
         for &(origin, floor) in &floors {
             if pending.len() == MAX_PENDING_FLOORS {
                 pending.pop_front();
@@ -826,10 +825,7 @@ impl CounterStore {
     /// Takes the floors that resets on this node set since the last call, as `(origin, entry)` with the floor in
     /// `entry.value`, for replication to send at once.
     pub fn drain_floors(&self) -> Vec<(u64, DirtyEntry)> {
-        let mut pending = match self.shared.pending_floors.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut pending = self.shared.pending_floors.lock_clean();
         pending.drain(..).collect()
     }
 

@@ -47,6 +47,7 @@ use url::Url;
 
 use super::{BoxFuture, Discovery, DiscoveryError, LocalNode, error_chain};
 use crate::config::DiscoveryConfig;
+use crate::sync::LockClean;
 
 const BACKEND: &str = "kubernetes";
 
@@ -141,10 +142,7 @@ struct Shared {
 
 impl Shared {
     fn set_watch_error(&self, error: Option<DiscoveryError>) {
-        let mut slot = self
-            .last_watch_error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self.last_watch_error.lock_clean();
         *slot = error;
     }
 }
@@ -209,11 +207,7 @@ impl KubernetesDiscovery {
     /// [`DiscoveryError::Forbidden`] when the service account may list pods but not watch them). `None` when
     /// the watch is healthy or not started.
     pub fn last_watch_error(&self) -> Option<DiscoveryError> {
-        self.shared
-            .last_watch_error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.shared.last_watch_error.lock_clean().clone()
     }
 
     async fn conn(&self) -> Result<&Conn, DiscoveryError> {
@@ -303,10 +297,7 @@ impl KubernetesDiscovery {
 
     /// Starts the watch task unless one is running.
     fn ensure_watch(&self, conn: &Conn, resource_version: String) {
-        let mut slot = self
-            .watch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self.watch.lock_clean();
         if slot.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
@@ -324,10 +315,7 @@ impl KubernetesDiscovery {
 impl KubernetesDiscovery {
     /// Stops the watch task, if any.
     fn stop_watch(&self) {
-        let mut slot = self
-            .watch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self.watch.lock_clean();
         if let Some(task) = slot.take() {
             task.abort();
         }

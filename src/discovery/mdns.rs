@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -32,6 +32,7 @@ use super::filter::in_space;
 use super::interfaces;
 use super::{BoxFuture, Discovery, DiscoveryError, LocalNode};
 use crate::config::DiscoveryConfig;
+use crate::sync::LockClean;
 
 const BACKEND: &str = "mdns";
 
@@ -136,7 +137,7 @@ struct Shared {
 
 impl Shared {
     fn found(&self) -> MutexGuard<'_, HashMap<String, Vec<SocketAddr>>> {
-        self.found.lock().unwrap_or_else(PoisonError::into_inner)
+        self.found.lock_clean()
     }
 
     fn current(&self) -> Vec<SocketAddr> {
@@ -292,7 +293,7 @@ impl MdnsDiscovery {
     }
 
     fn running(&self) -> MutexGuard<'_, Option<Running>> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+        self.running.lock_clean()
     }
 
     /// The interface addresses the daemon may use: those inside `allowed_address_space`, or `None` (every
@@ -410,11 +411,7 @@ impl MdnsDiscovery {
     async fn round(&self) -> Result<Vec<SocketAddr>, DiscoveryError> {
         let started = self.running().as_ref().map(|r| r.started);
         let Some(started) = started else {
-            let last = self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            let last = self.last_error.lock_clean().clone();
             return Err(setup(match last {
                 Some(e) => format!("not advertising nor browsing: {e}"),
                 None => "not advertising nor browsing (not registered yet)".into(),
@@ -488,10 +485,7 @@ impl Discovery for MdnsDiscovery {
     fn register(&self) -> BoxFuture<'_, Result<(), DiscoveryError>> {
         Box::pin(async move {
             let result = self.start();
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = result.clone().err();
+            *self.last_error.lock_clean() = result.clone().err();
             result
         })
     }

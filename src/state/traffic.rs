@@ -22,6 +22,7 @@ use std::time::Duration;
 use super::error::StateError;
 use super::histogram::{BUCKETS, Histogram, bucket_of_duration};
 use crate::counter::{CoarseClock, CounterHandle, CounterStore, EpochCache, Window};
+use crate::sync::LockClean;
 
 /// Prefix of the counter keys of this plane.
 pub const TRAFFIC_PREFIX: &str = "@traffic/";
@@ -75,10 +76,7 @@ impl TrafficRecorder {
 
     /// Every key a handle was resolved for, sorted.
     pub fn keys(&self) -> Vec<String> {
-        match self.keys.lock() {
-            Ok(keys) => keys.iter().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
-        }
+        self.keys.lock_clean().iter().cloned().collect()
     }
 
     /// Requests this node recorded since the previous call with the same `mark`, over every key (0 for a key
@@ -121,10 +119,7 @@ impl TrafficRecorder {
                 store: self.store.clone(),
             }),
         };
-        match self.keys.lock() {
-            Ok(mut keys) => keys.insert(key.to_string()),
-            Err(poisoned) => poisoned.into_inner().insert(key.to_string()),
-        };
+        self.keys.lock_clean().insert(key.to_string());
         Ok(handle)
     }
 

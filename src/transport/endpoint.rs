@@ -32,6 +32,7 @@ use super::options::TransportOptions;
 use super::refusals::{Direction, REFUSAL_FLUSH_EVERY_MS, RefusalLine, RefusalLog, RefusalReason};
 use super::tls::{TlsSetup, TrustMode};
 use super::{SERVER_NAME, health_tcp};
+use crate::sync::LockClean;
 
 /// How many established incoming connections wait for [`Transport::accept`] before handshake tasks wait.
 const ACCEPT_QUEUE: usize = 64;
@@ -276,10 +277,8 @@ impl Refusals {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RefusalLog> {
-        // A panic while holding it cannot leave the counters inconsistent: keep using them.
-        self.log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // Poison policy (crate::sync): every update leaves whole counters and slots behind.
+        self.log.lock_clean()
     }
 
     /// Counts one refusal and logs it if the rate limit allows.

@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tls::diagnosis::{alert_cause, alert_name, quic_crypto_alert};
+use crate::tls::pem::{PemError, PemProblem};
+
 /// Why a TLS setup could not be built. Nothing was built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -70,6 +73,30 @@ pub enum TlsError {
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
+impl TlsError {
+    /// The error for a PEM file of the files trust mode: [`TlsError::ReadFile`] when it could not be read,
+    /// [`TlsError::Pem`] otherwise.
+    pub(crate) fn from_pem(error: PemError) -> TlsError {
+        let PemError {
+            field,
+            path,
+            problem,
+        } = error;
+        match problem {
+            PemProblem::Read(source) => TlsError::ReadFile {
+                field,
+                path,
+                source,
+            },
+            other => TlsError::Pem {
+                field,
+                path,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 /// What went wrong with a connection attempt, for logs and for callers that treat causes differently (a bad
 /// certificate is a configuration problem; a timeout may be a partition).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,7 +134,7 @@ impl FailureKind {
     pub(crate) fn classify(error: &quinn::ConnectionError) -> (FailureKind, String) {
         use quinn::ConnectionError as E;
         match error {
-            E::TransportError(e) => match crypto_alert(e.code) {
+            E::TransportError(e) => match quic_crypto_alert(u64::from(e.code)) {
                 Some(alert) => {
                     // rustls' reason says whether the peer's certificate was at fault ("invalid peer
                     // certificate: UnknownIssuer", "peer sent no certificates").
@@ -134,7 +161,7 @@ impl FailureKind {
                 }
                 None => (FailureKind::Other, e.to_string()),
             },
-            E::ConnectionClosed(close) => match crypto_alert(close.error_code) {
+            E::ConnectionClosed(close) => match quic_crypto_alert(u64::from(close.error_code)) {
                 Some(alert) => (
                     alert_kind(alert),
                     format!("peer sent TLS alert {}", alert_name(alert)),
@@ -159,36 +186,13 @@ impl fmt::Display for FailureKind {
     }
 }
 
-/// The TLS alert carried by a QUIC `CRYPTO_ERROR` code (0x100..=0x1ff), if it is one.
-fn crypto_alert(code: quinn::TransportErrorCode) -> Option<u8> {
-    let code = u64::from(code);
-    if (0x100..0x200).contains(&code) {
-        u8::try_from(code & 0xff).ok()
-    } else {
-        None
-    }
-}
-
+/// A certificate alert is a certificate problem; any other alert is a handshake failure.
 fn alert_kind(alert: u8) -> FailureKind {
-    use rustls::AlertDescription as A;
-    match A::from(alert) {
-        A::BadCertificate
-        | A::UnsupportedCertificate
-        | A::CertificateRevoked
-        | A::CertificateExpired
-        | A::CertificateUnknown
-        | A::UnknownCA
-        | A::CertificateRequired
-        | A::AccessDenied
-        // Sent when a signature does not verify. Derived CAs of different secrets share their subject name, so
-        // a peer of another cluster finds "its" CA and fails on the signature: a certificate problem.
-        | A::DecryptError => FailureKind::BadCertificate,
-        _ => FailureKind::Handshake,
+    if alert_cause(alert).blames_certificate() {
+        FailureKind::BadCertificate
+    } else {
+        FailureKind::Handshake
     }
-}
-
-fn alert_name(alert: u8) -> String {
-    format!("{:?}", rustls::AlertDescription::from(alert))
 }
 
 /// Why the transport could not be bound or a connection could not be established.

@@ -62,10 +62,8 @@ mod health_tcp;
 mod link;
 mod options;
 mod peer_identity;
-mod pem_files;
 pub mod refusals;
 mod tls;
-mod verifiers;
 
 pub use cluster_ca::{CA_COMMON_NAME, ClusterCa, HKDF_INFO, HKDF_SALT, LEAF_VALIDITY};
 pub use endpoint::Transport;

@@ -17,6 +17,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::tls::diagnosis::{AlertCause, alert_cause, quic_crypto_alert};
+
 /// How long after a refusal line the next line for the same direction and reason may come, in ms.
 pub const REFUSAL_LOG_INTERVAL_MS: u64 = 60_000;
 
@@ -136,20 +138,16 @@ impl RefusalReason {
 
     /// The reason for a TLS alert (by its code), whichever side sent it.
     pub fn from_alert(alert: u8) -> RefusalReason {
-        use rustls::AlertDescription as A;
-        match A::from(alert) {
-            A::CertificateRequired => RefusalReason::NoCertificate,
-            A::UnknownCA => RefusalReason::UnknownCa,
-            A::DecryptError => RefusalReason::BadSignature,
-            A::CertificateExpired => RefusalReason::Expired,
-            A::BadCertificate
-            | A::UnsupportedCertificate
-            | A::CertificateRevoked
-            | A::CertificateUnknown
-            | A::BadCertificateStatusResponse
-            | A::AccessDenied => RefusalReason::BadCertificate,
-            A::NoApplicationProtocol => RefusalReason::WrongAlpn,
-            _ => RefusalReason::Handshake,
+        match alert_cause(alert) {
+            AlertCause::NoCertificate => RefusalReason::NoCertificate,
+            AlertCause::UnknownCa => RefusalReason::UnknownCa,
+            AlertCause::BadSignature => RefusalReason::BadSignature,
+            AlertCause::Expired => RefusalReason::Expired,
+            AlertCause::BadCertificate | AlertCause::CertificateStatus => {
+                RefusalReason::BadCertificate
+            }
+            AlertCause::WrongAlpn => RefusalReason::WrongAlpn,
+            AlertCause::Other => RefusalReason::Handshake,
         }
     }
 
@@ -157,11 +155,11 @@ impl RefusalReason {
     pub fn classify(error: &quinn::ConnectionError) -> Option<RefusalReason> {
         use quinn::ConnectionError as E;
         Some(match error {
-            E::TransportError(e) => match crypto_alert(u64::from(e.code)) {
+            E::TransportError(e) => match quic_crypto_alert(u64::from(e.code)) {
                 Some(alert) => RefusalReason::from_alert(alert),
                 None => RefusalReason::Other,
             },
-            E::ConnectionClosed(close) => match crypto_alert(u64::from(close.error_code)) {
+            E::ConnectionClosed(close) => match quic_crypto_alert(u64::from(close.error_code)) {
                 Some(alert) => RefusalReason::from_alert(alert),
                 None => RefusalReason::Closed,
             },
@@ -176,15 +174,6 @@ impl RefusalReason {
 impl fmt::Display for RefusalReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// The TLS alert carried by a QUIC `CRYPTO_ERROR` code (0x100..=0x1ff), if it is one.
-fn crypto_alert(code: u64) -> Option<u8> {
-    if (0x100..0x200).contains(&code) {
-        u8::try_from(code & 0xff).ok()
-    } else {
-        None
     }
 }
 
@@ -442,8 +431,6 @@ mod tests {
                 "{alert:?}"
             );
         }
-        assert_eq!(crypto_alert(0x100 + 116), Some(116));
-        assert_eq!(crypto_alert(0x0a), None);
         let labels: std::collections::BTreeSet<&str> =
             RefusalReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.len(), RefusalReason::ALL.len());

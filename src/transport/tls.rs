@@ -25,9 +25,16 @@ use super::ALPN;
 use super::cluster_ca::{ClusterCa, issue_leaf_with};
 use super::error::TlsError;
 use super::peer_identity::common_name;
-use super::pem_files::{CA_FIELD, CERT_FIELD, load_certificates, load_private_key};
-use super::verifiers::{AcceptAnyClientCert, AcceptAnyServerCert, CaOnlyServerVerifier};
 use crate::config::{ClusterSecret, NodeId, Trust};
+use crate::tls::pem::{load_certificates, load_private_key};
+use crate::tls::verifiers::{AcceptAnyClientCert, AcceptAnyServerCert, CaOnlyServerVerifier};
+
+/// Config field of the CA file, as named in errors.
+const CA_FIELD: &str = "cluster_config.security.ca_file";
+/// Config field of the certificate chain file, as named in errors.
+const CERT_FIELD: &str = "cluster_config.security.cert_file";
+/// Config field of the private key file, as named in errors.
+const KEY_FIELD: &str = "cluster_config.security.key_file";
 
 /// Which trust mode a [`TlsSetup`] was built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,9 +139,9 @@ impl TlsSetup {
     /// Files mode: trusts the CA certificates in `ca_file` (every `CERTIFICATE` section is a trust anchor) and
     /// presents the chain in `cert_file` (end entity first) with the key in `key_file`. Errors name the file.
     pub fn from_files(ca_file: &Path, cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
-        let anchors = load_certificates(CA_FIELD, ca_file)?;
-        let chain = load_certificates(CERT_FIELD, cert_file)?;
-        let key = load_private_key(key_file)?;
+        let anchors = load_certificates(CA_FIELD, ca_file).map_err(TlsError::from_pem)?;
+        let chain = load_certificates(CERT_FIELD, cert_file).map_err(TlsError::from_pem)?;
+        let key = load_private_key(KEY_FIELD, key_file).map_err(TlsError::from_pem)?;
         let provider = provider();
         let ca_what = format!("CA file {}", ca_file.display());
         let roots = root_store(&anchors, &ca_what)?;

@@ -3,9 +3,11 @@
 //! - [`CaOnlyServerVerifier`]: the client-side check used with a cluster CA. It runs rustls' WebPKI verifier
 //!   (chain to the CA, validity period, key usage, handshake signature) and accepts a name mismatch only: peers
 //!   are dialed by address and "signed by the cluster CA" is what membership means.
-//! - [`AcceptAnyServerCert`] and [`AcceptAnyClientCert`]: insecure development mode. They accept any
-//!   certificate but still check the handshake signature, so the peer must hold the key of the certificate it
-//!   presents and the session is encrypted; a client certificate is still required.
+//! - [`AcceptAnyServerCert`] and [`AcceptAnyClientCert`]: they accept any certificate but still check the
+//!   handshake signature, so the peer must hold the key of the certificate it presents and the session is
+//!   encrypted; a client certificate is still required. The transport's insecure development mode uses both;
+//!   the etcd backend's diagnosis handshake uses the server one (the etcd client itself checks etcd's
+//!   certificate, and says so in its errors).
 
 use std::sync::Arc;
 
@@ -76,15 +78,42 @@ impl ServerCertVerifier for CaOnlyServerVerifier {
     }
 }
 
-/// Insecure: accepts any server certificate (the handshake signature is still checked).
+/// The handshake-signature checks of the verifiers that accept any certificate: the one part they do verify.
 #[derive(Debug)]
-pub(crate) struct AcceptAnyServerCert {
-    algorithms: WebPkiSupportedAlgorithms,
+struct SignatureChecks(WebPkiSupportedAlgorithms);
+
+impl SignatureChecks {
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
 }
 
+/// Accepts any server certificate (the handshake signature is still checked).
+#[derive(Debug)]
+pub(crate) struct AcceptAnyServerCert(SignatureChecks);
+
 impl AcceptAnyServerCert {
+    /// Checks handshake signatures with `algorithms` (a provider's `signature_verification_algorithms`).
     pub(crate) fn new(algorithms: WebPkiSupportedAlgorithms) -> Self {
-        Self { algorithms }
+        Self(SignatureChecks(algorithms))
     }
 }
 
@@ -106,7 +135,7 @@ impl ServerCertVerifier for AcceptAnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -115,23 +144,22 @@ impl ServerCertVerifier for AcceptAnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 
-/// Insecure: requires a client certificate but accepts any (the handshake signature is still checked).
+/// Requires a client certificate but accepts any (the handshake signature is still checked).
 #[derive(Debug)]
-pub(crate) struct AcceptAnyClientCert {
-    algorithms: WebPkiSupportedAlgorithms,
-}
+pub(crate) struct AcceptAnyClientCert(SignatureChecks);
 
 impl AcceptAnyClientCert {
+    /// Checks handshake signatures with `algorithms` (a provider's `signature_verification_algorithms`).
     pub(crate) fn new(algorithms: WebPkiSupportedAlgorithms) -> Self {
-        Self { algorithms }
+        Self(SignatureChecks(algorithms))
     }
 }
 
@@ -159,7 +187,7 @@ impl ClientCertVerifier for AcceptAnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -168,10 +196,10 @@ impl ClientCertVerifier for AcceptAnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
