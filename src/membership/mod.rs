@@ -116,7 +116,7 @@ pub use codec::CodecError;
 pub use error::MembershipError;
 pub use event::{MemberRef, MembershipEvent};
 pub use identity::{LocalIdentity, MAX_NODE_ID_BYTES, MemberId};
-pub use options::{HealthOptions, MembershipOptions, suspicion_timeout_ms};
+pub use options::{HealthOptions, MembershipOptions, OptionsError, suspicion_timeout_ms};
 pub use table::{
     ClusterHealth, LocalInfo, LocalState, MemberInfo, MemberState, MemberTable, MembershipReader,
     RefusedInfo,
@@ -127,6 +127,7 @@ use codec::{
     encode_roster, lock,
 };
 use health::HealthTracker;
+use options::ValidOptions;
 
 type Swim = Foca<MemberId, WireCodec, SmallRng, Handler>;
 
@@ -249,7 +250,7 @@ impl Runtime<MemberId> for Rt<'_> {
 
 /// The membership state machine of one node. See the [module docs](self).
 pub struct Membership {
-    opts: MembershipOptions,
+    opts: ValidOptions,
     swim: Swim,
     local: MemberId,
     shared: Shared,
@@ -314,9 +315,7 @@ impl Membership {
         seed: u64,
         now_ms: u64,
     ) -> Result<Membership, MembershipError> {
-        options
-            .validate()
-            .map_err(MembershipError::InvalidOptions)?;
+        let opts = ValidOptions::new(options).map_err(MembershipError::InvalidOptions)?;
         let len = identity.node_id.len();
         if len == 0 || len > MAX_NODE_ID_BYTES {
             return Err(MembershipError::InvalidIdentity(format!(
@@ -337,7 +336,7 @@ impl Membership {
         }));
         let swim = Foca::with_custom_broadcast(
             local.clone(),
-            options.foca_config(1),
+            opts.foca_config(1),
             SmallRng::seed_from_u64(seed),
             WireCodec {
                 shared: Arc::clone(&shared),
@@ -394,10 +393,10 @@ impl Membership {
             scan_gen: 0,
             live: 1,
             sized_for: 1,
-            next_reconnect_ms: now_ms.saturating_add(options.reconnect_interval_ms),
+            next_reconnect_ms: now_ms.saturating_add(opts.reconnect_interval_ms),
             next_prune_ms: now_ms.saturating_add(PRUNE_EVERY_MS),
             stats: MembershipStats::default(),
-            opts: options,
+            opts,
         };
         m.cluster_health = m.compute_cluster_health();
         m.publish(now_ms);
@@ -751,7 +750,7 @@ impl Membership {
 
     /// The options in force.
     pub fn options(&self) -> &MembershipOptions {
-        &self.opts
+        self.opts.options()
     }
 
     // ----- internals -----

@@ -70,7 +70,7 @@ fn construction_checks_identity_and_options() {
     };
     let bad = Membership::new(LocalIdentity::new("a", 1, addr(1)), opts, 1, T0);
     assert!(
-        matches!(bad, Err(MembershipError::InvalidOptions(m)) if m.contains("max_packet_size"))
+        matches!(bad, Err(MembershipError::InvalidOptions(m)) if m.to_string().contains("max_packet_size"))
     );
 }
 
