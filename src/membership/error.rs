@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use super::event::MemberRef;
+use super::options::OptionsError;
 use super::table::MemberState;
 
 /// Why a membership call was refused.
@@ -61,9 +62,10 @@ pub enum MembershipError {
         "{0} is a refused duplicate of a member's node id: data-plane report ignored, state unchanged"
     )]
     RefusedDuplicate(MemberRef),
-    /// Options break a documented constraint. No `Membership` was built.
+    /// Options break a documented constraint ([`OptionsError::field`] names the field). No `Membership`
+    /// was built.
     #[error("invalid membership options: {0}")]
-    InvalidOptions(String),
+    InvalidOptions(OptionsError),
     /// The local identity is unusable (empty or over-long node id). No `Membership` was built.
     #[error("invalid local identity: {0}")]
     InvalidIdentity(String),

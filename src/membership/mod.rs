@@ -90,45 +90,80 @@
 //! the time until some member probes it) and declared down `min..=max` later, close to `min` in a cluster big
 //! enough to produce K confirmations; the news then spreads in a few gossip rounds. See `docs/membership.md`
 //! for the measured distributions.
+//!
+//! ## Layout
+//!
+//! [`Membership`] holds one part per concern; each module says what its part guarantees.
+//!
+//! | module | concern |
+//! |---|---|
+//! | `swim` | the foca instance and the runtime that queues what foca asks for |
+//! | `timers` | the timer table: one deadline per kind; `poll_timeout` is their minimum |
+//! | `members` | the member map and its replica-id and node-id indexes |
+//! | `reconcile` | foca's member list against the map, and the member events |
+//! | `duplicates` | one live process per node id: refused duplicates, superseded identities |
+//! | `suspicion` | Lifeguard dynamic suspicion timers and confirmations |
+//! | `local_health` | Lifeguard local health multiplier and the probe in flight |
+//! | `checks` | health checks against the thresholds, data-plane deadlines |
+//! | `roster_sync` | push-pull roster exchange |
+//! | `publication` | the `arc-swap` snapshot, cluster health, the event queue |
+//! | `options`, `health`, `codec`, `identity`, `table`, `event`, `error` | options, per-member thresholds, the wire format, identities, the snapshot's types, events, errors |
+//!
+//! Every input (`join`, `handle_packet`, `handle_timeout`, `leave`, `record_data_plane`) ends with the same
+//! short list of named steps (`Membership::after_call`): drain what foca and its codec saw, apply it to the
+//! parts above, reconcile, publish, and re-align the timer table.
 
+mod broadcasts;
+mod checks;
 mod codec;
+mod duplicates;
 mod error;
 mod event;
 mod health;
 mod identity;
+mod local_health;
+mod members;
 mod options;
+mod publication;
+mod reconcile;
+mod roster_sync;
 pub mod sim;
+mod standing;
+mod suspicion;
+mod swim;
 mod table;
+mod timers;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use foca::{
-    Foca, Incarnation, Member, Notification, OwnedNotification, Runtime, State, Timer, TimerToken,
-};
+use foca::{Foca, Timer as SwimTimer};
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
 
 pub use codec::CodecError;
 pub use error::MembershipError;
 pub use event::{MemberRef, MembershipEvent};
 pub use identity::{LocalIdentity, MAX_NODE_ID_BYTES, MemberId};
-pub use options::{HealthOptions, MembershipOptions, suspicion_timeout_ms};
+pub use options::{HealthOptions, MembershipOptions, OptionsError, suspicion_timeout_ms};
 pub use table::{
     ClusterHealth, LocalInfo, LocalState, MemberInfo, MemberState, MemberTable, MembershipReader,
     RefusedInfo,
 };
 
-use codec::{
-    BroadcastItem, Handler, Observed, ROSTER_MAGIC, ReceivedKind, Shared, WireCodec, decode_roster,
-    encode_roster, lock,
-};
-use health::HealthTracker;
-
-type Swim = Foca<MemberId, WireCodec, SmallRng, Handler>;
+use checks::DataPlaneDeadlines;
+use codec::{BroadcastItem, Handler, ROSTER_MAGIC, ReceivedHeader, WireCodec};
+use duplicates::Duplicates;
+use local_health::LocalHealth;
+use members::Members;
+use options::ValidOptions;
+use publication::{Change, Publication};
+use roster_sync::RosterSync;
+use standing::{JoinIntent, Standing};
+use suspicion::Suspicions;
+use swim::{Rt, Swim, SwimCore, SwimRequests};
+use timers::{Timer, Timers};
 
 /// How long a custom broadcast is remembered as seen (so it is not re-spread), at least.
 const SEEN_TTL_MS: u64 = 600_000;
@@ -136,10 +171,11 @@ const SEEN_TTL_MS: u64 = 600_000;
 const PRUNE_EVERY_MS: u64 = 60_000;
 /// Members this node announces itself to per reconnect attempt while alone.
 const RECONNECT_FANOUT: usize = 3;
-/// A node syncs its roster right after joining and again this many probe intervals later.
-const JOIN_RESYNC_PROBES: u64 = 5;
-/// Smoothing of the round-trip estimate (like TCP's SRTT: new = old + (sample − old) / 8).
-const RTT_GAIN: f64 = 0.125;
+/// Most rounds of [`Membership::after_call`] per input (a round repeats only while leave notices make this
+/// node declare members down, which foca answers with more notifications).
+const SETTLE_ROUNDS: usize = 8;
+/// Mixed into the caller's seed for the wrapper's own RNG (foca's gets the seed itself).
+const WRAPPER_SEED_MIX: u64 = 0x6d65_6d62_6572_7368;
 
 /// Counters of one membership instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -160,135 +196,40 @@ pub struct MembershipStats {
     pub internal_errors: u64,
 }
 
-/// One remote member, as this node tracks it.
-#[derive(Debug)]
-struct Entry {
-    id: MemberId,
-    state: MemberState,
-    incarnation: Incarnation,
-    health: HealthTracker,
-    last_seen_ms: Option<u64>,
-    rtt_ms: Option<f64>,
-    health_deadline: Option<u64>,
-    scan: u64,
-}
-
-/// This node's probe in flight (for local health, probe-based checks and round-trip times).
-#[derive(Debug)]
-struct ProbeTrack {
-    target: MemberId,
-    number: u8,
-    sent_ms: u64,
-    acked: bool,
-}
-
-/// A suspicion timer of this node (Lifeguard dynamic suspicion).
-#[derive(Debug)]
-struct PendingSuspicion {
-    target: MemberId,
-    incarnation: Incarnation,
-    token: TimerToken,
-    started_ms: u64,
-    min_ms: u64,
-    max_ms: u64,
-    k: u32,
-    due_ms: u64,
-}
-
-/// What foca asked of the runtime during calls.
-#[derive(Debug, Default)]
-struct RtBuffers {
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
-    timers: BTreeMap<(u64, u64), Timer<MemberId>>,
-    seq: u64,
-    notifications: Vec<OwnedNotification<MemberId>>,
-    suspected: Vec<(MemberId, Incarnation, TimerToken)>,
-}
-
-/// foca's runtime for one call: queues sends, notifications and timers (probe timers stretched by the local
-/// health multiplier; suspicion timers handed to the wrapper).
-struct Rt<'a> {
-    now_ms: u64,
-    stretch: u64,
-    buf: &'a mut RtBuffers,
-}
-
-impl Runtime<MemberId> for Rt<'_> {
-    fn notify(&mut self, notification: Notification<'_, MemberId>) {
-        self.buf.notifications.push(notification.to_owned());
-    }
-
-    fn send_to(&mut self, to: MemberId, data: &[u8]) {
-        self.buf.transmits.push_back((to.addr, data.to_vec()));
-    }
-
-    fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
-        let mut ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
-        match &event {
-            Timer::ChangeSuspectToDown {
-                member_id,
-                incarnation,
-                token,
-            } => {
-                self.buf
-                    .suspected
-                    .push((member_id.clone(), *incarnation, *token));
-                return;
-            }
-            Timer::ProbeRandomMember(_) | Timer::SendIndirectProbe { .. } => {
-                ms = ms.saturating_mul(self.stretch);
-            }
-            _ => {}
-        }
-        self.buf.seq += 1;
-        self.buf
-            .timers
-            .insert((self.now_ms.saturating_add(ms), self.buf.seq), event);
-    }
+/// Whether [`Membership::after_call`] compares foca's member list with the map even without a hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rescan {
+    /// Only if what foca reported hints at a change.
+    IfHinted,
+    /// In the first round regardless (foca applied a roster, whose effect it does not report).
+    Always,
 }
 
 /// The membership state machine of one node. See the [module docs](self).
 pub struct Membership {
-    opts: MembershipOptions,
-    swim: Swim,
+    opts: ValidOptions,
+    /// This node's current identity.
     local: MemberId,
-    shared: Shared,
-    rt: RtBuffers,
+    standing: Standing,
+    join_requested: JoinIntent,
+    swim: SwimCore,
+    /// The wrapper's own random choices (roster partner, reconnect targets).
     rng: SmallRng,
-    members: BTreeMap<SocketAddr, Entry>,
-    by_replica: BTreeMap<u64, SocketAddr>,
-    by_node: BTreeSet<(Arc<str>, SocketAddr)>,
-    left_ids: BTreeMap<MemberId, u64>,
-    superseded: BTreeMap<MemberId, (MemberId, u64)>,
-    /// Refused duplicates: identity → (the holder of its node id when refused, since when).
-    refused: BTreeMap<MemberId, (MemberId, u64)>,
-    /// The holder of this node's own node id while this node is a refused duplicate.
-    local_refused: Option<MemberId>,
-    confirmations: BTreeMap<(MemberId, Incarnation), BTreeSet<SocketAddr>>,
-    suspicions: Vec<PendingSuspicion>,
-    probe: Option<ProbeTrack>,
-    lhm: u32,
-    health_deadlines: BTreeSet<(u64, SocketAddr)>,
-    events: VecDeque<MembershipEvent>,
-    table: Arc<ArcSwap<MemberTable>>,
-    changed: bool,
-    soft_changed: bool,
-    last_publish_ms: u64,
-    cluster_health: ClusterHealth,
-    state: LocalState,
-    join_requested: bool,
-    ever_joined: bool,
-    joined_pending: bool,
-    sync_pending: bool,
-    resync_step_ms: u64,
-    force_scan: bool,
-    next_roster_ms: u64,
-    roster_replies: BTreeMap<SocketAddr, u64>,
-    scan_gen: u64,
+    timers: Timers,
+    members: Members,
+    /// Live members counted, this node included (the N of the scaling rules), and the N foca is sized for.
     live: usize,
     sized_for: usize,
-    next_reconnect_ms: u64,
-    next_prune_ms: u64,
+    /// The reconciliation pass number (members not seen by the latest pass are forgotten).
+    scan_gen: u64,
+    /// Identities heard leaving on purpose, with when.
+    left_ids: BTreeMap<MemberId, u64>,
+    duplicates: Duplicates,
+    suspicions: Suspicions,
+    local_health: LocalHealth,
+    deadlines: DataPlaneDeadlines,
+    roster: RosterSync,
+    publication: Publication,
     stats: MembershipStats,
 }
 
@@ -296,11 +237,11 @@ impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Membership")
             .field("local", &self.local)
-            .field("state", &self.state)
+            .field("state", &self.standing.public())
             .field("members", &self.members.len())
             .field("live", &self.live)
-            .field("lhm", &self.lhm)
-            .field("cluster_health", &self.cluster_health)
+            .field("lhm", &self.local_health.multiplier())
+            .field("cluster_health", &self.publication.cluster_health)
             .finish_non_exhaustive()
     }
 }
@@ -314,9 +255,7 @@ impl Membership {
         seed: u64,
         now_ms: u64,
     ) -> Result<Membership, MembershipError> {
-        options
-            .validate()
-            .map_err(MembershipError::InvalidOptions)?;
+        let opts = ValidOptions::new(options).map_err(MembershipError::InvalidOptions)?;
         let len = identity.node_id.len();
         if len == 0 || len > MAX_NODE_ID_BYTES {
             return Err(MembershipError::InvalidIdentity(format!(
@@ -330,14 +269,10 @@ impl Membership {
             0,
             identity.addr,
         );
-        let shared: Shared = Arc::new(Mutex::new(Observed {
-            local_addr: Some(identity.addr),
-            now_ms,
-            ..Observed::default()
-        }));
-        let swim = Foca::with_custom_broadcast(
+        let shared = SwimCore::new_shared(identity.addr, now_ms);
+        let foca = Foca::with_custom_broadcast(
             local.clone(),
-            options.foca_config(1),
+            opts.foca_config(1),
             SmallRng::seed_from_u64(seed),
             WireCodec {
                 shared: Arc::clone(&shared),
@@ -346,60 +281,34 @@ impl Membership {
                 shared: Arc::clone(&shared),
             },
         );
-        let table = Arc::new(ArcSwap::from_pointee(MemberTable {
-            local: LocalInfo {
-                id: local.clone(),
-                state: LocalState::Alone,
-                local_health: 0,
-                refused_by: None,
-            },
-            members: Vec::new(),
-            refused: Vec::new(),
-            cluster_health: ClusterHealth::Healthy,
-            published_ms: now_ms,
-        }));
+        let mut timers = Timers::default();
+        timers.set(Timer::Prune, Some(now_ms.saturating_add(PRUNE_EVERY_MS)));
         let mut m = Membership {
-            swim,
+            publication: Publication::new(&local, now_ms),
             local,
-            shared,
-            rt: RtBuffers::default(),
-            rng: SmallRng::seed_from_u64(seed ^ 0x6d65_6d62_6572_7368),
-            members: BTreeMap::new(),
-            by_replica: BTreeMap::new(),
-            by_node: BTreeSet::new(),
-            left_ids: BTreeMap::new(),
-            superseded: BTreeMap::new(),
-            refused: BTreeMap::new(),
-            local_refused: None,
-            confirmations: BTreeMap::new(),
-            suspicions: Vec::new(),
-            probe: None,
-            lhm: 0,
-            health_deadlines: BTreeSet::new(),
-            events: VecDeque::new(),
-            table,
-            changed: true,
-            soft_changed: false,
-            last_publish_ms: now_ms,
-            cluster_health: ClusterHealth::Healthy,
-            state: LocalState::Alone,
-            join_requested: false,
-            ever_joined: false,
-            joined_pending: false,
-            sync_pending: false,
-            resync_step_ms: 0,
-            force_scan: false,
-            next_roster_ms: u64::MAX,
-            roster_replies: BTreeMap::new(),
-            scan_gen: 0,
+            standing: Standing::Fresh,
+            join_requested: JoinIntent::None,
+            swim: SwimCore {
+                foca,
+                shared,
+                requests: SwimRequests::default(),
+            },
+            rng: SmallRng::seed_from_u64(seed ^ WRAPPER_SEED_MIX),
+            timers,
+            members: Members::default(),
             live: 1,
             sized_for: 1,
-            next_reconnect_ms: now_ms.saturating_add(options.reconnect_interval_ms),
-            next_prune_ms: now_ms.saturating_add(PRUNE_EVERY_MS),
+            scan_gen: 0,
+            left_ids: BTreeMap::new(),
+            duplicates: Duplicates::default(),
+            suspicions: Suspicions::default(),
+            local_health: LocalHealth::new(opts.max_local_health),
+            deadlines: DataPlaneDeadlines::default(),
+            roster: RosterSync::default(),
             stats: MembershipStats::default(),
-            opts: options,
+            opts,
         };
-        m.cluster_health = m.compute_cluster_health();
+        m.publication.cluster_health = m.compute_cluster_health();
         m.publish(now_ms);
         Ok(m)
     }
@@ -408,20 +317,20 @@ impl Membership {
     /// retries with backoff until [`Membership::is_joined`]; repeating it is harmless. After this call the
     /// node counts as "expected in a cluster" for cluster health.
     pub fn join(&mut self, addr: SocketAddr, now_ms: u64) -> Result<(), MembershipError> {
-        if self.state == LocalState::Left {
+        if self.standing == Standing::Left {
             return Err(MembershipError::Left);
         }
         if addr == self.local.addr {
             return Err(MembershipError::JoinSelf(addr));
         }
-        if !self.join_requested {
-            self.join_requested = true;
-            self.changed = true;
+        if self.join_requested == JoinIntent::None {
+            self.join_requested = JoinIntent::Requested;
+            self.publication.mark(Change::Table);
         }
         let result = self.with_swim(now_ms, |swim, rt| {
             swim.announce(MemberId::placeholder(addr), rt)
         });
-        self.after_call(now_ms);
+        self.after_call(now_ms, Rescan::IfHinted);
         result.map_err(|e| MembershipError::Internal(e.to_string()))
     }
 
@@ -432,7 +341,7 @@ impl Membership {
         bytes: &[u8],
         now_ms: u64,
     ) -> Result<(), MembershipError> {
-        if self.state == LocalState::Left {
+        if self.standing == Standing::Left {
             return Err(MembershipError::Left);
         }
         self.stats.packets_received += 1;
@@ -445,7 +354,7 @@ impl Membership {
             return result;
         }
         let result = self.with_swim(now_ms, |swim, rt| swim.handle_data(bytes, rt));
-        self.after_call(now_ms);
+        self.after_call(now_ms, Rescan::IfHinted);
         result.map_err(|e| {
             self.stats.packets_rejected += 1;
             match e {
@@ -470,112 +379,41 @@ impl Membership {
     /// Runs every timer due at `now_ms` (probes, gossip, suspicion expiries, health-check deadlines,
     /// reconnects). Call it at [`Membership::poll_timeout`]; calling it early or twice is harmless.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        if self.state == LocalState::Left {
+        if self.standing == Standing::Left {
             return;
         }
-        let mut late = false;
-        loop {
-            let timer_due = self.rt.timers.first_key_value().map(|(k, _)| k.0);
-            let susp = self
-                .suspicions
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, s)| s.due_ms)
-                .map(|(i, s)| (i, s.due_ms));
-            match (timer_due, susp) {
-                (Some(t), s) if t <= now_ms && s.is_none_or(|(_, d)| t <= d) => {
-                    let Some(((due, _), timer)) = self.rt.timers.pop_first() else {
-                        break;
-                    };
-                    if now_ms.saturating_sub(due) > self.opts.probe_interval_ms / 2 {
-                        late = true;
-                    }
-                    if matches!(timer, Timer::ProbeRandomMember(_)) {
-                        self.evaluate_probe();
-                    }
-                    if self
-                        .with_swim(now_ms, |swim, rt| swim.handle_timer(timer, rt))
-                        .is_err()
-                    {
-                        self.stats.internal_errors += 1;
-                    }
-                    self.after_call(now_ms);
-                }
-                (_, Some((i, d))) if d <= now_ms => {
-                    let s = self.suspicions.swap_remove(i);
-                    let timer = Timer::ChangeSuspectToDown {
-                        member_id: s.target,
-                        incarnation: s.incarnation,
-                        token: s.token,
-                    };
-                    if self
-                        .with_swim(now_ms, |swim, rt| swim.handle_timer(timer, rt))
-                        .is_err()
-                    {
-                        self.stats.internal_errors += 1;
-                    }
-                    self.after_call(now_ms);
-                }
-                _ => break,
-            }
-        }
-        if late {
+        if self.run_swim_timers(now_ms) {
             self.raise_local_health();
         }
-        while let Some(&(due, addr)) = self.health_deadlines.first() {
-            if due > now_ms {
-                break;
-            }
-            self.health_deadlines.pop_first();
-            let timeout_ms = self.opts.health.timeout_ms;
-            let Some(e) = self.members.get_mut(&addr) else {
-                continue;
-            };
-            e.health_deadline = None;
-            if !e.state.is_active() || self.refused.contains_key(&e.id) {
-                continue;
-            }
-            let what = format!(
-                "no data-plane answer within {} ms",
-                self.opts.health.timeout_ms
-            );
-            self.health_check(addr, false, &what);
-            self.set_health_deadline(addr, Some(now_ms.saturating_add(timeout_ms)));
-        }
-        if self.state == LocalState::Joined && now_ms >= self.next_roster_ms {
+        self.expire_data_plane_deadlines(now_ms);
+        if self.timers.is_due(Timer::RosterSync, now_ms) {
             self.push_pull(now_ms);
         }
-        if self.reconnecting() && now_ms >= self.next_reconnect_ms {
-            self.next_reconnect_ms = now_ms.saturating_add(self.opts.reconnect_interval_ms);
+        if self.timers.is_due(Timer::Reconnect, now_ms) {
+            let next = now_ms.saturating_add(self.opts.reconnect_interval_ms);
+            self.timers.set(Timer::Reconnect, Some(next));
             self.reconnect(now_ms);
         }
-        if now_ms >= self.next_prune_ms {
-            self.next_prune_ms = now_ms.saturating_add(PRUNE_EVERY_MS);
+        if self.timers.is_due(Timer::Prune, now_ms) {
+            self.timers
+                .set(Timer::Prune, Some(now_ms.saturating_add(PRUNE_EVERY_MS)));
             self.prune(now_ms);
         }
-        self.after_call(now_ms);
+        self.after_call(now_ms, Rescan::IfHinted);
     }
 
-    /// When [`Membership::handle_timeout`] should next be called (Unix ms); `None` once left.
+    /// When [`Membership::handle_timeout`] should next be called (Unix ms); `None` once left. The minimum of
+    /// the timer table: a few comparisons, whatever the number of members.
     pub fn poll_timeout(&self) -> Option<u64> {
-        if self.state == LocalState::Left {
+        if self.standing == Standing::Left {
             return None;
         }
-        let timers = self.rt.timers.first_key_value().map(|(k, _)| k.0);
-        let susp = self.suspicions.iter().map(|s| s.due_ms).min();
-        let health = self.health_deadlines.first().map(|(d, _)| *d);
-        let reconnect = self.reconnecting().then_some(self.next_reconnect_ms);
-        let roster = (self.state == LocalState::Joined).then_some(self.next_roster_ms);
-        [timers, susp, health, reconnect, roster]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| t.min(self.next_prune_ms))
+        self.timers.next_wake()
     }
 
     /// The next payload to send, and to which gossip address.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
-        let t = self.rt.transmits.pop_front()?;
+        let t = self.swim.requests.transmits.pop_front()?;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += t.1.len() as u64;
         Some(t)
@@ -583,7 +421,7 @@ impl Membership {
 
     /// The next event, in the order they happened.
     pub fn poll_event(&mut self) -> Option<MembershipEvent> {
-        self.events.pop_front()
+        self.publication.events.pop_front()
     }
 
     /// Leaves the cluster on purpose: declares this identity down, spreads a leave notice to up to the
@@ -591,12 +429,11 @@ impl Membership {
     /// report [`MembershipEvent::MemberLeft`], not suspect. Later calls are refused with
     /// [`MembershipError::Left`]; calling `leave` again is a no-op.
     pub fn leave(&mut self, now_ms: u64) -> Result<(), MembershipError> {
-        if self.state == LocalState::Left {
+        if self.standing == Standing::Left {
             return Ok(());
         }
-        lock(&self.shared).now_ms = now_ms;
-        let notice = BroadcastItem::Leave(self.local.clone()).encode();
-        let _ = self.swim.add_broadcast(&notice);
+        self.swim
+            .broadcast(&BroadcastItem::Leave(self.local.clone()), now_ms);
         let max_tx = usize::from(self.opts.max_transmissions(self.live));
         let extra_rounds = max_tx.div_ceil(self.opts.indirect_probes).saturating_sub(1);
         let result = self.with_swim(now_ms, |swim, mut rt| {
@@ -606,12 +443,13 @@ impl Membership {
             }
             Ok(())
         });
-        self.state = LocalState::Left;
-        self.rt.timers.clear();
-        self.suspicions.clear();
-        self.health_deadlines.clear();
-        self.changed = true;
-        self.after_call(now_ms);
+        self.standing = Standing::Left;
+        self.swim.requests.timers.clear();
+        self.suspicions.stop_all();
+        self.deadlines.clear();
+        self.timers.stop_all();
+        self.publication.mark(Change::Table);
+        self.after_call(now_ms, Rescan::IfHinted);
         result.map_err(|e| MembershipError::Internal(e.to_string()))
     }
 
@@ -625,21 +463,21 @@ impl Membership {
         reason: &str,
         now_ms: u64,
     ) -> Result<(), MembershipError> {
-        if self.state == LocalState::Left {
+        if self.standing == Standing::Left {
             return Err(MembershipError::Left);
         }
         let member = member.into();
         let addr = match member {
             MemberRef::Addr(a) => a,
-            MemberRef::Replica(r) => *self
-                .by_replica
-                .get(&r)
+            MemberRef::Replica(r) => self
+                .members
+                .addr_of_replica(r)
                 .ok_or(MembershipError::UnknownMember(member))?,
         };
         let (state, refused) = self
             .members
             .get(&addr)
-            .map(|e| (e.state, self.refused.contains_key(&e.id)))
+            .map(|e| (e.state, self.duplicates.is_refused(&e.id)))
             .ok_or(MembershipError::UnknownMember(member))?;
         if refused {
             return Err(MembershipError::RefusedDuplicate(member));
@@ -647,43 +485,32 @@ impl Membership {
         if !state.is_active() {
             return Err(MembershipError::NotActive { member, state });
         }
-        let what = if ok {
-            if reason.is_empty() {
-                "data-plane exchange answered"
-            } else {
-                reason
-            }
-        } else if reason.is_empty() {
-            "data-plane exchange failed"
-        } else {
-            reason
+        let what = match (ok, reason.is_empty()) {
+            (true, true) => "data-plane exchange answered",
+            (false, true) => "data-plane exchange failed",
+            (_, false) => reason,
         };
         self.health_check(addr, ok, what);
-        if self.opts.health.require_data_plane {
-            self.set_health_deadline(
-                addr,
-                Some(now_ms.saturating_add(self.opts.health.timeout_ms)),
-            );
-        }
-        self.after_call(now_ms);
+        self.expect_data_plane(addr, now_ms);
+        self.after_call(now_ms, Rescan::IfHinted);
         Ok(())
     }
 
     /// The latest member table snapshot (lock-free).
     pub fn members(&self) -> Arc<MemberTable> {
-        self.table.load_full()
+        self.publication.table.load_full()
     }
 
     /// A handle other threads can read the member table from, lock-free, without owning the state machine.
     pub fn reader(&self) -> MembershipReader {
         MembershipReader {
-            table: Arc::clone(&self.table),
+            table: Arc::clone(&self.publication.table),
         }
     }
 
     /// Cluster health now (rule in the [module docs](self)).
     pub fn cluster_health(&self) -> ClusterHealth {
-        self.cluster_health
+        self.publication.cluster_health
     }
 
     /// This node's current identity (it changes when the node renews it after being declared down).
@@ -693,17 +520,17 @@ impl Membership {
 
     /// This node's standing.
     pub fn local_state(&self) -> LocalState {
-        self.state
+        self.standing.public()
     }
 
     /// True while at least one live member knows this node.
     pub fn is_joined(&self) -> bool {
-        self.state == LocalState::Joined
+        self.standing == Standing::Joined
     }
 
     /// Lifeguard local health multiplier (0 = healthy).
     pub fn local_health(&self) -> u32 {
-        self.lhm
+        self.local_health.multiplier()
     }
 
     /// Live members this node counts, itself included (the N of the scaling rules).
@@ -720,21 +547,21 @@ impl Membership {
     /// second live process with a member's node id), read directly.
     pub fn refused_by(&self, addr: SocketAddr) -> Option<&MemberId> {
         let e = self.members.get(&addr)?;
-        self.refused.get(&e.id).map(|(holder, _)| holder)
+        self.duplicates.refused.get(&e.id).map(|(holder, _)| holder)
     }
 
     /// True when the member with `replica_id` is a refused duplicate: nothing is replicated to or from it.
     pub fn is_refused(&self, replica_id: u64) -> bool {
-        self.by_replica
-            .get(&replica_id)
-            .and_then(|addr| self.members.get(addr))
-            .is_some_and(|e| self.refused.contains_key(&e.id))
+        self.members
+            .addr_of_replica(replica_id)
+            .and_then(|addr| self.members.get(&addr))
+            .is_some_and(|e| self.duplicates.is_refused(&e.id))
     }
 
     /// The holder of this node's own node id while this node is a refused duplicate (an older live member at
     /// another address has it); `None` when this node is the member.
     pub fn local_refused_by(&self) -> Option<&MemberId> {
-        self.local_refused.as_ref()
+        self.duplicates.local_refused.as_ref()
     }
 
     /// Health of the member at `addr`, read directly: `(healthy, reason)`.
@@ -751,922 +578,171 @@ impl Membership {
 
     /// The options in force.
     pub fn options(&self) -> &MembershipOptions {
-        &self.opts
+        self.opts.options()
     }
 
-    // ----- internals -----
+    // ----- the steps every input ends with -----
 
+    /// Drains what foca and its codec reported during the call and brings the parts up to date, as a short
+    /// list of steps. A round repeats (at most [`SETTLE_ROUNDS`] times) only while leave notices made this node
+    /// declare members down in foca. Guarantees on return: the map matches foca, every change is reported
+    /// and (unless soft) published, and the timer table is current.
+    fn after_call(&mut self, now_ms: u64, rescan: Rescan) {
+        let mut rescan = rescan;
+        for _round in 0..SETTLE_ROUNDS {
+            let seen = self.swim.take_observed();
+            let mut stale = rescan == Rescan::Always
+                || seen.decoded > 0
+                || !self.swim.requests.suspected.is_empty()
+                || self.senders_disagree(&seen.received);
+            rescan = Rescan::IfHinted;
+            let rtt_sample = self.local_health.note_acks(&seen.received, now_ms);
+            self.local_health.note_sent(seen.pings, now_ms);
+            if seen.self_suspected {
+                self.raise_local_health();
+            }
+            let (entry, members_notified) = self.apply_notifications(now_ms);
+            let (leaving, left_while_down) = self.apply_broadcasts(seen.broadcasts, now_ms);
+            stale |= members_notified || left_while_down;
+            if stale {
+                self.reconcile(now_ms);
+            }
+            self.note_contact(&seen.received, rtt_sample, now_ms);
+            self.start_requested_suspicions(now_ms);
+            self.follow_cluster_entry(entry, now_ms);
+            if leaving.is_empty() {
+                break;
+            }
+            self.declare_down(leaving, now_ms);
+        }
+        self.rescale_for_live_members();
+        self.publish_changes(now_ms);
+        self.align_timers();
+    }
+
+    /// True when a received header names a sender the map does not have as alive at that identity and
+    /// incarnation (so foca's list must be compared with the map).
+    fn senders_disagree(&self, received: &[ReceivedHeader]) -> bool {
+        received
+            .iter()
+            .any(|h| match self.members.get(&h.src.addr) {
+                Some(e) if e.id == h.src => {
+                    e.incarnation != h.src_incarnation || e.state != MemberState::Alive
+                }
+                _ => true,
+            })
+    }
+
+    /// When the table changed, recounts the live members and, if their number changed the size-scaled
+    /// parameters (retransmit limit, suspicion minimum), hands foca the new ones.
+    fn rescale_for_live_members(&mut self) {
+        if !self.publication.table_changed() {
+            return;
+        }
+        self.live = 1 + self.active_count();
+        if self.live == self.sized_for {
+            return;
+        }
+        let old = self.opts.foca_config(self.sized_for);
+        let new = self.opts.foca_config(self.live);
+        if old.max_transmissions != new.max_transmissions
+            || old.suspect_to_down_after != new.suspect_to_down_after
+        {
+            // Only non-probe parameters differ, which foca accepts at runtime.
+            if self.swim.foca.set_config(new).is_err() {
+                self.stats.internal_errors += 1;
+            }
+        }
+        self.sized_for = self.live;
+    }
+
+    /// Brings the timer table in line with the standing (roster syncs only while joined, reconnects only
+    /// while alone after a cluster) and with the earliest entries of the queues it stands for.
+    fn align_timers(&mut self) {
+        if self.standing != Standing::Joined {
+            self.timers.stop(Timer::RosterSync);
+        }
+        if self.standing != Standing::Reconnecting {
+            self.timers.stop(Timer::Reconnect);
+        }
+        if self.standing == Standing::Left {
+            return;
+        }
+        self.timers
+            .set(Timer::Swim, self.swim.requests.next_timer_ms());
+        self.timers
+            .set(Timer::Suspicion, self.suspicions.next_due_ms());
+        self.timers.set(Timer::DataPlane, self.deadlines.next_ms());
+    }
+
+    // ----- timers -----
+
+    /// Fires foca's timers and this node's suspicion timers due at `now_ms`, in deadline order (foca's first
+    /// on a tie), each followed by [`Membership::after_call`]. Returns true when one was handled more than
+    /// half a probe interval late (a sign this node is slow: local health).
+    fn run_swim_timers(&mut self, now_ms: u64) -> bool {
+        let mut late = false;
+        loop {
+            let swim_due = self.swim.requests.next_timer_ms();
+            let suspicion_due = self.suspicions.next_due_ms();
+            let timer = match (swim_due, suspicion_due) {
+                (Some(t), s) if t <= now_ms && s.is_none_or(|d| t <= d) => {
+                    let Some(((due, _), timer)) = self.swim.requests.timers.pop_first() else {
+                        break;
+                    };
+                    if now_ms.saturating_sub(due) > self.opts.probe_interval_ms / 2 {
+                        late = true;
+                    }
+                    if matches!(timer, SwimTimer::ProbeRandomMember(_)) {
+                        self.evaluate_probe();
+                    }
+                    timer
+                }
+                (_, Some(d)) if d <= now_ms => match self.suspicions.pop_due(now_ms) {
+                    Some(timer) => timer,
+                    None => break,
+                },
+                _ => break,
+            };
+            if self
+                .with_swim(now_ms, |swim, rt| swim.handle_timer(timer, rt))
+                .is_err()
+            {
+                self.stats.internal_errors += 1;
+            }
+            self.after_call(now_ms, Rescan::IfHinted);
+        }
+        late
+    }
+
+    /// Forgets what is only remembered for a while: refusals of forgotten identities, seen broadcasts, leave
+    /// notices and supersessions of forgotten identities past their TTL, answered roster requests, and
+    /// confirmations about members no longer suspect-able at that incarnation.
+    fn prune(&mut self, now_ms: u64) {
+        let members = &self.members;
+        let tracked = |id: &MemberId| members.get(&id.addr).is_some_and(|e| e.id == *id);
+        self.duplicates.refused.retain(|id, _| tracked(id));
+        let ttl = SEEN_TTL_MS.max(self.opts.suspicion_max_ms(self.live).saturating_mul(2));
+        self.swim.prune_seen(now_ms, ttl);
+        self.left_ids
+            .retain(|id, first| tracked(id) || now_ms.saturating_sub(*first) < ttl);
+        self.roster
+            .replies
+            .retain(|_, t| now_ms.saturating_sub(*t) < PRUNE_EVERY_MS);
+        self.duplicates
+            .superseded
+            .retain(|id, (_, first)| tracked(id) || now_ms.saturating_sub(*first) < ttl);
+        self.suspicions.prune_confirmations(&self.members);
+    }
+
+    /// Calls foca with this node's runtime (probe timers stretched by local health).
     fn with_swim<T>(
         &mut self,
         now_ms: u64,
         f: impl FnOnce(&mut Swim, Rt<'_>) -> Result<T, foca::Error>,
     ) -> Result<T, foca::Error> {
-        lock(&self.shared).now_ms = now_ms;
-        let rt = Rt {
-            now_ms,
-            stretch: 1 + u64::from(self.lhm),
-            buf: &mut self.rt,
-        };
-        f(&mut self.swim, rt)
-    }
-
-    fn reconnecting(&self) -> bool {
-        self.ever_joined && self.state == LocalState::Alone
-    }
-
-    fn raise_local_health(&mut self) {
-        let next = (self.lhm + 1).min(self.opts.max_local_health);
-        if next != self.lhm {
-            self.lhm = next;
-            self.soft_changed = true;
-        }
-    }
-
-    fn lower_local_health(&mut self) {
-        if self.lhm > 0 {
-            self.lhm -= 1;
-            self.soft_changed = true;
-        }
-    }
-
-    /// Called before foca starts the next probe: was the previous one answered?
-    fn evaluate_probe(&mut self) {
-        let Some(p) = self.probe.take() else {
-            return;
-        };
-        let addr = p.target.addr;
-        let active = self
-            .members
-            .get(&addr)
-            .is_some_and(|e| e.id == p.target && e.state.is_active());
-        if !active {
-            return;
-        }
-        if p.acked {
-            self.lower_local_health();
-            if !self.opts.health.require_data_plane {
-                self.health_check(addr, true, "SWIM probe answered");
-            }
-        } else {
-            self.raise_local_health();
-            self.health_check(
-                addr,
-                false,
-                "no SWIM ack (direct or indirect) within the probe interval",
-            );
-        }
-    }
-
-    fn health_check(&mut self, addr: SocketAddr, ok: bool, what: &str) {
-        let Some(e) = self.members.get_mut(&addr) else {
-            return;
-        };
-        if self.refused.contains_key(&e.id) {
-            return; // not a member: no health checks
-        }
-        if e.health.record(&self.opts.health, ok, what) {
-            self.events.push_back(MembershipEvent::HealthChanged {
-                member: e.id.clone(),
-                healthy: e.health.healthy,
-                reason: e.health.reason.to_string(),
-            });
-            self.changed = true;
-        } else {
-            self.soft_changed = true;
-        }
-    }
-
-    fn set_health_deadline(&mut self, addr: SocketAddr, deadline: Option<u64>) {
-        let Some(e) = self.members.get_mut(&addr) else {
-            return;
-        };
-        if let Some(old) = e.health_deadline.take() {
-            self.health_deadlines.remove(&(old, addr));
-        }
-        if let Some(d) = deadline {
-            e.health_deadline = Some(d);
-            self.health_deadlines.insert((d, addr));
-        }
-    }
-
-    /// Drains what foca and its codec reported during the last call(s) and brings the table, events,
-    /// timers and cluster health up to date.
-    fn after_call(&mut self, now_ms: u64) {
-        for _round in 0..8 {
-            let (received, pings, decoded, self_suspected, broadcasts) = {
-                let mut obs = lock(&self.shared);
-                (
-                    std::mem::take(&mut obs.received),
-                    std::mem::take(&mut obs.pings_sent),
-                    std::mem::take(&mut obs.members_decoded),
-                    obs.self_suspected.take(),
-                    std::mem::take(&mut obs.broadcasts),
-                )
-            };
-            let mut scan = decoded > 0
-                || !self.rt.suspected.is_empty()
-                || std::mem::take(&mut self.force_scan);
-            let mut rtt_sample: Option<(MemberId, f64)> = None;
-            for h in &received {
-                match self.members.get(&h.src.addr) {
-                    Some(e) if e.id == h.src => {
-                        if e.incarnation != h.src_incarnation || e.state != MemberState::Alive {
-                            scan = true;
-                        }
-                    }
-                    _ => scan = true,
-                }
-                let Some(p) = self.probe.as_mut() else {
-                    continue;
-                };
-                let acked = match h.kind {
-                    ReceivedKind::Ack(n) => p.target == h.src && p.number == n,
-                    ReceivedKind::ForwardedAck(origin, n) => {
-                        p.target.addr == origin && p.number == n
-                    }
-                    ReceivedKind::Other => false,
-                };
-                if acked && !p.acked {
-                    p.acked = true;
-                    if let ReceivedKind::Ack(_) = h.kind {
-                        let sample = now_ms.saturating_sub(p.sent_ms) as f64;
-                        rtt_sample = Some((p.target.clone(), sample));
-                    }
-                }
-            }
-            if let Some((target, number)) = pings.into_iter().last() {
-                self.probe = Some(ProbeTrack {
-                    target,
-                    number,
-                    sent_ms: now_ms,
-                    acked: false,
-                });
-            }
-            if self_suspected.is_some() {
-                self.raise_local_health();
-            }
-            for n in std::mem::take(&mut self.rt.notifications) {
-                match n {
-                    OwnedNotification::Active => {
-                        if !matches!(self.state, LocalState::Left | LocalState::Defunct) {
-                            self.state = LocalState::Joined;
-                            self.changed = true;
-                            self.sync_pending = true;
-                            if !self.ever_joined {
-                                self.ever_joined = true;
-                                self.joined_pending = true;
-                            }
-                        }
-                    }
-                    OwnedNotification::Idle => {
-                        if self.state == LocalState::Joined {
-                            self.state = LocalState::Alone;
-                            self.next_reconnect_ms = now_ms;
-                            self.changed = true;
-                        }
-                    }
-                    OwnedNotification::Defunct => {
-                        if self.state != LocalState::Left {
-                            self.state = LocalState::Defunct;
-                            self.events.push_back(MembershipEvent::Defunct);
-                            self.changed = true;
-                        }
-                    }
-                    OwnedNotification::Rejoin(id) => {
-                        self.local = id.clone();
-                        self.events.push_back(MembershipEvent::Rejoined(id));
-                        self.changed = true;
-                    }
-                    _ => scan = true,
-                }
-            }
-            let mut pending_down: Vec<MemberId> = Vec::new();
-            for item in broadcasts {
-                match item {
-                    BroadcastItem::Leave(id) => {
-                        if id.addr == self.local.addr {
-                            continue;
-                        }
-                        self.left_ids.entry(id.clone()).or_insert(now_ms);
-                        if let Some(e) = self.members.get(&id.addr)
-                            && e.id == id
-                            && e.state != MemberState::Left
-                        {
-                            if e.state.is_active() {
-                                pending_down.push(id);
-                            } else {
-                                scan = true;
-                            }
-                        }
-                    }
-                    BroadcastItem::Suspicion {
-                        target,
-                        incarnation,
-                        from,
-                    } => {
-                        if from.addr == self.local.addr {
-                            continue;
-                        }
-                        let key = (target, incarnation);
-                        let set = self.confirmations.entry(key.clone()).or_default();
-                        if set.insert(from.addr) {
-                            let c = u32::try_from(set.len()).unwrap_or(u32::MAX);
-                            for s in &mut self.suspicions {
-                                if s.target == key.0 && s.incarnation == key.1 {
-                                    s.due_ms = s.started_ms.saturating_add(suspicion_timeout_ms(
-                                        s.min_ms, s.max_ms, s.k, c,
-                                    ));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            if scan {
-                self.sync_members(now_ms);
-            }
-            for h in received {
-                if let Some(e) = self.members.get_mut(&h.src.addr)
-                    && e.id == h.src
-                {
-                    e.last_seen_ms = Some(now_ms);
-                    self.soft_changed = true;
-                }
-            }
-            if let Some((target, sample)) = rtt_sample
-                && let Some(e) = self.members.get_mut(&target.addr)
-                && e.id == target
-            {
-                e.rtt_ms = Some(match e.rtt_ms {
-                    Some(old) => old + (sample - old) * RTT_GAIN,
-                    None => sample,
-                });
-                self.soft_changed = true;
-            }
-            for (target, incarnation, token) in std::mem::take(&mut self.rt.suspected) {
-                self.start_suspicion(target, incarnation, token, now_ms);
-            }
-            if self.joined_pending {
-                self.joined_pending = false;
-                let peers = self.active_count();
-                self.events.push_back(MembershipEvent::Joined { peers });
-            }
-            if self.sync_pending {
-                self.sync_pending = false;
-                self.push_pull(now_ms);
-                // Early follow-ups (5, 10, 20, … probe intervals later, until the regular period): in a join
-                // storm the first peers' rosters are themselves incomplete.
-                self.resync_step_ms = JOIN_RESYNC_PROBES * self.opts.probe_interval_ms;
-                let early = now_ms.saturating_add(self.resync_step_ms);
-                self.next_roster_ms = self.next_roster_ms.min(early);
-            }
-            if pending_down.is_empty() {
-                break;
-            }
-            let updates = pending_down.into_iter().map(Member::down);
-            if self
-                .with_swim(now_ms, |swim, rt| swim.apply_many(updates, true, rt))
-                .is_err()
-            {
-                self.stats.internal_errors += 1;
-            }
-        }
-        if self.changed {
-            self.live = 1 + self.active_count();
-            if self.live != self.sized_for {
-                let old = self.opts.foca_config(self.sized_for);
-                let new = self.opts.foca_config(self.live);
-                if old.max_transmissions != new.max_transmissions
-                    || old.suspect_to_down_after != new.suspect_to_down_after
-                {
-                    // Only non-probe parameters differ, which foca accepts at runtime.
-                    if self.swim.set_config(new).is_err() {
-                        self.stats.internal_errors += 1;
-                    }
-                }
-                self.sized_for = self.live;
-            }
-            let health = self.compute_cluster_health();
-            if health != self.cluster_health {
-                self.cluster_health = health;
-                self.events
-                    .push_back(MembershipEvent::ClusterHealthChanged(health));
-            }
-            self.publish(now_ms);
-        } else if self.soft_changed
-            && now_ms
-                >= self
-                    .last_publish_ms
-                    .saturating_add(self.opts.publish_interval_ms)
-        {
-            self.publish(now_ms);
-        }
-    }
-
-    /// Active members, refused duplicates excluded.
-    fn active_count(&self) -> usize {
-        self.members
-            .values()
-            .filter(|e| e.state.is_active() && !self.refused.contains_key(&e.id))
-            .count()
-    }
-
-    /// Lifeguard: a probe of `target` by this node failed; start (or refresh) its suspicion timer and tell
-    /// the others (a confirmation for theirs).
-    fn start_suspicion(
-        &mut self,
-        target: MemberId,
-        incarnation: Incarnation,
-        token: TimerToken,
-        now_ms: u64,
-    ) {
-        let still_suspect = self.members.get(&target.addr).is_some_and(|e| {
-            e.id == target && e.state == MemberState::Suspect && e.incarnation == incarnation
-        });
-        if !still_suspect {
-            return;
-        }
-        if let Some(s) = self
-            .suspicions
-            .iter_mut()
-            .find(|s| s.target == target && s.incarnation == incarnation)
-        {
-            s.token = token;
-            return;
-        }
-        let live = self.live;
-        let min_ms = self.opts.suspicion_min_ms(live);
-        let max_ms = self.opts.suspicion_max_ms(live);
-        let k = self.opts.suspicion_k(live);
-        let c = self
-            .confirmations
-            .get(&(target.clone(), incarnation))
-            .map_or(0, |s| u32::try_from(s.len()).unwrap_or(u32::MAX));
-        let due_ms = now_ms.saturating_add(suspicion_timeout_ms(min_ms, max_ms, k, c));
-        self.stats.suspicions_started += 1;
-        let notice = BroadcastItem::Suspicion {
-            target: target.clone(),
-            incarnation,
-            from: self.local.clone(),
-        }
-        .encode();
-        lock(&self.shared).now_ms = now_ms;
-        let _ = self.swim.add_broadcast(&notice);
-        self.suspicions.push(PendingSuspicion {
-            target,
-            incarnation,
-            token,
-            started_ms: now_ms,
-            min_ms,
-            max_ms,
-            k,
-            due_ms,
-        });
-    }
-
-    /// Compares foca's member list with the table and emits the differences, then settles which identity
-    /// holds each node id (see [`Membership::node_id_holders`]).
-    fn sync_members(&mut self, now_ms: u64) {
-        self.scan_gen += 1;
-        let scan = self.scan_gen;
-        let snapshot: Vec<(MemberId, Incarnation, MemberState)> = self
-            .swim
-            .iter_membership_state()
-            .map(|m| {
-                let id = m.id();
-                let state = match m.state() {
-                    State::Alive => MemberState::Alive,
-                    State::Suspect => MemberState::Suspect,
-                    State::Down
-                        if self.left_ids.contains_key(id) || self.superseded.contains_key(id) =>
-                    {
-                        MemberState::Left
-                    }
-                    State::Down => MemberState::Down,
-                };
-                (id.clone(), m.incarnation(), state)
-            })
-            .collect();
-        let holders = self.node_id_holders(&snapshot);
-        for (id, incarnation, state) in snapshot {
-            let addr = id.addr;
-            // A live identity that does not hold its node id is a refused duplicate; one that was refused and
-            // now holds it (the holder left or went down) takes over.
-            let holder = holders.get(&id.node_id).filter(|h| **h != id);
-            let mut promoted = false;
-            match holder {
-                Some(holder) if state.is_active() => self.refuse(&id, holder, now_ms),
-                _ if state.is_active() => promoted = self.refused.remove(&id).is_some(),
-                _ => {}
-            }
-            let known = self.members.get(&addr).map(|e| (e.id.clone(), e.state));
-            match known {
-                Some((old_id, old_state)) if old_id == id => {
-                    if let Some(e) = self.members.get_mut(&addr) {
-                        e.scan = scan;
-                        if e.incarnation != incarnation {
-                            e.incarnation = incarnation;
-                            self.changed = true;
-                        }
-                    }
-                    if promoted {
-                        if let Some(e) = self.members.get_mut(&addr) {
-                            e.state = state;
-                        }
-                        self.member_up(&id, state, now_ms);
-                    } else if old_state != state {
-                        self.transition(addr, old_state, state);
-                    }
-                }
-                other => {
-                    if let Some((old_id, _)) = other {
-                        let was_member = !self.refused.contains_key(&old_id);
-                        self.forget(addr);
-                        if was_member {
-                            self.events.push_back(MembershipEvent::MemberReplaced {
-                                old: old_id,
-                                new: id.clone(),
-                            });
-                        }
-                    }
-                    let mut health = HealthTracker::new(&self.opts.health);
-                    if !state.is_active() {
-                        health.force_unhealthy(if state == MemberState::Left {
-                            "member left"
-                        } else {
-                            "member is down"
-                        });
-                    }
-                    self.by_replica.insert(id.replica_id, addr);
-                    self.by_node.insert((Arc::clone(&id.node_id), addr));
-                    self.members.insert(
-                        addr,
-                        Entry {
-                            id: id.clone(),
-                            state,
-                            incarnation,
-                            health,
-                            last_seen_ms: None,
-                            rtt_ms: None,
-                            health_deadline: None,
-                            scan,
-                        },
-                    );
-                    self.changed = true;
-                    if state.is_active() && !self.refused.contains_key(&id) {
-                        self.member_up(&id, state, now_ms);
-                    }
-                }
-            }
-        }
-        let forgotten: Vec<SocketAddr> = self
-            .members
-            .iter()
-            .filter(|(_, e)| e.scan != scan)
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in forgotten {
-            self.forget(addr);
-            self.changed = true;
-        }
-        let members = &self.members;
-        self.suspicions.retain(|s| {
-            members.get(&s.target.addr).is_some_and(|e| {
-                e.id == s.target
-                    && e.state == MemberState::Suspect
-                    && e.incarnation == s.incarnation
-            })
-        });
-        // A node id whose holder took over from an older identity that is down (a restart at a new address
-        // after a crash): the older one was replaced, so it is shown left and does not count against cluster
-        // health.
-        for holder in holders.values() {
-            let lo = (
-                Arc::clone(&holder.node_id),
-                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            );
-            let replaced: Vec<(SocketAddr, MemberId)> = self
-                .by_node
-                .range(lo..)
-                .take_while(|(node, _)| **node == *holder.node_id)
-                .filter(|(_, addr)| *addr != holder.addr)
-                .filter_map(|(_, addr)| self.members.get(addr).map(|e| (*addr, e)))
-                .filter(|(_, e)| {
-                    e.state == MemberState::Down
-                        && holder.supersedes(&e.id)
-                        && !self.refused.contains_key(&e.id)
-                })
-                .map(|(addr, e)| (addr, e.id.clone()))
-                .collect();
-            for (addr, older) in replaced {
-                self.superseded
-                    .entry(older)
-                    .or_insert((holder.clone(), now_ms));
-                self.transition(addr, MemberState::Down, MemberState::Left);
-            }
-        }
-        // This node itself may be the duplicate.
-        let local_holder = holders
-            .get(&self.local.node_id)
-            .filter(|h| **h != self.local)
-            .cloned();
-        match (&self.local_refused, local_holder) {
-            (None, Some(holder)) => {
-                self.events.push_back(MembershipEvent::RefusedAsDuplicate {
-                    holder: holder.clone(),
-                });
-                self.local_refused = Some(holder);
-                self.changed = true;
-            }
-            (Some(old), Some(holder)) if *old != holder => {
-                // The holder renewed its identity (same process): no new report.
-                if (old.replica_id, old.addr) != (holder.replica_id, holder.addr) {
-                    self.events.push_back(MembershipEvent::RefusedAsDuplicate {
-                        holder: holder.clone(),
-                    });
-                }
-                self.local_refused = Some(holder);
-                self.changed = true;
-            }
-            (Some(_), None) => {
-                if let Some(holder) = self.local_refused.take() {
-                    self.events
-                        .push_back(MembershipEvent::DuplicateCleared { holder });
-                }
-                self.changed = true;
-            }
-            _ => {}
-        }
-    }
-
-    /// Which identity holds each node id that foca knows (this node's own included): the one that started
-    /// first among the live ones (alive or suspect, and this node itself). Every node applies the same rule to
-    /// the same SWIM states, so they agree once SWIM has converged. A later live identity of the same node id
-    /// at another address is a refused duplicate; it takes over once the holder leaves or is declared down.
-    /// (The same address is foca's address conflict: the later start wins it at once, a restart.)
-    fn node_id_holders(
-        &self,
-        snapshot: &[(MemberId, Incarnation, MemberState)],
-    ) -> BTreeMap<Arc<str>, MemberId> {
-        let mut holders: BTreeMap<Arc<str>, MemberId> = BTreeMap::new();
-        let live = snapshot
-            .iter()
-            .filter(|(_, _, state)| state.is_active())
-            .map(|(id, _, _)| id);
-        for id in std::iter::once(&self.local).chain(live) {
-            match holders.get_mut(&id.node_id) {
-                Some(holder) if holder.supersedes(id) => *holder = id.clone(),
-                Some(_) => {}
-                None => {
-                    holders.insert(Arc::clone(&id.node_id), id.clone());
-                }
-            }
-        }
-        holders
-    }
-
-    /// Marks `id` a refused duplicate of `holder`'s node id (reported once per identity). If it was a member,
-    /// it stops being one: no health checks, not counted.
-    fn refuse(&mut self, id: &MemberId, holder: &MemberId, now_ms: u64) {
-        if let Some((known, _)) = self.refused.get_mut(id) {
-            if known != holder {
-                // The holder renewed its identity (or another live one started earlier): no new report.
-                *known = holder.clone();
-                self.changed = true;
-            }
-            return;
-        }
-        self.refused.insert(id.clone(), (holder.clone(), now_ms));
-        self.set_health_deadline(id.addr, None);
-        self.events.push_back(MembershipEvent::DuplicateRefused {
-            duplicate: id.clone(),
-            holder: holder.clone(),
-        });
-        self.changed = true;
-    }
-
-    /// Reports `id` (at its address, already in the table) up as a member in `state`, and arms its data-plane
-    /// deadline.
-    fn member_up(&mut self, id: &MemberId, state: MemberState, now_ms: u64) {
-        self.changed = true;
-        self.events.push_back(MembershipEvent::MemberUp(id.clone()));
-        if state == MemberState::Suspect {
-            self.events
-                .push_back(MembershipEvent::MemberSuspect(id.clone()));
-        }
-        if self.opts.health.require_data_plane {
-            self.set_health_deadline(
-                id.addr,
-                Some(now_ms.saturating_add(self.opts.health.timeout_ms)),
-            );
-        }
-    }
-
-    fn transition(&mut self, addr: SocketAddr, from: MemberState, to: MemberState) {
-        let Some(e) = self.members.get_mut(&addr) else {
-            return;
-        };
-        let id = e.id.clone();
-        self.changed = true;
-        if self.refused.contains_key(&id) {
-            // Not a member: its SWIM state is tracked, nothing is reported.
-            e.state = to;
-            if !to.is_active() {
-                self.set_health_deadline(addr, None);
-            }
-            return;
-        }
-        match (from, to) {
-            (MemberState::Left, MemberState::Down) => return, // we know better: it left
-            (MemberState::Alive, MemberState::Suspect) => {
-                self.events.push_back(MembershipEvent::MemberSuspect(id));
-            }
-            (MemberState::Suspect, MemberState::Alive) => {
-                self.events.push_back(MembershipEvent::MemberAlive(id));
-            }
-            (_, MemberState::Down) => {
-                self.events
-                    .push_back(MembershipEvent::MemberDown(id.clone()));
-                if e.health.force_unhealthy("member is down") {
-                    self.events.push_back(MembershipEvent::HealthChanged {
-                        member: id,
-                        healthy: false,
-                        reason: "member is down".into(),
-                    });
-                }
-            }
-            (_, MemberState::Left) => {
-                let why = match self.superseded.get(&id) {
-                    Some((new, _)) => {
-                        self.events.push_back(MembershipEvent::MemberReplaced {
-                            old: id.clone(),
-                            new: new.clone(),
-                        });
-                        "replaced by a newer identity of the same node"
-                    }
-                    None => {
-                        self.events
-                            .push_back(MembershipEvent::MemberLeft(id.clone()));
-                        "member left"
-                    }
-                };
-                if e.health.force_unhealthy(why) {
-                    self.events.push_back(MembershipEvent::HealthChanged {
-                        member: id,
-                        healthy: false,
-                        reason: why.into(),
-                    });
-                }
-            }
-            (_, MemberState::Alive | MemberState::Suspect) => {
-                self.events.push_back(MembershipEvent::MemberUp(id.clone()));
-                if to == MemberState::Suspect {
-                    self.events.push_back(MembershipEvent::MemberSuspect(id));
-                }
-            }
-        }
-        e.state = to;
-        if !to.is_active() {
-            self.set_health_deadline(addr, None);
-        }
-    }
-
-    fn forget(&mut self, addr: SocketAddr) {
-        self.set_health_deadline(addr, None);
-        if let Some(e) = self.members.remove(&addr) {
-            if self.by_replica.get(&e.id.replica_id) == Some(&addr) {
-                self.by_replica.remove(&e.id.replica_id);
-            }
-            self.by_node.remove(&(Arc::clone(&e.id.node_id), addr));
-            self.refused.remove(&e.id);
-        }
-    }
-
-    /// Push-pull roster sync: sends this node's whole member list to one random live member, asking for its
-    /// own in return, and schedules the next one.
-    fn push_pull(&mut self, now_ms: u64) {
-        let regular = self.opts.roster_sync_ms(self.live);
-        let period = match regular {
-            Some(p) if self.resync_step_ms > 0 && self.resync_step_ms < p => {
-                let step = self.resync_step_ms;
-                self.resync_step_ms = step.saturating_mul(2);
-                Some(step)
-            }
-            other => {
-                self.resync_step_ms = 0;
-                other
-            }
-        };
-        self.next_roster_ms = period.map_or(u64::MAX, |p| now_ms.saturating_add(p));
-        let alive: Vec<SocketAddr> = self
-            .members
-            .values()
-            .filter(|e| e.state == MemberState::Alive && !self.refused.contains_key(&e.id))
-            .map(|e| e.id.addr)
-            .collect();
-        if alive.is_empty() {
-            return;
-        }
-        let to = alive[self.rng.random_range(0..alive.len())];
-        self.send_roster(to, true);
-    }
-
-    fn send_roster(&mut self, to: SocketAddr, reply: bool) {
-        let incarnation = lock(&self.shared).local_incarnation;
-        let mut roster = vec![Member::new(self.local.clone(), incarnation, State::Alive)];
-        roster.extend(self.swim.iter_membership_state().cloned());
-        for chunk in encode_roster(&self.local, reply, &roster, self.opts.max_packet_size) {
-            self.rt.transmits.push_back((to, chunk));
-        }
-    }
-
-    /// A roster chunk: apply it as foca's `apply_many` (without re-broadcasting what the sender already
-    /// knows) and, if asked and not too often for this sender, answer with ours.
-    fn handle_roster(
-        &mut self,
-        from: SocketAddr,
-        bytes: &[u8],
-        now_ms: u64,
-    ) -> Result<(), MembershipError> {
-        if bytes.len() > self.opts.max_packet_size {
-            return Err(MembershipError::PacketTooLarge {
-                from,
-                len: bytes.len(),
-                max: self.opts.max_packet_size,
-            });
-        }
-        let chunk = decode_roster(bytes).map_err(|e| MembershipError::Malformed {
-            from,
-            reason: format!("roster: {e}"),
-        })?;
-        if chunk.sender.addr == self.local.addr {
-            return Err(MembershipError::FromOurselves { from });
-        }
-        // Like foca, trust nothing from a member this node holds down.
-        let sender_down = self
-            .members
-            .get(&chunk.sender.addr)
-            .is_some_and(|e| e.id == chunk.sender && !e.state.is_active());
-        if sender_down {
-            return Ok(());
-        }
-        let reply_to = chunk.reply.then_some(chunk.sender.addr);
-        // Only what is news here goes to foca (its apply is a linear search per member).
-        let members: Vec<Member<MemberId>> = chunk
-            .members
-            .into_iter()
-            .filter(|m| {
-                let known = self.members.get(&m.id().addr).is_some_and(|e| {
-                    e.id == *m.id()
-                        && e.incarnation >= m.incarnation()
-                        && match m.state() {
-                            State::Alive => true,
-                            State::Suspect => {
-                                e.state != MemberState::Alive || e.incarnation > m.incarnation()
-                            }
-                            State::Down => !e.state.is_active(),
-                        }
-                });
-                !known
-            })
-            .collect();
-        let result = self.with_swim(now_ms, |swim, rt| {
-            swim.apply_many(members.into_iter(), false, rt)
-        });
-        self.force_scan = true;
-        if let Some(to) = reply_to {
-            let last = self.roster_replies.get(&to).copied();
-            if last.is_none_or(|t| now_ms.saturating_sub(t) >= self.opts.probe_interval_ms) {
-                self.roster_replies.insert(to, now_ms);
-                self.send_roster(to, false);
-            }
-        }
-        self.after_call(now_ms);
-        result.map_err(|e| MembershipError::Malformed {
-            from,
-            reason: format!("roster: {e}"),
-        })
-    }
-
-    /// While alone after having been in a cluster, announce to a few members believed down.
-    fn reconnect(&mut self, now_ms: u64) {
-        self.announce_to_random(MemberState::Down, RECONNECT_FANOUT, now_ms);
-    }
-
-    /// Announces this node to up to `count` distinct random members in `state`.
-    fn announce_to_random(&mut self, state: MemberState, count: usize, now_ms: u64) {
-        let mut candidates: Vec<MemberId> = self
-            .members
-            .values()
-            .filter(|e| e.state == state)
-            .map(|e| e.id.clone())
-            .collect();
-        for _ in 0..count.min(candidates.len()) {
-            let pick = self.rng.random_range(0..candidates.len());
-            let dst = candidates.swap_remove(pick);
-            if self
-                .with_swim(now_ms, |swim, rt| swim.announce(dst, rt))
-                .is_err()
-            {
-                self.stats.internal_errors += 1;
-            }
-        }
-    }
-
-    fn prune(&mut self, now_ms: u64) {
-        let members = &self.members;
-        self.refused
-            .retain(|id, _| members.get(&id.addr).is_some_and(|e| e.id == *id));
-        let ttl = SEEN_TTL_MS.max(self.opts.suspicion_max_ms(self.live).saturating_mul(2));
-        lock(&self.shared)
-            .seen
-            .retain(|_, first| now_ms.saturating_sub(*first) < ttl);
-        let members = &self.members;
-        self.left_ids.retain(|id, first| {
-            members.get(&id.addr).is_some_and(|e| e.id == *id)
-                || now_ms.saturating_sub(*first) < ttl
-        });
-        self.roster_replies
-            .retain(|_, t| now_ms.saturating_sub(*t) < PRUNE_EVERY_MS);
-        self.superseded.retain(|id, (_, first)| {
-            members.get(&id.addr).is_some_and(|e| e.id == *id)
-                || now_ms.saturating_sub(*first) < ttl
-        });
-        self.confirmations.retain(|(target, inc), _| {
-            members
-                .get(&target.addr)
-                .is_some_and(|e| e.id == *target && e.state.is_active() && e.incarnation <= *inc)
-        });
-    }
-
-    fn compute_cluster_health(&self) -> ClusterHealth {
-        let self_ok = self.local_refused.is_none()
-            && match self.state {
-                LocalState::Left | LocalState::Defunct => false,
-                LocalState::Joined => true,
-                LocalState::Alone => !self.join_requested,
-            };
-        if !self_ok {
-            return ClusterHealth::NotHealthy;
-        }
-        let (mut total, mut good) = (1usize, 1usize);
-        for e in self.members.values() {
-            if e.state == MemberState::Left || self.refused.contains_key(&e.id) {
-                continue;
-            }
-            total += 1;
-            if e.state.is_active() && e.health.healthy {
-                good += 1;
-            }
-        }
-        if 2 * good > total {
-            ClusterHealth::Healthy
-        } else {
-            ClusterHealth::NotHealthy
-        }
-    }
-
-    fn publish(&mut self, now_ms: u64) {
-        let mut refused: Vec<RefusedInfo> = Vec::new();
-        let mut members: Vec<MemberInfo> = Vec::with_capacity(self.members.len());
-        for e in self.members.values() {
-            if let Some((holder, since_ms)) = self.refused.get(&e.id) {
-                if e.state.is_active() {
-                    refused.push(RefusedInfo {
-                        id: e.id.clone(),
-                        holder: holder.clone(),
-                        since_ms: *since_ms,
-                    });
-                }
-                continue;
-            }
-            members.push(MemberInfo {
-                id: e.id.clone(),
-                state: e.state,
-                healthy: e.health.healthy,
-                health_reason: Arc::clone(&e.health.reason),
-                incarnation: e.incarnation,
-                last_seen_ms: e.last_seen_ms,
-                rtt_ms: e.rtt_ms.map(|r| r.round() as u64),
-            });
-        }
-        members.sort_by(|a, b| (a.id.node_id(), a.id.addr).cmp(&(b.id.node_id(), b.id.addr)));
-        refused.sort_by(|a, b| (a.id.node_id(), a.id.addr).cmp(&(b.id.node_id(), b.id.addr)));
-        self.table.store(Arc::new(MemberTable {
-            local: LocalInfo {
-                id: self.local.clone(),
-                state: self.state,
-                local_health: self.lhm,
-                refused_by: self.local_refused.clone(),
-            },
-            members,
-            refused,
-            cluster_health: self.cluster_health,
-            published_ms: now_ms,
-        }));
-        self.changed = false;
-        self.soft_changed = false;
-        self.last_publish_ms = now_ms;
+        let stretch = self.local_health.stretch();
+        self.swim.call(now_ms, stretch, f)
     }
 }
 

@@ -1,6 +1,12 @@
-//! Timing and health options, their defaults, and how they scale with the cluster size.
+//! Timing and health options, their defaults, their constraints, and how they scale with the cluster size.
+//!
+//! Guarantees: every default is a `const` of [`MembershipOptions`] and written once here; every constraint is
+//! checked once, by [`MembershipOptions::validate`] (called by [`super::Membership::new`]), and a violation is an
+//! [`OptionsError`] naming the field. Code downstream of validation relies on the constraints (the non-zero
+//! values reach foca as [`ValidOptions`]' `NonZero*` fields) instead of guarding against them again.
 
 use std::num::{NonZeroU8, NonZeroUsize};
+use std::ops::Deref;
 use std::time::Duration;
 
 use crate::config::GossipHealthConfig;
@@ -107,25 +113,62 @@ pub struct MembershipOptions {
     pub health: HealthOptions,
 }
 
+impl MembershipOptions {
+    /// Default `probe_interval_ms`.
+    pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 1_000;
+    /// Default `probe_timeout_ms`.
+    pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 500;
+    /// Default `indirect_probes`.
+    pub const DEFAULT_INDIRECT_PROBES: usize = 3;
+    /// Default `gossip_interval_ms`.
+    pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 200;
+    /// Default `gossip_fanout`.
+    pub const DEFAULT_GOSSIP_FANOUT: usize = 3;
+    /// Default `retransmit_mult`.
+    pub const DEFAULT_RETRANSMIT_MULT: u32 = 4;
+    /// Default `suspicion_mult`.
+    pub const DEFAULT_SUSPICION_MULT: u32 = 4;
+    /// Default `suspicion_max_mult`.
+    pub const DEFAULT_SUSPICION_MAX_MULT: u32 = 6;
+    /// Default `suspicion_confirmations`.
+    pub const DEFAULT_SUSPICION_CONFIRMATIONS: u32 = 3;
+    /// Default `max_local_health`.
+    pub const DEFAULT_MAX_LOCAL_HEALTH: u32 = 8;
+    /// Default `announce_interval_ms`.
+    pub const DEFAULT_ANNOUNCE_INTERVAL_MS: u64 = 30_000;
+    /// Default `reconnect_interval_ms`.
+    pub const DEFAULT_RECONNECT_INTERVAL_MS: u64 = 10_000;
+    /// Default `roster_sync_interval_ms`.
+    pub const DEFAULT_ROSTER_SYNC_INTERVAL_MS: u64 = 30_000;
+    /// Default `remove_down_after_ms` (1 h).
+    pub const DEFAULT_REMOVE_DOWN_AFTER_MS: u64 = 3_600_000;
+    /// Default `max_packet_size`.
+    pub const DEFAULT_MAX_PACKET_SIZE: usize = 1_100;
+    /// Allowed `max_packet_size`.
+    pub const MAX_PACKET_SIZE_RANGE: std::ops::RangeInclusive<usize> = 256..=65_535;
+    /// Default `publish_interval_ms`.
+    pub const DEFAULT_PUBLISH_INTERVAL_MS: u64 = 1_000;
+}
+
 impl Default for MembershipOptions {
     fn default() -> Self {
         MembershipOptions {
-            probe_interval_ms: 1_000,
-            probe_timeout_ms: 500,
-            indirect_probes: 3,
-            gossip_interval_ms: 200,
-            gossip_fanout: 3,
-            retransmit_mult: 4,
-            suspicion_mult: 4,
-            suspicion_max_mult: 6,
-            suspicion_confirmations: 3,
-            max_local_health: 8,
-            announce_interval_ms: 30_000,
-            reconnect_interval_ms: 10_000,
-            roster_sync_interval_ms: 30_000,
-            remove_down_after_ms: 3_600_000,
-            max_packet_size: 1_100,
-            publish_interval_ms: 1_000,
+            probe_interval_ms: Self::DEFAULT_PROBE_INTERVAL_MS,
+            probe_timeout_ms: Self::DEFAULT_PROBE_TIMEOUT_MS,
+            indirect_probes: Self::DEFAULT_INDIRECT_PROBES,
+            gossip_interval_ms: Self::DEFAULT_GOSSIP_INTERVAL_MS,
+            gossip_fanout: Self::DEFAULT_GOSSIP_FANOUT,
+            retransmit_mult: Self::DEFAULT_RETRANSMIT_MULT,
+            suspicion_mult: Self::DEFAULT_SUSPICION_MULT,
+            suspicion_max_mult: Self::DEFAULT_SUSPICION_MAX_MULT,
+            suspicion_confirmations: Self::DEFAULT_SUSPICION_CONFIRMATIONS,
+            max_local_health: Self::DEFAULT_MAX_LOCAL_HEALTH,
+            announce_interval_ms: Self::DEFAULT_ANNOUNCE_INTERVAL_MS,
+            reconnect_interval_ms: Self::DEFAULT_RECONNECT_INTERVAL_MS,
+            roster_sync_interval_ms: Self::DEFAULT_ROSTER_SYNC_INTERVAL_MS,
+            remove_down_after_ms: Self::DEFAULT_REMOVE_DOWN_AFTER_MS,
+            max_packet_size: Self::DEFAULT_MAX_PACKET_SIZE,
+            publish_interval_ms: Self::DEFAULT_PUBLISH_INTERVAL_MS,
             health: HealthOptions::default(),
         }
     }
@@ -149,57 +192,29 @@ impl From<GossipHealthConfig> for MembershipOptions {
 
 impl MembershipOptions {
     /// Checks the constraints documented on each field; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("probe_timeout_ms", self.probe_timeout_ms),
-            ("gossip_interval_ms", self.gossip_interval_ms),
-            ("gossip_fanout", self.gossip_fanout as u64),
-            ("indirect_probes", self.indirect_probes as u64),
-            ("retransmit_mult", u64::from(self.retransmit_mult)),
-            ("suspicion_mult", u64::from(self.suspicion_mult)),
-            ("suspicion_max_mult", u64::from(self.suspicion_max_mult)),
-            ("announce_interval_ms", self.announce_interval_ms),
-            ("reconnect_interval_ms", self.reconnect_interval_ms),
-            ("remove_down_after_ms", self.remove_down_after_ms),
-            ("health.timeout_ms", self.health.timeout_ms),
-            (
-                "health.success_threshold",
-                u64::from(self.health.success_threshold),
-            ),
-            (
-                "health.failure_threshold",
-                u64::from(self.health.failure_threshold),
-            ),
-        ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be at least 1"));
-        }
-        if self.probe_timeout_ms >= self.probe_interval_ms {
-            return Err(format!(
-                "probe_timeout_ms ({}) must be smaller than probe_interval_ms ({})",
-                self.probe_timeout_ms, self.probe_interval_ms
-            ));
-        }
-        if !(256..=65_535).contains(&self.max_packet_size) {
-            return Err(format!(
-                "max_packet_size must be in 256..=65535, got {}",
-                self.max_packet_size
-            ));
-        }
-        Ok(())
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        ValidOptions::new(self.clone()).map(|_| ())
     }
 
     /// Times each update is retransmitted with `live` members (self included): memberlist's
     /// `retransmit_mult × ⌈log10(N + 1)⌉`, clamped to 1..=255.
     pub fn max_transmissions(&self, live: usize) -> u8 {
+        self.max_transmissions_nonzero(live).get()
+    }
+
+    /// [`MembershipOptions::max_transmissions`] as the non-zero count foca takes: 1 + the excess over 1,
+    /// clamped to 0..=254 (the same value, with no fallback needed).
+    fn max_transmissions_nonzero(&self, live: usize) -> NonZeroU8 {
         let scale = (live as f64 + 1.0).log10().ceil().max(1.0);
-        (f64::from(self.retransmit_mult) * scale).clamp(1.0, 255.0) as u8
+        let excess = (f64::from(self.retransmit_mult) * scale - 1.0).clamp(0.0, 254.0) as u8;
+        NonZeroU8::MIN.saturating_add(excess)
     }
 
     /// Minimum suspicion timeout with `live` members (self included), in ms:
     /// `suspicion_mult × max(1, log10(N)) × probe_interval_ms` (memberlist's formula).
     pub fn suspicion_min_ms(&self, live: usize) -> u64 {
-        let scale = (live.max(1) as f64).log10().max(1.0);
+        // log10(0) is -inf: the `max` covers an empty count as well.
+        let scale = (live as f64).log10().max(1.0);
         (f64::from(self.suspicion_mult) * scale * self.probe_interval_ms as f64).round() as u64
     }
 
@@ -232,34 +247,145 @@ impl MembershipOptions {
             k
         }
     }
+}
+
+/// Why [`MembershipOptions`] were refused: the field and the constraint it breaks. The `Display` text names
+/// the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// A field documented "must be ≥ 1" is 0.
+    #[error("{field} must be at least 1")]
+    Zero {
+        /// The field (`health.` prefixed for the health thresholds).
+        field: &'static str,
+    },
+    /// `probe_timeout_ms` is not below `probe_interval_ms`.
+    #[error(
+        "probe_timeout_ms ({timeout_ms}) must be smaller than probe_interval_ms ({interval_ms})"
+    )]
+    ProbeTimeoutNotBelowInterval {
+        /// `probe_timeout_ms`.
+        timeout_ms: u64,
+        /// `probe_interval_ms`.
+        interval_ms: u64,
+    },
+    /// `max_packet_size` outside [`MembershipOptions::MAX_PACKET_SIZE_RANGE`].
+    #[error("max_packet_size must be in 256..=65535, got {0}")]
+    PacketSizeOutOfRange(usize),
+}
+
+impl OptionsError {
+    /// The field that breaks its constraint.
+    pub fn field(&self) -> &'static str {
+        match self {
+            OptionsError::Zero { field } => field,
+            OptionsError::ProbeTimeoutNotBelowInterval { .. } => "probe_timeout_ms",
+            OptionsError::PacketSizeOutOfRange(_) => "max_packet_size",
+        }
+    }
+}
+
+/// Options that passed [`MembershipOptions::validate`], with the values foca needs non-zero already typed so.
+/// Reads as the [`MembershipOptions`] it holds.
+#[derive(Debug, Clone)]
+pub(crate) struct ValidOptions {
+    options: MembershipOptions,
+    indirect_probes: NonZeroUsize,
+    gossip_fanout: NonZeroUsize,
+    max_packet_size: NonZeroUsize,
+}
+
+/// Members foca announces itself to per periodic announce to members it holds down.
+const DOWN_ANNOUNCE_FANOUT: NonZeroUsize = NonZeroUsize::MIN.saturating_add(1);
+
+impl ValidOptions {
+    /// Checks every documented constraint, in field order; the first violation is the error.
+    pub(crate) fn new(options: MembershipOptions) -> Result<ValidOptions, OptionsError> {
+        let o = &options;
+        let positive = [
+            ("probe_timeout_ms", o.probe_timeout_ms),
+            ("gossip_interval_ms", o.gossip_interval_ms),
+            ("gossip_fanout", o.gossip_fanout as u64),
+            ("indirect_probes", o.indirect_probes as u64),
+            ("retransmit_mult", u64::from(o.retransmit_mult)),
+            ("suspicion_mult", u64::from(o.suspicion_mult)),
+            ("suspicion_max_mult", u64::from(o.suspicion_max_mult)),
+            ("announce_interval_ms", o.announce_interval_ms),
+            ("reconnect_interval_ms", o.reconnect_interval_ms),
+            ("remove_down_after_ms", o.remove_down_after_ms),
+            ("health.timeout_ms", o.health.timeout_ms),
+            (
+                "health.success_threshold",
+                u64::from(o.health.success_threshold),
+            ),
+            (
+                "health.failure_threshold",
+                u64::from(o.health.failure_threshold),
+            ),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(OptionsError::Zero { field });
+        }
+        if o.probe_timeout_ms >= o.probe_interval_ms {
+            return Err(OptionsError::ProbeTimeoutNotBelowInterval {
+                timeout_ms: o.probe_timeout_ms,
+                interval_ms: o.probe_interval_ms,
+            });
+        }
+        if !MembershipOptions::MAX_PACKET_SIZE_RANGE.contains(&o.max_packet_size) {
+            return Err(OptionsError::PacketSizeOutOfRange(o.max_packet_size));
+        }
+        let nonzero = |field: &'static str, v: usize| {
+            NonZeroUsize::new(v).ok_or(OptionsError::Zero { field })
+        };
+        Ok(ValidOptions {
+            indirect_probes: nonzero("indirect_probes", o.indirect_probes)?,
+            gossip_fanout: nonzero("gossip_fanout", o.gossip_fanout)?,
+            max_packet_size: nonzero("max_packet_size", o.max_packet_size)?,
+            options,
+        })
+    }
+
+    /// The options as given.
+    pub(crate) fn options(&self) -> &MembershipOptions {
+        &self.options
+    }
 
     /// The foca configuration for `live` members. The suspicion timer foca asks for is replaced by the
     /// wrapper's dynamic one; the probe timers are stretched by the local health multiplier.
     pub(crate) fn foca_config(&self, live: usize) -> foca::Config {
+        let o = &self.options;
         let mut c = foca::Config::simple();
-        c.probe_period = Duration::from_millis(self.probe_interval_ms);
-        c.probe_rtt = Duration::from_millis(self.probe_timeout_ms);
-        c.num_indirect_probes =
-            NonZeroUsize::new(self.indirect_probes).unwrap_or(NonZeroUsize::MIN);
-        c.max_transmissions =
-            NonZeroU8::new(self.max_transmissions(live)).unwrap_or(NonZeroU8::MIN);
-        c.suspect_to_down_after = Duration::from_millis(self.suspicion_min_ms(live).max(1));
-        c.remove_down_after = Some(Duration::from_millis(self.remove_down_after_ms));
-        c.max_packet_size = NonZeroUsize::new(self.max_packet_size).unwrap_or(NonZeroUsize::MIN);
+        c.probe_period = Duration::from_millis(o.probe_interval_ms);
+        c.probe_rtt = Duration::from_millis(o.probe_timeout_ms);
+        c.num_indirect_probes = self.indirect_probes;
+        c.max_transmissions = o.max_transmissions_nonzero(live);
+        // Never 0: probe_interval_ms > probe_timeout_ms ≥ 1 and both multipliers are ≥ 1.
+        c.suspect_to_down_after = Duration::from_millis(o.suspicion_min_ms(live));
+        c.remove_down_after = Some(Duration::from_millis(o.remove_down_after_ms));
+        c.max_packet_size = self.max_packet_size;
         c.notify_down_members = true;
         c.periodic_announce = Some(foca::PeriodicParams {
-            frequency: Duration::from_millis(self.announce_interval_ms),
+            frequency: Duration::from_millis(o.announce_interval_ms),
             num_members: NonZeroUsize::MIN,
         });
         c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
-            frequency: Duration::from_millis(self.reconnect_interval_ms),
-            num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+            frequency: Duration::from_millis(o.reconnect_interval_ms),
+            num_members: DOWN_ANNOUNCE_FANOUT,
         });
         c.periodic_gossip = Some(foca::PeriodicParams {
-            frequency: Duration::from_millis(self.gossip_interval_ms),
-            num_members: NonZeroUsize::new(self.gossip_fanout).unwrap_or(NonZeroUsize::MIN),
+            frequency: Duration::from_millis(o.gossip_interval_ms),
+            num_members: self.gossip_fanout,
         });
         c
+    }
+}
+
+impl Deref for ValidOptions {
+    type Target = MembershipOptions;
+
+    fn deref(&self) -> &MembershipOptions {
+        &self.options
     }
 }
 
@@ -333,6 +459,7 @@ mod tests {
         assert!(
             o.validate()
                 .expect_err("rtt == period")
+                .to_string()
                 .contains("probe_timeout_ms")
         );
         let o = MembershipOptions {
@@ -345,6 +472,7 @@ mod tests {
         assert!(
             o.validate()
                 .expect_err("zero")
+                .to_string()
                 .contains("failure_threshold")
         );
     }

@@ -70,7 +70,7 @@ fn construction_checks_identity_and_options() {
     };
     let bad = Membership::new(LocalIdentity::new("a", 1, addr(1)), opts, 1, T0);
     assert!(
-        matches!(bad, Err(MembershipError::InvalidOptions(m)) if m.contains("max_packet_size"))
+        matches!(bad, Err(MembershipError::InvalidOptions(m)) if m.to_string().contains("max_packet_size"))
     );
 }
 
@@ -257,39 +257,6 @@ fn suspicion_confirmations_shorten_the_timer() {
         .map(|i| sim.node(i).membership.stats().suspicions_started)
         .sum();
     assert!(started >= 2, "independent suspecters: {started}");
-}
-
-#[test]
-fn local_health_stretches_probe_timers_only() {
-    use foca::Timer;
-    use std::time::Duration;
-    let mut buf = RtBuffers::default();
-    let mut rt = Rt {
-        now_ms: 1_000,
-        stretch: 3,
-        buf: &mut buf,
-    };
-    let id = MemberId::new("x", 1, 0, 0, addr(5));
-    rt.submit_after(Timer::ProbeRandomMember(0), Duration::from_millis(1_000));
-    rt.submit_after(
-        Timer::SendIndirectProbe {
-            probed_id: id.clone(),
-            token: 0,
-        },
-        Duration::from_millis(500),
-    );
-    rt.submit_after(Timer::PeriodicGossip(0), Duration::from_millis(200));
-    rt.submit_after(
-        Timer::ChangeSuspectToDown {
-            member_id: id,
-            incarnation: 0,
-            token: 0,
-        },
-        Duration::from_millis(4_000),
-    );
-    let dues: Vec<u64> = buf.timers.keys().map(|k| k.0).collect();
-    assert_eq!(dues, vec![1_200, 2_500, 4_000]);
-    assert_eq!(buf.suspected.len(), 1, "suspicion timers go to the wrapper");
 }
 
 /// A tiny lock-step network: every 50 ms run due timers, then deliver everything at once (no loss).
