@@ -27,6 +27,7 @@ use crate::discovery::{self, Discovery, DiscoveryOverrides, LocalNode};
 use crate::membership::{ClusterHealth, MemberTable, MembershipOptions, MembershipReader};
 use crate::replication::ReplicationStats;
 use crate::state::{ConfigChange, NodeHealthView, StateError, Timestamp, TrafficRecorder};
+use crate::sync::LockClean;
 use crate::transport::{TlsSetup, Transport, TransportOptions};
 
 /// Options of a node beyond `cluster_config`.
@@ -415,12 +416,7 @@ impl ClusterHandle {
             Some(table) if table.local.refused_by.is_some() => false,
             Some(table) => {
                 table.local.state == crate::membership::LocalState::Joined
-                    || self
-                        .inner
-                        .status
-                        .lock()
-                        .map(|s| s.join_settled)
-                        .unwrap_or(false)
+                    || self.inner.status.lock_clean().join_settled
             }
         }
     }
@@ -556,10 +552,7 @@ impl ClusterHandle {
 
     /// Counters of every discovery method (static peers included): rounds, errors, what the last round found.
     pub fn discovery_stats(&self) -> Vec<DiscoveryMethodStats> {
-        match self.inner.discovery_stats.lock() {
-            Ok(all) => all.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.inner.discovery_stats.lock_clean().clone()
     }
 
     /// Handshakes the transport refused or that failed since start, by direction and reason, non-zero counts
@@ -580,29 +573,17 @@ impl ClusterHandle {
 
     /// The linked peers (refreshed every 50 ms and on every link change).
     pub fn peers(&self) -> Vec<PeerInfo> {
-        self.inner
-            .status
-            .lock()
-            .map(|s| s.peers.clone())
-            .unwrap_or_default()
+        self.inner.status.lock_clean().peers.clone()
     }
 
     /// Links, replication, membership and shared-state counters (refreshed every 50 ms).
     pub fn status(&self) -> NodeStatus {
-        self.inner
-            .status
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        self.inner.status.lock_clean().clone()
     }
 
     /// Replication counters (refreshed every 50 ms).
     pub fn replication_stats(&self) -> ReplicationStats {
-        self.inner
-            .status
-            .lock()
-            .map(|s| s.replication.clone())
-            .unwrap_or_default()
+        self.inner.status.lock_clean().replication.clone()
     }
 
     /// Leaves the cluster gracefully: flushes the last changes to the peers (waiting at most 2 s for them to
@@ -610,7 +591,7 @@ impl ClusterHandle {
     /// and stops the node's tasks. The store stays readable.
     pub async fn shutdown(&self) {
         // No new join targets while leaving.
-        if let Some(discovery) = self.inner.discovery.lock().ok().and_then(|mut d| d.take()) {
+        if let Some(discovery) = self.inner.discovery.lock_clean().take() {
             discovery.abort();
         }
         if let Some(events) = &self.inner.events {
@@ -627,9 +608,11 @@ impl ClusterHandle {
         )
         .await;
         // Stop the tasks first (dialers and the acceptor hold the transport), then close the endpoint.
-        if let Ok(mut tasks) = self.inner.tasks.lock() {
-            tasks.drain(..).for_each(|t| t.abort());
-        }
+        self.inner
+            .tasks
+            .lock_clean()
+            .drain(..)
+            .for_each(|t| t.abort());
         if let Some(transport) = &self.inner.transport {
             transport.close("shutdown");
             let _ = tokio::time::timeout(Duration::from_secs(1), transport.wait_idle()).await;

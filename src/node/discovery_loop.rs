@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use super::events::Event;
 use crate::discovery::{Discovery, DiscoveryError, filter};
 use crate::membership::{LocalState, MembershipReader};
+use crate::sync::LockClean;
 
 /// Counters of one discovery method, as `/metrics` and [`crate::node::ClusterHandle::discovery_stats`] show
 /// them.
@@ -134,10 +135,7 @@ impl DiscoveryLoop {
     }
 
     fn update_stats(&self, f: impl FnOnce(&mut Vec<DiscoveryMethodStats>)) {
-        match self.stats.lock() {
-            Ok(mut all) => f(&mut all),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        f(&mut self.stats.lock_clean());
     }
 
     async fn register(&self, method: &dyn Discovery) -> bool {

@@ -25,6 +25,7 @@ use super::machine::{Action, LinkId, LinkUp, NodeMachine};
 use super::shared_view::SharedView;
 use crate::counter::CoarseClock;
 use crate::replication::{Channel, PeerStats, ReplicationStats};
+use crate::sync::LockClean;
 use crate::transport::{Link, LinkError, Transport};
 
 /// A linked peer, as the node reports it.
@@ -322,15 +323,14 @@ impl Driver {
                 })
             })
             .collect();
-        if let Ok(mut status) = self.status.lock() {
-            *status = NodeStatus {
-                peers,
-                replication: self.machine.replication_stats().clone(),
-                join_settled: self.machine.join_settled(),
-                membership: self.machine.membership().stats(),
-                state: self.machine.state_stats(),
-            };
-        }
+        let status = NodeStatus {
+            peers,
+            replication: self.machine.replication_stats().clone(),
+            join_settled: self.machine.join_settled(),
+            membership: self.machine.membership().stats(),
+            state: self.machine.state_stats(),
+        };
+        *self.status.lock_clean() = status;
     }
 
     /// Flushes the last values, announces the leave, closes the links.
