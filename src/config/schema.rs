@@ -685,19 +685,24 @@ pub struct ReplicationConfig {
 
 impl ReplicationConfig {
     /// Default `flush_interval`: 5 ms.
-    pub const DEFAULT_FLUSH_INTERVAL: ConfigDuration = ConfigDuration::from_millis(5);
+    pub const DEFAULT_FLUSH_INTERVAL: ConfigDuration = ConfigDuration::from_millis(
+        crate::replication::ReplicatorOptions::DEFAULT_FLUSH_INTERVAL_MS,
+    );
     /// Smallest `flush_interval`: 1 ms.
     pub const MIN_FLUSH_INTERVAL: ConfigDuration = ConfigDuration::from_millis(1);
     /// Largest `flush_interval`: 1 s.
     pub const MAX_FLUSH_INTERVAL: ConfigDuration = ConfigDuration::from_millis(1_000);
     /// Default `max_batch_bytes`.
-    pub const DEFAULT_MAX_BATCH_BYTES: usize = 1200;
+    pub const DEFAULT_MAX_BATCH_BYTES: usize =
+        crate::replication::ReplicatorOptions::DEFAULT_MAX_BATCH_BYTES;
     /// Smallest `max_batch_bytes`.
     pub const MIN_MAX_BATCH_BYTES: usize = 512;
     /// Largest `max_batch_bytes` (the largest UDP payload over IPv4).
     pub const MAX_MAX_BATCH_BYTES: usize = 65527;
     /// Default `anti_entropy_interval`: 10 s.
-    pub const DEFAULT_ANTI_ENTROPY_INTERVAL: ConfigDuration = ConfigDuration::from_millis(10_000);
+    pub const DEFAULT_ANTI_ENTROPY_INTERVAL: ConfigDuration = ConfigDuration::from_millis(
+        crate::replication::ReplicatorOptions::DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
+    );
     /// Smallest `anti_entropy_interval`: 100 ms.
     pub const MIN_ANTI_ENTROPY_INTERVAL: ConfigDuration = ConfigDuration::from_millis(100);
     /// Largest `anti_entropy_interval`: 1 h.

@@ -21,6 +21,7 @@ use super::link_tasks::{self, HelloSetup};
 use super::options::{self, MachineIdentity, MachineSeeds, MachineSetup};
 use super::shared_view::SharedView;
 use super::system_clock::{self, SystemClock};
+use crate::config::NodeId;
 use crate::config::{CLUSTER_SECRET_ENV, ClusterConfig, Trust};
 use crate::counter::{Clock, CoarseClock, CounterStore, Window};
 use crate::discovery::{self, Discovery, DiscoveryOverrides, LocalNode};
@@ -96,33 +97,53 @@ struct Inner {
     replica_id: u64,
     store: CounterStore,
     clock: Arc<CoarseClock>,
-    local_addr: Option<SocketAddr>,
-    advertised_addr: Option<SocketAddr>,
     status: Arc<Mutex<NodeStatus>>,
-    members: Option<MembershipReader>,
-    shared: Option<Arc<SharedView>>,
     traffic: TrafficRecorder,
-    events: Option<mpsc::Sender<Event>>,
-    transport: Option<Arc<Transport>>,
     /// Ticks the coarse clock; stopped only when the last handle is dropped.
     ticker: JoinHandle<()>,
+    /// What cluster mode runs (`None` with cluster mode off: the node counts locally only).
+    cluster: Option<ClusterParts>,
+}
+
+/// The parts of a node in cluster mode.
+struct ClusterParts {
+    local_addr: SocketAddr,
+    advertised_addr: SocketAddr,
+    members: MembershipReader,
+    shared: Arc<SharedView>,
+    events: mpsc::Sender<Event>,
+    transport: Arc<Transport>,
     /// The discovery loop (stopped first on shutdown).
     discovery: Mutex<Option<JoinHandle<()>>>,
     discovery_stats: SharedDiscoveryStats,
     /// The discovery methods (deregistered on shutdown, after the final flush).
     methods: Vec<Arc<dyn Discovery>>,
     dial_timeout: Duration,
+    /// The acceptor and the driver.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What every node has, cluster mode or not.
+struct LocalParts {
+    node_id: NodeId,
+    replica_id: u64,
+    clock: Arc<CoarseClock>,
+    store: CounterStore,
+    ticker: JoinHandle<()>,
+    traffic: TrafficRecorder,
+    status: Arc<Mutex<NodeStatus>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.ticker.abort();
-        if let Ok(Some(discovery)) = self.discovery.get_mut() {
-            discovery.abort();
-        }
-        if let Ok(tasks) = self.tasks.get_mut() {
-            tasks.iter().for_each(JoinHandle::abort);
+        if let Some(cluster) = &mut self.cluster {
+            if let Some(discovery) = cluster.discovery.get_mut().ok().and_then(Option::take) {
+                discovery.abort();
+            }
+            if let Ok(tasks) = cluster.tasks.get_mut() {
+                tasks.iter().for_each(JoinHandle::abort);
+            }
         }
     }
 }
@@ -141,7 +162,10 @@ impl std::fmt::Debug for ClusterHandle {
                 "replica_id",
                 &format_args!("{:016x}", self.inner.replica_id),
             )
-            .field("local_addr", &self.inner.local_addr)
+            .field(
+                "local_addr",
+                &self.inner.cluster.as_ref().map(|c| c.local_addr),
+            )
             .finish()
     }
 }
@@ -164,49 +188,48 @@ impl Cluster {
         if !problems.is_empty() {
             return Err(NodeError::Config(problems));
         }
-        let node_id = identity::resolve_node_id(config.node_id.as_ref())?;
-        let replica_id = identity::random_u64()?;
-        let clock = Arc::new(CoarseClock::new(SystemClock.now_unix_ms()));
-        let store = CounterStore::new(options::store_options(
-            &config,
+        let local = LocalParts::new(&config)?;
+        let cluster = if config.enabled {
+            Some(Self::start_cluster(&config, &options, &local).await?)
+        } else {
+            tracing::info!(node = %local.node_id, "cluster mode off: counting locally only");
+            None
+        };
+        let LocalParts {
+            node_id,
             replica_id,
-            identity::random_u64()?,
-            Arc::clone(&clock),
-        ));
-        // The clock ticks until the last handle is dropped: the store stays usable after `shutdown`.
-        let ticker = system_clock::spawn_ticker(Arc::clone(&clock));
-        let mut tasks = Vec::new();
-        let traffic = TrafficRecorder::new(store.clone(), TRAFFIC_WINDOW);
-        let status = Arc::new(Mutex::new(NodeStatus::default()));
-        if !config.enabled {
-            tracing::info!(node = %node_id, "cluster mode off: counting locally only");
-            return Ok(ClusterHandle {
-                inner: Arc::new(Inner {
-                    node_id: node_id.as_str().to_string(),
-                    replica_id,
-                    store,
-                    clock,
-                    local_addr: None,
-                    advertised_addr: None,
-                    status,
-                    members: None,
-                    shared: None,
-                    traffic,
-                    events: None,
-                    transport: None,
-                    ticker,
-                    discovery: Mutex::new(None),
-                    discovery_stats: Arc::default(),
-                    methods: Vec::new(),
-                    dial_timeout: Duration::ZERO,
-                    tasks: Mutex::new(tasks),
-                }),
-            });
-        }
+            clock,
+            store,
+            ticker,
+            traffic,
+            status,
+        } = local;
+        Ok(ClusterHandle {
+            inner: Arc::new(Inner {
+                node_id: node_id.as_str().to_string(),
+                replica_id,
+                store,
+                clock,
+                status,
+                traffic,
+                ticker,
+                cluster,
+            }),
+        })
+    }
+
+    /// Binds the transport, builds the node's machine, and starts the acceptor, the driver and discovery.
+    async fn start_cluster(
+        config: &ClusterConfig,
+        options: &NodeOptions,
+        local: &LocalParts,
+    ) -> Result<ClusterParts, NodeError> {
+        let env_secret = options.env_secret.as_deref();
+        let (node_id, replica_id) = (&local.node_id, local.replica_id);
         let trust = config
             .trust(env_secret)
             .map_err(|e| NodeError::Config(vec![e]))?;
-        let tls = TlsSetup::from_trust(&trust, &node_id)?;
+        let tls = TlsSetup::from_trust(&trust, node_id)?;
         let trust_mode = tls.mode();
         let transport_options = options.transport.clone();
         let hello_timeout = transport_options.connect_timeout;
@@ -218,14 +241,13 @@ impl Cluster {
         let local_addr = transport.local_addr();
         let advertised = advertise::choose(config.gossip.advertise_address.as_ref(), local_addr);
 
-        let now = clock.now_unix_ms();
         let setup = MachineSetup {
             identity: MachineIdentity {
                 node_id: node_id.as_str().to_string(),
                 replica_id,
                 advertised: advertised.addr,
             },
-            membership: options::membership_options(&config, options.membership.as_ref()),
+            membership: options::membership_options(config, options.membership.as_ref()),
             seeds: MachineSeeds {
                 replicator: identity::random_u64()?,
                 membership: identity::random_u64()?,
@@ -233,17 +255,17 @@ impl Cluster {
             },
         };
         let machine = options::build_machine(
-            &config,
+            config,
             setup,
-            &store,
-            traffic.clone(),
+            &local.store,
+            local.traffic.clone(),
             Box::new(HealthProbe::default()),
-            now,
+            local.clock.now_unix_ms(),
         )?;
         let members = machine.membership().reader();
 
         let methods: Vec<Arc<dyn Discovery>> = discovery::from_config(
-            &config,
+            config,
             &LocalNode {
                 node_id: node_id.as_str().to_string(),
                 gossip_addr: advertised.addr,
@@ -265,17 +287,17 @@ impl Cluster {
             trust: trust_mode,
             timeout: hello_timeout,
         };
-        tasks.push(link_tasks::spawn_acceptor(
+        let mut tasks = vec![link_tasks::spawn_acceptor(
             Arc::clone(&transport),
             hello.clone(),
             events_tx.clone(),
-        ));
+        )];
         let shared = Arc::new(SharedView::new());
         let driver = Driver::new(DriverParts {
             machine,
-            clock: Arc::clone(&clock),
+            clock: Arc::clone(&local.clock),
             events: events_tx.clone(),
-            status: Arc::clone(&status),
+            status: Arc::clone(&local.status),
             transport: Arc::clone(&transport),
             hello,
             shared: Arc::clone(&shared),
@@ -305,27 +327,45 @@ impl Cluster {
             discovery = ?methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
             "node started"
         );
-        Ok(ClusterHandle {
-            inner: Arc::new(Inner {
-                node_id: node_id.as_str().to_string(),
-                replica_id,
-                store,
-                clock,
-                local_addr: Some(local_addr),
-                advertised_addr: Some(advertised.addr),
-                status,
-                members: Some(members),
-                shared: Some(shared),
-                traffic,
-                events: Some(events_tx),
-                transport: Some(transport),
-                ticker,
-                discovery: Mutex::new(Some(discovery_task)),
-                discovery_stats,
-                methods,
-                dial_timeout,
-                tasks: Mutex::new(tasks),
-            }),
+        Ok(ClusterParts {
+            local_addr,
+            advertised_addr: advertised.addr,
+            members,
+            shared,
+            events: events_tx,
+            transport,
+            discovery: Mutex::new(Some(discovery_task)),
+            discovery_stats,
+            methods,
+            dial_timeout,
+            tasks: Mutex::new(tasks),
+        })
+    }
+}
+
+impl LocalParts {
+    /// The node's identity, clock, store and traffic recorder; the clock starts ticking.
+    fn new(config: &ClusterConfig) -> Result<LocalParts, NodeError> {
+        let node_id = identity::resolve_node_id(config.node_id.as_ref())?;
+        let replica_id = identity::random_u64()?;
+        let clock = Arc::new(CoarseClock::new(SystemClock.now_unix_ms()));
+        let store = CounterStore::new(options::store_options(
+            config,
+            replica_id,
+            identity::random_u64()?,
+            Arc::clone(&clock),
+        ));
+        // The clock ticks until the last handle is dropped: the store stays usable after `shutdown`.
+        let ticker = system_clock::spawn_ticker(Arc::clone(&clock));
+        let traffic = TrafficRecorder::new(store.clone(), TRAFFIC_WINDOW);
+        Ok(LocalParts {
+            node_id,
+            replica_id,
+            clock,
+            store,
+            ticker,
+            traffic,
+            status: Arc::new(Mutex::new(NodeStatus::default())),
         })
     }
 }
@@ -378,23 +418,23 @@ impl ClusterHandle {
 
     /// The bound gossip address (`None` with cluster mode off).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.inner.local_addr
+        self.inner.cluster.as_ref().map(|c| c.local_addr)
     }
 
     /// The gossip address this node advertises to the others (`None` with cluster mode off).
     pub fn advertised_addr(&self) -> Option<SocketAddr> {
-        self.inner.advertised_addr
+        self.inner.cluster.as_ref().map(|c| c.advertised_addr)
     }
 
     /// The member table: every known member with its state, health, incarnation, last-seen time and round
     /// trip, and the cluster health. Lock-free (an `arc-swap` snapshot). `None` with cluster mode off.
     pub fn members(&self) -> Option<Arc<MemberTable>> {
-        self.inner.members.as_ref().map(MembershipReader::load)
+        self.inner.cluster.as_ref().map(|c| c.members.load())
     }
 
     /// A reader of the member table for other threads (lock-free). `None` with cluster mode off.
     pub fn membership_reader(&self) -> Option<MembershipReader> {
-        self.inner.members.clone()
+        self.inner.cluster.as_ref().map(|c| c.members.clone())
     }
 
     /// Cluster health (`HEALTHY` / `NOT HEALTHY`, rule in [`crate::membership`]). A node with cluster mode off
@@ -431,7 +471,7 @@ impl ClusterHandle {
     /// Every node's latest health record (this node's included) and its age, sorted by node id. A node that
     /// stopped publishing (dead) drops out after three publication intervals (6 s).
     pub fn nodes(&self) -> Vec<NodeHealthView> {
-        let Some(shared) = &self.inner.shared else {
+        let Some(shared) = self.inner.cluster.as_ref().map(|c| &c.shared) else {
             return Vec::new();
         };
         let expire = 3 * HEALTH_INTERVAL.as_millis() as u64;
@@ -470,8 +510,9 @@ impl ClusterHandle {
     ) -> Result<Timestamp, SharedStateError> {
         let events = self
             .inner
-            .events
+            .cluster
             .as_ref()
+            .map(|c| &c.events)
             .ok_or(SharedStateError::NotRunning)?;
         let (reply, answer) = oneshot::channel();
         events
@@ -516,9 +557,9 @@ impl ClusterHandle {
     /// The value of a config entry as this node holds it now (lock-free).
     pub fn config_get(&self, key: &str) -> Option<Bytes> {
         self.inner
-            .shared
+            .cluster
             .as_ref()
-            .and_then(|s| s.config.load().get(key).cloned())
+            .and_then(|c| c.shared.config.load().get(key).cloned())
     }
 
     /// A config entry parsed as JSON: `None` when absent, `Some(Err)` when it does not parse as `T`.
@@ -537,9 +578,9 @@ impl ClusterHandle {
     /// Every live config entry (lock-free snapshot).
     pub fn config_entries(&self) -> Arc<std::collections::BTreeMap<Arc<str>, Bytes>> {
         self.inner
-            .shared
+            .cluster
             .as_ref()
-            .map(|s| s.config.load_full())
+            .map(|c| c.shared.config.load_full())
             .unwrap_or_default()
     }
 
@@ -547,12 +588,19 @@ impl ClusterHandle {
     /// mode off. A subscriber more than 1 024 changes behind gets `RecvError::Lagged` and should re-read
     /// [`ClusterHandle::config_entries`].
     pub fn config_subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<ConfigChange>> {
-        self.inner.shared.as_ref().map(|s| s.changes.subscribe())
+        self.inner
+            .cluster
+            .as_ref()
+            .map(|c| c.shared.changes.subscribe())
     }
 
     /// Counters of every discovery method (static peers included): rounds, errors, what the last round found.
     pub fn discovery_stats(&self) -> Vec<DiscoveryMethodStats> {
-        self.inner.discovery_stats.lock_clean().clone()
+        self.inner
+            .cluster
+            .as_ref()
+            .map(|c| c.discovery_stats.lock_clean().clone())
+            .unwrap_or_default()
     }
 
     /// Handshakes the transport refused or that failed since start, by direction and reason, non-zero counts
@@ -565,9 +613,9 @@ impl ClusterHandle {
         u64,
     )> {
         self.inner
-            .transport
+            .cluster
             .as_ref()
-            .map(|t| t.refusals())
+            .map(|c| c.transport.refusals())
             .unwrap_or_default()
     }
 
@@ -590,33 +638,34 @@ impl ClusterHandle {
     /// be read), announces the leave (at most 1 s) so the others mark this node left at once, closes the links
     /// and stops the node's tasks. The store stays readable.
     pub async fn shutdown(&self) {
+        let Some(cluster) = &self.inner.cluster else {
+            tracing::info!(node = %self.inner.node_id, "node stopped");
+            return;
+        };
         // No new join targets while leaving.
-        if let Some(discovery) = self.inner.discovery.lock_clean().take() {
+        if let Some(discovery) = cluster.discovery.lock_clean().take() {
             discovery.abort();
         }
-        if let Some(events) = &self.inner.events {
-            let (done_tx, done_rx) = oneshot::channel();
-            if events.send(Event::Shutdown { done: done_tx }).await.is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
-            }
+        let (done_tx, done_rx) = oneshot::channel();
+        if cluster
+            .events
+            .send(Event::Shutdown { done: done_tx })
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
         }
         // After the final flush and the leave: withdraw the registrations (each bounded by dial_timeout, at
         // most 2 s).
         discovery_loop::deregister_all(
-            &self.inner.methods,
-            self.inner.dial_timeout.min(Duration::from_secs(2)),
+            &cluster.methods,
+            cluster.dial_timeout.min(Duration::from_secs(2)),
         )
         .await;
         // Stop the tasks first (dialers and the acceptor hold the transport), then close the endpoint.
-        self.inner
-            .tasks
-            .lock_clean()
-            .drain(..)
-            .for_each(|t| t.abort());
-        if let Some(transport) = &self.inner.transport {
-            transport.close("shutdown");
-            let _ = tokio::time::timeout(Duration::from_secs(1), transport.wait_idle()).await;
-        }
+        cluster.tasks.lock_clean().drain(..).for_each(|t| t.abort());
+        cluster.transport.close("shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), cluster.transport.wait_idle()).await;
         tracing::info!(node = %self.inner.node_id, "node stopped");
     }
 }

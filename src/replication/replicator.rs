@@ -125,16 +125,37 @@ pub struct CheckAnswered {
     pub rtt_ms: u64,
 }
 
+impl ReplicatorOptions {
+    /// Default `flush_interval_ms` (`replication.flush_interval`).
+    pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 5;
+    /// Default `anti_entropy_interval_ms` (`replication.anti_entropy_interval`).
+    pub const DEFAULT_ANTI_ENTROPY_INTERVAL_MS: u64 = 10_000;
+    /// Default `max_batch_bytes` (`replication.max_batch_bytes`).
+    pub const DEFAULT_MAX_BATCH_BYTES: usize = 1_200;
+    /// Default `check_timeout_ms` (`gossip.config.timeout_seconds` of 10).
+    pub const DEFAULT_CHECK_TIMEOUT_MS: u64 = 10_000;
+
+    /// The options with every interval and timeout at least 1 ms: what [`Replicator::new`] runs with, so no
+    /// later step needs a guard against zero (`check_interval_ms` 0 keeps its meaning: no checks). The config
+    /// refuses zero for the intervals it exposes; this covers hand-built options.
+    fn normalized(mut self) -> ReplicatorOptions {
+        self.flush_interval_ms = self.flush_interval_ms.max(1);
+        self.anti_entropy_interval_ms = self.anti_entropy_interval_ms.max(1);
+        self.check_timeout_ms = self.check_timeout_ms.max(1);
+        self
+    }
+}
+
 impl Default for ReplicatorOptions {
     fn default() -> ReplicatorOptions {
         ReplicatorOptions {
-            flush_interval_ms: 5,
-            anti_entropy_interval_ms: 10_000,
-            max_batch_bytes: 1_200,
+            flush_interval_ms: Self::DEFAULT_FLUSH_INTERVAL_MS,
+            anti_entropy_interval_ms: Self::DEFAULT_ANTI_ENTROPY_INTERVAL_MS,
+            max_batch_bytes: Self::DEFAULT_MAX_BATCH_BYTES,
             stream_chunk_bytes: 256 * 1024,
             max_cells_per_flush: 65_536,
             check_interval_ms: 1_000,
-            check_timeout_ms: 10_000,
+            check_timeout_ms: Self::DEFAULT_CHECK_TIMEOUT_MS,
             max_digest_origins: DEFAULT_MAX_DIGEST_ORIGINS,
             max_relayed_origins_per_peer: DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
         }
@@ -200,8 +221,9 @@ impl Replicator {
         seed: u64,
         now_ms: u64,
     ) -> Replicator {
-        let flush = options.flush_interval_ms.max(1);
-        let anti_entropy = options.anti_entropy_interval_ms.max(1);
+        let options = options.normalized();
+        let flush = options.flush_interval_ms;
+        let anti_entropy = options.anti_entropy_interval_ms;
         Replicator {
             store,
             replica_id,
@@ -284,7 +306,7 @@ impl Replicator {
 
     /// Moves `peer`'s entry in the check schedule to its current deadline.
     fn reschedule_check(&mut self, peer: PeerId) {
-        let timeout = self.options.check_timeout_ms.max(1);
+        let timeout = self.options.check_timeout_ms;
         if let Some(p) = self.peers.get_mut(&peer) {
             let due = match p.outstanding {
                 Some((_, sent)) => sent.saturating_add(timeout),
@@ -304,7 +326,7 @@ impl Replicator {
         let Some((&peer, _)) = self.peers.iter().find(|(_, p)| p.replica == origin) else {
             return;
         };
-        let interval = self.options.anti_entropy_interval_ms.max(1);
+        let interval = self.options.anti_entropy_interval_ms;
         if self
             .pulled_at
             .get(&origin)
@@ -413,11 +435,11 @@ impl Replicator {
         self.run_checks(now_ms);
         if now_ms >= self.next_flush_ms {
             self.flush(now_ms);
-            self.next_flush_ms = now_ms + self.options.flush_interval_ms.max(1);
+            self.next_flush_ms = now_ms + self.options.flush_interval_ms;
         }
         if now_ms >= self.next_anti_entropy_ms {
             self.anti_entropy_round(now_ms);
-            self.next_anti_entropy_ms = now_ms + self.options.anti_entropy_interval_ms.max(1);
+            self.next_anti_entropy_ms = now_ms + self.options.anti_entropy_interval_ms;
         }
     }
 

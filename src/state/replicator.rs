@@ -85,6 +85,15 @@ pub struct StateOptions {
 impl StateOptions {
     /// Default `repair_bytes_per_round`: 4 MiB.
     pub const DEFAULT_REPAIR_BYTES_PER_ROUND: usize = 4 << 20;
+
+    /// The options with the intervals and the repair budget at least 1: what [`StateReplicator::new`] runs
+    /// with, so no later step needs a guard against zero.
+    fn normalized(mut self) -> StateOptions {
+        self.digest_interval_ms = self.digest_interval_ms.max(1);
+        self.housekeeping_interval_ms = self.housekeeping_interval_ms.max(1);
+        self.repair_bytes_per_round = self.repair_bytes_per_round.max(1);
+        self
+    }
 }
 
 impl Default for StateOptions {
@@ -196,7 +205,8 @@ impl StateReplicator {
         now_ms: u64,
     ) -> StateReplicator {
         let mut rng = SplitMix64::new(seed);
-        let digest = options.digest_interval_ms.max(1);
+        let options = options.normalized();
+        let digest = options.digest_interval_ms;
         StateReplicator {
             replica_id,
             map: ConfigMap::new(node_id, options.config.clone()),
@@ -211,7 +221,7 @@ impl StateReplicator {
             evict_logged: false,
             truncate_logged: false,
             next_digest_ms: now_ms + 1 + rng.next_u64() % digest,
-            next_housekeeping_ms: now_ms + options.housekeeping_interval_ms.max(1),
+            next_housekeeping_ms: now_ms + options.housekeeping_interval_ms,
             options,
             outbox: VecDeque::new(),
             changes: VecDeque::new(),
@@ -391,7 +401,7 @@ impl StateReplicator {
             }
         }
         if now_ms >= self.next_digest_ms {
-            self.next_digest_ms = now_ms + self.options.digest_interval_ms.max(1);
+            self.next_digest_ms = now_ms + self.options.digest_interval_ms;
             self.map.collect_tombstones(now_ms);
             if !self.peers.is_empty() {
                 let index = (self.rng.next_u64() % self.peers.len() as u64) as usize;
@@ -401,7 +411,7 @@ impl StateReplicator {
             }
         }
         if now_ms >= self.next_housekeeping_ms {
-            self.next_housekeeping_ms = now_ms + self.options.housekeeping_interval_ms.max(1);
+            self.next_housekeeping_ms = now_ms + self.options.housekeeping_interval_ms;
             self.map.collect_tombstones(now_ms);
             self.records
                 .prune(now_ms, self.options.forget_records_after_ms);
@@ -650,7 +660,7 @@ impl StateReplicator {
     /// When nothing is left, the answer waits for the next window (replacing an older pending one).
     fn send_repair(&mut self, peer: PeerId, differ: &[bool], now_ms: u64) {
         let window = self.pace_window_ms();
-        let budget_per_window = self.options.repair_bytes_per_round.max(1);
+        let budget_per_window = self.options.repair_bytes_per_round;
         let pace = self.pace.entry(peer).or_insert(Pace {
             window_start_ms: now_ms,
             sent: 0,
