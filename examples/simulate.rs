@@ -123,24 +123,29 @@ fn main() {
     let load_wall = Instant::now();
     let end = load_start + args.seconds * 1_000;
     let mut next_probe = load_start;
-    // Each node increments at its own offset within the interval, so flushes are spread as in a real cluster.
-    let step = (args.increment_ms / sim.len() as u64).max(1);
-    let mut t = load_start;
-    let mut node = 0;
-    while t < end {
-        sim.run_until(t);
-        if let Err(error) = sim.add(node, "hot", hot, 1) {
-            eprintln!("add failed: {error}");
-            std::process::exit(1);
+    // Each node increments once per interval at its own offset within it, so flushes are spread as in a real
+    // cluster.
+    let n = sim.len() as u64;
+    let mut round = 0;
+    while load_start + round * args.increment_ms < end {
+        for i in 0..n {
+            let at = load_start + round * args.increment_ms + i * args.increment_ms / n;
+            if at >= end {
+                break;
+            }
+            sim.run_until(at);
+            if let Err(error) = sim.add(i as usize, "hot", hot, 1) {
+                eprintln!("add failed: {error}");
+                std::process::exit(1);
+            }
+            if at >= next_probe {
+                let last = n - 1;
+                let node = sim.rng().range(0, last) as usize;
+                let _ = sim.probe(node);
+                next_probe += 500;
+            }
         }
-        node = (node + 1) % sim.len();
-        if t >= next_probe {
-            let last = sim.len() as u64 - 1;
-            let at = sim.rng().range(0, last) as usize;
-            let _ = sim.probe(at);
-            next_probe += 500;
-        }
-        t += step;
+        round += 1;
     }
     sim.run_until(end);
     let load_wall_s = load_wall.elapsed().as_secs_f64();

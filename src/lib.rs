@@ -54,6 +54,7 @@ pub mod rng;
 pub mod sim;
 pub mod state;
 mod sync;
+mod timers;
 mod tls;
 pub mod transport;
 pub mod wire;

@@ -36,6 +36,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
+use crate::timers::TimerTable;
+
 use bytes::Bytes;
 
 use crate::counter::{CounterError, CounterStore, DirtyEntry, FloorOutcome, MergeOutcome};
@@ -182,6 +184,15 @@ struct Peer {
     scheduled_check_ms: u64,
 }
 
+/// The replicator's timers (see [`TimerTable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Drain the dirty cells and ship them.
+    Flush,
+    /// Send a digest to one random peer.
+    AntiEntropy,
+}
+
 /// The replication state machine of one node.
 #[derive(Debug)]
 pub struct Replicator {
@@ -194,8 +205,8 @@ pub struct Replicator {
     check_schedule: BTreeSet<(u64, PeerId)>,
     sequence: u64,
     next_request_id: u64,
-    next_flush_ms: u64,
-    next_anti_entropy_ms: u64,
+    /// The flush and the anti-entropy round (the checks have their own ordered schedule).
+    timers: TimerTable<Timer>,
     /// Lowest origin the next digest covers.
     digest_cursor: u64,
     /// When each linked origin was last asked for its own values because a relay hinted at a difference.
@@ -231,9 +242,16 @@ impl Replicator {
             check_schedule: BTreeSet::new(),
             sequence: 0,
             next_request_id: 1,
-            next_flush_ms: now_ms + flush,
-            // Spread the first round over one interval so nodes started together do not all fire at once.
-            next_anti_entropy_ms: now_ms + 1 + SplitMix64::new(seed).next_u64() % anti_entropy,
+            timers: {
+                let mut timers = TimerTable::default();
+                timers.set(Timer::Flush, now_ms + flush);
+                // Spread the first round over one interval so nodes started together do not all fire at once.
+                timers.set(
+                    Timer::AntiEntropy,
+                    now_ms + 1 + SplitMix64::new(seed).next_u64() % anti_entropy,
+                );
+                timers
+            },
             digest_cursor: 0,
             pulled_at: BTreeMap::new(),
             now_ms,
@@ -362,7 +380,7 @@ impl Replicator {
 
     /// When [`Replicator::handle_timeout`] must next be called, in Unix ms.
     pub fn poll_timeout(&self) -> u64 {
-        let mut due = self.next_flush_ms.min(self.next_anti_entropy_ms);
+        let mut due = self.timers.next_ms().unwrap_or(u64::MAX);
         if self.options.check_interval_ms > 0
             && let Some(&(check, _)) = self.check_schedule.first()
         {
@@ -433,13 +451,18 @@ impl Replicator {
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         self.run_checks(now_ms);
-        if now_ms >= self.next_flush_ms {
+        let due = self.timers.take_due(now_ms);
+        if due.contains(&Timer::Flush) {
             self.flush(now_ms);
-            self.next_flush_ms = now_ms + self.options.flush_interval_ms;
+            self.timers
+                .set(Timer::Flush, now_ms + self.options.flush_interval_ms);
         }
-        if now_ms >= self.next_anti_entropy_ms {
+        if due.contains(&Timer::AntiEntropy) {
             self.anti_entropy_round(now_ms);
-            self.next_anti_entropy_ms = now_ms + self.options.anti_entropy_interval_ms;
+            self.timers.set(
+                Timer::AntiEntropy,
+                now_ms + self.options.anti_entropy_interval_ms,
+            );
         }
     }
 

@@ -48,6 +48,7 @@ use super::hlc::Timestamp;
 use super::node_record::{LinkHealth, NodeRecord, NodeRecords};
 use crate::replication::{Channel, PeerId, Transmit};
 use crate::rng::SplitMix64;
+use crate::timers::TimerTable;
 use crate::wire::{
     self, ConfigBucketDigest, ConfigDigest, ConfigEntries, Frame, NodeHealth, WireConfigEntry,
     WireError, WireLinkHealth,
@@ -166,6 +167,15 @@ struct Owed {
     differ: Vec<bool>,
 }
 
+/// The shared-state replicator's timers (see [`TimerTable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Send a config digest to one random peer.
+    Digest,
+    /// Collect tombstones and forget stale health records.
+    Housekeeping,
+}
+
 /// The shared-state replicator of one node.
 #[derive(Debug)]
 pub struct StateReplicator {
@@ -188,8 +198,8 @@ pub struct StateReplicator {
     options: StateOptions,
     outbox: VecDeque<Transmit>,
     changes: VecDeque<ConfigChange>,
-    next_digest_ms: u64,
-    next_housekeeping_ms: u64,
+    /// The digest round and housekeeping (repairs owed to peers keep their own deadlines in `owed`).
+    timers: TimerTable<Timer>,
     rng: SplitMix64,
     stats: StateStats,
 }
@@ -220,8 +230,15 @@ impl StateReplicator {
             full_logged: false,
             evict_logged: false,
             truncate_logged: false,
-            next_digest_ms: now_ms + 1 + rng.next_u64() % digest,
-            next_housekeeping_ms: now_ms + options.housekeeping_interval_ms,
+            timers: {
+                let mut timers = TimerTable::default();
+                timers.set(Timer::Digest, now_ms + 1 + rng.next_u64() % digest);
+                timers.set(
+                    Timer::Housekeeping,
+                    now_ms + options.housekeeping_interval_ms,
+                );
+                timers
+            },
             options,
             outbox: VecDeque::new(),
             changes: VecDeque::new(),
@@ -379,7 +396,7 @@ impl StateReplicator {
         self.owed
             .values()
             .map(|o| o.due_ms)
-            .fold(self.next_digest_ms.min(self.next_housekeeping_ms), u64::min)
+            .fold(self.timers.next_ms().unwrap_or(u64::MAX), u64::min)
     }
 
     /// The pacing window of repairs to one peer, in ms.
@@ -400,8 +417,10 @@ impl StateReplicator {
                 self.send_repair(peer, &owed.differ, now_ms);
             }
         }
-        if now_ms >= self.next_digest_ms {
-            self.next_digest_ms = now_ms + self.options.digest_interval_ms;
+        let timers = self.timers.take_due(now_ms);
+        if timers.contains(&Timer::Digest) {
+            self.timers
+                .set(Timer::Digest, now_ms + self.options.digest_interval_ms);
             self.map.collect_tombstones(now_ms);
             if !self.peers.is_empty() {
                 let index = (self.rng.next_u64() % self.peers.len() as u64) as usize;
@@ -410,8 +429,11 @@ impl StateReplicator {
                 }
             }
         }
-        if now_ms >= self.next_housekeeping_ms {
-            self.next_housekeeping_ms = now_ms + self.options.housekeeping_interval_ms;
+        if timers.contains(&Timer::Housekeeping) {
+            self.timers.set(
+                Timer::Housekeeping,
+                now_ms + self.options.housekeeping_interval_ms,
+            );
             self.map.collect_tombstones(now_ms);
             self.records
                 .prune(now_ms, self.options.forget_records_after_ms);

@@ -28,7 +28,6 @@ mod dials;
 mod health;
 mod links;
 mod plane;
-mod timers;
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -42,12 +41,12 @@ pub(crate) use plane::Plane;
 use self::dials::{DialDecision, DialTable};
 use self::health::HealthPublisher;
 use self::links::{Insert, LinkEntry, LinkTable};
-use self::timers::TimerTable;
 use super::hello::PeerHello;
 use super::join::JoinSchedule;
 use crate::membership::{ClusterHealth, Membership, MembershipError, MembershipEvent};
 use crate::replication::{Channel, PeerStats, ReplicationStats, Replicator, Transmit};
 use crate::state::{ConfigChange, StateError, StateReplicator, StateStats, Timestamp};
+use crate::timers::TimerTable;
 use crate::wire::{self, Frame, MembershipPacket};
 
 /// How often join targets and dial states are pruned.

@@ -1,4 +1,4 @@
-//! A machine's own timers in one table: an enum names each timer, the table holds its deadline, and the next
+//! A state machine's own timers in one table (the node machine's and the replicators'): an enum names each timer, the table holds its deadline, and the next
 //! wake-up is the minimum over a handful of entries (never a scan of peers or members).
 
 /// Deadlines of the timers `T` names (Unix ms). A timer that is not armed has no entry.
