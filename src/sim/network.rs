@@ -41,7 +41,7 @@ impl Default for NetOptions {
 }
 
 /// What the network did in a run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetStats {
     /// Frames delivered to a node.
     pub delivered: u64,

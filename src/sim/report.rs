@@ -87,38 +87,9 @@ pub struct SimReport {
     /// Running nodes whose global count of some key differs from the exact total.
     pub diverged_nodes: usize,
     /// The network's counters.
-    pub net: NetStatsReport,
+    pub net: NetStats,
     /// Events the simulation processed.
     pub events: u64,
-}
-
-/// [`NetStats`] as reported (the same fields, documented there).
-#[derive(Debug, Clone, Copy, Serialize)]
-#[allow(missing_docs)]
-pub struct NetStatsReport {
-    pub delivered: u64,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub partitioned: u64,
-    pub undeliverable: u64,
-    pub links_opened: u64,
-    pub links_closed: u64,
-    pub dials_failed: u64,
-}
-
-impl From<NetStats> for NetStatsReport {
-    fn from(s: NetStats) -> Self {
-        NetStatsReport {
-            delivered: s.delivered,
-            lost: s.lost,
-            duplicated: s.duplicated,
-            partitioned: s.partitioned,
-            undeliverable: s.undeliverable,
-            links_opened: s.links_opened,
-            links_closed: s.links_closed,
-            dials_failed: s.dials_failed,
-        }
-    }
 }
 
 fn summary(values: impl Iterator<Item = f64>) -> TrafficSummary {
@@ -155,7 +126,7 @@ pub(super) fn build(sim: &Simulation, seconds: f64) -> SimReport {
         visibility_ms: Percentiles::of(&sim.visibility_ms),
         probes_pending: sim.probes.len(),
         diverged_nodes: diverged.len(),
-        net: sim.stats.into(),
+        net: sim.stats,
         events: sim.events_run,
     }
 }
