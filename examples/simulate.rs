@@ -202,6 +202,7 @@ fn main() {
             "exact": exact,
             "settle_ms": settle_ms,
             "detection_ms": detection_ms,
+            "health_link_entries": report.health_link_entries,
             "net": report.net,
             "events": report.events,
             "wall_s": { "join": join_wall, "load": load_wall_s, "total": total_wall },
@@ -224,6 +225,7 @@ fn main() {
             bytes_received.0
         );
         println!("links per node {:.1}", report.links_per_node.mean);
+        println!("health-record link entries held in all: {}", report.health_link_entries);
         println!(
             "increment to visible everywhere: p50 {} ms, p99 {} ms, max {} ms ({} probes, {} pending)",
             report.visibility_ms.p50,

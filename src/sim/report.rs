@@ -86,6 +86,9 @@ pub struct SimReport {
     pub probes_pending: usize,
     /// Running nodes whose global count of some key differs from the exact total.
     pub diverged_nodes: usize,
+    /// Health-record link entries held over every running node (each node keeps every member's latest
+    /// record, and each record lists its publisher's links).
+    pub health_link_entries: usize,
     /// The network's counters.
     pub net: NetStats,
     /// Events the simulation processed.
@@ -126,6 +129,11 @@ pub(super) fn build(sim: &Simulation, seconds: f64) -> SimReport {
         visibility_ms: Percentiles::of(&sim.visibility_ms),
         probes_pending: sim.probes.len(),
         diverged_nodes: diverged.len(),
+        health_link_entries: running
+            .iter()
+            .filter_map(|&i| sim.nodes[i].machine.as_ref())
+            .map(|m| m.state().records().link_entries())
+            .sum(),
         net: sim.stats,
         events: sim.events_run,
     }

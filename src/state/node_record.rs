@@ -104,6 +104,11 @@ impl NodeRecords {
         out
     }
 
+    /// Link entries held over every record (each record lists its publisher's links): what the records cost.
+    pub fn link_entries(&self) -> usize {
+        self.by_owner.values().map(|(r, _)| r.links.len()).sum()
+    }
+
     /// Forgets records not refreshed for `forget_after_ms`. Returns how many.
     pub fn prune(&mut self, now_ms: u64, forget_after_ms: u64) -> usize {
         let before = self.by_owner.len();
