@@ -225,7 +225,10 @@ fn main() {
             bytes_received.0
         );
         println!("links per node {:.1}", report.links_per_node.mean);
-        println!("health-record link entries held in all: {}", report.health_link_entries);
+        println!(
+            "health-record link entries held in all: {}",
+            report.health_link_entries
+        );
         println!(
             "increment to visible everywhere: p50 {} ms, p99 {} ms, max {} ms ({} probes, {} pending)",
             report.visibility_ms.p50,

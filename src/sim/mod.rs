@@ -565,12 +565,23 @@ impl Simulation {
         let Some(machine) = self.nodes[i].machine.as_mut() else {
             return;
         };
-        let mut frames = machine.final_flush(now);
-        frames.extend(machine.leave(now));
+        // As the driver's shutdown: the final flush first, confirmed by the peers; only then the leave (a leave
+        // that overtook the flush would make the peers drop the link before the last values arrive).
+        let flush = machine.final_flush(now);
+        let leave = machine.leave(now);
         let links = machine.link_ids();
-        let mut last = now;
-        for (link, frame) in frames {
-            if let Some(at) = self.transmit(i, link, frame, true) {
+        let mut flushed = now;
+        for (link, frame) in flush {
+            if let Some(at) = self.transmit(i, link, frame, true, now) {
+                flushed = flushed.max(at);
+            }
+        }
+        // The confirmations travel back before the leave goes out.
+        let (_, hi) = self.options.net.latency_ms;
+        let leave_at = if flushed > now { flushed + hi } else { now };
+        let mut last = leave_at;
+        for (link, frame) in leave {
+            if let Some(at) = self.transmit(i, link, frame, true, leave_at) {
                 last = last.max(at);
             }
         }
@@ -920,7 +931,7 @@ impl Simulation {
                 } => {
                     let reliable =
                         channel == Channel::Stream || frame.len() > self.options.net.max_datagram;
-                    self.transmit(i, link, frame, reliable);
+                    self.transmit(i, link, frame, reliable, self.now_ms);
                 }
                 Action::Close { link, .. } => {
                     if let Some(e) = self.ends.get_mut(&link)
@@ -954,8 +965,16 @@ impl Simulation {
         }
     }
 
-    /// Sends `frame` from node `i` on its link end `link`; returns when it arrives (the last copy), if it does.
-    fn transmit(&mut self, i: usize, link: LinkId, frame: Bytes, reliable: bool) -> Option<u64> {
+    /// Sends `frame` from node `i` on its link end `link`, not before `not_before_ms`; returns when it arrives
+    /// (the last copy), if it does.
+    fn transmit(
+        &mut self,
+        i: usize,
+        link: LinkId,
+        frame: Bytes,
+        reliable: bool,
+        not_before_ms: u64,
+    ) -> Option<u64> {
         let n = &mut self.nodes[i];
         n.traffic.frames_sent += 1;
         n.traffic.bytes_sent += frame.len() as u64;
@@ -972,7 +991,7 @@ impl Simulation {
             self.stats.partitioned += 1;
             return None;
         }
-        let now = self.now_ms;
+        let now = self.now_ms.max(not_before_ms);
         let e = self.ends.get_mut(&link)?;
         let arrivals = network::schedule(
             &self.options.net,
