@@ -1,7 +1,8 @@
 //! The monitoring files in `deploy/` cannot rot: every `bifrost_*` metric named by the Grafana dashboard
 //! (`deploy/grafana/bifrost-cluster.json`) and the Prometheus alert rules (`deploy/prometheus/alerts.yml`)
 //! exists in the `/metrics` of a real node (two `run` processes on loopback, so the per-peer families are
-//! there), and the rules pass `promtool check rules`. Without promtool that part is skipped with a message,
+//! there), the rules pass `promtool check rules` and the compose profile's Prometheus config `promtool check
+//! config`. Without promtool that part is skipped with a message,
 //! unless `REQUIRE_PROMTOOL=1` (CI), where it fails.
 
 use std::collections::BTreeSet;
@@ -259,4 +260,31 @@ fn the_alert_rules_pass_promtool() {
     // promtool reports how many rules it read: all of them.
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("SUCCESS"), "{text}");
+
+    // The compose profile's Prometheus config, with its container paths pointed at the repository's files.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("bifrost-token");
+    std::fs::write(&token, "a-read-token").expect("token");
+    let config = std::fs::read_to_string(deploy().join("docker-compose/static/prometheus.yml"))
+        .expect("read prometheus.yml");
+    assert!(
+        config.contains("/etc/prometheus/alerts.yml")
+            && config.contains("/prometheus/bifrost-token")
+    );
+    let config = config
+        .replace("/etc/prometheus/alerts.yml", &rules.display().to_string())
+        .replace("/prometheus/bifrost-token", &token.display().to_string());
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, config).expect("write");
+    let output = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config_path)
+        .output()
+        .expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool check config (deploy/docker-compose/static/prometheus.yml):\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
