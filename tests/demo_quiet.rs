@@ -48,14 +48,15 @@ fn a_normal_demo_run_logs_no_warn_or_error() {
         loud.len(),
         loud.join("\n")
     );
-    // The lines themselves are still there, at INFO: each node starts alone, and the demo's last word.
-    let alone_at_start = stderr
+    // The logs were captured (each node logs its starting cluster health once, at INFO here: HEALTHY, or NOT
+    // HEALTHY while it has met nobody), and the demo's last word.
+    let start_lines = stderr
         .lines()
-        .filter(|l| l.contains(" INFO ") && l.contains("cluster health: NOT HEALTHY"))
+        .filter(|l| l.contains(" INFO ") && l.contains("cluster health: "))
         .count();
     assert!(
-        alone_at_start >= 3,
-        "expected each of the 3 nodes to log its lone start at INFO:\n{stderr}"
+        start_lines >= 3,
+        "expected each of the 3 nodes to log its cluster health at INFO:\n{stderr}"
     );
     assert!(
         stdout.contains("all nodes left gracefully"),
