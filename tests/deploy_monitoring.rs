@@ -1,8 +1,8 @@
 //! The monitoring files in `deploy/` cannot rot: every `bifrost_*` metric named by the Grafana dashboard
 //! (`deploy/grafana/bifrost-cluster.json`) and the Prometheus alert rules (`deploy/prometheus/alerts.yml`)
 //! exists in the `/metrics` of a real node (two `run` processes on loopback, so the per-peer families are
-//! there), the rules pass `promtool check rules` and the compose profile's Prometheus config `promtool check
-//! config`. Without promtool that part is skipped with a message,
+//! there), the rules pass `promtool check rules`, the dashboard's queries parse (promtool, as recording
+//! rules) and the compose profile's Prometheus config passes `promtool check config`. Without promtool that part is skipped with a message,
 //! unless `REQUIRE_PROMTOOL=1` (CI), where it fails.
 
 use std::collections::BTreeSet;
@@ -261,8 +261,40 @@ fn the_alert_rules_pass_promtool() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("SUCCESS"), "{text}");
 
-    // The compose profile's Prometheus config, with its container paths pointed at the repository's files.
+    // The dashboard's queries parse as PromQL: each becomes a recording rule (Grafana's variables replaced by
+    // what Grafana would put there) that promtool checks.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy().join("grafana/bifrost-cluster.json")).expect("dashboard"),
+    )
+    .expect("JSON");
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard["panels"], &mut exprs);
+    let mut recording = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$instance", ".*");
+        let quoted = serde_json::to_string(&expr).expect("quote");
+        recording.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {quoted}\n"
+        ));
+    }
     let dir = tempfile::tempdir().expect("tempdir");
+    let recording_path = dir.path().join("dashboard-queries.yml");
+    std::fs::write(&recording_path, &recording).expect("write");
+    let output = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&recording_path)
+        .output()
+        .expect("promtool");
+    assert!(
+        output.status.success(),
+        "the dashboard's queries do not parse:\n{}{}\n{recording}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The compose profile's Prometheus config, with its container paths pointed at the repository's files.
     let token = dir.path().join("bifrost-token");
     std::fs::write(&token, "a-read-token").expect("token");
     let config = std::fs::read_to_string(deploy().join("docker-compose/static/prometheus.yml"))
