@@ -53,11 +53,18 @@ enum Command {
         #[arg(long, default_value = "20s")]
         duration: String,
     },
-    /// Print a node's /cluster/status as a table.
+    /// Print a node's /cluster/status as a table of members and health (or its JSON with --json).
+    ///
+    /// Exit 0 with the status, 1 with one error line naming the URL: unreachable (with the cause), 401 (no or
+    /// an unknown token), 403 (the token lacks the read scope), any other answer.
     Status {
-        /// The node's HTTP address.
+        /// The node's HTTP address: http://host:port or https://host:port (a path prefix is kept).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// PEM file of CA certificates to trust for an https:// URL, besides the system's trust store (a node
+        /// with a self-signed or private-CA `http.tls` certificate).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// Bearer token with the `read` scope, when the node has tokens configured [default: the first token
         /// with the `read` scope in $BIFROST_HTTP_TOKENS, as the node itself reads it (container healthchecks)]
         #[arg(long, env = "BIFROST_HTTP_TOKEN", hide_env_values = true)]
@@ -100,7 +107,12 @@ fn main() -> ExitCode {
             log_format,
         } => run(config, bind_ip, log_format),
         Command::Demo { nodes, duration } => demo(nodes, &duration),
-        Command::Status { url, token, json } => status(&url, token.as_deref(), json),
+        Command::Status {
+            url,
+            ca_file,
+            token,
+            json,
+        } => status(&url, token.as_deref(), ca_file.as_deref(), json),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -175,7 +187,12 @@ fn demo(nodes: u16, duration: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(url: &str, token: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+fn status(
+    url: &str,
+    token: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     // Without --token, a read token of the node's own BIFROST_HTTP_TOKENS (same container or unit).
     let env_token = match token {
         Some(_) => None,
@@ -193,7 +210,15 @@ fn status(url: &str, token: Option<&str>, json: bool) -> anyhow::Result<ExitCode
                 })
             }),
     };
-    let value = cli::status::fetch(url, token.or(env_token.as_deref()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let value = runtime.block_on(cli::status::fetch(
+        url,
+        token.or(env_token.as_deref()),
+        ca_file,
+    ))?;
     let text = if json {
         serde_json::to_string_pretty(&value)?
     } else {

@@ -127,6 +127,7 @@ impl From<Decision> for DecisionJson {
 pub(crate) async fn ratelimit_check(
     State(node): State<ClusterHandle>,
     State(ceiling): State<RequestCeiling>,
+    State(stats): State<std::sync::Arc<super::HttpStats>>,
     body: Bytes,
 ) -> Result<Json<DecisionJson>, ApiError> {
     let map = object(&body)?;
@@ -146,9 +147,14 @@ pub(crate) async fn ratelimit_check(
         }
     };
     let handle = node.store().handle(key, window).map_err(key_error)?;
-    Ok(Json(DecisionJson::from(
-        handle.acquire(algorithm, limit, cost),
-    )))
+    let decision = handle.acquire(algorithm, limit, cost);
+    // Counted for `bifrost_ratelimit_checks_total{result}`.
+    super::HttpStats::bump(if decision.allowed {
+        &stats.ratelimit_allowed
+    } else {
+        &stats.ratelimit_over_limit
+    });
+    Ok(Json(DecisionJson::from(decision)))
 }
 
 /// A counter as this node sees it.

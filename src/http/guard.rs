@@ -61,12 +61,16 @@ pub struct HttpStats {
     pub rejected_origin: AtomicU64,
     /// `415`: a body without an accepted `Content-Type`.
     pub rejected_content_type: AtomicU64,
+    /// `POST /v1/ratelimit/check` decisions that allowed the request.
+    pub ratelimit_allowed: AtomicU64,
+    /// `POST /v1/ratelimit/check` decisions over the limit (refused).
+    pub ratelimit_over_limit: AtomicU64,
     /// Whether the connection cap is reached (for the log-once rule).
     pub(crate) at_cap: AtomicBool,
 }
 
 impl HttpStats {
-    fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         // A statistic: no other memory depends on it.
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -20,6 +20,7 @@
 //! | `bifrost_config_entries` | gauge | live cluster-wide config entries |
 //! | `bifrost_http_connections_open` | gauge | HTTP connections served now |
 //! | `bifrost_http_connections_{accepted,refused,idle_closed}_total`, `bifrost_http_tls_handshake_failures_total` | counter | refused: over `http.max_connections` |
+//! | `bifrost_ratelimit_checks_total` | counter | `result` (allowed, over_limit): decisions of `POST /v1/ratelimit/check` |
 //! | `bifrost_http_rejected_total` | counter | `status` (401, 403, 415), `reason` (missing_token, unknown_token, scope, not_loopback, origin, content_type) |
 //! | `bifrost_config_bytes`, `bifrost_config_tombstones` | gauge | live config bytes (keys + values); tombstones held |
 //! | `bifrost_config_refused_total` | counter | `reason` (full: no room, retried by anti-entropy; invalid; local_full: answered 507) |
@@ -438,6 +439,21 @@ pub fn register_http(r: &mut Registry, stats: &super::HttpStats) {
     use std::sync::atomic::Ordering;
     // Statistics: a slightly stale reading is fine.
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    counter_family(
+        r,
+        "bifrost_ratelimit_checks",
+        "POST /v1/ratelimit/check decisions: allowed or over_limit",
+        &[
+            (
+                label(&[("result", "allowed")]),
+                load(&stats.ratelimit_allowed),
+            ),
+            (
+                label(&[("result", "over_limit")]),
+                load(&stats.ratelimit_over_limit),
+            ),
+        ],
+    );
     gauge(
         r,
         "bifrost_http_connections_open",
@@ -489,6 +505,8 @@ pub fn register_http(r: &mut Registry, stats: &super::HttpStats) {
 // | metric | type | labels |
 // |---|---|---|
 // | `bifrost_counter_remote_keys` | gauge | cells only merges created (the `limits.max_remote_keys` budget) |
+// | `bifrost_counter_key_budget` | gauge | `kind`: `local` (`limits.max_keys`), `remote` (`limits.max_remote_keys`) |
+// | `bifrost_counter_origin_budget` | gauge | `limits.max_origins_per_key` |
 // | `bifrost_counter_refused_keys_by_kind_total` | counter | `kind`: `local` (`max_keys`), `remote` (`max_remote_keys`) |
 // | `bifrost_counter_refused_origins_total` | counter | relayed origins refused at `limits.max_origins_per_key` |
 // | `bifrost_counter_resets_total`, `bifrost_counter_floors_raised_total` | counter | resets run here; floors that lowered a count |
@@ -499,6 +517,25 @@ pub fn register_http(r: &mut Registry, stats: &super::HttpStats) {
 // | `bifrost_peer_forged_entries_total`, `bifrost_peer_relayed_refused_total` | counter | `peer` |
 fn counter_plane_bounds(r: &mut Registry, node: &ClusterHandle, status: &crate::node::NodeStatus) {
     let store = node.store().stats();
+    let options = node.store().options();
+    gauge_family(
+        r,
+        "bifrost_counter_key_budget",
+        "Configured key budgets: local (limits.max_keys), remote (limits.max_remote_keys)",
+        &[
+            (label(&[("kind", "local")]), clamp(options.max_keys as u64)),
+            (
+                label(&[("kind", "remote")]),
+                clamp(options.max_remote_keys as u64),
+            ),
+        ],
+    );
+    gauge(
+        r,
+        "bifrost_counter_origin_budget",
+        "Configured relayed origins per key and epoch (limits.max_origins_per_key)",
+        clamp(options.max_origins_per_key as u64),
+    );
     gauge(
         r,
         "bifrost_counter_remote_keys",

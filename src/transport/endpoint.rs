@@ -29,7 +29,9 @@ use tokio::task::JoinHandle;
 use super::error::{FailureKind, TlsError, TransportError};
 use super::link::Link;
 use super::options::TransportOptions;
-use super::refusals::{Direction, REFUSAL_FLUSH_EVERY_MS, RefusalLine, RefusalLog, RefusalReason};
+use super::refusals::{
+    Direction, LogLevel, REFUSAL_FLUSH_EVERY_MS, RefusalLine, RefusalLog, RefusalReason,
+};
 use super::tls::{TlsSetup, TrustMode};
 use super::{SERVER_NAME, health_tcp};
 use crate::sync::LockClean;
@@ -302,14 +304,25 @@ impl Refusals {
                     "incoming connection refused (further refusals with this cause are counted in \
                      bifrost_transport_handshakes_refused_total and summarized at most once a minute)"
                 ),
-                Direction::Outgoing => tracing::warn!(
-                    %peer,
-                    reason = %kind,
-                    cause = %reason,
-                    %detail,
-                    "outgoing connection failed (further failures with this cause are counted in \
-                     bifrost_transport_handshakes_refused_total and summarized at most once a minute)"
-                ),
+                Direction::Outgoing => match LogLevel::of(direction, reason) {
+                    LogLevel::Info => tracing::info!(
+                        %peer,
+                        reason = %kind,
+                        cause = %reason,
+                        %detail,
+                        "outgoing connection closed by the peer during the handshake (normal while that \
+                         peer is stopping; further ones are counted in \
+                         bifrost_transport_handshakes_refused_total and summarized at most once a minute)"
+                    ),
+                    LogLevel::Warn => tracing::warn!(
+                        %peer,
+                        reason = %kind,
+                        cause = %reason,
+                        %detail,
+                        "outgoing connection failed (further failures with this cause are counted in \
+                         bifrost_transport_handshakes_refused_total and summarized at most once a minute)"
+                    ),
+                },
             },
             Some(summary) => log_summary(&summary, now),
             None => {}
@@ -352,15 +365,26 @@ fn log_summary(line: &RefusalLine, now_ms: u64) {
         return;
     };
     let over_s = now_ms.saturating_sub(*since_ms) / 1_000;
-    tracing::warn!(
-        %direction,
-        cause = %reason,
-        refused,
-        over_s,
-        latest_peer = %peer,
-        latest_detail = %detail,
-        "{refused} more {direction} handshakes refused ({reason}) in the last {over_s} s"
-    );
+    match LogLevel::of(*direction, *reason) {
+        LogLevel::Info => tracing::info!(
+            %direction,
+            cause = %reason,
+            refused,
+            over_s,
+            latest_peer = %peer,
+            latest_detail = %detail,
+            "{refused} more {direction} handshakes refused ({reason}) in the last {over_s} s"
+        ),
+        LogLevel::Warn => tracing::warn!(
+            %direction,
+            cause = %reason,
+            refused,
+            over_s,
+            latest_peer = %peer,
+            latest_detail = %detail,
+            "{refused} more {direction} handshakes refused ({reason}) in the last {over_s} s"
+        ),
+    }
 }
 
 /// Binds the UDP socket and the TCP listener on the same IP and port.

@@ -6,7 +6,8 @@
 //!   ([`super::Transport::refusals`], `bifrost_transport_handshakes_refused_total` in `/metrics`). Counters
 //!   only grow.
 //! - The log is rate-limited per direction and reason: the first refusal is logged at `WARN` with the peer and
-//!   the cause; after it, at most one summary line per [`REFUSAL_LOG_INTERVAL_MS`] (one minute) says how many
+//!   the cause (at `INFO` when it is [routine](LogLevel::of): an outgoing handshake the peer closed without a
+//!   TLS alert, which is what a peer that is stopping does); after it, at most one summary line per [`REFUSAL_LOG_INTERVAL_MS`] (one minute) says how many
 //!   were refused since the last line, with the latest peer and cause. A summary is due at the first refusal
 //!   after the interval, or, when refusals stopped, at the transport's next flush (every
 //!   [`REFUSAL_FLUSH_EVERY_MS`]). So 500 handshakes without a certificate give one line, not 500, and the
@@ -177,6 +178,28 @@ impl fmt::Display for RefusalReason {
     }
 }
 
+/// The level a refusal line is logged at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Routine: nothing for an operator to do (still counted).
+    Info,
+    /// Something an operator must look at: a certificate, a stranger, a network that drops handshakes.
+    Warn,
+}
+
+impl LogLevel {
+    /// `Info` for an outgoing handshake the peer closed without a TLS alert ([`RefusalReason::Closed`]): a
+    /// peer that is stopping refuses new connections, so every graceful stop of a cluster produces it. `Warn`
+    /// for everything else: every incoming refusal (a stranger, a wrong certificate, an attack) and every
+    /// outgoing failure with a TLS alert or a timeout.
+    pub fn of(direction: Direction, reason: RefusalReason) -> LogLevel {
+        match (direction, reason) {
+            (Direction::Outgoing, RefusalReason::Closed) => LogLevel::Info,
+            _ => LogLevel::Warn,
+        }
+    }
+}
+
 /// What to log for one refusal (or a flush).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefusalLine {
@@ -333,6 +356,25 @@ mod tests {
 
     fn peer(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn only_an_outgoing_handshake_closed_without_alert_is_routine() {
+        for direction in Direction::ALL {
+            for reason in RefusalReason::ALL {
+                let routine = direction == Direction::Outgoing && reason == RefusalReason::Closed;
+                let expected = if routine {
+                    LogLevel::Info
+                } else {
+                    LogLevel::Warn
+                };
+                assert_eq!(
+                    LogLevel::of(direction, reason),
+                    expected,
+                    "{direction} {reason}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -833,7 +833,8 @@ impl NodeMachine {
         }
     }
 
-    /// "cluster health: HEALTHY" (info) or "cluster health: NOT HEALTHY" (warn), with the counts behind it.
+    /// "cluster health: HEALTHY" (info) or "cluster health: NOT HEALTHY" (warn; info while this node is the only
+    /// member it knows of), with the counts behind it.
     fn log_cluster_health(&mut self, health: ClusterHealth) {
         self.health_logged = true;
         let table = self.membership.members();
@@ -846,6 +847,10 @@ impl NodeMachine {
         match health {
             ClusterHealth::Healthy => {
                 tracing::info!(members, healthy, %local, "cluster health: HEALTHY")
+            }
+            // Alone with nobody else known (not met yet, or every other member left on purpose): info.
+            ClusterHealth::NotHealthy if members == 1 => {
+                tracing::info!(members, healthy, %local, "cluster health: NOT HEALTHY")
             }
             ClusterHealth::NotHealthy => {
                 tracing::warn!(members, healthy, %local, "cluster health: NOT HEALTHY")
