@@ -234,8 +234,10 @@ impl Driver {
                         (self.machine.delete_config(&key, now), reply)
                     }
                 };
-                // Publish the snapshot before answering, so the writer reads its own write.
+                // Publish the snapshot and the status before answering, so the writer reads its own write and
+                // a refusal is already counted in `/metrics`.
                 self.after_machine();
+                self.publish_status(true);
                 let _ = reply.send(result);
             }
             // Handled by the run loop before it gets here.
