@@ -218,39 +218,15 @@ fn load_tls(
     cert_file: &std::path::Path,
     key_file: &std::path::Path,
 ) -> Result<rustls::ServerConfig, HttpSetupError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let err = |field: &'static str, path: &std::path::Path, reason: String| HttpSetupError::Tls {
         field,
         path: path.to_owned(),
         reason,
     };
-    let cert_bytes = std::fs::read(cert_file)
-        .map_err(|e| err(TLS_CERT_FIELD, cert_file, format!("cannot read: {e}")))?;
-    let certs = CertificateDer::pem_slice_iter(&cert_bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(TLS_CERT_FIELD, cert_file, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err(
-            TLS_CERT_FIELD,
-            cert_file,
-            "no CERTIFICATE section found".to_owned(),
-        ));
-    }
-    let key_bytes = std::fs::read(key_file)
-        .map_err(|e| err(TLS_KEY_FIELD, key_file, format!("cannot read: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
-        err(
-            TLS_KEY_FIELD,
-            key_file,
-            match e {
-                rustls::pki_types::pem::Error::NoItemsFound => {
-                    "no PRIVATE KEY section (PKCS#8, PKCS#1 or SEC1) found".to_owned()
-                }
-                other => other.to_string(),
-            },
-        )
-    })?;
+    // The crate's one PEM loader; its problem texts are the reasons.
+    let from_pem = |e: crate::tls::pem::PemError| err(e.field, &e.path, e.problem.to_string());
+    let certs = crate::tls::pem::load_certificates(TLS_CERT_FIELD, cert_file).map_err(from_pem)?;
+    let key = crate::tls::pem::load_private_key(TLS_KEY_FIELD, key_file).map_err(from_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
