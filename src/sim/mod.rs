@@ -402,12 +402,9 @@ impl Simulation {
     /// How node `i` sees node `j`'s current life: `None` when it does not know it.
     pub fn view(&self, i: usize, j: usize) -> Option<MemberState> {
         let machine = self.nodes[i].machine.as_ref()?;
-        let replica = self.nodes[j].replica_id;
-        machine
-            .membership()
-            .members()
-            .by_replica(replica)
-            .map(|m| m.state)
+        // A map lookup by address (never a scan of the member table: `converged` asks for every pair).
+        let (id, state) = machine.membership().state_of(self.nodes[j].addr)?;
+        (id.replica_id() == self.nodes[j].replica_id).then_some(state)
     }
 
     /// Whether node `i` counts itself joined to a cluster.
@@ -810,12 +807,14 @@ impl Simulation {
         n.traffic.frames_received += 1;
         n.traffic.bytes_received += frame.len() as u64;
         n.clock.advance_to(now);
-        let counter_frame =
-            wire::split_header(&frame).is_ok_and(|(kind, _)| kind.plane() == wire::Plane::Counters);
         if let Some(machine) = n.machine.as_mut() {
             machine.handle_frame(end, &frame, now);
         }
-        if counter_frame && !self.probes.is_empty() {
+        // Only counter frames can make a probe visible; the header is read only while probes wait.
+        if !self.probes.is_empty()
+            && wire::split_header(&frame)
+                .is_ok_and(|(kind, _)| kind.plane() == wire::Plane::Counters)
+        {
             self.check_probes(node);
         }
         self.touch(node);

@@ -331,8 +331,7 @@ impl NodeMachine {
         if entry.replicating {
             // The replica id of the authenticated hello binds the origins the peer may send.
             let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
-            Plane::add_peer(&mut self.replicator, link, replica, max);
-            Plane::add_peer(&mut self.state, link, replica, max);
+            self.planes_add_peer(link, replica, max);
         }
     }
 
@@ -437,19 +436,22 @@ impl NodeMachine {
             );
             return;
         }
-        let (node_id, remote) = (entry.hello.node_id.clone(), entry.remote);
         let result = match plane {
             Some(wire::Plane::State) => Plane::handle_frame(&mut self.state, link, bytes, now_ms),
             // Counter frames, and anything the header does not name: the replicator counts what it refuses.
             _ => Plane::handle_frame(&mut self.replicator, link, bytes, now_ms),
         };
-        if let Err(error) = result {
+        // The planes never touch the link table: the entry is still there to name the peer (looked up again
+        // only on an error, so a frame costs no copy of the node id).
+        if let Err(error) = result
+            && let Some(entry) = self.links.get(link)
+        {
             let what = if plane == Some(wire::Plane::State) {
                 "dropped an invalid shared-state frame from a peer"
             } else {
                 "dropped an invalid frame from a peer"
             };
-            tracing::warn!(peer = %node_id, address = %remote, %error, bytes = bytes.len(), "{what}");
+            tracing::warn!(peer = %entry.hello.node_id, address = %entry.remote, %error, bytes = bytes.len(), "{what}");
         }
         let mut answered = false;
         while let Some(check) = self.replicator.poll_check() {
@@ -608,6 +610,12 @@ impl NodeMachine {
                 .is_some_and(|(id, state)| id.replica_id() == replica_id && !state.is_active())
     }
 
+    /// Both replication planes start replicating to `link`.
+    fn planes_add_peer(&mut self, link: LinkId, replica: u64, max_datagram: Option<usize>) {
+        Plane::add_peer(&mut self.replicator, link, replica, max_datagram);
+        Plane::add_peer(&mut self.state, link, replica, max_datagram);
+    }
+
     fn send(&mut self, link: LinkId, channel: Channel, frame: Bytes) {
         self.actions.push_back(Action::Send {
             link,
@@ -737,8 +745,7 @@ impl NodeMachine {
                 {
                     entry.replicating = true;
                     let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
-                    Plane::add_peer(&mut self.replicator, link, replica, max);
-                    Plane::add_peer(&mut self.state, link, replica, max);
+                    self.planes_add_peer(link, replica, max);
                 }
                 self.ensure_link(id.addr(), None, now_ms);
             }
