@@ -37,6 +37,7 @@ use crate::sync::{
     AtomicBool, AtomicU64, AtomicUsize, LockClean, Mutex, OnceLock, Ordering, seqcst_handshake,
 };
 
+use super::aggregate::{AggregateId, AggregateOutcome, GroupSums};
 use super::epoch_cache::EpochCache;
 use super::window::Window;
 
@@ -168,6 +169,9 @@ struct OriginTable {
     floors: std::collections::HashMap<(u64, u64), u64>,
     /// Per ring position, what the table holds for the epoch there.
     positions: [Option<Position>; RING],
+    /// Per ring position, the aggregates of other groups merged for its epoch (large-cluster mode); allocated
+    /// when the first aggregate arrives, so a cell in a small cluster pays one pointer.
+    grouped: Option<Box<[Option<GroupSums>; RING]>>,
 }
 
 impl OriginTable {
@@ -180,6 +184,9 @@ impl OriginTable {
                 self.values.retain(|&(_, e), _| e != held);
                 self.floors.retain(|&(_, e), _| e != held);
                 self.positions[i] = None;
+                if let Some(grouped) = self.grouped.as_mut() {
+                    grouped[i] = None;
+                }
             }
             None => {}
         }
@@ -192,6 +199,36 @@ impl OriginTable {
     /// The position of `epoch` if the table holds that epoch there.
     fn held(&self, i: usize, epoch: u64) -> Option<&Position> {
         self.positions[i].as_ref().filter(|p| p.epoch == epoch)
+    }
+
+    /// The remote count the hot path reads for ring position `i`: the per-origin sum, raised by the aggregates
+    /// of other groups when there are any (never lowered by them, see `aggregate`).
+    fn counted(&self, i: usize) -> u128 {
+        let plain = self.positions[i].map_or(0, |p| p.sum);
+        match self.grouped.as_ref().and_then(|g| g[i].as_ref()) {
+            Some(sums) => sums.estimate(plain),
+            None => plain,
+        }
+    }
+
+    /// Remote `origin`'s contribution at ring position `i` changed from `before` to `after`: the group sums
+    /// follow.
+    fn origin_changed(&mut self, i: usize, origin: u64, before: u64, after: u64) {
+        if let Some(sums) = self.grouped.as_mut().and_then(|g| g[i].as_mut()) {
+            sums.origin_changed(origin, before, after);
+        }
+    }
+
+    /// Every remote origin's contribution (value net of its floor) for `epoch`.
+    fn contributions(&self, epoch: u64) -> Vec<(u64, u64)> {
+        self.values
+            .iter()
+            .filter(|&(&(_, e), _)| e == epoch)
+            .map(|(&(origin, e), &value)| {
+                let floor = self.floors.get(&(origin, e)).copied().unwrap_or(0);
+                (origin, value.saturating_sub(floor))
+            })
+            .collect()
     }
 }
 
@@ -886,9 +923,68 @@ impl Cell {
         }
         // `sum` includes `before`: no underflow.
         position.sum = position.sum - before + after;
-        let sum = position.sum;
-        self.publish_remote(i, generation, sum);
+        // Contributions are u64 values net of a floor: the casts back are exact.
+        table.origin_changed(i, origin, before as u64, after as u64);
+        self.publish_remote(i, generation, table.counted(i));
         MergeOutcome::Raised
+    }
+
+    /// Merges `value`, an aggregate of group `id` for `epoch` (large-cluster mode), as seen by `own_replica`
+    /// (this node): the largest aggregate per group is kept, and the remote count the hot path reads becomes
+    /// the estimate of `aggregate::GroupSums` (never above the exact remote count, never below the per-origin
+    /// sum). An aggregate of this node's own group changes nothing.
+    pub(crate) fn merge_aggregate(
+        &self,
+        own_replica: u64,
+        id: AggregateId,
+        epoch: u64,
+        value: u64,
+    ) -> MergeOutcome {
+        let mut table = self.table();
+        let Some(generation) = self.generation_for(epoch) else {
+            return MergeOutcome::Expired;
+        };
+        let i = ring_index(epoch);
+        // The position now holds `epoch` (and the group sums of an older epoch there are gone).
+        table.position(i, epoch);
+        let contributions = table.contributions(epoch);
+        let grouped = table
+            .grouped
+            .get_or_insert_with(|| Box::new(std::array::from_fn(|_| None)));
+        let outcome =
+            grouped[i]
+                .get_or_insert_with(GroupSums::default)
+                .merge(own_replica, id, value, || contributions);
+        match outcome {
+            AggregateOutcome::Raised => {
+                self.publish_remote(i, generation, table.counted(i));
+                MergeOutcome::Raised
+            }
+            AggregateOutcome::Unchanged | AggregateOutcome::OwnGroup => MergeOutcome::Unchanged,
+        }
+    }
+
+    /// What a publisher of group `id` sends for `epoch`: the sum of the values this node holds for the
+    /// group's members, net of their floors, its own (as `own_replica`) included when it is a member.
+    pub(crate) fn group_total(&self, own_replica: u64, id: AggregateId, epoch: u64) -> u64 {
+        let remote: u128 = {
+            let table = self.table();
+            if self.generation_if_present(epoch).is_none() {
+                return 0;
+            }
+            table
+                .contributions(epoch)
+                .into_iter()
+                .filter(|&(origin, _)| id.contains(origin))
+                .map(|(_, contribution)| u128::from(contribution))
+                .sum()
+        };
+        let own = if id.contains(own_replica) {
+            self.local(epoch)
+        } else {
+            0
+        };
+        u64::try_from(remote + u128::from(own)).unwrap_or(u64::MAX)
     }
 
     /// Raises the floor of remote `origin` in `epoch` to `floor`, but never above the value held for it here (so
@@ -914,8 +1010,8 @@ impl Cell {
         let position = table.position(i, epoch);
         // Contribution `value − old` becomes `value − floor`: the sum includes the former, no underflow.
         position.sum -= u128::from(floor - old);
-        let sum = position.sum;
-        self.publish_remote(i, generation, sum);
+        table.origin_changed(i, origin, value - old, value - floor);
+        self.publish_remote(i, generation, table.counted(i));
         FloorOutcome::Raised
     }
 
@@ -997,7 +1093,26 @@ impl Cell {
             self.merge_floor(origin, epoch, value);
             floors.push((Some(origin), value));
         }
+        self.forget_aggregates(epoch);
         Some(floors)
+    }
+
+    /// Drops the aggregates merged for `epoch` (a reset here: they counted what the reset takes back) and
+    /// republishes the per-origin sum. Aggregates published after the reset count again.
+    fn forget_aggregates(&self, epoch: u64) {
+        let mut table = self.table();
+        let Some(generation) = self.generation_if_present(epoch) else {
+            return;
+        };
+        let i = ring_index(epoch);
+        if table.held(i, epoch).is_none() {
+            return;
+        }
+        if let Some(grouped) = table.grouped.as_mut()
+            && grouped[i].take().is_some()
+        {
+            self.publish_remote(i, generation, table.counted(i));
+        }
     }
 
     /// What this replica ships for `epoch`: its value words plus its own floor's offset (0 if not in the ring).

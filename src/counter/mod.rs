@@ -13,8 +13,11 @@
 //!   `max_origins_per_key`; expired epochs are reused in place and idle keys can be reclaimed.
 //! - A reset sets per-origin floors (grow-only, max-merged, subtracted in reads) instead of lowering any value, so
 //!   replication stays a per-origin max and the hot path is unchanged.
+//! - In the large-cluster mode a cell also merges aggregates of other groups of replicas ([`AggregateId`]): the
+//!   count it reads is never above the exact sum and never below the per-origin sum (see `aggregate`).
 //! - Time is read from a [`CoarseClock`] that the owner ticks; this module never reads the system clock.
 
+mod aggregate;
 mod calls;
 mod cell;
 mod clock;
@@ -25,6 +28,7 @@ mod lookup_cache;
 mod store;
 mod window;
 
+pub use aggregate::{AggregateId, MAX_GROUPS, MAX_SCHEMES, group_of};
 pub use calls::{CallCounts, call_counts};
 pub use cell::{AddOutcome, FloorOutcome, MAX_CELL_VALUE, MergeOutcome, RING};
 pub use clock::{Clock, CoarseClock, ManualClock};

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 use papaya::Equivalent;
 
+use super::aggregate::AggregateId;
 use super::cell::{AddOutcome, Cell, FastTake, FloorOutcome, MergeOutcome, RING};
 use super::clock::CoarseClock;
 use super::error::CounterError;
@@ -667,6 +668,54 @@ impl CounterStore {
         value: u64,
     ) -> Result<MergeOutcome, CounterError> {
         self.merge(origin, key, window, epoch, value, false)
+    }
+
+    /// Merges `value`, the aggregate of replica group `id` for `(key, window, epoch)` (the large-cluster mode):
+    /// the largest aggregate per group is kept, and the key's remote count becomes their estimate (never above
+    /// the exact sum of the other replicas' counts, never below the per-origin sum; see `counter::aggregate`).
+    /// An aggregate of this replica's own group is ignored ([`MergeOutcome::Unchanged`]); a value for a window
+    /// that has not started here is dropped as in [`CounterStore::merge_remote`].
+    pub fn merge_aggregate(
+        &self,
+        id: AggregateId,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        value: u64,
+    ) -> Result<MergeOutcome, CounterError> {
+        let current = window.epoch_at(self.shared.clock.now_unix_ms());
+        if epoch > current.saturating_add(1) {
+            // Relaxed: statistics.
+            self.shared
+                .stats
+                .future_merges
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(MergeOutcome::Future);
+        }
+        loop {
+            let cell = self.cell(key, window, Budget::Remote)?;
+            let outcome = cell.merge_aggregate(self.shared.options.replica_id, id, epoch, value);
+            match outcome {
+                MergeOutcome::Expired if cell.is_retired() => continue,
+                MergeOutcome::Expired => {
+                    // Relaxed: statistics.
+                    self.shared
+                        .stats
+                        .expired_merges
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            return Ok(outcome);
+        }
+    }
+
+    /// What a publisher of group `id` sends for `(key, window, epoch)`: the sum of the values held here for the
+    /// group's members (net of floors), this replica's own included when it is one. 0 for an unknown key.
+    pub fn group_total(&self, id: AggregateId, key: &str, window: Window, epoch: u64) -> u64 {
+        self.existing(key, window).map_or(0, |cell| {
+            cell.group_total(self.shared.options.replica_id, id, epoch)
+        })
     }
 
     fn merge(

@@ -9,9 +9,11 @@
 pub mod digest;
 mod replicator;
 mod stats;
+pub mod topology;
 
 pub use replicator::{
     Channel, CheckAnswered, DEFAULT_MAX_DIGEST_ORIGINS, DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
     MAX_DIGEST_ORIGINS, MAX_REQUEST_ORIGINS, PeerId, Replicator, ReplicatorOptions, Transmit,
 };
 pub use stats::{PeerStats, ReplicationStats};
+pub use topology::{Layout, Topology, TopologyOptions};

@@ -1,0 +1,204 @@
+//! Two-level aggregation through the counter store (issue 13): replicas in groups, per-origin values inside a
+//! group, and group aggregates (`CounterStore::group_total` on a publisher, `CounterStore::merge_aggregate` on
+//! the receivers) across groups. Properties: whatever publishers saw, whichever of them died, in any delivery
+//! order with duplicates, every node's global count stays at or below the exact total and never falls; once the
+//! values inside each group and one complete aggregate of every group have arrived, every node counts exactly
+//! the total, on the hot path (`global`).
+
+use std::sync::Arc;
+
+use bifrost_cluster::counter::{
+    AggregateId, CoarseClock, CounterStore, MergeOutcome, StoreOptions, Window, group_of,
+};
+use proptest::prelude::*;
+
+const T0: u64 = 1_795_514_400_000;
+const KEY: &str = "tenant-7/claude";
+const NODES: u64 = 24;
+const GROUPS: u32 = 4;
+
+fn minute() -> Window {
+    Window::parse("1m").unwrap()
+}
+
+fn epoch() -> u64 {
+    minute().epoch_at(T0)
+}
+
+fn nodes(clock: &Arc<CoarseClock>) -> Vec<CounterStore> {
+    (1..=NODES)
+        .map(|id| {
+            CounterStore::new(StoreOptions {
+                replica_id: id,
+                clock: Arc::clone(clock),
+                ..StoreOptions::default()
+            })
+        })
+        .collect()
+}
+
+fn id(node: &CounterStore) -> u64 {
+    node.options().replica_id
+}
+
+fn group(node: &CounterStore) -> AggregateId {
+    AggregateId::new(GROUPS, group_of(id(node), GROUPS)).unwrap()
+}
+
+/// `from`'s own value, merged into `to` over `from`'s link (inside a group).
+fn ship(from: &CounterStore, to: &CounterStore) {
+    let (own, _) = from.counts_at(KEY, minute(), epoch()).unwrap_or((0, 0));
+    if own > 0 {
+        to.merge_from_origin(id(from), KEY, minute(), epoch(), own)
+            .unwrap();
+    }
+}
+
+/// `publisher`'s aggregate of its group, merged into `to`.
+fn publish(publisher: &CounterStore, to: &CounterStore) -> MergeOutcome {
+    let g = group(publisher);
+    let value = publisher.group_total(g, KEY, minute(), epoch());
+    to.merge_aggregate(g, KEY, minute(), epoch(), value)
+        .unwrap()
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Add(usize, u64),
+    /// Inside a group: node `from`'s value reaches `to` (ignored across groups).
+    Ship(usize, usize),
+    /// Node `publisher` publishes its group's aggregate to `to`.
+    Publish(usize, usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let n = NODES as usize;
+    prop_oneof![
+        (0..n, 1..20u64).prop_map(|(a, b)| Step::Add(a, b)),
+        (0..n, 0..n).prop_map(|(a, b)| Step::Ship(a, b)),
+        (0..n, 0..n).prop_map(|(a, b)| Step::Publish(a, b)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn aggregates_never_overcount_and_converge(
+        steps in proptest::collection::vec(step(), 0..300),
+        dead in proptest::collection::btree_set(0..NODES as usize, 0..8),
+    ) {
+        let clock = Arc::new(CoarseClock::new(T0));
+        let nodes = nodes(&clock);
+        let mut exact = 0u64;
+        let mut last = vec![0u64; nodes.len()];
+        for step in steps {
+            match step {
+                Step::Add(n, k) => {
+                    nodes[n].add(KEY, minute(), k).unwrap();
+                    exact += k;
+                }
+                Step::Ship(a, b) if group(&nodes[a]) == group(&nodes[b]) => ship(&nodes[a], &nodes[b]),
+                Step::Ship(..) => {}
+                Step::Publish(p, to) => {
+                    publish(&nodes[p], &nodes[to]);
+                }
+            }
+            for (i, node) in nodes.iter().enumerate() {
+                let global = node.global(KEY, minute());
+                prop_assert!(global <= exact, "node {i} counts {global} of {exact}");
+                prop_assert!(global >= last[i], "node {i} fell from {} to {global}", last[i]);
+                last[i] = global;
+            }
+        }
+        // Quiescence: inside each group everyone ships to everyone; then one member of each group that is not
+        // dead (the others' publishers died) publishes to every node.
+        for a in &nodes {
+            for b in &nodes {
+                if group(a) == group(b) {
+                    ship(a, b);
+                }
+            }
+        }
+        for g in 0..GROUPS {
+            let publisher = (0..nodes.len())
+                .filter(|i| !dead.contains(i))
+                .find(|&i| group(&nodes[i]).group() == g);
+            if let Some(p) = publisher {
+                for to in &nodes {
+                    publish(&nodes[p], to);
+                }
+            }
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let groups_alive = (0..GROUPS).all(|g| {
+                (0..nodes.len()).any(|j| !dead.contains(&j) && group(&nodes[j]).group() == g)
+            });
+            if groups_alive {
+                prop_assert_eq!(node.global(KEY, minute()), exact, "node {}", i);
+            }
+        }
+    }
+}
+
+#[test]
+fn own_group_aggregates_and_junk_ids_change_nothing() {
+    let clock = Arc::new(CoarseClock::new(T0));
+    let nodes = nodes(&clock);
+    let a = &nodes[0];
+    let mate = nodes[1..]
+        .iter()
+        .find(|n| group(n) == group(a))
+        .expect("24 nodes in 4 groups: a mate");
+    mate.add(KEY, minute(), 5).unwrap();
+    assert_eq!(publish(mate, a), MergeOutcome::Unchanged);
+    assert_eq!(
+        a.global(KEY, minute()),
+        0,
+        "its group's values come per origin"
+    );
+    ship(mate, a);
+    assert_eq!(a.global(KEY, minute()), 5);
+}
+
+#[test]
+fn a_reset_drops_the_aggregates_it_takes_back_and_later_ones_count() {
+    let clock = Arc::new(CoarseClock::new(T0));
+    let nodes = nodes(&clock);
+    let a = &nodes[0];
+    let stranger = nodes
+        .iter()
+        .find(|n| group(n) != group(a))
+        .expect("another group");
+    stranger.add(KEY, minute(), 40).unwrap();
+    assert_eq!(publish(stranger, a), MergeOutcome::Raised);
+    assert_eq!(a.global(KEY, minute()), 40);
+    a.reset(KEY, minute(), epoch()).expect("the key is held");
+    assert_eq!(a.global(KEY, minute()), 0);
+    stranger.add(KEY, minute(), 2).unwrap();
+    assert_eq!(publish(stranger, a), MergeOutcome::Raised);
+    assert_eq!(
+        a.global(KEY, minute()),
+        42,
+        "an aggregate after the reset counts again (floors of aggregates are a later step)"
+    );
+}
+
+#[test]
+fn aggregates_stay_in_their_window() {
+    let clock = Arc::new(CoarseClock::new(T0));
+    let nodes = nodes(&clock);
+    let a = &nodes[0];
+    let stranger = nodes.iter().find(|n| group(n) != group(a)).unwrap();
+    stranger.add(KEY, minute(), 9).unwrap();
+    publish(stranger, a);
+    assert_eq!(a.global(KEY, minute()), 9);
+    clock.set_unix_ms(T0 + 60_000);
+    assert_eq!(a.global(KEY, minute()), 0, "a new window starts from zero");
+    let next = minute().epoch_at(T0 + 60_000);
+    let g = group(stranger);
+    assert_eq!(
+        a.merge_aggregate(g, KEY, minute(), next + 2, 1).unwrap(),
+        MergeOutcome::Future
+    );
+}
