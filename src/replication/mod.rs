@@ -6,6 +6,7 @@
 //! node's global count equals the exact sum of all increments. No clock or randomness is read here: time is an
 //! argument and the anti-entropy peer choice comes from a seed.
 
+mod aggregation;
 pub mod digest;
 mod replicator;
 mod stats;

@@ -32,6 +32,10 @@
 //!   replicator answers with a [`DataPong`]; answers come out of [`Replicator::poll_check`] with their round
 //!   trip, so the membership plane can count a member healthy only while its replication path works. One
 //!   check per peer is outstanding at a time; one unanswered for `check_timeout_ms` is counted and replaced.
+//! - Large clusters ([`Replicator::set_topology`] with a grouped [`Topology`]): own values go to group peers
+//!   only, a publisher sends its group's totals to one partner per other group, partners relay them to their
+//!   group, digests go to group peers; aggregates are accepted only from a member of the group they sum or a
+//!   group peer relaying them (see `aggregation` and `counter::aggregate`). Without one, the full mesh.
 //! - Errors caused by network input never panic: a bad frame is dropped whole and counted.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -40,14 +44,18 @@ use crate::timers::TimerTable;
 
 use bytes::Bytes;
 
-use crate::counter::{CounterError, CounterStore, DirtyEntry, FloorOutcome, MergeOutcome};
+use crate::counter::{
+    AggregateId, CounterError, CounterStore, DirtyEntry, FloorOutcome, MergeOutcome,
+};
 use crate::wire::{
     self, ArchivedOriginGroup, ArchivedOriginKind, BatchPacker, DataPing, DataPong, DeltaBatch,
     Digest, Entry, Frame, OriginGroup, OriginKind, StateChunk, StateRequest, WireError, WireWindow,
 };
 
+use super::aggregation::Aggregation;
 use super::digest;
 use super::stats::{PeerStats, ReplicationStats};
+use super::topology::Topology;
 use crate::rng::SplitMix64;
 
 /// Most origins one [`StateRequest`] names (a pull of more goes out as several requests).
@@ -220,6 +228,17 @@ pub struct Replicator {
     next_nonce: u64,
     stats: ReplicationStats,
     drained: Vec<DirtyEntry>,
+    /// Two-level aggregation: the topology, what to publish and what to relay.
+    aggregation: Aggregation,
+}
+
+/// Who a delta batch goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Targets {
+    /// Peers that get this node's own values: every peer in the full mesh, the group peers when grouped.
+    Deltas,
+    /// This node's partners in other groups (it publishes its group's aggregate to them).
+    Partners,
 }
 
 impl Replicator {
@@ -262,6 +281,7 @@ impl Replicator {
             next_nonce: SplitMix64::new(seed ^ 0x5eed).next_u64(),
             stats: ReplicationStats::default(),
             drained: Vec::new(),
+            aggregation: Aggregation::default(),
             options,
         }
     }
@@ -366,6 +386,36 @@ impl Replicator {
     /// Peers currently linked.
     pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.peers.keys().copied()
+    }
+
+    /// The layout the node runtime computed from membership (see [`Topology`]). Until one is set, and while it
+    /// is the full mesh, every peer gets every value and aggregates are refused. Grouped: own values go to the
+    /// group peers only, a publisher publishes its group's totals to its partners, aggregates from other groups
+    /// are relayed to the group peers, and anti-entropy runs among group peers. A node that starts publishing
+    /// publishes every key its group holds at the next flush.
+    pub fn set_topology(&mut self, topology: Topology) {
+        if self.aggregation.set_topology(topology) {
+            self.refresh_aggregates(self.now_ms);
+        }
+    }
+
+    /// The topology in force, if one was set.
+    pub fn topology(&self) -> Option<&Topology> {
+        self.aggregation.topology()
+    }
+
+    /// Queues every key of the own group's recent values for publishing (publishers only).
+    fn refresh_aggregates(&mut self, now_ms: u64) {
+        let Some(group) = self.aggregation.publishing() else {
+            return;
+        };
+        let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
+        let keys: Vec<(std::sync::Arc<str>, crate::counter::Window, u64)> = values
+            .iter()
+            .filter(|&(&origin, _)| group.contains(origin))
+            .flat_map(|(_, entries)| entries.iter().map(|e| (e.key.clone(), e.window, e.epoch)))
+            .collect();
+        self.aggregation.refresh(keys);
     }
 
     /// Counters of this replicator.
@@ -476,11 +526,11 @@ impl Replicator {
             }
         }
         self.drained.clear();
-        let cells = self
-            .store
-            .drain_dirty(self.options.max_cells_per_flush, &mut self.drained);
-        if cells == 0 || self.peers.is_empty() {
+        let max = self.options.max_cells_per_flush;
+        let cells = self.store.drain_dirty(max, &mut self.drained);
+        if self.peers.is_empty() {
             // Values are absolute: a peer that links later gets them through the state transfer.
+            self.drained.clear();
             return;
         }
         let budget = self
@@ -489,19 +539,47 @@ impl Replicator {
             .map(|p| p.max_datagram)
             .min()
             .unwrap_or(self.options.max_batch_bytes);
+        if cells > 0 {
+            for e in &self.drained {
+                self.aggregation
+                    .value_changed(self.replica_id, &e.key, e.window, e.epoch);
+            }
+        }
         let mut packer = BatchPacker::new(budget);
         let entries: Vec<Entry> = self.drained.drain(..).map(to_wire_entry).collect();
         for entry in entries {
             if let Some(groups) = packer.push(self.replica_id, entry) {
-                self.send_batch(groups, now_ms);
+                self.send_batch(groups, now_ms, Targets::Deltas);
+            }
+        }
+        // Aggregates of other groups ride with this node's own values to its group peers.
+        for (id, entry) in self.aggregation.take_relays(max) {
+            if let Some(groups) = packer.push_kind(id, OriginKind::Aggregate, entry) {
+                self.send_batch(groups, now_ms, Targets::Deltas);
             }
         }
         if let Some(groups) = packer.finish() {
-            self.send_batch(groups, now_ms);
+            self.send_batch(groups, now_ms, Targets::Deltas);
+        }
+        if let Some((id, entries)) = self.aggregation.take_publish(&self.store, max) {
+            let mut packer = BatchPacker::new(budget);
+            for entry in entries {
+                if let Some(groups) = packer.push_kind(id, OriginKind::Aggregate, entry) {
+                    self.send_batch(groups, now_ms, Targets::Partners);
+                }
+            }
+            if let Some(groups) = packer.finish() {
+                self.send_batch(groups, now_ms, Targets::Partners);
+            }
         }
     }
 
-    fn send_batch(&mut self, groups: Vec<OriginGroup>, now_ms: u64) {
+    fn send_batch(&mut self, groups: Vec<OriginGroup>, now_ms: u64, targets: Targets) {
+        let aggregates: u64 = groups
+            .iter()
+            .filter(|g| g.kind == OriginKind::Aggregate)
+            .map(|g| g.entries.len() as u64)
+            .sum();
         self.sequence += 1;
         let batch = DeltaBatch {
             sender: self.replica_id,
@@ -518,7 +596,15 @@ impl Replicator {
                 return;
             }
         };
+        let mut sent = 0u64;
         for (&peer, p) in self.peers.iter_mut() {
+            let wanted = match targets {
+                Targets::Deltas => self.aggregation.gets_deltas(p.replica),
+                Targets::Partners => self.aggregation.is_partner(p.replica),
+            };
+            if !wanted {
+                continue;
+            }
             let channel = if frame.len() <= p.max_datagram {
                 Channel::Datagram
             } else {
@@ -531,17 +617,27 @@ impl Replicator {
                 channel,
                 frame: frame.clone(),
             });
+            sent += 1;
         }
         self.stats.batches_sent += 1;
-        self.stats.bytes_sent += (frame.len() * self.peers.len()) as u64;
+        self.stats.bytes_sent += frame.len() as u64 * sent;
+        self.stats.aggregates_sent += aggregates * sent;
     }
 
     fn anti_entropy_round(&mut self, now_ms: u64) {
-        if self.peers.is_empty() {
+        self.refresh_aggregates(now_ms);
+        // Grouped: values per origin are compared among group peers only (other groups arrive as aggregates).
+        let candidates: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| self.aggregation.gets_deltas(p.replica))
+            .map(|(&peer, _)| peer)
+            .collect();
+        if candidates.is_empty() {
             return;
         }
-        let index = (self.rng.next_u64() % self.peers.len() as u64) as usize;
-        let Some(&peer) = self.peers.keys().nth(index) else {
+        let index = (self.rng.next_u64() % candidates.len() as u64) as usize;
+        let Some(&peer) = candidates.get(index) else {
             return;
         };
         let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
@@ -831,9 +927,12 @@ impl Replicator {
                     self.merge_floors(group);
                     continue;
                 }
-                // Aggregates stay refused until relaying is restricted to the members entitled to it; floors
-                // travel only in state chunks.
-                ArchivedOriginKind::Aggregate | ArchivedOriginKind::Floor => {
+                ArchivedOriginKind::Aggregate => {
+                    self.merge_aggregates(peer, sender, group);
+                    continue;
+                }
+                // Floors travel only in state chunks.
+                ArchivedOriginKind::Floor => {
                     self.stats.entries_ignored += entries;
                     continue;
                 }
@@ -877,7 +976,12 @@ impl Replicator {
                     self.store.merge_remote(origin, key, window, epoch, value)
                 };
                 match merged {
-                    Ok(MergeOutcome::Raised) => self.stats.entries_merged += 1,
+                    Ok(MergeOutcome::Raised) => {
+                        self.stats.entries_merged += 1;
+                        if direct {
+                            self.aggregation.value_changed(origin, key, window, epoch);
+                        }
+                    }
                     Ok(MergeOutcome::Unchanged) => self.stats.entries_unchanged += 1,
                     Ok(MergeOutcome::Expired) => self.stats.entries_expired += 1,
                     Ok(MergeOutcome::Future) => self.stats.entries_future += 1,
@@ -889,6 +993,62 @@ impl Replicator {
                         | CounterError::EmptyKey,
                     ) => self.stats.entries_refused += 1,
                 }
+            }
+        }
+    }
+
+    /// Merges one group of aggregates from `peer` (replica `sender`): accepted only in a grouped topology, from a
+    /// member of the group it sums or a group peer relaying it; what came from outside the group is queued for
+    /// the group peers.
+    fn merge_aggregates(&mut self, peer: PeerId, sender: u64, group: &ArchivedOriginGroup) {
+        let entries = group.entries.len() as u64;
+        if !self.aggregation.grouped() {
+            // The full mesh merges no aggregates (protocols 2 and 3 ignore them the same way).
+            self.stats.entries_ignored += entries;
+            return;
+        }
+        let id = AggregateId::from_wire(group.origin.to_native());
+        let Some(id) = id.filter(|&id| self.aggregation.accepts(sender, id)) else {
+            self.stats.aggregates_refused += entries;
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.stats.forged_entries += entries;
+            }
+            return;
+        };
+        let cap = self.options.max_cells_per_flush;
+        for entry in group.entries.iter() {
+            let Ok(window) = entry.window.window() else {
+                continue;
+            };
+            let (key, epoch, value) = (
+                entry.key.as_str(),
+                entry.epoch.to_native(),
+                entry.value.to_native(),
+            );
+            match self.store.merge_aggregate(id, key, window, epoch, value) {
+                Ok(MergeOutcome::Raised) => self.stats.aggregates_merged += 1,
+                Ok(MergeOutcome::Unchanged | MergeOutcome::OriginLimit) => {}
+                Ok(MergeOutcome::Expired) => {
+                    self.stats.entries_expired += 1;
+                    continue;
+                }
+                Ok(MergeOutcome::Future) => {
+                    self.stats.entries_future += 1;
+                    continue;
+                }
+                Err(_) => {
+                    self.stats.entries_refused += 1;
+                    continue;
+                }
+            }
+            let owned = Entry {
+                key: key.to_string(),
+                window: WireWindow::from(window),
+                epoch,
+                value,
+            };
+            if !self.aggregation.arrived(sender, id, owned, cap) {
+                self.stats.aggregates_dropped += 1;
             }
         }
     }

@@ -1,0 +1,186 @@
+//! The replicator's side of two-level aggregation (sans-IO): what a node publishes for its group and what it
+//! relays to it, given the [`Topology`] the node runtime passes in.
+//!
+//! Guarantees:
+//! - Without a grouped topology nothing here acts: the replicator runs the full mesh.
+//! - A publisher publishes, at the next flush, the group total of every key whose own-group values changed
+//!   (its own changes and values merged from group peers), and every anti-entropy interval the totals of every
+//!   key its group holds (so a lost datagram or a new partner is repaired within one interval).
+//! - An aggregate from another group's publisher is relayed to every group peer at the next flush, whatever
+//!   its merge did (a duplicate relay is harmless, and a group peer that missed one gets the next).
+//! - Both queues are bounded by `max_cells_per_flush` entries per flush: what does not fit waits (publishing) or
+//!   is dropped and counted (relays; the publisher's periodic refresh brings it again).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::counter::{AggregateId, CounterStore, Window};
+use crate::wire::{Entry, WireWindow};
+
+use super::topology::{Layout, Topology};
+
+/// One `(key, window, epoch)` whose group total must be published.
+type KeyEpoch = (Arc<str>, Window, u64);
+
+/// What this node publishes and relays.
+#[derive(Debug, Default)]
+pub(crate) struct Aggregation {
+    topology: Option<Topology>,
+    /// Keys whose group total changed since the last publish (publishers only).
+    publish: BTreeSet<KeyEpoch>,
+    /// Aggregates of other groups to relay to the group peers: `(aggregate id on the wire, entry)`.
+    relay: VecDeque<(u64, Entry)>,
+    /// A full relay queue was logged (once).
+    relay_cap_logged: bool,
+}
+
+impl Aggregation {
+    /// The topology in force (`None`: the full mesh, as before any was set).
+    pub(crate) fn topology(&self) -> Option<&Topology> {
+        self.topology.as_ref()
+    }
+
+    /// Whether the layout is grouped.
+    pub(crate) fn grouped(&self) -> bool {
+        self.topology
+            .as_ref()
+            .is_some_and(|t| matches!(t.layout(), Layout::Grouped { .. }))
+    }
+
+    /// A new topology. Returns true when this node starts publishing (or publishes for another group), so the
+    /// caller queues a full refresh.
+    pub(crate) fn set_topology(&mut self, topology: Topology) -> bool {
+        let was = self
+            .topology
+            .as_ref()
+            .filter(|t| t.is_publisher())
+            .and_then(Topology::own_group);
+        let now = Some(&topology)
+            .filter(|t| t.is_publisher())
+            .and_then(|t| t.own_group());
+        if now.is_none() {
+            self.publish.clear();
+        }
+        if !matches!(topology.layout(), Layout::Grouped { .. }) {
+            self.relay.clear();
+        }
+        self.topology = Some(topology);
+        now.is_some() && now != was
+    }
+
+    /// Whether replica `replica` gets this node's own values: a group peer, or anyone in the full mesh.
+    pub(crate) fn gets_deltas(&self, replica: u64) -> bool {
+        match &self.topology {
+            Some(t) if matches!(t.layout(), Layout::Grouped { .. }) => {
+                t.delta_peers().contains(&replica)
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether replica `replica` is one of this node's partners (it gets the published aggregates).
+    pub(crate) fn is_partner(&self, replica: u64) -> bool {
+        self.topology
+            .as_ref()
+            .is_some_and(|t| t.partners().any(|p| p == replica))
+    }
+
+    /// This node's group, when it publishes it.
+    pub(crate) fn publishing(&self) -> Option<AggregateId> {
+        self.topology
+            .as_ref()
+            .filter(|t| t.is_publisher())
+            .and_then(Topology::own_group)
+    }
+
+    /// A value of `origin` for `(key, window, epoch)` changed here (its own, or merged from `origin`'s link):
+    /// when `origin` is in this node's group and this node publishes, its group total is due.
+    pub(crate) fn value_changed(&mut self, origin: u64, key: &str, window: Window, epoch: u64) {
+        if let Some(group) = self.publishing()
+            && group.contains(origin)
+        {
+            self.publish.insert((Arc::from(key), window, epoch));
+        }
+    }
+
+    /// Queues every key of the own group's values (the periodic refresh): `keys` is what the store holds for
+    /// the group's origins.
+    pub(crate) fn refresh(&mut self, keys: impl IntoIterator<Item = KeyEpoch>) {
+        if self.publishing().is_some() {
+            self.publish.extend(keys);
+        }
+    }
+
+    /// Whether an aggregate of `id` from replica `sender` is accepted (see [`Topology::accepts_aggregate`]);
+    /// none are without a grouped topology.
+    pub(crate) fn accepts(&self, sender: u64, id: AggregateId) -> bool {
+        self.grouped()
+            && self
+                .topology
+                .as_ref()
+                .is_some_and(|t| t.accepts_aggregate(sender, id))
+    }
+
+    /// An accepted aggregate arrived from `sender`: queued for the group peers when it came from outside the
+    /// group. Returns false when the relay queue is full (`cap` entries) and it was dropped.
+    pub(crate) fn arrived(
+        &mut self,
+        sender: u64,
+        id: AggregateId,
+        entry: Entry,
+        cap: usize,
+    ) -> bool {
+        let Some(t) = self.topology.as_ref() else {
+            return true;
+        };
+        if !t.relays_from(sender) || t.delta_peers().is_empty() {
+            return true;
+        }
+        if self.relay.len() >= cap {
+            if !self.relay_cap_logged {
+                self.relay_cap_logged = true;
+                tracing::warn!(
+                    cap,
+                    "aggregate relay queue full (replication.max_cells_per_flush entries): further relays are \
+                     dropped until the next flush; publishers' refresh brings them again (logged once; counted \
+                     in aggregates_dropped)"
+                );
+            }
+            return false;
+        }
+        self.relay.push_back((id.to_wire(), entry));
+        true
+    }
+
+    /// Up to `max` group totals due for publishing, as wire entries of this node's group (empty unless it
+    /// publishes).
+    pub(crate) fn take_publish(
+        &mut self,
+        store: &CounterStore,
+        max: usize,
+    ) -> Option<(u64, Vec<Entry>)> {
+        let group = self.publishing()?;
+        let mut entries = Vec::new();
+        while entries.len() < max {
+            let Some((key, window, epoch)) = self.publish.pop_first() else {
+                break;
+            };
+            let value = store.group_total(group, &key, window, epoch);
+            if value > 0 {
+                entries.push(Entry {
+                    key: key.to_string(),
+                    window: WireWindow::from(window),
+                    epoch,
+                    value,
+                });
+            }
+        }
+        (!entries.is_empty()).then(|| (group.to_wire(), entries))
+    }
+
+    /// Up to `max` relays due, oldest first.
+    pub(crate) fn take_relays(&mut self, max: usize) -> Vec<(u64, Entry)> {
+        let n = self.relay.len().min(max);
+        self.relay.drain(..n).collect()
+    }
+}
