@@ -10,7 +10,8 @@
 //! is killed and the run measures until every other node marks it down. It prints per-node frames and bytes sent
 //! and received per virtual second of the load phase, increment-to-visible-everywhere p50/p99/max, the
 //! detection time, the exactness check, and the wall time per virtual second. The seed is printed and
-//! `--seed` replays the run.
+//! `--seed` replays the run. `--full-mesh-below N` sets `replication.full_mesh_below` (default 16: larger
+//! clusters replicate in groups; a value above `--nodes` runs the full mesh, for comparison).
 
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ struct Args {
     seed: u64,
     increment_ms: u64,
     loss: f64,
+    full_mesh_below: Option<usize>,
     json: bool,
 }
 
@@ -34,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
         seed: 1,
         increment_ms: 100,
         loss: 0.0,
+        full_mesh_below: None,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -65,11 +68,18 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--loss: {e}"))?
             }
+            "--full-mesh-below" => {
+                args.full_mesh_below = Some(
+                    value("--full-mesh-below")?
+                        .parse()
+                        .map_err(|e| format!("--full-mesh-below: {e}"))?,
+                )
+            }
             "--json" => args.json = true,
             "--help" | "-h" => {
                 return Err(
                     "usage: simulate [--nodes N] [--seconds S] [--seed SEED] [--increment-ms MS] \
-                            [--loss P] [--json]"
+                            [--loss P] [--full-mesh-below N] [--json]"
                         .to_string(),
                 );
             }
@@ -84,6 +94,12 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// The `replication.full_mesh_below` the run used.
+fn config_full_mesh_below(args: &Args) -> usize {
+    args.full_mesh_below
+        .unwrap_or(bifrost_cluster::config::ReplicationConfig::DEFAULT_FULL_MESH_BELOW)
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(args) => args,
@@ -93,8 +109,13 @@ fn main() {
         }
     };
     let wall = Instant::now();
+    let mut config = bifrost_cluster::config::ClusterConfig::default();
+    if let Some(n) = args.full_mesh_below {
+        config.replication.full_mesh_below = n;
+    }
     let mut sim = match Simulation::new(SimOptions {
         nodes: args.nodes,
+        config,
         seed: args.seed,
         net: NetOptions {
             latency_ms: (1, 5),
@@ -119,6 +140,7 @@ fn main() {
     sim.set_loss(args.loss);
     let hot = Window::parse("1h").unwrap_or(Window::MINUTE);
     let before: Vec<NodeTraffic> = (0..sim.len()).map(|i| sim.traffic(i)).collect();
+    let kinds_before = sim.net_stats();
     let load_start = sim.now_ms();
     let load_wall = Instant::now();
     let end = load_start + args.seconds * 1_000;
@@ -158,6 +180,23 @@ fn main() {
         let max = rates.iter().copied().fold(0.0, f64::max);
         (mean, max)
     };
+    let kinds_after = sim.net_stats();
+    let by_kind: serde_json::Map<String, serde_json::Value> = kinds_after
+        .sent_by_kind_named()
+        .into_iter()
+        .map(|(name, total)| {
+            let earlier = kinds_before
+                .sent_by_kind_named()
+                .into_iter()
+                .find(|&(n, _)| n == name)
+                .map_or(0, |(_, v)| v);
+            let rate = (total - earlier) as f64 / seconds / sim.len() as f64;
+            (
+                name.to_string(),
+                serde_json::json!((rate * 10.0).round() / 10.0),
+            )
+        })
+        .collect();
     let frames_sent = per_node(|t| t.frames_sent);
     let bytes_sent = per_node(|t| t.bytes_sent);
     let frames_received = per_node(|t| t.frames_received);
@@ -189,6 +228,7 @@ fn main() {
             "seconds": args.seconds,
             "increment_ms": args.increment_ms,
             "loss": args.loss,
+            "full_mesh_below": config_full_mesh_below(&args),
             "join_ms": join_ms,
             "per_node_per_s": {
                 "frames_sent": { "mean": frames_sent.0, "max": frames_sent.1 },
@@ -196,6 +236,7 @@ fn main() {
                 "frames_received": { "mean": frames_received.0, "max": frames_received.1 },
                 "bytes_received": { "mean": bytes_received.0, "max": bytes_received.1 },
             },
+            "frames_sent_per_node_per_s_by_kind": by_kind,
             "links_per_node": report.links_per_node,
             "visibility_ms": report.visibility_ms,
             "probes_pending": report.probes_pending,
@@ -223,6 +264,10 @@ fn main() {
             bytes_sent.1,
             frames_received.0,
             bytes_received.0
+        );
+        println!(
+            "frames sent per node per virtual second, by kind: {}",
+            serde_json::Value::Object(by_kind)
         );
         println!("links per node {:.1}", report.links_per_node.mean);
         println!(

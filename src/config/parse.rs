@@ -576,7 +576,13 @@ impl Ctx {
     }
 
     fn replication(&mut self, path: &str, value: &Value, out: &mut ReplicationConfig) {
-        let known = &["flush_interval", "max_batch_bytes", "anti_entropy_interval"];
+        let known = &[
+            "flush_interval",
+            "max_batch_bytes",
+            "anti_entropy_interval",
+            "full_mesh_below",
+            "publishers_per_group",
+        ];
         let Some(map) = self.object(path, value, known) else {
             return;
         };
@@ -611,6 +617,23 @@ impl Ctx {
                     ReplicationConfig::MIN_ANTI_ENTROPY_INTERVAL,
                     ReplicationConfig::MAX_ANTI_ENTROPY_INTERVAL,
                 ),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "full_mesh_below") {
+            set(
+                &mut out.full_mesh_below,
+                self.usize_in(
+                    &p,
+                    v,
+                    ReplicationConfig::MIN_FULL_MESH_BELOW,
+                    ReplicationConfig::MAX_FULL_MESH_BELOW,
+                ),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "publishers_per_group") {
+            set(
+                &mut out.publishers_per_group,
+                self.usize_in(&p, v, 1, ReplicationConfig::MAX_PUBLISHERS_PER_GROUP),
             );
         }
     }

@@ -681,6 +681,12 @@ pub struct ReplicationConfig {
     /// How often a node exchanges state digests with a peer to repair lost deltas. Default: `"10s"`.
     /// Range 100ms..=1h.
     pub anti_entropy_interval: ConfigDuration,
+    /// Members (this node included) from which the cluster replicates in groups (two-level aggregation, see
+    /// docs/replication.md); smaller clusters keep the full mesh. Default: 16. Range 4..=1000000 (a value above
+    /// the cluster's size keeps the full mesh).
+    pub full_mesh_below: usize,
+    /// Members of each group that publish the group's totals to the other groups. Default: 2. Range 1..=8.
+    pub publishers_per_group: usize,
 }
 
 impl ReplicationConfig {
@@ -707,6 +713,19 @@ impl ReplicationConfig {
     pub const MIN_ANTI_ENTROPY_INTERVAL: ConfigDuration = ConfigDuration::from_millis(100);
     /// Largest `anti_entropy_interval`: 1 h.
     pub const MAX_ANTI_ENTROPY_INTERVAL: ConfigDuration = ConfigDuration::from_millis(3_600_000);
+    /// Default `full_mesh_below`.
+    pub const DEFAULT_FULL_MESH_BELOW: usize =
+        crate::replication::TopologyOptions::DEFAULT_FULL_MESH_BELOW;
+    /// Smallest `full_mesh_below`.
+    pub const MIN_FULL_MESH_BELOW: usize = 4;
+    /// Largest `full_mesh_below`.
+    pub const MAX_FULL_MESH_BELOW: usize = 1_000_000;
+    /// Default `publishers_per_group`.
+    pub const DEFAULT_PUBLISHERS_PER_GROUP: usize =
+        crate::replication::TopologyOptions::DEFAULT_PUBLISHERS_PER_GROUP;
+    /// Largest `publishers_per_group`.
+    pub const MAX_PUBLISHERS_PER_GROUP: usize =
+        crate::replication::TopologyOptions::MAX_PUBLISHERS_PER_GROUP;
 }
 
 impl Default for ReplicationConfig {
@@ -715,6 +734,8 @@ impl Default for ReplicationConfig {
             flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
             max_batch_bytes: Self::DEFAULT_MAX_BATCH_BYTES,
             anti_entropy_interval: Self::DEFAULT_ANTI_ENTROPY_INTERVAL,
+            full_mesh_below: Self::DEFAULT_FULL_MESH_BELOW,
+            publishers_per_group: Self::DEFAULT_PUBLISHERS_PER_GROUP,
         }
     }
 }

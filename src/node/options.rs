@@ -10,7 +10,7 @@ use super::machine::{MachineParts, NodeMachine, ProcessProbe};
 use crate::config::{ClusterConfig, LimitsConfig};
 use crate::counter::{CoarseClock, CounterStore, StoreOptions};
 use crate::membership::{LocalIdentity, Membership, MembershipError, MembershipOptions};
-use crate::replication::{Replicator, ReplicatorOptions};
+use crate::replication::{Replicator, ReplicatorOptions, TopologyOptions};
 use crate::state::{ConfigMapOptions, StateOptions, StateReplicator, TrafficRecorder};
 
 /// The counter store's options for this node.
@@ -43,6 +43,14 @@ pub(crate) fn replicator_options(config: &ClusterConfig) -> ReplicatorOptions {
         check_timeout_ms: u64::from(config.gossip.config.timeout_seconds) * 1000,
         max_relayed_origins_per_peer: config.limits.max_relayed_origins_per_peer,
         ..ReplicatorOptions::default()
+    }
+}
+
+/// The layout options of `replication` (full mesh below `full_mesh_below`, groups above).
+pub(crate) fn topology_options(config: &ClusterConfig) -> TopologyOptions {
+    TopologyOptions {
+        full_mesh_below: config.replication.full_mesh_below,
+        publishers_per_group: config.replication.publishers_per_group,
     }
 }
 
@@ -146,6 +154,7 @@ pub(crate) fn build_machine(
             join: join_schedule(config, now_ms),
             traffic,
             probe,
+            topology: topology_options(config),
         },
         now_ms,
     ))

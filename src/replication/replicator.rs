@@ -124,6 +124,10 @@ pub struct ReplicatorOptions {
     /// origins that no longer hold values here stop counting at the next anti-entropy round. Default
     /// [`DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER`] (`limits.max_relayed_origins_per_peer`). 0 refuses every relay.
     pub max_relayed_origins_per_peer: usize,
+    /// Large clusters: how often a publisher sends its group's changed totals and a relay forwards the
+    /// aggregates it received, in ms. Default 10 (two flushes): each member then hears every other group a few
+    /// times per interval, not once per flush per relay. Must be ≥ 1.
+    pub aggregate_interval_ms: u64,
 }
 
 /// A peer answered a data-plane check.
@@ -152,6 +156,7 @@ impl ReplicatorOptions {
         self.flush_interval_ms = self.flush_interval_ms.max(1);
         self.anti_entropy_interval_ms = self.anti_entropy_interval_ms.max(1);
         self.check_timeout_ms = self.check_timeout_ms.max(1);
+        self.aggregate_interval_ms = self.aggregate_interval_ms.max(1);
         self
     }
 }
@@ -168,6 +173,7 @@ impl Default for ReplicatorOptions {
             check_timeout_ms: Self::DEFAULT_CHECK_TIMEOUT_MS,
             max_digest_origins: DEFAULT_MAX_DIGEST_ORIGINS,
             max_relayed_origins_per_peer: DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
+            aggregate_interval_ms: 10,
         }
     }
 }
@@ -199,6 +205,8 @@ enum Timer {
     Flush,
     /// Send a digest to one random peer.
     AntiEntropy,
+    /// Publish changed group totals and relay received aggregates (grouped layouts only).
+    Aggregates,
 }
 
 /// The replication state machine of one node.
@@ -264,6 +272,7 @@ impl Replicator {
             timers: {
                 let mut timers = TimerTable::default();
                 timers.set(Timer::Flush, now_ms + flush);
+                timers.set(Timer::Aggregates, now_ms + options.aggregate_interval_ms);
                 // Spread the first round over one interval so nodes started together do not all fire at once.
                 timers.set(
                     Timer::AntiEntropy,
@@ -507,6 +516,13 @@ impl Replicator {
             self.timers
                 .set(Timer::Flush, now_ms + self.options.flush_interval_ms);
         }
+        if due.contains(&Timer::Aggregates) {
+            self.send_aggregates(now_ms);
+            self.timers.set(
+                Timer::Aggregates,
+                now_ms + self.options.aggregate_interval_ms,
+            );
+        }
         if due.contains(&Timer::AntiEntropy) {
             self.anti_entropy_round(now_ms);
             self.timers.set(
@@ -552,24 +568,44 @@ impl Replicator {
                 self.send_batch(groups, now_ms, Targets::Deltas);
             }
         }
-        // Aggregates of other groups ride with this node's own values to its group peers.
-        for (id, entry) in self.aggregation.take_relays(max) {
-            if let Some(groups) = packer.push_kind(id, OriginKind::Aggregate, entry) {
-                self.send_batch(groups, now_ms, Targets::Deltas);
-            }
-        }
         if let Some(groups) = packer.finish() {
             self.send_batch(groups, now_ms, Targets::Deltas);
         }
-        if let Some((id, entries)) = self.aggregation.take_publish(&self.store, max) {
+    }
+
+    /// Grouped layouts: sends the changed totals of this node's group to its partners (if it publishes) and the
+    /// aggregates received from other groups to its group peers, each as few batches as fit.
+    fn send_aggregates(&mut self, now_ms: u64) {
+        if self.peers.is_empty() || !self.aggregation.grouped() {
+            return;
+        }
+        let max = self.options.max_cells_per_flush;
+        let budget = self
+            .peers
+            .values()
+            .map(|p| p.max_datagram)
+            .min()
+            .unwrap_or(self.options.max_batch_bytes);
+        let relays = self.aggregation.take_relays(max);
+        let published = self.aggregation.take_publish(&self.store, max);
+        let streams = [
+            (Targets::Deltas, relays),
+            (
+                Targets::Partners,
+                published
+                    .map(|(id, entries)| entries.into_iter().map(|e| (id, e)).collect())
+                    .unwrap_or_default(),
+            ),
+        ];
+        for (targets, entries) in streams {
             let mut packer = BatchPacker::new(budget);
-            for entry in entries {
+            for (id, entry) in entries {
                 if let Some(groups) = packer.push_kind(id, OriginKind::Aggregate, entry) {
-                    self.send_batch(groups, now_ms, Targets::Partners);
+                    self.send_batch(groups, now_ms, targets);
                 }
             }
             if let Some(groups) = packer.finish() {
-                self.send_batch(groups, now_ms, Targets::Partners);
+                self.send_batch(groups, now_ms, targets);
             }
         }
     }

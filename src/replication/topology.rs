@@ -14,10 +14,11 @@
 //!   `counter::aggregate`).
 //! - Each group has `publishers_per_group` publishers (fewer when the group is smaller), chosen by rendezvous
 //!   hashing, so a member's departure moves only the roles it held. Each publisher sends its group's aggregate to
-//!   one partner in every other group (rendezvous again), which relays it to its group.
-//! - [`Topology::links`] is everything a node must be linked with: its group peers, its partners when it
-//!   publishes, and the publishers whose partner it is. For N members that is about √N, plus √N for a publisher:
-//!   the expected count per node is about `√N · (1 + 2·k/√N)` with `k` publishers per group, not N − 1.
+//!   one partner in every other group, one of that group's publishers (rendezvous again), which relays it to its
+//!   group: a member hears every other group through its own group's publishers, a few frames per interval.
+//! - [`Topology::links`] is everything a node must be linked with: its group peers, plus, for a publisher, its
+//!   partners and the publishers whose partner it is. For N members that is about √N for most nodes and about
+//!   3·√N for the `k` publishers of each group, not N − 1.
 //! - Building costs O(N log N) and happens only when membership changes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -184,9 +185,11 @@ impl Topology {
             })
             .collect();
         let own = group_of(me, groups);
+        // A publisher's partner in another group is one of that group's publishers, which relay what they
+        // receive to their group: each member then hears every other group from its own group's publishers.
         let partner_in = |publisher: u64, group: u32| -> Option<u64> {
             let seed = partner_seed(publisher, group);
-            by_group
+            publishers
                 .get(&group)?
                 .iter()
                 .copied()

@@ -977,6 +977,7 @@ impl Simulation {
         let n = &mut self.nodes[i];
         n.traffic.frames_sent += 1;
         n.traffic.bytes_sent += frame.len() as u64;
+        self.stats.count_sent(&frame);
         let (peer, peer_node) = {
             let e = self.ends.get(&link)?;
             if !e.open {

@@ -59,6 +59,51 @@ pub struct NetStats {
     pub links_closed: u64,
     /// Dials that failed.
     pub dials_failed: u64,
+    /// Frames sent, by the kind byte of their header (`wire::Kind`; 0 for anything unknown).
+    #[serde(skip)]
+    pub sent_by_kind: [u64; 17],
+}
+
+impl NetStats {
+    /// Counts one frame sent.
+    pub(crate) fn count_sent(&mut self, frame: &[u8]) {
+        let kind = frame.get(3).map_or(0, |&b| usize::from(b));
+        let slot = if kind < self.sent_by_kind.len() {
+            kind
+        } else {
+            0
+        };
+        self.sent_by_kind[slot] += 1;
+    }
+
+    /// Frames sent per kind, named (kinds with none left out).
+    pub fn sent_by_kind_named(&self) -> Vec<(&'static str, u64)> {
+        const NAMES: [&str; 17] = [
+            "unknown",
+            "hello",
+            "delta_batch",
+            "digest",
+            "state_request",
+            "state_chunk",
+            "data_ping",
+            "data_pong",
+            "config_entries",
+            "config_digest",
+            "node_health",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "membership",
+        ];
+        NAMES
+            .iter()
+            .zip(self.sent_by_kind)
+            .filter(|&(_, n)| n > 0)
+            .map(|(&name, n)| (name, n))
+            .collect()
+    }
 }
 
 /// When a frame of `bytes` sent at `now_ms` arrives, and how many copies (0: lost), given the link

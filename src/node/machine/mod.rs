@@ -12,7 +12,10 @@
 //!   (one dial per address at a time, with backoff after failures; payloads wait for the dial, a bounded few).
 //! - One link per peer replica ([`links`]): when two nodes dial each other at once, both keep the link dialed
 //!   by the node with the lower replica id and close the other.
-//! - Replication sends to every linked peer except those membership holds down or left; a member reported
+//! - Replication follows the layout ([`Topology`], recomputed when a member comes up, goes down, leaves or is
+//!   replaced): below `replication.full_mesh_below` members every member is dialed and gets every value; from
+//!   there only the links of the node's group and its aggregate partners are dialed for replication.
+//! - Replication sends to linked peers except those membership holds down or left; a member reported
 //!   down, left or replaced has its link closed. Its counter contributions stay until their windows expire.
 //! - A refused duplicate (a second live process with a member's node id) keeps its link, for SWIM only:
 //!   nothing is replicated to it, and of what it sends only membership payloads and data-plane checks are
@@ -44,7 +47,9 @@ use self::links::{Insert, LinkEntry, LinkTable};
 use super::hello::PeerHello;
 use super::join::JoinSchedule;
 use crate::membership::{ClusterHealth, Membership, MembershipError, MembershipEvent};
-use crate::replication::{Channel, PeerStats, ReplicationStats, Replicator, Transmit};
+use crate::replication::{
+    Channel, Layout, PeerStats, ReplicationStats, Replicator, Topology, TopologyOptions, Transmit,
+};
 use crate::state::{ConfigChange, StateError, StateReplicator, StateStats, Timestamp};
 use crate::timers::TimerTable;
 use crate::wire::{self, Frame, MembershipPacket};
@@ -105,6 +110,8 @@ pub(crate) struct MachineParts {
     pub(crate) join: JoinSchedule,
     pub(crate) traffic: crate::state::TrafficRecorder,
     pub(crate) probe: Box<dyn ProcessProbe>,
+    /// When to replicate in groups (`replication.full_mesh_below`, `publishers_per_group`).
+    pub(crate) topology: TopologyOptions,
 }
 
 /// One node's planes and the decisions that glue them together.
@@ -124,6 +131,7 @@ pub(crate) struct NodeMachine {
     /// Health records merged when the records snapshot was last taken (see [`NodeMachine::records_changed`]).
     records_seen: u64,
     records_dirty: bool,
+    topology_options: TopologyOptions,
 }
 
 impl NodeMachine {
@@ -146,6 +154,7 @@ impl NodeMachine {
             health_logged: false,
             records_seen: 0,
             records_dirty: false,
+            topology_options: parts.topology,
         }
     }
 
@@ -715,8 +724,70 @@ impl NodeMachine {
                 self.ensure_link(addr, Some(frame), now_ms);
             }
         }
+        let mut members_changed = false;
         while let Some(event) = self.membership.poll_event() {
+            members_changed |= matches!(
+                event,
+                MembershipEvent::MemberUp(_)
+                    | MembershipEvent::MemberDown(_)
+                    | MembershipEvent::MemberLeft(_)
+                    | MembershipEvent::MemberReplaced { .. }
+            );
             self.member_event(event, now_ms);
+        }
+        if members_changed {
+            self.update_topology(now_ms);
+        }
+    }
+
+    /// Recomputes the replication layout from the active members and hands it to the replicator (see
+    /// [`Topology`]); in a grouped layout, dials the links it needs (the full mesh dials every member as it
+    /// comes up). A layout change is logged.
+    fn update_topology(&mut self, now_ms: u64) {
+        let table = self.membership.members();
+        let previous = self.replicator.topology().map(Topology::layout);
+        let topology = Topology::new(
+            self.replicator.replica_id(),
+            table.active().map(|m| m.replica_id()),
+            previous,
+            self.topology_options,
+        );
+        if self.replicator.topology() == Some(&topology) {
+            return;
+        }
+        let layout = topology.layout();
+        let members = table.active().count() + 1;
+        match layout {
+            Layout::Grouped { groups } if previous != Some(layout) => tracing::info!(
+                members,
+                groups,
+                publisher = topology.is_publisher(),
+                links = topology.links().len(),
+                "replicating in {groups} groups (replication.full_mesh_below = {}): values per origin inside \
+                 the group, group totals across",
+                self.topology_options.full_mesh_below
+            ),
+            Layout::FullMesh if previous.is_some_and(|p| p != Layout::FullMesh) => tracing::info!(
+                members,
+                "replicating as a full mesh again (fewer members than replication.full_mesh_below = {})",
+                self.topology_options.full_mesh_below
+            ),
+            _ => {}
+        }
+        let to_dial: Vec<SocketAddr> = match layout {
+            Layout::Grouped { .. } => topology
+                .links()
+                .into_iter()
+                .filter_map(|replica| table.by_replica(replica).map(|m| m.addr()))
+                .collect(),
+            Layout::FullMesh if previous.is_some_and(|p| p != Layout::FullMesh) => {
+                table.active().map(|m| m.addr()).collect()
+            }
+            Layout::FullMesh => Vec::new(),
+        };
+        self.replicator.set_topology(topology);
+        for addr in to_dial {
+            self.ensure_link(addr, None, now_ms);
         }
     }
 
@@ -747,7 +818,14 @@ impl NodeMachine {
                     let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
                     self.planes_add_peer(link, replica, max);
                 }
-                self.ensure_link(id.addr(), None, now_ms);
+                // Grouped: the layout recomputed after these events says which members to link with.
+                let grouped = self
+                    .replicator
+                    .topology()
+                    .is_some_and(|t| t.layout() != Layout::FullMesh);
+                if !grouped {
+                    self.ensure_link(id.addr(), None, now_ms);
+                }
             }
             MembershipEvent::MemberSuspect(id) => tracing::warn!(
                 node = %id.node_id(),
