@@ -147,21 +147,46 @@ fn json(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<serde_json:
     }
 }
 
-/// A browser run in its own process group; the whole group is killed when dropped (Chromium starts helper
-/// processes of its own).
+/// A browser run in its own process group (Chromium starts helper processes of its own). The group is killed
+/// whole before the browser itself is reaped, so its id cannot have been reused by then: when the browser has
+/// exited (a zombie, see [`Browser::exited`]) and when the guard drops.
 struct Browser {
     child: Child,
+    reaped: bool,
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
+impl Browser {
+    /// Whether the browser has exited and waits to be reaped (state `Z` in `/proc/PID/stat`).
+    fn exited(&self) -> bool {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    }
+
+    fn kill_group(&self) {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill")
             .args(["-KILL", "--", &group])
             .stderr(Stdio::null())
             .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+
+    /// Kills what is left of the group, then reaps the browser.
+    fn finish(&mut self) -> std::process::ExitStatus {
+        self.kill_group();
+        self.reaped = true;
+        self.child.wait().expect("wait chromium")
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill_group();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -194,25 +219,23 @@ fn browse(chromium: &Path, profile: &Path, url: &str, args: &[String]) -> String
         .process_group(0)
         .spawn()
         .expect("spawn chromium");
-    let mut browser = Browser { child };
+    let mut browser = Browser {
+        child,
+        reaped: false,
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match browser.child.try_wait().expect("wait chromium") {
-            Some(status) => {
-                let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-                let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-                assert!(status.success(), "chromium failed ({status}): {err}");
-                return out;
-            }
-            None => {
-                assert!(
-                    Instant::now() < deadline,
-                    "chromium did not exit within 60 s on {url}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+    while !browser.exited() {
+        assert!(
+            Instant::now() < deadline,
+            "chromium did not exit within 60 s on {url}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let status = browser.finish();
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(status.success(), "chromium failed ({status}): {err}");
+    out
 }
 
 /// The page's DOM after its script ran (virtual time lets its timers and fetches finish first).
