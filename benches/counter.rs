@@ -8,7 +8,9 @@
 //! - `by_key/add` against `dashmap/string_add`: lookup by string on every call;
 //! - `governor/direct`, `governor/keyed`: the `governor` crate's limiter, what a Rust gateway would use locally;
 //! - `contended/handle_add_2threads` against `contended/atomic_2threads`: two threads on one hot key (the
-//!   reported time is per increment, summed over both threads, so lower is higher throughput).
+//!   reported time is per increment, summed over both threads, so lower is higher throughput);
+//! - `status_page/hottest_100k_keys` (the scan behind `GET /v1/keys/hot`, at most once a second per node) against
+//!   `status_page/local_snapshot_100k_keys` (the full state transfer's pass over the same cells).
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -98,6 +100,14 @@ fn counter(c: &mut Criterion) {
     group.bench_function("handle/try_acquire", |b| {
         b.iter(|| black_box(&limited).try_acquire(black_box(u64::MAX), black_box(1)))
     });
+    // A key over its limit: every acquire refuses (and counts its refusal).
+    let refused = s
+        .handle("vk/openai/gpt-4o-refused", minute)
+        .expect("handle");
+    refused.add(1);
+    group.bench_function("handle/try_acquire_refused", |b| {
+        b.iter(|| black_box(&refused).try_acquire(black_box(1), black_box(1)))
+    });
 
     let keys = keys();
     for key in &keys {
@@ -168,5 +178,27 @@ fn counter(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, counter);
+fn status_page(c: &mut Criterion) {
+    let mut group = c.benchmark_group("status_page");
+    group.sample_size(10);
+    let minute = Window::parse("1m").expect("valid window");
+    let s = CounterStore::new(StoreOptions {
+        max_keys: 100_000,
+        clock: Arc::new(CoarseClock::new(T0)),
+        ..StoreOptions::default()
+    });
+    for i in 0..100_000u64 {
+        s.add(&format!("tenant-{i}/gpt-4o"), minute, i % 977 + 1)
+            .expect("key fits");
+    }
+    group.bench_function("hottest_100k_keys", |b| {
+        b.iter(|| black_box(&s).hottest(black_box(100)))
+    });
+    group.bench_function("local_snapshot_100k_keys", |b| {
+        b.iter(|| black_box(&s).local_snapshot())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, counter, status_page);
 criterion_main!(benches);

@@ -448,3 +448,69 @@ fn a_handle_clone_keeps_its_cell_through_reclaim_passes() {
         "the clone and the map see the same cell"
     );
 }
+
+#[test]
+fn hottest_ranks_keys_by_current_count_with_the_limit_of_their_last_acquire() {
+    use bifrost_cluster::counter::{LimitSeen, call_counts};
+    let store = store_with(100, 1);
+    let second = Window::parse("1s").unwrap();
+    // Counts: a=5 (acquired with a limit of 3, so 3 admitted and 2 refused), b=7 (added only), c=1 (sliding
+    // acquire), @traffic=100 (the traffic plane's, never listed).
+    let a = store.handle("a", minute()).unwrap();
+    let before = call_counts();
+    for _ in 0..5 {
+        a.try_acquire(3, 1);
+    }
+    let after = call_counts();
+    assert!(
+        after.refusals - before.refusals >= 2,
+        "{before:?} {after:?}"
+    );
+    store.add("b", second, 7).unwrap();
+    store
+        .handle("c", minute())
+        .unwrap()
+        .acquire(Algorithm::SlidingWindow, 10, 1);
+    store.add("@traffic", minute(), 100).unwrap();
+    // Remote usage counts: d gets 4 from another replica.
+    store.add("d", minute(), 1).unwrap();
+    let epoch = minute().epoch_at(T0);
+    store.merge_remote(2, "d", minute(), epoch, 3).unwrap();
+
+    let hot = store.hottest(10);
+    let names: Vec<&str> = hot.iter().map(|h| &*h.key).collect();
+    assert_eq!(names, ["b", "d", "a", "c"]);
+    assert_eq!((hot[0].used, hot[0].limit), (7, None));
+    assert_eq!(hot[0].window, second);
+    assert_eq!(hot[0].window_end_ms, T0 + 1_000);
+    assert_eq!((hot[1].local, hot[1].remote, hot[1].used), (1, 3, 4));
+    assert_eq!(
+        hot[2].limit,
+        Some(LimitSeen {
+            limit: 3,
+            algorithm: Algorithm::FixedWindow
+        })
+    );
+    assert_eq!(hot[2].used, 3, "refused acquires count nothing");
+    assert_eq!(
+        hot[3].limit.map(|l| l.algorithm),
+        Some(Algorithm::SlidingWindow)
+    );
+    // Bounded by n; ties go to the smaller key.
+    assert_eq!(store.hottest(2).len(), 2);
+    assert!(store.hottest(0).is_empty());
+    store.add("a2", minute(), 3).unwrap();
+    let top: Vec<String> = store.hottest(4).iter().map(|h| h.key.to_string()).collect();
+    assert_eq!(top, ["b", "d", "a", "a2"]);
+    // A later acquire with another limit replaces the one shown.
+    a.try_acquire(50, 1);
+    let a_now = store
+        .hottest(10)
+        .into_iter()
+        .find(|h| &*h.key == "a")
+        .unwrap();
+    assert_eq!(a_now.limit.map(|l| l.limit), Some(50));
+    // The next window starts from zero: nothing is hot.
+    store.clock().set_unix_ms(T0 + 60_000);
+    assert!(store.hottest(10).is_empty());
+}

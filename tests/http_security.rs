@@ -991,3 +991,111 @@ fn tls_on_the_http_listener() {
         );
     }
 }
+
+#[test]
+fn the_status_page_is_served_without_a_token_and_the_json_it_reads_keeps_the_read_scope() {
+    let env = tokens_env();
+    let node = start_cluster("", &[("BIFROST_HTTP_TOKENS", &env)]);
+    let read = bearer(READ_TOKEN);
+    // The page's static files: no token needed, locked down by their headers.
+    for (path, media) in [
+        ("/", "text/html"),
+        ("/ui", "text/html"),
+        ("/ui/status.js", "text/javascript"),
+        ("/ui/status.css", "text/css"),
+    ] {
+        let a = send(node.addr, "GET", path, &[], None).expect("page");
+        assert_eq!(a.status, 200, "{path}: {}", a.head);
+        assert!(
+            a.head.contains(&format!("content-type: {media}")),
+            "{path}: {}",
+            a.head
+        );
+        assert!(
+            a.head
+                .contains("content-security-policy: default-src 'none'; script-src 'self';"),
+            "{path}: {}",
+            a.head
+        );
+        assert!(a.head.contains("frame-ancestors 'none'"), "{}", a.head);
+        assert!(
+            a.head.contains("x-content-type-options: nosniff"),
+            "{}",
+            a.head
+        );
+    }
+    // Anything else under /ui, and any write to the page, is not open.
+    let a = send(node.addr, "GET", "/ui/other.js", &[], None).expect("other");
+    assert_json_error(&a, 401, Some("authorization"));
+    let a = send(node.addr, "POST", "/ui", &[JSON], Some("{}")).expect("post");
+    assert_json_error(&a, 401, Some("authorization"));
+    // The JSON the page reads: 401 without a token, 200 with the read scope.
+    for path in ["/cluster/peers", "/v1/keys/hot", "/v1/keys/hot?n=100"] {
+        let a = send(node.addr, "GET", path, &[], None).expect("get");
+        assert_json_error(&a, 401, Some("authorization"));
+        let a = send(node.addr, "GET", path, &[("Authorization", &read)], None).expect("get");
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+    }
+    let a = send(
+        node.addr,
+        "GET",
+        "/cluster/peers",
+        &[("Authorization", &read)],
+        None,
+    )
+    .expect("peers");
+    assert!(
+        a.body["peers"].is_array() && a.body["checks"]["sent"].is_u64(),
+        "{}",
+        a.body
+    );
+    // The hot keys are bounded: n in 1..=100.
+    for bad in ["0", "101", "-1", "many"] {
+        let a = send(
+            node.addr,
+            "GET",
+            &format!("/v1/keys/hot?n={bad}"),
+            &[("Authorization", &read)],
+            None,
+        )
+        .expect("hot");
+        assert_json_error(&a, 400, Some("n"));
+    }
+    let a = send(
+        node.addr,
+        "POST",
+        "/v1/ratelimit/check",
+        &[JSON, ("Authorization", &bearer(CHECK_TOKEN))],
+        Some(r#"{"key": "page/k", "window": "1m", "limit": 1}"#),
+    )
+    .expect("check");
+    assert_eq!(a.status, 200, "{}", a.body);
+    // One scan answers for a second (HOT_KEYS_TTL_MS): the key shows in the next.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let a = loop {
+        let a = send(
+            node.addr,
+            "GET",
+            "/v1/keys/hot?n=1",
+            &[("Authorization", &read)],
+            None,
+        )
+        .expect("hot");
+        if a.body["keys"][0]["key"] == "page/k" {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the key never showed: {}",
+            a.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(a.body["keys"][0]["limit"], 1, "{}", a.body);
+    assert_eq!(a.body["keys"][0]["algorithm"], "fixed_window", "{}", a.body);
+    assert!(
+        a.body["decisions"]["admitted"].as_u64() >= Some(1),
+        "{}",
+        a.body
+    );
+}

@@ -130,7 +130,7 @@ pub async fn run(nodes: usize, duration: Option<Duration>) -> Result<(), DemoErr
     );
     for n in &cluster {
         println!(
-            "  {}  gossip {}  http://{}/cluster/status",
+            "  {}  gossip {}  status page http://{}/ui  (JSON: /cluster/status)",
             n.handle.node_id(),
             n.handle
                 .local_addr()

@@ -1,4 +1,5 @@
-//! Hot-path call counts (for `/metrics`) of the counter API (`add`, `acquire`), at the cost of about one
+//! Hot-path call counts (for `/metrics` and the status page) of the counter API (`add`, `acquire`, and of the
+//! acquires the refusals), at the cost of about one
 //! nanosecond: every thread counts its own calls in its own cache line with a plain load and store (it is the
 //! only writer, so no read-modify-write and no contention), found through one `const` thread-local pointer, and
 //! a reader sums every thread's counts. A thread that exits folds its counts into a retired total first, so
@@ -21,6 +22,7 @@ use crate::sync::LockClean;
 struct ThreadCalls {
     adds: AtomicU64,
     acquires: AtomicU64,
+    refusals: AtomicU64,
 }
 
 /// Every live thread's counts, and what exited threads counted.
@@ -28,12 +30,14 @@ struct Registry {
     live: Vec<Arc<ThreadCalls>>,
     retired_adds: u64,
     retired_acquires: u64,
+    retired_refusals: u64,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     live: Vec::new(),
     retired_adds: 0,
     retired_acquires: 0,
+    retired_refusals: 0,
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -52,6 +56,7 @@ impl Drop for Local {
         // Relaxed: this thread is the only writer, and the mutex orders the fold against readers.
         r.retired_adds += self.0.adds.load(Ordering::Relaxed);
         r.retired_acquires += self.0.acquires.load(Ordering::Relaxed);
+        r.retired_refusals += self.0.refusals.load(Ordering::Relaxed);
         r.live.retain(|c| !Arc::ptr_eq(c, &self.0));
     }
 }
@@ -61,6 +66,7 @@ impl Drop for Local {
 static SINK: ThreadCalls = ThreadCalls {
     adds: AtomicU64::new(0),
     acquires: AtomicU64::new(0),
+    refusals: AtomicU64::new(0),
 };
 
 thread_local! {
@@ -116,6 +122,13 @@ pub(crate) fn count_acquire() {
     bump(&slot().acquires);
 }
 
+/// Counts one acquire that refused (over the limit); also counted by [`count_acquire`]. Only on the refusal
+/// path, so an allowed acquire pays nothing for it.
+#[inline(always)]
+pub(crate) fn count_refusal() {
+    bump(&slot().refusals);
+}
+
 /// One more in a count this thread alone writes: a plain load and store, no read-modify-write.
 #[inline(always)]
 fn bump(count: &AtomicU64) {
@@ -134,6 +147,8 @@ pub struct CallCounts {
     pub adds: u64,
     /// Acquires (`try_acquire`, `acquire`).
     pub acquires: u64,
+    /// Of those, acquires that refused (over the limit): `acquires - refusals` were admitted.
+    pub refusals: u64,
 }
 
 /// Sums every thread's counts.
@@ -147,6 +162,9 @@ pub fn call_counts() -> CallCounts {
         acquires: r
             .retired_acquires
             .wrapping_add(SINK.acquires.load(Ordering::Relaxed)),
+        refusals: r
+            .retired_refusals
+            .wrapping_add(SINK.refusals.load(Ordering::Relaxed)),
     };
     for c in &r.live {
         // Relaxed: statistics.
@@ -154,6 +172,9 @@ pub fn call_counts() -> CallCounts {
         total.acquires = total
             .acquires
             .wrapping_add(c.acquires.load(Ordering::Relaxed));
+        total.refusals = total
+            .refusals
+            .wrapping_add(c.refusals.load(Ordering::Relaxed));
     }
     total
 }
@@ -172,6 +193,7 @@ mod tests {
                         count_add();
                     }
                     count_acquire();
+                    count_refusal();
                 })
             })
             .collect();
@@ -182,5 +204,6 @@ mod tests {
         // Other tests may count concurrently: at least ours are there.
         assert!(after.adds - before.adds >= 4_000);
         assert!(after.acquires - before.acquires >= 4);
+        assert!(after.refusals - before.refusals >= 4);
     }
 }

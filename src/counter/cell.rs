@@ -288,6 +288,31 @@ pub struct Cell {
     /// Created by a merge (counted in `limits.max_remote_keys`) rather than by a local add or handle (counted in
     /// `limits.max_keys`). Set once at creation.
     remote_created: bool,
+    /// The limit and algorithm of the last acquire on this node (see [`LimitSeen`]), for the status page; written
+    /// only when it changes, so a key acquired with one limit costs its hot path one load of this word.
+    limit_seen: std::sync::atomic::AtomicU64,
+}
+
+/// What `Cell::limit_seen` packs: `limit.min(LIMIT_SEEN_MAX) << 1 | sliding`, or [`LIMIT_SEEN_NONE`] before
+/// the first acquire.
+const LIMIT_SEEN_NONE: u64 = u64::MAX;
+/// Largest limit `Cell::limit_seen` reports exactly (2^62); larger limits read as this value.
+pub(crate) const LIMIT_SEEN_MAX: u64 = 1 << 62;
+
+/// The limit and algorithm the last acquire of a cell used on this node: a display of what the gateway
+/// enforces (the store itself never keeps limits; every acquire brings its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitSeen {
+    /// The limit (at most 2^62: larger limits read as 2^62).
+    pub limit: u64,
+    /// The algorithm.
+    pub algorithm: super::limiter::Algorithm,
+}
+
+#[inline(always)]
+fn pack_limit_seen(limit: u64, algorithm: super::limiter::Algorithm) -> u64 {
+    (limit.min(LIMIT_SEEN_MAX) << 1)
+        | u64::from(algorithm == super::limiter::Algorithm::SlidingWindow)
 }
 
 thread_local! {
@@ -344,7 +369,34 @@ impl Cell {
             origins: Mutex::new(OriginTable::default()),
             key,
             remote_created,
+            limit_seen: std::sync::atomic::AtomicU64::new(LIMIT_SEEN_NONE),
         }
+    }
+
+    /// Records the limit and algorithm of an acquire (a store only when they changed).
+    #[inline(always)]
+    pub(crate) fn note_limit(&self, limit: u64, algorithm: super::limiter::Algorithm) {
+        let packed = pack_limit_seen(limit, algorithm);
+        // Relaxed: a display value; nothing is published through it and racing acquires with different limits
+        // may leave either.
+        if self.limit_seen.load(std::sync::atomic::Ordering::Relaxed) != packed {
+            self.limit_seen
+                .store(packed, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The limit and algorithm of the last acquire on this node, `None` before the first.
+    pub(crate) fn limit_seen(&self) -> Option<LimitSeen> {
+        // Relaxed: a display value (see `note_limit`).
+        let packed = self.limit_seen.load(std::sync::atomic::Ordering::Relaxed);
+        (packed != LIMIT_SEEN_NONE).then_some(LimitSeen {
+            limit: packed >> 1,
+            algorithm: if packed & 1 == 1 {
+                super::limiter::Algorithm::SlidingWindow
+            } else {
+                super::limiter::Algorithm::FixedWindow
+            },
+        })
     }
 
     /// Whether a merge created the cell (it counts in the remote key budget).

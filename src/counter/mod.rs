@@ -30,13 +30,13 @@ mod window;
 
 pub use aggregate::{AggregateId, MAX_GROUPS, MAX_SCHEMES, group_of};
 pub use calls::{CallCounts, call_counts};
-pub use cell::{AddOutcome, FloorOutcome, MAX_CELL_VALUE, MergeOutcome, RING};
+pub use cell::{AddOutcome, FloorOutcome, LimitSeen, MAX_CELL_VALUE, MergeOutcome, RING};
 pub use clock::{Clock, CoarseClock, ManualClock};
 pub(crate) use epoch_cache::EpochCache;
 pub use error::CounterError;
 pub use limiter::{Algorithm, Decision};
 pub use store::{
-    CounterHandle, CounterStore, DEFAULT_MAX_ORIGINS_PER_KEY, DirtyEntry, ResetReport,
+    CounterHandle, CounterStore, DEFAULT_MAX_ORIGINS_PER_KEY, DirtyEntry, HotKey, ResetReport,
     StatsSnapshot, StoreOptions, StoreStats,
 };
 pub use window::{Alignment, MAX_WINDOW_COUNT, Unit, Window, WindowError};

@@ -29,7 +29,7 @@ use crossbeam_queue::ArrayQueue;
 use papaya::Equivalent;
 
 use super::aggregate::AggregateId;
-use super::cell::{AddOutcome, Cell, FastTake, FloorOutcome, MergeOutcome, RING};
+use super::cell::{AddOutcome, Cell, FastTake, FloorOutcome, LimitSeen, MergeOutcome, RING};
 use super::clock::CoarseClock;
 use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
@@ -172,6 +172,55 @@ pub struct DirtyEntry {
     pub epoch: u64,
     /// This replica's absolute count in that window (not a difference), so merging is a per-origin max.
     pub value: u64,
+}
+
+/// One of the hottest keys ([`CounterStore::hottest`]) as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotKey {
+    /// The key.
+    pub key: Arc<str>,
+    /// The window.
+    pub window: Window,
+    /// The current window index.
+    pub epoch: u64,
+    /// When the current window ends (Unix ms).
+    pub window_end_ms: u64,
+    /// This replica's count in the current window.
+    pub local: u64,
+    /// The merged count of every other replica in the current window.
+    pub remote: u64,
+    /// Usage as the last acquire's algorithm counts it (sliding windows weigh in the previous window); the
+    /// current window's `local + remote` when the key was never acquired here.
+    pub used: u64,
+    /// The limit and algorithm of the last acquire on this node; `None` for a key only added to (or merged).
+    pub limit: Option<LimitSeen>,
+}
+
+/// A candidate of [`CounterStore::hottest`], ordered by count, then by key and window (the smaller first).
+struct HotRank {
+    global: u64,
+    key: std::cmp::Reverse<(Arc<str>, Window)>,
+    cell: Arc<Cell>,
+    local: u64,
+    remote: u64,
+    epoch: u64,
+}
+
+impl PartialEq for HotRank {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for HotRank {}
+impl PartialOrd for HotRank {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for HotRank {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.global, &self.key).cmp(&(other.global, &other.key))
+    }
 }
 
 /// The result of an add.
@@ -997,6 +1046,71 @@ impl CounterStore {
         out
     }
 
+    /// The `n` keys with the highest global count in their current window (ties: by key, then window), read
+    /// without creating or touching any key. Keys starting with `@` (the traffic plane's) are left out. One pass
+    /// over every cell held, keeping at most `n` in a heap: O(keys × log n), for the status page and
+    /// `GET /v1/keys/hot`, which bound `n` and how often it runs.
+    pub fn hottest(&self, n: usize) -> Vec<HotKey> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let now = self.shared.clock.now_unix_ms();
+        let map = self.shared.cells.pin();
+        // Min-heap on (global, reversed order) of the best `n` so far.
+        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<HotRank>> =
+            std::collections::BinaryHeap::with_capacity(n + 1);
+        for (key, cell) in map.iter() {
+            if key.key.starts_with('@') {
+                continue;
+            }
+            let epoch = key.window.epoch_at(now);
+            let (local, remote) = (cell.local(epoch), cell.remote(epoch));
+            let global = local.saturating_add(remote);
+            // Below the lowest kept: skipped before anything is cloned.
+            if global == 0
+                || (heap.len() == n && heap.peek().is_some_and(|low| global < low.0.global))
+            {
+                continue;
+            }
+            let rank = HotRank {
+                global,
+                key: std::cmp::Reverse((Arc::clone(&key.key), key.window)),
+                cell: Arc::clone(cell),
+                local,
+                remote,
+                epoch,
+            };
+            if heap.len() < n {
+                heap.push(std::cmp::Reverse(rank));
+            } else if heap.peek().is_some_and(|low| rank > low.0) {
+                heap.pop();
+                heap.push(std::cmp::Reverse(rank));
+            }
+        }
+        let mut ranked: Vec<HotRank> = heap.into_iter().map(|r| r.0).collect();
+        ranked.sort_by(|a, b| b.cmp(a));
+        ranked
+            .into_iter()
+            .map(|r| {
+                let limit = r.cell.limit_seen();
+                let used = match limit {
+                    Some(seen) => limiter::peek(&r.cell, seen.algorithm, now, seen.limit, 0).used,
+                    None => r.global,
+                };
+                HotKey {
+                    key: Arc::clone(&r.key.0.0),
+                    window: r.cell.window(),
+                    epoch: r.epoch,
+                    window_end_ms: r.cell.end_ms(r.epoch),
+                    local: r.local,
+                    remote: r.remote,
+                    used,
+                    limit,
+                }
+            })
+            .collect()
+    }
+
     /// The store's counters and its current number of keys.
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.shared.stats;
@@ -1151,6 +1265,8 @@ impl CounterHandle {
     /// Acquire with a chosen algorithm (see [`Algorithm`]).
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+        // For the status page's hot keys: one load, a store only when the limit changed.
+        self.cell.note_limit(limit, algorithm);
         // The fast path makes no call, as in `add`: a fixed window, the cached epoch, an uncontended cell, one
         // decision and at most one CAS. Anything else, and it decided and counted nothing.
         if algorithm == Algorithm::FixedWindow
@@ -1167,7 +1283,10 @@ impl CounterHandle {
                     Decision::new(true, used, limit, reset_at)
                 }
                 // The slot held the epoch, so the cell was not being retired: the refusal is a real decision.
-                FastTake::Refused { used } => Decision::new(false, used, limit, reset_at),
+                FastTake::Refused { used } => {
+                    super::calls::count_refusal();
+                    Decision::new(false, used, limit, reset_at)
+                }
             };
         }
         self.acquire_full(algorithm, limit, cost)
@@ -1177,12 +1296,15 @@ impl CounterHandle {
     fn acquire_full(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
         super::calls::count_acquire();
         let now = self.clock.now_unix_ms();
-        let (decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
+        let (mut decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
         if counted {
             self.shared.changed(&self.cell);
         }
         if !decision.allowed && self.cell.is_retired() {
-            return self.acquire_refused(algorithm, limit, cost, decision);
+            decision = self.acquire_refused(algorithm, limit, cost, decision);
+        }
+        if !decision.allowed {
+            super::calls::count_refusal();
         }
         decision
     }

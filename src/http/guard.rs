@@ -3,7 +3,8 @@
 //!
 //! In order, for each request:
 //! 1. a URI longer than [`MAX_URI_BYTES`] is a `414`, a declared body longer than [`MAX_BODY_BYTES`] a `413`;
-//! 2. `/health` and `/ready` (and `/metrics` with `http.auth.public_metrics`) go straight to their handler;
+//! 2. `/health` and `/ready` (and `/metrics` with `http.auth.public_metrics`, and a `GET` of the status page's
+//!    static files, see `ui.rs`) go straight to their handler;
 //! 3. with tokens configured, a missing or unknown `Authorization: Bearer` token is a `401` (with
 //!    `WWW-Authenticate: Bearer`), a token without the route's scope a `403`; without any token, a write
 //!    (anything but `GET`/`HEAD`) from a non-loopback peer, or with a `Host` that is not a loopback name, is a
@@ -140,6 +141,10 @@ fn decode(path: &str) -> String {
 /// added later is closed until classified.
 fn classify(method: &Method, path: &str, public_metrics: bool) -> Need {
     if path == "/health" || path == "/ready" {
+        return Need::Open;
+    }
+    // The status page's static files carry no data (the JSON they read keeps its scope).
+    if (method == Method::GET || method == Method::HEAD) && super::ui::is_page(path) {
         return Need::Open;
     }
     if path == "/metrics" && public_metrics {
@@ -421,6 +426,13 @@ mod tests {
             (Method::GET, "/ready", Need::Open),
             (Method::GET, "/metrics", read),
             (Method::GET, "/cluster/status", read),
+            (Method::GET, "/", Need::Open),
+            (Method::GET, "/ui", Need::Open),
+            (Method::HEAD, "/ui/status.js", Need::Open),
+            (Method::GET, "/ui/status.css", Need::Open),
+            (Method::POST, "/ui", admin),
+            (Method::GET, "/cluster/peers", read),
+            (Method::GET, "/v1/keys/hot", read),
             (Method::GET, "/v1/counters/a/b?window=1m", read),
             (Method::GET, "/v1/config/x", read),
             (Method::POST, "/v1/ratelimit/check", check),

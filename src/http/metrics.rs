@@ -13,6 +13,7 @@
 //! | `bifrost_counter_keys` | gauge | |
 //! | `bifrost_counter_refused_keys_total`, `..._invalid_keys_total`, `..._stale_adds_total` | counter | |
 //! | `bifrost_counter_calls_total` | counter | `op` (add, acquire): hot-path calls of this process |
+//! | `bifrost_counter_refusals_total` | counter | of those acquires, the refused ones (over the limit) |
 //! | `bifrost_membership_packets_{sent,received,rejected}_total` | counter | |
 //! | `bifrost_discovery_runs_total`, `bifrost_discovery_errors_total`, `bifrost_discovery_registration_errors_total` | counter | `method` |
 //! | `bifrost_discovery_found` | gauge | `method`: join targets of the last round |
@@ -309,6 +310,12 @@ pub fn registry(node: &ClusterHandle) -> Registry {
             (label(&[("op", "add")]), calls.adds),
             (label(&[("op", "acquire")]), calls.acquires),
         ],
+    );
+    counter(
+        &mut r,
+        "bifrost_counter_refusals",
+        "Hot-path acquires of this process that refused (over the limit); also counted in bifrost_counter_calls_total{op=\"acquire\"}",
+        calls.refusals,
     );
 
     let m = &status.membership;

@@ -14,6 +14,9 @@
 //! | `GET /v1/config` | every cluster-wide config entry (`utf8` values as text, others in hex) |
 //! | `GET` / `PUT` / `DELETE /v1/config/{key}` | one entry: the raw value; write the raw body; delete |
 //! | `GET /v1/traffic/{key}[?epoch=N]` | a traffic key's requests, errors and p50/p90/p99 latency, cluster-wide and per node |
+//! | `GET /`, `GET /ui` | the status page (static, served without a token; the JSON it reads needs `read`, see [`ui`]) |
+//! | `GET /cluster/peers` | per-peer replication: lag, bytes and batches each way, gaps, data-plane check round trip |
+//! | `GET /v1/keys/hot[?n=10]` | the hottest keys (at most 100) with usage, the limit of their last acquire and window; decision counts |
 //!
 //! Keys may contain `/` (`vk/openai/gpt-4o`): the counter routes take the rest of the path as the key.
 //!
@@ -35,6 +38,7 @@ pub mod metrics;
 mod serve;
 mod shared_state;
 mod status;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +64,13 @@ pub(crate) struct AppState {
     node: ClusterHandle,
     ceiling: RequestCeiling,
     stats: Arc<HttpStats>,
+    hot_keys: Arc<ui::HotKeysCache>,
+}
+
+impl FromRef<AppState> for Arc<ui::HotKeysCache> {
+    fn from_ref(state: &AppState) -> Self {
+        state.hot_keys.clone()
+    }
 }
 
 /// `http.max_request_n`: the largest `n`/`cost` one request may carry.
@@ -98,6 +109,7 @@ pub fn router_with(node: ClusterHandle, access: HttpAccess, stats: Arc<HttpStats
         node,
         ceiling: RequestCeiling(access.max_request_n),
         stats: stats.clone(),
+        hot_keys: Arc::default(),
     };
     let gate = Arc::new(guard::Gate { access, stats });
     Router::new()
@@ -119,6 +131,12 @@ pub fn router_with(node: ClusterHandle, access: HttpAccess, stats: Arc<HttpStats
                 .delete(shared_state::delete_config),
         )
         .route("/v1/traffic/{*key}", get(shared_state::traffic))
+        .route("/", get(ui::page))
+        .route("/ui", get(ui::page))
+        .route("/ui/status.js", get(ui::script))
+        .route("/ui/status.css", get(ui::style))
+        .route("/cluster/peers", get(ui::peers))
+        .route("/v1/keys/hot", get(ui::hot_keys))
         .fallback(api_error::not_found)
         .method_not_allowed_fallback(api_error::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
