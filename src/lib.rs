@@ -46,9 +46,11 @@
 pub mod config;
 pub mod counter;
 pub mod discovery;
+pub mod grpc;
 pub mod http;
 pub mod membership;
 pub mod node;
+pub mod policy;
 pub mod replication;
 pub mod rng;
 pub mod sim;
