@@ -535,3 +535,162 @@ fn envoy_examples_hold_global_limits_across_three_nodes() {
     let r = client.check(c, reloaded);
     assert_eq!(r["overall_code"], "OVER_LIMIT", "{r}");
 }
+
+/// The ```` ```yaml ```` blocks of the README's "Use with Envoy" section: the limits file, then Envoy's config.
+fn readme_yaml_blocks() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("## Use with Envoy")
+        .expect("a Use with Envoy section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    section
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_readme_limits_file_loads() {
+    let blocks = readme_yaml_blocks();
+    assert_eq!(blocks.len(), 2, "limits file and Envoy config");
+    let policy = bifrost_cluster::policy::Policy::load([("README.md", blocks[0].as_str())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(policy.domains(), vec!["gateway"]);
+    assert!(matches!(
+        policy.lookup("gateway", &[("virtual_key", "vk-1"), ("model", "gpt-4o")]),
+        bifrost_cluster::policy::Match::Rule { .. }
+    ));
+}
+
+#[test]
+fn the_readme_envoy_snippet_is_an_envoy_v3_bootstrap() {
+    if !client_available() {
+        return;
+    }
+    let blocks = readme_yaml_blocks();
+    let yaml: serde_json::Value = serde_yaml_ng::from_str(&blocks[1]).expect("the snippet is YAML");
+    let mut client = Client::start();
+    let answer = client
+        .call(json!({"op": "parse", "type": "envoy.config.bootstrap.v3.Bootstrap", "json": yaml}));
+    assert!(answer.get("ok").is_some(), "{answer}");
+    // The check can fail: a misspelled field is refused.
+    let mut bad = yaml.clone();
+    bad["static_resources"]["clusters"][0]["conect_timeout"] = json!("1s");
+    let answer = client
+        .call(json!({"op": "parse", "type": "envoy.config.bootstrap.v3.Bootstrap", "json": bad}));
+    assert!(answer.get("error").is_some(), "{answer}");
+}
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn yaml_file(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Kubernetes: the limits ConfigMap loads, is mounted where the config's `grpc.limits_file` points, and the
+/// gRPC port is the container's and the `bifrost-rls` Service's.
+#[test]
+fn deploy_kubernetes_wires_the_rls_port_and_the_limits() {
+    let k8s = deploy().join("kubernetes");
+    let cm = yaml_file(&k8s.join("configmap.yaml"));
+    let config = bifrost_cluster::config::load_from_str(
+        cm["data"]["config.json"].as_str().expect("config.json"),
+    )
+    .expect("the ConfigMap's config loads")
+    .config;
+    let grpc = config.grpc.expect("a grpc section");
+    let limits = yaml_file(&k8s.join("limits-configmap.yaml"));
+    assert_eq!(limits["metadata"]["name"], "bifrost-limits");
+    let files: Vec<(String, String)> = limits["data"]
+        .as_object()
+        .expect("data")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("text").to_owned()))
+        .collect();
+    assert!(!files.is_empty());
+    bifrost_cluster::policy::Policy::load(files.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+        .unwrap_or_else(|e| panic!("limits-configmap.yaml: {e}"));
+    let sts = yaml_file(&k8s.join("statefulset.yaml"));
+    let pod = &sts["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let port = container["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .expect("a grpc container port");
+    assert_eq!(port["containerPort"], u64::from(grpc.listen.port()));
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["configMap"]["name"] == "bifrost-limits")
+        .expect("a volume of bifrost-limits");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the limits volume mounted");
+    assert_eq!(
+        Some(Path::new(mount["mountPath"].as_str().expect("path"))),
+        grpc.limits_file.as_deref()
+    );
+    let svc = yaml_file(&k8s.join("service-rls.yaml"));
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "grpc");
+    assert_eq!(svc["spec"]["ports"][0]["appProtocol"], "grpc");
+}
+
+/// Compose (static setup): the nodes mount a limits file that loads where `grpc.limits_file` points; the
+/// `envoy` profile's config is an Envoy v3 Bootstrap.
+#[test]
+fn deploy_compose_wires_the_limits_and_envoy() {
+    let dir = deploy().join("docker-compose/static");
+    let config = bifrost_cluster::config::load_from_path(&dir.join("config.json"))
+        .expect("config.json")
+        .config;
+    let limits_file = config
+        .grpc
+        .and_then(|g| g.limits_file)
+        .expect("grpc.limits_file");
+    let compose = yaml_file(&dir.join("docker-compose.yml"));
+    // The nodes' shared settings come through a YAML merge key (`<<: *bifrost-node`).
+    let node = &compose["services"]["bifrost-1"];
+    let node = if node["volumes"].is_array() {
+        node
+    } else {
+        &node["<<"]
+    };
+    let source = node["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|v| {
+            let mut parts = v.split(':');
+            let (source, target) = (parts.next()?, parts.next()?);
+            (Path::new(target) == limits_file).then(|| source.to_owned())
+        })
+        .expect("the limits file is mounted at grpc.limits_file");
+    let text = std::fs::read_to_string(dir.join(&source)).expect("the mounted limits file");
+    bifrost_cluster::policy::Policy::load([(source.as_str(), text.as_str())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(compose["services"]["envoy"]["profiles"][0], "envoy");
+    if !client_available() {
+        return;
+    }
+    let envoy = yaml_file(&dir.join("envoy.yaml"));
+    let mut client = Client::start();
+    let answer = client
+        .call(json!({"op": "parse", "type": "envoy.config.bootstrap.v3.Bootstrap", "json": envoy}));
+    assert!(
+        answer.get("ok").is_some(),
+        "deploy/docker-compose/static/envoy.yaml: {answer}"
+    );
+}

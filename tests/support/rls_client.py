@@ -7,6 +7,8 @@ plus the published grpc.health.v1 health.proto (written below).
 Reads one JSON command per line on stdin and writes one JSON answer per line on stdout:
   {"op": "check", "addr": "127.0.0.1:N", "request": {...RateLimitRequest in proto3 JSON...}, "token": null}
   {"op": "health", "addr": "127.0.0.1:N", "service": ""}
+  {"op": "parse", "type": "envoy.config.bootstrap.v3.Bootstrap", "json": {...}}: proto3 JSON parsing, unknown
+  fields refused, "@type" resolved against the same protos
 Answers: {"ok": {...response as proto3 JSON, proto field names, defaults included...}} or
 {"error": {"code": "INVALID_ARGUMENT", "details": "..."}}.
 Only loopback addresses are accepted.
@@ -40,12 +42,19 @@ def build_pool(proto_root):
     with open(os.path.join(health_dir, "health.proto"), "w") as f:
         f.write(HEALTH_PROTO)
     well_known = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    includes = ["data-plane-api", "xds", "protoc-gen-validate", "googleapis", "cel-spec"]
+    includes = ["data-plane-api", "xds", "protoc-gen-validate", "googleapis", "cel-spec",
+                "opentelemetry-proto", "client_model"]
     out = os.path.join(work, "set.pb")
     args = ["protoc", "--include_imports", "--descriptor_set_out=" + out, "-I" + well_known,
             "-I" + os.path.join(work, "health")]
     args += ["-I" + os.path.join(proto_root, d) for d in includes]
-    args += ["envoy/service/ratelimit/v3/rls.proto", "grpc/health/v1/health.proto"]
+    args += ["envoy/service/ratelimit/v3/rls.proto", "grpc/health/v1/health.proto",
+             # For "parse": an Envoy bootstrap with the types the README's snippet names.
+             "envoy/config/bootstrap/v3/bootstrap.proto",
+             "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+             "envoy/extensions/filters/http/ratelimit/v3/rate_limit.proto",
+             "envoy/extensions/filters/http/router/v3/router.proto",
+             "envoy/extensions/upstreams/http/v3/http_protocol_options.proto"]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed on the envoy protos under " + proto_root)
     files = descriptor_pb2.FileDescriptorSet()
@@ -75,6 +84,16 @@ def main():
         if not line.strip():
             continue
         cmd = json.loads(line)
+        if cmd["op"] == "parse":
+            try:
+                message = json_format.ParseDict(cmd["json"], message_class(pool, cmd["type"])(),
+                                                descriptor_pool=pool)
+                answer = {"ok": {"bytes": len(message.SerializeToString())}}
+            except json_format.ParseError as e:
+                answer = {"error": {"code": "PARSE", "details": str(e)}}
+            sys.stdout.write(json.dumps(answer) + "\n")
+            sys.stdout.flush()
+            continue
         addr = cmd["addr"]
         if not addr.startswith("127.0.0.1:"):
             raise SystemExit("loopback only: " + addr)
