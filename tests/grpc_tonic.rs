@@ -231,6 +231,28 @@ async fn quota_mode_sliding_windows_and_envoy_overrides() {
             .contains("descriptors[0].entries: must not be empty"),
         "{e}"
     );
+    // A descriptor whose counter key is too long (limits.max_key_length) refuses the whole request before
+    // anything is counted: the monthly limit of 1 is still free afterwards.
+    let long = "x".repeat(300);
+    let e = c
+        .should_rate_limit(request(
+            vec![descriptor("monthly", "kept"), descriptor("sliding", &long)],
+            1,
+        ))
+        .await
+        .expect_err("key too long");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("descriptors[1].entries"), "{e}");
+    let r = c
+        .should_rate_limit(request(vec![descriptor("monthly", "kept")], 1))
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(
+        r.overall_code,
+        Code::Ok as i32,
+        "nothing was counted by the refused request: {r:?}"
+    );
     let e = c
         .should_rate_limit(request(vec![], 1))
         .await

@@ -211,12 +211,33 @@ impl Rls {
                 *target = Target::None;
             }
         }
+        // Every counter handle first: a descriptor refused here (a key too long, a full store) refuses the
+        // request before anything is counted.
+        let mut handles = Vec::with_capacity(targets.len());
+        for (i, target) in targets.iter().enumerate() {
+            handles.push(match target {
+                Target::Limited { key, window, .. } => Some(
+                    self.node
+                        .store()
+                        .handle(key, *window)
+                        .map_err(|e| match e {
+                            CounterError::KeyLimit { .. } | CounterError::RemoteKeyLimit { .. } => {
+                                Status::resource_exhausted(format!(
+                                    "descriptors[{i}]: {e} (cluster_config.limits.max_keys)"
+                                ))
+                            }
+                            e => invalid(format!("descriptors[{i}].entries"), e),
+                        })?,
+                ),
+                _ => None,
+            });
+        }
         let now_ms = self.node.clock().now_unix_ms();
         let mut statuses = Vec::with_capacity(targets.len());
         let (mut failed, mut quota_total, mut quota_failed) = (0usize, 0usize, 0usize);
         // (remaining, limit, reset seconds) of the descriptor the headers describe.
         let mut closest: Option<(u32, u32, u64, bool)> = None;
-        for (i, target) in targets.into_iter().enumerate() {
+        for ((i, target), handle) in targets.into_iter().enumerate().zip(handles) {
             let n = hits[i];
             match target {
                 Target::None => statuses.push(DescriptorStatus {
@@ -229,28 +250,20 @@ impl Rls {
                     ..Default::default()
                 }),
                 Target::Limited {
-                    key,
                     name,
                     requests_per_unit,
                     unit,
-                    window,
                     algorithm,
                     shadow_mode,
                     quota_mode,
                     stats,
+                    ..
                 } => {
-                    let handle = self
-                        .node
-                        .store()
-                        .handle(&key, window)
-                        .map_err(|e| match e {
-                            CounterError::KeyLimit { .. } | CounterError::RemoteKeyLimit { .. } => {
-                                Status::resource_exhausted(format!(
-                                    "descriptors[{i}]: {e} (cluster_config.limits.max_keys)"
-                                ))
-                            }
-                            e => invalid(format!("descriptors[{i}].entries"), e),
-                        })?;
+                    // Every limited target got a handle above (or the request was refused).
+                    let Some(handle) = handle else {
+                        statuses.push(DescriptorStatus::default());
+                        continue;
+                    };
                     let limit = u64::from(requests_per_unit);
                     let decision = handle.acquire(algorithm, limit, n);
                     bump(&stats.total_hits, n);
