@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # node/machine: the node's decisions (the driver moves bytes for it); sim: the whole-node simulator.
-planes=(counter replication membership state wire config node/machine sim)
+planes=(counter replication membership state wire config node/machine sim policy)
 # What the rule forbids, as extended regular expressions over code (comments are stripped first).
 forbidden='(^|[^A-Za-z0-9_])(tokio|quinn)::|^\s*use (tokio|quinn)\b|extern crate (tokio|quinn)|Instant::now\(|SystemTime::now\(|UNIX_EPOCH\.elapsed|thread_rng\(|rand::random|OsRng|getrandom|from_entropy\(|RandomState::new\(|fastrand::'
 

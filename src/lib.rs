@@ -25,8 +25,9 @@
 //! ## Planes
 //!
 //! The folder layout follows the planes of the design: [`counter`], [`replication`], [`membership`], [`state`],
-//! [`wire`] and [`config`] are sans-IO (no tokio, no quinn, no clock or OS randomness read there);
-//! [`transport`], [`discovery`], [`node`] and [`http`] do the I/O.
+//! [`wire`], [`config`] and [`policy`] (limits files for the Envoy rate-limit service) are sans-IO (no tokio, no
+//! quinn, no clock or OS randomness read there); [`transport`], [`discovery`], [`node`], [`http`] and [`grpc`]
+//! (Envoy's `RateLimitService`) do the I/O.
 //!
 //! ## Example
 //!
@@ -46,9 +47,11 @@
 pub mod config;
 pub mod counter;
 pub mod discovery;
+pub mod grpc;
 pub mod http;
 pub mod membership;
 pub mod node;
+pub mod policy;
 pub mod replication;
 pub mod rng;
 pub mod sim;

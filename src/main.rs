@@ -158,6 +158,16 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             if let Some(requirement) = loaded.config.http.auth_requirement(from_env) {
                 writeln!(stderr, "warning: {requirement}")?;
             }
+            // The Envoy rate-limit service (issue 15): the same tokens guard it.
+            let tokens = from_env || loaded.config.http.has_config_tokens();
+            if let Some(requirement) = loaded
+                .config
+                .grpc
+                .as_ref()
+                .and_then(|g| g.auth_requirement(tokens))
+            {
+                writeln!(stderr, "warning: {requirement}")?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -289,6 +299,21 @@ fn run(
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
+    // The Envoy rate-limit service (issue 15): the HTTP tokens with the check scope, its own TLS files.
+    let grpc_options = match &loaded.config.grpc {
+        None => None,
+        Some(grpc) => match bifrost_cluster::grpc::GrpcOptions::from_config(
+            grpc,
+            http_options.access.tokens.clone(),
+            http_options.access.max_request_n,
+        ) {
+            Ok(options) => Some(options),
+            Err(e) => {
+                let _ = writeln!(std::io::stderr().lock(), "error: {e}");
+                return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+            }
+        },
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -317,9 +342,30 @@ fn run(
                     return Err(anyhow::Error::new(e).context("starting the HTTP server"));
                 }
             };
+        let grpc = match grpc_options {
+            None => None,
+            Some(options) => {
+                match bifrost_cluster::grpc::GrpcServer::start(node.clone(), options).await {
+                    Ok(grpc) => {
+                        let _ = http.stats().rls.set(grpc.handle());
+                        Some(grpc)
+                    }
+                    Err(e) => {
+                        let _ = writeln!(std::io::stderr().lock(), "error: {e}");
+                        http.shutdown().await;
+                        node.shutdown().await;
+                        return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+                    }
+                }
+            }
+        };
         wait_for_signal().await.context("waiting for a signal")?;
         tracing::info!("signal received: leaving the cluster");
-        // HTTP first (≤ 1 s), so every request it counted is in the final flush; then the node leaves.
+        // HTTP and gRPC first (≤ 1 s each), so every request they counted is in the final flush; then the
+        // node leaves.
+        if let Some(grpc) = grpc {
+            grpc.shutdown().await;
+        }
         http.shutdown().await;
         node.shutdown().await;
         Ok(ExitCode::SUCCESS)

@@ -36,9 +36,12 @@ const MIN_YAML_FILES: usize = 12;
 const COMPOSE_SETUPS: [&str; 6] = ["static", "etcd", "consul", "dns", "udp", "mdns"];
 
 /// The Kubernetes manifests (without the kustomization and the example Secret).
-const K8S_RESOURCES: [&str; 9] = [
+const K8S_RESOURCES: [&str; 11] = [
     "namespace.yaml",
     "configmap.yaml",
+    // The Envoy rate-limit service (issue 15; also checked by tests/grpc_rls.rs).
+    "limits-configmap.yaml",
+    "service-rls.yaml",
     "serviceaccount.yaml",
     "role.yaml",
     "rolebinding.yaml",

@@ -36,6 +36,7 @@
 
 mod duration;
 mod error;
+mod grpc;
 mod http_auth;
 mod load;
 mod parse;
@@ -58,3 +59,5 @@ pub use load::HTTP_TOKENS_ENV;
 pub use schema::{
     HttpAuthConfig, HttpScope, HttpTlsConfig, HttpToken, HttpTokenConfig, HttpTokenSource,
 };
+// The Envoy rate-limit service (issue 15).
+pub use grpc::GrpcConfig;

@@ -72,6 +72,7 @@ pub(crate) fn parse_cluster_config(value: &Value) -> Parsed {
         "replication",
         "http",
         "limits",
+        "grpc",
     ];
     if let Some(map) = ctx.object(ROOT, value, KNOWN) {
         if let Some((path, v)) = member(ROOT, map, "enabled") {
@@ -105,6 +106,11 @@ pub(crate) fn parse_cluster_config(value: &Value) -> Parsed {
         }
         if let Some((path, v)) = member(ROOT, map, "limits") {
             ctx.limits(&path, v, &mut config.limits);
+        }
+        if let Some((path, v)) = member(ROOT, map, "grpc") {
+            let mut grpc = super::GrpcConfig::default();
+            ctx.grpc(&path, v, &mut grpc);
+            config.grpc = Some(grpc);
         }
     }
     Parsed {
@@ -712,6 +718,96 @@ impl Ctx {
                     Some((fp, fv)) => self.non_empty_string(&fp, fv).map(PathBuf::from),
                     None => {
                         self.fail(&format!("{p}.{key}"), "required when http.tls is given");
+                        None
+                    }
+                }
+            };
+            let cert_file = file("cert_file");
+            let key_file = file("key_file");
+            if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
+                out.tls = Some(HttpTlsConfig {
+                    cert_file,
+                    key_file,
+                });
+            }
+        }
+    }
+
+    /// `grpc` (issue 15): the Envoy rate-limit service.
+    fn grpc(&mut self, path: &str, value: &Value, out: &mut super::GrpcConfig) {
+        use super::GrpcConfig as G;
+        const KNOWN: &[&str] = &[
+            "listen",
+            "limits_file",
+            "reload_interval",
+            "response_headers",
+            "max_descriptors",
+            "max_entries",
+            "max_message_bytes",
+            "max_concurrent_streams",
+            "tls",
+        ];
+        let Some(map) = self.object(path, value, KNOWN) else {
+            return;
+        };
+        if let Some((p, v)) = member(path, map, "listen")
+            && let Some(text) = self.string(&p, v)
+        {
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => out.listen = addr,
+                Err(_) => self.fail(
+                    &p,
+                    format!(
+                        "expected a socket address \"ip:port\" such as \"127.0.0.1:8081\", got {}",
+                        quote(text)
+                    ),
+                ),
+            }
+        }
+        if let Some((p, v)) = member(path, map, "limits_file") {
+            out.limits_file = self.non_empty_string(&p, v).map(PathBuf::from);
+        }
+        if let Some((p, v)) = member(path, map, "reload_interval") {
+            set(
+                &mut out.reload_interval,
+                self.duration(&p, v, G::MIN_RELOAD_INTERVAL, G::MAX_RELOAD_INTERVAL),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "response_headers") {
+            set(&mut out.response_headers, self.bool(&p, v));
+        }
+        if let Some((p, v)) = member(path, map, "max_descriptors") {
+            set(
+                &mut out.max_descriptors,
+                self.usize_in(&p, v, 1, G::MAX_MAX_DESCRIPTORS),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "max_entries") {
+            set(
+                &mut out.max_entries,
+                self.usize_in(&p, v, 1, G::MAX_MAX_ENTRIES),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "max_message_bytes") {
+            set(
+                &mut out.max_message_bytes,
+                self.usize_in(&p, v, G::MIN_MAX_MESSAGE_BYTES, G::MAX_MAX_MESSAGE_BYTES),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "max_concurrent_streams") {
+            set(
+                &mut out.max_concurrent_streams,
+                self.u32_in(&p, v, 1, G::MAX_MAX_CONCURRENT_STREAMS),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "tls")
+            && let Some(tls) = self.object(&p, v, &["cert_file", "key_file"])
+        {
+            let mut file = |key: &str| -> Option<PathBuf> {
+                match member(&p, tls, key) {
+                    Some((fp, fv)) => self.non_empty_string(&fp, fv).map(PathBuf::from),
+                    None => {
+                        self.fail(&format!("{p}.{key}"), "required when grpc.tls is given");
                         None
                     }
                 }

@@ -45,6 +45,8 @@ pub struct ClusterConfig {
     pub http: HttpConfig,
     /// Memory bounds of the counter store.
     pub limits: LimitsConfig,
+    /// The Envoy rate-limit service (issue 15). Default: none (no gRPC listener).
+    pub grpc: Option<super::grpc::GrpcConfig>,
 }
 
 impl Default for ClusterConfig {
@@ -60,6 +62,7 @@ impl Default for ClusterConfig {
             replication: ReplicationConfig::default(),
             http: HttpConfig::default(),
             limits: LimitsConfig::default(),
+            grpc: None,
         }
     }
 }

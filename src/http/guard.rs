@@ -68,6 +68,8 @@ pub struct HttpStats {
     pub ratelimit_over_limit: AtomicU64,
     /// Whether the connection cap is reached (for the log-once rule).
     pub(crate) at_cap: AtomicBool,
+    /// The Envoy rate-limit service of this node, when it runs: its metrics join `/metrics`.
+    pub rls: std::sync::OnceLock<crate::grpc::RlsHandle>,
 }
 
 impl HttpStats {

@@ -32,6 +32,9 @@
 //! | `bifrost_state_records_truncated_total` | counter | own health records cut to fit one frame |
 //! | `bifrost_membership_refused_duplicates` | gauge | live processes refused as duplicates of a member's node id |
 //! | `bifrost_membership_local_refused` | gauge | 1 while this process is itself a refused duplicate |
+//! | `bifrost_rls_requests_total` | counter | `code` (ok, over_limit, invalid, unauthenticated, permission_denied): `ShouldRateLimit` answers |
+//! | `bifrost_rls_unknown_domain_total`, `bifrost_rls_policy_reloads_total{result}`, `bifrost_rls_rules` | counter, counter, gauge | limits-file loads: loaded, refused |
+//! | `bifrost_rls_rule_{total_hits,over_limit,near_limit,shadow_mode}_total` | counter | `rule`: the rule's stat key (`domain.key_value.key`), at most 1,000 rules then `_other`; `_override` for Envoy's limit overrides |
 //! | `bifrost_transport_handshakes_refused_total` | counter | `direction` (incoming, outgoing), `reason` (no_certificate, unknown_ca, bad_signature, expired, bad_certificate, wrong_alpn, handshake, timeout, closed, other) |
 
 use axum::extract::State;
@@ -749,6 +752,9 @@ pub(crate) async fn metrics(
     let mut body = String::new();
     let mut r = registry(&node);
     register_http(&mut r, &http);
+    if let Some(rls) = http.rls.get() {
+        crate::grpc::register_metrics(&mut r, rls);
+    }
     // Writing into a String cannot fail.
     let _ = encode(&mut body, &r);
     (
