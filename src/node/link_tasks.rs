@@ -216,6 +216,13 @@ pub(crate) fn spawn_readers(link: &Link, events: mpsc::Sender<Event>) -> Vec<Joi
                                 })
                                 .await;
                         }
+                        // The connection ended under the stream (a peer stopping, a link closed as a
+                        // duplicate): nothing for an operator, and the link's end is logged where it is handled.
+                        Err(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(
+                            error,
+                        ))) => {
+                            tracing::debug!(%address, %error, "a stream frame was cut off: the connection ended");
+                        }
                         Err(error) => {
                             tracing::warn!(%address, %error, "dropped a stream frame from a peer (too large or reset)");
                         }
