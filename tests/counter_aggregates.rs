@@ -142,7 +142,7 @@ proptest! {
 }
 
 #[test]
-fn own_group_aggregates_and_junk_ids_change_nothing() {
+fn own_group_aggregates_change_nothing() {
     let clock = Arc::new(CoarseClock::new(T0));
     let nodes = nodes(&clock);
     let a = &nodes[0];

@@ -220,16 +220,25 @@ impl OriginTable {
     }
 
     /// Every remote origin's contribution (value net of its floor) for `epoch`.
-    fn contributions(&self, epoch: u64) -> Vec<(u64, u64)> {
-        self.values
-            .iter()
-            .filter(|&(&(_, e), _)| e == epoch)
-            .map(|(&(origin, e), &value)| {
-                let floor = self.floors.get(&(origin, e)).copied().unwrap_or(0);
-                (origin, value.saturating_sub(floor))
-            })
-            .collect()
+    fn contributions(&self, epoch: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        contributions(&self.values, &self.floors, epoch)
     }
+}
+
+/// Every remote origin's contribution (value net of its floor) for `epoch`, from an origin table's maps (a free
+/// function, so a caller can borrow them while it holds the table's group sums mutably).
+fn contributions<'a>(
+    values: &'a std::collections::HashMap<(u64, u64), u64>,
+    floors: &'a std::collections::HashMap<(u64, u64), u64>,
+    epoch: u64,
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    values
+        .iter()
+        .filter(move |&(&(_, e), _)| e == epoch)
+        .map(move |(&(origin, e), &value)| {
+            let floor = floors.get(&(origin, e)).copied().unwrap_or(0);
+            (origin, value.saturating_sub(floor))
+        })
 }
 
 /// Result of merging one floor (see [`Cell::merge_floor`]).
@@ -999,14 +1008,18 @@ impl Cell {
         let i = ring_index(epoch);
         // The position now holds `epoch` (and the group sums of an older epoch there are gone).
         table.position(i, epoch);
-        let contributions = table.contributions(epoch);
-        let grouped = table
-            .grouped
-            .get_or_insert_with(|| Box::new(std::array::from_fn(|_| None)));
-        let outcome =
-            grouped[i]
-                .get_or_insert_with(GroupSums::default)
-                .merge(own_replica, id, value, || contributions);
+        let OriginTable {
+            values,
+            floors,
+            grouped,
+            ..
+        } = &mut *table;
+        // The per-origin contributions are read only when this aggregate's group count is new here.
+        let outcome = grouped.get_or_insert_with(|| Box::new(std::array::from_fn(|_| None)))[i]
+            .get_or_insert_with(GroupSums::default)
+            .merge(own_replica, id, value, || {
+                contributions(values, floors, epoch)
+            });
         match outcome {
             AggregateOutcome::Raised => {
                 self.publish_remote(i, generation, table.counted(i));
@@ -1026,7 +1039,6 @@ impl Cell {
             }
             table
                 .contributions(epoch)
-                .into_iter()
                 .filter(|&(origin, _)| id.contains(origin))
                 .map(|(_, contribution)| u128::from(contribution))
                 .sum()

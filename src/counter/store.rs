@@ -732,31 +732,10 @@ impl CounterStore {
         epoch: u64,
         value: u64,
     ) -> Result<MergeOutcome, CounterError> {
-        let current = window.epoch_at(self.shared.clock.now_unix_ms());
-        if epoch > current.saturating_add(1) {
-            // Relaxed: statistics.
-            self.shared
-                .stats
-                .future_merges
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(MergeOutcome::Future);
-        }
-        loop {
-            let cell = self.cell(key, window, Budget::Remote)?;
-            let outcome = cell.merge_aggregate(self.shared.options.replica_id, id, epoch, value);
-            match outcome {
-                MergeOutcome::Expired if cell.is_retired() => continue,
-                MergeOutcome::Expired => {
-                    // Relaxed: statistics.
-                    self.shared
-                        .stats
-                        .expired_merges
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                _ => {}
-            }
-            return Ok(outcome);
-        }
+        let own = self.shared.options.replica_id;
+        self.merge_into_cell(key, window, epoch, |cell| {
+            cell.merge_aggregate(own, id, epoch, value)
+        })
     }
 
     /// What a publisher of group `id` sends for `(key, window, epoch)`: the sum of the values held here for the
@@ -779,9 +758,32 @@ impl CounterStore {
         if origin == self.shared.options.replica_id {
             return Ok(MergeOutcome::Unchanged);
         }
-        // A value for a window that has not started here (the sender's clock is ahead by more than one
-        // window, or the epoch is garbage) would roll our slots into the future and refuse every local add of
-        // the current window. Drop it; it is merged once our clock gets there (later batches, anti-entropy).
+        let max_origins = if capped {
+            self.shared.options.max_origins_per_key
+        } else {
+            usize::MAX
+        };
+        let outcome = self.merge_into_cell(key, window, epoch, |cell| {
+            cell.merge_remote(origin, epoch, value, max_origins)
+        })?;
+        if outcome == MergeOutcome::OriginLimit {
+            self.refuse_origin(key, max_origins);
+        }
+        Ok(outcome)
+    }
+
+    /// Runs `merge` on the cell of `(key, window)` (created in the remote key budget if missing) for a value of
+    /// `epoch`, and counts what it dropped. A value for a window that has not started here (the sender's clock is
+    /// ahead by more than one window, or the epoch is garbage) would roll our slots into the future and refuse
+    /// every local add of the current window: it is dropped as [`MergeOutcome::Future`] and merged once our clock
+    /// gets there (later batches, anti-entropy). A cell reclaimed under the merge is resolved again.
+    fn merge_into_cell(
+        &self,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        merge: impl Fn(&Cell) -> MergeOutcome,
+    ) -> Result<MergeOutcome, CounterError> {
         let current = window.epoch_at(self.shared.clock.now_unix_ms());
         if epoch > current.saturating_add(1) {
             // Relaxed: statistics.
@@ -791,14 +793,9 @@ impl CounterStore {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(MergeOutcome::Future);
         }
-        let max_origins = if capped {
-            self.shared.options.max_origins_per_key
-        } else {
-            usize::MAX
-        };
         loop {
             let cell = self.cell(key, window, Budget::Remote)?;
-            let outcome = cell.merge_remote(origin, epoch, value, max_origins);
+            let outcome = merge(&cell);
             match outcome {
                 MergeOutcome::Expired if cell.is_retired() => continue,
                 MergeOutcome::Expired => {
@@ -808,7 +805,6 @@ impl CounterStore {
                         .expired_merges
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                MergeOutcome::OriginLimit => self.refuse_origin(key, max_origins),
                 _ => {}
             }
             return Ok(outcome);

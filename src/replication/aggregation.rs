@@ -94,12 +94,19 @@ impl Aggregation {
     }
 
     /// A value of `origin` for `(key, window, epoch)` changed here (its own, or merged from `origin`'s link):
-    /// when `origin` is in this node's group and this node publishes, its group total is due.
-    pub(crate) fn value_changed(&mut self, origin: u64, key: &str, window: Window, epoch: u64) {
+    /// when `origin` is in this node's group and this node publishes, its group total is due. The key becomes
+    /// an `Arc` only then (a store key is passed as its `Arc`, a wire key as `&str`).
+    pub(crate) fn value_changed(
+        &mut self,
+        origin: u64,
+        key: impl Into<Arc<str>>,
+        window: Window,
+        epoch: u64,
+    ) {
         if let Some(group) = self.publishing()
             && group.contains(origin)
         {
-            self.publish.insert((Arc::from(key), window, epoch));
+            self.publish.insert((key.into(), window, epoch));
         }
     }
 

@@ -415,10 +415,17 @@ impl Replicator {
 
     /// Queues every key of the own group's recent values for publishing (publishers only).
     fn refresh_aggregates(&mut self, now_ms: u64) {
+        if self.aggregation.publishing().is_some() {
+            let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
+            self.refresh_aggregates_from(&values);
+        }
+    }
+
+    /// [`Replicator::refresh_aggregates`] from values already collected by [`digest::values_by_origin`].
+    fn refresh_aggregates_from(&mut self, values: &BTreeMap<u64, Vec<DirtyEntry>>) {
         let Some(group) = self.aggregation.publishing() else {
             return;
         };
-        let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
         let keys: Vec<(std::sync::Arc<str>, crate::counter::Window, u64)> = values
             .iter()
             .filter(|&(&origin, _)| group.contains(origin))
@@ -558,7 +565,7 @@ impl Replicator {
         if cells > 0 {
             for e in &self.drained {
                 self.aggregation
-                    .value_changed(self.replica_id, &e.key, e.window, e.epoch);
+                    .value_changed(self.replica_id, e.key.clone(), e.window, e.epoch);
             }
         }
         let mut packer = BatchPacker::new(budget);
@@ -661,7 +668,12 @@ impl Replicator {
     }
 
     fn anti_entropy_round(&mut self, now_ms: u64) {
-        self.refresh_aggregates(now_ms);
+        if self.peers.is_empty() {
+            return;
+        }
+        // One pass over the store serves the publishers' refresh and the digest.
+        let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
+        self.refresh_aggregates_from(&values);
         // Grouped: values per origin are compared among group peers only (other groups arrive as aggregates).
         let candidates: Vec<PeerId> = self
             .peers
@@ -676,7 +688,6 @@ impl Replicator {
         let Some(&peer) = candidates.get(index) else {
             return;
         };
-        let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
         // Origins that hold no value here any more stop counting against their relayer's cap.
         for p in self.peers.values_mut() {
             p.relayed.retain(|origin| values.contains_key(origin));
