@@ -125,3 +125,39 @@ fn insecure_dev_is_a_loud_warning_in_check_config() {
         "{err}"
     );
 }
+
+/// `check-config` prints the Consul token as `"<redacted>"`; loading that output again must name the field
+/// instead of sending the placeholder to Consul as a token.
+#[test]
+fn the_redacted_consul_token_placeholder_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = r#"{ "cluster_config": { "enabled": true, "discovery": { "enabled": true,
+        "type": "consul", "service_name": "bifrost", "consul_token": "a-real-token" } } }"#;
+    let path = write_config(dir.path(), "consul.json", config, 0o600);
+    let printed = bin()
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("check-config");
+    assert_eq!(printed.status.code(), Some(0), "{printed:?}");
+    let effective = String::from_utf8_lossy(&printed.stdout).into_owned();
+    assert!(
+        effective.contains("\"consul_token\": \"<redacted>\""),
+        "{effective}"
+    );
+    assert!(!effective.contains("a-real-token"), "{effective}");
+
+    let again = write_config(dir.path(), "again.json", &effective, 0o600);
+    let refused = bin()
+        .arg("check-config")
+        .arg(&again)
+        .output()
+        .expect("check-config");
+    assert_ne!(refused.status.code(), Some(0), "{refused:?}");
+    let err = stderr(&refused);
+    assert!(
+        err.contains("cluster_config.discovery.consul_token"),
+        "{err}"
+    );
+    assert!(err.contains("redacted placeholder"), "{err}");
+}

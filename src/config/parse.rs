@@ -467,7 +467,16 @@ impl Ctx {
         if let Some((p, v)) = member(path, map, "consul_token")
             && let Some(token) = self.non_empty_string(&p, v)
         {
-            out.consul_token = Some(token.to_owned());
+            if token == ClusterSecret::REDACTED {
+                self.fail(
+                    &p,
+                    "is the redacted placeholder that `check-config` prints: put the real token here or \
+                     set CONSUL_HTTP_TOKEN"
+                        .to_owned(),
+                );
+            } else {
+                out.consul_token = Some(token.to_owned());
+            }
         }
         if let Some((p, v)) = member(path, map, "dns_nameserver")
             && let Some(text) = self.string(&p, v)

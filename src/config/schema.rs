@@ -376,7 +376,7 @@ pub struct DiscoveryConfig {
     /// trigger an extra run as soon as they see a change.
     pub interval: ConfigDuration,
     /// *(this crate)* Consul ACL token, sent as `X-Consul-Token`. Default: none, then the `CONSUL_HTTP_TOKEN`
-    /// environment variable if set. Never printed (shown as `"<redacted>"`).
+    /// environment variable if set. Never printed (shown as `"<redacted>"`, which the loader refuses).
     #[serde(serialize_with = "serialize_redacted")]
     pub consul_token: Option<String>,
     /// *(this crate)* Nameserver for `dns` discovery, `"ip:port"` or `"ip"` (port 53). Default: none, and the
@@ -440,7 +440,7 @@ fn serialize_redacted<S: Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     match value {
-        Some(_) => serializer.serialize_str("<redacted>"),
+        Some(_) => serializer.serialize_str(ClusterSecret::REDACTED),
         None => serializer.serialize_none(),
     }
 }
