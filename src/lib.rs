@@ -56,6 +56,7 @@ pub mod replication;
 pub mod rng;
 pub mod sim;
 pub mod state;
+pub mod storage;
 mod sync;
 mod timers;
 mod tls;

@@ -323,7 +323,15 @@ fn run(
             bind_ip,
             ..Default::default()
         };
-        let node = match bifrost_cluster::node::Cluster::start_with(loaded.config, options).await {
+        let mut config = loaded.config;
+        // The data directory of the Docker image, the StatefulSet and the systemd unit, unless the file sets one.
+        if config.storage.path.is_none()
+            && let Some(dir) = std::env::var_os(bifrost_cluster::config::StorageConfig::PATH_ENV)
+                .filter(|d| !d.is_empty())
+        {
+            config.storage.path = Some(PathBuf::from(dir));
+        }
+        let node = match bifrost_cluster::node::Cluster::start_with(config, options).await {
             Ok(node) => node,
             Err(bifrost_cluster::node::NodeError::Config(errors)) => {
                 let mut stderr = std::io::stderr().lock();

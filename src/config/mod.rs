@@ -41,6 +41,7 @@ mod http_auth;
 mod load;
 mod parse;
 mod schema;
+mod storage;
 mod validate;
 
 pub use duration::ConfigDuration;
@@ -61,3 +62,4 @@ pub use schema::{
 };
 // The Envoy rate-limit service (issue 15).
 pub use grpc::GrpcConfig;
+pub use storage::StorageConfig;

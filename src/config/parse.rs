@@ -73,6 +73,7 @@ pub(crate) fn parse_cluster_config(value: &Value) -> Parsed {
         "http",
         "limits",
         "grpc",
+        "storage",
     ];
     if let Some(map) = ctx.object(ROOT, value, KNOWN) {
         if let Some((path, v)) = member(ROOT, map, "enabled") {
@@ -111,6 +112,9 @@ pub(crate) fn parse_cluster_config(value: &Value) -> Parsed {
             let mut grpc = super::GrpcConfig::default();
             ctx.grpc(&path, v, &mut grpc);
             config.grpc = Some(grpc);
+        }
+        if let Some((path, v)) = member(ROOT, map, "storage") {
+            ctx.storage(&path, v, &mut config.storage);
         }
     }
     Parsed {
@@ -739,6 +743,30 @@ impl Ctx {
                     key_file,
                 });
             }
+        }
+    }
+
+    /// `storage` (issue 16): counter snapshots.
+    fn storage(&mut self, path: &str, value: &Value, out: &mut super::StorageConfig) {
+        use super::StorageConfig as S;
+        const KNOWN: &[&str] = &["path", "interval", "min_window"];
+        let Some(map) = self.object(path, value, KNOWN) else {
+            return;
+        };
+        if let Some((p, v)) = member(path, map, "path") {
+            out.path = self.non_empty_string(&p, v).map(PathBuf::from);
+        }
+        if let Some((p, v)) = member(path, map, "interval") {
+            set(
+                &mut out.interval,
+                self.duration(&p, v, S::MIN_INTERVAL, S::MAX_INTERVAL),
+            );
+        }
+        if let Some((p, v)) = member(path, map, "min_window") {
+            set(
+                &mut out.min_window,
+                self.duration(&p, v, S::MIN_MIN_WINDOW, S::MAX_MIN_WINDOW),
+            );
         }
     }
 

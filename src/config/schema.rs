@@ -47,6 +47,8 @@ pub struct ClusterConfig {
     pub limits: LimitsConfig,
     /// The Envoy rate-limit service (issue 15). Default: none (no gRPC listener).
     pub grpc: Option<super::grpc::GrpcConfig>,
+    /// Counter snapshots in a local data directory (issue 16). Default: no `path`, memory only.
+    pub storage: super::storage::StorageConfig,
 }
 
 impl Default for ClusterConfig {
@@ -63,6 +65,7 @@ impl Default for ClusterConfig {
             http: HttpConfig::default(),
             limits: LimitsConfig::default(),
             grpc: None,
+            storage: super::storage::StorageConfig::default(),
         }
     }
 }

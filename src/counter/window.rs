@@ -207,6 +207,15 @@ impl Window {
         }
     }
 
+    /// The length in milliseconds of one window whose unit has a fixed length (seconds to weeks, fixed or
+    /// calendar-aligned); `None` for months and years, whose length varies.
+    pub fn nominal_len_ms(&self) -> Option<u64> {
+        self.unit.fixed_seconds().map(|s| {
+            s.saturating_mul(u64::from(self.count))
+                .saturating_mul(MS_PER_SECOND)
+        })
+    }
+
     /// `count` units of a fixed-length unit, in ms. `fixed_seconds` is Some for every unit this is called for
     /// (fixed-aligned windows, checked at construction, and the calendar arms for s/m/h).
     #[inline]

@@ -439,7 +439,66 @@ pub fn registry(node: &ClusterHandle) -> Registry {
             &values,
         );
     }
+    storage(&mut r, node);
     r
+}
+
+// --- storage (issue 16): counter snapshots, present only with `storage.path` ---
+//
+// | metric | type | labels |
+// |---|---|---|
+// | `bifrost_storage_snapshot_age_seconds` | gauge | since the snapshot on disk last matched the counters (-1 before the first write) |
+// | `bifrost_storage_snapshot_bytes`, `bifrost_storage_snapshot_entries` | gauge | size and values of the last snapshot |
+// | `bifrost_storage_snapshot_write_seconds` | gauge | duration of the last write (collect, encode, fsync, rename) |
+// | `bifrost_storage_snapshot_writes_total`, `bifrost_storage_snapshot_write_errors_total` | counter | writes done; failed (the previous snapshot kept) |
+fn storage(r: &mut Registry, node: &ClusterHandle) {
+    let Some(status) = node.storage_status() else {
+        return;
+    };
+    let now = node.clock().now_unix_ms();
+    let age = if status.last_write_unix_ms == 0 {
+        -1
+    } else {
+        clamp(now.saturating_sub(status.last_write_unix_ms) / 1_000)
+    };
+    gauge(
+        r,
+        "bifrost_storage_snapshot_age_seconds",
+        "Seconds since the snapshot on disk last matched the counters (-1 before the first write)",
+        age,
+    );
+    gauge(
+        r,
+        "bifrost_storage_snapshot_bytes",
+        "Size of the last snapshot written, in bytes",
+        clamp(status.last_bytes),
+    );
+    gauge(
+        r,
+        "bifrost_storage_snapshot_entries",
+        "Values and floors in the last snapshot written",
+        clamp(status.last_entries),
+    );
+    let write_seconds: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64> =
+        prometheus_client::metrics::gauge::Gauge::default();
+    write_seconds.set(status.last_write_micros as f64 / 1e6);
+    r.register(
+        "bifrost_storage_snapshot_write_seconds",
+        "Duration of the last snapshot write (collect, encode, write, fsync, rename)",
+        write_seconds,
+    );
+    counter(
+        r,
+        "bifrost_storage_snapshot_writes",
+        "Snapshots written since start",
+        status.writes,
+    );
+    counter(
+        r,
+        "bifrost_storage_snapshot_write_errors",
+        "Snapshot writes that failed (the previous snapshot was kept)",
+        status.write_errors,
+    );
 }
 
 // ---- HTTP security (issue 14): the HTTP listener's own counters.

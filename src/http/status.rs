@@ -47,6 +47,8 @@ pub(crate) struct ClusterStatus {
     local: LocalStatus,
     /// Every other known member in detail, left ones included until forgotten.
     member_details: Vec<MemberStatus>,
+    /// Counter snapshots (`null` without `storage.path`).
+    storage: Option<crate::node::StorageStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +107,7 @@ pub(crate) async fn cluster_status(State(node): State<ClusterHandle>) -> Json<Cl
                 local_health: table.local.local_health,
             },
             member_details: table.members.iter().map(MemberStatus::from).collect(),
+            storage: node.storage_status(),
         },
         // Cluster mode off: a healthy cluster of one.
         None => ClusterStatus {
@@ -122,6 +125,7 @@ pub(crate) async fn cluster_status(State(node): State<ClusterHandle>) -> Json<Cl
                 local_health: 0,
             },
             member_details: Vec::new(),
+            storage: node.storage_status(),
         },
     };
     Json(status)

@@ -19,6 +19,7 @@ use super::hello;
 use super::identity;
 use super::link_tasks::{self, HelloSetup};
 use super::options::{self, MachineIdentity, MachineSeeds, MachineSetup};
+use super::persistence::Persistence;
 use super::shared_view::SharedView;
 use super::system_clock::{self, SystemClock};
 use crate::config::NodeId;
@@ -103,6 +104,8 @@ struct Inner {
     ticker: JoinHandle<()>,
     /// What cluster mode runs (`None` with cluster mode off: the node counts locally only).
     cluster: Option<ClusterParts>,
+    /// The snapshot writer (`None` without `storage.path`).
+    persistence: Option<Persistence>,
 }
 
 /// The parts of a node in cluster mode.
@@ -132,6 +135,7 @@ struct LocalParts {
     ticker: JoinHandle<()>,
     traffic: TrafficRecorder,
     status: Arc<Mutex<NodeStatus>>,
+    persistence: Option<Persistence>,
 }
 
 impl Drop for Inner {
@@ -203,6 +207,7 @@ impl Cluster {
             ticker,
             traffic,
             status,
+            persistence,
         } = local;
         Ok(ClusterHandle {
             inner: Arc::new(Inner {
@@ -214,6 +219,7 @@ impl Cluster {
                 traffic,
                 ticker,
                 cluster,
+                persistence,
             }),
         })
     }
@@ -355,6 +361,8 @@ impl LocalParts {
             identity::random_u64()?,
             Arc::clone(&clock),
         ));
+        // The snapshot goes in before anything serves or replicates.
+        let persistence = Persistence::start(config, node_id.as_str(), &store, &clock)?;
         // The clock ticks until the last handle is dropped: the store stays usable after `shutdown`.
         let ticker = system_clock::spawn_ticker(Arc::clone(&clock));
         let traffic = TrafficRecorder::new(store.clone(), TRAFFIC_WINDOW);
@@ -366,6 +374,7 @@ impl LocalParts {
             ticker,
             traffic,
             status: Arc::new(Mutex::new(NodeStatus::default())),
+            persistence,
         })
     }
 }
@@ -634,11 +643,19 @@ impl ClusterHandle {
         self.inner.status.lock_clean().replication.clone()
     }
 
+    /// The snapshot writer's state (`None` without `storage.path`).
+    pub fn storage_status(&self) -> Option<super::StorageStatus> {
+        self.inner.persistence.as_ref().map(Persistence::status)
+    }
+
     /// Leaves the cluster gracefully: flushes the last changes to the peers (waiting at most 2 s for them to
     /// be read), announces the leave (at most 1 s) so the others mark this node left at once, closes the links
     /// and stops the node's tasks. The store stays readable.
     pub async fn shutdown(&self) {
         let Some(cluster) = &self.inner.cluster else {
+            if let Some(persistence) = &self.inner.persistence {
+                persistence.finish(&self.inner.node_id).await;
+            }
             tracing::info!(node = %self.inner.node_id, "node stopped");
             return;
         };
@@ -666,6 +683,10 @@ impl ClusterHandle {
         cluster.tasks.lock_clean().drain(..).for_each(|t| t.abort());
         cluster.transport.close("shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), cluster.transport.wait_idle()).await;
+        // Last, so the snapshot holds everything merged up to the leave.
+        if let Some(persistence) = &self.inner.persistence {
+            persistence.finish(&self.inner.node_id).await;
+        }
         tracing::info!(node = %self.inner.node_id, "node stopped");
     }
 }

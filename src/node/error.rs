@@ -35,4 +35,7 @@ pub enum NodeError {
     /// A discovery method could not be set up from the config.
     #[error("discovery: {0}")]
     Discovery(#[from] crate::discovery::DiscoveryError),
+    /// The data directory (`storage.path`) could not be opened, locked or read. Nothing was loaded.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
 }

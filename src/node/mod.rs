@@ -53,6 +53,7 @@ mod join;
 mod link_tasks;
 pub(crate) mod machine;
 pub(crate) mod options;
+mod persistence;
 mod shared_view;
 mod system_clock;
 
@@ -61,4 +62,5 @@ pub use discovery_loop::DiscoveryMethodStats;
 pub use driver::{NodeStatus, PeerInfo};
 pub use error::NodeError;
 pub use hello::{HelloError, PeerHello};
+pub use persistence::StorageStatus;
 pub use system_clock::{SystemClock, TICK};

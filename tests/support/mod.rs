@@ -36,6 +36,7 @@ pub async fn wait_for(
     start.elapsed()
 }
 pub mod netns;
+pub mod process;
 
 /// Every node increments every key `per_thread` times, one thread per node and key, in the current window of
 /// one hour; then waits (bounded by `limit`) until every node holds the exact total of every key. Returns the

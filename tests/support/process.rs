@@ -1,0 +1,107 @@
+//! A `bifrost-cluster run` child process on loopback with its config file and log, killed when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One node process. Its config and log live in the test's temporary directory.
+pub struct NodeProcess {
+    /// The node id (for messages).
+    pub name: String,
+    /// The HTTP listener.
+    pub http: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl NodeProcess {
+    /// Writes `config` (the whole JSON file) to `dir/<name>.json`; the node is not started yet.
+    pub fn new(dir: &Path, name: &str, http: SocketAddr, config: &str) -> NodeProcess {
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, config).expect("write config");
+        NodeProcess {
+            name: name.to_string(),
+            http,
+            log: dir.join(format!("{name}.log")),
+            config: path,
+            child: None,
+        }
+    }
+
+    /// A handle on a node's HTTP address only (for a worker thread), not a process.
+    pub fn probe(http: SocketAddr) -> NodeProcess {
+        NodeProcess {
+            name: http.to_string(),
+            http,
+            config: PathBuf::new(),
+            log: PathBuf::new(),
+            child: None,
+        }
+    }
+
+    /// Starts `run` (logs appended to the node's log file).
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_bifrost-cluster"))
+                .args(["run", "--bind-ip", "127.0.0.1", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "info")
+                .env_remove("BIFROST_CLUSTER_SECRET")
+                .env_remove("BIFROST_DATA_DIR")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn bifrost-cluster run"),
+        );
+    }
+
+    /// Sends `signal` (`"TERM"`, `"KILL"`) to the process without waiting.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Waits (at most `limit`) for the process to exit; its exit code (`None`: killed by a signal).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} did not exit within {limit:?}:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the node logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
