@@ -13,6 +13,9 @@
 //! - HTTP security: every node can run its HTTP listener: the Kubernetes config reads its tokens from files of
 //!   a mounted Secret that has those keys; compose requires `BIFROST_HTTP_TOKENS` from the host; the systemd
 //!   env file carries a `BIFROST_HTTP_TOKENS` line of the documented shape.
+//! - Counter snapshots (issue 16): the image, the StatefulSet and the unit set `BIFROST_DATA_DIR` to
+//!   `/var/lib/bifrost-cluster`, and that directory is a volume owned by the node's user, a mounted per-pod
+//!   volume claim, or systemd's `StateDirectory=`.
 //!
 //! A guard fails the test when too few files were found, so it cannot pass on an empty or moved tree.
 
@@ -22,6 +25,9 @@ use std::path::{Path, PathBuf};
 use bifrost_cluster::config::{self, DiscoveryType, LoadedConfig, PeerHost, Trust};
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
+
+/// Where the deploy files keep the counter snapshots (`BIFROST_DATA_DIR`).
+const DATA_DIR: &str = "/var/lib/bifrost-cluster";
 
 /// A secret of valid length, standing in for `BIFROST_CLUSTER_SECRET`.
 const TEST_SECRET: &str = "yNEkKUZIfswxB/Nh3pX9S8ecVhh4+Wxezg/IaJO1PGQ=";
@@ -495,6 +501,26 @@ fn check_kubernetes(
                 || format!("{origin}: BIFROST_CONFIG {config_path:?} is not config.json in the ConfigMap's mount {mount:?}"),
             );
 
+            // Snapshots: BIFROST_DATA_DIR is the mount of a volume claim template (one volume per pod).
+            let data_dir = env_var(bifrost_cluster::config::StorageConfig::PATH_ENV)
+                .and_then(|e| str_at(e, &["value"]));
+            let data_mount = seq_at(container, &["volumeMounts"])
+                .iter()
+                .find(|m| data_dir.is_some() && str_at(m, &["mountPath"]) == data_dir)
+                .and_then(|m| str_at(m, &["name"]));
+            let claims: Vec<&str> = seq_at(sts, &["spec", "volumeClaimTemplates"])
+                .iter()
+                .filter_map(|c| str_at(c, &["metadata", "name"]))
+                .collect();
+            problems.check(
+                data_dir == Some(DATA_DIR) && data_mount.is_some_and(|m| claims.contains(&m)),
+                || format!("{origin}: BIFROST_DATA_DIR {data_dir:?} is not {DATA_DIR}, mounted from a volumeClaimTemplate (mount {data_mount:?}, claims {claims:?})"),
+            );
+            problems.check(
+                at(pod, &["securityContext", "fsGroup"]).and_then(Value::as_u64) == Some(10001),
+                || format!("{origin}: no pod securityContext.fsGroup 10001: the data volume would not be writable"),
+            );
+
             // HTTP security: every token file of the config is a key of the tokens Secret, mounted read-only.
             check_kubernetes_tokens(origin, pod, container, &objects, configmap, problems);
 
@@ -868,6 +894,12 @@ fn check_dockerfile(deploy: &Path, problems: &mut Problems) {
         args("ENV").any(|e| e == "BIFROST_CONFIG=/etc/bifrost/config.json"),
         || format!("{origin}: no ENV BIFROST_CONFIG=/etc/bifrost/config.json"),
     );
+    problems.check(
+        args("ENV").any(|e| e == format!("BIFROST_DATA_DIR={DATA_DIR}"))
+            && args("VOLUME").any(|v| v == DATA_DIR)
+            && joined.contains(&format!("chown 10001:10001 {DATA_DIR}")),
+        || format!("{origin}: no ENV BIFROST_DATA_DIR={DATA_DIR} on a VOLUME owned by 10001"),
+    );
     let exposed: BTreeSet<&str> = args("EXPOSE").flat_map(str::split_whitespace).collect();
     for port in ["8080", "10101/udp", "10101/tcp"] {
         problems.check(exposed.contains(port), || {
@@ -1016,6 +1048,14 @@ fn check_systemd(dir: &Path, configs: &BTreeMap<PathBuf, LoadedConfig>, problems
     problems.check(value("EnvironmentFile").is_some(), || {
         format!("{origin}: no EnvironmentFile= for BIFROST_CLUSTER_SECRET")
     });
+    let state_dir = value("StateDirectory");
+    problems.check(
+        state_dir.is_some_and(|d| format!("/var/lib/{d}") == DATA_DIR)
+            && directives
+                .iter()
+                .any(|(k, v)| *k == "Environment" && *v == format!("BIFROST_DATA_DIR={DATA_DIR}")),
+        || format!("{origin}: no StateDirectory= with Environment=BIFROST_DATA_DIR={DATA_DIR} (got {state_dir:?}); ProtectSystem=strict would make it read-only"),
+    );
     for hardening in ["NoNewPrivileges", "ProtectSystem"] {
         problems.check(value(hardening).is_some(), || {
             format!("{origin}: no {hardening}=")
