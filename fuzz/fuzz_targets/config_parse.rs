@@ -7,12 +7,19 @@ use bifrost_cluster::config::{effective_json, load_from_str};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(loaded) = load_from_str(text) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(loaded) = load_from_str(text) else {
+        return;
+    };
     if loaded.config.security.cluster_secret.is_some()
         || loaded.config.discovery.consul_token.is_some()
         || loaded.config.http.auth.tokens.iter().any(|t| {
-            matches!(t.source, bifrost_cluster::config::HttpTokenSource::Inline(_))
+            matches!(
+                t.source,
+                bifrost_cluster::config::HttpTokenSource::Inline(_)
+            )
         })
     {
         return;

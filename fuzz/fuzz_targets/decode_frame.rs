@@ -17,9 +17,18 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = wire::decode(data) {
         // Touch every field the receiver reads.
         match frame {
-            Frame::DeltaBatch(b) => b.groups.iter().flat_map(|g| g.entries.iter()).for_each(|e| {
-                let _ = (e.key.as_str().len(), e.window.window(), e.epoch.to_native(), e.value.to_native());
-            }),
+            Frame::DeltaBatch(b) => b
+                .groups
+                .iter()
+                .flat_map(|g| g.entries.iter())
+                .for_each(|e| {
+                    let _ = (
+                        e.key.as_str().len(),
+                        e.window.window(),
+                        e.epoch.to_native(),
+                        e.value.to_native(),
+                    );
+                }),
             Frame::StateChunk(c) => c.groups.iter().for_each(|g| {
                 let _ = g.entries.len();
             }),
@@ -42,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
                 let _ = p.nonce.to_native();
             }
             Frame::ConfigEntries(c) => c.entries.iter().for_each(|e| {
-                let _ = (e.key.as_str(), e.node.as_str(), e.value.as_ref().map(|v| v.len()));
+                let _ = (
+                    e.key.as_str(),
+                    e.node.as_str(),
+                    e.value.as_ref().map(|v| v.len()),
+                );
             }),
             Frame::ConfigDigest(d) => {
                 let _ = d.fingerprint.to_native();
@@ -66,7 +79,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = replicator.handle_frame(2, data, NOW);
     let before = store.remote_snapshot();
     let _ = replicator.handle_frame(2, data, NOW);
-    assert_eq!(before, store.remote_snapshot(), "merging the same frame twice changes nothing");
+    assert_eq!(
+        before,
+        store.remote_snapshot(),
+        "merging the same frame twice changes nothing"
+    );
     while replicator.poll_transmit().is_some() {}
 
     let mut state = StateReplicator::new("node-1", 1, StateOptions::default(), 7, NOW);
@@ -75,7 +92,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = state.handle_frame(2, data, NOW);
         let digest = state.map().digest();
         let _ = state.handle_frame(2, data, NOW);
-        assert_eq!(digest, state.map().digest(), "merging the same config entries twice changes nothing");
+        assert_eq!(
+            digest,
+            state.map().digest(),
+            "merging the same config entries twice changes nothing"
+        );
     }
     while state.poll_transmit().is_some() {}
 });

@@ -78,7 +78,9 @@ fn percent_encode(key: &[u8]) -> String {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     let (key, body) = match rest.iter().position(|&b| b == b'\n') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
         None => (&b"fuzz/key"[..], rest),
@@ -118,7 +120,10 @@ fuzz_target!(|data: &[u8]| {
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .expect("a readable answer");
-        (status, serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&bytes).ok(),
+        )
     });
     assert!(
         status < 500 || status == 503 || status == 507,
