@@ -8,6 +8,10 @@
 //!   HTTP (≤ 1 s), leave gracefully (final flush ≤ 2 s, leave announced ≤ 1 s, links closed ≤ 1 s) and exit 0.
 //!   Exit 2 when the config cannot run (including a non-loopback `http.listen` without any HTTP token, an
 //!   unreadable token file or TLS file), 1 when the node or its HTTP listener fails to start.
+//! - `export --data-dir DIR [--output FILE]`: the counters of a data directory's snapshot as JSON lines (works
+//!   while the node runs). Exit 0, or 1 with one error line naming the file.
+//! - `import --data-dir DIR [--source NAME] [FILE]`: max-merge JSON lines of counters into a stopped node's
+//!   snapshot. Exit 0, or 1 with one error line naming the file and line (nothing is changed).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -73,6 +77,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the counters of a data directory's snapshot as JSON lines, one value per line (a backup).
+    ///
+    /// Reads the snapshot file without locking the directory: it works while the node runs. A summary goes to
+    /// stderr.
+    Export {
+        /// The node's data directory (`storage.path`) [default: $BIFROST_DATA_DIR]
+        #[arg(long, env = "BIFROST_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Where to write the lines ("-": stdout) [default: stdout]
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Max-merge JSON lines of counter values into a stopped node's data directory.
+    ///
+    /// Each line: {"key": "team-a", "window": "1M", "value": 1200}, optionally with "epoch", "start_unix_ms"
+    /// or "at_unix_ms" (default: the window current now), "origin" and "kind" (as `export` writes them).
+    /// Lines without "origin" count under the source's own origin, so they add to what the nodes count and a
+    /// repeated import changes nothing. Every line is checked before the directory is touched. The node loads
+    /// the values at its next start and sends them to its peers.
+    Import {
+        /// The node's data directory (`storage.path`) [default: $BIFROST_DATA_DIR]
+        #[arg(long, env = "BIFROST_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Name of the system the values come from: one origin per name.
+        #[arg(long, default_value = "import")]
+        source: String,
+        /// Longest key accepted, in bytes: the node's `limits.max_key_length`.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+        max_key_length: u64,
+        /// JSON lines file ("-": stdin) [default: stdin]
+        file: Option<PathBuf>,
+    },
     /// Run a node until SIGTERM or SIGINT, then leave gracefully and exit 0.
     ///
     /// Logs go to stderr; the level comes from `RUST_LOG` (default `info`).
@@ -113,11 +149,68 @@ fn main() -> ExitCode {
             token,
             json,
         } => status(&url, token.as_deref(), ca_file.as_deref(), json),
+        Command::Export { data_dir, output } => export(&data_dir, output.as_deref()),
+        Command::Import {
+            data_dir,
+            source,
+            max_key_length,
+            file,
+        } => import(&data_dir, file.as_deref(), &source, max_key_length),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+fn export(
+    data_dir: &std::path::Path,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let report = cli::exchange::export(data_dir, output)?;
+    eprintln!(
+        "exported {} values of {} origins from {}",
+        report.lines,
+        report.origins,
+        data_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(
+    data_dir: &std::path::Path,
+    file: Option<&std::path::Path>,
+    source: &str,
+    max_key_length: u64,
+) -> anyhow::Result<ExitCode> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_millis();
+    let summary = cli::exchange::import(
+        data_dir,
+        file,
+        source,
+        usize::try_from(max_key_length).unwrap_or(usize::MAX),
+        u64::try_from(now_ms).unwrap_or(u64::MAX),
+    )?;
+    let m = summary.merge;
+    eprintln!(
+        "imported {} values into {} (source {source:?}, origin {:016x}): {} added, {} raised, {} unchanged",
+        summary.lines,
+        data_dir.display(),
+        summary.origin,
+        m.added,
+        m.raised,
+        m.unchanged
+    );
+    if summary.outside_live_windows > 0 {
+        eprintln!(
+            "warning: {} values are for windows that are over or not started yet: the node drops them when it loads the snapshot",
+            summary.outside_live_windows
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -108,24 +108,7 @@ impl DataDir {
 
     /// Reads the snapshot file, refusing (without reading it) one larger than the largest snapshot.
     pub fn read(&self) -> Result<ReadOutcome, StorageError> {
-        let path = self.snapshot_path();
-        let io = |source| StorageError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
-            Err(e) => return Err(io(e)),
-        };
-        let len = file.metadata().map_err(io)?.len();
-        if len > HEADER_LEN as u64 + MAX_BODY_BYTES {
-            return Ok(ReadOutcome::TooLarge { len });
-        }
-        // `len` ≤ 2 GiB + 56 here: it fits in usize on the 64-bit targets this crate supports.
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        file.read_to_end(&mut bytes).map_err(io)?;
-        Ok(ReadOutcome::Found(bytes))
+        read_snapshot_file(&self.snapshot_path())
     }
 
     /// Replaces the snapshot with `bytes` atomically (temporary file, fsync, rename, fsync of the directory).
@@ -169,6 +152,29 @@ impl DataDir {
         })?;
         Ok(to)
     }
+}
+
+/// Reads a snapshot file without locking its directory (the node replaces the file atomically, so a reader
+/// sees a whole old or a whole new snapshot), refusing (without reading it) one larger than the largest
+/// snapshot. What `export` reads while the node runs.
+pub fn read_snapshot_file(path: &Path) -> Result<ReadOutcome, StorageError> {
+    let io = |source| StorageError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
+        Err(e) => return Err(io(e)),
+    };
+    let len = file.metadata().map_err(io)?.len();
+    if len > HEADER_LEN as u64 + MAX_BODY_BYTES {
+        return Ok(ReadOutcome::TooLarge { len });
+    }
+    // `len` ≤ 2 GiB + 56 here: it fits in usize on the 64-bit targets this crate supports.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(ReadOutcome::Found(bytes))
 }
 
 #[cfg(test)]

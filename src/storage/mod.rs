@@ -17,13 +17,14 @@
 
 mod data_dir;
 mod error;
+pub mod exchange;
 pub mod format;
 pub mod snapshot;
 
 use std::hash::BuildHasher as _;
 use std::path::Path;
 
-pub use data_dir::{DataDir, LOCK_FILE, ReadOutcome, SNAPSHOT_FILE};
+pub use data_dir::{DataDir, LOCK_FILE, ReadOutcome, SNAPSHOT_FILE, read_snapshot_file};
 pub use error::{SnapshotError, StorageError};
 pub use snapshot::RestoreReport;
 
