@@ -315,12 +315,34 @@ struct Shared {
     pending_floors: std::sync::Mutex<std::collections::VecDeque<(u64, DirtyEntry)>>,
     /// Coarse-clock time of the last reclaim attempted because the store was full.
     last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64,
+    /// Start-up admission: while above 1, acquires decide against `limit × startup_heard / startup_members`
+    /// (rounded up), because this node has not yet heard every member's state (see `set_startup_share`).
+    startup_members: std::sync::atomic::AtomicU64,
+    /// Members whose state this node holds, itself included (see `set_startup_share`).
+    startup_heard: std::sync::atomic::AtomicU64,
     dirty: ArrayQueue<Arc<Cell>>,
     options: StoreOptions,
     stats: StoreStats,
 }
 
 impl Shared {
+    /// `limit` under start-up admission: `limit × heard / members`, rounded up (`limit` when it is off).
+    fn startup_limit(&self, limit: u64) -> u64 {
+        // Relaxed: see `CounterStore::set_startup_share`.
+        let members = self
+            .startup_members
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if members <= 1 {
+            return limit;
+        }
+        let heard = self
+            .startup_heard
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let share =
+            (u128::from(limit) * u128::from(heard.min(members))).div_ceil(u128::from(members));
+        u64::try_from(share).unwrap_or(limit)
+    }
+
     /// Marks `cell` dirty after a change and queues it on the first change since the last drain.
     #[inline]
     fn changed(&self, cell: &Arc<Cell>) {
@@ -388,6 +410,8 @@ impl CounterStore {
                 logged: CapLogs::default(),
                 pending_floors: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64::new(0),
+                startup_members: std::sync::atomic::AtomicU64::new(1),
+                startup_heard: std::sync::atomic::AtomicU64::new(1),
                 // Every cell, of either budget, can be dirty (a local add to a key a merge created).
                 dirty: ArrayQueue::new(max_keys + max_remote_keys + 64),
                 options: StoreOptions {
@@ -405,6 +429,37 @@ impl CounterStore {
     /// The coarse clock the store reads.
     pub fn clock(&self) -> &Arc<CoarseClock> {
         &self.shared.clock
+    }
+
+    /// Start-up admission: with `members` above 1, every acquire and check decides against the share of the
+    /// limit of the members whose state this node holds, `limit × heard / members` (rounded up, `heard` at
+    /// least 1 and at most `members`): the members it has not heard yet may each admit their share, so the
+    /// cluster as a whole stays within the limit plus rounding. `members` 0 or 1 turns it off. The node sets it
+    /// while it starts (see `node::machine::startup`); decisions report the share as their `limit`.
+    pub fn set_startup_share(&self, heard: u64, members: u64) {
+        let members = members.max(1);
+        // Relaxed (both): a policy switch with no data published through it; an acquire that sees one new
+        // value and one old decides against a share between the two, which is as safe as either.
+        self.shared.startup_heard.store(
+            heard.clamp(1, members),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.shared
+            .startup_members
+            .store(members, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `(heard, members)` of start-up admission; `members` 1: off.
+    pub fn startup_share(&self) -> (u64, u64) {
+        // Relaxed: see `set_startup_share`.
+        (
+            self.shared
+                .startup_heard
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.shared
+                .startup_members
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// The options the store was built with.
@@ -1263,6 +1318,15 @@ impl CounterHandle {
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
         // For the status page's hot keys: one load, a store only when the limit changed.
         self.cell.note_limit(limit, algorithm);
+        // Relaxed: a policy switch (see `CounterStore::set_startup_share`), no data published through it.
+        if self
+            .shared
+            .startup_members
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 1
+        {
+            return self.acquire_full(algorithm, self.shared.startup_limit(limit), cost);
+        }
         // The fast path makes no call, as in `add`: a fixed window, the cached epoch, an uncontended cell, one
         // decision and at most one CAS. Anything else, and it decided and counted nothing.
         if algorithm == Algorithm::FixedWindow
@@ -1329,7 +1393,13 @@ impl CounterHandle {
 
     /// The decision an acquire of `cost` would get now, without counting anything.
     pub fn check(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
-        limiter::peek(&self.cell, algorithm, self.clock.now_unix_ms(), limit, cost)
+        limiter::peek(
+            &self.cell,
+            algorithm,
+            self.clock.now_unix_ms(),
+            self.shared.startup_limit(limit),
+            cost,
+        )
     }
 
     /// This replica's own count in the current window.

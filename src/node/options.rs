@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::join::JoinSchedule;
+use super::machine::startup::{MAX_STARTUP_ADMISSION_MS, StartupAdmission};
 use super::machine::{MachineParts, NodeMachine, ProcessProbe};
 use crate::config::{ClusterConfig, LimitsConfig};
 use crate::counter::{CoarseClock, CounterStore, StoreOptions};
@@ -155,6 +156,14 @@ pub(crate) fn build_machine(
             traffic,
             probe,
             topology: topology_options(config),
+            startup: StartupAdmission::new(
+                store.clone(),
+                config.peers.len(),
+                !config.peers.is_empty() || config.discovery.enabled,
+                config.replication.full_mesh_below / 2,
+                MAX_STARTUP_ADMISSION_MS,
+                now_ms,
+            ),
         },
         now_ms,
     ))

@@ -439,6 +439,14 @@ impl Replicator {
         &self.stats
     }
 
+    /// Linked peers whose state transfer has arrived in full at least once.
+    pub fn peers_with_state(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.stats.state_received)
+            .count()
+    }
+
     /// Counters of one peer link.
     pub fn peer_stats(&self, peer: PeerId) -> Option<&PeerStats> {
         self.peers.get(&peer).map(|p| &p.stats)
@@ -825,6 +833,11 @@ impl Replicator {
                 self.stats.state_chunks_received += 1;
                 if self.sender_matches(peer, chunk.sender.to_native(), &chunk.groups) {
                     self.merge_groups(peer, &chunk.groups, true);
+                    if chunk.last
+                        && let Some(p) = self.peers.get_mut(&peer)
+                    {
+                        p.stats.state_received = true;
+                    }
                 }
             }
             Frame::StateRequest(request) => {

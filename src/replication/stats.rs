@@ -117,4 +117,7 @@ pub struct PeerStats {
     pub check_rtt_ms: u64,
     /// When the peer last answered a data-plane check (Unix ms, 0 before the first).
     pub last_check_answered_ms: u64,
+    /// The last chunk of a state transfer from the peer arrived: its state was merged here at least once
+    /// (what start-up admission waits for).
+    pub state_received: bool,
 }

@@ -31,6 +31,7 @@ mod dials;
 mod health;
 mod links;
 mod plane;
+pub(crate) mod startup;
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -56,6 +57,8 @@ use crate::wire::{self, Frame, MembershipPacket};
 
 /// How often join targets and dial states are pruned.
 const PRUNE_EVERY_MS: u64 = 60_000;
+/// How often start-up admission looks at what the node has heard, in ms.
+const STARTUP_STEP_EVERY_MS: u64 = 20;
 /// A join target discovery has not reported for this long is forgotten (the discovery interval is at most
 /// 1 h, so a live target is reported well within it); so is the dial state of an address idle for as long.
 const FORGET_TARGETS_AFTER_MS: u64 = 2 * 3_600_000;
@@ -112,6 +115,8 @@ pub(crate) struct MachineParts {
     pub(crate) probe: Box<dyn ProcessProbe>,
     /// When to replicate in groups (`replication.full_mesh_below`, `publishers_per_group`).
     pub(crate) topology: TopologyOptions,
+    /// What each limit admits while the node has not heard its peers' state.
+    pub(crate) startup: startup::StartupAdmission,
 }
 
 /// One node's planes and the decisions that glue them together.
@@ -132,6 +137,9 @@ pub(crate) struct NodeMachine {
     records_seen: u64,
     records_dirty: bool,
     topology_options: TopologyOptions,
+    startup: startup::StartupAdmission,
+    /// When start-up admission is next updated (Unix ms).
+    next_startup_step_ms: u64,
 }
 
 impl NodeMachine {
@@ -155,6 +163,8 @@ impl NodeMachine {
             records_seen: 0,
             records_dirty: false,
             topology_options: parts.topology,
+            startup: parts.startup,
+            next_startup_step_ms: now_ms,
         }
     }
 
@@ -253,6 +263,7 @@ impl NodeMachine {
             self.membership.handle_timeout(now_ms);
         }
         self.join_step(now_ms);
+        self.startup_step(now_ms);
         self.after_membership(now_ms);
         if !self.health_logged {
             self.log_cluster_health(self.membership.cluster_health());
@@ -644,6 +655,42 @@ impl NodeMachine {
             if self.links.get(transmit.peer).is_some() {
                 self.send(transmit.peer, transmit.channel, transmit.frame);
             }
+        }
+    }
+
+    /// Updates start-up admission (at most every [`STARTUP_STEP_EVERY_MS`]) and logs its end once.
+    fn startup_step(&mut self, now_ms: u64) {
+        if !self.startup.active() || now_ms < self.next_startup_step_ms {
+            return;
+        }
+        self.next_startup_step_ms = now_ms.saturating_add(STARTUP_STEP_EVERY_MS);
+        let members = self.membership.members();
+        let view = startup::StartupView {
+            targets: self.join.targets().len(),
+            alive_peers: members.active().count(),
+            peers_with_state: self.replicator.peers_with_state(),
+            alone: self.join.settled() && !self.membership.is_joined(),
+        };
+        let Some(end) = self.startup.step(view, now_ms) else {
+            return;
+        };
+        let (expected, heard) = (self.startup.members(), view.peers_with_state);
+        match end {
+            startup::StartupEnd::Quorum => tracing::info!(
+                expected_members = expected,
+                peers_with_state = heard,
+                "start-up admission over: state received from enough peers; limits apply in full"
+            ),
+            startup::StartupEnd::Alone => tracing::info!(
+                expected_members = expected,
+                "start-up admission over: no peer joined, running alone; limits apply in full"
+            ),
+            startup::StartupEnd::TimedOut => tracing::warn!(
+                expected_members = expected,
+                peers_with_state = heard,
+                "start-up admission over after its time bound without state from a majority of the expected \
+                 members; limits apply in full"
+            ),
         }
     }
 
