@@ -1,7 +1,7 @@
 //! The monitoring files in `deploy/` cannot rot: every `bifrost_*` metric named by the Grafana dashboard
 //! (`deploy/grafana/bifrost-cluster.json`) and the Prometheus alert rules (`deploy/prometheus/alerts.yml`)
-//! exists in the `/metrics` of a real node (two `run` processes on loopback, so the per-peer families are
-//! there), the rules pass `promtool check rules`, the dashboard's queries parse (promtool, as recording
+//! exists in the `/metrics` of a real node (two `run` processes on loopback with a data directory each, so
+//! the per-peer and storage families are there), the rules pass `promtool check rules`, the dashboard's queries parse (promtool, as recording
 //! rules) and the compose profile's Prometheus config passes `promtool check config`. Without promtool that part is skipped with a message,
 //! unless `REQUIRE_PROMTOOL=1` (CI), where it fails.
 
@@ -44,7 +44,9 @@ impl Node {
             format!(
                 r#"{{ "cluster_config": {{ "enabled": true, "node_id": "{name}", "peers": ["127.0.0.1:{peer}"],
                      "gossip": {{ "port": {gossip} }}, "http": {{ "listen": "{http}" }},
-                     "security": {{ "cluster_secret": "{SECRET}" }} }} }}"#
+                     "security": {{ "cluster_secret": "{SECRET}" }},
+                     "storage": {{ "path": "{}", "interval": "200ms" }} }} }}"#,
+                dir.join(format!("{name}-data")).display()
             ),
         )
         .expect("write config");

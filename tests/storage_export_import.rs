@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 use support::free_port;
-use support::http::{get, post};
-use support::process::NodeProcess;
+use support::process::{NodeProcess, wait_until};
 
 const SECRET: &str = "q7Vn2mZ0xR4kT8wB1yC6pL3sH9dF5gJ0aE2uI7oK4nM=";
 const KEYS: [(&str, &str); 2] = [("budget/day", "1d"), ("budget/month", "1M")];
@@ -52,38 +51,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn add(node: &NodeProcess, key: &str, window: &str) -> Option<u64> {
-    let (code, body) = post(
-        node.http,
-        &format!("/v1/counters/{key}/add"),
-        &format!(r#"{{ "window": "{window}", "n": 1 }}"#),
-    )
-    .ok()?;
-    (code == 200 && body["outcome"] == "added").then(|| body["epoch"].as_u64())?
-}
-
-fn global(node: &NodeProcess, key: &str, window: &str, epoch: u64) -> Option<u64> {
-    let (code, body) = get(
-        node.http,
-        &format!("/v1/counters/{key}?window={window}&epoch={epoch}"),
-    )
-    .ok()?;
-    (code == 200).then(|| body["global"].as_u64()).flatten()
-}
-
-fn wait_until(limit: Duration, what: &str, nodes: &[NodeProcess], mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > limit {
-            for node in nodes {
-                eprintln!("---- log of {} ----\n{}", node.name, node.log_text());
-            }
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn imported_budgets_count_once_reach_every_node_and_a_bad_line_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -98,18 +65,7 @@ fn imported_budgets_count_once_reach_every_node_and_a_bad_line_changes_nothing()
     for node in &cluster {
         for _ in 0..per_node {
             for (k, (key, window)) in KEYS.iter().enumerate() {
-                let start = Instant::now();
-                epochs[k] = loop {
-                    if let Some(epoch) = add(node, key, window) {
-                        break epoch;
-                    }
-                    assert!(
-                        start.elapsed() < Duration::from_secs(20),
-                        "{} never counted",
-                        node.name
-                    );
-                    std::thread::sleep(Duration::from_millis(10));
-                };
+                epochs[k] = node.add_retrying(key, window);
             }
         }
     }
@@ -122,7 +78,7 @@ fn imported_budgets_count_once_reach_every_node_and_a_bad_line_changes_nothing()
             cluster.iter().all(|node| {
                 KEYS.iter()
                     .enumerate()
-                    .all(|(k, (key, window))| global(node, key, window, epochs[k]) == Some(counted))
+                    .all(|(k, (key, window))| node.global(key, window, epochs[k]) == Some(counted))
             })
         },
     );
@@ -278,7 +234,7 @@ fn imported_budgets_count_once_reach_every_node_and_a_bad_line_changes_nothing()
         || {
             cluster.iter().all(|node| {
                 KEYS.iter().enumerate().all(|(k, (key, window))| {
-                    global(node, key, window, epochs[k]) == Some(counted + imported[k])
+                    node.global(key, window, epochs[k]) == Some(counted + imported[k])
                 })
             })
         },

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 use support::free_port;
-use support::http::{get, post};
-use support::process::NodeProcess;
+use support::process::{NodeProcess, wait_until};
 
 const SECRET: &str = "q7Vn2mZ0xR4kT8wB1yC6pL3sH9dF5gJ0aE2uI7oK4nM=";
 /// `storage.interval` of the test, in ms.
@@ -46,38 +45,6 @@ fn nodes(dir: &std::path::Path) -> Vec<NodeProcess> {
         .collect()
 }
 
-fn add(node: &NodeProcess, key: &str, window: &str) -> Option<u64> {
-    let (code, body) = post(
-        node.http,
-        &format!("/v1/counters/{key}/add"),
-        &format!(r#"{{ "window": "{window}", "n": 1 }}"#),
-    )
-    .ok()?;
-    (code == 200 && body["outcome"] == "added").then(|| body["epoch"].as_u64())?
-}
-
-fn global(node: &NodeProcess, key: &str, window: &str, epoch: u64) -> Option<u64> {
-    let (code, body) = get(
-        node.http,
-        &format!("/v1/counters/{key}?window={window}&epoch={epoch}"),
-    )
-    .ok()?;
-    (code == 200).then(|| body["global"].as_u64()).flatten()
-}
-
-fn wait_until(limit: Duration, what: &str, nodes: &[NodeProcess], mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > limit {
-            for node in nodes {
-                eprintln!("---- log of {} ----\n{}", node.name, node.log_text());
-            }
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Every node's first answer after a restart: the HTTP listener opens after the snapshot is loaded.
 fn first_answers(nodes: &[NodeProcess], key: &str, window: &str, epoch: u64) -> Vec<u64> {
     nodes
@@ -85,7 +52,7 @@ fn first_answers(nodes: &[NodeProcess], key: &str, window: &str, epoch: u64) -> 
         .map(|node| {
             let start = Instant::now();
             loop {
-                if let Some(v) = global(node, key, window, epoch) {
+                if let Some(v) = node.global(key, window, epoch) {
                     return v;
                 }
                 assert!(
@@ -112,18 +79,7 @@ fn sigterm_keeps_every_day_and_month_count_and_kill_nine_loses_at_most_one_inter
     for node in &cluster {
         for _ in 0..per_node {
             for (k, (key, window)) in KEYS.iter().enumerate() {
-                let start = Instant::now();
-                epochs[k] = loop {
-                    if let Some(epoch) = add(node, key, window) {
-                        break epoch;
-                    }
-                    assert!(
-                        start.elapsed() < Duration::from_secs(20),
-                        "{} never counted",
-                        node.name
-                    );
-                    std::thread::sleep(Duration::from_millis(10));
-                };
+                epochs[k] = node.add_retrying(key, window);
             }
         }
     }
@@ -136,7 +92,7 @@ fn sigterm_keeps_every_day_and_month_count_and_kill_nine_loses_at_most_one_inter
             cluster.iter().all(|node| {
                 KEYS.iter()
                     .enumerate()
-                    .all(|(k, (key, window))| global(node, key, window, epochs[k]) == Some(total))
+                    .all(|(k, (key, window))| node.global(key, window, epochs[k]) == Some(total))
             })
         },
     );
@@ -184,7 +140,7 @@ fn sigterm_keeps_every_day_and_month_count_and_kill_nine_loses_at_most_one_inter
                 let probe = NodeProcess::probe(http);
                 let mut acked: Vec<Instant> = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    if add(&probe, KEYS[1].0, KEYS[1].1).is_some() {
+                    if probe.add(KEYS[1].0, KEYS[1].1).is_some() {
                         acked.push(Instant::now());
                     }
                 }
@@ -224,7 +180,7 @@ fn sigterm_keeps_every_day_and_month_count_and_kill_nine_loses_at_most_one_inter
         || {
             let now: Vec<Option<u64>> = cluster
                 .iter()
-                .map(|node| global(node, key, window, epochs[1]))
+                .map(|node| node.global(key, window, epochs[1]))
                 .collect();
             let agreed = now.iter().all(|v| v.is_some() && *v == now[0]);
             last = now.into_iter().flatten().collect();

@@ -105,3 +105,62 @@ impl NodeProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+impl NodeProcess {
+    /// `POST /v1/counters/{key}/add` of 1 in `window`: the epoch it counted in, `None` when it did not count
+    /// (not up yet, or refused).
+    pub fn add(&self, key: &str, window: &str) -> Option<u64> {
+        let (code, body) = super::http::post(
+            self.http,
+            &format!("/v1/counters/{key}/add"),
+            &format!(r#"{{ "window": "{window}", "n": 1 }}"#),
+        )
+        .ok()?;
+        (code == 200 && body["outcome"] == "added").then(|| body["epoch"].as_u64())?
+    }
+
+    /// Like [`NodeProcess::add`], retried for at most 20 s (the node may still be starting); the epoch.
+    pub fn add_retrying(&self, key: &str, window: &str) -> u64 {
+        let start = Instant::now();
+        loop {
+            if let Some(epoch) = self.add(key, window) {
+                return epoch;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{} never counted",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The node's global count of `key` in `window`'s epoch `epoch`; `None` when it does not answer.
+    pub fn global(&self, key: &str, window: &str, epoch: u64) -> Option<u64> {
+        let (code, body) = super::http::get(
+            self.http,
+            &format!("/v1/counters/{key}?window={window}&epoch={epoch}"),
+        )
+        .ok()?;
+        (code == 200).then(|| body["global"].as_u64()).flatten()
+    }
+}
+
+/// Polls `done` every 20 ms for at most `limit`; on timeout prints every node's log and panics naming `what`.
+pub fn wait_until(
+    limit: Duration,
+    what: &str,
+    nodes: &[NodeProcess],
+    mut done: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            for node in nodes {
+                eprintln!("---- log of {} ----\n{}", node.name, node.log_text());
+            }
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
