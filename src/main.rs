@@ -106,6 +106,10 @@ enum Command {
         /// Longest key accepted, in bytes: the node's `limits.max_key_length`.
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
         max_key_length: u64,
+        /// Create the data directory when it does not exist (to seed a node that never ran); without it a
+        /// missing directory is an error.
+        #[arg(long)]
+        create: bool,
         /// JSON lines file ("-": stdin) [default: stdin]
         file: Option<PathBuf>,
     },
@@ -154,8 +158,9 @@ fn main() -> ExitCode {
             data_dir,
             source,
             max_key_length,
+            create,
             file,
-        } => import(&data_dir, file.as_deref(), &source, max_key_length),
+        } => import(&data_dir, create, file.as_deref(), &source, max_key_length),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
@@ -179,6 +184,7 @@ fn export(
 
 fn import(
     data_dir: &std::path::Path,
+    create: bool,
     file: Option<&std::path::Path>,
     source: &str,
     max_key_length: u64,
@@ -189,6 +195,7 @@ fn import(
         .as_millis();
     let summary = cli::exchange::import(
         data_dir,
+        create,
         file,
         source,
         usize::try_from(max_key_length).unwrap_or(usize::MAX),

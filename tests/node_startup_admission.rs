@@ -52,6 +52,7 @@ fn admitted(node: &ClusterHandle, key: &str, attempts: u64) -> u64 {
 async fn a_node_alone_in_start_up_admits_its_share_and_the_full_limit_once_it_heard_everyone() {
     let ports = [free_port(), free_port(), free_port()];
     let key = "startup/limit";
+    let a_started = std::time::Instant::now();
     let a = start("node-a", ports[0], &ports[1..]).await;
     // node-a expects two peers that are not running: a third of the limit.
     assert_eq!(a.store().startup_share(), (1, 3));
@@ -70,6 +71,12 @@ async fn a_node_alone_in_start_up_admits_its_share_and_the_full_limit_once_it_he
         || cluster.iter().all(|n| n.store().startup_share().1 == 1),
     )
     .await;
+    // Ended because every node heard the others, not by the 10 s bound (MAX_STARTUP_ADMISSION_MS).
+    let ended_after = a_started.elapsed();
+    assert!(
+        ended_after < Duration::from_secs(9),
+        "start-up admission ended only after {ended_after:?}: its time bound, not the peers' state"
+    );
     let epoch = Window::parse("1h")
         .expect("window")
         .epoch_at(a.clock().now_unix_ms());

@@ -59,7 +59,8 @@ fn chunk(sender: u64, groups: Vec<OriginGroup>) -> Vec<u8> {
         sender,
         request_id: 0,
         groups,
-        last: true,
+        index: 0,
+        total: 1,
     })
     .unwrap()
 }

@@ -149,3 +149,59 @@ fn a_full_state_transfer_stays_within_the_frame_and_entry_limits_whatever_the_ch
     assert_eq!(store_b.stats().keys, 40_000);
     assert_eq!(store_b.global("k39999", hour()), 1);
 }
+
+/// Start-up admission waits for a peer's whole state: chunks travel on separate streams and arrive in any
+/// order, so the state counts as received once every chunk of the answer to the link's own request arrived,
+/// whichever came last. An unsolicited chunk (an anti-entropy push, request id 0) never completes it.
+#[test]
+fn a_state_transfer_is_received_only_once_every_chunk_arrived_in_any_order() {
+    let options = ReplicatorOptions {
+        stream_chunk_bytes: 8 * 1024,
+        check_interval_ms: 0,
+        anti_entropy_interval_ms: 3_600_000,
+        ..ReplicatorOptions::default()
+    };
+    let (store_a, mut a) = node(A, options.clone());
+    let (store_b, mut b) = node(B, options);
+    for i in 0..2_000 {
+        store_a.add(&format!("k{i}"), hour(), 1).unwrap();
+    }
+    a.add_peer(B, B, Some(1_200));
+    while a.poll_transmit().is_some() {}
+    b.add_peer(A, A, Some(1_200)); // B's first peer: it asks A for everything
+    assert_eq!(b.peers_with_state(), 0);
+
+    // An unsolicited single-chunk push first: it merges, but is not the awaited answer.
+    let push = wire::encode(&wire::StateChunk {
+        sender: A,
+        request_id: 0,
+        groups: Vec::new(),
+        index: 0,
+        total: 1,
+    })
+    .unwrap();
+    b.handle_frame(A, &push, NOW).unwrap();
+    assert_eq!(
+        b.peers_with_state(),
+        0,
+        "an anti-entropy push completes nothing"
+    );
+
+    deliver(&mut b, &mut a, B, NOW); // the request reaches A
+    let mut chunks = Vec::new();
+    while let Some(t) = a.poll_transmit() {
+        chunks.push(t.frame);
+    }
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    // The last chunk first, then the others in reverse: the answer is complete only after the first one.
+    let first = chunks.remove(0);
+    for frame in chunks.iter().rev() {
+        b.handle_frame(A, frame, NOW).unwrap();
+        assert_eq!(b.peers_with_state(), 0, "a chunk is still missing");
+    }
+    b.handle_frame(A, &chunks[0], NOW).unwrap(); // a duplicate counts once
+    assert_eq!(b.peers_with_state(), 0);
+    b.handle_frame(A, &first, NOW).unwrap();
+    assert_eq!(b.peers_with_state(), 1, "every chunk arrived");
+    assert_eq!(store_b.stats().keys, 2_000);
+}

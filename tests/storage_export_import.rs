@@ -197,6 +197,24 @@ fn imported_budgets_count_once_reach_every_node_and_a_bad_line_changes_nothing()
         text(&out.stderr)
     );
 
+    // A data directory that does not exist (a typo) is refused, not created; --create seeds a new one.
+    let typo = dir.path().join("data-a-typo");
+    let typo_arg = typo.to_str().expect("utf-8");
+    let out = cli(&["import", "--data-dir", typo_arg, seed_arg], None);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("no such data directory") && stderr.contains("--create"),
+        "{stderr}"
+    );
+    assert!(!typo.exists(), "a refused import created the directory");
+    let out = cli(
+        &["import", "--data-dir", typo_arg, "--create", seed_arg],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(typo.join("counters.snapshot").is_file());
+
     // A file with a bad second line is refused with the line and field, and the snapshot is untouched.
     let snapshot = data_a.join("counters.snapshot");
     let before = std::fs::read(&snapshot).expect("snapshot");

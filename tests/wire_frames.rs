@@ -85,7 +85,7 @@ proptest! {
     fn other_messages_round_trip(
         node_id in "[a-z0-9-]{1,40}", replica in any::<u64>(), caps in any::<u64>(),
         origins in prop::collection::vec((any::<u64>(), any::<u32>(), any::<u64>()), 0..10),
-        request_id in any::<u64>(), last in any::<bool>(), batch in batch_strategy(),
+        request_id in any::<u64>(), (index, total) in (1..u32::MAX).prop_flat_map(|t| (0..t, Just(t))), batch in batch_strategy(),
     ) {
         let hello = Hello {
             node_id, replica_id: replica, protocol_version: u32::from(wire::PROTOCOL_MAJOR) << 16, capabilities: caps,
@@ -113,7 +113,7 @@ proptest! {
         let Ok(Frame::StateRequest(r)) = wire::decode(&bytes) else { panic!() };
         prop_assert_eq!(rkyv::deserialize::<StateRequest, rancor::Error>(r).unwrap(), request);
 
-        let chunk = StateChunk { sender: replica, request_id, groups: batch.groups, last };
+        let chunk = StateChunk { sender: replica, request_id, groups: batch.groups, index, total };
         let bytes = wire::encode(&chunk).unwrap();
         let Ok(Frame::StateChunk(c)) = wire::decode(&bytes) else { panic!() };
         prop_assert_eq!(rkyv::deserialize::<StateChunk, rancor::Error>(c).unwrap(), chunk);
@@ -233,6 +233,21 @@ fn header_errors_are_typed() {
     let mut bad = frame;
     bad[3] = 1;
     let _ = wire::decode(&bad);
+    // A state chunk placed outside its own answer is refused with both numbers named.
+    for (index, total) in [(1, 1), (0, 0), (7, 3)] {
+        let chunk = StateChunk {
+            sender: 1,
+            request_id: 1,
+            groups: Vec::new(),
+            index,
+            total,
+        };
+        let err = wire::decode(&wire::encode(&chunk).unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("invalid archive: state chunk {index} of an answer of {total} chunks")
+        );
+    }
 }
 
 #[test]

@@ -92,7 +92,8 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 sender: 11,
                 request_id: 1,
                 groups,
-                last: true,
+                index: 0,
+                total: 1,
             })
             .unwrap(),
         ),

@@ -30,6 +30,11 @@ pub enum ExchangeError {
         "{0}: no snapshot (the node has not written one yet, or storage.path / BIFROST_DATA_DIR points elsewhere)"
     )]
     NoSnapshot(PathBuf),
+    /// The import's data directory does not exist and `--create` was not given.
+    #[error(
+        "{0}: no such data directory (check storage.path / BIFROST_DATA_DIR; pass --create to seed a new node's)"
+    )]
+    NoDataDir(PathBuf),
     /// The snapshot could not be read or decoded.
     #[error("{path}: {reason}")]
     Snapshot {
@@ -158,9 +163,11 @@ pub struct ImportSummary {
     pub origin: u64,
 }
 
-/// Max-merges the JSON lines of `input` (stdin when `None` or `-`) into `data_dir`'s snapshot.
+/// Max-merges the JSON lines of `input` (stdin when `None` or `-`) into `data_dir`'s snapshot. A missing
+/// `data_dir` is refused unless `create` (a typo must not report success into a directory no node reads).
 pub fn import(
     data_dir: &Path,
+    create: bool,
     input: Option<&Path>,
     source: &str,
     max_key_length: usize,
@@ -180,6 +187,9 @@ pub fn import(
         )),
     };
     let values = exchange::parse(reader, origin, now_ms, max_key_length).map_err(input_error)?;
+    if !create && !data_dir.exists() {
+        return Err(ExchangeError::NoDataDir(data_dir.to_owned()));
+    }
     let dir = DataDir::open(data_dir).map_err(|e| match e {
         StorageError::Locked { path, lock } => ExchangeError::InUse { path, lock },
         other => ExchangeError::Storage(other),

@@ -299,6 +299,18 @@ pub struct ResetReport {
     pub floors: Vec<(u64, u64)>,
 }
 
+/// Start-up admission's `(heard, members)` in one word: members (at least 1, at most `u32::MAX`) in the high
+/// 32 bits, heard (clamped to `1..=members`) in the low 32.
+fn pack_share(heard: u64, members: u64) -> u64 {
+    let members = members.clamp(1, u64::from(u32::MAX));
+    (members << 32) | heard.clamp(1, members)
+}
+
+/// The inverse of [`pack_share`].
+fn unpack_share(word: u64) -> (u64, u64) {
+    (word & u64::from(u32::MAX), (word >> 32).max(1))
+}
+
 struct Shared {
     /// Unique per store in this process (keys the per-thread lookup cache).
     id: u64,
@@ -315,11 +327,11 @@ struct Shared {
     pending_floors: std::sync::Mutex<std::collections::VecDeque<(u64, DirtyEntry)>>,
     /// Coarse-clock time of the last reclaim attempted because the store was full.
     last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64,
-    /// Start-up admission: while above 1, acquires decide against `limit × startup_heard / startup_members`
-    /// (rounded up), because this node has not yet heard every member's state (see `set_startup_share`).
-    startup_members: std::sync::atomic::AtomicU64,
-    /// Members whose state this node holds, itself included (see `set_startup_share`).
-    startup_heard: std::sync::atomic::AtomicU64,
+    /// Start-up admission, both numbers in one word so an acquire never pairs one new with one old: the
+    /// members expected in the high 32 bits, the members whose state this node holds (itself included) in the
+    /// low 32. While the members are above 1, acquires decide against `limit × heard / members` (rounded up),
+    /// because this node has not yet heard every member's state (see `set_startup_share`).
+    startup_share: std::sync::atomic::AtomicU64,
     dirty: ArrayQueue<Arc<Cell>>,
     options: StoreOptions,
     stats: StoreStats,
@@ -329,18 +341,25 @@ impl Shared {
     /// `limit` under start-up admission: `limit × heard / members`, rounded up (`limit` when it is off).
     fn startup_limit(&self, limit: u64) -> u64 {
         // Relaxed: see `CounterStore::set_startup_share`.
-        let members = self
-            .startup_members
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let (heard, members) = unpack_share(
+            self.startup_share
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         if members <= 1 {
             return limit;
         }
-        let heard = self
-            .startup_heard
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let share =
-            (u128::from(limit) * u128::from(heard.min(members))).div_ceil(u128::from(members));
+        let share = (u128::from(limit) * u128::from(heard)).div_ceil(u128::from(members));
         u64::try_from(share).unwrap_or(limit)
+    }
+
+    /// Whether start-up admission applies (one load, for the acquire's fast path).
+    #[inline]
+    fn in_startup(&self) -> bool {
+        // Relaxed: see `CounterStore::set_startup_share`.
+        self.startup_share
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >> 32
+            > 1
     }
 
     /// Marks `cell` dirty after a change and queues it on the first change since the last drain.
@@ -410,8 +429,7 @@ impl CounterStore {
                 logged: CapLogs::default(),
                 pending_floors: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64::new(0),
-                startup_members: std::sync::atomic::AtomicU64::new(1),
-                startup_heard: std::sync::atomic::AtomicU64::new(1),
+                startup_share: std::sync::atomic::AtomicU64::new(pack_share(1, 1)),
                 // Every cell, of either budget, can be dirty (a local add to a key a merge created).
                 dirty: ArrayQueue::new(max_keys + max_remote_keys + 64),
                 options: StoreOptions {
@@ -437,27 +455,19 @@ impl CounterStore {
     /// cluster as a whole stays within the limit plus rounding. `members` 0 or 1 turns it off. The node sets it
     /// while it starts (see `node::machine::startup`); decisions report the share as their `limit`.
     pub fn set_startup_share(&self, heard: u64, members: u64) {
-        let members = members.max(1);
-        // Relaxed (both): a policy switch with no data published through it; an acquire that sees one new
-        // value and one old decides against a share between the two, which is as safe as either.
-        self.shared.startup_heard.store(
-            heard.clamp(1, members),
+        // Relaxed: a policy switch with no data published through it, both numbers in one word.
+        self.shared.startup_share.store(
+            pack_share(heard, members),
             std::sync::atomic::Ordering::Relaxed,
         );
-        self.shared
-            .startup_members
-            .store(members, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `(heard, members)` of start-up admission; `members` 1: off.
     pub fn startup_share(&self) -> (u64, u64) {
         // Relaxed: see `set_startup_share`.
-        (
+        unpack_share(
             self.shared
-                .startup_heard
-                .load(std::sync::atomic::Ordering::Relaxed),
-            self.shared
-                .startup_members
+                .startup_share
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
     }
@@ -1318,13 +1328,7 @@ impl CounterHandle {
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
         // For the status page's hot keys: one load, a store only when the limit changed.
         self.cell.note_limit(limit, algorithm);
-        // Relaxed: a policy switch (see `CounterStore::set_startup_share`), no data published through it.
-        if self
-            .shared
-            .startup_members
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 1
-        {
+        if self.shared.in_startup() {
             return self.acquire_full(algorithm, self.shared.startup_limit(limit), cost);
         }
         // The fast path makes no call, as in `add`: a fixed window, the cached epoch, an uncontended cell, one

@@ -196,6 +196,34 @@ struct Peer {
     outstanding: Option<(u64, u64)>,
     /// The deadline this peer holds in `check_schedule`.
     scheduled_check_ms: u64,
+    /// The state transfer asked for when the peer was added, until all its chunks arrived.
+    awaited_state: Option<AwaitedState>,
+}
+
+/// A state transfer this node waits for: the request's id and the chunk indexes that arrived.
+#[derive(Debug)]
+struct AwaitedState {
+    request_id: u64,
+    indexes: HashSet<u32>,
+}
+
+impl Peer {
+    /// Notes a merged chunk of `request_id`: once every chunk of the awaited answer arrived (in any order;
+    /// a duplicate counts once), the peer's state was received. Unsolicited chunks (anti-entropy pushes, id
+    /// 0) and answers to other requests never complete it.
+    fn note_state_chunk(&mut self, request_id: u64, index: u32, total: u32) {
+        let Some(awaited) = self.awaited_state.as_mut() else {
+            return;
+        };
+        if request_id == 0 || awaited.request_id != request_id {
+            return;
+        }
+        awaited.indexes.insert(index);
+        if awaited.indexes.len() as u64 >= u64::from(total) {
+            self.stats.state_received = true;
+            self.awaited_state = None;
+        }
+    }
 }
 
 /// The replicator's timers (see [`TimerTable`]).
@@ -327,14 +355,24 @@ impl Replicator {
                 next_check_ms: 0,
                 outstanding: None,
                 scheduled_check_ms: 0,
+                awaited_state: None,
             },
         );
         self.check_schedule.insert((0, peer));
-        if !self.asked_full_state {
-            self.asked_full_state = true;
-            self.request_state(peer, Vec::new());
+        let origins = if self.asked_full_state {
+            vec![replica]
         } else {
-            self.request_state(peer, vec![replica]);
+            self.asked_full_state = true;
+            Vec::new()
+        };
+        // Everything or one origin: a single request, whose answer start-up admission waits for.
+        if let [request_id] = self.request_state(peer, origins)[..]
+            && let Some(p) = self.peers.get_mut(&peer)
+        {
+            p.awaited_state = Some(AwaitedState {
+                request_id,
+                indexes: HashSet::new(),
+            });
         }
     }
 
@@ -739,8 +777,8 @@ impl Replicator {
     }
 
     /// Asks `peer` for its values of `origins` (everything when empty), in requests of at most
-    /// [`MAX_REQUEST_ORIGINS`] origins.
-    fn request_state(&mut self, peer: PeerId, origins: Vec<u64>) {
+    /// [`MAX_REQUEST_ORIGINS`] origins; returns the ids of the requests queued.
+    fn request_state(&mut self, peer: PeerId, origins: Vec<u64>) -> Vec<u64> {
         let parts: Vec<Vec<u64>> = if origins.is_empty() {
             vec![Vec::new()]
         } else {
@@ -749,6 +787,7 @@ impl Replicator {
                 .map(<[u64]>::to_vec)
                 .collect()
         };
+        let mut queued = Vec::with_capacity(parts.len());
         for origins in parts {
             let request_id = self.next_request_id;
             self.next_request_id += 1;
@@ -760,6 +799,7 @@ impl Replicator {
                 Ok(frame) => {
                     self.stats.state_requests_sent += 1;
                     self.queue(peer, Channel::Stream, frame);
+                    queued.push(request_id);
                 }
                 Err(error) => {
                     tracing::error!(%error, "failed to encode a state request");
@@ -767,6 +807,7 @@ impl Replicator {
                 }
             }
         }
+        queued
     }
 
     fn queue(&mut self, peer: PeerId, channel: Channel, frame: Vec<u8>) {
@@ -833,10 +874,12 @@ impl Replicator {
                 self.stats.state_chunks_received += 1;
                 if self.sender_matches(peer, chunk.sender.to_native(), &chunk.groups) {
                     self.merge_groups(peer, &chunk.groups, true);
-                    if chunk.last
-                        && let Some(p) = self.peers.get_mut(&peer)
-                    {
-                        p.stats.state_received = true;
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.note_state_chunk(
+                            chunk.request_id.to_native(),
+                            chunk.index.to_native(),
+                            chunk.total.to_native(),
+                        );
                     }
                 }
             }
@@ -1183,14 +1226,16 @@ impl Replicator {
             // Answer even when empty so the requester knows the transfer is complete.
             chunks.push(Vec::new());
         }
-        let total = chunks.len();
+        // More chunks than u32 cannot be: each holds at least one entry of a store bounded far below that.
+        let total = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
         let mut sent_all = true;
-        for (i, groups) in chunks.into_iter().enumerate() {
+        for (index, groups) in (0..total).zip(chunks) {
             let chunk = StateChunk {
                 sender: self.replica_id,
                 request_id,
                 groups,
-                last: i + 1 == total,
+                index,
+                total,
             };
             match wire::encode(&chunk) {
                 Ok(frame) => {

@@ -117,7 +117,8 @@ pub struct PeerStats {
     pub check_rtt_ms: u64,
     /// When the peer last answered a data-plane check (Unix ms, 0 before the first).
     pub last_check_answered_ms: u64,
-    /// The last chunk of a state transfer from the peer arrived: its state was merged here at least once
-    /// (what start-up admission waits for).
+    /// Every chunk of the state transfer asked for when the peer was added arrived and was merged (in any
+    /// order; anti-entropy pushes do not count): its state was merged here at least once (what start-up
+    /// admission waits for).
     pub state_received: bool,
 }

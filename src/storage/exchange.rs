@@ -39,8 +39,9 @@ pub struct Line {
     /// `"fixed"` or `"calendar"`; omitted: the unit's default (fixed for s/m/h, calendar otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alignment: Option<String>,
-    /// The window's epoch (its index since 1970). On import, at most one of `epoch`, `start_unix_ms` and
-    /// `at_unix_ms` may disagree with the others: none at all means the window current at import time.
+    /// The window's epoch (its index since 1970). On import, any of `epoch`, `start_unix_ms` and
+    /// `at_unix_ms` may name the window, and those given must name the same one (a line whose fields
+    /// disagree is refused); none at all means the window current at import time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
     /// When the window starts (Unix ms); must be a window start.
@@ -540,11 +541,27 @@ mod tests {
 
     #[test]
     fn a_line_longer_than_the_bound_is_refused_without_reading_it_all() {
-        let text = format!("{{\"key\":\"{}\"", "x".repeat(MAX_LINE_BYTES * 2));
-        match parse_text(&text) {
+        /// Counts the bytes taken from an endless line.
+        struct Endless<'a>(&'a std::cell::Cell<u64>);
+        impl Read for Endless<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                buf.fill(b'x');
+                self.0.set(self.0.get() + buf.len() as u64);
+                Ok(buf.len())
+            }
+        }
+        let taken = std::cell::Cell::new(0);
+        let input = std::io::BufReader::new(b"{\"key\":\"".chain(Endless(&taken)));
+        match parse(input, import_origin("test"), NOW, 256) {
             Err(ImportError::LineTooLong { line: 1 }) => {}
             other => panic!("expected LineTooLong, got {other:?}"),
         }
+        // The bound plus at most one buffer of read-ahead, not the endless rest.
+        assert!(
+            taken.get() <= MAX_LINE_BYTES as u64 + 8 * 1024,
+            "read {} bytes",
+            taken.get()
+        );
     }
 
     #[test]

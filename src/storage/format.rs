@@ -44,10 +44,17 @@ pub struct SnapshotBody {
     pub groups: Vec<OriginGroup>,
 }
 
-/// The file's bytes for `body`.
+/// The file's bytes for `body`; a body larger than [`MAX_BODY_BYTES`] is refused (no build could read it).
 pub fn encode(body: &SnapshotBody) -> Result<Vec<u8>, SnapshotError> {
     let mut out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(body, blank_header(4096))
         .map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    let len = (out.len() - HEADER_LEN) as u64;
+    if len > MAX_BODY_BYTES {
+        return Err(SnapshotError::TooLarge {
+            len,
+            max: MAX_BODY_BYTES,
+        });
+    }
     seal(&mut out);
     Ok(out)
 }

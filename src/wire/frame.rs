@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset 0..2  magic  b"BF"
-//! offset 2     major protocol version (3)
+//! offset 2     major protocol version (4)
 //! offset 3     message kind
 //! offset 4..8  archive length, u32 little endian
 //! offset 8..   the archive (rkyv 0.8, unaligned, little endian, 32-bit relative pointers)
@@ -32,8 +32,9 @@ use super::messages::{
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"BF";
 /// The major protocol version this build speaks. 3: digests cover an origin range and carry a floor digest;
-/// groups may carry floors; config digests are bucketed and config entries chunked.
-pub const PROTOCOL_MAJOR: u8 = 3;
+/// groups may carry floors; config digests are bucketed and config entries chunked. 4: a state chunk carries
+/// its index and the answer's chunk count instead of a last-chunk flag.
+pub const PROTOCOL_MAJOR: u8 = 4;
 /// The minor protocol version this build speaks (announced in [`Hello`]).
 pub const PROTOCOL_MINOR: u16 = 0;
 /// Header size in bytes.
@@ -350,6 +351,12 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
         }
         Kind::StateChunk => {
             let chunk = access::<ArchivedStateChunk>(archive)?;
+            let (index, total) = (chunk.index.to_native(), chunk.total.to_native());
+            if index >= total {
+                return Err(WireError::Invalid(format!(
+                    "state chunk {index} of an answer of {total} chunks"
+                )));
+            }
             check_groups(&chunk.groups)?;
             Frame::StateChunk(chunk)
         }

@@ -230,8 +230,12 @@ pub struct StateChunk {
     pub request_id: u64,
     /// Values grouped by origin.
     pub groups: Vec<OriginGroup>,
-    /// True on the last chunk of the answer.
-    pub last: bool,
+    /// This chunk's place in the answer, from 0 (protocol 4).
+    pub index: u32,
+    /// Chunks in the answer, at least 1, carried by every chunk (protocol 4): chunks travel on separate
+    /// streams and arrive in any order, so a requester knows an answer is complete once it holds `total`
+    /// distinct indexes, never from the arrival of the last one.
+    pub total: u32,
 }
 
 /// A data-plane health check: "answer me on this link". The receiver's replicator answers with a

@@ -103,6 +103,8 @@ enum Timer {
     Prune,
     /// Publish this node's health record.
     Health,
+    /// Update start-up admission (while it is active).
+    Startup,
 }
 
 /// Everything a machine is built from.
@@ -138,8 +140,6 @@ pub(crate) struct NodeMachine {
     records_dirty: bool,
     topology_options: TopologyOptions,
     startup: startup::StartupAdmission,
-    /// When start-up admission is next updated (Unix ms).
-    next_startup_step_ms: u64,
 }
 
 impl NodeMachine {
@@ -148,6 +148,9 @@ impl NodeMachine {
         let mut timers = TimerTable::default();
         timers.set(Timer::Prune, now_ms.saturating_add(PRUNE_EVERY_MS));
         timers.set(Timer::Health, now_ms);
+        if parts.startup.active() {
+            timers.set(Timer::Startup, now_ms);
+        }
         NodeMachine {
             replicator: parts.replicator,
             state: parts.state,
@@ -164,7 +167,6 @@ impl NodeMachine {
             records_dirty: false,
             topology_options: parts.topology,
             startup: parts.startup,
-            next_startup_step_ms: now_ms,
         }
     }
 
@@ -252,6 +254,7 @@ impl NodeMachine {
                     );
                     self.publish_health(now_ms);
                 }
+                Timer::Startup => self.startup_step(now_ms),
                 Timer::Prune => {
                     self.timers
                         .set(Timer::Prune, now_ms.saturating_add(PRUNE_EVERY_MS));
@@ -263,7 +266,6 @@ impl NodeMachine {
             self.membership.handle_timeout(now_ms);
         }
         self.join_step(now_ms);
-        self.startup_step(now_ms);
         self.after_membership(now_ms);
         if !self.health_logged {
             self.log_cluster_health(self.membership.cluster_health());
@@ -658,12 +660,12 @@ impl NodeMachine {
         }
     }
 
-    /// Updates start-up admission (at most every [`STARTUP_STEP_EVERY_MS`]) and logs its end once.
+    /// Updates start-up admission (its timer, every [`STARTUP_STEP_EVERY_MS`] while active) and logs its
+    /// end once.
     fn startup_step(&mut self, now_ms: u64) {
-        if !self.startup.active() || now_ms < self.next_startup_step_ms {
+        if !self.startup.active() {
             return;
         }
-        self.next_startup_step_ms = now_ms.saturating_add(STARTUP_STEP_EVERY_MS);
         let members = self.membership.members();
         let view = startup::StartupView {
             targets: self.join.targets().len(),
@@ -672,6 +674,8 @@ impl NodeMachine {
             alone: self.join.settled() && !self.membership.is_joined(),
         };
         let Some(end) = self.startup.step(view, now_ms) else {
+            self.timers
+                .set(Timer::Startup, now_ms.saturating_add(STARTUP_STEP_EVERY_MS));
             return;
         };
         let (expected, heard) = (self.startup.members(), view.peers_with_state);
@@ -688,8 +692,8 @@ impl NodeMachine {
             startup::StartupEnd::TimedOut => tracing::warn!(
                 expected_members = expected,
                 peers_with_state = heard,
-                "start-up admission over after its time bound without state from a majority of the expected \
-                 members; limits apply in full"
+                "start-up admission over after its time bound without the state of every expected member; \
+                 limits apply in full"
             ),
         }
     }

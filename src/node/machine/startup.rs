@@ -5,10 +5,13 @@
 //! Guarantees:
 //! - From the node's start, while active, the store decides every acquire against
 //!   `limit × heard / members` (rounded up): `members` the members this node expects (itself plus the larger
-//!   of the join targets it knows and the peers membership reports alive; the config's static peers before
-//!   either is known), `heard` itself plus the linked peers whose full state transfer it holds. What it has
-//!   not heard, each other member may still admit as its own share, so the members in start-up together stay
-//!   within the limit plus rounding (one per member).
+//!   of the join targets it knows and the peers membership reports alive, the most it has seen since either
+//!   was first known; before that, the config's static peers, and at least one other member when discovery
+//!   is on), `heard` itself plus the linked peers whose full state transfer it holds. What it has not heard,
+//!   each other member may still admit as its own share, so the members in start-up together stay within the
+//!   limit plus rounding (one per member).
+//! - `members` never falls once a view is known, so a view that shrinks for a moment (a discovery answer that
+//!   lists fewer pods, a peer that flaps) cannot end it early.
 //! - It ends, for good, when it has heard every expected member, or `quorum_cap` peers (half of
 //!   `replication.full_mesh_below`: in the grouped layout a node links to its group and partners, never to
 //!   every member of a large cluster); or when the start-up join is settled without a join (the node runs
@@ -41,6 +44,9 @@ pub(crate) struct StartupAdmission {
     max_ms: u64,
     /// Members expected, this node included.
     members: u64,
+    /// `members` is still the config's count (no target or member known yet): the first view replaces it,
+    /// later views only raise it.
+    provisional: bool,
     /// Peers' state that ends it whatever `members` is.
     quorum_cap: u64,
     /// `None` while active.
@@ -62,7 +68,8 @@ pub(crate) struct StartupView {
 
 impl StartupAdmission {
     /// Starts at `now_ms`, expecting `expected_peers` peers (the config's static peers); `expect_any`: the
-    /// config names peers or enables discovery. Without, it is over at once.
+    /// config names peers or enables discovery. Without, it is over at once; with, it expects at least one
+    /// other member until the first view says how many.
     pub(crate) fn new(
         store: CounterStore,
         expected_peers: usize,
@@ -75,7 +82,8 @@ impl StartupAdmission {
             store,
             started_ms: now_ms,
             max_ms,
-            members: (expected_peers as u64).saturating_add(1),
+            members: (expected_peers as u64).saturating_add(1).max(2),
+            provisional: true,
             quorum_cap: (quorum_cap as u64).max(1),
             ended: (!expect_any).then_some(StartupEnd::Alone),
         };
@@ -101,15 +109,23 @@ impl StartupAdmission {
             return None;
         }
         // Until targets or members are known, the config's count stands (a static list that names this node
-        // itself counts it once more: a smaller share until the targets are known, never a larger one).
+        // itself counts it once more: a smaller share until the targets are known, never a larger one). The
+        // first view replaces it; later ones only raise it.
         let seen = view.targets.max(view.alive_peers) as u64;
         if seen > 0 {
-            self.members = seen.saturating_add(1);
+            let members = seen.saturating_add(1);
+            self.members = if self.provisional {
+                members
+            } else {
+                self.members.max(members)
+            };
+            self.provisional = false;
         }
         let heard = (view.peers_with_state as u64)
             .saturating_add(1)
             .min(self.members);
-        let quorum = self.members > 1
+        // Not on the config's count alone: a quorum needs a view of who the members are.
+        let quorum = !self.provisional
             && (heard >= self.members || view.peers_with_state as u64 >= self.quorum_cap);
         let end = if quorum {
             Some(StartupEnd::Quorum)
@@ -214,6 +230,40 @@ mod tests {
         let mut s = StartupAdmission::new(store.clone(), 2, true, 8, 10_000, 0);
         assert_eq!(s.step(view(2, 0), 9_999), None);
         assert_eq!(s.step(view(2, 0), 10_000), Some(StartupEnd::TimedOut));
+        assert_eq!(store.startup_share().1, 1);
+    }
+
+    #[test]
+    fn a_view_that_shrinks_for_a_moment_does_not_end_it() {
+        let store = CounterStore::new(StoreOptions::default());
+        let mut s = StartupAdmission::new(store.clone(), 2, true, 8, 10_000, 0);
+        assert_eq!(s.step(view(2, 1), 10), None);
+        assert_eq!(store.startup_share(), (2, 3));
+        // Discovery lists one target for a moment: still three members, one of them unheard.
+        assert_eq!(s.step(view(1, 1), 30), None);
+        assert_eq!(store.startup_share(), (2, 3));
+        assert_eq!(s.step(view(2, 2), 50), Some(StartupEnd::Quorum));
+    }
+
+    #[test]
+    fn a_node_with_discovery_only_expects_one_other_member_until_it_knows() {
+        let store = CounterStore::new(StoreOptions::default());
+        let mut s = StartupAdmission::new(store.clone(), 0, true, 8, 10_000, 0);
+        assert!(s.active());
+        assert_eq!(store.startup_share(), (1, 2), "half of each limit");
+        assert_eq!(s.step(view(0, 0), 20), None);
+        assert_eq!(store.startup_share(), (1, 2));
+        // Discovery found four others.
+        assert_eq!(s.step(view(4, 0), 40), None);
+        assert_eq!(store.startup_share(), (1, 5));
+        assert_eq!(s.step(view(4, 4), 60), Some(StartupEnd::Quorum));
+        // Alone: discovery found nobody and the join settled.
+        let mut s = StartupAdmission::new(store.clone(), 0, true, 8, 10_000, 0);
+        let alone = StartupView {
+            alone: true,
+            ..view(0, 0)
+        };
+        assert_eq!(s.step(alone, 500), Some(StartupEnd::Alone));
         assert_eq!(store.startup_share().1, 1);
     }
 
