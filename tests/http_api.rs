@@ -8,7 +8,9 @@ use bifrost_cluster::http::HttpServer;
 use bifrost_cluster::node::Cluster;
 
 mod support;
-use support::http::{get, parse_prometheus, post, request, request_text};
+use support::http::{
+    Headers, get, parse_prometheus, post, post_with_headers, request, request_text,
+};
 
 async fn server() -> (bifrost_cluster::node::ClusterHandle, HttpServer, SocketAddr) {
     let config = load_from_str(r#"{ "cluster_config": { "enabled": false, "node_id": "solo" } }"#)
@@ -98,6 +100,107 @@ async fn counters_and_rate_limit_decisions() {
     assert!(d["reset_at_ms"].as_u64().is_some());
     http.shutdown().await;
     node.shutdown().await;
+}
+
+/// Several limits in one check are counted all or nothing; a dry run counts nothing; a report counts without
+/// a limit; every answer carries the RateLimit headers of the limit closest to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_checks_count_all_or_nothing_dry_runs_count_nothing_and_reports_count_the_cost() {
+    let (node, http, addr) = server().await;
+    let two = r#"{"checks":[
+        {"key":"vk/42","window":"1h","limit":10,"cost":3},
+        {"key":"team/7","window":"1h","limit":4,"cost":3}]}"#;
+    let (code, headers, d) =
+        call_h(move || post_with_headers(addr, "/v1/ratelimit/check", two)).await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["allowed"], true, "{d}");
+    assert_eq!(d["results"][0]["used"], 3);
+    assert_eq!(d["results"][1]["remaining"], 1);
+    // The headers describe team/7, the closer of the two to its limit.
+    let header = |h: &[(String, String)], name: &str| {
+        h.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    };
+    assert_eq!(header(&headers, "ratelimit-limit").as_deref(), Some("4"));
+    assert_eq!(
+        header(&headers, "ratelimit-remaining").as_deref(),
+        Some("1")
+    );
+    let reset: u64 = header(&headers, "ratelimit-reset")
+        .and_then(|v| v.parse().ok())
+        .expect("RateLimit-Reset in seconds");
+    assert!((1..=3_600).contains(&reset), "{reset}");
+    assert_eq!(header(&headers, "retry-after"), None);
+
+    // team/7 has one unit left: the request is refused and vk/42 is not counted either.
+    let (code, headers, d) =
+        call_h(move || post_with_headers(addr, "/v1/ratelimit/check", two)).await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["allowed"], false, "{d}");
+    assert_eq!(d["results"][1]["allowed"], false);
+    assert_eq!(
+        header(&headers, "ratelimit-remaining").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header(&headers, "retry-after"),
+        header(&headers, "ratelimit-reset")
+    );
+    let window = bifrost_cluster::counter::Window::parse("1h").expect("window");
+    assert_eq!(node.store().global("vk/42", window), 3, "nothing counted");
+    assert_eq!(node.store().global("team/7", window), 3);
+
+    // A dry run decides without counting.
+    let dry = r#"{"key":"vk/42","window":"1h","limit":10,"cost":7,"dry_run":true}"#;
+    let (_, _, d) = call_h(move || post_with_headers(addr, "/v1/ratelimit/check", dry)).await;
+    // It would be allowed; what it reports is the usage as it is (nothing counted).
+    assert_eq!(
+        (d["allowed"].as_bool(), d["used"].as_u64()),
+        (Some(true), Some(3)),
+        "{d}"
+    );
+    assert_eq!(node.store().global("vk/42", window), 3);
+
+    // The report after the response: 5 tokens on vk/42, no limit, nothing refused.
+    let report = r#"{"reports":[{"key":"vk/42","window":"1h","cost":5}]}"#;
+    let (code, d) = call(move || post(addr, "/v1/ratelimit/report", report)).await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["results"][0]["used"], 8, "{d}");
+    assert_eq!(d["results"][0]["outcome"], "added");
+    assert_eq!(node.store().global("vk/42", window), 8);
+
+    // A bad member is named by its place, and nothing of the request is counted.
+    let bad = r#"{"checks":[{"key":"vk/42","window":"1h","limit":10},{"key":"x","window":"1 hour","limit":1}]}"#;
+    let (code, d) = call(move || post(addr, "/v1/ratelimit/check", bad)).await;
+    assert_eq!(
+        (code, d["field"].as_str()),
+        (400, Some("checks[1].window")),
+        "{d}"
+    );
+    let bad = r#"{"reports":[{"key":"vk/42","window":"1h"}]}"#;
+    let (code, d) = call(move || post(addr, "/v1/ratelimit/report", bad)).await;
+    assert_eq!(
+        (code, d["field"].as_str()),
+        (400, Some("reports[0].cost")),
+        "{d}"
+    );
+    let many = format!(
+        r#"{{"checks":[{}]}}"#,
+        vec![r#"{"key":"k","window":"1m","limit":1}"#; 65].join(",")
+    );
+    let (code, d) = call(move || post(addr, "/v1/ratelimit/check", &many)).await;
+    assert_eq!((code, d["field"].as_str()), (400, Some("checks")), "{d}");
+    assert_eq!(node.store().global("vk/42", window), 8);
+    http.shutdown().await;
+    node.shutdown().await;
+}
+
+async fn call_h(
+    f: impl FnOnce() -> std::io::Result<(u16, Headers, serde_json::Value)> + Send + 'static,
+) -> (u16, Headers, serde_json::Value) {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("join")
+        .expect("http call")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

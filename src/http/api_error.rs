@@ -18,6 +18,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The same error with its field named under `prefix` (`checks[2].` + `limit`), for members of arrays.
+    pub fn under(mut self, prefix: &str) -> ApiError {
+        if let Some(field) = &mut self.field {
+            *field = format!("{prefix}{field}");
+        }
+        self
+    }
+
     /// A `400` naming `field`.
     pub fn bad_field(field: &str, error: impl Into<String>) -> ApiError {
         ApiError {

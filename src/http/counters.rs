@@ -8,12 +8,15 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::RequestCeiling;
 use super::api_error::{ApiError, KeyPath, Params};
-use crate::counter::{AddOutcome, Algorithm, CounterError, Decision, Window};
+use crate::counter::{AddOutcome, Algorithm, CounterError, CounterHandle, Decision, Window};
 use crate::node::ClusterHandle;
 
 /// Largest request body read, in bytes.
@@ -124,37 +127,274 @@ impl From<Decision> for DecisionJson {
     }
 }
 
+/// Most checks one `POST /v1/ratelimit/check` may carry.
+pub(crate) const MAX_CHECKS: usize = 64;
+
+/// One limit of a check request, parsed and resolved before anything is counted.
+struct Check {
+    handle: CounterHandle,
+    algorithm: Algorithm,
+    limit: u64,
+    cost: u64,
+}
+
+fn algorithm(map: &Map<String, Value>) -> Result<Algorithm, ApiError> {
+    match map.get("algorithm") {
+        None | Some(Value::Null) => Ok(Algorithm::FixedWindow),
+        Some(Value::String(s)) if s == "fixed_window" => Ok(Algorithm::FixedWindow),
+        Some(Value::String(s)) if s == "sliding_window" => Ok(Algorithm::SlidingWindow),
+        Some(other) => Err(ApiError::bad_field(
+            "algorithm",
+            format!("expected \"fixed_window\" or \"sliding_window\", got {other}"),
+        )),
+    }
+}
+
+/// `{"key", "window", "limit", "cost"?, "algorithm"?}`, its counter resolved (a key refused here refuses
+/// the whole request before anything is counted).
+fn check(
+    node: &ClusterHandle,
+    map: &Map<String, Value>,
+    ceiling: RequestCeiling,
+) -> Result<Check, ApiError> {
+    let key = writable_key(string(map, "key")?)?;
+    let window = window(string(map, "window")?, "window")?;
+    let limit = integer(map, "limit", None)?;
+    let cost = bounded(integer(map, "cost", Some(1))?, "cost", ceiling)?;
+    let algorithm = algorithm(map)?;
+    let handle = node.store().handle(key, window).map_err(key_error)?;
+    Ok(Check {
+        handle,
+        algorithm,
+        limit,
+        cost,
+    })
+}
+
+/// The checks of a request: the body itself, or each member of its `checks` array.
+fn checks(
+    node: &ClusterHandle,
+    map: &Map<String, Value>,
+    ceiling: RequestCeiling,
+) -> Result<(Vec<Check>, bool), ApiError> {
+    let Some(list) = map.get("checks") else {
+        return Ok((vec![check(node, map, ceiling)?], false));
+    };
+    let Value::Array(list) = list else {
+        return Err(ApiError::bad_field(
+            "checks",
+            format!("expected an array of checks, got {list}"),
+        ));
+    };
+    if list.is_empty() || list.len() > MAX_CHECKS {
+        return Err(ApiError::bad_field(
+            "checks",
+            format!("{} checks; 1 to {MAX_CHECKS} per request", list.len()),
+        ));
+    }
+    if let Some(field) = ["key", "window", "limit", "cost", "algorithm"]
+        .into_iter()
+        .find(|f| map.contains_key(*f))
+    {
+        return Err(ApiError::bad_field(
+            field,
+            "give it inside each member of \"checks\", not beside the array",
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let prefix = format!("checks[{i}].");
+        let Value::Object(item) = item else {
+            return Err(ApiError::bad_field(
+                &format!("checks[{i}]"),
+                format!("expected a JSON object, got {item}"),
+            ));
+        };
+        out.push(check(node, item, ceiling).map_err(|e| e.under(&prefix))?);
+    }
+    Ok((out, true))
+}
+
+/// The answer of a check request.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum CheckAnswer {
+    /// A single check: its decision.
+    One(DecisionJson),
+    /// Several: whether all were allowed (and counted) and each one's decision.
+    Many {
+        /// Every check allowed: all were counted; otherwise none was.
+        allowed: bool,
+        /// Each check's decision, in request order.
+        results: Vec<DecisionJson>,
+    },
+}
+
+/// `POST /v1/ratelimit/check`: one check (`{"key", "window", "limit", "cost"?, "algorithm"?}`) or several
+/// (`{"checks": [...]}`), counted all or nothing: every limit of the request is counted only if all allow.
+/// `"dry_run": true` decides without counting anything (the check of check-then-report). The answer carries
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds) of the check closest to its
+/// limit (a refused one first), and `Retry-After` when refused.
 pub(crate) async fn ratelimit_check(
     State(node): State<ClusterHandle>,
     State(ceiling): State<RequestCeiling>,
     State(stats): State<std::sync::Arc<super::HttpStats>>,
     body: Bytes,
-) -> Result<Json<DecisionJson>, ApiError> {
+) -> Result<Response, ApiError> {
     let map = object(&body)?;
-    let key = writable_key(string(&map, "key")?)?;
-    let window = window(string(&map, "window")?, "window")?;
-    let limit = integer(&map, "limit", None)?;
-    let cost = bounded(integer(&map, "cost", Some(1))?, "cost", ceiling)?;
-    let algorithm = match map.get("algorithm") {
-        None | Some(Value::Null) => Algorithm::FixedWindow,
-        Some(Value::String(s)) if s == "fixed_window" => Algorithm::FixedWindow,
-        Some(Value::String(s)) if s == "sliding_window" => Algorithm::SlidingWindow,
+    let dry_run = match map.get("dry_run") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
         Some(other) => {
             return Err(ApiError::bad_field(
-                "algorithm",
-                format!("expected \"fixed_window\" or \"sliding_window\", got {other}"),
+                "dry_run",
+                format!("expected true or false, got {other}"),
             ));
         }
     };
-    let handle = node.store().handle(key, window).map_err(key_error)?;
-    let decision = handle.acquire(algorithm, limit, cost);
-    // Counted for `bifrost_ratelimit_checks_total{result}`.
-    super::HttpStats::bump(if decision.allowed {
-        &stats.ratelimit_allowed
+    let (checks, batch) = checks(&node, &map, ceiling)?;
+    // First every decision without counting; then, only if all allow, count each. A check that loses the
+    // last units to a concurrent request between the two is refused, and the ones before it stay counted:
+    // the request is refused, never admitted over a limit.
+    let mut decisions: Vec<Decision>;
+    let mut allowed;
+    if let [only] = &checks[..]
+        && !dry_run
+    {
+        // One limit: a single acquire decides and counts at once.
+        decisions = vec![only.handle.acquire(only.algorithm, only.limit, only.cost)];
+        allowed = decisions[0].allowed;
     } else {
-        &stats.ratelimit_over_limit
-    });
-    Ok(Json(DecisionJson::from(decision)))
+        decisions = checks
+            .iter()
+            .map(|c| c.handle.check(c.algorithm, c.limit, c.cost))
+            .collect();
+        allowed = decisions.iter().all(|d| d.allowed);
+    }
+    if allowed && !dry_run && checks.len() > 1 {
+        for (c, d) in checks.iter().zip(decisions.iter_mut()) {
+            *d = c.handle.acquire(c.algorithm, c.limit, c.cost);
+            if !d.allowed {
+                allowed = false;
+                break;
+            }
+        }
+    }
+    if !dry_run {
+        // Counted for `bifrost_ratelimit_checks_total{result}`: one per request.
+        super::HttpStats::bump(if allowed {
+            &stats.ratelimit_allowed
+        } else {
+            &stats.ratelimit_over_limit
+        });
+    }
+    let headers = ratelimit_headers(&decisions, node.clock().now_unix_ms());
+    let answer = if batch {
+        CheckAnswer::Many {
+            allowed,
+            results: decisions.into_iter().map(DecisionJson::from).collect(),
+        }
+    } else {
+        CheckAnswer::One(DecisionJson::from(decisions.remove(0)))
+    };
+    Ok((headers, Json(answer)).into_response())
+}
+
+/// What a report counted on one key.
+#[derive(Debug, Serialize)]
+pub(crate) struct ReportJson {
+    key: String,
+    window: String,
+    /// `added`, `saturated` or `stale` (see `POST /v1/counters/{key}/add`).
+    outcome: &'static str,
+    /// The key's cluster-wide count in its current window after the report, as this node knows it.
+    used: u64,
+}
+
+/// `POST /v1/ratelimit/report`: the report of check-then-report. Counts the real cost of a request after it
+/// ran (tokens, micro-dollars), without a limit and without refusing: one report
+/// (`{"key", "window", "cost"}`) or several (`{"reports": [...]}`, at most [`MAX_CHECKS`]), every one parsed
+/// and resolved before any is counted. Answers `{"results": [{"key", "window", "outcome", "used"}]}`.
+pub(crate) async fn ratelimit_report(
+    State(node): State<ClusterHandle>,
+    State(ceiling): State<RequestCeiling>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let map = object(&body)?;
+    let parse = |item: &Map<String, Value>| -> Result<(CounterHandle, u64), ApiError> {
+        let key = writable_key(string(item, "key")?)?;
+        let window = window(string(item, "window")?, "window")?;
+        let cost = bounded(integer(item, "cost", None)?, "cost", ceiling)?;
+        Ok((node.store().handle(key, window).map_err(key_error)?, cost))
+    };
+    let reports = match map.get("reports") {
+        None => vec![parse(&map)?],
+        Some(Value::Array(list)) if !list.is_empty() && list.len() <= MAX_CHECKS => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, item) in list.iter().enumerate() {
+                let Value::Object(item) = item else {
+                    return Err(ApiError::bad_field(
+                        &format!("reports[{i}]"),
+                        format!("expected a JSON object, got {item}"),
+                    ));
+                };
+                out.push(parse(item).map_err(|e| e.under(&format!("reports[{i}]."))));
+            }
+            out.into_iter().collect::<Result<Vec<_>, _>>()?
+        }
+        Some(other) => {
+            return Err(ApiError::bad_field(
+                "reports",
+                format!("expected an array of 1 to {MAX_CHECKS} reports, got {other}"),
+            ));
+        }
+    };
+    let results: Vec<ReportJson> = reports
+        .into_iter()
+        .map(|(handle, cost)| {
+            let outcome = match handle.add(cost) {
+                AddOutcome::Added => "added",
+                AddOutcome::Saturated => "saturated",
+                AddOutcome::Stale => "stale",
+            };
+            ReportJson {
+                key: handle.key().to_owned(),
+                window: handle.window().to_string(),
+                outcome,
+                used: handle.global(),
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "results": results })))
+}
+
+/// The RateLimit headers (IETF draft `RateLimit-*` fields as Envoy and the envoyproxy/ratelimit service send
+/// them) of the decision closest to its limit: a refused one first, then the fewest remaining.
+fn ratelimit_headers(decisions: &[Decision], now_ms: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let Some(closest) = decisions
+        .iter()
+        .min_by_key(|d| (d.allowed, if d.allowed { d.remaining } else { 0 }))
+    else {
+        return headers;
+    };
+    let reset_s = closest.reset_at_ms.saturating_sub(now_ms).div_ceil(1000);
+    let remaining = if closest.allowed {
+        closest.remaining
+    } else {
+        0
+    };
+    for (name, value) in [
+        ("ratelimit-limit", closest.limit),
+        ("ratelimit-remaining", remaining),
+        ("ratelimit-reset", reset_s),
+    ] {
+        headers.insert(name, HeaderValue::from(value));
+    }
+    if !closest.allowed {
+        headers.insert(RETRY_AFTER, HeaderValue::from(reset_s));
+    }
+    headers
 }
 
 /// A counter as this node sees it.

@@ -156,7 +156,7 @@ fn classify(method: &Method, path: &str, public_metrics: bool) -> Need {
         return Need::Scope(HttpScope::Read);
     }
     if method == Method::POST {
-        if path == "/v1/ratelimit/check" {
+        if path == "/v1/ratelimit/check" || path == "/v1/ratelimit/report" {
             return Need::Scope(HttpScope::Check);
         }
         // Decoded as the handler decodes it: `/rese%74` is a reset, not an add.
@@ -438,6 +438,7 @@ mod tests {
             (Method::GET, "/v1/counters/a/b?window=1m", read),
             (Method::GET, "/v1/config/x", read),
             (Method::POST, "/v1/ratelimit/check", check),
+            (Method::POST, "/v1/ratelimit/report", check),
             (Method::POST, "/v1/counters/vk/openai/add", check),
             (Method::POST, "/v1/counters/vk/openai/reset", admin),
             (Method::POST, "/v1/counters/vk/rese%74", admin),

@@ -21,7 +21,7 @@
 //! | `bifrost_config_entries` | gauge | live cluster-wide config entries |
 //! | `bifrost_http_connections_open` | gauge | HTTP connections served now |
 //! | `bifrost_http_connections_{accepted,refused,idle_closed}_total`, `bifrost_http_tls_handshake_failures_total` | counter | refused: over `http.max_connections` |
-//! | `bifrost_ratelimit_checks_total` | counter | `result` (allowed, over_limit): decisions of `POST /v1/ratelimit/check` |
+//! | `bifrost_ratelimit_checks_total` | counter | `result` (allowed, over_limit): requests of `POST /v1/ratelimit/check`, one per request however many limits it checks (dry runs are not counted) |
 //! | `bifrost_http_rejected_total` | counter | `status` (401, 403, 415), `reason` (missing_token, unknown_token, scope, not_loopback, origin, content_type) |
 //! | `bifrost_config_bytes`, `bifrost_config_tombstones` | gauge | live config bytes (keys + values); tombstones held |
 //! | `bifrost_config_refused_total` | counter | `reason` (full: no room, retried by anti-entropy; invalid; local_full: answered 507) |

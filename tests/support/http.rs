@@ -37,6 +37,35 @@ pub fn request_text_with_token(
     token: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    exchange(addr, method, path, token, body).map(|(status, _, body)| (status, body))
+}
+
+/// Response headers: (lower-case name, value) in the order received.
+pub type Headers = Vec<(String, String)>;
+
+/// `POST path` with a JSON body: the status code, the response headers (names in lower case) and the body
+/// parsed as JSON (`Null` if it is not JSON).
+pub fn post_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, Headers, serde_json::Value)> {
+    let (status, headers, text) = exchange(addr, "POST", path, None, Some(body))?;
+    Ok((
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// One request: status, headers (lower-case names) and the raw body.
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, Headers, String)> {
     assert!(addr.ip().is_loopback(), "tests only talk to loopback");
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -56,7 +85,13 @@ pub fn request_text_with_token(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    Ok((status, body.to_string()))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Ok((status, headers, body.to_string()))
 }
 
 /// Checks `text` is Prometheus/OpenMetrics text exposition: `# HELP`/`# TYPE`/`# UNIT` comments, samples
