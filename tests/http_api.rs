@@ -194,6 +194,76 @@ async fn batch_checks_count_all_or_nothing_dry_runs_count_nothing_and_reports_co
     node.shutdown().await;
 }
 
+/// A refund gives a reserved unit back; a concurrency limit holds its slots until they are released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_and_concurrency_limits_give_back_what_a_request_reserved() {
+    let (node, http, addr) = server().await;
+    let check = r#"{"key":"vk/9","window":"1h","limit":2}"#;
+    for _ in 0..2 {
+        let (_, d) = call(move || post(addr, "/v1/ratelimit/check", check)).await;
+        assert_eq!(d["allowed"], true, "{d}");
+    }
+    let (_, d) = call(move || post(addr, "/v1/ratelimit/check", check)).await;
+    assert_eq!(d["allowed"], false, "{d}");
+    // The second request failed upstream: its unit goes back, and the next request gets it.
+    let refund = r#"{"key":"vk/9","window":"1h","cost":1}"#;
+    let (code, d) = call(move || post(addr, "/v1/ratelimit/release", refund)).await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(
+        (
+            d["results"][0]["released"].as_u64(),
+            d["results"][0]["used"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{d}"
+    );
+    let (_, d) = call(move || post(addr, "/v1/ratelimit/check", check)).await;
+    assert_eq!(
+        (d["allowed"].as_bool(), d["used"].as_u64()),
+        (Some(true), Some(2)),
+        "{d}"
+    );
+    // More than was counted here is not given back.
+    let big = r#"{"key":"vk/9","window":"1h","cost":5}"#;
+    let (_, d) = call(move || post(addr, "/v1/ratelimit/release", big)).await;
+    assert_eq!(
+        (
+            d["results"][0]["released"].as_u64(),
+            d["results"][0]["unmatched"].as_u64()
+        ),
+        (Some(2), Some(3)),
+        "{d}"
+    );
+
+    // Two requests in flight at most.
+    let take = r#"{"key":"model/gpt-4o","algorithm":"concurrency","limit":2}"#;
+    for held in [1, 2] {
+        let (_, d) = call(move || post(addr, "/v1/ratelimit/check", take)).await;
+        assert_eq!(
+            (d["allowed"].as_bool(), d["used"].as_u64()),
+            (Some(true), Some(held)),
+            "{d}"
+        );
+    }
+    let (_, d) = call(move || post(addr, "/v1/ratelimit/check", take)).await;
+    assert_eq!(d["allowed"], false, "{d}");
+    let done = r#"{"releases":[{"key":"model/gpt-4o","algorithm":"concurrency"}]}"#;
+    let (code, d) = call(move || post(addr, "/v1/ratelimit/release", done)).await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["results"][0]["key"], "model/gpt-4o", "{d}");
+    assert_eq!(d["results"][0]["used"], 1, "{d}");
+    let (_, d) = call(move || post(addr, "/v1/ratelimit/check", take)).await;
+    assert_eq!(d["allowed"], true, "{d}");
+    // The in-flight count is its own counter: the plain key of the same name is untouched.
+    let window = bifrost_cluster::counter::Window::parse("1h").expect("window");
+    assert_eq!(node.store().global("model/gpt-4o", window), 0);
+    let bad = r#"{"key":"m","algorithm":"concurrency","limit":1,"window":"soon"}"#;
+    let (code, d) = call(move || post(addr, "/v1/ratelimit/check", bad)).await;
+    assert_eq!((code, d["field"].as_str()), (400, Some("window")), "{d}");
+    http.shutdown().await;
+    node.shutdown().await;
+}
+
 async fn call_h(
     f: impl FnOnce() -> std::io::Result<(u16, Headers, serde_json::Value)> + Send + 'static,
 ) -> (u16, Headers, serde_json::Value) {

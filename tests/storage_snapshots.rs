@@ -39,6 +39,14 @@ fn values_floors_and_remote_origins_come_back_exactly_and_short_windows_do_not()
     before.add("budget/a", month, 9_000).expect("add");
     before.add("rpm/a", minute, 40).expect("add");
     before.add("rps/a", second, 3).expect("add");
+    // A refund is kept with its counter; in-flight slots (and their releases) are not.
+    before.add("budget/r", day, 10).expect("add");
+    before.release("budget/r", day, 4).expect("release");
+    let slots = bifrost_cluster::counter::in_flight_key("model/x");
+    before.add(&slots, w("1h"), 2).expect("add");
+    before
+        .release_in_flight(&slots, w("1h"), 1)
+        .expect("release");
     let epoch = day.epoch_at(T0);
     before
         .merge_from_origin(2, "budget/a", day, epoch, 300)
@@ -87,6 +95,19 @@ fn values_floors_and_remote_origins_come_back_exactly_and_short_windows_do_not()
         0,
         "10s is below min_window: not persisted"
     );
+    let refunded = after.handle("budget/r", day).expect("handle");
+    assert_eq!(
+        after.net(&refunded),
+        6,
+        "the refund came back with its counter"
+    );
+    let slots = after.handle(&slots, w("1h")).expect("handle");
+    assert_eq!(
+        after.in_flight(&slots),
+        0,
+        "no process holds a slot after a restart"
+    );
+    assert_eq!(after.global(slots.key(), w("1h")), 0);
     // The old process's values are an origin of their own here: new increments add to them.
     after.add("budget/a", month, 1).expect("add");
     assert_eq!(after.global("budget/a", month), 9_001);

@@ -1,13 +1,13 @@
-//! Fuzzes the HTTP request bodies of the write routes through the real router and its request gate: `POST
-//! /v1/ratelimit/check` (one check or a batch), `POST /v1/ratelimit/report`, `POST /v1/counters/{key}/add`
-//! and `PUT /v1/config/{key}`, with the key, the
-//! `Content-Type` and the body taken from the input. Whatever the bytes, the answer is never a 5xx other than
-//! the documented 503/507, every error answer is JSON `{"error": ...}`, and an accepted add or check answers
-//! its JSON shape. The node's `http.max_request_n` is 1000, so the ceiling's 400 is reached often.
+//! Fuzzes the HTTP request bodies of the write routes through the real router and its request gate:
+//! `POST /v1/ratelimit/check` (one check or a batch), `POST /v1/ratelimit/report` and `/release`,
+//! `POST /v1/counters/{key}/add` and `PUT /v1/config/{key}`, with the key, the `Content-Type` and the body
+//! taken from the input. Whatever the bytes, the answer is never a 5xx other than the documented 503/507,
+//! every error answer is JSON `{"error": ...}`, and an accepted add or check answers its JSON shape. The
+//! node's `http.max_request_n` is 1000, so the ceiling's 400 is reached often.
 //!
-//! Input layout: byte 0 picks the route (low 2 bits; route 0 is the report when bit 4 is set) and the content
-//! type (bits 2 and 3); the bytes up to the
-//! first `\n` are the key; the rest is the body.
+//! Input layout: byte 0 picks the route (low 2 bits; route 0 is the release when bit 5 is set, else the
+//! report when bit 4 is) and the content type (bits 2 and 3); the bytes up to the first `\n` are the key;
+//! the rest is the body.
 #![no_main]
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -89,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let key = percent_encode(key);
     let (method, path) = match selector & 3 {
+        0 if selector & 32 != 0 => ("POST", "/v1/ratelimit/release".to_owned()),
         0 if selector & 16 != 0 => ("POST", "/v1/ratelimit/report".to_owned()),
         0 => ("POST", "/v1/ratelimit/check".to_owned()),
         1 => ("POST", format!("/v1/counters/{key}/add")),
@@ -137,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
         (400.., Some(json)) => assert!(json["error"].is_string(), "{method} {path}: {json}"),
         (400.., None) => panic!("{method} {path}: {status} is not JSON"),
         (200, Some(json)) if route == 1 => assert!(json["local"].as_u64().is_some(), "{json}"),
-        (200, Some(json)) if route == 0 && selector & 16 != 0 => {
+        (200, Some(json)) if route == 0 && selector & 48 != 0 => {
             assert!(json["results"].is_array(), "{json}")
         }
         (200, Some(json)) if route == 0 => assert!(json["allowed"].is_boolean(), "{json}"),

@@ -15,6 +15,8 @@
 //!   replication stays a per-origin max and the hot path is unchanged.
 //! - In the large-cluster mode a cell also merges aggregates of other groups of replicas ([`AggregateId`]): the
 //!   count it reads is never above the exact sum and never below the per-origin sum (see `aggregate`).
+//! - Refunds and in-flight limits count what was given back in a second G-counter beside each counter and
+//!   decide on the difference, so merges stay exact (see `signed`).
 //! - Time is read from a [`CoarseClock`] that the owner ticks; this module never reads the system clock.
 
 mod aggregate;
@@ -25,6 +27,7 @@ mod epoch_cache;
 mod error;
 mod limiter;
 mod lookup_cache;
+mod signed;
 mod store;
 mod window;
 
@@ -35,6 +38,10 @@ pub use clock::{Clock, CoarseClock, ManualClock};
 pub(crate) use epoch_cache::EpochCache;
 pub use error::CounterError;
 pub use limiter::{Algorithm, Decision};
+pub use signed::{
+    IN_FLIGHT_PREFIX, RELEASED_PREFIX, Released, departed_origin, in_flight_key, is_in_flight,
+    released_key,
+};
 pub use store::{
     CounterHandle, CounterStore, DEFAULT_MAX_ORIGINS_PER_KEY, DirtyEntry, HotKey, ResetReport,
     StatsSnapshot, StoreOptions, StoreStats,

@@ -1087,6 +1087,29 @@ impl CounterStore {
         out
     }
 
+    /// The values of remote `origin` for keys starting with `prefix` (other keys are skipped before their
+    /// values are read).
+    pub(crate) fn remote_values_of(&self, origin: u64, prefix: &str) -> Vec<DirtyEntry> {
+        let map = self.shared.cells.pin();
+        let mut out = Vec::new();
+        for (key, cell) in map.iter() {
+            if !key.key.starts_with(prefix) {
+                continue;
+            }
+            for (o, epoch, value) in cell.remote_values() {
+                if o == origin {
+                    out.push(DirtyEntry {
+                        key: Arc::clone(&key.key),
+                        window: key.window,
+                        epoch,
+                        value,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Every `(origin, key, window, epoch, value)` merged from other replicas, for a full state transfer.
     pub fn remote_snapshot(&self) -> Vec<(u64, DirtyEntry)> {
         let map = self.shared.cells.pin();

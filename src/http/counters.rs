@@ -133,21 +133,67 @@ pub(crate) const MAX_CHECKS: usize = 64;
 /// One limit of a check request, parsed and resolved before anything is counted.
 struct Check {
     handle: CounterHandle,
-    algorithm: Algorithm,
+    /// `None`: an in-flight (concurrency) limit.
+    algorithm: Option<Algorithm>,
     limit: u64,
     cost: u64,
 }
 
-fn algorithm(map: &Map<String, Value>) -> Result<Algorithm, ApiError> {
+impl Check {
+    /// The decision, counted when `count` and allowed; refunds (released units) are given back.
+    fn decide(&self, store: &crate::counter::CounterStore, count: bool) -> Decision {
+        match (self.algorithm, count) {
+            (Some(a), true) => store.acquire_net(&self.handle, a, self.limit, self.cost),
+            (Some(a), false) => store.check_net(&self.handle, a, self.limit, self.cost),
+            (None, true) => store.acquire_in_flight(&self.handle, self.limit, self.cost),
+            (None, false) => store.check_in_flight(&self.handle, self.limit, self.cost),
+        }
+    }
+}
+
+/// The lease of an in-flight slot when the request names no window: held at most until the end of the
+/// hour after the one it was taken in.
+const DEFAULT_IN_FLIGHT_WINDOW: &str = "1h";
+
+/// `algorithm`: `None` for `"concurrency"`.
+fn algorithm(map: &Map<String, Value>) -> Result<Option<Algorithm>, ApiError> {
     match map.get("algorithm") {
-        None | Some(Value::Null) => Ok(Algorithm::FixedWindow),
-        Some(Value::String(s)) if s == "fixed_window" => Ok(Algorithm::FixedWindow),
-        Some(Value::String(s)) if s == "sliding_window" => Ok(Algorithm::SlidingWindow),
+        None | Some(Value::Null) => Ok(Some(Algorithm::FixedWindow)),
+        Some(Value::String(s)) if s == "fixed_window" => Ok(Some(Algorithm::FixedWindow)),
+        Some(Value::String(s)) if s == "sliding_window" => Ok(Some(Algorithm::SlidingWindow)),
+        Some(Value::String(s)) if s == "concurrency" => Ok(None),
         Some(other) => Err(ApiError::bad_field(
             "algorithm",
-            format!("expected \"fixed_window\" or \"sliding_window\", got {other}"),
+            format!(
+                "expected \"fixed_window\", \"sliding_window\" or \"concurrency\", got {other}"
+            ),
         )),
     }
+}
+
+/// The counter of `{"key", "window", "algorithm"?}`: an in-flight limit counts under its own prefix, with
+/// a window (its slots' lease) that defaults to [`DEFAULT_IN_FLIGHT_WINDOW`].
+fn counter_of(map: &Map<String, Value>) -> Result<(String, Window, Option<Algorithm>), ApiError> {
+    let key = writable_key(string(map, "key")?)?;
+    let algorithm = algorithm(map)?;
+    Ok(match algorithm {
+        Some(_) => (
+            key.to_owned(),
+            window(string(map, "window")?, "window")?,
+            algorithm,
+        ),
+        None => {
+            let lease = match map.get("window") {
+                None | Some(Value::Null) => DEFAULT_IN_FLIGHT_WINDOW,
+                Some(_) => string(map, "window")?,
+            };
+            (
+                crate::counter::in_flight_key(key),
+                window(lease, "window")?,
+                None,
+            )
+        }
+    })
 }
 
 /// `{"key", "window", "limit", "cost"?, "algorithm"?}`, its counter resolved (a key refused here refuses
@@ -157,12 +203,10 @@ fn check(
     map: &Map<String, Value>,
     ceiling: RequestCeiling,
 ) -> Result<Check, ApiError> {
-    let key = writable_key(string(map, "key")?)?;
-    let window = window(string(map, "window")?, "window")?;
+    let (key, window, algorithm) = counter_of(map)?;
     let limit = integer(map, "limit", None)?;
     let cost = bounded(integer(map, "cost", Some(1))?, "cost", ceiling)?;
-    let algorithm = algorithm(map)?;
-    let handle = node.store().handle(key, window).map_err(key_error)?;
+    let handle = node.store().handle(&key, window).map_err(key_error)?;
     Ok(Check {
         handle,
         algorithm,
@@ -171,46 +215,45 @@ fn check(
     })
 }
 
-/// The checks of a request: the body itself, or each member of its `checks` array.
-fn checks(
-    node: &ClusterHandle,
+/// The items of a request: the body itself when it has no `field`, else each member of its `field` array
+/// (1 to [`MAX_CHECKS`]), each parsed by `parse` with errors named by place (`checks[1].window`); with the
+/// array, the members an item takes may not stand beside it. The flag says whether the array was given.
+fn items<T>(
     map: &Map<String, Value>,
-    ceiling: RequestCeiling,
-) -> Result<(Vec<Check>, bool), ApiError> {
-    let Some(list) = map.get("checks") else {
-        return Ok((vec![check(node, map, ceiling)?], false));
+    field: &str,
+    members: &[&str],
+    parse: impl Fn(&Map<String, Value>) -> Result<T, ApiError>,
+) -> Result<(Vec<T>, bool), ApiError> {
+    let Some(list) = map.get(field) else {
+        return Ok((vec![parse(map)?], false));
     };
     let Value::Array(list) = list else {
         return Err(ApiError::bad_field(
-            "checks",
-            format!("expected an array of checks, got {list}"),
+            field,
+            format!("expected an array, got {list}"),
         ));
     };
     if list.is_empty() || list.len() > MAX_CHECKS {
         return Err(ApiError::bad_field(
-            "checks",
-            format!("{} checks; 1 to {MAX_CHECKS} per request", list.len()),
+            field,
+            format!("{} members; 1 to {MAX_CHECKS} per request", list.len()),
         ));
     }
-    if let Some(field) = ["key", "window", "limit", "cost", "algorithm"]
-        .into_iter()
-        .find(|f| map.contains_key(*f))
-    {
+    if let Some(member) = members.iter().find(|m| map.contains_key(**m)) {
         return Err(ApiError::bad_field(
-            field,
-            "give it inside each member of \"checks\", not beside the array",
+            member,
+            format!("give it inside each member of \"{field}\", not beside the array"),
         ));
     }
     let mut out = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let prefix = format!("checks[{i}].");
         let Value::Object(item) = item else {
             return Err(ApiError::bad_field(
-                &format!("checks[{i}]"),
+                &format!("{field}[{i}]"),
                 format!("expected a JSON object, got {item}"),
             ));
         };
-        out.push(check(node, item, ceiling).map_err(|e| e.under(&prefix))?);
+        out.push(parse(item).map_err(|e| e.under(&format!("{field}[{i}].")))?);
     }
     Ok((out, true))
 }
@@ -252,7 +295,12 @@ pub(crate) async fn ratelimit_check(
             ));
         }
     };
-    let (checks, batch) = checks(&node, &map, ceiling)?;
+    let (checks, batch) = items(
+        &map,
+        "checks",
+        &["key", "window", "limit", "cost", "algorithm"],
+        |item| check(&node, item, ceiling),
+    )?;
     // First every decision without counting; then, only if all allow, count each. A check that loses the
     // last units to a concurrent request between the two is refused, and the ones before it stay counted:
     // the request is refused, never admitted over a limit.
@@ -262,18 +310,18 @@ pub(crate) async fn ratelimit_check(
         && !dry_run
     {
         // One limit: a single acquire decides and counts at once.
-        decisions = vec![only.handle.acquire(only.algorithm, only.limit, only.cost)];
+        decisions = vec![only.decide(node.store(), true)];
         allowed = decisions[0].allowed;
     } else {
         decisions = checks
             .iter()
-            .map(|c| c.handle.check(c.algorithm, c.limit, c.cost))
+            .map(|c| c.decide(node.store(), false))
             .collect();
         allowed = decisions.iter().all(|d| d.allowed);
     }
     if allowed && !dry_run && checks.len() > 1 {
         for (c, d) in checks.iter().zip(decisions.iter_mut()) {
-            *d = c.handle.acquire(c.algorithm, c.limit, c.cost);
+            *d = c.decide(node.store(), true);
             if !d.allowed {
                 allowed = false;
                 break;
@@ -327,28 +375,7 @@ pub(crate) async fn ratelimit_report(
         let cost = bounded(integer(item, "cost", None)?, "cost", ceiling)?;
         Ok((node.store().handle(key, window).map_err(key_error)?, cost))
     };
-    let reports = match map.get("reports") {
-        None => vec![parse(&map)?],
-        Some(Value::Array(list)) if !list.is_empty() && list.len() <= MAX_CHECKS => {
-            let mut out = Vec::with_capacity(list.len());
-            for (i, item) in list.iter().enumerate() {
-                let Value::Object(item) = item else {
-                    return Err(ApiError::bad_field(
-                        &format!("reports[{i}]"),
-                        format!("expected a JSON object, got {item}"),
-                    ));
-                };
-                out.push(parse(item).map_err(|e| e.under(&format!("reports[{i}]."))));
-            }
-            out.into_iter().collect::<Result<Vec<_>, _>>()?
-        }
-        Some(other) => {
-            return Err(ApiError::bad_field(
-                "reports",
-                format!("expected an array of 1 to {MAX_CHECKS} reports, got {other}"),
-            ));
-        }
-    };
+    let (reports, _) = items(&map, "reports", &["key", "window", "cost"], parse)?;
     let results: Vec<ReportJson> = reports
         .into_iter()
         .map(|(handle, cost)| {
@@ -365,6 +392,62 @@ pub(crate) async fn ratelimit_report(
             }
         })
         .collect();
+    Ok(Json(serde_json::json!({ "results": results })))
+}
+
+/// What a release gave back on one limit.
+#[derive(Debug, Serialize)]
+pub(crate) struct ReleaseJson {
+    key: String,
+    window: String,
+    /// Units given back.
+    released: u64,
+    /// Units asked for beyond what this node saw held or counted: not given back.
+    unmatched: u64,
+    /// The net count (slots held, for a concurrency limit) after the release, as this node sees it.
+    used: u64,
+}
+
+/// `POST /v1/ratelimit/release`: gives back what a request reserved. On a window limit, a refund in the
+/// current window (`{"key", "window", "cost"?}`); on a concurrency limit (`"algorithm": "concurrency"`), the
+/// request's slots when it ends. One release or several (`{"releases": [...]}`), every one parsed before any
+/// is given back. Answers `{"results": [{"key", "window", "released", "unmatched", "used"}]}`.
+pub(crate) async fn ratelimit_release(
+    State(node): State<ClusterHandle>,
+    State(ceiling): State<RequestCeiling>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let map = object(&body)?;
+    let parse = |item: &Map<String, Value>| -> Result<(String, Window, bool, u64), ApiError> {
+        let (key, window, algorithm) = counter_of(item)?;
+        let cost = bounded(integer(item, "cost", Some(1))?, "cost", ceiling)?;
+        Ok((key, window, algorithm.is_none(), cost))
+    };
+    let (releases, _) = items(
+        &map,
+        "releases",
+        &["key", "window", "cost", "algorithm"],
+        parse,
+    )?;
+    let mut results = Vec::with_capacity(releases.len());
+    for (key, window, in_flight, cost) in releases {
+        let done = if in_flight {
+            node.store().release_in_flight(&key, window, cost)
+        } else {
+            node.store().release(&key, window, cost)
+        }
+        .map_err(key_error)?;
+        let name = key
+            .strip_prefix(crate::counter::IN_FLIGHT_PREFIX)
+            .unwrap_or(&key);
+        results.push(ReleaseJson {
+            key: name.to_owned(),
+            window: window.to_string(),
+            released: done.released,
+            unmatched: done.unmatched,
+            used: done.used,
+        });
+    }
     Ok(Json(serde_json::json!({ "results": results })))
 }
 

@@ -156,7 +156,10 @@ fn classify(method: &Method, path: &str, public_metrics: bool) -> Need {
         return Need::Scope(HttpScope::Read);
     }
     if method == Method::POST {
-        if path == "/v1/ratelimit/check" || path == "/v1/ratelimit/report" {
+        if matches!(
+            path,
+            "/v1/ratelimit/check" | "/v1/ratelimit/report" | "/v1/ratelimit/release"
+        ) {
             return Need::Scope(HttpScope::Check);
         }
         // Decoded as the handler decodes it: `/rese%74` is a reset, not an add.
@@ -439,6 +442,7 @@ mod tests {
             (Method::GET, "/v1/config/x", read),
             (Method::POST, "/v1/ratelimit/check", check),
             (Method::POST, "/v1/ratelimit/report", check),
+            (Method::POST, "/v1/ratelimit/release", check),
             (Method::POST, "/v1/counters/vk/openai/add", check),
             (Method::POST, "/v1/counters/vk/openai/reset", admin),
             (Method::POST, "/v1/counters/vk/rese%74", admin),

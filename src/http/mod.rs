@@ -118,6 +118,7 @@ pub fn router_with(node: ClusterHandle, access: HttpAccess, stats: Arc<HttpStats
         .route("/cluster/status", get(status::cluster_status))
         .route("/v1/ratelimit/check", post(counters::ratelimit_check))
         .route("/v1/ratelimit/report", post(counters::ratelimit_report))
+        .route("/v1/ratelimit/release", post(counters::ratelimit_release))
         .route(
             "/v1/counters/{*path}",
             get(counters::get_counter).post(counters::post_counter),

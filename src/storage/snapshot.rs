@@ -7,11 +7,12 @@
 //!   the floor max. The process's own values of the snapshot go in under the replica id that wrote them, which
 //!   is never this process's (a fresh one per start), so loading a snapshot twice, loading a stale one, or
 //!   loading one whose values peers also hold, never counts a value twice.
-//! - Windows whose length is below `min_window_ms` are left out; months and years are always kept.
+//! - Windows whose length is below `min_window_ms` are left out; months and years are always kept. In-flight
+//!   (concurrency) counts are never kept: the processes that held them are gone after a restart.
 
 use std::collections::BTreeMap;
 
-use crate::counter::{CounterStore, DirtyEntry, FloorOutcome, MergeOutcome, Window};
+use crate::counter::{CounterStore, DirtyEntry, FloorOutcome, MergeOutcome, Window, is_in_flight};
 use crate::wire::{Entry, OriginGroup, OriginKind, WireWindow};
 
 use super::format::{ArchivedSnapshotBody, SnapshotBody};
@@ -32,7 +33,8 @@ pub fn collect(
     now_ms: u64,
     min_window_ms: u64,
 ) -> SnapshotBody {
-    let keep = |e: &DirtyEntry| persisted(e.window, min_window_ms);
+    // In-flight slots are held by processes that a restart ends: never persisted.
+    let keep = |e: &DirtyEntry| persisted(e.window, min_window_ms) && !is_in_flight(&e.key);
     let entry = |e: DirtyEntry| Entry {
         key: e.key.as_ref().to_owned(),
         window: WireWindow::from(e.window),

@@ -1008,6 +1008,16 @@ impl NodeMachine {
 
     /// Stops replicating to `replica_id` and closes its link.
     fn drop_replica(&mut self, replica_id: u64, reason: &'static str) {
+        // Its in-flight slots are released by every node (max-merged under one synthetic origin: once).
+        let released = self.replicator.store().release_departed(replica_id);
+        if released > 0 {
+            tracing::info!(
+                replica = format_args!("{replica_id:016x}"),
+                values = released,
+                reason,
+                "released the in-flight slots a departed member held"
+            );
+        }
         if let Some(link) = self.links.by_replica(replica_id)
             && let Some(entry) = self.links.remove(link)
         {

@@ -1,0 +1,397 @@
+//! Signed counts on G-counters: refunds of reserved units and in-flight (concurrency) limits.
+//!
+//! A counter's values only grow, so nothing is ever subtracted from them. What was given back is counted in a
+//! second G-counter beside it, its *released* companion (`@released/<key>`, same window): every node adds
+//! what it releases under its own origin, and replication max-merges both counters per origin as it does any
+//! other. The usage a decision reads is `added − released` (saturating at 0), so merges stay exact in any
+//! order, repeated or not: once both counters converged, every node reads the same net count, the sum of all
+//! additions minus the sum of all releases (property-tested in `tests/counter_signed.rs`).
+//!
+//! Guarantees:
+//! - **Refunds** ([`CounterStore::release`]): a node releases only from what it counted itself (its own
+//!   additions minus its own releases, exact and current on that node), so the releases of all nodes never
+//!   exceed the additions once converged, however many nodes release at once; what could not be matched is
+//!   reported as `unmatched`. A gateway therefore releases on the node it reserved on (its sidecar or its
+//!   embedded store); a release on another node takes from that node's own counts, which is the same for the
+//!   sum as long as it counted as much. An acquire decides against `limit + released` on the added counter
+//!   (the same `added − released ≤ limit`), one atomic decision as without refunds; a release that has not
+//!   arrived yet only makes a decision stricter.
+//! - **In-flight limits** (keys under `@inflight/`, see [`in_flight_key`]): a slot is held from its acquire
+//!   until its release, or at most until the end of the window after the one it was taken in (a lease, so a
+//!   slot whose release was lost frees itself). The usage is the net count of the current and the previous
+//!   window. When membership declares a member down (or it leaves, or restarts under a new identity), every
+//!   node releases that member's outstanding slots ([`CounterStore::release_departed`]) under one synthetic
+//!   origin per departed replica, computed from the same converged values on every node: max-merged, so the
+//!   nodes that each do it release them once, not once per node.
+//! - In-flight keys are not written to snapshots: after a restart of the whole cluster nobody holds them.
+//! - Pure logic on the store; no I/O.
+//!
+//! Not covered: a release that reaches a node before the addition it matches (the two counters travel in
+//! separate batches) makes that node read a smaller count until the addition arrives; the releases a member
+//! made just before it crashed and that arrive after its departure was released are released twice (bounded
+//! by what it released in its last flush interval); a sliding window reads the previous window's additions without its releases (stricter, never
+//! looser); a refund after its window ended is dropped (that window's budget is over anyway); in the grouped
+//! layout of large clusters, a departed member's slots are released only by the nodes that see its own
+//! values (its group and whoever receives its group's per-origin values), the others see them expire with
+//! their lease.
+
+use super::{AddOutcome, Algorithm, CounterError, CounterHandle, CounterStore, Decision, Window};
+
+/// Prefix of the released companion of a counter.
+pub const RELEASED_PREFIX: &str = "@released/";
+/// Prefix of the keys of in-flight (concurrency) limits.
+pub const IN_FLIGHT_PREFIX: &str = "@inflight/";
+
+/// The key of the released companion of `key`.
+pub fn released_key(key: &str) -> String {
+    format!("{RELEASED_PREFIX}{key}")
+}
+
+/// The counter key of the in-flight limit named `key`.
+pub fn in_flight_key(key: &str) -> String {
+    format!("{IN_FLIGHT_PREFIX}{key}")
+}
+
+/// Whether `key` is an in-flight count or its released companion (never persisted: see the module docs).
+pub fn is_in_flight(key: &str) -> bool {
+    key.strip_prefix(RELEASED_PREFIX)
+        .unwrap_or(key)
+        .starts_with(IN_FLIGHT_PREFIX)
+}
+
+/// The synthetic origin under which the nodes release what departed replica `origin` still held: the same
+/// on every node (a splitmix64 finalizer of the id; a collision with a live replica id is a 2^-64 chance).
+pub fn departed_origin(origin: u64) -> u64 {
+    let mut z = origin ^ 0x5245_4c45_4153_4544; // "RELEASED"
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What a release did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// Units released.
+    pub released: u64,
+    /// Units asked for beyond the net count this node saw: not released.
+    pub unmatched: u64,
+    /// The net count after the release, as this node sees it.
+    pub used: u64,
+}
+
+impl CounterStore {
+    /// What was released of `(key, window)` in `epoch`, cluster-wide as this node knows it (0 when nothing
+    /// was; never creates the companion).
+    pub fn released_at(&self, key: &str, window: Window, epoch: u64) -> u64 {
+        self.counts_at(&released_key(key), window, epoch)
+            .map_or(0, |(local, remote)| local.saturating_add(remote))
+    }
+
+    /// The net count of `handle`'s counter in its current window: added minus released.
+    pub fn net(&self, handle: &CounterHandle) -> u64 {
+        let epoch = handle.epoch_now();
+        handle.global_at(epoch).saturating_sub(self.released_at(
+            handle.key(),
+            handle.window(),
+            epoch,
+        ))
+    }
+
+    /// An acquire of `cost` against `limit` on the net count (see the module docs): counted when allowed.
+    pub fn acquire_net(
+        &self,
+        handle: &CounterHandle,
+        algorithm: Algorithm,
+        limit: u64,
+        cost: u64,
+    ) -> Decision {
+        let released = self.released_at(handle.key(), handle.window(), handle.epoch_now());
+        if released == 0 {
+            return handle.acquire(algorithm, limit, cost);
+        }
+        net_decision(
+            handle.acquire(algorithm, limit.saturating_add(released), cost),
+            released,
+            limit,
+        )
+    }
+
+    /// [`CounterStore::acquire_net`] without counting anything.
+    pub fn check_net(
+        &self,
+        handle: &CounterHandle,
+        algorithm: Algorithm,
+        limit: u64,
+        cost: u64,
+    ) -> Decision {
+        let released = self.released_at(handle.key(), handle.window(), handle.epoch_now());
+        net_decision(
+            handle.check(algorithm, limit.saturating_add(released), cost),
+            released,
+            limit,
+        )
+    }
+
+    /// Gives back `n` units of `(key, window)` in the current window (a refund of a reserved unit), at most
+    /// what this node counted itself and has not released yet.
+    pub fn release(&self, key: &str, window: Window, n: u64) -> Result<Released, CounterError> {
+        let handle = self.handle(key, window)?;
+        let epoch = handle.epoch_now();
+        let take = n.min(self.own_net(key, window, epoch));
+        let released = self.release_in_epoch(key, window, epoch, take)?;
+        Ok(Released {
+            released,
+            unmatched: n - released,
+            used: self.net(&handle),
+        })
+    }
+
+    /// This node's own additions to `(key, window)` in `epoch` minus its own releases.
+    fn own_net(&self, key: &str, window: Window, epoch: u64) -> u64 {
+        let own = |k: &str| {
+            self.counts_at(k, window, epoch)
+                .map_or(0, |(local, _)| local)
+        };
+        own(key).saturating_sub(own(&released_key(key)))
+    }
+
+    /// Adds `n` to the released companion of `(key, window)` in `epoch`; returns what was counted.
+    fn release_in_epoch(
+        &self,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        n: u64,
+    ) -> Result<u64, CounterError> {
+        if n == 0 {
+            return Ok(0);
+        }
+        let companion = self.handle(&released_key(key), window)?;
+        Ok(match companion.add_in_epoch(epoch, n) {
+            AddOutcome::Added | AddOutcome::Saturated => n,
+            AddOutcome::Stale => 0,
+        })
+    }
+
+    /// The slots held of the in-flight limit counted by `handle` (an [`in_flight_key`]): the net count of
+    /// its current and previous window.
+    pub fn in_flight(&self, handle: &CounterHandle) -> u64 {
+        let (held, _, _) = self.in_flight_parts(handle);
+        held
+    }
+
+    /// (held, released in the current and previous window, added in the previous window).
+    fn in_flight_parts(&self, handle: &CounterHandle) -> (u64, u64, u64) {
+        let (key, window) = (handle.key(), handle.window());
+        let epoch = handle.epoch_now();
+        let previous = epoch.checked_sub(1);
+        let added_before = previous.map_or(0, |e| handle.global_at(e));
+        let released = self
+            .released_at(key, window, epoch)
+            .saturating_add(previous.map_or(0, |e| self.released_at(key, window, e)));
+        let held = handle
+            .global_at(epoch)
+            .saturating_add(added_before)
+            .saturating_sub(released);
+        (held, released, added_before)
+    }
+
+    /// Takes `cost` slots of the in-flight limit counted by `handle` when `held + cost ≤ limit`; counted
+    /// when allowed. `reset_at_ms` is when a slot taken now expires at the latest (its lease).
+    pub fn acquire_in_flight(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
+        let (_, released, added_before) = self.in_flight_parts(handle);
+        let effective = limit.saturating_add(released).saturating_sub(added_before);
+        let decision = handle.acquire(Algorithm::FixedWindow, effective, cost);
+        self.in_flight_decision(handle, decision, limit)
+    }
+
+    /// [`CounterStore::acquire_in_flight`] without counting anything.
+    pub fn check_in_flight(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
+        let (_, released, added_before) = self.in_flight_parts(handle);
+        let effective = limit.saturating_add(released).saturating_sub(added_before);
+        let decision = handle.check(Algorithm::FixedWindow, effective, cost);
+        self.in_flight_decision(handle, decision, limit)
+    }
+
+    fn in_flight_decision(&self, handle: &CounterHandle, d: Decision, limit: u64) -> Decision {
+        let held = self.in_flight(handle);
+        let window = handle.window();
+        Decision {
+            allowed: d.allowed,
+            used: held,
+            limit,
+            remaining: limit.saturating_sub(held),
+            reset_at_ms: window.end_ms(handle.epoch_now().saturating_add(1)),
+        }
+    }
+
+    /// Gives back `n` slots of the in-flight limit `key` (an [`in_flight_key`]) in `window`: the previous
+    /// window's first (the older leases), then the current one's, at most what this node took itself and
+    /// has not given back.
+    pub fn release_in_flight(
+        &self,
+        key: &str,
+        window: Window,
+        n: u64,
+    ) -> Result<Released, CounterError> {
+        let handle = self.handle(key, window)?;
+        let epoch = handle.epoch_now();
+        let mut left = n;
+        let mut released = 0;
+        let epochs = epoch.checked_sub(1).into_iter().chain([epoch]);
+        for e in epochs {
+            let take = left.min(self.own_net(key, window, e));
+            let done = self.release_in_epoch(key, window, e, take)?;
+            released += done;
+            left -= done;
+        }
+        Ok(Released {
+            released,
+            unmatched: n - released,
+            used: self.in_flight(&handle),
+        })
+    }
+
+    /// Releases the in-flight slots departed replica `origin` still held, under [`departed_origin`]: for
+    /// every in-flight key and window this node holds a value of `origin` for, `origin`'s additions minus its
+    /// own releases. Returns the number of (key, window) values released. Called when membership declares
+    /// the member down, or it leaves or is replaced.
+    pub fn release_departed(&self, origin: u64) -> usize {
+        let synthetic = departed_origin(origin);
+        let mut released = 0;
+        for entry in self.remote_values_of(origin, IN_FLIGHT_PREFIX) {
+            let companion = released_key(&entry.key);
+            let own_releases = self
+                .origin_counts_at(&companion, entry.window, entry.epoch)
+                .into_iter()
+                .find_map(|(o, v)| (o == origin).then_some(v))
+                .unwrap_or(0);
+            let outstanding = entry.value.saturating_sub(own_releases);
+            if outstanding > 0
+                && self
+                    .merge_remote(
+                        synthetic,
+                        &companion,
+                        entry.window,
+                        entry.epoch,
+                        outstanding,
+                    )
+                    .is_ok()
+            {
+                released += 1;
+            }
+        }
+        released
+    }
+}
+
+/// `d`, decided on the added counter against `limit + released`, as the net decision against `limit`.
+fn net_decision(d: Decision, released: u64, limit: u64) -> Decision {
+    let used = d.used.saturating_sub(released);
+    Decision {
+        allowed: d.allowed,
+        used,
+        limit,
+        remaining: limit.saturating_sub(used),
+        reset_at_ms: d.reset_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counter::StoreOptions;
+
+    fn store(replica: u64) -> CounterStore {
+        CounterStore::new(StoreOptions {
+            replica_id: replica,
+            clock: std::sync::Arc::new(crate::counter::CoarseClock::new(1_795_514_400_000)),
+            ..StoreOptions::default()
+        })
+    }
+
+    #[test]
+    fn a_refund_gives_the_unit_back_and_never_takes_more_than_the_net_count() {
+        let s = store(1);
+        let w = Window::parse("1h").unwrap();
+        let h = s.handle("k", w).unwrap();
+        for _ in 0..3 {
+            assert!(s.acquire_net(&h, Algorithm::FixedWindow, 3, 1).allowed);
+        }
+        assert!(!s.acquire_net(&h, Algorithm::FixedWindow, 3, 1).allowed);
+        let r = s.release("k", w, 1).unwrap();
+        assert_eq!((r.released, r.unmatched, r.used), (1, 0, 2));
+        let d = s.acquire_net(&h, Algorithm::FixedWindow, 3, 1);
+        assert!(d.allowed);
+        assert_eq!((d.used, d.limit, d.remaining), (3, 3, 0));
+        assert!(!s.check_net(&h, Algorithm::FixedWindow, 3, 1).allowed);
+        let r = s.release("k", w, 10).unwrap();
+        assert_eq!((r.released, r.unmatched, r.used), (3, 7, 0));
+        assert_eq!(s.net(&h), 0);
+    }
+
+    #[test]
+    fn in_flight_slots_are_held_until_released_and_expire_after_the_next_window() {
+        let s = store(1);
+        let w = Window::parse("1m").unwrap();
+        let key = in_flight_key("model/gpt");
+        let h = s.handle(&key, w).unwrap();
+        assert!(s.acquire_in_flight(&h, 2, 1).allowed);
+        assert!(s.acquire_in_flight(&h, 2, 1).allowed);
+        assert!(!s.acquire_in_flight(&h, 2, 1).allowed);
+        // The next window: both slots still held.
+        s.clock().set_unix_ms(1_795_514_400_000 + 60_000);
+        assert_eq!(s.in_flight(&h), 2);
+        assert!(!s.acquire_in_flight(&h, 2, 1).allowed);
+        // One ends: its slot is free, taken again in this window.
+        let r = s.release_in_flight(&key, w, 1).unwrap();
+        assert_eq!((r.released, r.used), (1, 1));
+        let d = s.acquire_in_flight(&h, 2, 1);
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.used, 2);
+        // Two windows on, the lease of the first window's slot ran out; this window's one is held.
+        s.clock().set_unix_ms(1_795_514_400_000 + 120_000);
+        assert_eq!(s.in_flight(&h), 1);
+        let r = s.release_in_flight(&key, w, 5).unwrap();
+        assert_eq!((r.released, r.unmatched, r.used), (1, 4, 0));
+    }
+
+    #[test]
+    fn every_node_releases_a_departed_members_slots_once_between_them() {
+        let (a, b) = (store(1), store(2));
+        let w = Window::parse("1h").unwrap();
+        let key = in_flight_key("k");
+        let epoch = w.epoch_at(1_795_514_400_000);
+        // Replica 3 held 5 slots and released 2 of them; then it was declared down.
+        for s in [&a, &b] {
+            s.merge_remote(3, &key, w, epoch, 5).unwrap();
+            s.merge_remote(3, &released_key(&key), w, epoch, 2).unwrap();
+            assert_eq!(s.in_flight(&s.handle(&key, w).unwrap()), 3);
+            assert_eq!(s.release_departed(3), 1);
+            assert_eq!(s.in_flight(&s.handle(&key, w).unwrap()), 0);
+            assert_eq!(
+                s.release_departed(3),
+                1,
+                "again: the same value, max-merged"
+            );
+        }
+        // Each node's synthetic release reaches the other: still released once.
+        let synthetic = departed_origin(3);
+        b.merge_remote(synthetic, &released_key(&key), w, epoch, 3)
+            .unwrap();
+        assert_eq!(b.in_flight(&b.handle(&key, w).unwrap()), 0);
+        assert_eq!(b.released_at(&key, w, epoch), 5);
+        // Normal keys are not touched.
+        a.merge_remote(3, "plain", w, epoch, 4).unwrap();
+        assert_eq!(a.release_departed(3), 1);
+        assert_eq!(a.released_at("plain", w, epoch), 0);
+    }
+
+    #[test]
+    fn in_flight_keys_and_their_companions_are_recognized() {
+        assert!(is_in_flight(&in_flight_key("x")));
+        assert!(is_in_flight(&released_key(&in_flight_key("x"))));
+        assert!(!is_in_flight(&released_key("x")));
+        assert!(!is_in_flight("x"));
+    }
+}
