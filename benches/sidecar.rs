@@ -12,6 +12,9 @@
 //! `cargo bench --bench sidecar` measures for `BIFROST_SIDECAR_SECONDS` (default 5) per point;
 //! `cargo bench -- --test` (the CI smoke) runs each point for 200 ms. Without `redis-server` on the PATH the
 //! Redis rows are skipped with a line that says so; `REQUIRE_REDIS=1` makes that a failure.
+//! `BIFROST_SIDECAR_CONNS` (e.g. `16`) and `BIFROST_SIDECAR_SERVERS` (of `http,grpc,redis`) pick points;
+//! `BIFROST_SIDECAR_WORKERS` sets the node runtime's worker threads (default 2). Each point also reports the
+//! server's own CPU time per check (the node runtime's threads, or the `redis-server` process, from `/proc`).
 //! Traffic goes to 127.0.0.1 only.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -65,6 +68,62 @@ struct Point {
     seconds: f64,
     p50_us: f64,
     p99_us: f64,
+    /// The server's own CPU time (user + system) per check, in microseconds: what it costs the machine
+    /// whatever the client costs.
+    server_cpu_us: f64,
+}
+
+/// Name of the node runtime's threads, whose CPU time is the node server's.
+const NODE_THREAD: &str = "bifrost-node";
+
+/// Clock ticks per second of `/proc`'s CPU times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime, in ticks, of a `/proc/.../stat` file (fields 14 and 15; the command name before them is
+/// in parentheses and may hold spaces).
+fn stat_ticks(path: &std::path::Path) -> u64 {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    let Some((_, rest)) = text.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// CPU ticks used so far by `server`: the node runtime's threads, or the `redis-server` process.
+fn server_ticks(server: Server, redis_pid: Option<u32>) -> u64 {
+    match server {
+        Server::Redis => redis_pid.map_or(0, |pid| {
+            stat_ticks(std::path::Path::new(&format!("/proc/{pid}/stat")))
+        }),
+        Server::Http | Server::Grpc => std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == NODE_THREAD)
+                    })
+                    .map(|t| stat_ticks(&t.path().join("stat")))
+                    .sum()
+            })
+            .unwrap_or(0),
+    }
 }
 
 impl Point {
@@ -255,6 +314,7 @@ fn measure(
     client: &tokio::runtime::Runtime,
     server: Server,
     addr: SocketAddr,
+    redis_pid: Option<u32>,
     conns: usize,
     seconds: f64,
 ) -> Point {
@@ -267,6 +327,7 @@ fn measure(
             t.await.expect("warm-up");
         }
     });
+    let ticks_before = server_ticks(server, redis_pid);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
     let mut latencies: Vec<Duration> = client.block_on(async {
@@ -280,6 +341,7 @@ fn measure(
         all
     });
     let elapsed = start.elapsed().as_secs_f64();
+    let server_seconds = (server_ticks(server, redis_pid) - ticks_before) as f64 / clock_ticks();
     latencies.sort_unstable();
     let at = |q: f64| {
         latencies
@@ -291,6 +353,7 @@ fn measure(
         seconds: elapsed,
         p50_us: at(0.50),
         p99_us: at(0.99),
+        server_cpu_us: server_seconds * 1e6 / latencies.len().max(1) as f64,
     }
 }
 
@@ -304,7 +367,25 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(5.0)
     };
-    let counts: &[usize] = if smoke { &[1] } else { &[1, 16, 64] };
+    // `BIFROST_SIDECAR_CONNS=16` and `BIFROST_SIDECAR_SERVERS=http,redis` pick points (for a profile).
+    let counts: Vec<usize> = match std::env::var("BIFROST_SIDECAR_CONNS") {
+        Ok(list) => list
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse()
+                    .expect("BIFROST_SIDECAR_CONNS: comma-separated counts")
+            })
+            .collect(),
+        Err(_) if smoke => vec![1],
+        Err(_) => vec![1, 16, 64],
+    };
+    let picked = std::env::var("BIFROST_SIDECAR_SERVERS").ok();
+    let wanted = |name: &str| {
+        picked
+            .as_deref()
+            .is_none_or(|p| p.split(',').any(|s| s.trim() == name))
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -318,7 +399,13 @@ fn main() {
     );
     let config = load_from_str(&text).expect("config").config;
     let node_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("BIFROST_SIDECAR_WORKERS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(2),
+        )
+        .thread_name(NODE_THREAD)
         .enable_all()
         .build()
         .expect("node runtime");
@@ -353,29 +440,38 @@ fn main() {
     if let Some(r) = &redis {
         servers.push((Server::Redis, r.addr));
     }
+    servers.retain(|(s, _)| {
+        wanted(match s {
+            Server::Http => "http",
+            Server::Grpc => "grpc",
+            Server::Redis => "redis",
+        })
+    });
     println!(
         "sidecar: {seconds} s per point, closed loop, one key per connection, every check admitted"
     );
     let mut results: Vec<(Server, usize, Point)> = Vec::new();
-    for &conns in counts {
+    for &conns in &counts {
         for &(server, addr) in &servers {
-            let p = measure(&client, server, addr, conns, seconds);
+            let redis_pid = redis.as_ref().map(|r| r.child.id());
+            let p = measure(&client, server, addr, redis_pid, conns, seconds);
             println!(
-                "sidecar/{:<26} conns {conns:>2}: {:>9.0} checks/s  p50 {:>7.1} us  p99 {:>7.1} us  ({} checks)",
+                "sidecar/{:<26} conns {conns:>2}: {:>9.0} checks/s  p50 {:>7.1} us  p99 {:>7.1} us  server cpu {:>5.1} us/check  ({} checks)",
                 server.name(),
                 p.per_second(),
                 p.p50_us,
                 p.p99_us,
+                p.server_cpu_us,
                 p.checks
             );
             results.push((server, conns, p));
         }
     }
-    for &conns in counts {
+    for &conns in &counts {
         let Some(redis) = results
             .iter()
             .find(|(s, c, _)| *s == Server::Redis && *c == conns)
-            .map(|(_, _, p)| (p.per_second(), p.p99_us))
+            .map(|(_, _, p)| (p.per_second(), p.p99_us, p.server_cpu_us))
         else {
             continue;
         };
@@ -384,10 +480,11 @@ fn main() {
             .filter(|(s, c, _)| *s != Server::Redis && *c == conns)
         {
             println!(
-                "sidecar/ratio {:<26} conns {conns:>2}: throughput {:.2}x redis, p99 {:.2}x redis",
+                "sidecar/ratio {:<26} conns {conns:>2}: throughput {:.2}x redis, p99 {:.2}x redis, server cpu per check {:.2}x redis",
                 server.name(),
                 p.per_second() / redis.0,
-                p.p99_us / redis.1
+                p.p99_us / redis.1,
+                p.server_cpu_us / redis.2
             );
         }
     }

@@ -200,6 +200,34 @@ fn idle_keys_are_reclaimed_but_not_while_a_handle_or_a_live_epoch_holds_them() {
 }
 
 #[test]
+fn an_acquire_by_key_after_its_cached_cell_was_reclaimed_counts_in_the_new_cell() {
+    let store = store_with(2, 1);
+    let fixed = bifrost_cluster::counter::Algorithm::FixedWindow;
+    // Cached on this thread by the first acquire.
+    assert!(
+        store
+            .acquire_by_key("k", minute(), fixed, 1, 1)
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !store
+            .acquire_by_key("k", minute(), fixed, 1, 1)
+            .unwrap()
+            .allowed
+    );
+    let mut out = Vec::new();
+    store.drain_dirty(usize::MAX, &mut out);
+    store.clock().set_unix_ms(T0 + 4 * 60_000);
+    assert_eq!(store.reclaim_idle(), 1, "the cache holds no handle");
+    // The cached cell is retired: the refusal it gives is no decision, so the acquire resolves again.
+    let d = store.acquire_by_key("k", minute(), fixed, 1, 1).unwrap();
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(store.global("k", minute()), 1);
+    assert_eq!(store.stats().keys, 1);
+}
+
+#[test]
 fn drain_yields_absolute_values_once_per_change() {
     let store = store_with(10, 1);
     let a = store.handle("a", minute()).unwrap();

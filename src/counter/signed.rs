@@ -116,6 +116,30 @@ impl CounterStore {
         )
     }
 
+    /// [`CounterStore::acquire_net`] on `(key, window)` without a handle (see
+    /// [`CounterStore::acquire_by_key`]): while no refund exists in the store, no companion is looked up.
+    pub fn acquire_net_by_key(
+        &self,
+        key: &str,
+        window: Window,
+        algorithm: Algorithm,
+        limit: u64,
+        cost: u64,
+    ) -> Result<Decision, CounterError> {
+        if !self.any_released() {
+            return self.acquire_by_key(key, window, algorithm, limit, cost);
+        }
+        let released = self.released_at(key, window, window.epoch_at(self.clock().now_unix_ms()));
+        if released == 0 {
+            return self.acquire_by_key(key, window, algorithm, limit, cost);
+        }
+        Ok(net_decision(
+            self.acquire_by_key(key, window, algorithm, limit.saturating_add(released), cost)?,
+            released,
+            limit,
+        ))
+    }
+
     /// [`CounterStore::acquire_net`] without counting anything.
     pub fn check_net(
         &self,
@@ -308,6 +332,46 @@ mod tests {
             clock: std::sync::Arc::new(crate::counter::CoarseClock::new(1_795_514_400_000)),
             ..StoreOptions::default()
         })
+    }
+
+    #[test]
+    fn an_acquire_by_key_decides_on_the_same_counter_as_a_handle_and_sees_refunds() {
+        let s = store(1);
+        let w = Window::parse("1h").unwrap();
+        let h = s.handle("k", w).unwrap();
+        assert!(!s.any_released());
+        for _ in 0..2 {
+            assert!(
+                s.acquire_net_by_key("k", w, Algorithm::FixedWindow, 3, 1)
+                    .unwrap()
+                    .allowed
+            );
+        }
+        assert!(s.acquire_net(&h, Algorithm::FixedWindow, 3, 1).allowed);
+        let full = s
+            .acquire_net_by_key("k", w, Algorithm::FixedWindow, 3, 1)
+            .unwrap();
+        assert!(!full.allowed, "{full:?}");
+        assert_eq!(full.used, 3);
+        // A refund makes room for one more, by key as by handle.
+        assert_eq!(s.release("k", w, 1).unwrap().released, 1);
+        assert!(s.any_released());
+        let again = s
+            .acquire_net_by_key("k", w, Algorithm::FixedWindow, 3, 1)
+            .unwrap();
+        assert!(again.allowed, "{again:?}");
+        assert_eq!((again.used, again.remaining), (3, 0));
+        assert!(
+            !s.acquire_net_by_key("k", w, Algorithm::FixedWindow, 3, 1)
+                .unwrap()
+                .allowed
+        );
+        assert_eq!(s.net(&h), 3);
+        // Keys the store refuses are refused by key too, with nothing counted.
+        assert!(matches!(
+            s.acquire_by_key("", w, Algorithm::FixedWindow, 3, 1),
+            Err(CounterError::EmptyKey)
+        ));
     }
 
     #[test]

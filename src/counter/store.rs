@@ -332,6 +332,9 @@ struct Shared {
     /// low 32. While the members are above 1, acquires decide against `limit × heard / members` (rounded up),
     /// because this node has not yet heard every member's state (see `set_startup_share`).
     startup_share: std::sync::atomic::AtomicU64,
+    /// Set once a released companion (`@released/…`) exists: until then no count has a refund, and an acquire
+    /// by key skips the companion's lookup.
+    any_released: std::sync::atomic::AtomicBool,
     dirty: ArrayQueue<Arc<Cell>>,
     options: StoreOptions,
     stats: StoreStats,
@@ -430,6 +433,7 @@ impl CounterStore {
                 pending_floors: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64::new(0),
                 startup_share: std::sync::atomic::AtomicU64::new(pack_share(1, 1)),
+                any_released: std::sync::atomic::AtomicBool::new(false),
                 // Every cell, of either budget, can be dirty (a local add to a key a merge created).
                 dirty: ArrayQueue::new(max_keys + max_remote_keys + 64),
                 options: StoreOptions {
@@ -560,6 +564,14 @@ impl CounterStore {
             }
             return Err(self.refuse_key(key, budget, max));
         }
+        if key.starts_with(super::signed::RELEASED_PREFIX) {
+            // Release, paired with the Acquire in `any_released`: stored before the companion is published,
+            // so an acquire that does not see the flag is ordered before this insert (as a concurrent release
+            // may be) and one that sees it finds the companion.
+            shared
+                .any_released
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let key: Arc<str> = Arc::from(key);
         let cell = Arc::new(Cell::with_budget(
             Arc::clone(&key),
@@ -671,6 +683,60 @@ impl CounterStore {
             lookup_cache::remember(self.shared.id, hash, &cell);
             return Ok(outcome);
         }
+    }
+
+    /// Whether any released companion exists in this store (see [`CounterStore::acquire_net`]).
+    pub(crate) fn any_released(&self) -> bool {
+        // Acquire: pairs with the Release store made before the first companion was inserted.
+        self.shared
+            .any_released
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// [`CounterHandle::acquire`] on `(key, window)` without a handle: the per-thread cache of resolved cells
+    /// answers repeated keys without entering the map (the path of a sidecar's per-request check). Creates the
+    /// key if needed.
+    pub fn acquire_by_key(
+        &self,
+        key: &str,
+        window: Window,
+        algorithm: Algorithm,
+        limit: u64,
+        cost: u64,
+    ) -> Result<Decision, CounterError> {
+        self.check_key(key)?;
+        let hash = lookup_cache::hash(&self.shared.hasher, key, window);
+        let shared = &self.shared;
+        let cached = lookup_cache::with_cached(shared.id, hash, key, window, |cell| {
+            let decision = acquire_on(cell, &shared.clock, shared, algorithm, limit, cost);
+            if !decision.allowed && cell.is_retired() {
+                return None; // no decision: the cell is being reclaimed; evict and resolve through a handle
+            }
+            Some(decision)
+        });
+        if let Some(decision) = cached {
+            if !decision.allowed {
+                super::calls::count_refusal();
+            }
+            return Ok(decision);
+        }
+        self.acquire_uncached(key, window, hash, algorithm, limit, cost)
+    }
+
+    #[cold]
+    fn acquire_uncached(
+        &self,
+        key: &str,
+        window: Window,
+        hash: u64,
+        algorithm: Algorithm,
+        limit: u64,
+        cost: u64,
+    ) -> Result<Decision, CounterError> {
+        let handle = self.handle(key, window)?;
+        let decision = handle.acquire(algorithm, limit, cost);
+        lookup_cache::remember(self.shared.id, hash, &handle.cell);
+        Ok(decision)
     }
 
     /// The global (local + merged remote) count of `(key, window)` in the current window; 0 for an unknown key.
@@ -1234,6 +1300,68 @@ pub struct CounterHandle {
     shared: Arc<Shared>,
 }
 
+/// One acquire on `cell` (see [`CounterHandle::acquire`]), counting the call but not a refusal (the caller
+/// does, once it knows the refusal is a decision: a cell being retired refuses everything).
+#[inline]
+fn acquire_on(
+    cell: &Arc<Cell>,
+    clock: &CoarseClock,
+    shared: &Shared,
+    algorithm: Algorithm,
+    limit: u64,
+    cost: u64,
+) -> Decision {
+    // For the status page's hot keys: one load, a store only when the limit changed.
+    cell.note_limit(limit, algorithm);
+    if shared.in_startup() {
+        return acquire_full(
+            cell,
+            clock,
+            shared,
+            algorithm,
+            shared.startup_limit(limit),
+            cost,
+        );
+    }
+    // The fast path makes no call, as in `add`: a fixed window, the cached epoch, an uncontended cell, one
+    // decision and at most one CAS. Anything else, and it decided and counted nothing.
+    if algorithm == Algorithm::FixedWindow
+        && let Some(epoch) = cell.cached_epoch_at(clock.now_unix_ms())
+        && let Some(outcome) = cell.try_take_fast(epoch, cost, limit)
+    {
+        super::calls::count_acquire();
+        let reset_at = cell.cached_end_ms(epoch);
+        return match outcome {
+            FastTake::Taken { used } => {
+                if cost > 0 && !cell.is_dirty() {
+                    shared.queue_changed(cell);
+                }
+                Decision::new(true, used, limit, reset_at)
+            }
+            // The slot held the epoch, so the cell was not being retired: the refusal is a real decision.
+            FastTake::Refused { used } => Decision::new(false, used, limit, reset_at),
+        };
+    }
+    acquire_full(cell, clock, shared, algorithm, limit, cost)
+}
+
+#[inline(never)]
+fn acquire_full(
+    cell: &Arc<Cell>,
+    clock: &CoarseClock,
+    shared: &Shared,
+    algorithm: Algorithm,
+    limit: u64,
+    cost: u64,
+) -> Decision {
+    super::calls::count_acquire();
+    let (decision, counted) = limiter::acquire(cell, algorithm, clock.now_unix_ms(), limit, cost);
+    if counted {
+        shared.changed(cell);
+    }
+    decision
+}
+
 impl Clone for CounterHandle {
     fn clone(&self) -> CounterHandle {
         self.cell.register_clone();
@@ -1349,44 +1477,14 @@ impl CounterHandle {
     /// Acquire with a chosen algorithm (see [`Algorithm`]).
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
-        // For the status page's hot keys: one load, a store only when the limit changed.
-        self.cell.note_limit(limit, algorithm);
-        if self.shared.in_startup() {
-            return self.acquire_full(algorithm, self.shared.startup_limit(limit), cost);
-        }
-        // The fast path makes no call, as in `add`: a fixed window, the cached epoch, an uncontended cell, one
-        // decision and at most one CAS. Anything else, and it decided and counted nothing.
-        if algorithm == Algorithm::FixedWindow
-            && let Some(epoch) = self.cell.cached_epoch_at(self.clock.now_unix_ms())
-            && let Some(outcome) = self.cell.try_take_fast(epoch, cost, limit)
-        {
-            super::calls::count_acquire();
-            let reset_at = self.cell.cached_end_ms(epoch);
-            return match outcome {
-                FastTake::Taken { used } => {
-                    if cost > 0 && !self.cell.is_dirty() {
-                        self.shared.queue_changed(&self.cell);
-                    }
-                    Decision::new(true, used, limit, reset_at)
-                }
-                // The slot held the epoch, so the cell was not being retired: the refusal is a real decision.
-                FastTake::Refused { used } => {
-                    super::calls::count_refusal();
-                    Decision::new(false, used, limit, reset_at)
-                }
-            };
-        }
-        self.acquire_full(algorithm, limit, cost)
-    }
-
-    #[inline(never)]
-    fn acquire_full(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
-        super::calls::count_acquire();
-        let now = self.clock.now_unix_ms();
-        let (mut decision, counted) = limiter::acquire(&self.cell, algorithm, now, limit, cost);
-        if counted {
-            self.shared.changed(&self.cell);
-        }
+        let mut decision = acquire_on(
+            &self.cell,
+            &self.clock,
+            &self.shared,
+            algorithm,
+            limit,
+            cost,
+        );
         if !decision.allowed && self.cell.is_retired() {
             decision = self.acquire_refused(algorithm, limit, cost, decision);
         }
@@ -1406,6 +1504,8 @@ impl CounterHandle {
         cost: u64,
         mut decision: Decision,
     ) -> Decision {
+        // The same limit as the first try: the start-up share while it applies.
+        let limit = self.shared.startup_limit(limit);
         while !decision.allowed && self.cell.is_retired() {
             std::hint::spin_loop();
             let now = self.clock.now_unix_ms();

@@ -211,23 +211,29 @@ impl Rls {
                 *target = Target::None;
             }
         }
-        // Every counter handle first: a descriptor refused here (a key too long, a full store) refuses the
-        // request before anything is counted.
+        let key_error = |i: usize, e: CounterError| match e {
+            CounterError::KeyLimit { .. } | CounterError::RemoteKeyLimit { .. } => {
+                Status::resource_exhausted(format!(
+                    "descriptors[{i}]: {e} (cluster_config.limits.max_keys)"
+                ))
+            }
+            e => invalid(format!("descriptors[{i}].entries"), e),
+        };
+        // Every counter handle first when several descriptors count: one refused here (a key too long, a full
+        // store) refuses the request before anything is counted. A single one needs no handle: it is decided by
+        // key through the per-thread cache of resolved cells, and a refusal there has counted nothing either.
+        let limited = targets
+            .iter()
+            .filter(|t| matches!(t, Target::Limited { .. }))
+            .count();
         let mut handles = Vec::with_capacity(targets.len());
         for (i, target) in targets.iter().enumerate() {
             handles.push(match target {
-                Target::Limited { key, window, .. } => Some(
+                Target::Limited { key, window, .. } if limited > 1 => Some(
                     self.node
                         .store()
                         .handle(key, *window)
-                        .map_err(|e| match e {
-                            CounterError::KeyLimit { .. } | CounterError::RemoteKeyLimit { .. } => {
-                                Status::resource_exhausted(format!(
-                                    "descriptors[{i}]: {e} (cluster_config.limits.max_keys)"
-                                ))
-                            }
-                            e => invalid(format!("descriptors[{i}].entries"), e),
-                        })?,
+                        .map_err(|e| key_error(i, e))?,
                 ),
                 _ => None,
             });
@@ -251,6 +257,8 @@ impl Rls {
                 }),
                 Target::Limited {
                     name,
+                    key,
+                    window,
                     requests_per_unit,
                     unit,
                     algorithm,
@@ -259,13 +267,15 @@ impl Rls {
                     stats,
                     ..
                 } => {
-                    // Every limited target got a handle above (or the request was refused).
-                    let Some(handle) = handle else {
-                        statuses.push(DescriptorStatus::default());
-                        continue;
-                    };
                     let limit = u64::from(requests_per_unit);
-                    let decision = handle.acquire(algorithm, limit, n);
+                    let decision = match handle {
+                        Some(handle) => handle.acquire(algorithm, limit, n),
+                        None => self
+                            .node
+                            .store()
+                            .acquire_by_key(&key, window, algorithm, limit, n)
+                            .map_err(|e| key_error(i, e))?,
+                    };
                     bump(&stats.total_hits, n);
                     let near = limit * NEAR_LIMIT_RATIO.0 / NEAR_LIMIT_RATIO.1;
                     let mut code = Code::Ok;

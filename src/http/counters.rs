@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::RequestCeiling;
@@ -273,6 +273,66 @@ pub(crate) enum CheckAnswer {
     },
 }
 
+/// The common shape of a check request, read without a JSON tree: one limit of a fixed or sliding window,
+/// counted. Strings are borrowed from the body, so an escaped one (and any other shape, a wrong type, a
+/// duplicate field) makes the parse fail and the request go through the general path, which names the field
+/// at fault.
+#[derive(Deserialize)]
+struct SingleCheck<'a> {
+    #[serde(borrow)]
+    key: &'a str,
+    #[serde(borrow)]
+    window: &'a str,
+    limit: u64,
+    #[serde(default)]
+    cost: Option<u64>,
+    #[serde(borrow, default)]
+    algorithm: Option<&'a str>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(default)]
+    checks: Option<serde::de::IgnoredAny>,
+}
+
+/// The decision of a [`SingleCheck`] body, counted when allowed, through the per-thread cache of resolved
+/// cells; `None` when the body is not of that shape or is refused (the general path then answers it, with
+/// the same decision rules and the error that names the field).
+fn single_check(
+    node: &ClusterHandle,
+    ceiling: RequestCeiling,
+    body: &[u8],
+) -> Option<Result<Decision, ApiError>> {
+    if body.len() > MAX_BODY_BYTES {
+        return None;
+    }
+    let c: SingleCheck<'_> = serde_json::from_slice(body).ok()?;
+    if c.checks.is_some() || c.dry_run == Some(true) {
+        return None;
+    }
+    let algorithm = match c.algorithm {
+        None | Some("fixed_window") => Algorithm::FixedWindow,
+        Some("sliding_window") => Algorithm::SlidingWindow,
+        Some(_) => return None,
+    };
+    let key = writable_key(c.key).ok()?;
+    let window = Window::parse(c.window).ok()?;
+    let cost = bounded(c.cost.unwrap_or(1), "cost", ceiling).ok()?;
+    Some(
+        node.store()
+            .acquire_net_by_key(key, window, algorithm, c.limit, cost)
+            .map_err(key_error),
+    )
+}
+
+/// Counts a check request for `bifrost_ratelimit_checks_total{result}`: one per request.
+fn count_check(stats: &super::HttpStats, allowed: bool) {
+    super::HttpStats::bump(if allowed {
+        &stats.ratelimit_allowed
+    } else {
+        &stats.ratelimit_over_limit
+    });
+}
+
 /// `POST /v1/ratelimit/check`: one check (`{"key", "window", "limit", "cost"?, "algorithm"?}`) or several
 /// (`{"checks": [...]}`), counted all or nothing: every limit of the request is counted only if all allow.
 /// `"dry_run": true` decides without counting anything (the check of check-then-report). The answer carries
@@ -284,6 +344,14 @@ pub(crate) async fn ratelimit_check(
     State(stats): State<std::sync::Arc<super::HttpStats>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if let Some(decision) = single_check(&node, ceiling, &body) {
+        let decision = decision?;
+        count_check(&stats, decision.allowed);
+        let headers =
+            ratelimit_headers(std::slice::from_ref(&decision), node.clock().now_unix_ms());
+        let answer = CheckAnswer::One(DecisionJson::from(decision));
+        return Ok((headers, Json(answer)).into_response());
+    }
     let map = object(&body)?;
     let dry_run = match map.get("dry_run") {
         None | Some(Value::Null) => false,
@@ -329,12 +397,7 @@ pub(crate) async fn ratelimit_check(
         }
     }
     if !dry_run {
-        // Counted for `bifrost_ratelimit_checks_total{result}`: one per request.
-        super::HttpStats::bump(if allowed {
-            &stats.ratelimit_allowed
-        } else {
-            &stats.ratelimit_over_limit
-        });
+        count_check(&stats, allowed);
     }
     let headers = ratelimit_headers(&decisions, node.clock().now_unix_ms());
     let answer = if batch {
