@@ -34,7 +34,7 @@ pub use self::network::{NetOptions, NetStats};
 pub use self::report::{NodeTraffic, Percentiles, SimReport, TrafficSummary};
 
 use crate::config::{ClusterConfig, PeerAddr};
-use crate::counter::{CoarseClock, CounterError, CounterStore, Window};
+use crate::counter::{Algorithm, CoarseClock, CounterError, CounterStore, Decision, Window};
 use crate::membership::{MemberState, MembershipError, MembershipOptions};
 use crate::node::PeerHello;
 use crate::node::machine::{Action, LinkId, LinkUp, NoProbe, NodeMachine};
@@ -458,6 +458,31 @@ impl Simulation {
         self.nodes[i].store.add(key, window, n)?;
         *self.totals.entry((key.to_string(), window)).or_default() += n;
         Ok(())
+    }
+
+    /// An acquire of `cost` against `limit` on `key` in `window` on node `i` at the current virtual time, as a
+    /// gateway's check: counted when allowed, and then recorded in the exact total as an add is. `None` when
+    /// the node is down.
+    pub fn acquire(
+        &mut self,
+        i: usize,
+        key: &str,
+        window: Window,
+        algorithm: Algorithm,
+        limit: u64,
+        cost: u64,
+    ) -> Result<Option<Decision>, CounterError> {
+        if self.nodes[i].run == RunState::Down {
+            return Ok(None);
+        }
+        self.nodes[i].clock.advance_to(self.now_ms);
+        let decision = self.nodes[i]
+            .store
+            .acquire_by_key(key, window, algorithm, limit, cost)?;
+        if decision.allowed {
+            *self.totals.entry((key.to_string(), window)).or_default() += cost;
+        }
+        Ok(Some(decision))
     }
 
     /// The exact total of every [`Simulation::add`] of `key`.
