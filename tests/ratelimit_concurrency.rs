@@ -3,39 +3,16 @@
 //! holds slots has them released by the others once membership declares it down, and a slot released on its
 //! own node frees it everywhere. The time from the kill to the release is printed. Every address is 127.0.0.1.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::free_port;
-use support::process::{NodeProcess, wait_until};
+use support::process::{NodeProcess, static_trio, wait_until};
 
 const SECRET: &str = "Zr8Qm2Lx5Vc9Tb3Nw7Ky1Hs4Pd6Fg0Ja2Ue5Io8Mq=";
 const LIMIT: u64 = 3;
 
 fn nodes(dir: &std::path::Path) -> Vec<NodeProcess> {
-    let ports = [free_port(), free_port(), free_port()];
-    ["node-a", "node-b", "node-c"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-            let peers: Vec<String> = ports
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
-                .collect();
-            let config = format!(
-                r#"{{ "cluster_config": {{ "enabled": true, "node_id": "{name}", "peers": [{}],
-                     "gossip": {{ "port": {} }}, "http": {{ "listen": "{http}" }},
-                     "security": {{ "cluster_secret": "{SECRET}" }} }} }}"#,
-                peers.join(","),
-                ports[i],
-            );
-            NodeProcess::new(dir, name, http, &config)
-        })
-        .collect()
+    static_trio(dir, SECRET, |_| String::new())
 }
 
 /// A check of the in-flight limit on `node`: `(allowed, held)`; `None` when the node does not answer.

@@ -3,14 +3,12 @@
 //! from their first answer; then all three get `kill -9` while counting, restart, and are short by at most the
 //! increments of the last snapshot interval (the figure is printed). Every address is 127.0.0.1.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::free_port;
-use support::process::{NodeProcess, wait_until};
+use support::process::{NodeProcess, static_trio, wait_until};
 
 const SECRET: &str = "q7Vn2mZ0xR4kT8wB1yC6pL3sH9dF5gJ0aE2uI7oK4nM=";
 /// `storage.interval` of the test, in ms.
@@ -18,31 +16,13 @@ const INTERVAL_MS: u64 = 200;
 const KEYS: [(&str, &str); 2] = [("budget/day", "1d"), ("budget/month", "1M")];
 
 fn nodes(dir: &std::path::Path) -> Vec<NodeProcess> {
-    let ports = [free_port(), free_port(), free_port()];
-    ["node-a", "node-b", "node-c"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-            let peers: Vec<String> = ports
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
-                .collect();
-            let data = dir.join(format!("{name}-data"));
-            let config = format!(
-                r#"{{ "cluster_config": {{ "enabled": true, "node_id": "{name}", "peers": [{}],
-                     "gossip": {{ "port": {} }}, "http": {{ "listen": "{http}" }},
-                     "security": {{ "cluster_secret": "{SECRET}" }},
-                     "storage": {{ "path": "{}", "interval": "{INTERVAL_MS}ms" }} }} }}"#,
-                peers.join(","),
-                ports[i],
-                data.display()
-            );
-            NodeProcess::new(dir, name, http, &config)
-        })
-        .collect()
+    static_trio(dir, SECRET, |name| {
+        let data = dir.join(format!("{name}-data"));
+        format!(
+            r#", "storage": {{ "path": "{}", "interval": "{INTERVAL_MS}ms" }}"#,
+            data.display()
+        )
+    })
 }
 
 /// Every node's first answer after a restart: the HTTP listener opens after the snapshot is loaded.

@@ -1,6 +1,6 @@
 //! A `bifrost-cluster run` child process on loopback with its config file and log, killed when dropped.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -163,4 +163,33 @@ pub fn wait_until(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Three nodes `node-a`, `node-b`, `node-c` on loopback, each with the other two as static peers, free gossip
+/// and HTTP ports and `secret`; `extra(name)` adds members to each node's `cluster_config` (text starting
+/// with a comma, or empty). Not started yet.
+pub fn static_trio(dir: &Path, secret: &str, extra: impl Fn(&str) -> String) -> Vec<NodeProcess> {
+    let ports = [super::free_port(), super::free_port(), super::free_port()];
+    ["node-a", "node-b", "node-c"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let http = SocketAddr::from((Ipv4Addr::LOCALHOST, super::free_port()));
+            let peers: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, p)| format!("\"127.0.0.1:{p}\""))
+                .collect();
+            let config = format!(
+                r#"{{ "cluster_config": {{ "enabled": true, "node_id": "{name}", "peers": [{}],
+                     "gossip": {{ "port": {} }}, "http": {{ "listen": "{http}" }},
+                     "security": {{ "cluster_secret": "{secret}" }}{} }} }}"#,
+                peers.join(","),
+                ports[i],
+                extra(name)
+            );
+            NodeProcess::new(dir, name, http, &config)
+        })
+        .collect()
 }
