@@ -245,8 +245,15 @@ async fn refunds_and_concurrency_limits_give_back_what_a_request_reserved() {
             "{d}"
         );
     }
-    let (_, d) = call(move || post(addr, "/v1/ratelimit/check", take)).await;
+    let (_, headers, d) =
+        call_h(move || post_with_headers(addr, "/v1/ratelimit/check", take)).await;
     assert_eq!(d["allowed"], false, "{d}");
+    // A slot frees when a holder releases it, not at the end of its lease (an hour away here).
+    let retry = headers
+        .iter()
+        .find(|(n, _)| n == "retry-after")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(retry, Some("1"), "{headers:?}");
     let done = r#"{"releases":[{"key":"model/gpt-4o","algorithm":"concurrency"}]}"#;
     let (code, d) = call(move || post(addr, "/v1/ratelimit/release", done)).await;
     assert_eq!(code, 200, "{d}");
@@ -350,6 +357,51 @@ async fn bad_requests_get_400_naming_the_field() {
             "key",
         ),
         ("GET", "/v1/counters/%FF%FE?window=1m", None, "path"),
+        // Bodies the fast path of a single check must not take: each answered as the general path does.
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"["k","1m",5]"#),
+            "body",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"k","window":"1m","limit":5,"checks":null}"#),
+            "checks",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"k","window":"1m","limit":5,"x":1e400}"#),
+            "body",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"k","window":"1m","limit":5,"x":"\ud800"}"#),
+            "body",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(
+                r#"{"checks":[{"key":"d","window":"1m","limit":1},{"key":"d","window":"1m","limit":1}]}"#,
+            ),
+            "checks[1]",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/check",
+            Some(r#"{"key":"","algorithm":"concurrency","limit":1}"#),
+            "key",
+        ),
+        (
+            "POST",
+            "/v1/ratelimit/release",
+            Some(r#"{"releases":[{"key":"a","window":"1m"},{"key":"","window":"1m"}]}"#),
+            "releases[1].key",
+        ),
     ];
     for (method, path, body, field) in cases {
         let (code, answer) = call(move || request(addr, method, path, body)).await;
@@ -357,6 +409,50 @@ async fn bad_requests_get_400_naming_the_field() {
         assert_eq!(answer["field"], field, "{method} {path} {body:?}: {answer}");
         assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
+    // Nothing above was counted.
+    for key in ["k", "d"] {
+        let dry = format!(r#"{{"key":"{key}","window":"1m","limit":5,"dry_run":true}}"#);
+        let (_, d) = call(move || post(addr, "/v1/ratelimit/check", &dry)).await;
+        assert_eq!(d["used"], 0, "{key}: {d}");
+    }
+    // A limit's key leaves room for the counters of its refunds (10 bytes; 20 for an in-flight limit), so
+    // whatever is taken can be given back; the length named is the client's.
+    let long = "x".repeat(250);
+    let body = format!(r#"{{"key":"{long}","window":"1m","limit":5}}"#);
+    let (code, answer) = call(move || post(addr, "/v1/ratelimit/check", &body)).await;
+    assert_eq!(
+        (code, &answer["field"]),
+        (400, &serde_json::json!("key")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("250 bytes") && e.contains("246")),
+        "{answer}"
+    );
+    let slot = "y".repeat(236);
+    let take = format!(r#"{{"key":"{slot}","algorithm":"concurrency","limit":1}}"#);
+    let (code, answer) = call(move || post(addr, "/v1/ratelimit/check", &take)).await;
+    assert_eq!(
+        (code, &answer["allowed"]),
+        (200, &serde_json::json!(true)),
+        "{answer}"
+    );
+    let give = format!(r#"{{"key":"{slot}","algorithm":"concurrency"}}"#);
+    let (code, answer) = call(move || post(addr, "/v1/ratelimit/release", &give)).await;
+    assert_eq!(
+        (code, &answer["results"][0]["released"]),
+        (200, &serde_json::json!(1)),
+        "{answer}"
+    );
+    let too_long = format!(r#"{{"key":"{slot}y","algorithm":"concurrency","limit":1}}"#);
+    let (code, answer) = call(move || post(addr, "/v1/ratelimit/check", &too_long)).await;
+    assert_eq!(
+        (code, &answer["field"]),
+        (400, &serde_json::json!("key")),
+        "{answer}"
+    );
     // Other errors are JSON too.
     let (code, answer) = call(move || request(addr, "DELETE", "/health", None)).await;
     assert_eq!(code, 405, "{answer}");

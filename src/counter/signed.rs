@@ -160,6 +160,7 @@ impl CounterStore {
     /// what this node counted itself and has not released yet.
     pub fn release(&self, key: &str, window: Window, n: u64) -> Result<Released, CounterError> {
         let handle = self.handle(key, window)?;
+        let _serial = self.release_guard();
         let epoch = handle.epoch_now();
         let take = n.min(self.own_net(key, window, epoch));
         let released = self.release_in_epoch(key, window, epoch, take)?;
@@ -259,6 +260,7 @@ impl CounterStore {
         n: u64,
     ) -> Result<Released, CounterError> {
         let handle = self.handle(key, window)?;
+        let _serial = self.release_guard();
         let epoch = handle.epoch_now();
         let mut left = n;
         let mut released = 0;
@@ -372,6 +374,45 @@ mod tests {
             s.acquire_by_key("", w, Algorithm::FixedWindow, 3, 1),
             Err(CounterError::EmptyKey)
         ));
+    }
+
+    #[test]
+    fn a_reset_drops_the_refunds_with_the_units_so_the_limit_holds_after_it() {
+        let s = store(1);
+        let w = Window::parse("1h").unwrap();
+        let h = s.handle("k", w).unwrap();
+        for _ in 0..4 {
+            assert!(s.acquire_net(&h, Algorithm::FixedWindow, 4, 1).allowed);
+        }
+        assert_eq!(s.release("k", w, 2).unwrap().released, 2);
+        assert!(s.reset("k", w, h.epoch_now()).is_some());
+        let allowed = (0..8)
+            .filter(|_| s.acquire_net(&h, Algorithm::FixedWindow, 4, 1).allowed)
+            .count();
+        assert_eq!(
+            allowed, 4,
+            "the limit after a reset, not the limit plus the old refunds"
+        );
+        // Refunds of units taken after the reset are whole again.
+        assert_eq!(s.release("k", w, 4).unwrap().released, 4);
+    }
+
+    #[test]
+    fn concurrent_releases_on_one_node_never_give_back_more_than_it_added() {
+        let w = Window::parse("1h").unwrap();
+        for round in 0..200 {
+            let s = std::sync::Arc::new(store(1));
+            let key = format!("k{round}");
+            s.add(&key, w, 1).unwrap();
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (s, key) = (std::sync::Arc::clone(&s), key.clone());
+                    std::thread::spawn(move || s.release(&key, w, 1).unwrap().released)
+                })
+                .collect();
+            let released: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert_eq!(released, 1, "round {round}");
+        }
     }
 
     #[test]

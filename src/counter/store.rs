@@ -335,6 +335,9 @@ struct Shared {
     /// Set once a released companion (`@released/…`) exists: until then no count has a refund, and an acquire
     /// by key skips the companion's lookup.
     any_released: std::sync::atomic::AtomicBool,
+    /// Serializes this node's releases: each reads its own net count and then adds to the companion, and two
+    /// at once must not both give back the same unit. Releases are off the hot path.
+    release_lock: std::sync::Mutex<()>,
     dirty: ArrayQueue<Arc<Cell>>,
     options: StoreOptions,
     stats: StoreStats,
@@ -434,6 +437,7 @@ impl CounterStore {
                 last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64::new(0),
                 startup_share: std::sync::atomic::AtomicU64::new(pack_share(1, 1)),
                 any_released: std::sync::atomic::AtomicBool::new(false),
+                release_lock: std::sync::Mutex::new(()),
                 // Every cell, of either budget, can be dirty (a local add to a key a merge created).
                 dirty: ArrayQueue::new(max_keys + max_remote_keys + 64),
                 options: StoreOptions {
@@ -565,9 +569,10 @@ impl CounterStore {
             return Err(self.refuse_key(key, budget, max));
         }
         if key.starts_with(super::signed::RELEASED_PREFIX) {
-            // Release, paired with the Acquire in `any_released`: stored before the companion is published,
-            // so an acquire that does not see the flag is ordered before this insert (as a concurrent release
-            // may be) and one that sees it finds the companion.
+            // Release, paired with the Acquire in `any_released`: stored before the companion is published.
+            // An acquire that does not see the flag decides without the refund, as it would if it ran before
+            // the release; one that sees it looks the companion up (and may still find it absent for an
+            // instant, the same stricter decision).
             shared
                 .any_released
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -683,6 +688,12 @@ impl CounterStore {
             lookup_cache::remember(self.shared.id, hash, &cell);
             return Ok(outcome);
         }
+    }
+
+    /// Holds this node's release lock (see `Shared::release_lock`).
+    pub(crate) fn release_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Poison policy (crate::sync): the lock guards no data.
+        self.shared.release_lock.lock_clean()
     }
 
     /// Whether any released companion exists in this store (see [`CounterStore::acquire_net`]).
@@ -996,6 +1007,11 @@ impl CounterStore {
     /// in its ring.
     pub fn reset(&self, key: &str, window: Window, epoch: u64) -> Option<ResetReport> {
         let cell = self.existing(key, window)?;
+        if !key.starts_with(super::signed::RELEASED_PREFIX) {
+            // Refunds of the units the reset drops go with them: the net count restarts from zero too, and
+            // the companion's floors replicate with the key's.
+            let _ = self.reset(&super::signed::released_key(key), window, epoch);
+        }
         let before = cell.local(epoch).saturating_add(cell.remote(epoch));
         let floors: Vec<(u64, u64)> = cell
             .reset_epoch(epoch)?

@@ -83,6 +83,33 @@ fn window(text: &str, field: &str) -> Result<Window, ApiError> {
     })
 }
 
+/// Bytes a limit's key needs beside the client's own: the refund companion's prefix.
+const COMPANION_ROOM: usize = crate::counter::RELEASED_PREFIX.len();
+/// The same for an in-flight limit: its own prefix under the companion's.
+const IN_FLIGHT_ROOM: usize = COMPANION_ROOM + crate::counter::IN_FLIGHT_PREFIX.len();
+
+/// The client's key of a limit, writable and short enough that its prefixed counters (`room` bytes more:
+/// the refund companion, the in-flight prefix) fit in `limits.max_key_length`, so whatever can be taken can
+/// also be given back. Lengths are the client's.
+fn user_key<'a>(node: &ClusterHandle, key: &'a str, room: usize) -> Result<&'a str, ApiError> {
+    let key = writable_key(key)?;
+    let max = node.store().options().max_key_length.saturating_sub(room);
+    if key.is_empty() {
+        return Err(ApiError::bad_field("key", "must not be empty"));
+    }
+    if key.len() > max {
+        return Err(ApiError::bad_field(
+            "key",
+            format!(
+                "key of {} bytes; a limit's key takes at most {max} (cluster_config.limits.max_key_length \
+                 less {room} bytes for the counters that hold its refunds)",
+                key.len()
+            ),
+        ));
+    }
+    Ok(key)
+}
+
 /// A key a client may write: keys starting with `@` belong to the traffic plane.
 fn writable_key(key: &str) -> Result<&str, ApiError> {
     if key.starts_with('@') {
@@ -173,9 +200,16 @@ fn algorithm(map: &Map<String, Value>) -> Result<Option<Algorithm>, ApiError> {
 
 /// The counter of `{"key", "window", "algorithm"?}`: an in-flight limit counts under its own prefix, with
 /// a window (its slots' lease) that defaults to [`DEFAULT_IN_FLIGHT_WINDOW`].
-fn counter_of(map: &Map<String, Value>) -> Result<(String, Window, Option<Algorithm>), ApiError> {
-    let key = writable_key(string(map, "key")?)?;
+fn counter_of(
+    node: &ClusterHandle,
+    map: &Map<String, Value>,
+) -> Result<(String, Window, Option<Algorithm>), ApiError> {
     let algorithm = algorithm(map)?;
+    let room = match algorithm {
+        Some(_) => COMPANION_ROOM,
+        None => IN_FLIGHT_ROOM,
+    };
+    let key = user_key(node, string(map, "key")?, room)?;
     Ok(match algorithm {
         Some(_) => (
             key.to_owned(),
@@ -203,7 +237,7 @@ fn check(
     map: &Map<String, Value>,
     ceiling: RequestCeiling,
 ) -> Result<Check, ApiError> {
-    let (key, window, algorithm) = counter_of(map)?;
+    let (key, window, algorithm) = counter_of(node, map)?;
     let limit = integer(map, "limit", None)?;
     let cost = bounded(integer(map, "cost", Some(1))?, "cost", ceiling)?;
     let handle = node.store().handle(&key, window).map_err(key_error)?;
@@ -274,10 +308,12 @@ pub(crate) enum CheckAnswer {
 }
 
 /// The common shape of a check request, read without a JSON tree: one limit of a fixed or sliding window,
-/// counted. Strings are borrowed from the body, so an escaped one (and any other shape, a wrong type, a
-/// duplicate field) makes the parse fail and the request go through the general path, which names the field
-/// at fault.
+/// counted. Only an object of exactly these members qualifies (`deny_unknown_fields`, so nothing is skipped
+/// unread); strings are borrowed from the body, so an escaped one makes the parse fail, as does a wrong type,
+/// a duplicate member, `checks` (even `null`) or any other member, and the request goes through the general
+/// path, which names the field at fault.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SingleCheck<'a> {
     #[serde(borrow)]
     key: &'a str,
@@ -290,8 +326,6 @@ struct SingleCheck<'a> {
     algorithm: Option<&'a str>,
     #[serde(default)]
     dry_run: Option<bool>,
-    #[serde(default)]
-    checks: Option<serde::de::IgnoredAny>,
 }
 
 /// The decision of a [`SingleCheck`] body, counted when allowed, through the per-thread cache of resolved
@@ -302,11 +336,12 @@ fn single_check(
     ceiling: RequestCeiling,
     body: &[u8],
 ) -> Option<Result<Decision, ApiError>> {
-    if body.len() > MAX_BODY_BYTES {
+    // An object only: serde reads a struct from an array too.
+    if body.len() > MAX_BODY_BYTES || body.trim_ascii_start().first() != Some(&b'{') {
         return None;
     }
     let c: SingleCheck<'_> = serde_json::from_slice(body).ok()?;
-    if c.checks.is_some() || c.dry_run == Some(true) {
+    if c.dry_run == Some(true) {
         return None;
     }
     let algorithm = match c.algorithm {
@@ -314,7 +349,7 @@ fn single_check(
         Some("sliding_window") => Algorithm::SlidingWindow,
         Some(_) => return None,
     };
-    let key = writable_key(c.key).ok()?;
+    let key = user_key(node, c.key, COMPANION_ROOM).ok()?;
     let window = Window::parse(c.window).ok()?;
     let cost = bounded(c.cost.unwrap_or(1), "cost", ceiling).ok()?;
     Some(
@@ -347,8 +382,11 @@ pub(crate) async fn ratelimit_check(
     if let Some(decision) = single_check(&node, ceiling, &body) {
         let decision = decision?;
         count_check(&stats, decision.allowed);
-        let headers =
-            ratelimit_headers(std::slice::from_ref(&decision), node.clock().now_unix_ms());
+        let headers = ratelimit_headers(
+            std::slice::from_ref(&decision),
+            &[],
+            node.clock().now_unix_ms(),
+        );
         let answer = CheckAnswer::One(DecisionJson::from(decision));
         return Ok((headers, Json(answer)).into_response());
     }
@@ -369,6 +407,20 @@ pub(crate) async fn ratelimit_check(
         &["key", "window", "limit", "cost", "algorithm"],
         |item| check(&node, item, ceiling),
     )?;
+    // The same counter twice would pass both decisions and then refuse the second after counting the first:
+    // each limit once.
+    for (j, c) in checks.iter().enumerate() {
+        if let Some(i) = checks[..j].iter().position(|b| {
+            b.handle.key() == c.handle.key() && b.handle.window() == c.handle.window()
+        }) {
+            return Err(ApiError::bad_field(
+                &format!("checks[{j}]"),
+                format!(
+                    "the same key and window as checks[{i}]; give each limit once (with the sum of the costs)"
+                ),
+            ));
+        }
+    }
     // First every decision without counting; then, only if all allow, count each. A check that loses the
     // last units to a concurrent request between the two is refused, and the ones before it stay counted:
     // the request is refused, never admitted over a limit.
@@ -399,7 +451,8 @@ pub(crate) async fn ratelimit_check(
     if !dry_run {
         count_check(&stats, allowed);
     }
-    let headers = ratelimit_headers(&decisions, node.clock().now_unix_ms());
+    let in_flight: Vec<bool> = checks.iter().map(|c| c.algorithm.is_none()).collect();
+    let headers = ratelimit_headers(&decisions, &in_flight, node.clock().now_unix_ms());
     let answer = if batch {
         CheckAnswer::Many {
             allowed,
@@ -433,7 +486,7 @@ pub(crate) async fn ratelimit_report(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let map = object(&body)?;
     let parse = |item: &Map<String, Value>| -> Result<(CounterHandle, u64), ApiError> {
-        let key = writable_key(string(item, "key")?)?;
+        let key = user_key(&node, string(item, "key")?, COMPANION_ROOM)?;
         let window = window(string(item, "window")?, "window")?;
         let cost = bounded(integer(item, "cost", None)?, "cost", ceiling)?;
         Ok((node.store().handle(key, window).map_err(key_error)?, cost))
@@ -482,24 +535,32 @@ pub(crate) async fn ratelimit_release(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let map = object(&body)?;
     let parse = |item: &Map<String, Value>| -> Result<(String, Window, bool, u64), ApiError> {
-        let (key, window, algorithm) = counter_of(item)?;
+        let (key, window, algorithm) = counter_of(&node, item)?;
         let cost = bounded(integer(item, "cost", Some(1))?, "cost", ceiling)?;
         Ok((key, window, algorithm.is_none(), cost))
     };
-    let (releases, _) = items(
+    let (releases, batch) = items(
         &map,
         "releases",
         &["key", "window", "cost", "algorithm"],
         parse,
     )?;
     let mut results = Vec::with_capacity(releases.len());
-    for (key, window, in_flight, cost) in releases {
+    for (i, (key, window, in_flight, cost)) in releases.into_iter().enumerate() {
+        // Every key fits with its companion (checked above), so only a full store can refuse one here.
         let done = if in_flight {
             node.store().release_in_flight(&key, window, cost)
         } else {
             node.store().release(&key, window, cost)
         }
-        .map_err(key_error)?;
+        .map_err(|e| {
+            let e = key_error(e);
+            if batch {
+                e.under(&format!("releases[{i}]."))
+            } else {
+                e
+            }
+        })?;
         let name = key
             .strip_prefix(crate::counter::IN_FLIGHT_PREFIX)
             .unwrap_or(&key);
@@ -516,15 +577,21 @@ pub(crate) async fn ratelimit_release(
 
 /// The RateLimit headers (IETF draft `RateLimit-*` fields as Envoy and the envoyproxy/ratelimit service send
 /// them) of the decision closest to its limit: a refused one first, then the fewest remaining.
-fn ratelimit_headers(decisions: &[Decision], now_ms: u64) -> HeaderMap {
+fn ratelimit_headers(decisions: &[Decision], in_flight: &[bool], now_ms: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    let Some(closest) = decisions
+    let Some((closest, concurrency)) = decisions
         .iter()
-        .min_by_key(|d| (d.allowed, if d.allowed { d.remaining } else { 0 }))
+        .zip(in_flight.iter().copied().chain(std::iter::repeat(false)))
+        .min_by_key(|(d, _)| (d.allowed, if d.allowed { d.remaining } else { 0 }))
     else {
         return headers;
     };
-    let reset_s = closest.reset_at_ms.saturating_sub(now_ms).div_ceil(1000);
+    // An in-flight slot frees whenever a holder releases it, not at its lease's end: say one second.
+    let reset_s = if concurrency {
+        IN_FLIGHT_RETRY_S
+    } else {
+        closest.reset_at_ms.saturating_sub(now_ms).div_ceil(1000)
+    };
     let remaining = if closest.allowed {
         closest.remaining
     } else {
@@ -542,6 +609,9 @@ fn ratelimit_headers(decisions: &[Decision], now_ms: u64) -> HeaderMap {
     }
     headers
 }
+
+/// `RateLimit-Reset` and `Retry-After` of an in-flight (concurrency) limit, seconds.
+const IN_FLIGHT_RETRY_S: u64 = 1;
 
 /// A counter as this node sees it.
 #[derive(Debug, Serialize)]
