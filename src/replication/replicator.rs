@@ -200,29 +200,48 @@ struct Peer {
     awaited_state: Option<AwaitedState>,
 }
 
-/// A state transfer this node waits for: the request's id and the chunk indexes that arrived.
+/// A state transfer this node waits for: the request's id, the chunk count its first chunk announced and the
+/// chunk indexes that arrived.
 #[derive(Debug)]
 struct AwaitedState {
     request_id: u64,
+    total: Option<u32>,
     indexes: HashSet<u32>,
 }
+
+/// Most chunks an awaited state transfer may announce: each chunk carries at least one entry, and no store
+/// holds this many keys, so a larger count is no honest answer and never completes the wait (start-up
+/// admission then ends on its timeout). Bounds the awaited index set.
+const MAX_AWAITED_CHUNKS: u32 = 1 << 22;
 
 impl Peer {
     /// Notes a merged chunk of `request_id`: once every chunk of the awaited answer arrived (in any order;
     /// a duplicate counts once), the peer's state was received. Unsolicited chunks (anti-entropy pushes, id
     /// 0) and answers to other requests never complete it.
     fn note_state_chunk(&mut self, request_id: u64, index: u32, total: u32) {
-        let Some(awaited) = self.awaited_state.as_mut() else {
-            return;
-        };
-        if request_id == 0 || awaited.request_id != request_id {
-            return;
-        }
-        awaited.indexes.insert(index);
-        if awaited.indexes.len() as u64 >= u64::from(total) {
+        if self
+            .awaited_state
+            .as_mut()
+            .is_some_and(|awaited| awaited.note(request_id, index, total))
+        {
             self.stats.state_received = true;
             self.awaited_state = None;
         }
+    }
+}
+
+impl AwaitedState {
+    /// Notes chunk `index` of `total` of `request_id`; true once every chunk of the awaited answer arrived.
+    fn note(&mut self, request_id: u64, index: u32, total: u32) -> bool {
+        if request_id == 0 || self.request_id != request_id || total > MAX_AWAITED_CHUNKS {
+            return false;
+        }
+        // Every chunk of one answer announces the same count: one that differs does not count.
+        if *self.total.get_or_insert(total) != total {
+            return false;
+        }
+        self.indexes.insert(index);
+        self.indexes.len() as u64 >= u64::from(total)
     }
 }
 
@@ -371,6 +390,7 @@ impl Replicator {
         {
             p.awaited_state = Some(AwaitedState {
                 request_id,
+                total: None,
                 indexes: HashSet::new(),
             });
         }
@@ -1349,5 +1369,39 @@ fn to_wire_entry(e: DirtyEntry) -> Entry {
         window: WireWindow::from(e.window),
         epoch: e.epoch,
         value: e.value,
+    }
+}
+
+#[cfg(test)]
+mod awaited_state_tests {
+    use super::*;
+
+    fn awaiting(request_id: u64) -> AwaitedState {
+        AwaitedState {
+            request_id,
+            total: None,
+            indexes: HashSet::new(),
+        }
+    }
+
+    #[test]
+    fn an_answer_completes_only_with_every_chunk_of_the_count_its_first_chunk_announced() {
+        let mut a = awaiting(7);
+        assert!(!a.note(7, 2, 3));
+        assert!(
+            !a.note(7, 0, 1),
+            "a chunk announcing another count does not count"
+        );
+        assert!(!a.note(0, 0, 3), "an anti-entropy push does not count");
+        assert!(!a.note(8, 0, 3), "nor an answer to another request");
+        assert!(!a.note(7, 2, 3), "a duplicate counts once");
+        assert!(!a.note(7, 0, 3));
+        assert!(a.note(7, 1, 3));
+        let mut huge = awaiting(7);
+        assert!(!huge.note(7, 0, MAX_AWAITED_CHUNKS + 1));
+        assert!(
+            huge.indexes.is_empty(),
+            "nothing kept of a count beyond the bound"
+        );
     }
 }
