@@ -208,6 +208,26 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for JsonErrors<I> {
     }
 }
 
+/// Answers a connection over the cap with the `503` and closes it, never waiting: what the client already sent
+/// is read first (closing a socket with unread input resets the connection, and the reset can destroy the
+/// answer before the client reads it), at most 64 KiB; then one non-blocking write, into the fresh socket's
+/// empty send buffer. The socket leaves the runtime for this (a plain non-blocking socket reads what has
+/// arrived, whatever the runtime has polled).
+fn refuse_over_cap(stream: tokio::net::TcpStream) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = stream.into_std() else {
+        return;
+    };
+    let mut scratch = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let _ = stream.write(refused_answer().as_bytes());
+}
+
 /// Decrements the open count when a connection ends, and logs the recovery from the cap once.
 struct OpenGuard {
     stats: Arc<HttpStats>,
@@ -270,9 +290,7 @@ pub(crate) async fn accept_loop(
                     "HTTP connection cap reached (cluster_config.http.max_connections): new connections get 503 until some close"
                 );
             }
-            // A fresh socket's send buffer is empty: one non-blocking write; whatever fails, close it.
-            let _ = stream.try_write(refused_answer().as_bytes());
-            drop(stream);
+            refuse_over_cap(stream);
             continue;
         }
         stats.connections_open.fetch_add(1, Ordering::Relaxed);
