@@ -237,3 +237,75 @@ fn data_plane_silence_counts_as_failed_checks_after_the_timeout() {
     );
     assert!(healthy(&sim, 1, 4), "other nodes still hear node 4");
 }
+
+#[test]
+fn members_outside_the_data_plane_scope_follow_swim_and_members_inside_owe_answers() {
+    // A grouped replication layout: node 0 replicates with nodes 1 and 2 only, so only they owe it data-plane
+    // answers; nodes 3 and 4 never answer node 0's data plane and stay healthy while SWIM has them alive.
+    let seed = seed(23);
+    let gossip = GossipHealthConfig {
+        timeout_seconds: 2,
+        success_threshold: 1,
+        failure_threshold: 3,
+    };
+    let mut sim = cluster(seed, &gossip);
+    let scope: std::collections::BTreeSet<u64> = [1, 2]
+        .iter()
+        .map(|&j| sim.node(j).membership.local_id().replica_id())
+        .collect();
+    let now = sim.now_ms();
+    sim.node_mut(0)
+        .membership
+        .set_data_plane_scope(Some(scope.clone()), now);
+    // Nodes 1 and 2 answer; 3 and 4 are never checked by node 0 (others check each other as usual).
+    for _ in 0..20 {
+        for i in 0..N {
+            for j in 0..N {
+                if i != j && !(i == 0 && j >= 3) {
+                    sim.record_data_plane(i, j, true, "");
+                }
+            }
+        }
+        sim.run_for(500);
+    }
+    for j in 1..N {
+        assert!(
+            healthy(&sim, 0, j),
+            "node {j} unhealthy at node 0 (seed {seed})"
+        );
+    }
+    assert_eq!(
+        sim.node(0).membership.cluster_health(),
+        ClusterHealth::Healthy
+    );
+    // Node 3 enters the scope: it owes answers now, and its silence counts (three timeouts of 2 s).
+    let mut wider = scope;
+    wider.insert(sim.node(3).membership.local_id().replica_id());
+    let now = sim.now_ms();
+    sim.node_mut(0)
+        .membership
+        .set_data_plane_scope(Some(wider), now);
+    let mut became_unhealthy = None;
+    for _ in 0..20 {
+        for i in 0..N {
+            for j in 0..N {
+                if i != j && !(i == 0 && j >= 3) {
+                    sim.record_data_plane(i, j, true, "");
+                }
+            }
+        }
+        sim.run_for(500);
+        if became_unhealthy.is_none() && !healthy(&sim, 0, 3) {
+            became_unhealthy = Some(sim.now_ms() - now);
+        }
+    }
+    let after = became_unhealthy.expect("node 3 never turned unhealthy once in the scope");
+    assert!(
+        (6_000..=6_500).contains(&after),
+        "unhealthy after {after} ms (seed {seed})"
+    );
+    assert!(
+        healthy(&sim, 0, 4),
+        "node 4, outside the scope, stays healthy"
+    );
+}

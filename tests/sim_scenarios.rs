@@ -212,3 +212,57 @@ fn a_killed_node_is_marked_down_everywhere_within_the_swim_bound() {
         }
     }
 }
+
+#[test]
+fn a_grouped_cluster_keeps_few_links_and_bounded_records_and_relays_config_writes() {
+    // 100 nodes replicate in groups (replication.full_mesh_below 16): links the layout does not need carry
+    // membership only and close once idle; health records list a bounded number of links; a config write
+    // reaches every node through relays, not only through anti-entropy (10 s per round to one peer).
+    let n = 100;
+    let mut sim = cluster(n, seed(17), NetOptions::default());
+    // Past the idle close (15 s without a frame, swept every 5 s).
+    run_loaded(&mut sim, 25_000);
+    let links: Vec<usize> = (0..n).map(|i| sim.links(i)).collect();
+    let mean = links.iter().sum::<usize>() as f64 / n as f64;
+    let closed: u64 = (0..n).map(|i| sim.idle_links_closed(i)).sum();
+    eprintln!("grouped, {n} nodes: {mean:.1} links per node, {closed} idle links closed");
+    assert!(closed > 0, "no membership-only link was ever closed");
+    assert!(
+        mean < 0.6 * (n - 1) as f64,
+        "{mean:.1} links per node of {} possible: idle links are not closed",
+        n - 1
+    );
+    for i in 0..n {
+        // Members it does not replicate with are healthy while alive (their group checks their data plane).
+        assert_eq!(
+            sim.healthy_members(i),
+            n,
+            "node {i} counts {} of {n} members healthy",
+            sim.healthy_members(i)
+        );
+        let (records, entries) = sim.health_records(i);
+        assert!(records > 0, "node {i} holds no health record");
+        assert!(
+            entries <= records * bifrost_cluster::state::MAX_RECORD_LINKS,
+            "node {i}: {entries} link entries over {records} records"
+        );
+    }
+    sim.put_config(7, "feature/flag", b"on").unwrap();
+    let start = sim.now_ms();
+    let everywhere = sim.run_until_true(10, 5_000, |s| {
+        (0..s.len()).all(|i| s.config(i, "feature/flag").as_deref() == Some(&b"on"[..]))
+    });
+    let missing = (0..n)
+        .filter(|&i| sim.config(i, "feature/flag").is_none())
+        .count();
+    assert!(
+        everywhere.is_some(),
+        "a config write reached only {} of {n} nodes in 5 s",
+        n - missing
+    );
+    eprintln!(
+        "config write everywhere after {} ms",
+        everywhere.unwrap_or(0) - start
+    );
+    settle(&mut sim, 30_000, "grouped, after the load");
+}

@@ -5,6 +5,12 @@
 //! the data plane required, every active member has exactly one deadline `timeout_ms` after its last
 //! data-plane report (or after it came up); when it passes, that is one failed check and the next deadline
 //! is armed. Members that go down, leave, are refused or forgotten have none.
+//!
+//! In a grouped replication layout a node exchanges data-plane checks with the members it replicates with
+//! only ([`Membership::set_data_plane_scope`]): the others owe it no answers, have no deadline, and their
+//! health follows SWIM (healthy while alive, unhealthy after `failure_threshold` unanswered probes, healthy
+//! again after `success_threshold` answered ones), as if the data plane were not required. Their data planes
+//! are checked by the members that replicate with them.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -13,10 +19,16 @@ use super::Membership;
 use super::event::MembershipEvent;
 use super::publication::Change;
 
-/// Data-plane deadlines of members, earliest first.
+/// Why a member outside the data-plane scope is healthy.
+const OUT_OF_SCOPE: &str =
+    "alive (SWIM); its data plane is checked by the members that replicate with it";
+
+/// Data-plane deadlines of members, earliest first, and who owes them.
 #[derive(Debug, Default)]
 pub(crate) struct DataPlaneDeadlines {
     queue: BTreeSet<(u64, SocketAddr)>,
+    /// The replicas that owe data-plane answers; `None`: every member.
+    scope: Option<BTreeSet<u64>>,
 }
 
 impl DataPlaneDeadlines {
@@ -77,12 +89,78 @@ impl Membership {
     }
 
     /// With the data plane required: the member at `addr` owes a data-plane answer within `timeout_ms` of
-    /// `now_ms`.
+    /// `now_ms`, if it is in the scope; one outside it has no deadline and is taken as healthy while alive.
     pub(super) fn expect_data_plane(&mut self, addr: SocketAddr, now_ms: u64) {
-        if self.opts.health.require_data_plane {
+        if !self.opts.health.require_data_plane {
+            return;
+        }
+        if self.owes_data_plane(addr) {
             let due = now_ms.saturating_add(self.opts.health.timeout_ms);
             self.set_health_deadline(addr, Some(due));
+        } else {
+            self.set_health_deadline(addr, None);
+            self.assume_healthy(addr);
         }
+    }
+
+    /// Whether the member at `addr` owes this node data-plane answers: the data plane is required, and the
+    /// member is in the scope (every member without one).
+    pub(super) fn owes_data_plane(&self, addr: SocketAddr) -> bool {
+        self.opts.health.require_data_plane
+            && self.deadlines.scope.as_ref().is_none_or(|scope| {
+                self.members
+                    .get(&addr)
+                    .is_some_and(|e| scope.contains(&e.id.replica_id()))
+            })
+    }
+
+    /// A member outside the scope that is active: healthy (reported if it flips), its health following SWIM.
+    fn assume_healthy(&mut self, addr: SocketAddr) {
+        let Some(e) = self.members.get_mut(&addr) else {
+            return;
+        };
+        if !e.state.is_active() || self.duplicates.is_refused(&e.id) {
+            return;
+        }
+        if e.health.assume_healthy(OUT_OF_SCOPE) {
+            self.publication.report(MembershipEvent::HealthChanged {
+                member: e.id.clone(),
+                healthy: true,
+                reason: e.health.reason.to_string(),
+            });
+            self.publication.mark(Change::Table);
+        }
+    }
+
+    /// Which members owe this node data-plane answers: `Some(replicas)` in a grouped replication layout (the
+    /// members it replicates with), `None` for every member (the full mesh). Members leaving the scope lose
+    /// their deadline and are taken as healthy while SWIM has them alive; members entering it owe an answer
+    /// within `timeout_ms`.
+    pub fn set_data_plane_scope(&mut self, scope: Option<BTreeSet<u64>>, now_ms: u64) {
+        if self.deadlines.scope == scope {
+            return;
+        }
+        self.deadlines.scope = scope;
+        if !self.opts.health.require_data_plane {
+            return;
+        }
+        let members: Vec<(SocketAddr, bool)> = self
+            .members
+            .values()
+            .filter(|e| e.state.is_active())
+            .map(|e| (e.id.addr(), e.health_deadline.is_some()))
+            .collect();
+        for (addr, has_deadline) in members {
+            if self.owes_data_plane(addr) {
+                if !has_deadline {
+                    self.expect_data_plane(addr, now_ms);
+                }
+            } else {
+                self.set_health_deadline(addr, None);
+                self.assume_healthy(addr);
+            }
+        }
+        self.after_call(now_ms, super::Rescan::IfHinted);
     }
 
     /// Counts one failed check for each active member whose data-plane deadline passed, and re-arms it.
@@ -95,6 +173,9 @@ impl Membership {
             e.health_deadline = None;
             if !e.state.is_active() || self.duplicates.is_refused(&e.id) {
                 continue;
+            }
+            if !self.owes_data_plane(addr) {
+                continue; // left the scope since
             }
             let what = format!("no data-plane answer within {timeout_ms} ms");
             self.health_check(addr, false, &what);

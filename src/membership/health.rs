@@ -78,6 +78,17 @@ impl HealthTracker {
         false
     }
 
+    /// The member's data plane is not this node's to check: healthy at once (`why`), the streaks reset.
+    /// Returns true when `healthy` flipped.
+    pub(crate) fn assume_healthy(&mut self, why: &str) -> bool {
+        let flipped = !self.healthy;
+        self.healthy = true;
+        self.successes = 0;
+        self.failures = 0;
+        self.reason = Arc::from(why);
+        flipped
+    }
+
     /// The member is down or left: unhealthy at once. Returns true when `healthy` flipped.
     pub(crate) fn force_unhealthy(&mut self, why: &str) -> bool {
         let flipped = self.healthy;

@@ -159,7 +159,8 @@ impl Membership {
         match outcome {
             ProbeOutcome::Answered(_) => {
                 self.lower_local_health();
-                if !self.opts.health.require_data_plane {
+                // Members whose data plane this node checks count only data-plane answers.
+                if !self.owes_data_plane(addr) {
                     self.health_check(addr, true, "SWIM probe answered");
                 }
             }

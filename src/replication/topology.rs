@@ -274,6 +274,15 @@ impl Topology {
         links
     }
 
+    /// Whether this node must be linked with `replica` ([`Topology::links`] without building the set). In the
+    /// full mesh every member is.
+    pub fn needs_link(&self, replica: u64) -> bool {
+        self.layout == Layout::FullMesh
+            || self.delta_peers.contains(&replica)
+            || self.sources.contains(&replica)
+            || self.partners.values().any(|&p| p == replica)
+    }
+
     /// Whether an aggregate of `id` from the link of replica `sender` is accepted: the sender must belong to the
     /// group it sums (a publisher speaks only for its own group) or be one of this node's group peers (a relay).
     /// Aggregates of this node's own group are never needed (its values arrive per origin).
@@ -386,7 +395,15 @@ mod tests {
                 for &s in t.sources() {
                     assert!(by_id[&s].partners().any(|p| p == t.me()));
                 }
-                links += t.links().len();
+                let needed = t.links();
+                for &m in &members {
+                    // Links are symmetric (both ends dial and keep them), and `needs_link` is `links`.
+                    assert_eq!(t.needs_link(m), needed.contains(&m));
+                    if m != t.me() {
+                        assert_eq!(by_id[&m].needs_link(t.me()), needed.contains(&m));
+                    }
+                }
+                links += needed.len();
             }
             // Every group publishes and reaches every other group.
             let occupied: BTreeSet<u32> = members.iter().map(|&m| group_of(m, groups)).collect();

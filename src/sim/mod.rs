@@ -100,6 +100,12 @@ pub enum SimError {
     /// A node index out of range.
     #[error("no node {0}")]
     NoNode(usize),
+    /// The call needs a running node.
+    #[error("node {0} is not running")]
+    NotRunning(usize),
+    /// A config write was refused.
+    #[error("config write refused: {0}")]
+    Config(String),
 }
 
 /// Whether a node runs.
@@ -405,6 +411,58 @@ impl Simulation {
         // A map lookup by address (never a scan of the member table: `converged` asks for every pair).
         let (id, state) = machine.membership().state_of(self.nodes[j].addr)?;
         (id.replica_id() == self.nodes[j].replica_id).then_some(state)
+    }
+
+    /// Node `i`'s health-record table: `(records held, link entries over them)` (zeros when down).
+    pub fn health_records(&self, i: usize) -> (usize, usize) {
+        self.nodes[i].machine.as_ref().map_or((0, 0), |m| {
+            let records = m.state().records();
+            (records.len(), records.link_entries())
+        })
+    }
+
+    /// The value of config entry `key` on node `i` (`None`: absent, or the node is down).
+    pub fn config(&self, i: usize, key: &str) -> Option<Bytes> {
+        self.nodes[i]
+            .machine
+            .as_ref()?
+            .state()
+            .map()
+            .get(key)
+            .cloned()
+    }
+
+    /// Writes config entry `key` through node `i` (running) at the current virtual time.
+    pub fn put_config(&mut self, i: usize, key: &str, value: &[u8]) -> Result<(), SimError> {
+        let now = self.now_ms;
+        let node = self.nodes.get_mut(i).ok_or(SimError::NoNode(i))?;
+        let running = node.run == RunState::Running;
+        let machine = node
+            .machine
+            .as_mut()
+            .filter(|_| running)
+            .ok_or(SimError::NotRunning(i))?;
+        machine
+            .put_config(key, Bytes::copy_from_slice(value), now)
+            .map_err(|e| SimError::Config(e.to_string()))?;
+        self.touch(i);
+        Ok(())
+    }
+
+    /// Membership-only links node `i`'s machine closed for idleness (this life).
+    pub fn idle_links_closed(&self, i: usize) -> u64 {
+        self.nodes[i]
+            .machine
+            .as_ref()
+            .map_or(0, NodeMachine::idle_links_closed)
+    }
+
+    /// Members node `i` counts healthy, itself included (0 when down).
+    pub fn healthy_members(&self, i: usize) -> usize {
+        self.nodes[i]
+            .machine
+            .as_ref()
+            .map_or(0, |m| m.membership().members().healthy_count())
     }
 
     /// Whether node `i` counts itself joined to a cluster.

@@ -30,6 +30,6 @@ pub use config_map::{
 pub use error::{Limit, StateError};
 pub use histogram::Histogram;
 pub use hlc::{Hlc, Timestamp};
-pub use node_record::{LinkHealth, NodeHealthView, NodeRecord, NodeRecords};
+pub use node_record::{LinkHealth, MAX_RECORD_LINKS, NodeHealthView, NodeRecord, NodeRecords};
 pub use replicator::{StateOptions, StateReplicator, StateStats};
 pub use traffic::{OriginTraffic, Outcome, TrafficHandle, TrafficRecorder, TrafficView};

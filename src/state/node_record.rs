@@ -7,9 +7,15 @@
 //!   node's records never compete with its previous life's.
 //! - [`NodeRecords::view`] returns, per node id, the freshest record of its newest life with its age, and drops
 //!   records not refreshed for `expire_after_ms`: a node that dies ages out of the view.
+//! - A record lists at most [`MAX_RECORD_LINKS`] of its publisher's links (the down ones first, then the
+//!   slowest; `open_connections` counts them all), so a record's size and the memory of every node's table do
+//!   not grow with the cluster: N records of a bounded size each, not N × N link entries.
 //! - Sans-IO: times come in as arguments.
 
 use std::collections::HashMap;
+
+/// Most links one record lists (see the module docs).
+pub const MAX_RECORD_LINKS: usize = 16;
 
 /// The state of one of the publisher's links, as it sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +49,7 @@ pub struct NodeRecord {
     pub open_connections: u32,
     /// Requests per second recorded through the traffic plane since the previous record, in thousandths.
     pub request_rate_milli: u64,
-    /// The publisher's links.
+    /// The publisher's links: at most [`MAX_RECORD_LINKS`], the down ones first, then the slowest.
     pub links: Vec<LinkHealth>,
 }
 
@@ -102,6 +108,16 @@ impl NodeRecords {
             .collect();
         out.sort_by(|a, b| a.record.node_id.cmp(&b.record.node_id));
         out
+    }
+
+    /// Records held (one per owner).
+    pub fn len(&self) -> usize {
+        self.by_owner.len()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_owner.is_empty()
     }
 
     /// Link entries held over every record (each record lists its publisher's links): what the records cost.

@@ -56,6 +56,9 @@ use crate::wire::{
 
 /// Largest `chunk_bytes` in force: half a frame, so a chunk plus one largest entry still fits one frame.
 const MAX_CHUNK_BYTES: usize = wire::MAX_FRAME_BYTES / 2;
+/// Most entries of a config-entries frame that is relayed (a write broadcasts one entry; repairs carry more and
+/// are not relayed: anti-entropy spreads them).
+pub const RELAY_MAX_ENTRIES: usize = 16;
 /// Estimated archive bytes of one config entry besides its key, value and node id (the real figure is ~40).
 const ENTRY_OVERHEAD: usize = 64;
 /// Estimated archive bytes of one health-record link besides its node id (the real figure is ~20).
@@ -135,6 +138,8 @@ pub struct StateStats {
     pub frames_refused: u64,
     /// Own health records whose link list was cut to fit one frame.
     pub records_truncated: u64,
+    /// Config entries relayed to other peers (fresh writes, see [`StateReplicator::set_relay`]).
+    pub config_relayed: u64,
     /// Local puts refused because the map was full (answered 507 over HTTP).
     pub local_refused_full: u64,
     /// The config map's counters.
@@ -195,6 +200,8 @@ pub struct StateReplicator {
     evict_logged: bool,
     /// An own record was cut to fit a frame and said so.
     truncate_logged: bool,
+    /// Fresh writes are relayed (see [`StateReplicator::set_relay`]).
+    relay: bool,
     options: StateOptions,
     outbox: VecDeque<Transmit>,
     changes: VecDeque<ConfigChange>,
@@ -230,6 +237,7 @@ impl StateReplicator {
             full_logged: false,
             evict_logged: false,
             truncate_logged: false,
+            relay: false,
             timers: {
                 let mut timers = TimerTable::default();
                 timers.set(Timer::Digest, now_ms + 1 + rng.next_u64() % digest);
@@ -286,14 +294,27 @@ impl StateReplicator {
         }
     }
 
-    /// A peer link is gone: no more anti-entropy with it, and its binding is forgotten.
+    /// Stops sending to `peer` (writes, records, digests, repairs); its link stays bound, so what it still sends
+    /// is taken (a grouped layout keeps links for membership only, see `node::machine`).
     pub fn remove_peer(&mut self, peer: PeerId) {
         self.peers.remove(&peer);
-        self.identities.remove(&peer);
         self.cursors.remove(&peer);
         self.pace.remove(&peer);
         self.owed.remove(&peer);
+    }
+
+    /// A peer link is gone: no more anti-entropy with it, and its binding is forgotten.
+    pub fn unbind_peer(&mut self, peer: PeerId) {
+        self.remove_peer(peer);
+        self.identities.remove(&peer);
         self.warned.remove(&peer);
+    }
+
+    /// Relays fresh writes: a config-entries frame of at most [`RELAY_MAX_ENTRIES`] entries (a write's broadcast,
+    /// not a repair) whose entries change the map is sent on to every other peer. On in a grouped layout,
+    /// where the writer is linked with a few members only; off in the full mesh, where it sends to everyone.
+    pub fn set_relay(&mut self, relay: bool) {
+        self.relay = relay;
     }
 
     /// Writes a config entry and sends it to every peer.
@@ -502,6 +523,8 @@ impl StateReplicator {
             Frame::ConfigEntries(batch) => {
                 self.stats.config_frames_received += 1;
                 let before = self.map.stats();
+                let relay = self.relay && batch.entries.len() <= RELAY_MAX_ENTRIES;
+                let mut fresh = Vec::new();
                 for e in batch.entries.iter() {
                     let entry = ConfigEntry {
                         key: Arc::from(e.key.as_str()),
@@ -515,9 +538,15 @@ impl StateReplicator {
                             node: Arc::from(e.node.as_str()),
                         },
                     };
+                    let copy = relay.then(|| entry.clone());
                     if let Some(change) = self.map.merge(entry, now_ms) {
                         self.changes.push_back(change);
+                        fresh.extend(copy);
                     }
+                }
+                if !fresh.is_empty() {
+                    self.stats.config_relayed += fresh.len() as u64;
+                    self.broadcast_entries_except(fresh, Some(peer));
                 }
                 let after = self.map.stats();
                 let merged = after.merged - before.merged;
@@ -791,6 +820,11 @@ impl StateReplicator {
     }
 
     fn broadcast_entries(&mut self, entries: Vec<ConfigEntry>) {
+        self.broadcast_entries_except(entries, None);
+    }
+
+    /// Sends `entries` to every peer but `except`.
+    fn broadcast_entries_except(&mut self, entries: Vec<ConfigEntry>, except: Option<PeerId>) {
         let frame = ConfigEntries {
             sender: self.replica_id,
             more: false,
@@ -799,7 +833,12 @@ impl StateReplicator {
         match wire::encode(&frame) {
             Ok(frame) => {
                 let frame = Bytes::from(frame);
-                let peers: Vec<PeerId> = self.peers.iter().copied().collect();
+                let peers: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .copied()
+                    .filter(|&p| Some(p) != except)
+                    .collect();
                 for peer in peers {
                     self.stats.config_frames_sent += 1;
                     self.outbox.push_back(Transmit {

@@ -5,7 +5,7 @@
 use crate::node::health_probe::HEALTH_INTERVAL;
 use crate::replication::Replicator;
 use crate::state::traffic::RequestMark;
-use crate::state::{LinkHealth, NodeRecord, TrafficRecorder};
+use crate::state::{LinkHealth, MAX_RECORD_LINKS, NodeRecord, TrafficRecorder};
 
 use super::links::LinkTable;
 
@@ -72,16 +72,15 @@ impl HealthPublisher {
         let requests = self
             .traffic
             .local_requests_since(&mut self.rate_mark, now_ms);
-        let link_health = links
-            .iter()
-            .map(|(peer, entry)| LinkHealth {
-                node_id: entry.hello.node_id.clone(),
-                up: entry.replicating,
-                rtt_us: replicator
+        let link_health = listed_links(links.iter().map(|(peer, entry)| {
+            (
+                entry.hello.node_id.as_str(),
+                entry.replicating,
+                replicator
                     .peer_stats(peer)
                     .map_or(0, |s| s.check_rtt_ms.saturating_mul(1000)),
-            })
-            .collect();
+            )
+        }));
         NodeRecord {
             owner: replicator.replica_id(),
             node_id: node_id.to_string(),
@@ -94,5 +93,60 @@ impl HealthPublisher {
             request_rate_milli: requests.saturating_mul(1_000_000) / elapsed,
             links: link_health,
         }
+    }
+}
+
+/// The links a record lists, of `(node id, up, rtt µs)`: at most [`MAX_RECORD_LINKS`], the down ones first,
+/// then the slowest, then by node id (a stable choice). O(L) to pick, O(K log K) to order the K kept.
+fn listed_links<'a>(links: impl Iterator<Item = (&'a str, bool, u64)>) -> Vec<LinkHealth> {
+    // Down first, then the highest round trip, then the node id.
+    let rank = |&(id, up, rtt): &(&'a str, bool, u64)| (up, std::cmp::Reverse(rtt), id);
+    let mut all: Vec<(&str, bool, u64)> = links.collect();
+    if all.len() > MAX_RECORD_LINKS {
+        all.select_nth_unstable_by_key(MAX_RECORD_LINKS - 1, rank);
+        all.truncate(MAX_RECORD_LINKS);
+    }
+    all.sort_unstable_by_key(rank);
+    all.into_iter()
+        .map(|(id, up, rtt_us)| LinkHealth {
+            node_id: id.to_owned(),
+            up,
+            rtt_us,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_lists_the_down_links_then_the_slowest_and_no_more_than_the_bound() {
+        let names: Vec<String> = (0..100).map(|i| format!("node-{i:03}")).collect();
+        // Every tenth link is down; round trips grow with the index.
+        let links = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i % 10 != 0, i as u64 * 100));
+        let listed = listed_links(links);
+        assert_eq!(listed.len(), MAX_RECORD_LINKS);
+        let down: Vec<&str> = listed
+            .iter()
+            .filter(|l| !l.up)
+            .map(|l| l.node_id.as_str())
+            .collect();
+        assert_eq!(down.len(), 10, "all ten down links are listed");
+        assert!(listed[..10].iter().all(|l| !l.up), "down links come first");
+        // The six others are the slowest up links: 99, 98, 97, 96, 95, 94 (90 is down).
+        let up: Vec<&str> = listed[10..].iter().map(|l| l.node_id.as_str()).collect();
+        assert_eq!(
+            up,
+            [
+                "node-099", "node-098", "node-097", "node-096", "node-095", "node-094"
+            ]
+        );
+        // Under the bound, every link is listed.
+        let few = listed_links(names[..5].iter().map(|n| (n.as_str(), true, 0)));
+        assert_eq!(few.len(), 5);
     }
 }

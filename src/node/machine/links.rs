@@ -32,6 +32,8 @@ pub(crate) struct LinkEntry {
     pub(crate) replicating: bool,
     /// The largest datagram the link takes now (`None`: no datagrams).
     pub(crate) max_datagram: Option<usize>,
+    /// When a frame last went either way on it (Unix ms; see `NodeMachine::close_idle_links`).
+    pub(crate) last_used_ms: u64,
 }
 
 /// What [`LinkTable::insert`] did with a new link.
@@ -167,6 +169,7 @@ mod tests {
             addrs: Vec::new(),
             replicating: true,
             max_datagram: Some(1200),
+            last_used_ms: 0,
         }
     }
 

@@ -62,6 +62,10 @@ const STARTUP_STEP_EVERY_MS: u64 = 20;
 /// A join target discovery has not reported for this long is forgotten (the discovery interval is at most
 /// 1 h, so a live target is reported well within it); so is the dial state of an address idle for as long.
 const FORGET_TARGETS_AFTER_MS: u64 = 2 * 3_600_000;
+/// Grouped layouts: a link the layout does not need closes after this long without a frame either way.
+pub(crate) const IDLE_LINK_CLOSE_MS: u64 = 15_000;
+/// How often idle links are looked for, in ms.
+const IDLE_LINK_SWEEP_MS: u64 = 5_000;
 
 /// What the machine asks its runtime to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +109,8 @@ enum Timer {
     Health,
     /// Update start-up admission (while it is active).
     Startup,
+    /// Close idle membership-only links (grouped layouts).
+    IdleLinks,
 }
 
 /// Everything a machine is built from.
@@ -140,6 +146,10 @@ pub(crate) struct NodeMachine {
     records_dirty: bool,
     topology_options: TopologyOptions,
     startup: startup::StartupAdmission,
+    /// The latest time an input brought (new links are "used" as of it).
+    clock_ms: u64,
+    /// Membership-only links closed for idleness.
+    idle_closed: u64,
 }
 
 impl NodeMachine {
@@ -148,6 +158,7 @@ impl NodeMachine {
         let mut timers = TimerTable::default();
         timers.set(Timer::Prune, now_ms.saturating_add(PRUNE_EVERY_MS));
         timers.set(Timer::Health, now_ms);
+        timers.set(Timer::IdleLinks, now_ms.saturating_add(IDLE_LINK_SWEEP_MS));
         if parts.startup.active() {
             timers.set(Timer::Startup, now_ms);
         }
@@ -167,6 +178,8 @@ impl NodeMachine {
             records_dirty: false,
             topology_options: parts.topology,
             startup: parts.startup,
+            clock_ms: now_ms,
+            idle_closed: 0,
         }
     }
 
@@ -197,6 +210,11 @@ impl NodeMachine {
                 self.replicator.peer_stats(id).cloned().unwrap_or_default(),
             )
         })
+    }
+
+    /// Membership-only links closed for idleness (grouped layouts).
+    pub(crate) fn idle_links_closed(&self) -> u64 {
+        self.idle_closed
     }
 
     /// Replication counters.
@@ -243,6 +261,7 @@ impl NodeMachine {
 
     /// Runs every timer due at `now_ms`.
     pub(crate) fn handle_timeout(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
         Plane::handle_timeout(&mut self.replicator, now_ms);
         Plane::handle_timeout(&mut self.state, now_ms);
         for timer in self.timers.take_due(now_ms) {
@@ -255,6 +274,11 @@ impl NodeMachine {
                     self.publish_health(now_ms);
                 }
                 Timer::Startup => self.startup_step(now_ms),
+                Timer::IdleLinks => {
+                    self.timers
+                        .set(Timer::IdleLinks, now_ms.saturating_add(IDLE_LINK_SWEEP_MS));
+                    self.close_idle_links(now_ms);
+                }
                 Timer::Prune => {
                     self.timers
                         .set(Timer::Prune, now_ms.saturating_add(PRUNE_EVERY_MS));
@@ -294,7 +318,7 @@ impl NodeMachine {
         {
             addrs.push(gossip);
         }
-        let replicating = !self.member_gone(hello.replica_id, hello.gossip_addr);
+        let replicating = self.wants_planes(hello.replica_id, hello.gossip_addr);
         let entry = LinkEntry {
             hello,
             remote,
@@ -303,6 +327,7 @@ impl NodeMachine {
             addrs: Vec::new(),
             replicating,
             max_datagram,
+            last_used_ms: self.clock_ms,
         };
         let surviving = match self.links.insert(link, entry, self.replicator.replica_id()) {
             Insert::Refused { existing } => {
@@ -369,8 +394,8 @@ impl NodeMachine {
         if entry.replicating {
             self.replicator.remove_peer(link);
         }
-        // Also unbinds the link's identity, replicating or not.
-        self.state.remove_peer(link);
+        // Unbinds the link's identity, replicating or not.
+        self.state.unbind_peer(link);
         tracing::info!(
             peer = %entry.hello.node_id,
             address = %entry.remote,
@@ -437,9 +462,12 @@ impl NodeMachine {
     /// A frame arrived on `link`. Routed by the header's kind (one read of 8 bytes; each plane validates the
     /// whole frame itself).
     pub(crate) fn handle_frame(&mut self, link: LinkId, bytes: &[u8], now_ms: u64) {
-        let Some(entry) = self.links.get(link) else {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        let Some(entry) = self.links.get_mut(link) else {
             return;
         };
+        entry.last_used_ms = now_ms;
+        let entry = &*entry;
         let kind = wire::split_header(bytes).map(|(kind, _)| kind).ok();
         let plane = kind.map(wire::Kind::plane);
         if plane == Some(wire::Plane::Membership) {
@@ -632,6 +660,75 @@ impl NodeMachine {
                 .is_some_and(|(id, state)| id.replica_id() == replica_id && !state.is_active())
     }
 
+    /// Whether the replication planes use a link to `replica`: the member is not gone or refused, and the layout
+    /// needs the link (every link in a full mesh and before the layout is known; in a grouped layout the group
+    /// peers and aggregate partners only, see [`Topology::links`]). Any other link carries membership only, and
+    /// closes once idle ([`NodeMachine::close_idle_links`]).
+    fn wants_planes(&self, replica: u64, gossip_addr: Option<SocketAddr>) -> bool {
+        !self.member_gone(replica, gossip_addr)
+            && self
+                .replicator
+                .topology()
+                .is_none_or(|t| t.needs_link(replica))
+    }
+
+    /// After a layout change: the planes start using the links the layout now needs and stop using the others
+    /// (their links stay, bound, for membership, until idle).
+    fn reconcile_planes(&mut self) {
+        let changes: Vec<(LinkId, bool)> = self
+            .links
+            .iter()
+            .filter_map(|(id, e)| {
+                let wanted = self.wants_planes(e.hello.replica_id, e.hello.gossip_addr);
+                (wanted != e.replicating).then_some((id, wanted))
+            })
+            .collect();
+        for (link, wanted) in changes {
+            let Some(entry) = self.links.get_mut(link) else {
+                continue;
+            };
+            entry.replicating = wanted;
+            let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
+            if wanted {
+                self.planes_add_peer(link, replica, max);
+            } else {
+                Plane::remove_peer(&mut self.replicator, link);
+                Plane::remove_peer(&mut self.state, link);
+            }
+        }
+    }
+
+    /// Grouped layouts: closes the links the layout does not need that carried nothing for
+    /// [`IDLE_LINK_CLOSE_MS`] (SWIM opened them for a probe); SWIM dials again when it next needs one. In a full
+    /// mesh every link is needed.
+    fn close_idle_links(&mut self, now_ms: u64) {
+        let grouped = self
+            .replicator
+            .topology()
+            .is_some_and(|t| t.layout() != Layout::FullMesh);
+        if !grouped {
+            return;
+        }
+        let idle: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, e)| {
+                !e.replicating && now_ms.saturating_sub(e.last_used_ms) >= IDLE_LINK_CLOSE_MS
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for link in idle {
+            if let Some(entry) = self.links.remove(link) {
+                self.actions.push_back(Action::Close {
+                    link,
+                    reason: "idle membership-only link",
+                });
+                self.idle_closed += 1;
+                self.link_removed(link, &entry, "idle membership-only link");
+            }
+        }
+    }
+
     /// Both replication planes start replicating to `link`.
     fn planes_add_peer(&mut self, link: LinkId, replica: u64, max_datagram: Option<usize>) {
         Plane::add_peer(&mut self.replicator, link, replica, max_datagram);
@@ -639,6 +736,9 @@ impl NodeMachine {
     }
 
     fn send(&mut self, link: LinkId, channel: Channel, frame: Bytes) {
+        if let Some(entry) = self.links.get_mut(link) {
+            entry.last_used_ms = self.clock_ms;
+        }
         self.actions.push_back(Action::Send {
             link,
             channel,
@@ -836,7 +936,13 @@ impl NodeMachine {
             }
             Layout::FullMesh => Vec::new(),
         };
+        self.state.set_relay(layout != Layout::FullMesh);
+        // Data-plane checks go to the links the planes use: in a grouped layout only those members owe this
+        // node answers (the others' data planes are checked by their own group).
+        let scope = (layout != Layout::FullMesh).then(|| topology.links());
+        self.membership.set_data_plane_scope(scope, now_ms);
         self.replicator.set_topology(topology);
+        self.reconcile_planes();
         for addr in to_dial {
             self.ensure_link(addr, None, now_ms);
         }
@@ -861,9 +967,11 @@ impl NodeMachine {
                     address = %id.addr(),
                     "member up"
                 );
+                let wanted = self.wants_planes(id.replica_id(), Some(id.addr()));
                 if let Some(link) = self.links.by_replica(id.replica_id())
                     && let Some(entry) = self.links.get_mut(link)
                     && !entry.replicating
+                    && wanted
                 {
                     entry.replicating = true;
                     let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
