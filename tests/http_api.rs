@@ -513,3 +513,117 @@ async fn call_text(
         .expect("join")
         .expect("http call")
 }
+
+/// A token bucket over HTTP: `limit` is the burst, `remaining` the tokens left, the RateLimit headers follow;
+/// batch checks take it beside a window; a bad or misplaced `burst` is a 400 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_bucket_checks_report_the_burst_and_bad_bursts_get_400() {
+    let (node, http, addr) = server().await;
+    // One unit per hour, a burst of 2 (refill within the hour rounds down to nothing).
+    let check = r#"{"key":"tb/a","window":"1h","limit":1,"algorithm":"token_bucket","burst":2}"#;
+    for expected_remaining in [1, 0] {
+        let (code, headers, d) =
+            call_h(move || post_with_headers(addr, "/v1/ratelimit/check", check)).await;
+        assert_eq!(code, 200, "{d}");
+        assert_eq!(
+            (d["allowed"].as_bool(), d["limit"].as_u64()),
+            (Some(true), Some(2)),
+            "{d}"
+        );
+        assert_eq!(d["remaining"], expected_remaining, "{d}");
+        let limit = headers.iter().find(|(n, _)| n == "ratelimit-limit");
+        assert_eq!(limit.map(|(_, v)| v.as_str()), Some("2"));
+    }
+    let (code, headers, d) =
+        call_h(move || post_with_headers(addr, "/v1/ratelimit/check", check)).await;
+    assert_eq!((code, d["allowed"].as_bool()), (200, Some(false)), "{d}");
+    assert_eq!(
+        (d["used"].as_u64(), d["remaining"].as_u64()),
+        (Some(2), Some(0))
+    );
+    // Full again for good when this hour leaves the ring (4 hours on): before, when it is the horizon's
+    // start, its 3 units of refill less the 2 taken leave 1 token.
+    let window = bifrost_cluster::counter::Window::parse("1h").expect("window");
+    let now = node.clock().now_unix_ms();
+    let reset = d["reset_at_ms"].as_u64().expect("reset_at_ms");
+    assert_eq!(reset, window.start_ms(window.epoch_at(now) + 4), "{d}");
+    let retry = headers
+        .iter()
+        .find(|(n, _)| n == "retry-after")
+        .map(|(_, v)| v.clone());
+    let retry: u64 = retry.and_then(|s| s.parse().ok()).expect("Retry-After");
+    assert!((3 * 3_600..=4 * 3_600).contains(&retry), "{retry}");
+    assert_eq!(
+        node.store().global("tb/a", window),
+        2,
+        "the refusal counted nothing"
+    );
+
+    // In a batch, beside a fixed window: refused as a whole, nothing counted.
+    let batch = r#"{"checks":[{"key":"tb/b","window":"1h","limit":10},
+        {"key":"tb/a","window":"1h","limit":1,"algorithm":"token_bucket","burst":2}]}"#;
+    let (code, d) = call(move || post(addr, "/v1/ratelimit/check", batch)).await;
+    assert_eq!((code, d["allowed"].as_bool()), (200, Some(false)), "{d}");
+    assert_eq!(d["results"][1]["limit"], 2, "{d}");
+    assert_eq!(node.store().global("tb/b", window), 0);
+
+    for (body, field, needle) in [
+        (
+            r#"{"key":"k","window":"1h","limit":5,"algorithm":"token_bucket"}"#,
+            "burst",
+            "required",
+        ),
+        (
+            r#"{"key":"k","window":"1h","limit":5,"algorithm":"token_bucket","burst":0}"#,
+            "burst",
+            "at least 1",
+        ),
+        (
+            r#"{"key":"k","window":"1h","limit":5,"algorithm":"token_bucket","burst":16}"#,
+            "burst",
+            "above 15",
+        ),
+        (
+            r#"{"key":"k","window":"1h","limit":5,"algorithm":"token_bucket","burst":"2"}"#,
+            "burst",
+            "integer",
+        ),
+        (
+            r#"{"key":"k","window":"1h","limit":5,"burst":2}"#,
+            "burst",
+            "fixed_window",
+        ),
+        (
+            r#"{"key":"k","window":"1h","limit":5,"algorithm":"sliding_window","burst":2}"#,
+            "burst",
+            "sliding_window",
+        ),
+        (
+            r#"{"key":"k","window":"1h","limit":5,"algorithm":"bucket"}"#,
+            "algorithm",
+            "token_bucket",
+        ),
+        (
+            r#"{"checks":[{"key":"k","window":"1h","limit":5},{"key":"j","window":"1h","limit":5,"algorithm":"token_bucket","burst":99}]}"#,
+            "checks[1].burst",
+            "above 15",
+        ),
+        (
+            r#"{"checks":[{"key":"k","window":"1h","limit":5}],"burst":2}"#,
+            "burst",
+            "inside each member",
+        ),
+    ] {
+        let (code, d) = call(move || post(addr, "/v1/ratelimit/check", body)).await;
+        assert_eq!(
+            (code, d["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {d}"
+        );
+        let message = d.to_string();
+        assert!(message.contains(needle), "{body}: {d}");
+    }
+    assert_eq!(node.store().global("k", window), 0);
+    http.shutdown().await;
+    node.shutdown().await;
+}

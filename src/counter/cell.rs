@@ -300,28 +300,36 @@ pub struct Cell {
     /// The limit and algorithm of the last acquire on this node (see [`LimitSeen`]), for the status page; written
     /// only when it changes, so a key acquired with one limit costs its hot path one load of this word.
     limit_seen: std::sync::atomic::AtomicU64,
+    /// The burst of the last token-bucket acquire on this node (status page), written only by token-bucket
+    /// acquires and only when it changes.
+    burst_seen: std::sync::atomic::AtomicU64,
 }
 
-/// What `Cell::limit_seen` packs: `limit.min(LIMIT_SEEN_MAX) << 1 | sliding`, or [`LIMIT_SEEN_NONE`] before
-/// the first acquire.
+/// What `Cell::limit_seen` packs: `limit.min(LIMIT_SEEN_MAX) << 2 | tag` (0 fixed window, 1 sliding window,
+/// 2 token bucket), or [`LIMIT_SEEN_NONE`] before the first acquire.
 const LIMIT_SEEN_NONE: u64 = u64::MAX;
-/// Largest limit `Cell::limit_seen` reports exactly (2^62); larger limits read as this value.
-pub(crate) const LIMIT_SEEN_MAX: u64 = 1 << 62;
+/// Largest limit `Cell::limit_seen` reports exactly (2^61); larger limits read as this value.
+pub(crate) const LIMIT_SEEN_MAX: u64 = 1 << 61;
 
 /// The limit and algorithm the last acquire of a cell used on this node: a display of what the gateway
 /// enforces (the store itself never keeps limits; every acquire brings its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitSeen {
-    /// The limit (at most 2^62: larger limits read as 2^62).
+    /// The limit (at most 2^61: larger limits read as 2^61).
     pub limit: u64,
-    /// The algorithm.
+    /// The algorithm (a token bucket's burst as its last token-bucket acquire gave it).
     pub algorithm: super::limiter::Algorithm,
 }
 
 #[inline(always)]
 fn pack_limit_seen(limit: u64, algorithm: super::limiter::Algorithm) -> u64 {
-    (limit.min(LIMIT_SEEN_MAX) << 1)
-        | u64::from(algorithm == super::limiter::Algorithm::SlidingWindow)
+    use super::limiter::Algorithm;
+    let tag = match algorithm {
+        Algorithm::FixedWindow => 0,
+        Algorithm::SlidingWindow => 1,
+        Algorithm::TokenBucket { .. } => 2,
+    };
+    (limit.min(LIMIT_SEEN_MAX) << 2) | tag
 }
 
 thread_local! {
@@ -379,6 +387,7 @@ impl Cell {
             key,
             remote_created,
             limit_seen: std::sync::atomic::AtomicU64::new(LIMIT_SEEN_NONE),
+            burst_seen: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -386,6 +395,9 @@ impl Cell {
     #[inline(always)]
     pub(crate) fn note_limit(&self, limit: u64, algorithm: super::limiter::Algorithm) {
         let packed = pack_limit_seen(limit, algorithm);
+        if let super::limiter::Algorithm::TokenBucket { burst } = algorithm {
+            self.note_burst(burst.get());
+        }
         // Relaxed: a display value; nothing is published through it and racing acquires with different limits
         // may leave either.
         if self.limit_seen.load(std::sync::atomic::Ordering::Relaxed) != packed {
@@ -394,17 +406,35 @@ impl Cell {
         }
     }
 
+    /// Records the burst of a token-bucket acquire (a store only when it changed).
+    #[cold]
+    fn note_burst(&self, burst: u64) {
+        // Relaxed: a display value, as `limit_seen`; a reader may pair it with another acquire's limit.
+        if self.burst_seen.load(std::sync::atomic::Ordering::Relaxed) != burst {
+            self.burst_seen
+                .store(burst, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The limit and algorithm of the last acquire on this node, `None` before the first.
     pub(crate) fn limit_seen(&self) -> Option<LimitSeen> {
+        use super::limiter::Algorithm;
         // Relaxed: a display value (see `note_limit`).
         let packed = self.limit_seen.load(std::sync::atomic::Ordering::Relaxed);
+        let algorithm = match packed & 3 {
+            0 => Algorithm::FixedWindow,
+            1 => Algorithm::SlidingWindow,
+            _ => {
+                // Relaxed: a display value (see `note_burst`).
+                let burst = self.burst_seen.load(std::sync::atomic::Ordering::Relaxed);
+                Algorithm::TokenBucket {
+                    burst: std::num::NonZeroU64::new(burst).unwrap_or(std::num::NonZeroU64::MIN),
+                }
+            }
+        };
         (packed != LIMIT_SEEN_NONE).then_some(LimitSeen {
-            limit: packed >> 1,
-            algorithm: if packed & 1 == 1 {
-                super::limiter::Algorithm::SlidingWindow
-            } else {
-                super::limiter::Algorithm::FixedWindow
-            },
+            limit: packed >> 2,
+            algorithm,
         })
     }
 
@@ -768,6 +798,30 @@ impl Cell {
             Some(g) => self.remote_value(ring_index(epoch), g),
             None => 0,
         }
+    }
+
+    /// The global (local + remote) counts of the `RING - 1` epochs before `epoch`, newest first, for the token
+    /// bucket: `Some(0)` for an epoch whose ring position holds an older epoch (nothing was counted or merged
+    /// for it here), `None` for one whose position already moved on to a newer epoch (its count is lost here)
+    /// or that precedes epoch 0.
+    pub(crate) fn prior_counts(&self, epoch: u64) -> [Option<u64>; RING - 1] {
+        std::array::from_fn(|k| {
+            let earlier = epoch.checked_sub(k as u64 + 1)?;
+            // SeqCst: as in `generation_if_present` (the same load, read for its epoch as well).
+            let slot = self.slots[ring_index(earlier)].load(Ordering::SeqCst);
+            if slot == SLOT_EMPTY || slot_epoch(slot) < earlier {
+                return Some(0);
+            }
+            if slot_epoch(slot) > earlier {
+                return None; // a newer epoch (or the retired sentinel) holds the position
+            }
+            let generation = slot_gen(slot);
+            let i = ring_index(earlier);
+            Some(
+                self.local_except(i, generation, None)
+                    .saturating_add(self.remote_value(i, generation)),
+            )
+        })
     }
 
     /// Whether the cell is marked dirty (queued for the next drain). The same load as `mark_dirty`'s first step,

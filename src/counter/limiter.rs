@@ -1,4 +1,4 @@
-//! Limiter decisions over a cell: fixed window and sliding window.
+//! Limiter decisions over a cell: fixed window, sliding window and token bucket.
 //!
 //! Guarantees:
 //! - A decision reads this replica's count plus the last-known count of every other replica; no network call.
@@ -6,10 +6,17 @@
 //! - Sliding window (the estimate Cloudflare uses at scale): `used = previous × (unexpired fraction of the
 //!   previous window) + current`, rounded down, computed in integers. A request is allowed when
 //!   `used + cost <= limit`.
+//! - Token bucket (capacity `burst`, refilled at `limit` per window): checked against the per-epoch counts of
+//!   the ring; never more than one window's refill over an exact bucket on any span, long-run rate at most
+//!   `limit` per window (construction, bounds and proof in `bucket`). Its decisions report the burst as
+//!   `limit` and the tokens left as `remaining`.
 //! - A refused request counts nothing (values only ever grow, so nothing is taken back either).
 //! - Locally, concurrent acquires on one value word are exact; on different stripes of a contended cell they
 //!   may overshoot by at most one `cost` per other stripe.
 
+use std::num::NonZeroU64;
+
+use super::bucket::{self, BurstError};
 use super::cell::{Cell, TakeOutcome};
 
 /// Which algorithm a limit uses.
@@ -20,6 +27,30 @@ pub enum Algorithm {
     FixedWindow,
     /// The previous window, weighted by its unexpired fraction, plus the current one.
     SlidingWindow,
+    /// A token bucket of capacity `burst`, refilled continuously at `limit` per window (see
+    /// [`Algorithm::token_bucket`] for the constraints on `burst`; a larger one is enforced as
+    /// [`max_burst`](crate::counter::max_burst)`(limit)`).
+    TokenBucket {
+        /// The capacity: the most one instant can admit.
+        burst: NonZeroU64,
+    },
+}
+
+impl Algorithm {
+    /// A token bucket of `burst` for a limit of `limit` per window: `1 ≤ burst ≤ 3 × limit`
+    /// ([`max_burst`](crate::counter::max_burst)).
+    pub fn token_bucket(burst: u64, limit: u64) -> Result<Algorithm, BurstError> {
+        bucket::check_burst(burst, limit).map(|burst| Algorithm::TokenBucket { burst })
+    }
+
+    /// The name the APIs and limits files use: `fixed_window`, `sliding_window` or `token_bucket`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::TokenBucket { .. } => "token_bucket",
+        }
+    }
 }
 
 /// The answer to "may this request go through?".
@@ -81,6 +112,9 @@ pub(crate) fn acquire(
     let extra = match algorithm {
         Algorithm::FixedWindow => 0,
         Algorithm::SlidingWindow => sliding_weight(cell, epoch, now_ms),
+        Algorithm::TokenBucket { burst } => {
+            return bucket::acquire(cell, burst, now_ms, limit, cost, 0);
+        }
     };
     let reset_at = cell.end_ms(epoch);
     match cell.take(epoch, cost, limit, extra) {
@@ -103,6 +137,9 @@ pub(crate) fn peek(
     let extra = match algorithm {
         Algorithm::FixedWindow => 0,
         Algorithm::SlidingWindow => sliding_weight(cell, epoch, now_ms),
+        Algorithm::TokenBucket { burst } => {
+            return bucket::peek(cell, burst, now_ms, limit, cost, 0);
+        }
     };
     let used = extra
         .saturating_add(cell.local(epoch))

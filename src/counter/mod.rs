@@ -17,9 +17,12 @@
 //!   count it reads is never above the exact sum and never below the per-origin sum (see `aggregate`).
 //! - Refunds and in-flight limits count what was given back in a second G-counter beside each counter and
 //!   decide on the difference, so merges stay exact (see `signed`).
+//! - A token bucket ([`Algorithm::TokenBucket`]) reads the ring's per-epoch counts, no state of its own: never more
+//!   than one window's refill over an exact bucket on any span, long-run rate at most the limit (see `bucket`).
 //! - Time is read from a [`CoarseClock`] that the owner ticks; this module never reads the system clock.
 
 mod aggregate;
+mod bucket;
 mod calls;
 mod cell;
 mod clock;
@@ -32,6 +35,7 @@ mod store;
 mod window;
 
 pub use aggregate::{AggregateId, MAX_GROUPS, MAX_SCHEMES, group_of};
+pub use bucket::{BurstError, HORIZON, check_burst, max_burst};
 pub use calls::{CallCounts, call_counts};
 pub use cell::{AddOutcome, FloorOutcome, LimitSeen, MAX_CELL_VALUE, MergeOutcome, RING};
 pub use clock::{Clock, CoarseClock, ManualClock};

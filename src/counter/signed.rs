@@ -23,6 +23,8 @@
 //!   node releases that member's outstanding slots ([`CounterStore::release_departed`]) under one synthetic
 //!   origin per departed replica, computed from the same converged values on every node: max-merged, so the
 //!   nodes that each do it release them once, not once per node.
+//! - A token bucket adds the current window's refunds to its tokens (to every check of `bucket`), not to its
+//!   limit, which would raise the refill of every window it reads.
 //! - In-flight keys are not written to snapshots: after a restart of the whole cluster nobody holds them.
 //! - Pure logic on the store; no I/O.
 //!
@@ -109,6 +111,10 @@ impl CounterStore {
         if released == 0 {
             return handle.acquire(algorithm, limit, cost);
         }
+        if let Algorithm::TokenBucket { burst } = algorithm {
+            // Refunds give tokens back; raising the limit would raise the refill of every window.
+            return handle.acquire_bucket(burst, limit, cost, released);
+        }
         net_decision(
             handle.acquire(algorithm, limit.saturating_add(released), cost),
             released,
@@ -133,6 +139,11 @@ impl CounterStore {
         if released == 0 {
             return self.acquire_by_key(key, window, algorithm, limit, cost);
         }
+        if let Algorithm::TokenBucket { burst } = algorithm {
+            return Ok(self
+                .handle(key, window)?
+                .acquire_bucket(burst, limit, cost, released));
+        }
         Ok(net_decision(
             self.acquire_by_key(key, window, algorithm, limit.saturating_add(released), cost)?,
             released,
@@ -149,6 +160,9 @@ impl CounterStore {
         cost: u64,
     ) -> Decision {
         let released = self.released_at(handle.key(), handle.window(), handle.epoch_now());
+        if let Algorithm::TokenBucket { burst } = algorithm {
+            return handle.check_bucket(burst, limit, cost, released);
+        }
         net_decision(
             handle.check(algorithm, limit.saturating_add(released), cost),
             released,

@@ -1341,7 +1341,7 @@ fn acquire_on(
     }
     // The fast path makes no call, as in `add`: a fixed window, the cached epoch, an uncontended cell, one
     // decision and at most one CAS. Anything else, and it decided and counted nothing.
-    if algorithm == Algorithm::FixedWindow
+    if matches!(algorithm, Algorithm::FixedWindow)
         && let Some(epoch) = cell.cached_epoch_at(clock.now_unix_ms())
         && let Some(outcome) = cell.try_take_fast(epoch, cost, limit)
     {
@@ -1532,6 +1532,55 @@ impl CounterHandle {
             }
         }
         decision
+    }
+
+    /// A token-bucket acquire with `credit` units given back in the current epoch (refunds, see `signed`):
+    /// as [`CounterHandle::acquire`] of [`Algorithm::TokenBucket`], with the refunds added to every check.
+    pub(crate) fn acquire_bucket(
+        &self,
+        burst: std::num::NonZeroU64,
+        limit: u64,
+        cost: u64,
+        credit: u64,
+    ) -> Decision {
+        self.cell
+            .note_limit(limit, Algorithm::TokenBucket { burst });
+        super::calls::count_acquire();
+        let limit = self.shared.startup_limit(limit);
+        loop {
+            let now = self.clock.now_unix_ms();
+            let (decision, counted) =
+                super::bucket::acquire(&self.cell, burst, now, limit, cost, credit);
+            if counted {
+                self.shared.changed(&self.cell);
+            }
+            // A refusal from a cell being retired is no decision (see `acquire_refused`): retry.
+            if decision.allowed || !self.cell.is_retired() {
+                if !decision.allowed {
+                    super::calls::count_refusal();
+                }
+                return decision;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// [`CounterHandle::acquire_bucket`] without counting anything.
+    pub(crate) fn check_bucket(
+        &self,
+        burst: std::num::NonZeroU64,
+        limit: u64,
+        cost: u64,
+        credit: u64,
+    ) -> Decision {
+        super::bucket::peek(
+            &self.cell,
+            burst,
+            self.clock.now_unix_ms(),
+            self.shared.startup_limit(limit),
+            cost,
+            credit,
+        )
     }
 
     /// The decision an acquire of `cost` would get now, without counting anything.

@@ -277,7 +277,12 @@ impl Rls {
                             .map_err(|e| key_error(i, e))?,
                     };
                     bump(&stats.total_hits, n);
-                    let near = limit * NEAR_LIMIT_RATIO.0 / NEAR_LIMIT_RATIO.1;
+                    // A token bucket's `used` is counted against its burst (its decision's limit).
+                    let base = match algorithm {
+                        Algorithm::TokenBucket { .. } => decision.limit,
+                        Algorithm::FixedWindow | Algorithm::SlidingWindow => limit,
+                    };
+                    let near = base * NEAR_LIMIT_RATIO.0 / NEAR_LIMIT_RATIO.1;
                     let mut code = Code::Ok;
                     if decision.allowed {
                         bump(&stats.within_limit, n);

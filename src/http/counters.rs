@@ -3,7 +3,9 @@
 //!
 //! Bodies are JSON objects; every field is checked and a bad one is answered `400` naming it. `n` (add) and
 //! `cost` (check) are bounded by `http.max_request_n`, so one request cannot saturate a key; `limit` is not
-//! bounded: it is compared, never stored.
+//! bounded: it is compared, never stored. A check's `algorithm` is `fixed_window` (the default),
+//! `sliding_window`, `token_bucket` (with `burst`, 1 to 3 × `limit`; its decision reports `limit` = burst,
+//! `remaining` = tokens left, rounded down, and `reset_at_ms` = when the bucket is full again) or `concurrency`.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -182,19 +184,54 @@ impl Check {
 /// hour after the one it was taken in.
 const DEFAULT_IN_FLIGHT_WINDOW: &str = "1h";
 
-/// `algorithm`: `None` for `"concurrency"`.
+/// `algorithm`: `None` for `"concurrency"`. A token bucket's burst is a placeholder here: [`with_burst`]
+/// reads it once the limit is known.
 fn algorithm(map: &Map<String, Value>) -> Result<Option<Algorithm>, ApiError> {
     match map.get("algorithm") {
         None | Some(Value::Null) => Ok(Some(Algorithm::FixedWindow)),
         Some(Value::String(s)) if s == "fixed_window" => Ok(Some(Algorithm::FixedWindow)),
         Some(Value::String(s)) if s == "sliding_window" => Ok(Some(Algorithm::SlidingWindow)),
+        Some(Value::String(s)) if s == "token_bucket" => Ok(Some(Algorithm::TokenBucket {
+            burst: std::num::NonZeroU64::MIN,
+        })),
         Some(Value::String(s)) if s == "concurrency" => Ok(None),
         Some(other) => Err(ApiError::bad_field(
             "algorithm",
             format!(
-                "expected \"fixed_window\", \"sliding_window\" or \"concurrency\", got {other}"
+                "expected \"fixed_window\", \"sliding_window\", \"token_bucket\" or \"concurrency\", got {other}"
             ),
         )),
+    }
+}
+
+/// `burst` of a token bucket of `limit` (required, 1 to 3 × limit); refused beside any other algorithm.
+fn with_burst(
+    map: &Map<String, Value>,
+    algorithm: Option<Algorithm>,
+    limit: u64,
+) -> Result<Option<Algorithm>, ApiError> {
+    let given = !matches!(map.get("burst"), None | Some(Value::Null));
+    match algorithm {
+        Some(Algorithm::TokenBucket { .. }) => {
+            if !given {
+                return Err(ApiError::bad_field(
+                    "burst",
+                    "required for algorithm \"token_bucket\"",
+                ));
+            }
+            let burst = integer(map, "burst", None)?;
+            Algorithm::token_bucket(burst, limit)
+                .map(Some)
+                .map_err(|e| ApiError::bad_field("burst", e.to_string()))
+        }
+        other if given => Err(ApiError::bad_field(
+            "burst",
+            format!(
+                "only for algorithm \"token_bucket\", not {:?}",
+                other.map_or("concurrency", Algorithm::name)
+            ),
+        )),
+        other => Ok(other),
     }
 }
 
@@ -230,7 +267,7 @@ fn counter_of(
     })
 }
 
-/// `{"key", "window", "limit", "cost"?, "algorithm"?}`, its counter resolved (a key refused here refuses
+/// `{"key", "window", "limit", "cost"?, "algorithm"?, "burst"?}`, its counter resolved (a key refused here refuses
 /// the whole request before anything is counted).
 fn check(
     node: &ClusterHandle,
@@ -239,6 +276,7 @@ fn check(
 ) -> Result<Check, ApiError> {
     let (key, window, algorithm) = counter_of(node, map)?;
     let limit = integer(map, "limit", None)?;
+    let algorithm = with_burst(map, algorithm, limit)?;
     let cost = bounded(integer(map, "cost", Some(1))?, "cost", ceiling)?;
     let handle = node.store().handle(&key, window).map_err(key_error)?;
     Ok(Check {
@@ -404,7 +442,7 @@ pub(crate) async fn ratelimit_check(
     let (checks, batch) = items(
         &map,
         "checks",
-        &["key", "window", "limit", "cost", "algorithm"],
+        &["key", "window", "limit", "cost", "algorithm", "burst"],
         |item| check(&node, item, ceiling),
     )?;
     // The same counter twice would pass both decisions and then refuse the second after counting the first:

@@ -192,8 +192,11 @@ struct HotKeyJson {
     used: u64,
     /// The limit of the last acquire on this node; `null` for a key only added to or merged.
     limit: Option<u64>,
-    /// `fixed_window` or `sliding_window` of that acquire; `null` without one.
+    /// `fixed_window`, `sliding_window` or `token_bucket` of that acquire; `null` without one.
     algorithm: Option<&'static str>,
+    /// The burst of a token bucket's last acquire; absent for the other algorithms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -216,9 +219,10 @@ fn hot_key_json(h: &HotKey) -> HotKeyJson {
         remote: h.remote,
         used: h.used,
         limit: h.limit.map(|l| l.limit),
-        algorithm: h.limit.map(|l| match l.algorithm {
-            Algorithm::FixedWindow => "fixed_window",
-            Algorithm::SlidingWindow => "sliding_window",
+        algorithm: h.limit.map(|l| l.algorithm.name()),
+        burst: h.limit.and_then(|l| match l.algorithm {
+            Algorithm::TokenBucket { burst } => Some(burst.get()),
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => None,
         }),
     }
 }

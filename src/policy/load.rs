@@ -71,6 +71,7 @@ const RATE_LIMIT_KEYS: &[&str] = &[
     "replaces",
     // Ours.
     "algorithm",
+    "burst",
     "alignment",
 ];
 
@@ -329,6 +330,39 @@ impl Loader {
         }
     }
 
+    /// The `burst` of a token bucket of `requests_per_unit` (required, 1 to 3 × requests_per_unit); a
+    /// placeholder burst of 1 after a problem.
+    fn burst(&mut self, path: &str, value: Option<&Value>, requests_per_unit: u32) -> Algorithm {
+        let at = join(path, "burst");
+        let burst = match value {
+            None | Some(Value::Null) => {
+                self.fail(&at, "required for algorithm: token_bucket");
+                None
+            }
+            Some(Value::Number(n)) => n.as_u64().or_else(|| {
+                self.fail(&at, format!("expected an integer 1..=2^64-1, got {n}"));
+                None
+            }),
+            Some(other) => {
+                self.fail(&at, format!("expected an integer, got {}", kind(other)));
+                None
+            }
+        };
+        let checked = burst.map(|b| Algorithm::token_bucket(b, u64::from(requests_per_unit)));
+        match checked {
+            Some(Ok(algorithm)) => algorithm,
+            Some(Err(e)) => {
+                self.fail(&at, format!("{e} (requests_per_unit)"));
+                Algorithm::TokenBucket {
+                    burst: std::num::NonZeroU64::MIN,
+                }
+            }
+            None => Algorithm::TokenBucket {
+                burst: std::num::NonZeroU64::MIN,
+            },
+        }
+    }
+
     fn rate_limit(
         &mut self,
         path: &str,
@@ -408,17 +442,28 @@ impl Loader {
             None | Some(Value::Null) => Algorithm::FixedWindow,
             Some(Value::String(s)) if s == "fixed_window" => Algorithm::FixedWindow,
             Some(Value::String(s)) if s == "sliding_window" => Algorithm::SlidingWindow,
+            Some(Value::String(s)) if s == "token_bucket" => {
+                self.burst(path, map.get("burst"), requests_per_unit)
+            }
             Some(other) => {
                 self.fail(
                     &join(path, "algorithm"),
                     format!(
-                        "expected fixed_window or sliding_window, got {}",
+                        "expected fixed_window, sliding_window or token_bucket, got {}",
                         kind(other)
                     ),
                 );
                 Algorithm::FixedWindow
             }
         };
+        if !matches!(algorithm, Algorithm::TokenBucket { .. })
+            && !matches!(map.get("burst"), None | Some(Value::Null))
+        {
+            self.fail(
+                &join(path, "burst"),
+                format!("only for algorithm: token_bucket, not {}", algorithm.name()),
+            );
+        }
         let alignment = match map.get("alignment") {
             None | Some(Value::Null) => Alignment::Calendar,
             Some(Value::String(s)) if s == "calendar" => Alignment::Calendar,

@@ -5,7 +5,8 @@
 //! `value`, optional `rate_limit`, `shadow_mode`, `quota_mode`, `detailed_metric`, `value_to_metric`,
 //! `share_threshold`, `metadata`, nested `descriptors`). `rate_limit` has `unit` (second, minute, hour, day, week,
 //! month, year), `requests_per_unit`, `unlimited`, `name`, `replaces`, and two fields of our own: `algorithm`
-//! (`fixed_window`, the default, or `sliding_window`) and `alignment` (`calendar`, the default, or `fixed`; only
+//! (`fixed_window`, the default, `sliding_window`, or `token_bucket` with `burst`, 1 to 3 × `requests_per_unit`:
+//! a bucket of that capacity refilled at `requests_per_unit` per `unit`) and `alignment` (`calendar`, the default, or `fixed`; only
 //! day and week windows differ: see [`crate::counter::Alignment`]).
 //!
 //! # Guarantees

@@ -256,3 +256,45 @@ fn counter_keys_are_injective() {
     assert_ne!(b, c);
     assert_eq!(counter_key("d", &[("k", "v")], &[None]), "rls|d|k=v");
 }
+
+#[test]
+fn token_buckets_carry_their_burst_and_bad_bursts_are_named() {
+    let p = load(
+        "domain: tb\ndescriptors:\n  - key: t\n    rate_limit: {unit: minute, requests_per_unit: 10, algorithm: token_bucket, burst: 25}\n",
+    );
+    match rule(&p, "tb", &[("t", "1")]).map(|r| &r.limit) {
+        Some(RuleLimit::Limited(l)) => {
+            assert_eq!(l.algorithm, Algorithm::token_bucket(25, 10).expect("valid"));
+            assert_eq!(l.window.to_string(), "1m");
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = "domain: bad\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: 10, algorithm: token_bucket}\n  - key: b\n    rate_limit: {unit: second, requests_per_unit: 10, algorithm: token_bucket, burst: 0}\n  - key: c\n    rate_limit: {unit: second, requests_per_unit: 10, algorithm: token_bucket, burst: 31}\n  - key: d\n    rate_limit: {unit: second, requests_per_unit: 10, burst: 5}\n  - key: e\n    rate_limit: {unit: second, requests_per_unit: 10, algorithm: token_bucket, burst: lots}\n  - key: f\n    rate_limit: {unit: second, requests_per_unit: 10, algorithm: bucket}\n";
+    let err = Policy::load([("limits.yaml", text)])
+        .err()
+        .unwrap_or_else(|| panic!("loaded"));
+    let problems: Vec<(String, String)> = err
+        .problems
+        .iter()
+        .map(|p| (p.path.clone(), p.problem.clone()))
+        .collect();
+    for (path, needle) in [
+        ("descriptors[0].rate_limit.burst", "required"),
+        ("descriptors[1].rate_limit.burst", "at least 1"),
+        ("descriptors[2].rate_limit.burst", "above 30"),
+        (
+            "descriptors[3].rate_limit.burst",
+            "only for algorithm: token_bucket",
+        ),
+        ("descriptors[4].rate_limit.burst", "expected an integer"),
+        ("descriptors[5].rate_limit.algorithm", "token_bucket"),
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|(p, m)| p == path && m.contains(needle)),
+            "{path}: {needle} not in {problems:?}"
+        );
+    }
+    assert_eq!(problems.len(), 6, "{problems:?}");
+}
