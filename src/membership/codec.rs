@@ -142,8 +142,8 @@ pub(crate) struct Observed {
     pub(crate) received: Vec<ReceivedHeader>,
     /// Probes sent: (target, probe number).
     pub(crate) pings_sent: Vec<(MemberId, u8)>,
-    /// Member updates decoded (any member).
-    pub(crate) members_decoded: u32,
+    /// Member updates decoded (any member): identity, incarnation, state, in arrival order.
+    pub(crate) members_decoded: Vec<(MemberId, Incarnation, State)>,
     /// Highest incarnation at which an update called us suspect (only at or above our current one).
     pub(crate) self_suspected: Option<Incarnation>,
     /// Our own incarnation, as last written in a header we sent.
@@ -453,7 +453,8 @@ impl Codec<MemberId> for WireCodec {
         };
         buf.advance(used);
         let mut obs = lock(&self.shared);
-        obs.members_decoded = obs.members_decoded.saturating_add(1);
+        obs.members_decoded
+            .push((member.id().clone(), member.incarnation(), member.state()));
         // A suspicion about us at our current incarnation (foca refutes it right after by bumping it; stale
         // copies still circulating carry a lower incarnation and are not counted again).
         if member.state() == State::Suspect

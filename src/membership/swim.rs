@@ -90,8 +90,8 @@ pub(crate) struct Observations {
     pub(crate) received: Vec<ReceivedHeader>,
     /// Probes sent: (target, probe number).
     pub(crate) pings: Vec<(MemberId, u8)>,
-    /// Member updates decoded.
-    pub(crate) decoded: u32,
+    /// Member updates decoded: identity, incarnation, state.
+    pub(crate) decoded: Vec<(MemberId, Incarnation, foca::State)>,
     /// An update called this node suspect.
     pub(crate) self_suspected: bool,
     /// Custom broadcasts heard for the first time.
