@@ -457,6 +457,14 @@ impl Simulation {
             .map_or(0, NodeMachine::idle_links_closed)
     }
 
+    /// Node `i`'s replication group and whether it publishes the group's aggregate, in a grouped layout
+    /// (`None`: full mesh, no layout yet, or down).
+    pub fn group(&self, i: usize) -> Option<(u32, bool)> {
+        let topology = self.nodes[i].machine.as_ref()?.topology()?;
+        let group = topology.own_group()?.group();
+        Some((group, topology.is_publisher()))
+    }
+
     /// Members node `i` counts healthy, itself included (0 when down).
     pub fn healthy_members(&self, i: usize) -> usize {
         self.nodes[i]

@@ -190,6 +190,11 @@ impl NodeMachine {
         &self.state
     }
 
+    /// The replication layout in force (`None` before membership gave one).
+    pub(crate) fn topology(&self) -> Option<&Topology> {
+        self.replicator.topology()
+    }
+
     /// The membership plane.
     pub(crate) fn membership(&self) -> &Membership {
         &self.membership
