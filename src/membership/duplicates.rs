@@ -9,7 +9,7 @@
 //! when it takes over). An identity that is down while a newer one of its node id holds it was replaced: it
 //! is shown left, not down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -41,16 +41,32 @@ impl Duplicates {
 
 /// Which identity holds each node id: among `local` and the active identities of `snapshot`, the one that
 /// started first. (The same address is foca's address conflict: the later start wins it at once, a restart.)
+///
+/// Only node ids that more than one identity of `snapshot` (any state) or `local` carries are in the map: the
+/// one identity of any other node id holds it, and every caller reads a missing entry that way. Usually no node
+/// id is shared, so a reconciliation costs one pass with a hash set instead of a sorted map of every node id.
 pub(crate) fn node_id_holders(
     local: &MemberId,
     snapshot: &[(MemberId, Incarnation, MemberState)],
 ) -> BTreeMap<Arc<str>, MemberId> {
     let mut holders: BTreeMap<Arc<str>, MemberId> = BTreeMap::new();
+    let all = std::iter::once(local).chain(snapshot.iter().map(|(id, _, _)| id));
+    let mut once: HashSet<&str> = HashSet::with_capacity(snapshot.len() + 1);
+    let shared: HashSet<&str> = all
+        .filter(|id| !once.insert(id.node_id()))
+        .map(MemberId::node_id)
+        .collect();
+    if shared.is_empty() {
+        return holders;
+    }
     let live = snapshot
         .iter()
         .filter(|(_, _, state)| state.is_active())
         .map(|(id, _, _)| id);
-    for id in std::iter::once(local).chain(live) {
+    for id in std::iter::once(local)
+        .chain(live)
+        .filter(|id| shared.contains(id.node_id()))
+    {
         match holders.get_mut(&id.node_id) {
             Some(holder) if holder.supersedes(id) => *holder = id.clone(),
             Some(_) => {}
