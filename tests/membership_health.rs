@@ -50,6 +50,19 @@ fn round(sim: &mut MembershipSim, broken: impl Fn(usize, usize) -> bool) {
     sim.run_for(1_000);
 }
 
+/// Half a second of data-plane checks: every node's check of every other is answered, except where
+/// `silent(i, j)` (node i hears nothing from node j's data plane).
+fn answered_checks(sim: &mut MembershipSim, silent: impl Fn(usize, usize) -> bool) {
+    for i in 0..N {
+        for j in 0..N {
+            if i != j && !silent(i, j) {
+                sim.record_data_plane(i, j, true, "");
+            }
+        }
+    }
+    sim.run_for(500);
+}
+
 fn healthy(sim: &MembershipSim, i: usize, j: usize) -> bool {
     let addr = sim.node(j).addr;
     sim.node(i)
@@ -212,14 +225,7 @@ fn data_plane_silence_counts_as_failed_checks_after_the_timeout() {
     let start = sim.now_ms() - 1_000;
     let mut became_unhealthy = None;
     for _ in 0..20 {
-        for i in 0..N {
-            for j in 0..N {
-                if i != j && !(i == 0 && j == 4) {
-                    sim.record_data_plane(i, j, true, "");
-                }
-            }
-        }
-        sim.run_for(500);
+        answered_checks(&mut sim, |i, j| i == 0 && j == 4);
         if became_unhealthy.is_none() && !healthy(&sim, 0, 4) {
             became_unhealthy = Some(sim.now_ms() - start);
         }
@@ -259,14 +265,7 @@ fn members_outside_the_data_plane_scope_follow_swim_and_members_inside_owe_answe
         .set_data_plane_scope(Some(scope.clone()), now);
     // Nodes 1 and 2 answer; 3 and 4 are never checked by node 0 (others check each other as usual).
     for _ in 0..20 {
-        for i in 0..N {
-            for j in 0..N {
-                if i != j && !(i == 0 && j >= 3) {
-                    sim.record_data_plane(i, j, true, "");
-                }
-            }
-        }
-        sim.run_for(500);
+        answered_checks(&mut sim, |i, j| i == 0 && j >= 3);
     }
     for j in 1..N {
         assert!(
@@ -287,14 +286,7 @@ fn members_outside_the_data_plane_scope_follow_swim_and_members_inside_owe_answe
         .set_data_plane_scope(Some(wider), now);
     let mut became_unhealthy = None;
     for _ in 0..20 {
-        for i in 0..N {
-            for j in 0..N {
-                if i != j && !(i == 0 && j >= 3) {
-                    sim.record_data_plane(i, j, true, "");
-                }
-            }
-        }
-        sim.run_for(500);
+        answered_checks(&mut sim, |i, j| i == 0 && j >= 3);
         if became_unhealthy.is_none() && !healthy(&sim, 0, 3) {
             became_unhealthy = Some(sim.now_ms() - now);
         }

@@ -4,19 +4,16 @@
 //! the nodes. Whole nodes in the deterministic simulation (`bifrost_cluster::sim`); every run prints its seed,
 //! `BIFROST_SIM_SEED=<seed> cargo test --test sim_grouped_faults` replays it.
 
+mod support;
+
 use std::collections::BTreeMap;
 
 use bifrost_cluster::counter::Window;
 use bifrost_cluster::sim::{NetOptions, RunState, SimOptions, Simulation};
 
-const NODES: usize = 64;
+use support::sim::{seed, settle};
 
-fn seed(default: u64) -> u64 {
-    std::env::var("BIFROST_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+const NODES: usize = 64;
 
 fn hour() -> Window {
     Window::parse("1h").unwrap()
@@ -53,21 +50,6 @@ fn run_loaded(sim: &mut Simulation, ms: u64) {
         }
         sim.run_for(100);
     }
-}
-
-/// Runs until every running node holds the exact totals and membership converged, at most `limit_ms`.
-fn settle(sim: &mut Simulation, limit_ms: u64, what: &str) -> u64 {
-    let start = sim.now_ms();
-    let done = sim.run_until_true(250, limit_ms, |s| s.diverged().is_empty() && s.converged());
-    let left = sim.diverged();
-    assert!(
-        done.is_some(),
-        "{what}: not settled {limit_ms} ms later: converged {}, {} (node, key, seen, exact) e.g. {:?}",
-        sim.converged(),
-        left.len(),
-        &left[..left.len().min(5)]
-    );
-    sim.now_ms() - start
 }
 
 /// One publisher of each group.

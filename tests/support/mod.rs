@@ -87,3 +87,4 @@ pub async fn increment_everywhere_and_converge(
     }
     (epoch, took)
 }
+pub mod sim;
