@@ -1,5 +1,5 @@
-//! The seeded generator of the sans-IO planes and the simulations (DESIGN.md: randomness comes in as a seed,
-//! never from the OS inside a state machine). One implementation, so a seed means the same sequence everywhere.
+//! The seeded generator of the sans-IO planes and the simulations: randomness comes in as a seed, never from
+//! the OS inside a state machine, so a run replays. One implementation, so a seed means the same sequence everywhere.
 
 /// A small seeded generator (splitmix64): deterministic for a given seed, not for cryptography.
 #[derive(Debug, Clone)]

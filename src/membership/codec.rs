@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::sync::LockClean;
 
 use bytes::{Buf, BufMut};
 use foca::{BroadcastHandler, Codec, Header, Incarnation, Invalidates, Member, Message, State};
@@ -178,10 +180,10 @@ pub(crate) enum ReceivedKind {
 /// The state shared by the codec, the broadcast handler and the wrapper.
 pub(crate) type Shared = Arc<Mutex<Observed>>;
 
-/// Locks the shared record. A poisoned lock only means a panic elsewhere; the data is plain counters and
-/// lists, still consistent, so it is used as is.
+/// Locks the shared record (poison policy of `crate::sync`: the data is plain counters and lists, whole after
+/// every update).
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, Observed> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
+    shared.lock_clean()
 }
 
 /// A custom broadcast of the membership plane.

@@ -12,7 +12,7 @@ pub const MAX_NODE_ID_BYTES: usize = 255;
 pub struct LocalIdentity {
     /// The stable node name (`cluster_config.node_id`, or the hostname). 1..=255 bytes.
     pub node_id: String,
-    /// Fresh at every process start (DESIGN.md, Identity). Counter contributions are keyed by it.
+    /// Fresh at every process start (a restarted node is a new replica). Counter contributions are keyed by it.
     pub replica_id: u64,
     /// The gossip address peers reach this node at (`gossip.port` on the node's address).
     pub addr: SocketAddr,

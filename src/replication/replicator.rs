@@ -298,7 +298,7 @@ enum Targets {
 
 impl Replicator {
     /// A replicator for `store`, whose own values it ships as origin `replica_id`. `seed` drives the choice of
-    /// anti-entropy peers (DESIGN.md: randomness comes in from outside).
+    /// anti-entropy peers (randomness comes in from outside, so a simulation replays).
     pub fn new(
         store: CounterStore,
         replica_id: u64,
