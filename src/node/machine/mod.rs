@@ -373,13 +373,23 @@ impl NodeMachine {
         // Shared-state frames from this link are taken for its authenticated identity only.
         self.state
             .bind_peer(link, entry.hello.replica_id, &entry.hello.node_id);
-        tracing::info!(
-            peer = %entry.hello.node_id,
-            replica = format_args!("{:016x}", entry.hello.replica_id),
-            address = %entry.remote,
-            gossip_addr = ?entry.hello.gossip_addr,
-            "linked to peer"
-        );
+        // A membership-only link (a grouped layout's probe or gossip target) comes and goes every few seconds
+        // in a large cluster: debug, not info.
+        if entry.replicating {
+            tracing::info!(
+                peer = %entry.hello.node_id,
+                replica = format_args!("{:016x}", entry.hello.replica_id),
+                address = %entry.remote,
+                gossip_addr = ?entry.hello.gossip_addr,
+                "linked to peer"
+            );
+        } else {
+            tracing::debug!(
+                peer = %entry.hello.node_id,
+                address = %entry.remote,
+                "linked to peer (membership only)"
+            );
+        }
         if entry.replicating {
             // The replica id of the authenticated hello binds the origins the peer may send.
             let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
@@ -401,12 +411,21 @@ impl NodeMachine {
         }
         // Unbinds the link's identity, replicating or not.
         self.state.unbind_peer(link);
-        tracing::info!(
-            peer = %entry.hello.node_id,
-            address = %entry.remote,
-            %reason,
-            "link to peer closed"
-        );
+        if entry.replicating {
+            tracing::info!(
+                peer = %entry.hello.node_id,
+                address = %entry.remote,
+                %reason,
+                "link to peer closed"
+            );
+        } else {
+            tracing::debug!(
+                peer = %entry.hello.node_id,
+                address = %entry.remote,
+                %reason,
+                "link to peer closed (membership only)"
+            );
+        }
     }
 
     /// A dial to `addr` ended without a link. `self_link`: the address is this node itself.
@@ -693,6 +712,11 @@ impl NodeMachine {
                 continue;
             };
             entry.replicating = wanted;
+            tracing::debug!(
+                peer = %entry.hello.node_id,
+                replicating = wanted,
+                "the replication layout changed what this link carries"
+            );
             let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
             if wanted {
                 self.planes_add_peer(link, replica, max);
