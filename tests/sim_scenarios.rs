@@ -9,7 +9,7 @@ use bifrost_cluster::counter::Window;
 use bifrost_cluster::membership::MemberState;
 use bifrost_cluster::sim::{NetOptions, RunState, SimOptions, Simulation};
 
-use support::sim::{seed, settle};
+use support::sim::{restart_and_rejoin, seed, settle};
 
 fn hour() -> Window {
     Window::parse("1h").unwrap()
@@ -60,10 +60,7 @@ fn a_rolling_restart_of_every_node_under_load_keeps_exact_totals() {
         load(&mut sim);
         sim.stop(i);
         run_loaded(&mut sim, 1_000);
-        sim.restart(i).unwrap();
-        assert_ne!(sim.replica_id(i), old, "a restart is a new replica");
-        let t = sim.run_until_true(100, 30_000, Simulation::converged);
-        assert!(t.is_some(), "node {i} did not rejoin within 30 s");
+        restart_and_rejoin(&mut sim, i, old);
     }
     run_loaded(&mut sim, 1_000);
     let took = settle(&mut sim, 30_000, "after the rolling restart");

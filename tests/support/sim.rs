@@ -25,3 +25,12 @@ pub fn settle(sim: &mut Simulation, limit_ms: u64, what: &str) -> u64 {
     );
     sim.now_ms() - start
 }
+
+/// Restarts node `i` (stopped or crashed; its previous replica id was `old`) and runs until membership
+/// converged again, at most 30 s; a restart must be a new replica.
+pub fn restart_and_rejoin(sim: &mut Simulation, i: usize, old: u64) {
+    sim.restart(i).unwrap();
+    assert_ne!(sim.replica_id(i), old, "a restart is a new replica");
+    let t = sim.run_until_true(100, 30_000, Simulation::converged);
+    assert!(t.is_some(), "node {i} did not rejoin within 30 s");
+}

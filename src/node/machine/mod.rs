@@ -452,7 +452,7 @@ impl NodeMachine {
         // The peer may have dialed us meanwhile: what waited for this dial goes on that link.
         if let Some(link) = self.links.by_addr(addr) {
             for frame in pending {
-                self.send(link, Channel::Datagram, frame);
+                self.send_membership(link, frame, now_ms);
             }
         }
     }
@@ -765,9 +765,6 @@ impl NodeMachine {
     }
 
     fn send(&mut self, link: LinkId, channel: Channel, frame: Bytes) {
-        if let Some(entry) = self.links.get_mut(link) {
-            entry.last_used_ms = self.clock_ms;
-        }
         self.actions.push_back(Action::Send {
             link,
             channel,
@@ -888,13 +885,22 @@ impl NodeMachine {
         }
         if let Some(link) = self.links.by_addr(addr) {
             if let Some(frame) = frame {
-                self.send(link, Channel::Datagram, frame);
+                self.send_membership(link, frame, now_ms);
             }
             return;
         }
         if self.dials.request(addr, frame, now_ms) == DialDecision::Dial {
             self.actions.push_back(Action::Dial(addr));
         }
+    }
+
+    /// Sends a membership frame on `link`, which counts as use of it (see [`NodeMachine::close_idle_links`]).
+    /// Only membership marks its sends: the planes send on links the layout needs, which never close idle.
+    fn send_membership(&mut self, link: LinkId, frame: Bytes, now_ms: u64) {
+        if let Some(entry) = self.links.get_mut(link) {
+            entry.last_used_ms = now_ms;
+        }
+        self.send(link, Channel::Datagram, frame);
     }
 
     /// Sends what membership queued and reacts to its events.
