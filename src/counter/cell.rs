@@ -25,6 +25,9 @@
 //! - Per value word (one stripe, one epoch) the value saturates at [`MAX_CELL_VALUE`] (2^48 − 1, about 2.8 × 10^14
 //!   units); saturation is reported to the caller. Epochs must be below 2^48 (true for every window until the
 //!   year 8 million).
+//! - Memory: the origin table allocates nothing until a remote value, floor or aggregate arrives; then one record
+//!   per live epoch and 16 bytes per remote origin (a quarter more at most while its list grows). A cell in a
+//!   single-node store stays at its own size (see `benches/memory.rs`).
 //! - Dirty tracking publishes with `SeqCst` on both sides (add: CAS then flag load; drain: flag store then value
 //!   loads), so an add is either seen by the drain that clears the flag or re-marks the cell: no change is ever
 //!   stranded. On x86 the `SeqCst` CASes and loads are the same instructions as the weaker orderings (a
@@ -146,99 +149,139 @@ pub(crate) enum TakeOutcome {
 }
 
 /// What the origin table holds for the epoch at one ring position.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug, Default)]
 struct Position {
     /// The epoch.
     epoch: u64,
     /// Σ over remote origins of `value − floor` (a floor never exceeds its value): what the hot path reads.
     /// u128, so the sum of any number of u64 values is exact and can be lowered again by a floor.
     sum: u128,
-    /// Remote origins with a value for the epoch (what `limits.max_origins_per_key` bounds).
-    origins: usize,
     /// This replica's own floor: how much was moved out of its value words by resets (see
     /// [`Cell::merge_own_floor`]). What it ships is its value words plus this, so it stays monotone.
     own_offset: u64,
+    /// `(origin, value)` sorted by origin: the max of everything each remote origin reported for the epoch.
+    /// Its length is what `limits.max_origins_per_key` bounds. 16 bytes per origin (see [`insert_sorted`]).
+    values: Vec<(u64, u64)>,
+    /// `(origin, floor)` sorted by origin: the max of every reset's view of that origin, never above its value
+    /// here. Allocated by the first reset of the epoch, so a position without one pays one pointer.
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes in every position instead of a Vec's 24, for a list nearly every position leaves empty"
+    )]
+    floors: Option<Box<Vec<(u64, u64)>>>,
+    /// The aggregates of other groups merged for the epoch (large-cluster mode); allocated when the first one
+    /// arrives, so a position in a small cluster pays one pointer.
+    grouped: Option<Box<GroupSums>>,
 }
 
-/// The per-origin values and floors merged into one cell, kept by the replication side only.
+impl Position {
+    /// The remote count the hot path reads: the per-origin sum, raised by the aggregates of other groups when
+    /// there are any (never lowered by them, see `aggregate`).
+    fn counted(&self) -> u128 {
+        match self.grouped.as_deref() {
+            Some(sums) => sums.estimate(self.sum),
+            None => self.sum,
+        }
+    }
+
+    /// Remote `origin`'s contribution changed from `before` to `after`: the group sums follow.
+    fn origin_changed(&mut self, origin: u64, before: u64, after: u64) {
+        if let Some(sums) = self.grouped.as_deref_mut() {
+            sums.origin_changed(origin, before, after);
+        }
+    }
+
+    /// Every remote origin's contribution (value net of its floor).
+    fn contributions(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        contributions(&self.values, self.floors())
+    }
+
+    /// The floors, sorted by origin (empty before the first reset).
+    fn floors(&self) -> &[(u64, u64)] {
+        self.floors.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The value `list` (sorted by origin) holds for `origin`.
+fn lookup(list: &[(u64, u64)], origin: u64) -> Option<u64> {
+    list.binary_search_by_key(&origin, |&(o, _)| o)
+        .ok()
+        .map(|k| list[k].1)
+}
+
+/// Sets `origin`'s value in `list` (sorted by origin). A full list grows by a quarter (at least one entry), not
+/// by doubling: a cell's few remote origins cost 16 bytes each, a hot key's thousands at most a quarter more, and
+/// a list of `n` origins is reallocated O(log n) times.
+fn insert_sorted(list: &mut Vec<(u64, u64)>, origin: u64, value: u64) {
+    match list.binary_search_by_key(&origin, |&(o, _)| o) {
+        Ok(k) => list[k].1 = value,
+        Err(k) => {
+            if list.len() == list.capacity() {
+                list.reserve_exact((list.len() / 4).max(1));
+            }
+            list.insert(k, (origin, value));
+        }
+    }
+}
+
+/// The per-origin values and floors merged into one cell, kept by the replication side only: one [`Position`]
+/// per ring position that holds anything, so a cell without remote values, floors or aggregates allocates
+/// nothing here, and one with a single live epoch allocates one position.
 #[derive(Default)]
 struct OriginTable {
-    /// `(origin, epoch) -> value`: the max of everything that origin reported for that epoch.
-    values: std::collections::HashMap<(u64, u64), u64>,
-    /// `(origin, epoch) -> floor`: the max of every reset's view of that origin, never above its value here.
-    floors: std::collections::HashMap<(u64, u64), u64>,
-    /// Per ring position, what the table holds for the epoch there.
-    positions: [Option<Position>; RING],
-    /// Per ring position, the aggregates of other groups merged for its epoch (large-cluster mode); allocated
-    /// when the first aggregate arrives, so a cell in a small cluster pays one pointer.
-    grouped: Option<Box<[Option<GroupSums>; RING]>>,
+    /// At most [`RING`], each at a distinct ring position (`ring_index(epoch)`), in no particular order.
+    positions: Vec<Position>,
 }
 
 impl OriginTable {
     /// The position of `epoch` (ring position `i`), emptied first if it held another epoch.
     fn position(&mut self, i: usize, epoch: u64) -> &mut Position {
-        match self.positions[i] {
-            Some(p) if p.epoch == epoch => {}
-            Some(p) => {
-                let held = p.epoch;
-                self.values.retain(|&(_, e), _| e != held);
-                self.floors.retain(|&(_, e), _| e != held);
-                self.positions[i] = None;
-                if let Some(grouped) = self.grouped.as_mut() {
-                    grouped[i] = None;
+        let k = match self.positions.iter().position(|p| ring_index(p.epoch) == i) {
+            Some(k) => {
+                if self.positions[k].epoch != epoch {
+                    // The ring moved on: what the table kept for the older epoch here is over.
+                    self.positions[k] = Position {
+                        epoch,
+                        ..Position::default()
+                    };
                 }
+                k
             }
-            None => {}
-        }
-        self.positions[i].get_or_insert(Position {
-            epoch,
-            ..Position::default()
-        })
+            None => {
+                if self.positions.len() == self.positions.capacity() {
+                    self.positions.reserve_exact(1);
+                }
+                self.positions.push(Position {
+                    epoch,
+                    ..Position::default()
+                });
+                self.positions.len() - 1
+            }
+        };
+        &mut self.positions[k]
     }
 
-    /// The position of `epoch` if the table holds that epoch there.
-    fn held(&self, i: usize, epoch: u64) -> Option<&Position> {
-        self.positions[i].as_ref().filter(|p| p.epoch == epoch)
+    /// The position of `epoch` if the table holds that epoch (at its ring position).
+    fn held(&self, epoch: u64) -> Option<&Position> {
+        self.positions.iter().find(|p| p.epoch == epoch)
     }
 
-    /// The remote count the hot path reads for ring position `i`: the per-origin sum, raised by the aggregates
-    /// of other groups when there are any (never lowered by them, see `aggregate`).
-    fn counted(&self, i: usize) -> u128 {
-        let plain = self.positions[i].map_or(0, |p| p.sum);
-        match self.grouped.as_ref().and_then(|g| g[i].as_ref()) {
-            Some(sums) => sums.estimate(plain),
-            None => plain,
-        }
-    }
-
-    /// Remote `origin`'s contribution at ring position `i` changed from `before` to `after`: the group sums
-    /// follow.
-    fn origin_changed(&mut self, i: usize, origin: u64, before: u64, after: u64) {
-        if let Some(sums) = self.grouped.as_mut().and_then(|g| g[i].as_mut()) {
-            sums.origin_changed(origin, before, after);
-        }
-    }
-
-    /// Every remote origin's contribution (value net of its floor) for `epoch`.
-    fn contributions(&self, epoch: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        contributions(&self.values, &self.floors, epoch)
+    /// The position of `epoch` if the table holds that epoch, to change.
+    fn held_mut(&mut self, epoch: u64) -> Option<&mut Position> {
+        self.positions.iter_mut().find(|p| p.epoch == epoch)
     }
 }
 
-/// Every remote origin's contribution (value net of its floor) for `epoch`, from an origin table's maps (a free
-/// function, so a caller can borrow them while it holds the table's group sums mutably).
+/// Every remote origin's contribution (value net of its floor), from one position's lists (a free function, so
+/// a caller can borrow them while it holds the position's group sums mutably).
 fn contributions<'a>(
-    values: &'a std::collections::HashMap<(u64, u64), u64>,
-    floors: &'a std::collections::HashMap<(u64, u64), u64>,
-    epoch: u64,
+    values: &'a [(u64, u64)],
+    floors: &'a [(u64, u64)],
 ) -> impl Iterator<Item = (u64, u64)> + 'a {
-    values
-        .iter()
-        .filter(move |&(&(_, e), _)| e == epoch)
-        .map(move |(&(origin, e), &value)| {
-            let floor = floors.get(&(origin, e)).copied().unwrap_or(0);
-            (origin, value.saturating_sub(floor))
-        })
+    values.iter().map(move |&(origin, value)| {
+        let floor = lookup(floors, origin).unwrap_or(0);
+        (origin, value.saturating_sub(floor))
+    })
 }
 
 /// Result of merging one floor (see [`Cell::merge_floor`]).
@@ -863,7 +906,7 @@ impl Cell {
                 return None;
             }
             let epoch = slot_epoch(slot);
-            let offset = table.held(i, epoch).map_or(0, |p| p.own_offset);
+            let offset = table.held(epoch).map_or(0, |p| p.own_offset);
             let value = self
                 .local_except(i, slot_gen(slot), None)
                 .saturating_add(offset);
@@ -1020,27 +1063,23 @@ impl Cell {
         };
         let i = ring_index(epoch);
         // The position now holds `epoch`: `position` forgets what the table kept for the epoch it held before.
-        let held = table.position(i, epoch).origins;
-        let old = table.values.get(&(origin, epoch)).copied();
+        let position = table.position(i, epoch);
+        let old = lookup(&position.values, origin);
         match old {
             Some(v) if value <= v => return MergeOutcome::Unchanged,
             None if value == 0 => return MergeOutcome::Unchanged,
-            None if held >= max_origins => return MergeOutcome::OriginLimit,
+            None if position.values.len() >= max_origins => return MergeOutcome::OriginLimit,
             _ => {}
         }
-        let floor = table.floors.get(&(origin, epoch)).copied().unwrap_or(0);
-        table.values.insert((origin, epoch), value);
+        let floor = lookup(position.floors(), origin).unwrap_or(0);
+        insert_sorted(&mut position.values, origin, value);
         let before = u128::from(old.unwrap_or(0).saturating_sub(floor));
         let after = u128::from(value.saturating_sub(floor));
-        let position = table.position(i, epoch);
-        if old.is_none() {
-            position.origins += 1;
-        }
         // `sum` includes `before`: no underflow.
         position.sum = position.sum - before + after;
         // Contributions are u64 values net of a floor: the casts back are exact.
-        table.origin_changed(i, origin, before as u64, after as u64);
-        self.publish_remote(i, generation, table.counted(i));
+        position.origin_changed(origin, before as u64, after as u64);
+        self.publish_remote(i, generation, position.counted());
         MergeOutcome::Raised
     }
 
@@ -1061,22 +1100,23 @@ impl Cell {
         };
         let i = ring_index(epoch);
         // The position now holds `epoch` (and the group sums of an older epoch there are gone).
-        table.position(i, epoch);
-        let OriginTable {
+        let position = table.position(i, epoch);
+        let Position {
             values,
             floors,
             grouped,
             ..
-        } = &mut *table;
+        } = &mut *position;
         // The per-origin contributions are read only when this aggregate's group count is new here.
-        let outcome = grouped.get_or_insert_with(|| Box::new(std::array::from_fn(|_| None)))[i]
-            .get_or_insert_with(GroupSums::default)
-            .merge(own_replica, id, value, || {
-                contributions(values, floors, epoch)
-            });
+        let outcome =
+            grouped
+                .get_or_insert_with(Box::default)
+                .merge(own_replica, id, value, || {
+                    contributions(values, floors.as_deref().map_or(&[], Vec::as_slice))
+                });
         match outcome {
             AggregateOutcome::Raised => {
-                self.publish_remote(i, generation, table.counted(i));
+                self.publish_remote(i, generation, position.counted());
                 MergeOutcome::Raised
             }
             AggregateOutcome::Unchanged | AggregateOutcome::OwnGroup => MergeOutcome::Unchanged,
@@ -1091,11 +1131,13 @@ impl Cell {
             if self.generation_if_present(epoch).is_none() {
                 return 0;
             }
-            table
-                .contributions(epoch)
-                .filter(|&(origin, _)| id.contains(origin))
-                .map(|(_, contribution)| u128::from(contribution))
-                .sum()
+            table.held(epoch).map_or(0, |position| {
+                position
+                    .contributions()
+                    .filter(|&(origin, _)| id.contains(origin))
+                    .map(|(_, contribution)| u128::from(contribution))
+                    .sum()
+            })
         };
         let own = if id.contains(own_replica) {
             self.local(epoch)
@@ -1113,23 +1155,26 @@ impl Cell {
             return FloorOutcome::Expired;
         };
         let i = ring_index(epoch);
-        if table.held(i, epoch).is_none() {
+        let Some(position) = table.held_mut(epoch) else {
             return FloorOutcome::NoValue;
-        }
-        let Some(&value) = table.values.get(&(origin, epoch)) else {
+        };
+        let Some(value) = lookup(&position.values, origin) else {
             return FloorOutcome::NoValue;
         };
         let floor = floor.min(value);
-        let old = table.floors.get(&(origin, epoch)).copied().unwrap_or(0);
+        let old = lookup(position.floors(), origin).unwrap_or(0);
         if floor <= old {
             return FloorOutcome::Unchanged;
         }
-        table.floors.insert((origin, epoch), floor);
-        let position = table.position(i, epoch);
+        insert_sorted(
+            position.floors.get_or_insert_with(Box::default),
+            origin,
+            floor,
+        );
         // Contribution `value − old` becomes `value − floor`: the sum includes the former, no underflow.
         position.sum -= u128::from(floor - old);
-        table.origin_changed(i, origin, value - old, value - floor);
-        self.publish_remote(i, generation, table.counted(i));
+        position.origin_changed(origin, value - old, value - floor);
+        self.publish_remote(i, generation, position.counted());
         FloorOutcome::Raised
     }
 
@@ -1143,7 +1188,7 @@ impl Cell {
             return FloorOutcome::Expired;
         };
         let i = ring_index(epoch);
-        let offset = table.position(i, epoch).own_offset;
+        let offset = table.held(epoch).map_or(0, |p| p.own_offset);
         if floor <= offset {
             return FloorOutcome::Unchanged;
         }
@@ -1195,11 +1240,8 @@ impl Cell {
             let table = self.table();
             self.generation_if_present(epoch)?;
             table
-                .values
-                .iter()
-                .filter(|&(&(_, e), _)| e == epoch)
-                .map(|(&(origin, _), &value)| (origin, value))
-                .collect()
+                .held(epoch)
+                .map_or_else(Vec::new, |position| position.values.clone())
         };
         let mut floors = Vec::with_capacity(values.len() + 1);
         let own = self.shipped(epoch);
@@ -1223,13 +1265,10 @@ impl Cell {
             return;
         };
         let i = ring_index(epoch);
-        if table.held(i, epoch).is_none() {
-            return;
-        }
-        if let Some(grouped) = table.grouped.as_mut()
-            && grouped[i].take().is_some()
+        if let Some(position) = table.held_mut(epoch)
+            && position.grouped.take().is_some()
         {
-            self.publish_remote(i, generation, table.counted(i));
+            self.publish_remote(i, generation, position.counted());
         }
     }
 
@@ -1240,7 +1279,7 @@ impl Cell {
             return 0;
         };
         let i = ring_index(epoch);
-        let offset = table.held(i, epoch).map_or(0, |p| p.own_offset);
+        let offset = table.held(epoch).map_or(0, |p| p.own_offset);
         self.local_except(i, generation, None)
             .saturating_add(offset)
     }
@@ -1249,24 +1288,33 @@ impl Cell {
     pub(crate) fn remote_values(&self) -> Vec<(u64, u64, u64)> {
         let table = self.table();
         table
-            .values
+            .positions
             .iter()
-            .filter(|&(&(_, epoch), _)| self.generation_if_present(epoch).is_some())
-            .map(|(&(origin, epoch), &value)| (origin, epoch, value))
+            .filter(|p| self.generation_if_present(p.epoch).is_some())
+            .flat_map(|p| {
+                p.values
+                    .iter()
+                    .map(move |&(origin, value)| (origin, p.epoch, value))
+            })
             .collect()
     }
 
     /// Every non-zero floor for epochs still in the ring, as `(origin, epoch, floor)`; `None` is this replica.
     pub(crate) fn floor_values(&self) -> Vec<(Option<u64>, u64, u64)> {
         let table = self.table();
-        let mut out: Vec<(Option<u64>, u64, u64)> = table
-            .floors
+        let mut out = Vec::new();
+        for p in table
+            .positions
             .iter()
-            .filter(|&(&(_, epoch), &f)| f > 0 && self.generation_if_present(epoch).is_some())
-            .map(|(&(origin, epoch), &f)| (Some(origin), epoch, f))
-            .collect();
-        for p in table.positions.iter().flatten() {
-            if p.own_offset > 0 && self.generation_if_present(p.epoch).is_some() {
+            .filter(|p| self.generation_if_present(p.epoch).is_some())
+        {
+            out.extend(
+                p.floors()
+                    .iter()
+                    .filter(|&&(_, f)| f > 0)
+                    .map(|&(origin, f)| (Some(origin), p.epoch, f)),
+            );
+            if p.own_offset > 0 {
                 out.push((None, p.epoch, p.own_offset));
             }
         }
@@ -1280,6 +1328,47 @@ mod tests {
 
     fn cell() -> Cell {
         Cell::new("k".into(), Window::parse("1s").unwrap())
+    }
+
+    #[test]
+    fn origin_lists_stay_sorted_and_grow_by_a_quarter() {
+        let mut list = Vec::new();
+        for origin in [9u64, 3, 7, 1, 5, 3] {
+            insert_sorted(&mut list, origin, origin * 10);
+        }
+        assert_eq!(list, vec![(1, 10), (3, 30), (5, 50), (7, 70), (9, 90)]);
+        assert_eq!(lookup(&list, 7), Some(70));
+        assert_eq!(lookup(&list, 4), None);
+        insert_sorted(&mut list, 3, 31);
+        assert_eq!(lookup(&list, 3), Some(31));
+        let mut big = Vec::new();
+        for origin in 0..1000u64 {
+            insert_sorted(&mut big, origin.wrapping_mul(0x9E37_79B9_7F4A_7C15), 1);
+        }
+        assert!(big.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(
+            big.capacity() <= 1000 + 1000 / 4,
+            "capacity {}",
+            big.capacity()
+        );
+    }
+
+    #[test]
+    fn a_cell_without_remote_state_keeps_no_position_and_a_roll_reuses_one() {
+        let c = cell();
+        assert_eq!(c.add(100, 5), AddOutcome::Added);
+        assert_eq!(c.local_values(0).count(), 1);
+        assert!(c.table().positions.is_empty());
+        assert_eq!(c.merge_remote(7, 100, 3, 16), MergeOutcome::Raised);
+        assert_eq!(c.merge_remote(8, 100, 4, 16), MergeOutcome::Raised);
+        assert_eq!(c.table().positions.len(), 1);
+        // Epoch 104 takes ring position 0 from epoch 100: the older epoch's origins are gone.
+        assert_eq!(c.add(104, 1), AddOutcome::Added);
+        assert_eq!(c.merge_remote(9, 104, 2, 16), MergeOutcome::Raised);
+        assert_eq!(c.table().positions.len(), 1);
+        assert_eq!(c.remote_values(), vec![(9, 104, 2)]);
+        assert_eq!(c.merge_remote(7, 105, 1, 16), MergeOutcome::Raised);
+        assert_eq!(c.table().positions.len(), 2);
     }
 
     #[test]
