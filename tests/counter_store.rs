@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::thread;
 
 use bifrost_cluster::counter::{
-    AddOutcome, Algorithm, CoarseClock, CounterError, CounterStore, DirtyEntry, MergeOutcome,
-    StoreOptions, Window,
+    AddOutcome, Algorithm, CoarseClock, CounterError, CounterStore, DIRTY_QUEUE_SLOTS, DirtyEntry,
+    MergeOutcome, StoreOptions, Window,
 };
 
 /// 2026-11-24T10:00:00Z, a minute boundary.
@@ -274,6 +274,39 @@ fn drain_yields_absolute_values_once_per_change() {
     out.clear();
     store.merge_remote(2, "a", minute(), epoch + 1, 10).unwrap();
     assert_eq!(store.drain_dirty(usize::MAX, &mut out), 0);
+}
+
+#[test]
+fn more_changed_keys_than_the_dirty_queue_holds_are_all_drained_once() {
+    let keys = DIRTY_QUEUE_SLOTS + 4_000;
+    let store = store_with(keys, 1);
+    for i in 0..keys {
+        store
+            .add(&format!("k{i}"), minute(), 1 + i as u64 % 7)
+            .unwrap();
+    }
+    // Already queued (on the queue or the overflow list): a second add queues nothing more.
+    store.add("k0", minute(), 1).unwrap();
+    store.add(&format!("k{}", keys - 1), minute(), 1).unwrap();
+    assert_eq!(store.dirty_len(), keys);
+    assert_eq!(store.stats().dirty_overflowed, 4_000);
+    let mut out = Vec::new();
+    assert_eq!(store.drain_dirty(usize::MAX, &mut out), keys);
+    let mut seen: Vec<(String, u64)> = out.iter().map(|e| (e.key.to_string(), e.value)).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), keys, "every key drained exactly once");
+    let value = |key: &str| seen.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+    assert_eq!(value("k0"), Some(2));
+    assert_eq!(
+        value(&format!("k{}", keys - 1)),
+        Some(1 + (keys as u64 - 1) % 7 + 1)
+    );
+    assert_eq!(store.dirty_len(), 0);
+    // Overflowed cells were unmarked by the drain: their next change queues them again.
+    store.add(&format!("k{}", keys - 1), minute(), 1).unwrap();
+    out.clear();
+    assert_eq!(store.drain_dirty(usize::MAX, &mut out), 1);
 }
 
 #[test]

@@ -47,8 +47,8 @@ pub use signed::{
     released_key,
 };
 pub use store::{
-    CounterHandle, CounterStore, DEFAULT_MAX_ORIGINS_PER_KEY, DirtyEntry, HotKey, ResetReport,
-    StatsSnapshot, StoreOptions, StoreStats,
+    CounterHandle, CounterStore, DEFAULT_MAX_ORIGINS_PER_KEY, DIRTY_QUEUE_SLOTS, DirtyEntry,
+    HotKey, ResetReport, StatsSnapshot, StoreOptions, StoreStats,
 };
 pub use window::{Alignment, MAX_WINDOW_COUNT, Unit, Window, WindowError};
 

@@ -5,7 +5,9 @@
 //! - Lookups never block: the map is `papaya`'s lock-free hash map; readers never wait for writers.
 //! - [`CounterHandle::add`] and [`CounterHandle::try_acquire`] take no lock, allocate nothing and make no syscall:
 //!   a clock load, an epoch computation, one slot load, one CAS, and on the first change of a flush interval one
-//!   flag swap and one push onto a preallocated queue.
+//!   flag swap and one push onto a preallocated queue of [`DIRTY_QUEUE_SLOTS`] (fewer for a smaller store). When
+//!   more distinct keys than that changed since the last drain, the further ones go to an overflow list under a
+//!   mutex (counted in [`StoreStats::dirty_overflowed`]): still queued, never lost, but no longer lock-free.
 //! - The store never holds more than `max_keys` cells created locally (by an add, an acquire or a handle) plus
 //!   `max_remote_keys` cells created by merges of other replicas' values: two budgets, so keys written through
 //!   other nodes can never make this node refuse a new local key. At a cap a new key is refused with
@@ -86,6 +88,12 @@ impl Default for StoreOptions {
 /// three times within one window.
 pub const DEFAULT_MAX_ORIGINS_PER_KEY: usize = 4_096;
 
+/// Slots of the preallocated dirty queue (16 bytes each) when `max_keys + max_remote_keys` is larger: 1 MiB,
+/// room for 65,536 distinct keys changed between two drains (13 million distinct keys a second at the default
+/// 5 ms flush). A store of a million keys would otherwise preallocate 32 bytes per key for a queue that is
+/// almost always nearly empty.
+pub const DIRTY_QUEUE_SLOTS: usize = 65_536;
+
 /// Most floors waiting for [`CounterStore::drain_floors`]; beyond it the oldest are dropped (anti-entropy still
 /// carries them: floors are state, the queue only makes them travel at once).
 const MAX_PENDING_FLOORS: usize = 65_536;
@@ -122,6 +130,9 @@ pub struct StoreStats {
     pub inflated_cells: std::sync::atomic::AtomicU64,
     /// Cells freed by [`CounterStore::reclaim_idle`].
     pub reclaimed_keys: std::sync::atomic::AtomicU64,
+    /// Changed cells queued on the overflow list because the dirty queue was full (more distinct keys changed
+    /// between two drains than [`DIRTY_QUEUE_SLOTS`]).
+    pub dirty_overflowed: std::sync::atomic::AtomicU64,
 }
 
 /// A snapshot of [`StoreStats`] plus the current number of keys.
@@ -159,6 +170,8 @@ pub struct StatsSnapshot {
     pub inflated_cells: u64,
     /// See [`StoreStats::reclaimed_keys`].
     pub reclaimed_keys: u64,
+    /// See [`StoreStats::dirty_overflowed`].
+    pub dirty_overflowed: u64,
 }
 
 /// One changed value, as the drain hands it to replication: this replica's absolute count for a window.
@@ -339,6 +352,9 @@ struct Shared {
     /// at once must not both give back the same unit. Releases are off the hot path.
     release_lock: std::sync::Mutex<()>,
     dirty: ArrayQueue<Arc<Cell>>,
+    /// Changed cells that found the dirty queue full; drained after it. Each cell is here or in the queue at
+    /// most once (its dirty flag guards both).
+    dirty_overflow: std::sync::Mutex<Vec<Arc<Cell>>>,
     options: StoreOptions,
     stats: StoreStats,
 }
@@ -382,13 +398,37 @@ impl Shared {
     #[inline(never)]
     fn queue_changed(&self, cell: &Arc<Cell>) {
         if cell.mark_dirty() {
-            // The queue holds at most one entry per cell (the dirty flag guards it) and has room for `max_keys`
-            // cells plus slack, so this push cannot fail. Were it ever to, clearing the flag lets the next add
-            // queue the cell again rather than leave it marked and never drained.
-            if self.dirty.push(Arc::clone(cell)).is_err() {
-                cell.clear_dirty();
+            // The queue holds at most one entry per cell (the dirty flag guards it); when more cells changed
+            // since the last drain than it has slots, the cell waits on the overflow list instead.
+            if let Err(cell) = self.dirty.push(Arc::clone(cell)) {
+                self.overflow(cell);
             }
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn overflow(&self, cell: Arc<Cell>) {
+        // Relaxed: statistics.
+        let before = self
+            .stats
+            .dirty_overflowed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if before == 0 {
+            tracing::warn!(
+                slots = self.dirty.capacity(),
+                "more keys changed between two replication flushes than the dirty queue holds; the further \
+                 ones wait on an overflow list (counted in dirty_overflowed; logged once)"
+            );
+        }
+        self.dirty_overflow.lock_clean().push(cell);
+    }
+
+    /// The next changed cell: from the queue, then from the overflow list.
+    fn pop_dirty(&self) -> Option<Arc<Cell>> {
+        self.dirty
+            .pop()
+            .or_else(|| self.dirty_overflow.lock_clean().pop())
     }
 
     #[cold]
@@ -438,8 +478,10 @@ impl CounterStore {
                 startup_share: std::sync::atomic::AtomicU64::new(pack_share(1, 1)),
                 any_released: std::sync::atomic::AtomicBool::new(false),
                 release_lock: std::sync::Mutex::new(()),
-                // Every cell, of either budget, can be dirty (a local add to a key a merge created).
-                dirty: ArrayQueue::new(max_keys + max_remote_keys + 64),
+                // Every cell, of either budget, can be dirty (a local add to a key a merge created); beyond
+                // `DIRTY_QUEUE_SLOTS` the overflow list takes them.
+                dirty: ArrayQueue::new((max_keys + max_remote_keys + 64).min(DIRTY_QUEUE_SLOTS)),
+                dirty_overflow: std::sync::Mutex::new(Vec::new()),
                 options: StoreOptions {
                     max_keys,
                     max_remote_keys,
@@ -796,7 +838,7 @@ impl CounterStore {
         let now = self.shared.clock.now_unix_ms();
         let mut drained = 0;
         while drained < max_cells {
-            let Some(cell) = self.shared.dirty.pop() else {
+            let Some(cell) = self.shared.pop_dirty() else {
                 break;
             };
             drained += 1;
@@ -830,7 +872,7 @@ impl CounterStore {
 
     /// Number of cells waiting in the dirty queue.
     pub fn dirty_len(&self) -> usize {
-        self.shared.dirty.len()
+        self.shared.dirty.len() + self.shared.dirty_overflow.lock_clean().len()
     }
 
     /// Merges a value reported by replica `origin` for `(key, window, epoch)`: per-origin max, then the cell's
@@ -1304,6 +1346,7 @@ impl CounterStore {
             future_merges: load(&s.future_merges),
             inflated_cells: load(&s.inflated_cells),
             reclaimed_keys: load(&s.reclaimed_keys),
+            dirty_overflowed: load(&s.dirty_overflowed),
         }
     }
 }
