@@ -718,10 +718,14 @@ impl CounterStore {
         self.check_key(key)?;
         let hash = lookup_cache::hash(&self.shared.hasher, key, window);
         let shared = &self.shared;
+        let mut counted = false;
         let cached = lookup_cache::with_cached(shared.id, hash, key, window, |cell| {
             let decision = acquire_on(cell, &shared.clock, shared, algorithm, limit, cost);
             if !decision.allowed && cell.is_retired() {
-                return None; // no decision: the cell is being reclaimed; evict and resolve through a handle
+                // No decision (a retired cell takes nothing and refuses everything), but the call is
+                // counted: evict and decide through a handle, which must not count it again.
+                counted = true;
+                return None;
             }
             Some(decision)
         });
@@ -731,10 +735,13 @@ impl CounterStore {
             }
             return Ok(decision);
         }
-        self.acquire_uncached(key, window, hash, algorithm, limit, cost)
+        self.acquire_uncached(key, window, hash, algorithm, limit, cost, counted)
     }
 
+    /// The acquire of [`CounterStore::acquire_by_key`] through a handle; `counted`: the call was counted
+    /// already (by a try on a retired cached cell).
     #[cold]
+    #[allow(clippy::too_many_arguments)]
     fn acquire_uncached(
         &self,
         key: &str,
@@ -743,9 +750,13 @@ impl CounterStore {
         algorithm: Algorithm,
         limit: u64,
         cost: u64,
+        counted: bool,
     ) -> Result<Decision, CounterError> {
         let handle = self.handle(key, window)?;
-        let decision = handle.acquire(algorithm, limit, cost);
+        if !counted {
+            super::calls::count_acquire();
+        }
+        let decision = handle.acquire_counted(algorithm, limit, cost);
         lookup_cache::remember(self.shared.id, hash, &handle.cell);
         Ok(decision)
     }
@@ -1327,6 +1338,20 @@ fn acquire_on(
     limit: u64,
     cost: u64,
 ) -> Decision {
+    super::calls::count_acquire();
+    decide_on(cell, clock, shared, algorithm, limit, cost)
+}
+
+/// [`acquire_on`] without counting the call (its caller counted it).
+#[inline(always)]
+fn decide_on(
+    cell: &Arc<Cell>,
+    clock: &CoarseClock,
+    shared: &Shared,
+    algorithm: Algorithm,
+    limit: u64,
+    cost: u64,
+) -> Decision {
     // For the status page's hot keys: one load, a store only when the limit changed.
     cell.note_limit(limit, algorithm);
     if shared.in_startup() {
@@ -1345,7 +1370,6 @@ fn acquire_on(
         && let Some(epoch) = cell.cached_epoch_at(clock.now_unix_ms())
         && let Some(outcome) = cell.try_take_fast(epoch, cost, limit)
     {
-        super::calls::count_acquire();
         let reset_at = cell.cached_end_ms(epoch);
         return match outcome {
             FastTake::Taken { used } => {
@@ -1370,7 +1394,6 @@ fn acquire_full(
     limit: u64,
     cost: u64,
 ) -> Decision {
-    super::calls::count_acquire();
     let (decision, counted) = limiter::acquire(cell, algorithm, clock.now_unix_ms(), limit, cost);
     if counted {
         shared.changed(cell);
@@ -1493,7 +1516,15 @@ impl CounterHandle {
     /// Acquire with a chosen algorithm (see [`Algorithm`]).
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
-        let mut decision = acquire_on(
+        super::calls::count_acquire();
+        self.acquire_counted(algorithm, limit, cost)
+    }
+
+    /// [`CounterHandle::acquire`] of a call its caller counted already (`calls::count_acquire`); a refusal
+    /// is counted here.
+    #[inline]
+    pub(crate) fn acquire_counted(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+        let mut decision = decide_on(
             &self.cell,
             &self.clock,
             &self.shared,
@@ -1617,5 +1648,76 @@ impl CounterHandle {
         self.cell
             .local(epoch)
             .saturating_add(self.cell.remote(epoch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counter::calls::{CallCounts, thread_call_counts};
+
+    /// 2026-11-24T10:00:00Z, a minute boundary.
+    const T0: u64 = 1_795_514_400_000;
+
+    /// The calls this thread counted while `f` ran (other threads' calls are not in them).
+    fn calls_of<R>(f: impl FnOnce() -> R) -> (R, CallCounts) {
+        let before = thread_call_counts();
+        let r = f();
+        let after = thread_call_counts();
+        let delta = CallCounts {
+            adds: after.adds - before.adds,
+            acquires: after.acquires - before.acquires,
+            refusals: after.refusals - before.refusals,
+        };
+        (r, delta)
+    }
+
+    /// Caches `key`'s cell on this thread, then lets its epochs leave the ring and reclaims it: the cache
+    /// holds a retired cell.
+    fn retire_cached(store: &CounterStore, key: &str, window: Window) {
+        let fixed = Algorithm::FixedWindow;
+        assert!(
+            store
+                .acquire_by_key(key, window, fixed, 10, 1)
+                .unwrap()
+                .allowed
+        );
+        store.drain_dirty(usize::MAX, &mut Vec::new());
+        let now = store.clock().now_unix_ms();
+        store.clock().set_unix_ms(now + RING as u64 * 60_000);
+        assert_eq!(store.reclaim_idle(), 1, "the cache holds no handle");
+    }
+
+    #[test]
+    fn an_acquire_by_key_that_falls_back_from_a_retired_cell_counts_one_call() {
+        let store = CounterStore::new(StoreOptions {
+            replica_id: 1,
+            clock: Arc::new(CoarseClock::new(T0)),
+            ..StoreOptions::default()
+        });
+        let w = Window::parse("1m").expect("a window");
+        let fixed = Algorithm::FixedWindow;
+        // Allowed through the fallback: one acquire, no refusal.
+        retire_cached(&store, "k", w);
+        let (d, calls) = calls_of(|| store.acquire_by_key("k", w, fixed, 1, 1).unwrap());
+        assert!(d.allowed, "{d:?}");
+        assert_eq!((calls.acquires, calls.refusals), (1, 0), "{calls:?}");
+        assert_eq!(store.global("k", w), 1);
+        // Refused through the fallback (a real refusal, by the new cell): one acquire, one refusal.
+        retire_cached(&store, "k", w);
+        let (d, calls) = calls_of(|| store.acquire_by_key("k", w, fixed, 0, 1).unwrap());
+        assert!(!d.allowed, "{d:?}");
+        assert_eq!((calls.acquires, calls.refusals), (1, 1), "{calls:?}");
+        // The same by key on the net count, with a refund present.
+        retire_cached(&store, "k", w);
+        let epoch = w.epoch_at(store.clock().now_unix_ms());
+        store
+            .merge_remote(2, &super::super::signed::released_key("k"), w, epoch, 2)
+            .unwrap();
+        let (d, calls) = calls_of(|| store.acquire_net_by_key("k", w, fixed, 1, 1).unwrap());
+        assert!(d.allowed, "{d:?}");
+        assert_eq!((d.used, d.limit), (0, 1), "{d:?}");
+        assert_eq!((calls.acquires, calls.refusals), (1, 0), "{calls:?}");
+        assert_eq!(store.global("k", w), 1, "counted once, in the new cell");
     }
 }
