@@ -37,6 +37,7 @@
 //! values (its group and whoever receives its group's per-origin values), the others see them expire with
 //! their lease.
 
+use super::store::Limit;
 use super::{AddOutcome, Algorithm, CounterError, CounterHandle, CounterStore, Decision, Window};
 
 /// Prefix of the released companion of a counter.
@@ -116,7 +117,7 @@ impl CounterStore {
             return handle.acquire_bucket(burst, limit, cost, released);
         }
         net_decision(
-            handle.acquire(algorithm, limit.saturating_add(released), cost),
+            handle.acquire_limit(algorithm, raised(limit, released), cost),
             released,
             limit,
         )
@@ -145,7 +146,7 @@ impl CounterStore {
                 .acquire_bucket(burst, limit, cost, released));
         }
         Ok(net_decision(
-            self.acquire_by_key(key, window, algorithm, limit.saturating_add(released), cost)?,
+            self.acquire_by_key_limit(key, window, algorithm, raised(limit, released), cost)?,
             released,
             limit,
         ))
@@ -240,7 +241,14 @@ impl CounterStore {
     pub fn acquire_in_flight(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
         let (_, released, added_before) = self.in_flight_parts(handle);
         let effective = limit.saturating_add(released).saturating_sub(added_before);
-        let decision = handle.acquire(Algorithm::FixedWindow, effective, cost);
+        let decision = handle.acquire_limit(
+            Algorithm::FixedWindow,
+            Limit {
+                decide: effective,
+                shown: limit,
+            },
+            cost,
+        );
         self.in_flight_decision(handle, decision, limit)
     }
 
@@ -322,6 +330,14 @@ impl CounterStore {
             }
         }
         released
+    }
+}
+
+/// `limit` raised by `released` to decide on the added counter, shown as `limit`.
+fn raised(limit: u64, released: u64) -> Limit {
+    Limit {
+        decide: limit.saturating_add(released),
+        shown: limit,
     }
 }
 
@@ -504,6 +520,40 @@ mod tests {
         a.merge_remote(3, "plain", w, epoch, 4).unwrap();
         assert_eq!(a.release_departed(3), 1);
         assert_eq!(a.released_at("plain", w, epoch), 0);
+    }
+
+    #[test]
+    fn the_hot_keys_show_the_limit_the_caller_gave_not_the_one_raised_by_refunds() {
+        let s = store(1);
+        let w = Window::parse("1h").unwrap();
+        let fixed = Algorithm::FixedWindow;
+        let shown = |s: &CounterStore, key: &str| {
+            let hot = s.hottest(10);
+            let h = hot.iter().find(|h| &*h.key == key).expect("a hot key");
+            (h.used, h.limit.map(|l| l.limit))
+        };
+        // By handle: 3 taken, 1 given back, 1 taken again: 3 held of 3 (added 4, released 1).
+        let h = s.handle("k", w).unwrap();
+        for _ in 0..3 {
+            assert!(s.acquire_net(&h, fixed, 3, 1).allowed);
+        }
+        assert_eq!(s.release("k", w, 1).unwrap().released, 1);
+        assert!(s.acquire_net(&h, fixed, 3, 1).allowed);
+        assert_eq!(shown(&s, "k"), (3, Some(3)));
+        // By key, the same.
+        for _ in 0..3 {
+            assert!(s.acquire_net_by_key("j", w, fixed, 3, 1).unwrap().allowed);
+        }
+        assert_eq!(s.release("j", w, 2).unwrap().released, 2);
+        assert!(s.acquire_net_by_key("j", w, fixed, 3, 1).unwrap().allowed);
+        assert_eq!(shown(&s, "j"), (2, Some(3)));
+        // An in-flight limit (not listed among the hot keys, but noted as given).
+        let key = in_flight_key("m");
+        let f = s.handle(&key, w).unwrap();
+        assert!(s.acquire_in_flight(&f, 2, 1).allowed);
+        assert_eq!(s.release_in_flight(&key, w, 1).unwrap().released, 1);
+        assert!(s.acquire_in_flight(&f, 2, 1).allowed);
+        assert_eq!(f.limit_seen().map(|l| l.limit), Some(2));
     }
 
     #[test]

@@ -190,9 +190,11 @@ pub struct HotKey {
     /// The merged count of every other replica in the current window.
     pub remote: u64,
     /// Usage as the last acquire's algorithm counts it (sliding windows weigh in the previous window); the
-    /// current window's `local + remote` when the key was never acquired here.
+    /// current window's `local + remote` when the key was never acquired here. Net of the units given back
+    /// in the current window (refunds, see `CounterStore::release`), as a decision reads it.
     pub used: u64,
-    /// The limit and algorithm of the last acquire on this node; `None` for a key only added to (or merged).
+    /// The limit and algorithm of the last acquire on this node, as the caller gave it (not the internal limit
+    /// a refund raises); `None` for a key only added to (or merged).
     pub limit: Option<LimitSeen>,
 }
 
@@ -400,6 +402,27 @@ impl Shared {
             AddOutcome::Stale => &self.stats.stale_adds,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The limit of one acquire: what it decides against, and what the status page shows as its limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limit {
+    /// Decided against (scaled to the start-up share while that applies).
+    pub(crate) decide: u64,
+    /// The limit the caller gave, noted for the hot keys (`Cell::note_limit`): a signed count decides
+    /// against an internal limit raised by its releases (see `signed`), which is no limit of the caller's.
+    pub(crate) shown: u64,
+}
+
+impl Limit {
+    /// The caller's `limit`, decided against and shown.
+    #[inline(always)]
+    pub(crate) fn given(limit: u64) -> Limit {
+        Limit {
+            decide: limit,
+            shown: limit,
+        }
     }
 }
 
@@ -715,6 +738,19 @@ impl CounterStore {
         limit: u64,
         cost: u64,
     ) -> Result<Decision, CounterError> {
+        self.acquire_by_key_limit(key, window, algorithm, Limit::given(limit), cost)
+    }
+
+    /// [`CounterStore::acquire_by_key`] against a [`Limit`].
+    #[inline]
+    pub(crate) fn acquire_by_key_limit(
+        &self,
+        key: &str,
+        window: Window,
+        algorithm: Algorithm,
+        limit: Limit,
+        cost: u64,
+    ) -> Result<Decision, CounterError> {
         self.check_key(key)?;
         let hash = lookup_cache::hash(&self.shared.hasher, key, window);
         let shared = &self.shared;
@@ -748,7 +784,7 @@ impl CounterStore {
         window: Window,
         hash: u64,
         algorithm: Algorithm,
-        limit: u64,
+        limit: Limit,
         cost: u64,
         counted: bool,
     ) -> Result<Decision, CounterError> {
@@ -1266,6 +1302,7 @@ impl CounterStore {
         }
         let mut ranked: Vec<HotRank> = heap.into_iter().map(|r| r.0).collect();
         ranked.sort_by(|a, b| b.cmp(a));
+        let any_released = self.any_released();
         ranked
             .into_iter()
             .map(|r| {
@@ -1273,6 +1310,12 @@ impl CounterStore {
                 let used = match limit {
                     Some(seen) => limiter::peek(&r.cell, seen.algorithm, now, seen.limit, 0).used,
                     None => r.global,
+                };
+                // Net of the refunds, as a decision reads it (see `signed`): at most `n` lookups.
+                let used = if any_released {
+                    used.saturating_sub(self.released_at(&r.key.0.0, r.cell.window(), r.epoch))
+                } else {
+                    used
                 };
                 HotKey {
                     key: Arc::clone(&r.key.0.0),
@@ -1335,7 +1378,7 @@ fn acquire_on(
     clock: &CoarseClock,
     shared: &Shared,
     algorithm: Algorithm,
-    limit: u64,
+    limit: Limit,
     cost: u64,
 ) -> Decision {
     super::calls::count_acquire();
@@ -1349,11 +1392,12 @@ fn decide_on(
     clock: &CoarseClock,
     shared: &Shared,
     algorithm: Algorithm,
-    limit: u64,
+    limit: Limit,
     cost: u64,
 ) -> Decision {
     // For the status page's hot keys: one load, a store only when the limit changed.
-    cell.note_limit(limit, algorithm);
+    cell.note_limit(limit.shown, algorithm);
+    let limit = limit.decide;
     if shared.in_startup() {
         return acquire_full(
             cell,
@@ -1516,14 +1560,25 @@ impl CounterHandle {
     /// Acquire with a chosen algorithm (see [`Algorithm`]).
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+        self.acquire_limit(algorithm, Limit::given(limit), cost)
+    }
+
+    /// [`CounterHandle::acquire`] against a [`Limit`].
+    #[inline]
+    pub(crate) fn acquire_limit(&self, algorithm: Algorithm, limit: Limit, cost: u64) -> Decision {
         super::calls::count_acquire();
         self.acquire_counted(algorithm, limit, cost)
     }
 
-    /// [`CounterHandle::acquire`] of a call its caller counted already (`calls::count_acquire`); a refusal
-    /// is counted here.
+    /// [`CounterHandle::acquire_limit`] of a call its caller counted already (`calls::count_acquire`); a
+    /// refusal is counted here.
     #[inline]
-    pub(crate) fn acquire_counted(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+    pub(crate) fn acquire_counted(
+        &self,
+        algorithm: Algorithm,
+        limit: Limit,
+        cost: u64,
+    ) -> Decision {
         let mut decision = decide_on(
             &self.cell,
             &self.clock,
@@ -1533,7 +1588,7 @@ impl CounterHandle {
             cost,
         );
         if !decision.allowed && self.cell.is_retired() {
-            decision = self.acquire_refused(algorithm, limit, cost, decision);
+            decision = self.acquire_refused(algorithm, limit.decide, cost, decision);
         }
         if !decision.allowed {
             super::calls::count_refusal();
@@ -1641,6 +1696,12 @@ impl CounterHandle {
         self.cell
             .local(epoch)
             .saturating_add(self.cell.remote(epoch))
+    }
+
+    /// The limit and algorithm of the last acquire on this node (as the hot keys show it).
+    #[cfg(test)]
+    pub(crate) fn limit_seen(&self) -> Option<LimitSeen> {
+        self.cell.limit_seen()
     }
 
     /// Local + remote in `epoch` (0 if it is not in the ring).
