@@ -22,17 +22,20 @@
 //!   window. When membership declares a member down (or it leaves, or restarts under a new identity), every
 //!   node releases that member's outstanding slots ([`CounterStore::release_departed`]) under one synthetic
 //!   origin per departed replica, computed from the same converged values on every node: max-merged, so the
-//!   nodes that each do it release them once, not once per node.
+//!   nodes that each do it release them once, not once per node. A read counts the larger of a replica's
+//!   own releases and the release made for it, not their sum, so the member's own releases that arrive
+//!   later (it came back under the same id after a pause, or they were in flight when it crashed) release
+//!   nothing twice: the releases of every replica stay within its additions.
 //! - A token bucket adds the current window's refunds to its tokens (to every check of `bucket`), not to its
 //!   limit, which would raise the refill of every window it reads.
 //! - In-flight keys are not written to snapshots: after a restart of the whole cluster nobody holds them.
 //! - Pure logic on the store; no I/O.
 //!
 //! Not covered: a release that reaches a node before the addition it matches (the two counters travel in
-//! separate batches) makes that node read a smaller count until the addition arrives; the releases a member
-//! made just before it crashed and that arrive after its departure was released are released twice (bounded
-//! by what it released in its last flush interval); a sliding window reads the previous window's additions without its releases (stricter, never
-//! looser); a refund after its window ended is dropped (that window's budget is over anyway); in the grouped
+//! separate batches) makes that node read a smaller count until the addition arrives; a member declared down
+//! that comes back still runs the requests the others released its slots for, so until they end (or their
+//! leases do) the limit can be passed by what it held when it was declared down; a sliding window reads the
+//! previous window's additions without its releases (stricter, never looser); a refund after its window ended is dropped (that window's budget is over anyway); in the grouped
 //! layout of large clusters, a departed member's slots are released only by the nodes that see its own
 //! values (its group and whoever receives its group's per-origin values), the others see them expire with
 //! their lease.
@@ -84,10 +87,37 @@ pub struct Released {
 
 impl CounterStore {
     /// What was released of `(key, window)` in `epoch`, cluster-wide as this node knows it (0 when nothing
-    /// was; never creates the companion).
+    /// was; never creates the companion). Of an in-flight key, a replica's own releases and those made for it
+    /// when it departed count as their larger, not their sum (see [`CounterStore::release_departed`]).
     pub fn released_at(&self, key: &str, window: Window, epoch: u64) -> u64 {
-        self.counts_at(&released_key(key), window, epoch)
-            .map_or(0, |(local, remote)| local.saturating_add(remote))
+        let companion = released_key(key);
+        let Some((local, remote)) = self.counts_at(&companion, window, epoch) else {
+            return 0;
+        };
+        let sum = local.saturating_add(remote);
+        if !key.starts_with(IN_FLIGHT_PREFIX) || remote == 0 {
+            return sum; // no release made for a departed replica: those are remote values
+        }
+        sum.saturating_sub(self.released_twice(&companion, window, epoch))
+    }
+
+    /// What the released companion `companion` (of an in-flight key) holds twice in `epoch`: for every
+    /// replica with a release made for it under [`departed_origin`], the smaller of its own releases and
+    /// that one (`own + departed − max(own, departed)`).
+    fn released_twice(&self, companion: &str, window: Window, epoch: u64) -> u64 {
+        let values = self.origin_counts_at(companion, window, epoch);
+        if values.len() < 2 {
+            return 0;
+        }
+        let by_origin: std::collections::HashMap<u64, u64> = values.iter().copied().collect();
+        values
+            .iter()
+            .filter_map(|&(origin, own)| {
+                by_origin
+                    .get(&departed_origin(origin))
+                    .map(|&departed| own.min(departed))
+            })
+            .fold(0, u64::saturating_add)
     }
 
     /// The net count of `handle`'s counter in its current window: added minus released.
@@ -301,9 +331,12 @@ impl CounterStore {
     }
 
     /// Releases the in-flight slots departed replica `origin` still held, under [`departed_origin`]: for
-    /// every in-flight key and window this node holds a value of `origin` for, `origin`'s additions minus its
-    /// own releases. Returns the number of (key, window) values released. Called when membership declares
-    /// the member down, or it leaves or is replaced.
+    /// every in-flight key and window this node holds a value of `origin` for with slots not released by
+    /// `origin` itself, `origin`'s additions. A read counts the larger of that and `origin`'s own releases
+    /// ([`CounterStore::released_at`]), so releases `origin` made that arrive later (it was paused and comes
+    /// back under the same id, or they were in flight when it crashed) give back nothing twice. Returns the
+    /// number of (key, window) values released. Called when membership declares the member down, or it
+    /// leaves or is replaced.
     pub fn release_departed(&self, origin: u64) -> usize {
         let synthetic = departed_origin(origin);
         let mut released = 0;
@@ -314,15 +347,14 @@ impl CounterStore {
                 .into_iter()
                 .find_map(|(o, v)| (o == origin).then_some(v))
                 .unwrap_or(0);
-            let outstanding = entry.value.saturating_sub(own_releases);
-            if outstanding > 0
+            if entry.value > own_releases
                 && self
                     .merge_remote(
                         synthetic,
                         &companion,
                         entry.window,
                         entry.epoch,
-                        outstanding,
+                        entry.value,
                     )
                     .is_ok()
             {
@@ -554,6 +586,66 @@ mod tests {
         assert_eq!(s.release_in_flight(&key, w, 1).unwrap().released, 1);
         assert!(s.acquire_in_flight(&f, 2, 1).allowed);
         assert_eq!(f.limit_seen().map(|l| l.limit), Some(2));
+    }
+
+    #[test]
+    fn a_member_declared_down_that_comes_back_releases_its_slots_once_with_the_others() {
+        let w = Window::parse("1h").unwrap();
+        let key = in_flight_key("k");
+        let companion = released_key(&key);
+        let epoch = w.epoch_at(1_795_514_400_000);
+        // Both orders: the member releases before it hears of the others' release for it, and after.
+        for learns_first in [false, true] {
+            let (a, x) = (store(1), store(3));
+            // Replica 3 takes 3 slots of 4 and releases 1; node 1 holds its values.
+            let hx = x.handle(&key, w).unwrap();
+            for _ in 0..3 {
+                assert!(x.acquire_in_flight(&hx, 4, 1).allowed);
+            }
+            assert_eq!(x.release_in_flight(&key, w, 1).unwrap().released, 1);
+            a.merge_remote(3, &key, w, epoch, 3).unwrap();
+            a.merge_remote(3, &companion, w, epoch, 1).unwrap();
+            // Declared down (a pause): node 1 releases the 2 slots it still held.
+            assert_eq!(a.release_departed(3), 1);
+            let ha = a.handle(&key, w).unwrap();
+            assert_eq!(a.in_flight(&ha), 0);
+            let synthetic = |s: &CounterStore| {
+                s.origin_counts_at(&companion, w, epoch)
+                    .into_iter()
+                    .find_map(|(o, v)| (o == departed_origin(3)).then_some(v))
+            };
+            if learns_first {
+                let v = synthetic(&a).expect("the release for replica 3");
+                x.merge_remote(departed_origin(3), &companion, w, epoch, v)
+                    .unwrap();
+                assert_eq!(x.in_flight(&hx), 0, "released by the others");
+            }
+            // It comes back under the same replica id, and its two requests end.
+            let r = x.release_in_flight(&key, w, 2).unwrap();
+            assert_eq!((r.released, r.used), (2, 0), "learns first: {learns_first}");
+            let own = x.counts_at(&companion, w, epoch).map(|(own, _)| own);
+            a.merge_remote(3, &companion, w, epoch, own.unwrap_or(0))
+                .unwrap();
+            if !learns_first {
+                let v = synthetic(&a).expect("the release for replica 3");
+                x.merge_remote(departed_origin(3), &companion, w, epoch, v)
+                    .unwrap();
+            }
+            // Each slot was released once: 3 taken, 3 given back, on both nodes; the limit holds again.
+            for s in [&a, &x] {
+                assert_eq!(
+                    s.released_at(&key, w, epoch),
+                    3,
+                    "learns first: {learns_first}"
+                );
+                let h = s.handle(&key, w).unwrap();
+                assert_eq!(s.in_flight(&h), 0);
+                let taken = (0..10)
+                    .filter(|_| s.acquire_in_flight(&h, 4, 1).allowed)
+                    .count();
+                assert_eq!(taken, 4, "learns first: {learns_first}");
+            }
+        }
     }
 
     #[test]
