@@ -147,9 +147,8 @@ impl CounterStore {
             return handle.acquire_bucket(burst, limit, cost, released);
         }
         net_decision(
-            handle.acquire_limit(algorithm, raised(limit, released), cost),
+            handle.acquire_limit(algorithm, credited(limit, released), cost),
             released,
-            limit,
         )
     }
 
@@ -176,9 +175,8 @@ impl CounterStore {
                 .acquire_bucket(burst, limit, cost, released));
         }
         Ok(net_decision(
-            self.acquire_by_key_limit(key, window, algorithm, raised(limit, released), cost)?,
+            self.acquire_by_key_limit(key, window, algorithm, credited(limit, released), cost)?,
             released,
-            limit,
         ))
     }
 
@@ -195,9 +193,8 @@ impl CounterStore {
             return handle.check_bucket(burst, limit, cost, released);
         }
         net_decision(
-            handle.check(algorithm, limit.saturating_add(released), cost),
+            handle.check_limit(algorithm, credited(limit, released), cost),
             released,
-            limit,
         )
     }
 
@@ -268,38 +265,21 @@ impl CounterStore {
 
     /// Takes `cost` slots of the in-flight limit counted by `handle` when `held + cost ≤ limit`; counted
     /// when allowed. `reset_at_ms` is when a slot taken now expires at the latest (its lease).
+    ///
+    /// The decision counts the previous window's slots as used and its releases and the current one's as
+    /// credit: `added_before + added + cost ≤ limit + released`, the same `held + cost ≤ limit`, with the
+    /// start-up share taken of `limit` alone.
     pub fn acquire_in_flight(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
         let (_, released, added_before) = self.in_flight_parts(handle);
-        let effective = limit.saturating_add(released).saturating_sub(added_before);
-        let decision = handle.acquire_limit(
-            Algorithm::FixedWindow,
-            Limit {
-                decide: effective,
-                shown: limit,
-            },
-            cost,
-        );
-        self.in_flight_decision(handle, decision, limit)
+        let decision = handle.acquire_after(credited(limit, released), added_before, cost);
+        in_flight_decision(handle, decision, released)
     }
 
     /// [`CounterStore::acquire_in_flight`] without counting anything.
     pub fn check_in_flight(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
         let (_, released, added_before) = self.in_flight_parts(handle);
-        let effective = limit.saturating_add(released).saturating_sub(added_before);
-        let decision = handle.check(Algorithm::FixedWindow, effective, cost);
-        self.in_flight_decision(handle, decision, limit)
-    }
-
-    fn in_flight_decision(&self, handle: &CounterHandle, d: Decision, limit: u64) -> Decision {
-        let held = self.in_flight(handle);
-        let window = handle.window();
-        Decision {
-            allowed: d.allowed,
-            used: held,
-            limit,
-            remaining: limit.saturating_sub(held),
-            reset_at_ms: window.end_ms(handle.epoch_now().saturating_add(1)),
-        }
+        let decision = handle.check_after(credited(limit, released), added_before, cost);
+        in_flight_decision(handle, decision, released)
     }
 
     /// Gives back `n` slots of the in-flight limit `key` (an [`in_flight_key`]) in `window`: the previous
@@ -365,16 +345,29 @@ impl CounterStore {
     }
 }
 
-/// `limit` raised by `released` to decide on the added counter, shown as `limit`.
-fn raised(limit: u64, released: u64) -> Limit {
+/// The caller's `limit` with `released` units to decide on the added counter.
+fn credited(limit: u64, released: u64) -> Limit {
     Limit {
-        decide: limit.saturating_add(released),
-        shown: limit,
+        given: limit,
+        credit: released,
     }
 }
 
-/// `d`, decided on the added counter against `limit + released`, as the net decision against `limit`.
-fn net_decision(d: Decision, released: u64, limit: u64) -> Decision {
+/// `d`, an in-flight decision on the added counters of the current and the previous window (see
+/// [`CounterStore::acquire_in_flight`]), as the decision on the slots held: `reset_at_ms` is when a slot
+/// taken now expires at the latest (its lease).
+fn in_flight_decision(handle: &CounterHandle, d: Decision, released: u64) -> Decision {
+    let window = handle.window();
+    Decision {
+        reset_at_ms: window.end_ms(handle.epoch_now().saturating_add(1)),
+        ..net_decision(d, released)
+    }
+}
+
+/// `d`, decided on the added counter against `share(limit) + released`, as the net decision against the
+/// limit applied, `share(limit)` (the start-up share while it applies, as every decision reports it).
+fn net_decision(d: Decision, released: u64) -> Decision {
+    let limit = d.limit.saturating_sub(released);
     let used = d.used.saturating_sub(released);
     Decision {
         allowed: d.allowed,
@@ -646,6 +639,55 @@ mod tests {
                 assert_eq!(taken, 4, "learns first: {learns_first}");
             }
         }
+    }
+
+    #[test]
+    fn the_start_up_share_applies_to_the_callers_limit_and_is_the_limit_reported() {
+        let s = store(1);
+        // One member of two heard: the share of a limit of 4 is 2.
+        s.set_startup_share(1, 2);
+        let w = Window::parse("1m").unwrap();
+        let fixed = Algorithm::FixedWindow;
+        // Refunds: 2 taken (the share), both given back: 2 may be taken again (not the share of 4 + 2, 3).
+        let h = s.handle("k", w).unwrap();
+        for _ in 0..2 {
+            assert!(s.acquire_net(&h, fixed, 4, 1).allowed);
+        }
+        assert!(!s.acquire_net(&h, fixed, 4, 1).allowed);
+        assert_eq!(s.release("k", w, 2).unwrap().released, 2);
+        let check = s.check_net(&h, fixed, 4, 1);
+        assert!(check.allowed, "{check:?}");
+        assert_eq!((check.used, check.limit, check.remaining), (0, 2, 2));
+        for used in 1..=2 {
+            let d = s.acquire_net(&h, fixed, 4, 1);
+            assert!(d.allowed, "{d:?}");
+            assert_eq!(
+                (d.used, d.limit, d.remaining),
+                (used, 2, 2 - used),
+                "the share"
+            );
+        }
+        let d = s.acquire_net_by_key("k", w, fixed, 4, 1).unwrap();
+        assert!(!d.allowed, "{d:?}");
+        assert_eq!((d.used, d.limit), (2, 2));
+        // In-flight: 2 slots taken (the share), still held in the next window: none more (not the share
+        // of 4 − 2, 1).
+        let key = in_flight_key("m");
+        let f = s.handle(&key, w).unwrap();
+        for _ in 0..2 {
+            assert!(s.acquire_in_flight(&f, 4, 1).allowed);
+        }
+        s.clock().set_unix_ms(1_795_514_400_000 + 60_000);
+        let check = s.check_in_flight(&f, 4, 1);
+        assert!(!check.allowed, "{check:?}");
+        let d = s.acquire_in_flight(&f, 4, 1);
+        assert!(!d.allowed, "{d:?}");
+        assert_eq!((d.used, d.limit, d.remaining), (2, 2, 0), "the share");
+        // Heard from everyone: the whole limit.
+        s.set_startup_share(2, 2);
+        let d = s.acquire_in_flight(&f, 4, 1);
+        assert!(d.allowed, "{d:?}");
+        assert_eq!((d.used, d.limit, d.remaining), (3, 4, 1));
     }
 
     #[test]

@@ -29,7 +29,9 @@ use crossbeam_queue::ArrayQueue;
 use papaya::Equivalent;
 
 use super::aggregate::AggregateId;
-use super::cell::{AddOutcome, Cell, FastTake, FloorOutcome, LimitSeen, MergeOutcome, RING};
+use super::cell::{
+    AddOutcome, Cell, FastTake, FloorOutcome, LimitSeen, MergeOutcome, RING, TakeOutcome,
+};
 use super::clock::CoarseClock;
 use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
@@ -360,6 +362,11 @@ impl Shared {
         u64::try_from(share).unwrap_or(limit)
     }
 
+    /// What an acquire against `limit` decides against: the share of the caller's limit plus the credit.
+    fn decide_limit(&self, limit: Limit) -> u64 {
+        self.startup_limit(limit.given).saturating_add(limit.credit)
+    }
+
     /// Whether start-up admission applies (one load, for the acquire's fast path).
     #[inline]
     fn in_startup(&self) -> bool {
@@ -405,23 +412,25 @@ impl Shared {
     }
 }
 
-/// The limit of one acquire: what it decides against, and what the status page shows as its limit.
+/// The limit of one acquire: the caller's, and the units a signed count adds to it to decide on its added
+/// counter (see `signed`). An acquire decides against `share(given) + credit`, where `share` is start-up
+/// admission's (`CounterStore::set_startup_share`; the identity when it is off), and the hot keys show
+/// `given`: the raised limit is no limit of the caller's, and the share applies to the caller's limit only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limit {
-    /// Decided against (scaled to the start-up share while that applies).
-    pub(crate) decide: u64,
-    /// The limit the caller gave, noted for the hot keys (`Cell::note_limit`): a signed count decides
-    /// against an internal limit raised by its releases (see `signed`), which is no limit of the caller's.
-    pub(crate) shown: u64,
+    /// The limit the caller gave.
+    pub(crate) given: u64,
+    /// Units released (refunds, in-flight slots given back), added to the share of `given`.
+    pub(crate) credit: u64,
 }
 
 impl Limit {
-    /// The caller's `limit`, decided against and shown.
+    /// The caller's `limit`, with nothing released.
     #[inline(always)]
     pub(crate) fn given(limit: u64) -> Limit {
         Limit {
-            decide: limit,
-            shown: limit,
+            given: limit,
+            credit: 0,
         }
     }
 }
@@ -1396,18 +1405,18 @@ fn decide_on(
     cost: u64,
 ) -> Decision {
     // For the status page's hot keys: one load, a store only when the limit changed.
-    cell.note_limit(limit.shown, algorithm);
-    let limit = limit.decide;
+    cell.note_limit(limit.given, algorithm);
     if shared.in_startup() {
         return acquire_full(
             cell,
             clock,
             shared,
             algorithm,
-            shared.startup_limit(limit),
+            shared.decide_limit(limit),
             cost,
         );
     }
+    let limit = limit.given.saturating_add(limit.credit);
     // The fast path makes no call, as in `add`: a fixed window, the cached epoch, an uncontended cell, one
     // decision and at most one CAS. Anything else, and it decided and counted nothing.
     if matches!(algorithm, Algorithm::FixedWindow)
@@ -1588,7 +1597,7 @@ impl CounterHandle {
             cost,
         );
         if !decision.allowed && self.cell.is_retired() {
-            decision = self.acquire_refused(algorithm, limit.decide, cost, decision);
+            decision = self.acquire_refused(algorithm, limit, cost, decision);
         }
         if !decision.allowed {
             super::calls::count_refusal();
@@ -1602,12 +1611,12 @@ impl CounterHandle {
     fn acquire_refused(
         &self,
         algorithm: Algorithm,
-        limit: u64,
+        limit: Limit,
         cost: u64,
         mut decision: Decision,
     ) -> Decision {
         // The same limit as the first try: the start-up share while it applies.
-        let limit = self.shared.startup_limit(limit);
+        let limit = self.shared.decide_limit(limit);
         while !decision.allowed && self.cell.is_retired() {
             std::hint::spin_loop();
             let now = self.clock.now_unix_ms();
@@ -1671,12 +1680,65 @@ impl CounterHandle {
 
     /// The decision an acquire of `cost` would get now, without counting anything.
     pub fn check(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+        self.check_limit(algorithm, Limit::given(limit), cost)
+    }
+
+    /// [`CounterHandle::check`] against a [`Limit`].
+    pub(crate) fn check_limit(&self, algorithm: Algorithm, limit: Limit, cost: u64) -> Decision {
         limiter::peek(
             &self.cell,
             algorithm,
             self.clock.now_unix_ms(),
-            self.shared.startup_limit(limit),
+            self.shared.decide_limit(limit),
             cost,
+        )
+    }
+
+    /// A fixed-window acquire of `cost` that counts `before` as used besides the current window's count (an
+    /// in-flight limit's previous window, see `signed`): allowed, and counted, when
+    /// `before + count + cost ≤ share(limit.given) + limit.credit`. The decision's `used` includes `before`
+    /// and its `limit` is the one decided against.
+    pub(crate) fn acquire_after(&self, limit: Limit, before: u64, cost: u64) -> Decision {
+        self.cell.note_limit(limit.given, Algorithm::FixedWindow);
+        super::calls::count_acquire();
+        let decide = self.shared.decide_limit(limit);
+        loop {
+            let epoch = self.epoch_now();
+            let reset_at = self.cell.end_ms(epoch);
+            let (decision, counted) = match self.cell.take(epoch, cost, decide, before) {
+                TakeOutcome::Taken { used } => {
+                    (Decision::new(true, used, decide, reset_at), cost > 0)
+                }
+                TakeOutcome::Refused { used } => {
+                    (Decision::new(false, used, decide, reset_at), false)
+                }
+                // As `limiter::acquire`: the clock is a whole ring behind the cell's newest epoch.
+                TakeOutcome::Stale => (Decision::new(false, decide, decide, reset_at), false),
+            };
+            if counted {
+                self.shared.changed(&self.cell);
+            }
+            // A refusal from a cell being retired is no decision (see `acquire_refused`): retry.
+            if decision.allowed || !self.cell.is_retired() {
+                if !decision.allowed {
+                    super::calls::count_refusal();
+                }
+                return decision;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// [`CounterHandle::acquire_after`] without counting anything.
+    pub(crate) fn check_after(&self, limit: Limit, before: u64, cost: u64) -> Decision {
+        let epoch = self.epoch_now();
+        let decide = self.shared.decide_limit(limit);
+        let used = before.saturating_add(self.global_at(epoch));
+        Decision::new(
+            used.saturating_add(cost) <= decide,
+            used,
+            decide,
+            self.cell.end_ms(epoch),
         )
     }
 
