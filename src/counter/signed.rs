@@ -15,11 +15,13 @@
 //!   embedded store); a release on another node takes from that node's own counts, which is the same for the
 //!   sum as long as it counted as much. An acquire decides against `limit + released` on the added counter
 //!   (the same `added − released ≤ limit`), one atomic decision as without refunds; a release that has not
-//!   arrived yet only makes a decision stricter.
+//!   arrived yet only makes a decision stricter. Start-up admission's share is taken of `limit` alone and
+//!   is the limit the decision reports, as for any decision; the hot keys show `limit` and the net usage.
 //! - **In-flight limits** (keys under `@inflight/`, see [`in_flight_key`]): a slot is held from its acquire
 //!   until its release, or at most until the end of the window after the one it was taken in (a lease, so a
 //!   slot whose release was lost frees itself). The usage is the net count of the current and the previous
-//!   window. When membership declares a member down (or it leaves, or restarts under a new identity), every
+//!   window; an acquire reads the clock once, so it decides and counts in the same window, even at a
+//!   boundary. When membership declares a member down (or it leaves, or restarts under a new identity), every
 //!   node releases that member's outstanding slots ([`CounterStore::release_departed`]) under one synthetic
 //!   origin per departed replica, computed from the same converged values on every node: max-merged, so the
 //!   nodes that each do it release them once, not once per node. A read counts the larger of a replica's
@@ -243,14 +245,13 @@ impl CounterStore {
     /// The slots held of the in-flight limit counted by `handle` (an [`in_flight_key`]): the net count of
     /// its current and previous window.
     pub fn in_flight(&self, handle: &CounterHandle) -> u64 {
-        let (held, _, _) = self.in_flight_parts(handle);
+        let (held, _, _) = self.in_flight_parts(handle, handle.epoch_now());
         held
     }
 
-    /// (held, released in the current and previous window, added in the previous window).
-    fn in_flight_parts(&self, handle: &CounterHandle) -> (u64, u64, u64) {
+    /// (held, released in `epoch` and the one before, added in the one before), `epoch` being current.
+    fn in_flight_parts(&self, handle: &CounterHandle, epoch: u64) -> (u64, u64, u64) {
         let (key, window) = (handle.key(), handle.window());
-        let epoch = handle.epoch_now();
         let previous = epoch.checked_sub(1);
         let added_before = previous.map_or(0, |e| handle.global_at(e));
         let released = self
@@ -269,17 +270,20 @@ impl CounterStore {
     /// The decision counts the previous window's slots as used and its releases and the current one's as
     /// credit: `added_before + added + cost ≤ limit + released`, the same `held + cost ≤ limit`, with the
     /// start-up share taken of `limit` alone.
+    /// The clock is read once: the decision and the count are in the same window, even at its boundary.
     pub fn acquire_in_flight(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
-        let (_, released, added_before) = self.in_flight_parts(handle);
-        let decision = handle.acquire_after(credited(limit, released), added_before, cost);
-        in_flight_decision(handle, decision, released)
+        let epoch = handle.epoch_now();
+        let (_, released, added_before) = self.in_flight_parts(handle, epoch);
+        let decision = handle.acquire_after(epoch, credited(limit, released), added_before, cost);
+        in_flight_decision(handle, epoch, decision, released)
     }
 
     /// [`CounterStore::acquire_in_flight`] without counting anything.
     pub fn check_in_flight(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
-        let (_, released, added_before) = self.in_flight_parts(handle);
-        let decision = handle.check_after(credited(limit, released), added_before, cost);
-        in_flight_decision(handle, decision, released)
+        let epoch = handle.epoch_now();
+        let (_, released, added_before) = self.in_flight_parts(handle, epoch);
+        let decision = handle.check_after(epoch, credited(limit, released), added_before, cost);
+        in_flight_decision(handle, epoch, decision, released)
     }
 
     /// Gives back `n` slots of the in-flight limit `key` (an [`in_flight_key`]) in `window`: the previous
@@ -353,13 +357,12 @@ fn credited(limit: u64, released: u64) -> Limit {
     }
 }
 
-/// `d`, an in-flight decision on the added counters of the current and the previous window (see
+/// `d`, an in-flight decision on the added counters of `epoch` and the one before (see
 /// [`CounterStore::acquire_in_flight`]), as the decision on the slots held: `reset_at_ms` is when a slot
-/// taken now expires at the latest (its lease).
-fn in_flight_decision(handle: &CounterHandle, d: Decision, released: u64) -> Decision {
-    let window = handle.window();
+/// taken in `epoch` expires at the latest (its lease).
+fn in_flight_decision(handle: &CounterHandle, epoch: u64, d: Decision, released: u64) -> Decision {
     Decision {
-        reset_at_ms: window.end_ms(handle.epoch_now().saturating_add(1)),
+        reset_at_ms: handle.window().end_ms(epoch.saturating_add(1)),
         ..net_decision(d, released)
     }
 }
@@ -688,6 +691,37 @@ mod tests {
         let d = s.acquire_in_flight(&f, 4, 1);
         assert!(d.allowed, "{d:?}");
         assert_eq!((d.used, d.limit, d.remaining), (3, 4, 1));
+    }
+
+    #[test]
+    fn an_in_flight_acquire_at_a_window_boundary_decides_and_counts_in_one_window() {
+        // All 3 slots are taken in one window, so they are held in it and in the next: an acquire that reads
+        // either window must refuse. One thread moves the clock back and forth over the boundary while
+        // another acquires; an acquire that read the parts of one window and counted in the other admitted.
+        let s = store(1);
+        let w = Window::parse("1m").unwrap();
+        let key = in_flight_key("m");
+        let h = s.handle(&key, w).unwrap();
+        let (before, after) = (1_795_514_400_000 + 59_999, 1_795_514_400_000 + 60_000);
+        s.clock().set_unix_ms(before);
+        for _ in 0..3 {
+            assert!(s.acquire_in_flight(&h, 3, 1).allowed);
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let admitted = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Relaxed: a stop flag; nothing is published through it.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.clock().set_unix_ms(after);
+                    s.clock().set_unix_ms(before);
+                }
+            });
+            let admitted = (0..200_000).find(|_| s.acquire_in_flight(&h, 3, 1).allowed);
+            // Relaxed: see above.
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            admitted
+        });
+        assert_eq!(admitted, None, "an acquire admitted a 4th slot of 3");
     }
 
     #[test]

@@ -1694,17 +1694,24 @@ impl CounterHandle {
         )
     }
 
-    /// A fixed-window acquire of `cost` that counts `before` as used besides the current window's count (an
-    /// in-flight limit's previous window, see `signed`): allowed, and counted, when
-    /// `before + count + cost ≤ share(limit.given) + limit.credit`. The decision's `used` includes `before`
-    /// and its `limit` is the one decided against.
-    pub(crate) fn acquire_after(&self, limit: Limit, before: u64, cost: u64) -> Decision {
+    /// A fixed-window acquire of `cost` in `epoch` that counts `before` as used besides that epoch's count
+    /// (an in-flight limit's previous window, see `signed`): allowed, and counted in `epoch`, when
+    /// `before + count + cost ≤ share(limit.given) + limit.credit`. The caller read `epoch` from this
+    /// handle's clock once and computed `before` and the credit in it, so the decision and the count use
+    /// the same window even when the clock crosses a boundary meanwhile (an epoch that left the ring is
+    /// refused). The decision's `used` includes `before` and its `limit` is the one decided against.
+    pub(crate) fn acquire_after(
+        &self,
+        epoch: u64,
+        limit: Limit,
+        before: u64,
+        cost: u64,
+    ) -> Decision {
         self.cell.note_limit(limit.given, Algorithm::FixedWindow);
         super::calls::count_acquire();
         let decide = self.shared.decide_limit(limit);
+        let reset_at = self.cell.end_ms(epoch);
         loop {
-            let epoch = self.epoch_now();
-            let reset_at = self.cell.end_ms(epoch);
             let (decision, counted) = match self.cell.take(epoch, cost, decide, before) {
                 TakeOutcome::Taken { used } => {
                     (Decision::new(true, used, decide, reset_at), cost > 0)
@@ -1730,8 +1737,7 @@ impl CounterHandle {
     }
 
     /// [`CounterHandle::acquire_after`] without counting anything.
-    pub(crate) fn check_after(&self, limit: Limit, before: u64, cost: u64) -> Decision {
-        let epoch = self.epoch_now();
+    pub(crate) fn check_after(&self, epoch: u64, limit: Limit, before: u64, cost: u64) -> Decision {
         let decide = self.shared.decide_limit(limit);
         let used = before.saturating_add(self.global_at(epoch));
         Decision::new(
