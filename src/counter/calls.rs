@@ -151,6 +151,18 @@ pub struct CallCounts {
     pub refusals: u64,
 }
 
+/// This thread's own counts (tests: calls on other threads, other tests' included, never change them).
+#[cfg(test)]
+pub(crate) fn thread_call_counts() -> CallCounts {
+    let calls = slot();
+    // Relaxed: this thread is the only writer of its slot.
+    CallCounts {
+        adds: calls.adds.load(Ordering::Relaxed),
+        acquires: calls.acquires.load(Ordering::Relaxed),
+        refusals: calls.refusals.load(Ordering::Relaxed),
+    }
+}
+
 /// Sums every thread's counts.
 pub fn call_counts() -> CallCounts {
     let r = registry();

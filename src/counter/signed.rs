@@ -15,28 +15,34 @@
 //!   embedded store); a release on another node takes from that node's own counts, which is the same for the
 //!   sum as long as it counted as much. An acquire decides against `limit + released` on the added counter
 //!   (the same `added − released ≤ limit`), one atomic decision as without refunds; a release that has not
-//!   arrived yet only makes a decision stricter.
+//!   arrived yet only makes a decision stricter. Start-up admission's share is taken of `limit` alone and
+//!   is the limit the decision reports, as for any decision; the hot keys show `limit` and the net usage.
 //! - **In-flight limits** (keys under `@inflight/`, see [`in_flight_key`]): a slot is held from its acquire
 //!   until its release, or at most until the end of the window after the one it was taken in (a lease, so a
 //!   slot whose release was lost frees itself). The usage is the net count of the current and the previous
-//!   window. When membership declares a member down (or it leaves, or restarts under a new identity), every
+//!   window; an acquire reads the clock once, so it decides and counts in the same window, even at a
+//!   boundary. When membership declares a member down (or it leaves, or restarts under a new identity), every
 //!   node releases that member's outstanding slots ([`CounterStore::release_departed`]) under one synthetic
 //!   origin per departed replica, computed from the same converged values on every node: max-merged, so the
-//!   nodes that each do it release them once, not once per node.
+//!   nodes that each do it release them once, not once per node. A read counts the larger of a replica's
+//!   own releases and the release made for it, not their sum, so the member's own releases that arrive
+//!   later (it came back under the same id after a pause, or they were in flight when it crashed) release
+//!   nothing twice: the releases of every replica stay within its additions.
 //! - A token bucket adds the current window's refunds to its tokens (to every check of `bucket`), not to its
 //!   limit, which would raise the refill of every window it reads.
 //! - In-flight keys are not written to snapshots: after a restart of the whole cluster nobody holds them.
 //! - Pure logic on the store; no I/O.
 //!
 //! Not covered: a release that reaches a node before the addition it matches (the two counters travel in
-//! separate batches) makes that node read a smaller count until the addition arrives; the releases a member
-//! made just before it crashed and that arrive after its departure was released are released twice (bounded
-//! by what it released in its last flush interval); a sliding window reads the previous window's additions without its releases (stricter, never
-//! looser); a refund after its window ended is dropped (that window's budget is over anyway); in the grouped
+//! separate batches) makes that node read a smaller count until the addition arrives; a member declared down
+//! that comes back still runs the requests the others released its slots for, so until they end (or their
+//! leases do) the limit can be passed by what it held when it was declared down; a sliding window reads the
+//! previous window's additions without its releases (stricter, never looser); a refund after its window ended is dropped (that window's budget is over anyway); in the grouped
 //! layout of large clusters, a departed member's slots are released only by the nodes that see its own
 //! values (its group and whoever receives its group's per-origin values), the others see them expire with
 //! their lease.
 
+use super::store::Limit;
 use super::{AddOutcome, Algorithm, CounterError, CounterHandle, CounterStore, Decision, Window};
 
 /// Prefix of the released companion of a counter.
@@ -83,10 +89,37 @@ pub struct Released {
 
 impl CounterStore {
     /// What was released of `(key, window)` in `epoch`, cluster-wide as this node knows it (0 when nothing
-    /// was; never creates the companion).
+    /// was; never creates the companion). Of an in-flight key, a replica's own releases and those made for it
+    /// when it departed count as their larger, not their sum (see [`CounterStore::release_departed`]).
     pub fn released_at(&self, key: &str, window: Window, epoch: u64) -> u64 {
-        self.counts_at(&released_key(key), window, epoch)
-            .map_or(0, |(local, remote)| local.saturating_add(remote))
+        let companion = released_key(key);
+        let Some((local, remote)) = self.counts_at(&companion, window, epoch) else {
+            return 0;
+        };
+        let sum = local.saturating_add(remote);
+        if !key.starts_with(IN_FLIGHT_PREFIX) || remote == 0 {
+            return sum; // no release made for a departed replica: those are remote values
+        }
+        sum.saturating_sub(self.released_twice(&companion, window, epoch))
+    }
+
+    /// What the released companion `companion` (of an in-flight key) holds twice in `epoch`: for every
+    /// replica with a release made for it under [`departed_origin`], the smaller of its own releases and
+    /// that one (`own + departed − max(own, departed)`).
+    fn released_twice(&self, companion: &str, window: Window, epoch: u64) -> u64 {
+        let values = self.origin_counts_at(companion, window, epoch);
+        if values.len() < 2 {
+            return 0;
+        }
+        let by_origin: std::collections::HashMap<u64, u64> = values.iter().copied().collect();
+        values
+            .iter()
+            .filter_map(|&(origin, own)| {
+                by_origin
+                    .get(&departed_origin(origin))
+                    .map(|&departed| own.min(departed))
+            })
+            .fold(0, u64::saturating_add)
     }
 
     /// The net count of `handle`'s counter in its current window: added minus released.
@@ -116,9 +149,8 @@ impl CounterStore {
             return handle.acquire_bucket(burst, limit, cost, released);
         }
         net_decision(
-            handle.acquire(algorithm, limit.saturating_add(released), cost),
+            handle.acquire_limit(algorithm, credited(limit, released), cost),
             released,
-            limit,
         )
     }
 
@@ -145,9 +177,8 @@ impl CounterStore {
                 .acquire_bucket(burst, limit, cost, released));
         }
         Ok(net_decision(
-            self.acquire_by_key(key, window, algorithm, limit.saturating_add(released), cost)?,
+            self.acquire_by_key_limit(key, window, algorithm, credited(limit, released), cost)?,
             released,
-            limit,
         ))
     }
 
@@ -164,9 +195,8 @@ impl CounterStore {
             return handle.check_bucket(burst, limit, cost, released);
         }
         net_decision(
-            handle.check(algorithm, limit.saturating_add(released), cost),
+            handle.check_limit(algorithm, credited(limit, released), cost),
             released,
-            limit,
         )
     }
 
@@ -215,14 +245,13 @@ impl CounterStore {
     /// The slots held of the in-flight limit counted by `handle` (an [`in_flight_key`]): the net count of
     /// its current and previous window.
     pub fn in_flight(&self, handle: &CounterHandle) -> u64 {
-        let (held, _, _) = self.in_flight_parts(handle);
+        let (held, _, _) = self.in_flight_parts(handle, handle.epoch_now());
         held
     }
 
-    /// (held, released in the current and previous window, added in the previous window).
-    fn in_flight_parts(&self, handle: &CounterHandle) -> (u64, u64, u64) {
+    /// (held, released in `epoch` and the one before, added in the one before), `epoch` being current.
+    fn in_flight_parts(&self, handle: &CounterHandle, epoch: u64) -> (u64, u64, u64) {
         let (key, window) = (handle.key(), handle.window());
-        let epoch = handle.epoch_now();
         let previous = epoch.checked_sub(1);
         let added_before = previous.map_or(0, |e| handle.global_at(e));
         let released = self
@@ -237,31 +266,24 @@ impl CounterStore {
 
     /// Takes `cost` slots of the in-flight limit counted by `handle` when `held + cost ≤ limit`; counted
     /// when allowed. `reset_at_ms` is when a slot taken now expires at the latest (its lease).
+    ///
+    /// The decision counts the previous window's slots as used and its releases and the current one's as
+    /// credit: `added_before + added + cost ≤ limit + released`, the same `held + cost ≤ limit`, with the
+    /// start-up share taken of `limit` alone.
+    /// The clock is read once: the decision and the count are in the same window, even at its boundary.
     pub fn acquire_in_flight(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
-        let (_, released, added_before) = self.in_flight_parts(handle);
-        let effective = limit.saturating_add(released).saturating_sub(added_before);
-        let decision = handle.acquire(Algorithm::FixedWindow, effective, cost);
-        self.in_flight_decision(handle, decision, limit)
+        let epoch = handle.epoch_now();
+        let (_, released, added_before) = self.in_flight_parts(handle, epoch);
+        let decision = handle.acquire_after(epoch, credited(limit, released), added_before, cost);
+        in_flight_decision(handle, epoch, decision, released)
     }
 
     /// [`CounterStore::acquire_in_flight`] without counting anything.
     pub fn check_in_flight(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
-        let (_, released, added_before) = self.in_flight_parts(handle);
-        let effective = limit.saturating_add(released).saturating_sub(added_before);
-        let decision = handle.check(Algorithm::FixedWindow, effective, cost);
-        self.in_flight_decision(handle, decision, limit)
-    }
-
-    fn in_flight_decision(&self, handle: &CounterHandle, d: Decision, limit: u64) -> Decision {
-        let held = self.in_flight(handle);
-        let window = handle.window();
-        Decision {
-            allowed: d.allowed,
-            used: held,
-            limit,
-            remaining: limit.saturating_sub(held),
-            reset_at_ms: window.end_ms(handle.epoch_now().saturating_add(1)),
-        }
+        let epoch = handle.epoch_now();
+        let (_, released, added_before) = self.in_flight_parts(handle, epoch);
+        let decision = handle.check_after(epoch, credited(limit, released), added_before, cost);
+        in_flight_decision(handle, epoch, decision, released)
     }
 
     /// Gives back `n` slots of the in-flight limit `key` (an [`in_flight_key`]) in `window`: the previous
@@ -293,9 +315,12 @@ impl CounterStore {
     }
 
     /// Releases the in-flight slots departed replica `origin` still held, under [`departed_origin`]: for
-    /// every in-flight key and window this node holds a value of `origin` for, `origin`'s additions minus its
-    /// own releases. Returns the number of (key, window) values released. Called when membership declares
-    /// the member down, or it leaves or is replaced.
+    /// every in-flight key and window this node holds a value of `origin` for with slots not released by
+    /// `origin` itself, `origin`'s additions. A read counts the larger of that and `origin`'s own releases
+    /// ([`CounterStore::released_at`]), so releases `origin` made that arrive later (it was paused and comes
+    /// back under the same id, or they were in flight when it crashed) give back nothing twice. Returns the
+    /// number of (key, window) values released. Called when membership declares the member down, or it
+    /// leaves or is replaced.
     pub fn release_departed(&self, origin: u64) -> usize {
         let synthetic = departed_origin(origin);
         let mut released = 0;
@@ -306,15 +331,14 @@ impl CounterStore {
                 .into_iter()
                 .find_map(|(o, v)| (o == origin).then_some(v))
                 .unwrap_or(0);
-            let outstanding = entry.value.saturating_sub(own_releases);
-            if outstanding > 0
+            if entry.value > own_releases
                 && self
                     .merge_remote(
                         synthetic,
                         &companion,
                         entry.window,
                         entry.epoch,
-                        outstanding,
+                        entry.value,
                     )
                     .is_ok()
             {
@@ -325,8 +349,28 @@ impl CounterStore {
     }
 }
 
-/// `d`, decided on the added counter against `limit + released`, as the net decision against `limit`.
-fn net_decision(d: Decision, released: u64, limit: u64) -> Decision {
+/// The caller's `limit` with `released` units to decide on the added counter.
+fn credited(limit: u64, released: u64) -> Limit {
+    Limit {
+        given: limit,
+        credit: released,
+    }
+}
+
+/// `d`, an in-flight decision on the added counters of `epoch` and the one before (see
+/// [`CounterStore::acquire_in_flight`]), as the decision on the slots held: `reset_at_ms` is when a slot
+/// taken in `epoch` expires at the latest (its lease).
+fn in_flight_decision(handle: &CounterHandle, epoch: u64, d: Decision, released: u64) -> Decision {
+    Decision {
+        reset_at_ms: handle.window().end_ms(epoch.saturating_add(1)),
+        ..net_decision(d, released)
+    }
+}
+
+/// `d`, decided on the added counter against `share(limit) + released`, as the net decision against the
+/// limit applied, `share(limit)` (the start-up share while it applies, as every decision reports it).
+fn net_decision(d: Decision, released: u64) -> Decision {
+    let limit = d.limit.saturating_sub(released);
     let used = d.used.saturating_sub(released);
     Decision {
         allowed: d.allowed,
@@ -504,6 +548,180 @@ mod tests {
         a.merge_remote(3, "plain", w, epoch, 4).unwrap();
         assert_eq!(a.release_departed(3), 1);
         assert_eq!(a.released_at("plain", w, epoch), 0);
+    }
+
+    #[test]
+    fn the_hot_keys_show_the_limit_the_caller_gave_not_the_one_raised_by_refunds() {
+        let s = store(1);
+        let w = Window::parse("1h").unwrap();
+        let fixed = Algorithm::FixedWindow;
+        let shown = |s: &CounterStore, key: &str| {
+            let hot = s.hottest(10);
+            let h = hot.iter().find(|h| &*h.key == key).expect("a hot key");
+            (h.used, h.limit.map(|l| l.limit))
+        };
+        // By handle: 3 taken, 1 given back, 1 taken again: 3 held of 3 (added 4, released 1).
+        let h = s.handle("k", w).unwrap();
+        for _ in 0..3 {
+            assert!(s.acquire_net(&h, fixed, 3, 1).allowed);
+        }
+        assert_eq!(s.release("k", w, 1).unwrap().released, 1);
+        assert!(s.acquire_net(&h, fixed, 3, 1).allowed);
+        assert_eq!(shown(&s, "k"), (3, Some(3)));
+        // By key, the same.
+        for _ in 0..3 {
+            assert!(s.acquire_net_by_key("j", w, fixed, 3, 1).unwrap().allowed);
+        }
+        assert_eq!(s.release("j", w, 2).unwrap().released, 2);
+        assert!(s.acquire_net_by_key("j", w, fixed, 3, 1).unwrap().allowed);
+        assert_eq!(shown(&s, "j"), (2, Some(3)));
+        // An in-flight limit (not listed among the hot keys, but noted as given).
+        let key = in_flight_key("m");
+        let f = s.handle(&key, w).unwrap();
+        assert!(s.acquire_in_flight(&f, 2, 1).allowed);
+        assert_eq!(s.release_in_flight(&key, w, 1).unwrap().released, 1);
+        assert!(s.acquire_in_flight(&f, 2, 1).allowed);
+        assert_eq!(f.limit_seen().map(|l| l.limit), Some(2));
+    }
+
+    #[test]
+    fn a_member_declared_down_that_comes_back_releases_its_slots_once_with_the_others() {
+        let w = Window::parse("1h").unwrap();
+        let key = in_flight_key("k");
+        let companion = released_key(&key);
+        let epoch = w.epoch_at(1_795_514_400_000);
+        // Both orders: the member releases before it hears of the others' release for it, and after.
+        for learns_first in [false, true] {
+            let (a, x) = (store(1), store(3));
+            // Replica 3 takes 3 slots of 4 and releases 1; node 1 holds its values.
+            let hx = x.handle(&key, w).unwrap();
+            for _ in 0..3 {
+                assert!(x.acquire_in_flight(&hx, 4, 1).allowed);
+            }
+            assert_eq!(x.release_in_flight(&key, w, 1).unwrap().released, 1);
+            a.merge_remote(3, &key, w, epoch, 3).unwrap();
+            a.merge_remote(3, &companion, w, epoch, 1).unwrap();
+            // Declared down (a pause): node 1 releases the 2 slots it still held.
+            assert_eq!(a.release_departed(3), 1);
+            let ha = a.handle(&key, w).unwrap();
+            assert_eq!(a.in_flight(&ha), 0);
+            let synthetic = |s: &CounterStore| {
+                s.origin_counts_at(&companion, w, epoch)
+                    .into_iter()
+                    .find_map(|(o, v)| (o == departed_origin(3)).then_some(v))
+            };
+            if learns_first {
+                let v = synthetic(&a).expect("the release for replica 3");
+                x.merge_remote(departed_origin(3), &companion, w, epoch, v)
+                    .unwrap();
+                assert_eq!(x.in_flight(&hx), 0, "released by the others");
+            }
+            // It comes back under the same replica id, and its two requests end.
+            let r = x.release_in_flight(&key, w, 2).unwrap();
+            assert_eq!((r.released, r.used), (2, 0), "learns first: {learns_first}");
+            let own = x.counts_at(&companion, w, epoch).map(|(own, _)| own);
+            a.merge_remote(3, &companion, w, epoch, own.unwrap_or(0))
+                .unwrap();
+            if !learns_first {
+                let v = synthetic(&a).expect("the release for replica 3");
+                x.merge_remote(departed_origin(3), &companion, w, epoch, v)
+                    .unwrap();
+            }
+            // Each slot was released once: 3 taken, 3 given back, on both nodes; the limit holds again.
+            for s in [&a, &x] {
+                assert_eq!(
+                    s.released_at(&key, w, epoch),
+                    3,
+                    "learns first: {learns_first}"
+                );
+                let h = s.handle(&key, w).unwrap();
+                assert_eq!(s.in_flight(&h), 0);
+                let taken = (0..10)
+                    .filter(|_| s.acquire_in_flight(&h, 4, 1).allowed)
+                    .count();
+                assert_eq!(taken, 4, "learns first: {learns_first}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_start_up_share_applies_to_the_callers_limit_and_is_the_limit_reported() {
+        let s = store(1);
+        // One member of two heard: the share of a limit of 4 is 2.
+        s.set_startup_share(1, 2);
+        let w = Window::parse("1m").unwrap();
+        let fixed = Algorithm::FixedWindow;
+        // Refunds: 2 taken (the share), both given back: 2 may be taken again (not the share of 4 + 2, 3).
+        let h = s.handle("k", w).unwrap();
+        for _ in 0..2 {
+            assert!(s.acquire_net(&h, fixed, 4, 1).allowed);
+        }
+        assert!(!s.acquire_net(&h, fixed, 4, 1).allowed);
+        assert_eq!(s.release("k", w, 2).unwrap().released, 2);
+        let check = s.check_net(&h, fixed, 4, 1);
+        assert!(check.allowed, "{check:?}");
+        assert_eq!((check.used, check.limit, check.remaining), (0, 2, 2));
+        for used in 1..=2 {
+            let d = s.acquire_net(&h, fixed, 4, 1);
+            assert!(d.allowed, "{d:?}");
+            assert_eq!(
+                (d.used, d.limit, d.remaining),
+                (used, 2, 2 - used),
+                "the share"
+            );
+        }
+        let d = s.acquire_net_by_key("k", w, fixed, 4, 1).unwrap();
+        assert!(!d.allowed, "{d:?}");
+        assert_eq!((d.used, d.limit), (2, 2));
+        // In-flight: 2 slots taken (the share), still held in the next window: none more (not the share
+        // of 4 − 2, 1).
+        let key = in_flight_key("m");
+        let f = s.handle(&key, w).unwrap();
+        for _ in 0..2 {
+            assert!(s.acquire_in_flight(&f, 4, 1).allowed);
+        }
+        s.clock().set_unix_ms(1_795_514_400_000 + 60_000);
+        let check = s.check_in_flight(&f, 4, 1);
+        assert!(!check.allowed, "{check:?}");
+        let d = s.acquire_in_flight(&f, 4, 1);
+        assert!(!d.allowed, "{d:?}");
+        assert_eq!((d.used, d.limit, d.remaining), (2, 2, 0), "the share");
+        // Heard from everyone: the whole limit.
+        s.set_startup_share(2, 2);
+        let d = s.acquire_in_flight(&f, 4, 1);
+        assert!(d.allowed, "{d:?}");
+        assert_eq!((d.used, d.limit, d.remaining), (3, 4, 1));
+    }
+
+    #[test]
+    fn an_in_flight_acquire_at_a_window_boundary_decides_and_counts_in_one_window() {
+        // All 3 slots are taken in one window, so they are held in it and in the next: an acquire that reads
+        // either window must refuse. One thread moves the clock back and forth over the boundary while
+        // another acquires; an acquire that read the parts of one window and counted in the other admitted.
+        let s = store(1);
+        let w = Window::parse("1m").unwrap();
+        let key = in_flight_key("m");
+        let h = s.handle(&key, w).unwrap();
+        let (before, after) = (1_795_514_400_000 + 59_999, 1_795_514_400_000 + 60_000);
+        s.clock().set_unix_ms(before);
+        for _ in 0..3 {
+            assert!(s.acquire_in_flight(&h, 3, 1).allowed);
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let admitted = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Relaxed: a stop flag; nothing is published through it.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.clock().set_unix_ms(after);
+                    s.clock().set_unix_ms(before);
+                }
+            });
+            let admitted = (0..200_000).find(|_| s.acquire_in_flight(&h, 3, 1).allowed);
+            // Relaxed: see above.
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            admitted
+        });
+        assert_eq!(admitted, None, "an acquire admitted a 4th slot of 3");
     }
 
     #[test]

@@ -31,7 +31,9 @@ use crossbeam_queue::ArrayQueue;
 use papaya::Equivalent;
 
 use super::aggregate::AggregateId;
-use super::cell::{AddOutcome, Cell, FastTake, FloorOutcome, LimitSeen, MergeOutcome, RING};
+use super::cell::{
+    AddOutcome, Cell, FastTake, FloorOutcome, LimitSeen, MergeOutcome, RING, TakeOutcome,
+};
 use super::clock::CoarseClock;
 use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
@@ -203,9 +205,11 @@ pub struct HotKey {
     /// The merged count of every other replica in the current window.
     pub remote: u64,
     /// Usage as the last acquire's algorithm counts it (sliding windows weigh in the previous window); the
-    /// current window's `local + remote` when the key was never acquired here.
+    /// current window's `local + remote` when the key was never acquired here. Net of the units given back
+    /// in the current window (refunds, see `CounterStore::release`), as a decision reads it.
     pub used: u64,
-    /// The limit and algorithm of the last acquire on this node; `None` for a key only added to (or merged).
+    /// The limit and algorithm of the last acquire on this node, as the caller gave it (not the internal limit
+    /// a refund raises); `None` for a key only added to (or merged).
     pub limit: Option<LimitSeen>,
 }
 
@@ -374,6 +378,11 @@ impl Shared {
         u64::try_from(share).unwrap_or(limit)
     }
 
+    /// What an acquire against `limit` decides against: the share of the caller's limit plus the credit.
+    fn decide_limit(&self, limit: Limit) -> u64 {
+        self.startup_limit(limit.given).saturating_add(limit.credit)
+    }
+
     /// Whether start-up admission applies (one load, for the acquire's fast path).
     #[inline]
     fn in_startup(&self) -> bool {
@@ -440,6 +449,29 @@ impl Shared {
             AddOutcome::Stale => &self.stats.stale_adds,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The limit of one acquire: the caller's, and the units a signed count adds to it to decide on its added
+/// counter (see `signed`). An acquire decides against `share(given) + credit`, where `share` is start-up
+/// admission's (`CounterStore::set_startup_share`; the identity when it is off), and the hot keys show
+/// `given`: the raised limit is no limit of the caller's, and the share applies to the caller's limit only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limit {
+    /// The limit the caller gave.
+    pub(crate) given: u64,
+    /// Units released (refunds, in-flight slots given back), added to the share of `given`.
+    pub(crate) credit: u64,
+}
+
+impl Limit {
+    /// The caller's `limit`, with nothing released.
+    #[inline(always)]
+    pub(crate) fn given(limit: u64) -> Limit {
+        Limit {
+            given: limit,
+            credit: 0,
+        }
     }
 }
 
@@ -757,13 +789,30 @@ impl CounterStore {
         limit: u64,
         cost: u64,
     ) -> Result<Decision, CounterError> {
+        self.acquire_by_key_limit(key, window, algorithm, Limit::given(limit), cost)
+    }
+
+    /// [`CounterStore::acquire_by_key`] against a [`Limit`].
+    #[inline]
+    pub(crate) fn acquire_by_key_limit(
+        &self,
+        key: &str,
+        window: Window,
+        algorithm: Algorithm,
+        limit: Limit,
+        cost: u64,
+    ) -> Result<Decision, CounterError> {
         self.check_key(key)?;
         let hash = lookup_cache::hash(&self.shared.hasher, key, window);
         let shared = &self.shared;
+        let mut counted = false;
         let cached = lookup_cache::with_cached(shared.id, hash, key, window, |cell| {
             let decision = acquire_on(cell, &shared.clock, shared, algorithm, limit, cost);
             if !decision.allowed && cell.is_retired() {
-                return None; // no decision: the cell is being reclaimed; evict and resolve through a handle
+                // No decision (a retired cell takes nothing and refuses everything), but the call is
+                // counted: evict and decide through a handle, which must not count it again.
+                counted = true;
+                return None;
             }
             Some(decision)
         });
@@ -773,21 +822,28 @@ impl CounterStore {
             }
             return Ok(decision);
         }
-        self.acquire_uncached(key, window, hash, algorithm, limit, cost)
+        self.acquire_uncached(key, window, hash, algorithm, limit, cost, counted)
     }
 
+    /// The acquire of [`CounterStore::acquire_by_key`] through a handle; `counted`: the call was counted
+    /// already (by a try on a retired cached cell).
     #[cold]
+    #[allow(clippy::too_many_arguments)]
     fn acquire_uncached(
         &self,
         key: &str,
         window: Window,
         hash: u64,
         algorithm: Algorithm,
-        limit: u64,
+        limit: Limit,
         cost: u64,
+        counted: bool,
     ) -> Result<Decision, CounterError> {
         let handle = self.handle(key, window)?;
-        let decision = handle.acquire(algorithm, limit, cost);
+        if !counted {
+            super::calls::count_acquire();
+        }
+        let decision = handle.acquire_counted(algorithm, limit, cost);
         lookup_cache::remember(self.shared.id, hash, &handle.cell);
         Ok(decision)
     }
@@ -1297,6 +1353,7 @@ impl CounterStore {
         }
         let mut ranked: Vec<HotRank> = heap.into_iter().map(|r| r.0).collect();
         ranked.sort_by(|a, b| b.cmp(a));
+        let any_released = self.any_released();
         ranked
             .into_iter()
             .map(|r| {
@@ -1304,6 +1361,12 @@ impl CounterStore {
                 let used = match limit {
                     Some(seen) => limiter::peek(&r.cell, seen.algorithm, now, seen.limit, 0).used,
                     None => r.global,
+                };
+                // Net of the refunds, as a decision reads it (see `signed`): at most `n` lookups.
+                let used = if any_released {
+                    used.saturating_sub(self.released_at(&r.key.0.0, r.cell.window(), r.epoch))
+                } else {
+                    used
                 };
                 HotKey {
                     key: Arc::clone(&r.key.0.0),
@@ -1367,28 +1430,42 @@ fn acquire_on(
     clock: &CoarseClock,
     shared: &Shared,
     algorithm: Algorithm,
-    limit: u64,
+    limit: Limit,
+    cost: u64,
+) -> Decision {
+    super::calls::count_acquire();
+    decide_on(cell, clock, shared, algorithm, limit, cost)
+}
+
+/// [`acquire_on`] without counting the call (its caller counted it).
+#[inline(always)]
+fn decide_on(
+    cell: &Arc<Cell>,
+    clock: &CoarseClock,
+    shared: &Shared,
+    algorithm: Algorithm,
+    limit: Limit,
     cost: u64,
 ) -> Decision {
     // For the status page's hot keys: one load, a store only when the limit changed.
-    cell.note_limit(limit, algorithm);
+    cell.note_limit(limit.given, algorithm);
     if shared.in_startup() {
         return acquire_full(
             cell,
             clock,
             shared,
             algorithm,
-            shared.startup_limit(limit),
+            shared.decide_limit(limit),
             cost,
         );
     }
+    let limit = limit.given.saturating_add(limit.credit);
     // The fast path makes no call, as in `add`: a fixed window, the cached epoch, an uncontended cell, one
     // decision and at most one CAS. Anything else, and it decided and counted nothing.
     if matches!(algorithm, Algorithm::FixedWindow)
         && let Some(epoch) = cell.cached_epoch_at(clock.now_unix_ms())
         && let Some(outcome) = cell.try_take_fast(epoch, cost, limit)
     {
-        super::calls::count_acquire();
         let reset_at = cell.cached_end_ms(epoch);
         return match outcome {
             FastTake::Taken { used } => {
@@ -1413,7 +1490,6 @@ fn acquire_full(
     limit: u64,
     cost: u64,
 ) -> Decision {
-    super::calls::count_acquire();
     let (decision, counted) = limiter::acquire(cell, algorithm, clock.now_unix_ms(), limit, cost);
     if counted {
         shared.changed(cell);
@@ -1536,7 +1612,26 @@ impl CounterHandle {
     /// Acquire with a chosen algorithm (see [`Algorithm`]).
     #[inline]
     pub fn acquire(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
-        let mut decision = acquire_on(
+        self.acquire_limit(algorithm, Limit::given(limit), cost)
+    }
+
+    /// [`CounterHandle::acquire`] against a [`Limit`].
+    #[inline]
+    pub(crate) fn acquire_limit(&self, algorithm: Algorithm, limit: Limit, cost: u64) -> Decision {
+        super::calls::count_acquire();
+        self.acquire_counted(algorithm, limit, cost)
+    }
+
+    /// [`CounterHandle::acquire_limit`] of a call its caller counted already (`calls::count_acquire`); a
+    /// refusal is counted here.
+    #[inline]
+    pub(crate) fn acquire_counted(
+        &self,
+        algorithm: Algorithm,
+        limit: Limit,
+        cost: u64,
+    ) -> Decision {
+        let mut decision = decide_on(
             &self.cell,
             &self.clock,
             &self.shared,
@@ -1559,12 +1654,12 @@ impl CounterHandle {
     fn acquire_refused(
         &self,
         algorithm: Algorithm,
-        limit: u64,
+        limit: Limit,
         cost: u64,
         mut decision: Decision,
     ) -> Decision {
         // The same limit as the first try: the start-up share while it applies.
-        let limit = self.shared.startup_limit(limit);
+        let limit = self.shared.decide_limit(limit);
         while !decision.allowed && self.cell.is_retired() {
             std::hint::spin_loop();
             let now = self.clock.now_unix_ms();
@@ -1628,12 +1723,71 @@ impl CounterHandle {
 
     /// The decision an acquire of `cost` would get now, without counting anything.
     pub fn check(&self, algorithm: Algorithm, limit: u64, cost: u64) -> Decision {
+        self.check_limit(algorithm, Limit::given(limit), cost)
+    }
+
+    /// [`CounterHandle::check`] against a [`Limit`].
+    pub(crate) fn check_limit(&self, algorithm: Algorithm, limit: Limit, cost: u64) -> Decision {
         limiter::peek(
             &self.cell,
             algorithm,
             self.clock.now_unix_ms(),
-            self.shared.startup_limit(limit),
+            self.shared.decide_limit(limit),
             cost,
+        )
+    }
+
+    /// A fixed-window acquire of `cost` in `epoch` that counts `before` as used besides that epoch's count
+    /// (an in-flight limit's previous window, see `signed`): allowed, and counted in `epoch`, when
+    /// `before + count + cost ≤ share(limit.given) + limit.credit`. The caller read `epoch` from this
+    /// handle's clock once and computed `before` and the credit in it, so the decision and the count use
+    /// the same window even when the clock crosses a boundary meanwhile (an epoch that left the ring is
+    /// refused). The decision's `used` includes `before` and its `limit` is the one decided against.
+    pub(crate) fn acquire_after(
+        &self,
+        epoch: u64,
+        limit: Limit,
+        before: u64,
+        cost: u64,
+    ) -> Decision {
+        self.cell.note_limit(limit.given, Algorithm::FixedWindow);
+        super::calls::count_acquire();
+        let decide = self.shared.decide_limit(limit);
+        let reset_at = self.cell.end_ms(epoch);
+        loop {
+            let (decision, counted) = match self.cell.take(epoch, cost, decide, before) {
+                TakeOutcome::Taken { used } => {
+                    (Decision::new(true, used, decide, reset_at), cost > 0)
+                }
+                TakeOutcome::Refused { used } => {
+                    (Decision::new(false, used, decide, reset_at), false)
+                }
+                // As `limiter::acquire`: the clock is a whole ring behind the cell's newest epoch.
+                TakeOutcome::Stale => (Decision::new(false, decide, decide, reset_at), false),
+            };
+            if counted {
+                self.shared.changed(&self.cell);
+            }
+            // A refusal from a cell being retired is no decision (see `acquire_refused`): retry.
+            if decision.allowed || !self.cell.is_retired() {
+                if !decision.allowed {
+                    super::calls::count_refusal();
+                }
+                return decision;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// [`CounterHandle::acquire_after`] without counting anything.
+    pub(crate) fn check_after(&self, epoch: u64, limit: Limit, before: u64, cost: u64) -> Decision {
+        let decide = self.shared.decide_limit(limit);
+        let used = before.saturating_add(self.global_at(epoch));
+        Decision::new(
+            used.saturating_add(cost) <= decide,
+            used,
+            decide,
+            self.cell.end_ms(epoch),
         )
     }
 
@@ -1655,10 +1809,87 @@ impl CounterHandle {
             .saturating_add(self.cell.remote(epoch))
     }
 
+    /// The limit and algorithm of the last acquire on this node (as the hot keys show it).
+    #[cfg(test)]
+    pub(crate) fn limit_seen(&self) -> Option<LimitSeen> {
+        self.cell.limit_seen()
+    }
+
     /// Local + remote in `epoch` (0 if it is not in the ring).
     pub fn global_at(&self, epoch: u64) -> u64 {
         self.cell
             .local(epoch)
             .saturating_add(self.cell.remote(epoch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counter::calls::{CallCounts, thread_call_counts};
+
+    /// 2026-11-24T10:00:00Z, a minute boundary.
+    const T0: u64 = 1_795_514_400_000;
+
+    /// The calls this thread counted while `f` ran (other threads' calls are not in them).
+    fn calls_of<R>(f: impl FnOnce() -> R) -> (R, CallCounts) {
+        let before = thread_call_counts();
+        let r = f();
+        let after = thread_call_counts();
+        let delta = CallCounts {
+            adds: after.adds - before.adds,
+            acquires: after.acquires - before.acquires,
+            refusals: after.refusals - before.refusals,
+        };
+        (r, delta)
+    }
+
+    /// Caches `key`'s cell on this thread, then lets its epochs leave the ring and reclaims it: the cache
+    /// holds a retired cell.
+    fn retire_cached(store: &CounterStore, key: &str, window: Window) {
+        let fixed = Algorithm::FixedWindow;
+        assert!(
+            store
+                .acquire_by_key(key, window, fixed, 10, 1)
+                .unwrap()
+                .allowed
+        );
+        store.drain_dirty(usize::MAX, &mut Vec::new());
+        let now = store.clock().now_unix_ms();
+        store.clock().set_unix_ms(now + RING as u64 * 60_000);
+        assert_eq!(store.reclaim_idle(), 1, "the cache holds no handle");
+    }
+
+    #[test]
+    fn an_acquire_by_key_that_falls_back_from_a_retired_cell_counts_one_call() {
+        let store = CounterStore::new(StoreOptions {
+            replica_id: 1,
+            clock: Arc::new(CoarseClock::new(T0)),
+            ..StoreOptions::default()
+        });
+        let w = Window::parse("1m").expect("a window");
+        let fixed = Algorithm::FixedWindow;
+        // Allowed through the fallback: one acquire, no refusal.
+        retire_cached(&store, "k", w);
+        let (d, calls) = calls_of(|| store.acquire_by_key("k", w, fixed, 1, 1).unwrap());
+        assert!(d.allowed, "{d:?}");
+        assert_eq!((calls.acquires, calls.refusals), (1, 0), "{calls:?}");
+        assert_eq!(store.global("k", w), 1);
+        // Refused through the fallback (a real refusal, by the new cell): one acquire, one refusal.
+        retire_cached(&store, "k", w);
+        let (d, calls) = calls_of(|| store.acquire_by_key("k", w, fixed, 0, 1).unwrap());
+        assert!(!d.allowed, "{d:?}");
+        assert_eq!((calls.acquires, calls.refusals), (1, 1), "{calls:?}");
+        // The same by key on the net count, with a refund present.
+        retire_cached(&store, "k", w);
+        let epoch = w.epoch_at(store.clock().now_unix_ms());
+        store
+            .merge_remote(2, &super::super::signed::released_key("k"), w, epoch, 2)
+            .unwrap();
+        let (d, calls) = calls_of(|| store.acquire_net_by_key("k", w, fixed, 1, 1).unwrap());
+        assert!(d.allowed, "{d:?}");
+        assert_eq!((d.used, d.limit), (0, 1), "{d:?}");
+        assert_eq!((calls.acquires, calls.refusals), (1, 0), "{calls:?}");
+        assert_eq!(store.global("k", w), 1, "counted once, in the new cell");
     }
 }

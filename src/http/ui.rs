@@ -188,9 +188,9 @@ struct HotKeyJson {
     window_end_ms: u64,
     local: u64,
     remote: u64,
-    /// Usage as the last acquire's algorithm counts it (else the current window's count).
+    /// Usage as the last acquire's algorithm counts it (else the current window's count), net of refunds.
     used: u64,
-    /// The limit of the last acquire on this node; `null` for a key only added to or merged.
+    /// The limit the last acquire on this node gave; `null` for a key only added to or merged.
     limit: Option<u64>,
     /// `fixed_window`, `sliding_window` or `token_bucket` of that acquire; `null` without one.
     algorithm: Option<&'static str>,
