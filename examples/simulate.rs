@@ -9,7 +9,9 @@
 //! every 500 ms); then the load stops and the run checks that every node holds the exact totals; then one node
 //! is killed and the run measures until every other node marks it down. It prints per-node frames and bytes sent
 //! and received per virtual second of the load phase, increment-to-visible-everywhere p50/p99/max, the
-//! detection time, the exactness check, and the wall time per virtual second. The seed is printed and
+//! detection time, the exactness check, the false downs under load (once per virtual second, every running node
+//! that some running node holds as down: with `--loss P`, the share of frames dropped during the load), and the
+//! wall time per virtual second. The seed is printed and
 //! `--seed` replays the run. `--full-mesh-below N` sets `replication.full_mesh_below` (default 16: larger
 //! clusters replicate in groups; a value above `--nodes` runs the full mesh, for comparison).
 
@@ -145,6 +147,22 @@ fn main() {
     let load_wall = Instant::now();
     let end = load_start + args.seconds * 1_000;
     let mut next_probe = load_start;
+    // False downs: once per virtual second, every pair (i, j) of running nodes where i holds j as down.
+    let mut next_down_check = load_start + 1_000;
+    let mut false_down_members = std::collections::BTreeSet::new();
+    let mut false_down_pairs_max = 0usize;
+    let mut check_downs = |sim: &Simulation| {
+        let mut pairs = 0;
+        for i in 0..sim.len() {
+            for j in 0..sim.len() {
+                if i != j && sim.view(i, j) == Some(MemberState::Down) {
+                    pairs += 1;
+                    false_down_members.insert(j);
+                }
+            }
+        }
+        false_down_pairs_max = false_down_pairs_max.max(pairs);
+    };
     // Each node increments once per interval at its own offset within it, so flushes are spread as in a real
     // cluster.
     let n = sim.len() as u64;
@@ -156,6 +174,10 @@ fn main() {
                 break;
             }
             sim.run_until(at);
+            if at >= next_down_check {
+                check_downs(&sim);
+                next_down_check += 1_000;
+            }
             if let Err(error) = sim.add(i as usize, "hot", hot, 1) {
                 eprintln!("add failed: {error}");
                 std::process::exit(1);
@@ -170,6 +192,7 @@ fn main() {
         round += 1;
     }
     sim.run_until(end);
+    check_downs(&sim);
     let load_wall_s = load_wall.elapsed().as_secs_f64();
     let seconds = args.seconds as f64;
     let per_node = |f: fn(&NodeTraffic) -> u64| -> (f64, f64) {
@@ -240,6 +263,10 @@ fn main() {
             "links_per_node": report.links_per_node,
             "visibility_ms": report.visibility_ms,
             "probes_pending": report.probes_pending,
+            "false_downs_under_load": {
+                "members": false_down_members.len(),
+                "max_pairs": false_down_pairs_max,
+            },
             "exact": exact,
             "settle_ms": settle_ms,
             "detection_ms": detection_ms,
@@ -281,6 +308,11 @@ fn main() {
             report.visibility_ms.max,
             report.visibility_ms.count,
             report.probes_pending
+        );
+        println!(
+            "false downs under load (checked every virtual second): {} members marked down by someone, at most {} (observer, member) pairs at once",
+            false_down_members.len(),
+            false_down_pairs_max
         );
         println!("exact totals: {exact} (settled {settle_ms:?} ms after the load)");
         println!("killed node marked down everywhere after {detection_ms:?} ms");
