@@ -552,6 +552,9 @@ impl Membership {
 
     /// True when the member with `replica_id` is a refused duplicate: nothing is replicated to or from it.
     pub fn is_refused(&self, replica_id: u64) -> bool {
+        if self.duplicates.refused.is_empty() {
+            return false; // the usual case, asked for every frame: no lookups
+        }
         self.members
             .addr_of_replica(replica_id)
             .and_then(|addr| self.members.get(&addr))
