@@ -196,7 +196,10 @@ pub(crate) fn acquire(
             let left = tokens(used);
             let count = used.saturating_sub(extra);
             let reset = full_at(cell.window(), epoch, now_ms, &v, count);
-            (decision(false, &v, left, reset), false)
+            let mut refused = decision(false, &v, left, reset);
+            refused.retry_at_ms =
+                tokens_at(cell.window(), epoch, now_ms, &v, count, cost).min(reset);
+            (refused, false)
         }
         // As the windows: the clock is a whole ring behind the cell's newest epoch.
         TakeOutcome::Stale => (decision(false, &v, 0, cell.end_ms(epoch)), false),
@@ -222,7 +225,39 @@ fn peek_view(cell: &Cell, v: &View, epoch: u64, now_ms: u64, cost: u64) -> Decis
     let tokens = (v.allowance() - i128::from(count)).min(i128::from(v.burst));
     let allowed = cost <= v.burst && i128::from(cost) <= tokens;
     let reset = full_at(cell.window(), epoch, now_ms, v, count);
-    decision(allowed, v, clamp(tokens), reset)
+    let mut peeked = decision(allowed, v, clamp(tokens), reset);
+    if !allowed {
+        peeked.retry_at_ms = tokens_at(cell.window(), epoch, now_ms, v, count, cost).min(reset);
+    }
+    peeked
+}
+
+/// The first millisecond `≥ now_ms` of the current epoch at which `cost` tokens are there if nothing more is
+/// admitted (the current epoch's global count `count`), or the epoch's end when not before it: at the boundary
+/// the horizon moves and the tokens are read anew. Within an epoch every check of [`View::allowance`] grows by
+/// the same refill `floor(L·elapsed/len)`, so the tokens reach `cost` once that refill covers what is missing.
+/// A cost above the burst is never admitted: the epoch's end.
+fn tokens_at(window: Window, epoch: u64, now_ms: u64, v: &View, count: u64, cost: u64) -> u64 {
+    let end = window.end_ms(epoch).max(now_ms);
+    if cost > v.burst || v.limit == 0 {
+        return end;
+    }
+    let within_now = v.refill(0);
+    // allowance(t) − count = (allowance(now) − within(now)) + within(t) − count ≥ cost
+    let needed = i128::from(cost) + i128::from(count) - (v.allowance() - within_now);
+    if needed <= within_now {
+        return now_ms;
+    }
+    let Ok(needed) = u128::try_from(needed) else {
+        return now_ms;
+    };
+    // floor(L·e/len) ≥ needed  ⟺  e ≥ ceil(needed·len / L)
+    let elapsed = (needed * u128::from(v.len_ms)).div_ceil(u128::from(v.limit));
+    let start = window.start_ms(epoch);
+    match u64::try_from(elapsed) {
+        Ok(e) if start.saturating_add(e) < end => start.saturating_add(e).max(now_ms),
+        _ => end,
+    }
 }
 
 fn decision(allowed: bool, v: &View, tokens: u64, reset_at_ms: u64) -> Decision {

@@ -67,6 +67,11 @@ pub struct Decision {
     /// Unix milliseconds at which the current window ends (for a sliding window, the estimate keeps decaying
     /// before that).
     pub reset_at_ms: u64,
+    /// Unix milliseconds from which the request would be admitted at the earliest if nothing else were
+    /// (`Retry-After`): `reset_at_ms` for the windows, and for a refused token-bucket request when its `cost`
+    /// in tokens has refilled, within the current window (its end when not before), not when the bucket is
+    /// full again. Equal to `reset_at_ms` when allowed.
+    pub retry_at_ms: u64,
 }
 
 impl Decision {
@@ -77,6 +82,7 @@ impl Decision {
             limit,
             remaining: limit.saturating_sub(used),
             reset_at_ms,
+            retry_at_ms: reset_at_ms,
         }
     }
 }

@@ -361,8 +361,10 @@ fn credited(limit: u64, released: u64) -> Limit {
 /// [`CounterStore::acquire_in_flight`]), as the decision on the slots held: `reset_at_ms` is when a slot
 /// taken in `epoch` expires at the latest (its lease).
 fn in_flight_decision(handle: &CounterHandle, epoch: u64, d: Decision, released: u64) -> Decision {
+    let reset_at_ms = handle.window().end_ms(epoch.saturating_add(1));
     Decision {
-        reset_at_ms: handle.window().end_ms(epoch.saturating_add(1)),
+        reset_at_ms,
+        retry_at_ms: reset_at_ms,
         ..net_decision(d, released)
     }
 }
@@ -378,6 +380,7 @@ fn net_decision(d: Decision, released: u64) -> Decision {
         limit,
         remaining: limit.saturating_sub(used),
         reset_at_ms: d.reset_at_ms,
+        retry_at_ms: d.retry_at_ms,
     }
 }
 

@@ -243,6 +243,8 @@ impl Rls {
         let (mut failed, mut quota_total, mut quota_failed) = (0usize, 0usize, 0usize);
         // (remaining, limit, reset seconds) of the descriptor the headers describe.
         let mut closest: Option<(u32, u32, u64, bool)> = None;
+        // The earliest retry after which every over-limit descriptor admits again (`Retry-After`).
+        let mut retry_after_s: Option<u64> = None;
         for ((i, target), handle) in targets.into_iter().enumerate().zip(handles) {
             let n = hits[i];
             match target {
@@ -315,6 +317,12 @@ impl Rls {
                     };
                     let reset_s = until_ms.div_ceil(1000);
                     let over = code == Code::OverLimit && !quota_mode;
+                    if over {
+                        // Every over-limit descriptor must admit again: the latest earliest retry.
+                        let retry_s = decision.retry_at_ms.saturating_sub(now_ms).div_ceil(1000);
+                        retry_after_s =
+                            Some(retry_after_s.map_or(retry_s, |r: u64| r.max(retry_s)));
+                    }
                     let better = match closest {
                         None => true,
                         Some((r, _, _, o)) => (over && !o) || (over == o && remaining < r),
@@ -361,7 +369,8 @@ impl Rls {
             response_headers_to_add.push(header("RateLimit-Remaining", remaining.to_string()));
             response_headers_to_add.push(header("RateLimit-Reset", reset_s.to_string()));
             if over {
-                response_headers_to_add.push(header("Retry-After", reset_s.to_string()));
+                let retry_s = retry_after_s.unwrap_or(reset_s);
+                response_headers_to_add.push(header("Retry-After", retry_s.to_string()));
             }
         }
         Ok(RateLimitResponse {

@@ -643,7 +643,22 @@ fn ratelimit_headers(decisions: &[Decision], in_flight: &[bool], now_ms: u64) ->
         headers.insert(name, HeaderValue::from(value));
     }
     if !closest.allowed {
-        headers.insert(RETRY_AFTER, HeaderValue::from(reset_s));
+        // Every refused limit must admit again: the latest of their earliest retries (a token bucket's is
+        // when the request's tokens have refilled, not when it is full).
+        let retry_s = decisions
+            .iter()
+            .zip(in_flight.iter().copied().chain(std::iter::repeat(false)))
+            .filter(|(d, _)| !d.allowed)
+            .map(|(d, concurrency)| {
+                if concurrency {
+                    IN_FLIGHT_RETRY_S
+                } else {
+                    d.retry_at_ms.saturating_sub(now_ms).div_ceil(1000)
+                }
+            })
+            .max()
+            .unwrap_or(reset_s);
+        headers.insert(RETRY_AFTER, HeaderValue::from(retry_s));
     }
     headers
 }

@@ -271,3 +271,63 @@ fn the_status_page_sees_the_burst() {
         Some((7, crate::counter::Algorithm::SlidingWindow))
     );
 }
+
+#[test]
+fn a_refused_request_may_retry_once_its_tokens_have_refilled_not_when_the_bucket_is_full() {
+    let c = cell();
+    // Burst 20, refill 10 per 10 s window: one token a second.
+    let t = T0;
+    assert!(take(&c, 20, 10, t, 20).allowed, "the whole burst");
+    let refused = take(&c, 20, 10, t + 100, 1);
+    assert!(!refused.allowed);
+    assert!(
+        refused.retry_at_ms < refused.reset_at_ms,
+        "retry {} vs full {}",
+        refused.retry_at_ms,
+        refused.reset_at_ms
+    );
+    assert!(
+        refused.retry_at_ms <= t + 100 + 1_000,
+        "one token within a second"
+    );
+    assert!(!peek_at(&c, nz(20), 10, refused.retry_at_ms - 1, 1).allowed);
+    assert!(peek_at(&c, nz(20), 10, refused.retry_at_ms, 1).allowed);
+    // A cost above the burst is never admitted: the retry is the window's end.
+    let never = take(&c, 20, 10, t + 200, 21);
+    assert_eq!(never.retry_at_ms, T0 + W);
+}
+
+/// A peek at `t` with no refunds.
+fn peek_at(c: &Cell, burst: NonZeroU64, limit: u64, t: u64, cost: u64) -> Decision {
+    peek(c, burst, t, limit, cost, 0)
+}
+
+proptest! {
+    /// A refused request's `retry_at_ms`, when inside its epoch, is the first millisecond it is admitted.
+    #[test]
+    fn retry_at_is_the_first_millisecond_a_refused_request_is_admitted(
+        steps in proptest::collection::vec((0u64..3_000, 1u64..8), 1..40),
+        burst in 1u64..30,
+        limit in 1u64..20,
+    ) {
+        let burst = burst.min(max_burst(limit));
+        let c = cell();
+        let mut t = T0;
+        for (dt, cost) in steps {
+            t += dt;
+            let d = take(&c, burst, limit, t, cost);
+            let epoch_end = c.window().end_ms(c.epoch_at(t));
+            if d.allowed || cost > burst || d.retry_at_ms >= epoch_end {
+                continue;
+            }
+            prop_assert!(d.retry_at_ms >= t);
+            prop_assert!(d.retry_at_ms <= d.reset_at_ms);
+            prop_assert!(peek_at(&c, nz(burst), limit, d.retry_at_ms, cost).allowed,
+                "not admitted at its retry {} (now {t})", d.retry_at_ms);
+            if d.retry_at_ms > t {
+                prop_assert!(!peek_at(&c, nz(burst), limit, d.retry_at_ms - 1, cost).allowed,
+                    "admitted before its retry {} (now {t})", d.retry_at_ms);
+            }
+        }
+    }
+}
