@@ -61,7 +61,7 @@ impl EpochCache {
     /// `unix_ms` plus the window's epoch offset (0 unless anchored), saturating as `Window::epoch_at` does.
     #[inline(always)]
     fn shifted(&self, unix_ms: u64) -> u64 {
-        unix_ms.saturating_add(self.window.epoch_offset_ms())
+        unix_ms.wrapping_add(self.window.epoch_offset_ms())
     }
 
     #[cold]

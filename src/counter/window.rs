@@ -376,7 +376,7 @@ impl Window {
         match (self.kind(), self.unit()) {
             (KIND_FIXED, _) => unix_ms / self.units_len_ms(),
             (KIND_ANCHORED, _) => {
-                unix_ms.saturating_add(self.epoch_offset_ms()) / self.units_len_ms()
+                unix_ms.wrapping_add(self.epoch_offset_ms()) / self.units_len_ms()
             }
             (_, Unit::Day) => unix_ms / MS_PER_DAY / count,
             (_, Unit::Week) => (unix_ms / MS_PER_DAY + DAYS_FROM_MONDAY_TO_EPOCH) / 7 / count,
