@@ -58,7 +58,8 @@ impl EpochCache {
         (t.wrapping_sub(hint.wrapping_mul(len)) < len).then_some(hint)
     }
 
-    /// `unix_ms` plus the window's epoch offset (0 unless anchored), saturating as `Window::epoch_at` does.
+    /// `unix_ms` plus the window's epoch offset (0 unless anchored), wrapping as `Window::epoch_at` does (only
+    /// past `u64::MAX` minus one window, where no guarantee holds).
     #[inline(always)]
     fn shifted(&self, unix_ms: u64) -> u64 {
         unix_ms.wrapping_add(self.window.epoch_offset_ms())
