@@ -28,6 +28,7 @@ mod mirror {
         pub count: u32,
         pub unit: u8,
         pub alignment: u8,
+        pub phase_ms: u64,
     }
     #[derive(serde::Serialize, serde::Deserialize)]
     pub struct Entry {
@@ -98,6 +99,7 @@ fn mirror_of(b: &DeltaBatch) -> mirror::Batch {
                             count: e.window.count,
                             unit: e.window.unit,
                             alignment: e.window.alignment,
+                            phase_ms: e.window.phase_ms,
                         },
                         epoch: e.epoch,
                         value: e.value,

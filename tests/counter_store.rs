@@ -56,6 +56,49 @@ fn fixed_window_acquire_counts_until_the_limit_then_resets_at_the_boundary() {
 }
 
 #[test]
+fn an_anchored_window_resets_at_its_anchor_plus_whole_lengths_not_at_midnight() {
+    // A daily budget that started at 2026-11-24T10:00:00.250Z (T0 + 250 ms).
+    let anchor = T0 + 250;
+    let day = Window::parse("1d@2026-11-24T10:00:00.250Z").unwrap();
+    let store = store_with(10, 1);
+    let h = store.handle("budget/team-a", day).unwrap();
+    // Midnight UTC before the anchor's time of day: still the epoch that began a day before the anchor.
+    store.clock().set_unix_ms(anchor - 1);
+    let before = h.try_acquire(3, 3);
+    assert!(before.allowed);
+    assert_eq!(before.reset_at_ms, anchor);
+    assert!(!h.try_acquire(3, 1).allowed);
+    // The anchor is a boundary: a fresh budget.
+    store.clock().set_unix_ms(anchor);
+    let d = h.try_acquire(3, 2);
+    assert!(d.allowed);
+    assert_eq!((d.used, d.reset_at_ms), (2, anchor + 86_400_000));
+    // Through the next midnight nothing resets (a calendar day would have).
+    store.clock().set_unix_ms(anchor + 14 * 3_600_000);
+    let d = h.try_acquire(3, 1);
+    assert_eq!((d.allowed, d.used), (true, 3));
+    assert!(
+        !h.try_acquire(3, 1).allowed,
+        "the next midnight is no boundary"
+    );
+    store.clock().set_unix_ms(anchor + 86_400_000 - 1);
+    assert!(!h.try_acquire(3, 1).allowed);
+    // One length after the anchor: reset again; the lookup-by-string path finds the same counter.
+    store.clock().set_unix_ms(anchor + 86_400_000);
+    let d = h.try_acquire(3, 1);
+    assert_eq!((d.allowed, d.used), (true, 1));
+    let same_phase = Window::parse("1d@2026-11-30T10:00:00.250Z").unwrap();
+    assert_eq!(same_phase, day);
+    assert_eq!(
+        store.handle("budget/team-a", same_phase).unwrap().local(),
+        1
+    );
+    // Another phase is another counter.
+    let other = Window::parse("1d@2026-11-24T10:00:00Z").unwrap();
+    assert_eq!(store.handle("budget/team-a", other).unwrap().local(), 0);
+}
+
+#[test]
 fn sliding_window_weights_the_previous_window_by_its_unexpired_fraction() {
     let store = store_with(10, 1);
     let h = store.handle("k", minute()).unwrap();

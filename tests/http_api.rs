@@ -102,6 +102,61 @@ async fn counters_and_rate_limit_decisions() {
     node.shutdown().await;
 }
 
+/// A budget window anchored at its start resets at the anchor plus whole lengths; only the phase matters, so
+/// any anchor of the same phase names the same counter. Months cannot be anchored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anchored_window_resets_on_its_anchor_grid() {
+    let (node, http, addr) = server().await;
+    let phase = 17 * 60_000 + 30_250;
+    let check = r#"{"key":"budget/a","window":"1h@2026-12-01T10:17:30.250Z","limit":2,"cost":1}"#;
+    let (code, d) = call(move || post(addr, "/v1/ratelimit/check", check)).await;
+    assert_eq!(
+        (code, &d["allowed"]),
+        (200, &serde_json::json!(true)),
+        "{d}"
+    );
+    let reset = d["reset_at_ms"].as_u64().expect("reset_at_ms");
+    assert_eq!(reset % 3_600_000, phase, "{d}");
+    // The same phase in Unix ms, a day later: the same counter.
+    let same = format!(
+        r#"{{"key":"budget/a","window":"1h@{}","limit":2,"cost":1}}"#,
+        1_796_119_200_000u64 + 86_400_000 + phase
+    );
+    let (_, d) = call(move || post(addr, "/v1/ratelimit/check", &same)).await;
+    assert_eq!(
+        (&d["allowed"], &d["used"]),
+        (&serde_json::json!(true), &serde_json::json!(2)),
+        "{d}"
+    );
+    let (_, d) = call(move || post(addr, "/v1/ratelimit/check", check)).await;
+    assert_eq!(d["allowed"], false, "{d}");
+    // A counter read names the window canonically.
+    let (code, body) = call(move || {
+        post(
+            addr,
+            "/v1/counters/budget/b/add",
+            r#"{"window":"30d@2026-12-01T10:00:00Z","n":5}"#,
+        )
+    })
+    .await;
+    assert_eq!((code, body["local"].as_u64()), (200, Some(5)), "{body}");
+    let bad = r#"{"key":"budget/a","window":"1M@2026-12-01T00:00:00Z","limit":2}"#;
+    let (code, answer) = call(move || post(addr, "/v1/ratelimit/check", bad)).await;
+    assert_eq!(
+        (code, &answer["field"]),
+        (400, &serde_json::json!("window")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot be anchored")),
+        "{answer}"
+    );
+    http.shutdown().await;
+    node.shutdown().await;
+}
+
 /// Several limits in one check are counted all or nothing; a dry run counts nothing; a report counts without
 /// a limit; every answer carries the RateLimit headers of the limit closest to its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,10 @@ fn window_strategy() -> impl Strategy<Value = WireWindow> {
         Just("1d"),
         Just("1w"),
         Just("1M"),
-        Just("1Y")
+        Just("1Y"),
+        Just("30d@2026-12-01T10:00:00Z"),
+        Just("1h@2026-12-01T10:17:30.250Z"),
+        Just("1w@0")
     ]
     .prop_map(|w| WireWindow::from(Window::parse(w).unwrap()))
 }
@@ -61,6 +64,38 @@ fn batch_strategy() -> impl Strategy<Value = DeltaBatch> {
                 })
                 .collect(),
         })
+}
+
+#[test]
+fn an_anchored_window_crosses_the_wire_with_its_phase() {
+    let window = Window::parse("30d@2026-12-01T10:00:00Z").unwrap();
+    let wire_window = WireWindow::from(window);
+    assert_eq!(wire_window.alignment, 2);
+    assert_eq!(wire_window.phase_ms, 28 * 86_400_000 + 10 * 3_600_000);
+    let batch = DeltaBatch {
+        sender: 1,
+        sequence: 1,
+        sent_at_ms: 0,
+        groups: vec![OriginGroup {
+            origin: 1,
+            kind: OriginKind::Replica,
+            entries: vec![Entry {
+                key: "budget/team-a".into(),
+                window: wire_window,
+                epoch: window.epoch_at(1_796_119_200_000),
+                value: 7,
+            }],
+        }],
+    };
+    let frame = wire::encode(&batch).unwrap();
+    let Ok(Frame::DeltaBatch(archived)) = wire::decode(&frame) else {
+        panic!("not a batch")
+    };
+    assert_eq!(archived.groups[0].entries[0].window.window(), Ok(window));
+    assert_ne!(
+        archived.groups[0].entries[0].window.window(),
+        Ok(Window::parse("30d@2026-12-01T10:00:01Z").unwrap())
+    );
 }
 
 proptest! {
@@ -300,6 +335,7 @@ fn limits_are_enforced() {
                     count: 1,
                     unit: 5,
                     alignment: 0,
+                    phase_ms: 0,
                 },
                 epoch: 1,
                 value: 1,
@@ -308,6 +344,27 @@ fn limits_are_enforced() {
     };
     let err = wire::decode(&wire::encode(&bad_window).unwrap()).unwrap_err();
     assert!(matches!(err, WireError::BadWindow(_)), "{err}");
+    // Anchored windows: months refused, and only a canonical phase (below the length; 0 when not anchored).
+    for (unit, alignment, phase_ms) in [
+        (5, 2, 0),
+        (3, 2, 86_400_000),
+        (3, 0, 5),
+        (3, 1, 5),
+        (3, 3, 0),
+    ] {
+        let mut frame = bad_window.clone();
+        frame.groups[0].entries[0].window = WireWindow {
+            count: 1,
+            unit,
+            alignment,
+            phase_ms,
+        };
+        let err = wire::decode(&wire::encode(&frame).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, WireError::BadWindow(_)),
+            "{unit} {alignment} {phase_ms}: {err}"
+        );
+    }
     let huge = wire::encode(&batch(
         (0..40_000).map(|i| entry(format!("key-{i:040}"))).collect(),
     ));

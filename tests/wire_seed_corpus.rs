@@ -25,6 +25,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             entries: vec![
                 entry("vk/openai/gpt-4o", "1m", 29_925_240, 17),
                 entry("budget/team-a", "1M", 682, 5_000_000),
+                entry("budget/team-b", "30d@2026-12-01T10:00:00Z", 693, 1_200),
             ],
         },
         OriginGroup {

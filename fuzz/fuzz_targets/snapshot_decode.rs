@@ -21,6 +21,10 @@ fuzz_target!(|data: &[u8]| {
     } else {
         format::frame(rest)
     };
+    // What a node does on load: a version-1 file goes through its upgrade first.
+    let Ok(file) = format::upgrade(file) else {
+        return;
+    };
     let Ok(body) = format::decode(&file) else {
         return;
     };

@@ -20,7 +20,6 @@ use bifrost_cluster::storage::format::{self, SnapshotBody};
 use bifrost_cluster::storage::{
     DataDir, ReadOutcome, SNAPSHOT_FILE, StorageError, read_snapshot_file,
 };
-use bifrost_cluster::wire::WireWindow;
 
 /// Why an export or an import failed. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +87,7 @@ fn read_body(path: &Path) -> Result<Option<SnapshotBody>, ExchangeError> {
                 "{len} bytes, larger than any snapshot this build writes"
             )));
         }
-        ReadOutcome::Found(bytes) => bytes,
+        ReadOutcome::Found(bytes) => format::upgrade(bytes).map_err(|e| bad(e.to_string()))?,
     };
     let archived = format::decode(&bytes).map_err(|e| bad(e.to_string()))?;
     rkyv::deserialize::<SnapshotBody, rkyv::rancor::Error>(archived)
@@ -110,7 +109,7 @@ pub fn export(data_dir: &Path, output: Option<&Path>) -> Result<ExportReport, Ex
                 "{len} bytes, larger than any snapshot this build writes"
             )));
         }
-        ReadOutcome::Found(bytes) => bytes,
+        ReadOutcome::Found(bytes) => format::upgrade(bytes).map_err(|e| bad(e.to_string()))?,
     };
     let body = format::decode(&bytes).map_err(|e| bad(e.to_string()))?;
     match output.filter(|p| *p != Path::new("-")) {
@@ -199,8 +198,7 @@ pub fn import(
     let outside_live_windows = values
         .iter()
         .filter(|v| {
-            let w = &v.entry.window;
-            WireWindow::to_window(w.count, w.unit, w.alignment).map_or(true, |w: Window| {
+            v.entry.window.window().map_or(true, |w: Window| {
                 w.start_ms(v.entry.epoch) > now_ms || w.end_ms(v.entry.epoch) <= now_ms
             })
         })

@@ -2,8 +2,10 @@
 //! time with one multiply, so the hot path divides only when a window boundary has passed.
 //!
 //! Guarantees: [`EpochCache::epoch_at`] returns exactly `window.epoch_at(unix_ms)` for every input, whatever
-//! other threads store meanwhile (the cached value is only a guess that the check verifies). Calendar windows
-//! (days, weeks, months, years by the calendar) have epochs of different lengths and are computed in full.
+//! other threads store meanwhile (the cached value is only a guess that the check verifies). Fixed and
+//! anchored windows take the cached path: an anchored window's epoch is that of the time shifted by its
+//! [`Window::epoch_offset_ms`] (0 for a fixed window, so its cost is one add of zero). Calendar windows (days,
+//! weeks, months, years by the calendar) have epochs of different lengths and are computed in full.
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -13,7 +15,7 @@ use super::window::Window;
 #[derive(Debug)]
 pub(crate) struct EpochCache {
     window: Window,
-    /// The window's length for a fixed-aligned window, 0 for a calendar one.
+    /// The window's length for a fixed or anchored window, 0 for a calendar one.
     fixed_len_ms: u64,
     /// The epoch of the last fixed-window computation (0 at first).
     hint: AtomicU64,
@@ -48,11 +50,19 @@ impl EpochCache {
     #[inline(always)]
     pub(crate) fn cached_epoch_at(&self, unix_ms: u64) -> Option<u64> {
         let len = self.fixed_len_ms;
-        // Relaxed: a guess, verified here against `unix_ms`. Every value it ever holds is some `t / len`, so
-        // `hint * len <= t` cannot overflow, and the check accepts it only if it is exactly `unix_ms / len`. A
+        let t = self.shifted(unix_ms);
+        // Relaxed: a guess, verified here against `t`. Every value it ever holds is some `t / len`, so
+        // `hint * len <= t` cannot overflow, and the check accepts it only if it is exactly `t / len`. A
         // calendar window (len 0) never passes it (`x < 0` is false).
         let hint = self.hint.load(Ordering::Relaxed);
-        (unix_ms.wrapping_sub(hint.wrapping_mul(len)) < len).then_some(hint)
+        (t.wrapping_sub(hint.wrapping_mul(len)) < len).then_some(hint)
+    }
+
+    /// `unix_ms` plus the window's epoch offset (0 unless anchored), wrapping as `Window::epoch_at` does (only
+    /// past `u64::MAX` minus one window, where no guarantee holds).
+    #[inline(always)]
+    fn shifted(&self, unix_ms: u64) -> u64 {
+        unix_ms.wrapping_add(self.window.epoch_offset_ms())
     }
 
     #[cold]
@@ -62,7 +72,7 @@ impl EpochCache {
         if len == 0 {
             return self.window.epoch_at(unix_ms);
         }
-        let epoch = unix_ms / len;
+        let epoch = self.shifted(unix_ms) / len;
         // Relaxed: see `cached_epoch_at`.
         self.hint.store(epoch, Ordering::Relaxed);
         epoch
@@ -72,7 +82,10 @@ impl EpochCache {
     /// call.
     #[inline(always)]
     pub(crate) fn cached_end_ms(&self, epoch: u64) -> u64 {
-        epoch.saturating_add(1).saturating_mul(self.fixed_len_ms)
+        epoch
+            .saturating_add(1)
+            .saturating_mul(self.fixed_len_ms)
+            .saturating_sub(self.window.epoch_offset_ms())
     }
 
     /// The first millisecond after `epoch`: `window.end_ms(epoch)`.
@@ -106,6 +119,10 @@ mod tests {
             Window::parse("1M").expect("1M"),
             Window::parse("2Y").expect("2Y"),
             Window::with_alignment(1, Unit::Day, Alignment::Fixed).expect("fixed day"),
+            Window::parse("1m@2026-11-24T10:00:17.5Z").expect("anchored minute"),
+            Window::parse("30d@2026-12-01T10:00:00Z").expect("anchored 30 days"),
+            Window::parse("7s@3").expect("anchored 7 s"),
+            Window::anchored(1, Unit::Week, 0).expect("anchored week, phase 0"),
         ];
         // Forwards, backwards and jumping: the cache must never answer with a stale epoch.
         let mut x = 0x2545_F491_4F6C_DD1Du64;

@@ -49,10 +49,8 @@ fn set(hash: u64) -> usize {
 #[inline]
 pub(crate) fn hash(hasher: &impl std::hash::BuildHasher, key: &str, window: Window) -> u64 {
     let h = hasher.hash_one(key.as_bytes());
-    let w = (u64::from(window.count()) << 8)
-        | ((window.unit() as u64) << 1)
-        | window.alignment() as u64;
-    (h ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(23)
+    // The window's canonical code: count, unit, alignment and an anchored window's phase.
+    (h ^ window.code().wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(23)
 }
 
 /// Runs `f` on the cached cell of `(key, window)` in `store`, if cached. `f` returns `None` to evict the entry

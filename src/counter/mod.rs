@@ -50,7 +50,10 @@ pub use store::{
     CounterHandle, CounterStore, DEFAULT_MAX_ORIGINS_PER_KEY, DIRTY_QUEUE_SLOTS, DirtyEntry,
     HotKey, ResetReport, StatsSnapshot, StoreOptions, StoreStats,
 };
-pub use window::{Alignment, MAX_WINDOW_COUNT, Unit, Window, WindowError};
+pub use window::{
+    Alignment, MAX_ANCHORED_LEN_MS, MAX_WINDOW_COUNT, Unit, Window, WindowError, format_instant,
+    parse_instant,
+};
 
 #[cfg(all(test, bifrost_loom))]
 mod loom_models;

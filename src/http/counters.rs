@@ -6,6 +6,9 @@
 //! bounded: it is compared, never stored. A check's `algorithm` is `fixed_window` (the default),
 //! `sliding_window`, `token_bucket` (with `burst`, 1 to 3 × `limit`; its decision reports `limit` = burst,
 //! `remaining` = tokens left, rounded down, and `reset_at_ms` = when the bucket is full again) or `concurrency`.
+//! A `window` is [`Window::parse`]'s text: `"1m"`, `"1d"`, `"1M"`, or anchored, `"30d@2026-12-01T10:00:00Z"`
+//! (boundaries at the anchor plus whole lengths; only the anchor's phase matters, and answers name the window
+//! with its phase as the anchor).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -80,7 +83,9 @@ fn window(text: &str, field: &str) -> Result<Window, ApiError> {
     Window::parse(text).map_err(|e| {
         ApiError::bad_field(
             field,
-            format!("invalid window {text:?}: {e} (e.g. \"1m\", \"1h\", \"1d\")"),
+            format!(
+                "invalid window {text:?}: {e} (e.g. \"1m\", \"1h\", \"1d\", \"30d@2026-12-01T10:00:00Z\")"
+            ),
         )
     })
 }

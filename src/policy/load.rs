@@ -10,7 +10,7 @@ use super::{
     Domain, Level, Limit, MAX_DEPTH, MAX_DOMAINS, MAX_RULES, MAX_TEXT_BYTES, Node, Policy,
     RateUnit, Rule, RuleLimit,
 };
-use crate::counter::{Algorithm, Alignment};
+use crate::counter::{Algorithm, Alignment, parse_instant};
 
 /// One broken rule of a limits file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +73,7 @@ const RATE_LIMIT_KEYS: &[&str] = &[
     "algorithm",
     "burst",
     "alignment",
+    "anchor",
 ];
 
 struct Loader {
@@ -464,18 +465,52 @@ impl Loader {
                 format!("only for algorithm: token_bucket, not {}", algorithm.name()),
             );
         }
+        let anchor = match map.get("anchor") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match parse_instant(s) {
+                Ok(ms) => Some(ms),
+                Err(e) => {
+                    self.fail(&join(path, "anchor"), e.to_string());
+                    None
+                }
+            },
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+            Some(other) => {
+                self.fail(
+                    &join(path, "anchor"),
+                    format!(
+                        "expected an RFC 3339 instant (2026-12-01T10:00:00Z) or Unix milliseconds, got {}",
+                        kind(other)
+                    ),
+                );
+                None
+            }
+        };
+        let anchored = |phase_ms| Alignment::Anchored { phase_ms };
         let alignment = match map.get("alignment") {
-            None | Some(Value::Null) => Alignment::Calendar,
+            None | Some(Value::Null) => anchor.map_or(Alignment::Calendar, anchored),
             Some(Value::String(s)) if s == "calendar" => Alignment::Calendar,
             Some(Value::String(s)) if s == "fixed" => Alignment::Fixed,
+            Some(Value::String(s)) if s == "anchored" => {
+                if !map.contains_key("anchor") {
+                    self.fail(&join(path, "anchor"), "required with alignment: anchored");
+                }
+                anchor.map_or(Alignment::Calendar, anchored)
+            }
             Some(other) => {
                 self.fail(
                     &join(path, "alignment"),
-                    format!("expected calendar or fixed, got {}", kind(other)),
+                    format!("expected calendar, fixed or anchored, got {}", kind(other)),
                 );
                 Alignment::Calendar
             }
         };
+        if anchor.is_some() && !matches!(alignment, Alignment::Anchored { .. }) {
+            self.fail(
+                &join(path, "anchor"),
+                "only for an anchored window (alignment: anchored, or no alignment)",
+            );
+        }
         let limit = if unlimited {
             if unit.is_some() {
                 self.fail(
@@ -491,12 +526,19 @@ impl Loader {
                 }
                 return None;
             };
-            let Some(window) = unit.window(alignment) else {
-                self.fail(
-                    &join(path, "alignment"),
-                    format!("a {} window is always calendar aligned", unit.as_str()),
-                );
-                return None;
+            let window = match unit.window_with(alignment) {
+                Ok(window) => window,
+                Err(e) if matches!(alignment, Alignment::Anchored { .. }) => {
+                    self.fail(&join(path, "anchor"), e.to_string());
+                    return None;
+                }
+                Err(_) => {
+                    self.fail(
+                        &join(path, "alignment"),
+                        format!("a {} window is always calendar aligned", unit.as_str()),
+                    );
+                    return None;
+                }
             };
             RuleLimit::Limited(Limit {
                 requests_per_unit,

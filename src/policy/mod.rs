@@ -6,8 +6,11 @@
 //! `share_threshold`, `metadata`, nested `descriptors`). `rate_limit` has `unit` (second, minute, hour, day, week,
 //! month, year), `requests_per_unit`, `unlimited`, `name`, `replaces`, and two fields of our own: `algorithm`
 //! (`fixed_window`, the default, `sliding_window`, or `token_bucket` with `burst`, 1 to 3 × `requests_per_unit`:
-//! a bucket of that capacity refilled at `requests_per_unit` per `unit`) and `alignment` (`calendar`, the default, or `fixed`; only
-//! day and week windows differ: see [`crate::counter::Alignment`]).
+//! a bucket of that capacity refilled at `requests_per_unit` per `unit`), `alignment` (`calendar`, the default,
+//! `fixed` or `anchored`; only day and week windows differ between the first two: see
+//! [`crate::counter::Alignment`]) and `anchor` (an RFC 3339 instant or Unix ms: the window resets at `anchor + k ×
+//! unit`, before and after the anchor; only its phase matters; implies `alignment: anchored`; refused for months
+//! and years).
 //!
 //! # Guarantees
 //!
@@ -122,8 +125,16 @@ impl RateUnit {
     }
 
     /// The counter window of one unit with `alignment`. Months and years are always calendar windows (a
-    /// `fixed` alignment for them is refused when the file loads).
+    /// `fixed` or anchored alignment for them is refused when the file loads).
     pub fn window(self, alignment: crate::counter::Alignment) -> Option<Window> {
+        self.window_with(alignment).ok()
+    }
+
+    /// [`RateUnit::window`], saying why when there is none.
+    pub fn window_with(
+        self,
+        alignment: crate::counter::Alignment,
+    ) -> Result<Window, crate::counter::WindowError> {
         use crate::counter::Unit;
         let unit = match self {
             RateUnit::Second => Unit::Second,
@@ -134,7 +145,7 @@ impl RateUnit {
             RateUnit::Month => Unit::Month,
             RateUnit::Year => Unit::Year,
         };
-        Window::with_alignment(1, unit, alignment).ok()
+        Window::with_alignment(1, unit, alignment)
     }
 }
 

@@ -182,6 +182,44 @@ fn our_fields_units_and_windows() {
 }
 
 #[test]
+fn anchored_windows_reset_relative_to_their_anchor() {
+    let p = load(
+        "domain: budgets\ndescriptors:\n  - key: a\n    rate_limit: {unit: day, requests_per_unit: 5, alignment: anchored, anchor: 2026-12-01T10:00:00Z}\n  - key: b\n    rate_limit: {unit: hour, requests_per_unit: 5, anchor: 1796119230000}\n  - key: c\n    rate_limit: {unit: week, requests_per_unit: 5, anchor: \"2026-12-01T11:00:00+01:00\"}\n",
+    );
+    let window = |k: &str| match rule(&p, "budgets", &[(k, "1")]).map(|r| &r.limit) {
+        Some(RuleLimit::Limited(l)) => l.window,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        window("a"),
+        Window::parse("1d@2026-12-01T10:00:00Z").expect("window")
+    );
+    assert_eq!(window("a").to_string(), "1d@1970-01-01T10:00:00Z");
+    assert_eq!(window("b").to_string(), "1h@1970-01-01T00:00:30Z");
+    let c = window("c");
+    let anchor = 1_796_119_200_000; // 2026-12-01T10:00:00Z
+    assert_eq!(c.start_ms(c.epoch_at(anchor)), anchor);
+    assert_eq!(c.end_ms(c.epoch_at(anchor)), anchor + 7 * 86_400_000);
+
+    let text = "domain: bad\ndescriptors:\n  - key: m\n    rate_limit: {unit: month, requests_per_unit: 1, anchor: 2026-12-01T00:00:00Z}\n  - key: y\n    rate_limit: {unit: year, requests_per_unit: 1, alignment: anchored, anchor: 0}\n  - key: n\n    rate_limit: {unit: day, requests_per_unit: 1, alignment: anchored}\n  - key: f\n    rate_limit: {unit: day, requests_per_unit: 1, alignment: fixed, anchor: 0}\n  - key: t\n    rate_limit: {unit: day, requests_per_unit: 1, anchor: tomorrow}\n";
+    let err = Policy::load([("limits.yaml", text)])
+        .err()
+        .unwrap_or_else(|| panic!("loaded"));
+    let problem = |path: &str| {
+        err.problems
+            .iter()
+            .find(|p| p.path == path)
+            .map(|p| p.problem.clone())
+            .unwrap_or_else(|| panic!("{path} not in {:?}", err.problems))
+    };
+    assert!(problem("descriptors[0].rate_limit.anchor").contains("Months cannot be anchored"));
+    assert!(problem("descriptors[1].rate_limit.anchor").contains("Years cannot be anchored"));
+    assert!(problem("descriptors[2].rate_limit.anchor").contains("required"));
+    assert!(problem("descriptors[3].rate_limit.anchor").contains("only for an anchored window"));
+    assert!(problem("descriptors[4].rate_limit.anchor").contains("invalid anchor"));
+}
+
+#[test]
 fn a_bad_file_names_every_problem() {
     let text = "domain: bad\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n  - value: x\n  - key: b\n    rate_limit: {unlimited: true, unit: second}\n  - key: c\n    value: plain\n    share_threshold: true\n  - key: c\n    value: plain\n  - key: d\n    colour: blue\n    rate_limit: {unit: month, requests_per_unit: -1, alignment: fixed}\n  - key: e\n    rate_limit:\n      name: me\n      unit: second\n      replaces: [{name: me}, {}]\n";
     let err = Policy::load([("limits.yaml", text)])

@@ -26,7 +26,8 @@ pub fn value_hash(key: &str, window: Window, epoch: u64, value: u64) -> u64 {
     let w = WireWindow::from(window);
     let window_code =
         (u64::from(w.count) << 16) | (u64::from(w.unit) << 8) | u64::from(w.alignment);
-    mix(key_hash ^ mix(window_code ^ mix(epoch ^ mix(value))))
+    // An anchored window's phase is part of its identity (0 for the other alignments).
+    mix(key_hash ^ mix(window_code ^ mix(w.phase_ms ^ mix(epoch ^ mix(value)))))
 }
 
 /// The fingerprint hash of one floor of `origin`.

@@ -3,6 +3,9 @@
 //!
 //! One line per value:
 //! `{"key":"team-a","window":"1M","epoch":683,"start_unix_ms":1796083200000,"origin":"8f0c…","kind":"replica","value":1200}`.
+//! An anchored window has `"alignment":"anchored"` and its `anchor` beside it (export writes the canonical
+//! anchor, the phase as an instant: `"1970-01-29T10:00:00Z"`; only the phase matters, so import takes any
+//! instant of the same phase, in RFC 3339 or Unix ms).
 //!
 //! Guarantees:
 //! - [`export`] writes every value and floor of a snapshot, with its origin: importing an export back is a
@@ -20,7 +23,7 @@ use std::io::{BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::counter::{Alignment, Window};
+use crate::counter::{Alignment, Window, format_instant, parse_instant};
 use crate::wire::{ArchivedOriginKind, Entry, OriginGroup, OriginKind, WireWindow};
 
 use super::format::{ArchivedSnapshotBody, SnapshotBody};
@@ -36,9 +39,15 @@ pub struct Line {
     pub key: String,
     /// The window, as in limits: `"1d"`, `"1M"`, `"30s"`.
     pub window: String,
-    /// `"fixed"` or `"calendar"`; omitted: the unit's default (fixed for s/m/h, calendar otherwise).
+    /// `"fixed"`, `"calendar"` or `"anchored"`; omitted: the unit's default (fixed for s/m/h, calendar
+    /// otherwise), or anchored when `anchor` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alignment: Option<String>,
+    /// An anchored window's anchor: an RFC 3339 instant (`"2026-12-01T10:00:00Z"`) or Unix ms (as a string).
+    /// Boundaries lie at `anchor + k × length`; only the anchor's phase matters. Export writes the phase as an
+    /// instant. Only with `alignment` omitted or `"anchored"`, for windows in s, m, h, d or w.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
     /// The window's epoch (its index since 1970). On import, any of `epoch`, `start_unix_ms` and
     /// `at_unix_ms` may name the window, and those given must name the same one (a line whose fields
     /// disagree is refused); none at all means the window current at import time.
@@ -146,6 +155,10 @@ pub fn export(body: &ArchivedSnapshotBody, out: &mut impl Write) -> std::io::Res
                 key: e.key.as_str().to_owned(),
                 window: window_text(window),
                 alignment: non_default_alignment(window),
+                anchor: match window.alignment() {
+                    Alignment::Anchored { phase_ms } => Some(format_instant(phase_ms)),
+                    _ => None,
+                },
                 epoch: Some(epoch),
                 start_unix_ms: Some(window.start_ms(epoch)),
                 at_unix_ms: None,
@@ -168,7 +181,8 @@ fn window_text(window: Window) -> String {
     format!("{}{}", window.count(), window.unit().suffix())
 }
 
-/// `Some("fixed")` for a fixed day or week; `None` when the alignment is the unit's default.
+/// `Some("fixed")` for a fixed day or week, `Some("anchored")` for an anchored window; `None` when the
+/// alignment is the unit's default.
 fn non_default_alignment(window: Window) -> Option<String> {
     match Window::new(window.count(), window.unit()) {
         Ok(default) if default.alignment() == window.alignment() => None,
@@ -176,6 +190,7 @@ fn non_default_alignment(window: Window) -> Option<String> {
             match window.alignment() {
                 Alignment::Fixed => "fixed",
                 Alignment::Calendar => "calendar",
+                Alignment::Anchored { .. } => "anchored",
             }
             .to_owned(),
         ),
@@ -237,21 +252,42 @@ fn line_value(
         ));
     }
     let parsed = Window::parse(&line.window).map_err(|e| format!("window: {e}"))?;
-    let window = match line.alignment.as_deref() {
-        None => parsed,
-        Some(text) => {
-            let alignment = match text {
-                "fixed" => Alignment::Fixed,
-                "calendar" => Alignment::Calendar,
-                other => {
-                    return Err(format!(
-                        "alignment: {other:?}; expected \"fixed\" or \"calendar\""
-                    ));
-                }
-            };
-            Window::with_alignment(parsed.count(), parsed.unit(), alignment)
-                .map_err(|e| format!("alignment: {e}"))?
+    if matches!(parsed.alignment(), Alignment::Anchored { .. })
+        && (line.alignment.is_some() || line.anchor.is_some())
+    {
+        return Err(
+            "window: anchored in the window text; give the anchor there or in anchor, not both"
+                .to_owned(),
+        );
+    }
+    let alignment = match (line.alignment.as_deref(), line.anchor.as_deref()) {
+        (None, None) => None,
+        (Some("fixed"), None) => Some(Alignment::Fixed),
+        (Some("calendar"), None) => Some(Alignment::Calendar),
+        (Some("anchored") | None, Some(anchor)) => Some(Alignment::Anchored {
+            phase_ms: parse_instant(anchor).map_err(|e| format!("anchor: {e}"))?,
+        }),
+        (Some("anchored"), None) => {
+            return Err("anchor: required with alignment \"anchored\"".to_owned());
         }
+        (Some(other @ ("fixed" | "calendar")), Some(_)) => {
+            return Err(format!(
+                "anchor: only for an anchored window, not alignment {other:?}"
+            ));
+        }
+        (Some(other), _) => {
+            return Err(format!(
+                "alignment: {other:?}; expected \"fixed\", \"calendar\" or \"anchored\""
+            ));
+        }
+    };
+    let window = match alignment {
+        None => parsed,
+        Some(alignment) => Window::with_alignment(parsed.count(), parsed.unit(), alignment)
+            .map_err(|e| match alignment {
+                Alignment::Anchored { .. } => format!("anchor: {e}"),
+                _ => format!("alignment: {e}"),
+            })?,
     };
     let mut epoch = None;
     for (field, candidate) in [
@@ -319,8 +355,8 @@ fn line_value(
     })
 }
 
-/// Identity of one value inside its origin group: key, window (count, unit, alignment) and epoch.
-type Slot = (String, (u32, u8, u8), u64);
+/// Identity of one value inside its origin group: key, window (count, unit, alignment, phase) and epoch.
+type Slot = (String, (u32, u8, u8, u64), u64);
 
 /// Max-merges `values` into `body` (a snapshot read from the data directory; `None` starts an empty one).
 pub fn merge(body: Option<SnapshotBody>, values: Vec<Imported>) -> (SnapshotBody, MergeReport) {
@@ -335,7 +371,12 @@ pub fn merge(body: Option<SnapshotBody>, values: Vec<Imported>) -> (SnapshotBody
     let slot = |e: &Entry| {
         (
             e.key.clone(),
-            (e.window.count, e.window.unit, e.window.alignment),
+            (
+                e.window.count,
+                e.window.unit,
+                e.window.alignment,
+                e.window.phase_ms,
+            ),
             e.epoch,
         )
     };
@@ -375,16 +416,19 @@ pub fn merge(body: Option<SnapshotBody>, values: Vec<Imported>) -> (SnapshotBody
             kind,
             entries: values
                 .into_iter()
-                .map(|((key, (count, unit, alignment), epoch), value)| Entry {
-                    key,
-                    window: WireWindow {
-                        count,
-                        unit,
-                        alignment,
+                .map(
+                    |((key, (count, unit, alignment, phase_ms), epoch), value)| Entry {
+                        key,
+                        window: WireWindow {
+                            count,
+                            unit,
+                            alignment,
+                            phase_ms,
+                        },
+                        epoch,
+                        value,
                     },
-                    epoch,
-                    value,
-                })
+                )
                 .collect(),
         })
         .collect();
@@ -474,6 +518,58 @@ mod tests {
     }
 
     #[test]
+    fn an_anchored_window_round_trips_with_its_anchor() {
+        let window = Window::parse("30d@2026-12-01T10:00:00Z").expect("window");
+        let epoch = window.epoch_at(NOW);
+        let body = SnapshotBody {
+            node_id: "n1".into(),
+            replica_id: 7,
+            written_at_ms: NOW,
+            groups: vec![OriginGroup {
+                origin: 7,
+                kind: OriginKind::Replica,
+                entries: vec![Entry {
+                    key: "budget/team-a".into(),
+                    window: WireWindow::from(window),
+                    epoch,
+                    value: 1_200,
+                }],
+            }],
+        };
+        let text = export_text(&body);
+        assert!(
+            text.contains("\"alignment\":\"anchored\",\"anchor\":\"1970-01-29T10:00:00Z\""),
+            "{text}"
+        );
+        let values = parse_text(&text).expect("an export parses");
+        assert_eq!(values[0].entry.window.window(), Ok(window));
+        let (merged, report) = merge(Some(body.clone()), values);
+        assert_eq!(report.unchanged, 1);
+        assert_eq!(merged.groups, body.groups);
+        // Any anchor of the same phase names the same window: the budget's own start, in RFC 3339 or Unix ms,
+        // with the window given by `at_unix_ms`.
+        let start = 1_796_119_200_000; // 2026-12-01T10:00:00Z
+        for anchor in [
+            "2026-12-01T10:00:00Z",
+            "1796119200000",
+            "2026-12-01T11:00:00+01:00",
+        ] {
+            let line = format!(
+                "{{\"key\":\"budget/team-a\",\"window\":\"30d\",\"anchor\":\"{anchor}\",\"at_unix_ms\":{start},\"value\":5}}"
+            );
+            let values = parse_text(&line).expect(anchor);
+            assert_eq!(values[0].entry.window.window(), Ok(window), "{anchor}");
+            assert_eq!(window.start_ms(values[0].entry.epoch), start, "{anchor}");
+        }
+        // The window text may carry the anchor itself.
+        let values = parse_text(&format!(
+            "{{\"key\":\"k\",\"window\":\"30d@{start}\",\"value\":5}}"
+        ))
+        .expect("anchored window text");
+        assert_eq!(values[0].entry.window.window(), Ok(window));
+    }
+
+    #[test]
     fn merging_never_lowers_a_value() {
         let line =
             |v: u64| format!("{{\"key\":\"k\",\"window\":\"1M\",\"epoch\":683,\"value\":{v}}}");
@@ -502,6 +598,26 @@ mod tests {
             (
                 "{\"key\":\"k\",\"window\":\"1M\",\"alignment\":\"fixed\",\"value\":1}",
                 "alignment",
+            ),
+            (
+                "{\"key\":\"k\",\"window\":\"1M\",\"anchor\":\"2026-12-01T00:00:00Z\",\"value\":1}",
+                "anchor: a window in Months cannot be anchored",
+            ),
+            (
+                "{\"key\":\"k\",\"window\":\"1d\",\"alignment\":\"anchored\",\"value\":1}",
+                "anchor: required",
+            ),
+            (
+                "{\"key\":\"k\",\"window\":\"1d\",\"alignment\":\"fixed\",\"anchor\":\"0\",\"value\":1}",
+                "anchor: only for an anchored window",
+            ),
+            (
+                "{\"key\":\"k\",\"window\":\"1d\",\"anchor\":\"soon\",\"value\":1}",
+                "anchor: invalid anchor",
+            ),
+            (
+                "{\"key\":\"k\",\"window\":\"1d@0\",\"anchor\":\"0\",\"value\":1}",
+                "not both",
             ),
             (
                 "{\"key\":\"k\",\"window\":\"1d\",\"kind\":\"floor\",\"value\":1}",

@@ -111,8 +111,11 @@ impl Snapshotter {
             }
             ReadOutcome::Found(bytes) => bytes,
         };
-        match format::decode(&bytes) {
-            Ok(body) => Ok(LoadOutcome::Restored(snapshot::restore(&self.store, body))),
+        // A version-1 file (written before anchored windows) loads through its upgrade.
+        match format::upgrade(bytes).and_then(|bytes| {
+            format::decode(&bytes).map(|body| snapshot::restore(&self.store, body))
+        }) {
+            Ok(report) => Ok(LoadOutcome::Restored(report)),
             Err(e) => {
                 let moved_to = self.dir.move_aside(now_ms)?;
                 Ok(LoadOutcome::MovedAside {

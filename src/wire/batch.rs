@@ -17,9 +17,9 @@ const GROUP_OVERHEAD: usize = 24;
 
 /// Upper bound of the archived size of an entry with a key of `key_len` bytes.
 pub fn entry_size(key_len: usize) -> usize {
-    // key (8 inline: pointer + length, or the bytes themselves when short) + window (6) + epoch (8) + value (8),
-    // plus the key bytes out of line.
-    30 + key_len
+    // key (8 inline: pointer + length, or the bytes themselves when short) + window (14: count, unit,
+    // alignment, phase) + epoch (8) + value (8), plus the key bytes out of line.
+    38 + key_len
 }
 
 /// Accumulates `(origin, entry)` pairs and hands out groups for one frame at a time.

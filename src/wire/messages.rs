@@ -43,7 +43,7 @@ pub struct Hello {
     pub link_nonce: u64,
 }
 
-/// A window on the wire: count, unit and alignment as small integers.
+/// A window on the wire: count, unit and alignment as small integers, and an anchored window's phase.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[rkyv(derive(Debug))]
 pub struct WireWindow {
@@ -51,8 +51,11 @@ pub struct WireWindow {
     pub count: u32,
     /// 0 = s, 1 = m, 2 = h, 3 = d, 4 = w, 5 = M, 6 = Y.
     pub unit: u8,
-    /// 0 = fixed, 1 = calendar.
+    /// 0 = fixed, 1 = calendar, 2 = anchored (protocol 5).
     pub alignment: u8,
+    /// An anchored window's phase in ms, below its length (protocol 5): its boundaries lie at `phase_ms + k ×
+    /// length`. 0 for the other alignments. A receiver refuses a phase that is not canonical.
+    pub phase_ms: u64,
 }
 
 impl From<Window> for WireWindow {
@@ -66,14 +69,16 @@ impl From<Window> for WireWindow {
             Unit::Month => 5,
             Unit::Year => 6,
         };
-        let alignment = match w.alignment() {
-            Alignment::Fixed => 0,
-            Alignment::Calendar => 1,
+        let (alignment, phase_ms) = match w.alignment() {
+            Alignment::Fixed => (0, 0),
+            Alignment::Calendar => (1, 0),
+            Alignment::Anchored { phase_ms } => (2, phase_ms),
         };
         WireWindow {
             count: w.count(),
             unit,
             alignment,
+            phase_ms,
         }
     }
 }
@@ -84,17 +89,31 @@ pub enum WireWindowError {
     /// The unit code is not 0..=6.
     #[error("unknown window unit code {0}")]
     Unit(u8),
-    /// The alignment code is not 0 or 1.
+    /// The alignment code is not 0, 1 or 2.
     #[error("unknown window alignment code {0}")]
     Alignment(u8),
+    /// A phase that is not canonical: non-zero for a fixed or calendar window, or not below an anchored
+    /// window's length.
+    #[error("window phase {phase_ms} ms is not canonical for alignment code {alignment}")]
+    Phase {
+        /// The alignment code.
+        alignment: u8,
+        /// The phase given.
+        phase_ms: u64,
+    },
     /// The combination is invalid (count out of range, fixed months, …).
     #[error(transparent)]
     Window(#[from] WindowError),
 }
 
 impl WireWindow {
-    /// Decodes from the three archived fields (what a receiver reads in place).
-    pub fn to_window(count: u32, unit: u8, alignment: u8) -> Result<Window, WireWindowError> {
+    /// Decodes from the four archived fields (what a receiver reads in place).
+    pub fn to_window(
+        count: u32,
+        unit: u8,
+        alignment: u8,
+        phase_ms: u64,
+    ) -> Result<Window, WireWindowError> {
         let unit = match unit {
             0 => Unit::Second,
             1 => Unit::Minute,
@@ -105,19 +124,40 @@ impl WireWindow {
             6 => Unit::Year,
             other => return Err(WireWindowError::Unit(other)),
         };
+        let not_canonical = WireWindowError::Phase {
+            alignment,
+            phase_ms,
+        };
         let alignment = match alignment {
+            0 | 1 if phase_ms != 0 => return Err(not_canonical),
             0 => Alignment::Fixed,
             1 => Alignment::Calendar,
+            2 => Alignment::Anchored { phase_ms },
             other => return Err(WireWindowError::Alignment(other)),
         };
-        Ok(Window::with_alignment(count, unit, alignment)?)
+        let window = Window::with_alignment(count, unit, alignment)?;
+        if matches!(alignment, Alignment::Anchored { .. }) && window.alignment() != alignment {
+            // An anchored phase at or above the length (the constructor would have reduced it).
+            return Err(not_canonical);
+        }
+        Ok(window)
+    }
+
+    /// The window this value names.
+    pub fn window(&self) -> Result<Window, WireWindowError> {
+        WireWindow::to_window(self.count, self.unit, self.alignment, self.phase_ms)
     }
 }
 
 impl ArchivedWireWindow {
     /// The window this archived value names.
     pub fn window(&self) -> Result<Window, WireWindowError> {
-        WireWindow::to_window(self.count.to_native(), self.unit, self.alignment)
+        WireWindow::to_window(
+            self.count.to_native(),
+            self.unit,
+            self.alignment,
+            self.phase_ms.to_native(),
+        )
     }
 }
 
