@@ -807,7 +807,8 @@ mod tests {
         let c = Window::anchored(1, Unit::Week, anchor % week).unwrap();
         assert_eq!(a, b);
         assert_eq!(a, c);
-        let state = std::hash::RandomState::new();
+        let state =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
         assert_eq!(state.hash_one(a), state.hash_one(b));
         assert_eq!(
             a.alignment(),
