@@ -1685,14 +1685,22 @@ impl CounterHandle {
             .note_limit(limit, Algorithm::TokenBucket { burst });
         super::calls::count_acquire();
         let limit = self.shared.startup_limit(limit);
-        loop {
+        self.until_decided(|| {
             let now = self.clock.now_unix_ms();
-            let (decision, counted) =
-                super::bucket::acquire(&self.cell, burst, now, limit, cost, credit);
+            super::bucket::acquire(&self.cell, burst, now, limit, cost, credit)
+        })
+    }
+
+    /// Runs `attempt` (a decision, and whether it counted something) until it decides: queues the cell for
+    /// replication when it counted, retries a refusal from a cell being retired (no decision, see
+    /// `acquire_refused`), and counts a refusal.
+    #[inline]
+    fn until_decided(&self, mut attempt: impl FnMut() -> (Decision, bool)) -> Decision {
+        loop {
+            let (decision, counted) = attempt();
             if counted {
                 self.shared.changed(&self.cell);
             }
-            // A refusal from a cell being retired is no decision (see `acquire_refused`): retry.
             if decision.allowed || !self.cell.is_retired() {
                 if !decision.allowed {
                     super::calls::count_refusal();
@@ -1754,29 +1762,12 @@ impl CounterHandle {
         super::calls::count_acquire();
         let decide = self.shared.decide_limit(limit);
         let reset_at = self.cell.end_ms(epoch);
-        loop {
-            let (decision, counted) = match self.cell.take(epoch, cost, decide, before) {
-                TakeOutcome::Taken { used } => {
-                    (Decision::new(true, used, decide, reset_at), cost > 0)
-                }
-                TakeOutcome::Refused { used } => {
-                    (Decision::new(false, used, decide, reset_at), false)
-                }
-                // As `limiter::acquire`: the clock is a whole ring behind the cell's newest epoch.
-                TakeOutcome::Stale => (Decision::new(false, decide, decide, reset_at), false),
-            };
-            if counted {
-                self.shared.changed(&self.cell);
-            }
-            // A refusal from a cell being retired is no decision (see `acquire_refused`): retry.
-            if decision.allowed || !self.cell.is_retired() {
-                if !decision.allowed {
-                    super::calls::count_refusal();
-                }
-                return decision;
-            }
-            std::hint::spin_loop();
-        }
+        self.until_decided(|| match self.cell.take(epoch, cost, decide, before) {
+            TakeOutcome::Taken { used } => (Decision::new(true, used, decide, reset_at), cost > 0),
+            TakeOutcome::Refused { used } => (Decision::new(false, used, decide, reset_at), false),
+            // As `limiter::acquire`: the clock is a whole ring behind the cell's newest epoch.
+            TakeOutcome::Stale => (Decision::new(false, decide, decide, reset_at), false),
+        })
     }
 
     /// [`CounterHandle::acquire_after`] without counting anything.
