@@ -198,7 +198,7 @@ pub(crate) fn acquire(
             let reset = full_at(cell.window(), epoch, now_ms, &v, count);
             let mut refused = decision(false, &v, left, reset);
             refused.retry_at_ms =
-                tokens_at(cell.window(), epoch, now_ms, &v, count, cost).min(reset);
+                tokens_at(cell.window(), epoch, now_ms, &v, allowance, count, cost).min(reset);
             (refused, false)
         }
         // As the windows: the clock is a whole ring behind the cell's newest epoch.
@@ -222,12 +222,14 @@ pub(crate) fn peek(
 
 fn peek_view(cell: &Cell, v: &View, epoch: u64, now_ms: u64, cost: u64) -> Decision {
     let count = cell.local(epoch).saturating_add(cell.remote(epoch));
-    let tokens = (v.allowance() - i128::from(count)).min(i128::from(v.burst));
+    let allowance = v.allowance();
+    let tokens = (allowance - i128::from(count)).min(i128::from(v.burst));
     let allowed = cost <= v.burst && i128::from(cost) <= tokens;
     let reset = full_at(cell.window(), epoch, now_ms, v, count);
     let mut peeked = decision(allowed, v, clamp(tokens), reset);
     if !allowed {
-        peeked.retry_at_ms = tokens_at(cell.window(), epoch, now_ms, v, count, cost).min(reset);
+        peeked.retry_at_ms =
+            tokens_at(cell.window(), epoch, now_ms, v, allowance, count, cost).min(reset);
     }
     peeked
 }
@@ -237,14 +239,23 @@ fn peek_view(cell: &Cell, v: &View, epoch: u64, now_ms: u64, cost: u64) -> Decis
 /// the horizon moves and the tokens are read anew. Within an epoch every check of [`View::allowance`] grows by
 /// the same refill `floor(L·elapsed/len)`, so the tokens reach `cost` once that refill covers what is missing.
 /// A cost above the burst is never admitted: the epoch's end.
-fn tokens_at(window: Window, epoch: u64, now_ms: u64, v: &View, count: u64, cost: u64) -> u64 {
+/// `allowance` is `v.allowance()`, which the caller computed already.
+fn tokens_at(
+    window: Window,
+    epoch: u64,
+    now_ms: u64,
+    v: &View,
+    allowance: i128,
+    count: u64,
+    cost: u64,
+) -> u64 {
     let end = window.end_ms(epoch).max(now_ms);
     if cost > v.burst || v.limit == 0 {
         return end;
     }
     let within_now = v.refill(0);
     // allowance(t) − count = (allowance(now) − within(now)) + within(t) − count ≥ cost
-    let needed = i128::from(cost) + i128::from(count) - (v.allowance() - within_now);
+    let needed = i128::from(cost) + i128::from(count) - (allowance - within_now);
     if needed <= within_now {
         return now_ms;
     }

@@ -102,21 +102,23 @@ impl Unit {
         })
     }
 
-    const fn code(self) -> u64 {
-        self as u64
+    /// The unit's code, in the packed window and on the wire: 0 = s, 1 = m, 2 = h, 3 = d, 4 = w, 5 = M, 6 = Y.
+    pub(crate) const fn code(self) -> u8 {
+        self as u8
     }
 
-    fn from_code(code: u64) -> Unit {
-        match code {
+    /// The unit of a [`Unit::code`]; `None` for any other number.
+    pub(crate) fn from_code(code: u8) -> Option<Unit> {
+        Some(match code {
             0 => Unit::Second,
             1 => Unit::Minute,
             2 => Unit::Hour,
             3 => Unit::Day,
             4 => Unit::Week,
             5 => Unit::Month,
-            // Only codes written by `Window`'s constructors are ever decoded.
-            _ => Unit::Year,
-        }
+            6 => Unit::Year,
+            _ => return None,
+        })
     }
 }
 
@@ -203,7 +205,7 @@ impl Window {
     const fn pack(count: u32, unit: Unit, kind: u64, offset_ms: u64) -> Window {
         Window {
             bits: count as u64
-                | unit.code() << UNIT_SHIFT
+                | (unit.code() as u64) << UNIT_SHIFT
                 | kind << KIND_SHIFT
                 | offset_ms << OFFSET_SHIFT,
         }
@@ -305,7 +307,8 @@ impl Window {
     /// The unit.
     #[inline]
     pub fn unit(&self) -> Unit {
-        Unit::from_code((self.bits >> UNIT_SHIFT) & 0b111)
+        // Only codes written by `Window`'s constructors are ever decoded.
+        Unit::from_code(((self.bits >> UNIT_SHIFT) & 0b111) as u8).unwrap_or(Unit::Year)
     }
 
     #[inline]

@@ -60,15 +60,7 @@ pub struct WireWindow {
 
 impl From<Window> for WireWindow {
     fn from(w: Window) -> WireWindow {
-        let unit = match w.unit() {
-            Unit::Second => 0,
-            Unit::Minute => 1,
-            Unit::Hour => 2,
-            Unit::Day => 3,
-            Unit::Week => 4,
-            Unit::Month => 5,
-            Unit::Year => 6,
-        };
+        let unit = w.unit().code();
         let (alignment, phase_ms) = match w.alignment() {
             Alignment::Fixed => (0, 0),
             Alignment::Calendar => (1, 0),
@@ -114,16 +106,7 @@ impl WireWindow {
         alignment: u8,
         phase_ms: u64,
     ) -> Result<Window, WireWindowError> {
-        let unit = match unit {
-            0 => Unit::Second,
-            1 => Unit::Minute,
-            2 => Unit::Hour,
-            3 => Unit::Day,
-            4 => Unit::Week,
-            5 => Unit::Month,
-            6 => Unit::Year,
-            other => return Err(WireWindowError::Unit(other)),
-        };
+        let unit = Unit::from_code(unit).ok_or(WireWindowError::Unit(unit))?;
         let not_canonical = WireWindowError::Phase {
             alignment,
             phase_ms,
