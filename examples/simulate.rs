@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use bifrost_cluster::counter::Window;
 use bifrost_cluster::membership::MemberState;
-use bifrost_cluster::sim::{NetOptions, NodeTraffic, SimOptions, Simulation};
+use bifrost_cluster::sim::{NetOptions, NetStats, NodeTraffic, SimOptions, Simulation};
 
 struct Args {
     nodes: usize,
@@ -204,22 +204,26 @@ fn main() {
         (mean, max)
     };
     let kinds_after = sim.net_stats();
-    let by_kind: serde_json::Map<String, serde_json::Value> = kinds_after
-        .sent_by_kind_named()
-        .into_iter()
-        .map(|(name, total)| {
-            let earlier = kinds_before
-                .sent_by_kind_named()
-                .into_iter()
-                .find(|&(n, _)| n == name)
-                .map_or(0, |(_, v)| v);
-            let rate = (total - earlier) as f64 / seconds / sim.len() as f64;
-            (
-                name.to_string(),
-                serde_json::json!((rate * 10.0).round() / 10.0),
-            )
-        })
-        .collect();
+    // Per node per virtual second, by frame kind, of what the load phase sent.
+    let rate_by_kind = |named: fn(&NetStats) -> Vec<(&'static str, u64)>| {
+        let earlier = named(&kinds_before);
+        named(&kinds_after)
+            .into_iter()
+            .map(|(name, total)| {
+                let before = earlier
+                    .iter()
+                    .find(|&&(n, _)| n == name)
+                    .map_or(0, |&(_, v)| v);
+                let rate = (total - before) as f64 / seconds / sim.len() as f64;
+                (
+                    name.to_string(),
+                    serde_json::json!((rate * 10.0).round() / 10.0),
+                )
+            })
+            .collect::<serde_json::Map<String, serde_json::Value>>()
+    };
+    let by_kind = rate_by_kind(NetStats::sent_by_kind_named);
+    let bytes_by_kind = rate_by_kind(NetStats::bytes_sent_by_kind_named);
     let frames_sent = per_node(|t| t.frames_sent);
     let bytes_sent = per_node(|t| t.bytes_sent);
     let frames_received = per_node(|t| t.frames_received);
@@ -260,6 +264,7 @@ fn main() {
                 "bytes_received": { "mean": bytes_received.0, "max": bytes_received.1 },
             },
             "frames_sent_per_node_per_s_by_kind": by_kind,
+            "bytes_sent_per_node_per_s_by_kind": bytes_by_kind,
             "links_per_node": report.links_per_node,
             "visibility_ms": report.visibility_ms,
             "probes_pending": report.probes_pending,
@@ -295,6 +300,10 @@ fn main() {
         println!(
             "frames sent per node per virtual second, by kind: {}",
             serde_json::Value::Object(by_kind)
+        );
+        println!(
+            "bytes sent per node per virtual second, by kind: {}",
+            serde_json::Value::Object(bytes_by_kind)
         );
         println!("links per node {:.1}", report.links_per_node.mean);
         println!(

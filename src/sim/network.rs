@@ -62,6 +62,9 @@ pub struct NetStats {
     /// Frames sent, by the kind byte of their header (`wire::Kind`; 0 for anything unknown).
     #[serde(skip)]
     pub sent_by_kind: [u64; 17],
+    /// Bytes sent, by the kind byte of their header, as `sent_by_kind`.
+    #[serde(skip)]
+    pub bytes_sent_by_kind: [u64; 17],
 }
 
 impl NetStats {
@@ -74,36 +77,47 @@ impl NetStats {
             0
         };
         self.sent_by_kind[slot] += 1;
+        self.bytes_sent_by_kind[slot] += frame.len() as u64;
     }
 
     /// Frames sent per kind, named (kinds with none left out).
     pub fn sent_by_kind_named(&self) -> Vec<(&'static str, u64)> {
-        const NAMES: [&str; 17] = [
-            "unknown",
-            "hello",
-            "delta_batch",
-            "digest",
-            "state_request",
-            "state_chunk",
-            "data_ping",
-            "data_pong",
-            "config_entries",
-            "config_digest",
-            "node_health",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "membership",
-        ];
-        NAMES
-            .iter()
-            .zip(self.sent_by_kind)
-            .filter(|&(_, n)| n > 0)
-            .map(|(&name, n)| (name, n))
-            .collect()
+        named(&self.sent_by_kind)
     }
+
+    /// Bytes sent per kind, named (kinds with none left out).
+    pub fn bytes_sent_by_kind_named(&self) -> Vec<(&'static str, u64)> {
+        named(&self.bytes_sent_by_kind)
+    }
+}
+
+/// The non-zero slots of a per-kind table, by kind name.
+fn named(by_kind: &[u64; 17]) -> Vec<(&'static str, u64)> {
+    const NAMES: [&str; 17] = [
+        "unknown",
+        "hello",
+        "delta_batch",
+        "digest",
+        "state_request",
+        "state_chunk",
+        "data_ping",
+        "data_pong",
+        "config_entries",
+        "config_digest",
+        "node_health",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "membership",
+    ];
+    NAMES
+        .iter()
+        .zip(*by_kind)
+        .filter(|&(_, n)| n > 0)
+        .map(|(&name, n)| (name, n))
+        .collect()
 }
 
 /// When a frame of `bytes` sent at `now_ms` arrives, and how many copies (0: lost), given the link
