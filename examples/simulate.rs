@@ -5,8 +5,8 @@
 //! ```
 //!
 //! Phases, all in virtual time: the nodes start and join (until every node sees every other alive); then
-//! `--seconds` of load (one increment of one hot key per node every `--increment-ms`, and a visibility probe
-//! every 500 ms); then the load stops and the run checks that every node holds the exact totals; then one node
+//! `--seconds` of load (one increment of one hot key per node every `--increment-ms`, with `--own-keys` also one
+//! of a key of the node's own, and a visibility probe every 500 ms); then the load stops and the run checks that every node holds the exact totals; then one node
 //! is killed and the run measures until every other node marks it down. It prints per-node frames and bytes sent
 //! and received per virtual second of the load phase, increment-to-visible-everywhere p50/p99/max, the
 //! detection time, the exactness check, the false downs under load (once per virtual second, every running node
@@ -28,6 +28,7 @@ struct Args {
     increment_ms: u64,
     loss: f64,
     full_mesh_below: Option<usize>,
+    own_keys: bool,
     json: bool,
 }
 
@@ -39,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         increment_ms: 100,
         loss: 0.0,
         full_mesh_below: None,
+        own_keys: false,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -78,10 +80,11 @@ fn parse_args() -> Result<Args, String> {
                 )
             }
             "--json" => args.json = true,
+            "--own-keys" => args.own_keys = true,
             "--help" | "-h" => {
                 return Err(
                     "usage: simulate [--nodes N] [--seconds S] [--seed SEED] [--increment-ms MS] \
-                            [--loss P] [--full-mesh-below N] [--json]"
+                            [--loss P] [--full-mesh-below N] [--own-keys] [--json]"
                         .to_string(),
                 );
             }
@@ -182,6 +185,12 @@ fn main() {
                 eprintln!("add failed: {error}");
                 std::process::exit(1);
             }
+            if args.own_keys
+                && let Err(error) = sim.add(i as usize, &format!("own-{i}"), hot, 1)
+            {
+                eprintln!("add failed: {error}");
+                std::process::exit(1);
+            }
             if at >= next_probe {
                 let last = n - 1;
                 let node = sim.rng().range(0, last) as usize;
@@ -254,6 +263,7 @@ fn main() {
             "seed": args.seed,
             "seconds": args.seconds,
             "increment_ms": args.increment_ms,
+            "own_keys": args.own_keys,
             "loss": args.loss,
             "full_mesh_below": config_full_mesh_below(&args),
             "join_ms": join_ms,
@@ -284,8 +294,16 @@ fn main() {
         println!("{out:#}");
     } else {
         println!(
-            "nodes {} seed {} ({} s of load, one increment per node every {} ms)",
-            args.nodes, args.seed, args.seconds, args.increment_ms
+            "nodes {} seed {} ({} s of load, one increment per node every {} ms{})",
+            args.nodes,
+            args.seed,
+            args.seconds,
+            args.increment_ms,
+            if args.own_keys {
+                " of the hot key and of its own key"
+            } else {
+                ""
+            }
         );
         println!("joined after {join_ms:?} ms");
         println!(

@@ -5,26 +5,33 @@
 //! publisher of group `g` sends, per key and epoch, the sum over the members of `g` of the values it holds for
 //! them: its own and the per-origin values merged from its group peers. Each of those is a max-merged per-origin
 //! value, at most that origin's true count, so an aggregate never exceeds the group's exact total. A receiver
-//! keeps, per (scheme, group, epoch), the largest aggregate it has heard.
+//! keeps, per (scheme, group, epoch), the largest aggregate it has heard. A publisher of `g` also sends its group
+//! peers a *rest* aggregate: what it counts for every replica outside `g` (the sum of its other-group terms, or
+//! the largest rest it heard, whichever is larger), a lower bound of their exact total; a member keeps the
+//! largest rest it has heard for its own group.
 //!
 //! Guarantees, for one key and epoch, where V is the exact sum of every remote origin's count (remote: every
 //! replica but this one) and no reset happens:
-//! - [`GroupSums::estimate`] ≤ V at all times. Per scheme, the estimate is the sum over its groups of
-//!   `max(direct, aggregate)`, where `direct` is the sum of the per-origin values held here for the group's
-//!   origins; each term is at most that group's exact total and the groups of one scheme are disjoint, so the
-//!   sum is at most V. The estimate of a scheme pushed out by a newer one is kept as a frozen lower bound (V
-//!   only grows).
+//! - [`GroupSums::estimate`] ≤ V at all times. Per scheme, the estimate is `own + max(others, rest)`: `own` the
+//!   per-origin values held for the own group's other members, `others` the sum over the other groups of
+//!   `max(direct, aggregate)` (`direct` the per-origin values held for the group's origins), `rest` the largest
+//!   rest aggregate of the own group. Each group term is at most that group's exact total and the groups of one
+//!   scheme are disjoint, so `others` is at most the exact total outside the own group; `rest` is a max of such
+//!   lower bounds; so the sum is at most V. The estimate of a scheme pushed out by a newer one is kept as a frozen
+//!   lower bound (V only grows).
 //! - It never falls while no floor is merged (a pushed-out scheme leaves its estimate behind), and never below
 //!   the plain per-origin sum (every term is at least its `direct`), so turning aggregation
 //!   on, or a group count change, never lowers a count.
 //! - It equals V once, for some scheme, every remote member of this node's own group has delivered its values
-//!   here and every other group has sent one aggregate from a publisher that had seen all of its members'
-//!   values. Which publisher, how many of them, in which order and how often does not matter: the max of
-//!   several aggregates of one group never double counts, since they are alternatives, not addends.
-//! - Aggregates of this node's own group are not counted: its members' values arrive per origin, and the
-//!   aggregate includes this node's own value, which the cell counts in its value words.
+//!   here and either every other group has sent one aggregate from a publisher that had seen all of its members'
+//!   values, or one rest aggregate arrived from a publisher of the own group that had heard all that. Which
+//!   publisher, how many of them, in which order and how often does not matter: the max of several aggregates of
+//!   one group (or of several rests) never double counts, since they are alternatives, not addends.
+//! - Group aggregates of this node's own group are not counted: its members' values arrive per origin, and the
+//!   aggregate includes this node's own value, which the cell counts in its value words. Nor are rest aggregates
+//!   of another group (they include this node's group).
 //! - Memory is bounded: at most [`MAX_SCHEMES`] schemes per epoch, each with at most `groups` ≤ [`MAX_GROUPS`]
-//!   terms.
+//!   terms and one rest.
 
 use std::collections::HashMap;
 
@@ -50,19 +57,47 @@ pub fn group_of(replica: u64, groups: u32) -> u32 {
     (z % u64::from(groups)) as u32
 }
 
-/// Names one group of one scheme; on the wire, the `origin` of an `OriginKind::Aggregate` group.
+/// Names what an aggregate sums, in one scheme; on the wire, the `origin` of an `OriginKind::Aggregate` group.
+///
+/// Two kinds: a **group** aggregate ([`AggregateId::new`]) sums the members of one group, sent by one of them
+/// (a publisher) to the publishers of the other groups; a **rest** aggregate ([`AggregateId::rest`]) sums every
+/// replica *outside* one group, as a publisher of that group sees them (the max of its other-group terms), sent to
+/// its own group peers. A member then hears all other groups as one entry per key instead of one per group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AggregateId {
     groups: u32,
     group: u32,
+    rest: bool,
 }
+
+/// The bit of an id's low word that marks a rest aggregate (group numbers stay below [`MAX_GROUPS`]).
+const REST_BIT: u32 = 1 << 31;
 
 impl AggregateId {
     /// Group `group` of a scheme of `groups` groups; `None` unless `2 ≤ groups ≤ MAX_GROUPS` and
     /// `group < groups`.
     pub fn new(groups: u32, group: u32) -> Option<AggregateId> {
-        ((2..=MAX_GROUPS).contains(&groups) && group < groups)
-            .then_some(AggregateId { groups, group })
+        ((2..=MAX_GROUPS).contains(&groups) && group < groups).then_some(AggregateId {
+            groups,
+            group,
+            rest: false,
+        })
+    }
+
+    /// Every replica outside group `group` of a scheme of `groups` groups (the same bounds as
+    /// [`AggregateId::new`]).
+    pub fn rest(groups: u32, group: u32) -> Option<AggregateId> {
+        AggregateId::new(groups, group).map(AggregateId::rest_of_group)
+    }
+
+    /// The rest aggregate of this id's group: every replica outside it.
+    pub fn rest_of_group(self) -> AggregateId {
+        AggregateId { rest: true, ..self }
+    }
+
+    /// Whether this id names the replicas outside its group (a rest aggregate) rather than its group's members.
+    pub fn is_rest(self) -> bool {
+        self.rest
     }
 
     /// The scheme's group count.
@@ -75,21 +110,38 @@ impl AggregateId {
         self.group
     }
 
-    /// The wire form: the group count in the high 32 bits, the group in the low 32.
+    /// The wire form: the group count in the high 32 bits, the group in the low 32, whose top bit marks a rest
+    /// aggregate.
     pub fn to_wire(self) -> u64 {
-        (u64::from(self.groups) << 32) | u64::from(self.group)
+        let low = if self.rest {
+            self.group | REST_BIT
+        } else {
+            self.group
+        };
+        (u64::from(self.groups) << 32) | u64::from(low)
     }
 
     /// Reads the wire form; `None` for an id no valid scheme has (network input: never trusted).
     pub fn from_wire(id: u64) -> Option<AggregateId> {
         let groups = u32::try_from(id >> 32).ok()?;
         // The low 32 bits, by construction in range.
-        let group = (id & u64::from(u32::MAX)) as u32;
-        AggregateId::new(groups, group)
+        let low = (id & u64::from(u32::MAX)) as u32;
+        let group = AggregateId::new(groups, low & !REST_BIT)?;
+        Some(if low & REST_BIT != 0 {
+            group.rest_of_group()
+        } else {
+            group
+        })
     }
 
-    /// Whether `replica` belongs to this group.
+    /// Whether `replica` is summed by this id: a member of the group, or for a rest aggregate a replica outside
+    /// it.
     pub fn contains(self, replica: u64) -> bool {
+        (group_of(replica, self.groups) == self.group) != self.rest
+    }
+
+    /// Whether `replica` belongs to this id's group (for either kind).
+    pub fn in_group(self, replica: u64) -> bool {
         group_of(replica, self.groups) == self.group
     }
 }
@@ -103,6 +155,8 @@ pub enum AggregateOutcome {
     Unchanged,
     /// The aggregate names this node's own group, whose members' values arrive per origin: ignored.
     OwnGroup,
+    /// A rest aggregate of another group than this node's: it includes this node's own group, so it is ignored.
+    ForeignRest,
 }
 
 /// One group's term in a scheme.
@@ -131,20 +185,36 @@ struct Scheme {
     /// This replica's group in the scheme.
     own_group: u32,
     terms: HashMap<u32, Term>,
-    /// Σ of every term's counted value, kept up to date on every change.
-    estimate: u128,
+    /// The own group's counted value (its `direct`), kept up to date on every change.
+    own: u128,
+    /// Σ of every other group's counted value, kept up to date on every change.
+    others: u128,
+    /// The largest rest aggregate heard for the own group (a lower bound of every other group's exact total
+    /// together).
+    rest: u64,
 }
 
 impl Scheme {
-    /// Applies `change` to group `group`'s term, keeping the estimate.
+    /// Applies `change` to group `group`'s term, keeping the sums.
     fn update(&mut self, group: u32, change: impl FnOnce(&mut Term)) {
         let own = group == self.own_group;
         let term = self.terms.entry(group).or_default();
         let before = term.counted(own);
         change(term);
         let after = term.counted(own);
-        // `estimate` includes `before`: no underflow.
-        self.estimate = self.estimate - before + after;
+        let sum = if own { &mut self.own } else { &mut self.others };
+        // `sum` includes `before`: no underflow.
+        *sum = *sum - before + after;
+    }
+
+    /// What this scheme counts for the other groups: the larger of their terms' sum and the rest aggregate.
+    fn outside(&self) -> u128 {
+        self.others.max(u128::from(self.rest))
+    }
+
+    /// The remote count this scheme gives: the own group's other members plus everything outside it.
+    fn estimate(&self) -> u128 {
+        self.own + self.outside()
     }
 }
 
@@ -162,8 +232,17 @@ impl GroupSums {
     pub(crate) fn estimate(&self, plain: u128) -> u128 {
         self.schemes
             .iter()
-            .map(|s| s.estimate)
+            .map(Scheme::estimate)
             .fold(plain.max(self.retired), u128::max)
+    }
+
+    /// What a publisher sends as the rest aggregate of its group under `groups` groups: the larger of its other
+    /// groups' terms and the rest aggregates heard from its group peers (0 before any aggregate of the scheme).
+    pub(crate) fn rest_total(&self, groups: u32) -> u128 {
+        self.schemes
+            .iter()
+            .find(|s| s.groups == groups)
+            .map_or(0, Scheme::outside)
     }
 
     /// Remote origin `origin`'s contribution changed from `before` to `after` (a merge raised it, a floor
@@ -181,7 +260,8 @@ impl GroupSums {
     /// Merges `value`, an aggregate of `id`, as seen by replica `own_replica` (this node). A scheme seen for the
     /// first time is built from `contributions`, every remote origin's contribution held here for the epoch
     /// (called only then); if that makes more than [`MAX_SCHEMES`], the oldest is pushed out and its estimate
-    /// kept as a lower bound.
+    /// kept as a lower bound. A group aggregate of this node's own group, and a rest aggregate of any other
+    /// group, are ignored (both would count this node's own group twice).
     pub(crate) fn merge<I>(
         &mut self,
         own_replica: u64,
@@ -192,7 +272,11 @@ impl GroupSums {
     where
         I: IntoIterator<Item = (u64, u64)>,
     {
-        if id.contains(own_replica) {
+        let own_group = id.in_group(own_replica);
+        if id.is_rest() && !own_group {
+            return AggregateOutcome::ForeignRest;
+        }
+        if !id.is_rest() && own_group {
             return AggregateOutcome::OwnGroup;
         }
         let index = match self.schemes.iter().position(|s| s.groups == id.groups) {
@@ -203,13 +287,15 @@ impl GroupSums {
                 }
                 if self.schemes.len() >= MAX_SCHEMES {
                     let oldest = self.schemes.remove(0);
-                    self.retired = self.retired.max(oldest.estimate);
+                    self.retired = self.retired.max(oldest.estimate());
                 }
                 let mut scheme = Scheme {
                     groups: id.groups,
                     own_group: group_of(own_replica, id.groups),
                     terms: HashMap::new(),
-                    estimate: 0,
+                    own: 0,
+                    others: 0,
+                    rest: 0,
                 };
                 for (origin, contribution) in contributions() {
                     let group = group_of(origin, id.groups);
@@ -220,6 +306,13 @@ impl GroupSums {
             }
         };
         let scheme = &mut self.schemes[index];
+        if id.is_rest() {
+            if value <= scheme.rest {
+                return AggregateOutcome::Unchanged;
+            }
+            scheme.rest = value;
+            return AggregateOutcome::Raised;
+        }
         if scheme
             .terms
             .get(&id.group)
@@ -235,9 +328,11 @@ impl GroupSums {
     /// The largest aggregate held for `id` (0 when none).
     #[cfg(test)]
     pub(crate) fn aggregate(&self, id: AggregateId) -> u64 {
-        self.schemes
-            .iter()
-            .find(|s| s.groups == id.groups)
+        let scheme = self.schemes.iter().find(|s| s.groups == id.groups);
+        if id.is_rest() {
+            return scheme.map_or(0, |s| s.rest);
+        }
+        scheme
             .and_then(|s| s.terms.get(&id.group))
             .map_or(0, |t| t.aggregate)
     }
@@ -258,6 +353,59 @@ mod tests {
         assert_eq!(AggregateId::new(MAX_GROUPS + 1, 0), None);
         assert_eq!(AggregateId::from_wire(u64::MAX), None);
         assert_eq!(AggregateId::from_wire(7), None, "a group count of 0");
+        let rest = AggregateId::rest(32, 7).expect("valid");
+        assert!(rest.is_rest() && !id.is_rest());
+        assert_ne!(rest.to_wire(), id.to_wire());
+        assert_eq!(AggregateId::from_wire(rest.to_wire()), Some(rest));
+        assert_eq!(AggregateId::rest(32, 32), None);
+        let member = (0..).find(|&r| group_of(r, 32) == 7).expect("a member");
+        assert!(id.contains(member) && !rest.contains(member) && rest.in_group(member));
+    }
+
+    #[test]
+    fn a_rest_counts_for_every_other_group_and_only_in_its_own_group() {
+        let me = 1;
+        let groups = 4;
+        let own = group_of(me, groups);
+        let mut sums = GroupSums::default();
+        let foreign = AggregateId::rest(groups, (own + 1) % groups).expect("valid");
+        assert_eq!(
+            sums.merge(me, foreign, 50, Vec::new),
+            AggregateOutcome::ForeignRest
+        );
+        assert_eq!(sums.estimate(0), 0);
+        let rest = AggregateId::rest(groups, own).expect("valid");
+        let peer = (2..)
+            .find(|&r| group_of(r, groups) == own)
+            .expect("a group peer");
+        let outsider = (2..)
+            .find(|&r| group_of(r, groups) != own)
+            .expect("an outsider");
+        assert_eq!(
+            sums.merge(me, rest, 30, || vec![(peer, 5), (outsider, 10)]),
+            AggregateOutcome::Raised
+        );
+        assert_eq!(
+            sums.estimate(15),
+            35,
+            "own group 5 + max(others 10, rest 30)"
+        );
+        assert_eq!(sums.rest_total(groups), 30);
+        let outsiders = AggregateId::new(groups, group_of(outsider, groups)).expect("valid");
+        assert_eq!(
+            sums.merge(me, outsiders, 40, Vec::new),
+            AggregateOutcome::Raised
+        );
+        assert_eq!(
+            sums.estimate(15),
+            45,
+            "the other groups' terms now above the rest"
+        );
+        assert_eq!(sums.rest_total(groups), 40);
+        assert_eq!(
+            sums.merge(me, rest, 29, Vec::new),
+            AggregateOutcome::Unchanged
+        );
     }
 
     #[test]
@@ -326,6 +474,14 @@ mod tests {
             seen: u64,
             scheme: usize,
         },
+        /// A member `p` of some group sends the rest aggregate of its group, having seen a subset (bit mask) of
+        /// the current values outside it, under scheme index `s`; the receiver hears it (and must ignore it
+        /// unless `p` is in its own group).
+        Rest {
+            publisher: usize,
+            seen: u64,
+            scheme: usize,
+        },
         /// A stale copy of an earlier aggregate arrives again (reordering, duplication).
         Replay(usize),
     }
@@ -339,6 +495,13 @@ mod tests {
             (0..REPLICAS).prop_map(Step::Direct),
             (0..REPLICAS, any::<u64>(), 0..SCHEMES.len()).prop_map(|(publisher, seen, scheme)| {
                 Step::Publish {
+                    publisher,
+                    seen,
+                    scheme,
+                }
+            }),
+            (0..REPLICAS, any::<u64>(), 0..SCHEMES.len()).prop_map(|(publisher, seen, scheme)| {
+                Step::Rest {
                     publisher,
                     seen,
                     scheme,
@@ -414,6 +577,19 @@ mod tests {
             self.deliver(id, value);
         }
 
+        /// Publisher `p` under `groups` groups sums what it has seen outside its group.
+        fn rest(&mut self, p: usize, seen: u64, groups: u32) {
+            let group = group_of(World::replica(p), groups);
+            let id = AggregateId::rest(groups, group).expect("valid scheme");
+            let value: u64 = (0..REPLICAS)
+                .filter(|&r| group_of(World::replica(r), groups) != group)
+                .filter(|&r| seen & (1 << r) != 0)
+                .map(|r| self.counts[r])
+                .sum();
+            self.sent.push((id, value));
+            self.deliver(id, value);
+        }
+
         fn estimate(&self) -> u128 {
             self.sums.estimate(self.plain())
         }
@@ -423,14 +599,16 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         /// Never above the exact remote count, never below the plain per-origin sum, never falling (no resets
-        /// here), whatever the publishers saw,
+        /// here), whatever the publishers saw (group aggregates and rest aggregates of any group mixed),
         /// whichever died (never published again), in any order and through scheme changes; and exact once the
-        /// own group's values and one complete aggregate of every other group of the current scheme arrived.
+        /// own group's values and either one complete aggregate of every other group of the current scheme or one
+        /// complete rest aggregate of the own group arrived.
         #[test]
         fn the_estimate_is_a_lower_bound_and_exact_after_quiescence(
             me in 0..REPLICAS,
             steps in proptest::collection::vec(step(), 0..200),
             last_scheme in 0..SCHEMES.len(),
+            by_rest: bool,
         ) {
             let mut world = World::new(me);
             let mut previous = 0;
@@ -440,6 +618,9 @@ mod tests {
                     Step::Direct(r) => world.direct(r),
                     Step::Publish { publisher, seen, scheme } => {
                         world.publish(publisher, seen, SCHEMES[scheme]);
+                    }
+                    Step::Rest { publisher, seen, scheme } => {
+                        world.rest(publisher, seen, SCHEMES[scheme]);
                     }
                     Step::Replay(i) => {
                         if let Some(&(id, value)) = world.sent.get(i) {
@@ -462,11 +643,19 @@ mod tests {
                     world.direct(r);
                 }
             }
-            let mut published = std::collections::BTreeSet::new();
-            for r in 0..REPLICAS {
-                let group = group_of(World::replica(r), groups);
-                if group != own && published.insert(group) {
-                    world.publish(r, u64::MAX, groups);
+            if by_rest {
+                // One member of the own group (this node itself when it is alone in it) sends a complete rest.
+                let member = (0..REPLICAS)
+                    .find(|&r| group_of(World::replica(r), groups) == own)
+                    .expect("the receiver is in its group");
+                world.rest(member, u64::MAX, groups);
+            } else {
+                let mut published = std::collections::BTreeSet::new();
+                for r in 0..REPLICAS {
+                    let group = group_of(World::replica(r), groups);
+                    if group != own && published.insert(group) {
+                        world.publish(r, u64::MAX, groups);
+                    }
                 }
             }
             prop_assert_eq!(world.estimate(), world.exact_remote());

@@ -1083,10 +1083,11 @@ impl Cell {
         MergeOutcome::Raised
     }
 
-    /// Merges `value`, an aggregate of group `id` for `epoch` (large-cluster mode), as seen by `own_replica`
-    /// (this node): the largest aggregate per group is kept, and the remote count the hot path reads becomes
-    /// the estimate of `aggregate::GroupSums` (never above the exact remote count, never below the per-origin
-    /// sum). An aggregate of this node's own group changes nothing.
+    /// Merges `value`, the aggregate `id` for `epoch` (large-cluster mode: a group's members, or everyone outside
+    /// the node's own group), as seen by `own_replica` (this node): the largest aggregate per id is kept, and the
+    /// remote count the hot path reads becomes the estimate of `aggregate::GroupSums` (never above the exact
+    /// remote count, never below the per-origin sum). A group aggregate of this node's own group, or a rest
+    /// aggregate of another group, changes nothing.
     pub(crate) fn merge_aggregate(
         &self,
         own_replica: u64,
@@ -1119,7 +1120,9 @@ impl Cell {
                 self.publish_remote(i, generation, position.counted());
                 MergeOutcome::Raised
             }
-            AggregateOutcome::Unchanged | AggregateOutcome::OwnGroup => MergeOutcome::Unchanged,
+            AggregateOutcome::Unchanged
+            | AggregateOutcome::OwnGroup
+            | AggregateOutcome::ForeignRest => MergeOutcome::Unchanged,
         }
     }
 
@@ -1145,6 +1148,21 @@ impl Cell {
             0
         };
         u64::try_from(remote + u128::from(own)).unwrap_or(u64::MAX)
+    }
+
+    /// What a publisher sends for `epoch` as the rest aggregate `id` of its own group (`id.is_rest()`): what it
+    /// counts for every replica outside the group under `id`'s group count (see `aggregate::GroupSums`), 0 before
+    /// it has heard any aggregate of that count.
+    pub(crate) fn rest_total(&self, id: AggregateId, epoch: u64) -> u64 {
+        let table = self.table();
+        if self.generation_if_present(epoch).is_none() {
+            return 0;
+        }
+        let rest = table
+            .held(epoch)
+            .and_then(|position| position.grouped.as_deref())
+            .map_or(0, |sums| sums.rest_total(id.groups()));
+        u64::try_from(rest).unwrap_or(u64::MAX)
     }
 
     /// Raises the floor of remote `origin` in `epoch` to `floor`, but never above the value held for it here (so

@@ -959,10 +959,11 @@ impl CounterStore {
         self.merge(origin, key, window, epoch, value, false)
     }
 
-    /// Merges `value`, the aggregate of replica group `id` for `(key, window, epoch)` (the large-cluster mode):
-    /// the largest aggregate per group is kept, and the key's remote count becomes their estimate (never above
-    /// the exact sum of the other replicas' counts, never below the per-origin sum; see `counter::aggregate`).
-    /// An aggregate of this replica's own group is ignored ([`MergeOutcome::Unchanged`]); a value for a window
+    /// Merges `value`, the aggregate `id` for `(key, window, epoch)` (the large-cluster mode: a group's members,
+    /// or everyone outside a group): the largest aggregate per id is kept, and the key's remote count becomes
+    /// their estimate (never above the exact sum of the other replicas' counts, never below the per-origin sum;
+    /// see `counter::aggregate`). A group aggregate of this replica's own group, and a rest aggregate of another
+    /// group, are ignored ([`MergeOutcome::Unchanged`]); a value for a window
     /// that has not started here is dropped as in [`CounterStore::merge_remote`].
     pub fn merge_aggregate(
         &self,
@@ -984,6 +985,13 @@ impl CounterStore {
         self.existing(key, window).map_or(0, |cell| {
             cell.group_total(self.shared.options.replica_id, id, epoch)
         })
+    }
+
+    /// What a publisher sends for `(key, window, epoch)` as the rest aggregate `id` of its group: what it counts
+    /// for every replica outside the group (see `counter::aggregate`). 0 for an unknown key.
+    pub fn rest_total(&self, id: AggregateId, key: &str, window: Window, epoch: u64) -> u64 {
+        self.existing(key, window)
+            .map_or(0, |cell| cell.rest_total(id, epoch))
     }
 
     fn merge(

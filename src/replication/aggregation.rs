@@ -6,12 +6,16 @@
 //! - A publisher publishes, at the next flush, the group total of every key whose own-group values changed
 //!   (its own changes and values merged from group peers), and every anti-entropy interval the totals of every
 //!   key its group holds (so a lost datagram or a new partner is repaired within one interval).
-//! - An aggregate from another group's publisher is relayed to every group peer at the next flush, whatever
-//!   its merge did (a duplicate relay is harmless, and a group peer that missed one gets the next).
-//! - Both queues are bounded by `max_cells_per_flush` entries per flush: what does not fit waits (publishing) or
-//!   is dropped and counted (relays; the publisher's periodic refresh brings it again).
+//! - A publisher that merges an aggregate from another group's publisher sends every group peer, at the next
+//!   aggregate interval, the rest aggregate of that key (what it counts for every replica outside its group),
+//!   whatever the merge did (a duplicate is harmless, and a group peer that missed one gets the next). Keys are
+//!   coalesced: one entry per key and interval, however many groups changed.
+//! - Both queues hold keys, at most one entry per `(key, window, epoch)`, and are drained by at most
+//!   `max_cells_per_flush` entries per interval: what does not fit waits. The rest queue is also bounded by
+//!   `max_cells_per_flush` keys: a key beyond it is dropped and counted (the other groups' publishers' periodic
+//!   refresh brings it again).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::counter::{AggregateId, CounterStore, Window};
@@ -28,10 +32,10 @@ pub(crate) struct Aggregation {
     topology: Option<Topology>,
     /// Keys whose group total changed since the last publish (publishers only).
     publish: BTreeSet<KeyEpoch>,
-    /// Aggregates of other groups to relay to the group peers: `(aggregate id on the wire, entry)`.
-    relay: VecDeque<(u64, Entry)>,
-    /// A full relay queue was logged (once).
-    relay_cap_logged: bool,
+    /// Keys whose rest aggregate is due for the group peers (publishers only).
+    rest: BTreeSet<KeyEpoch>,
+    /// A full rest queue was logged (once).
+    rest_cap_logged: bool,
 }
 
 impl Aggregation {
@@ -61,8 +65,8 @@ impl Aggregation {
         if now.is_none() {
             self.publish.clear();
         }
-        if !matches!(topology.layout(), Layout::Grouped { .. }) {
-            self.relay.clear();
+        if !topology.sends_rests() {
+            self.rest.clear();
         }
         self.topology = Some(topology);
         now.is_some() && now != was
@@ -128,34 +132,37 @@ impl Aggregation {
                 .is_some_and(|t| t.accepts_aggregate(sender, id))
     }
 
-    /// An accepted aggregate arrived from `sender`: queued for the group peers when it came from outside the
-    /// group. Returns false when the relay queue is full (`cap` entries) and it was dropped.
+    /// An accepted aggregate `id` of `(key, window, epoch)` was merged: a group aggregate makes the key's rest
+    /// due for the group peers when this node sends rests. Returns false when the rest queue is full (`cap`
+    /// keys) and the key was dropped.
     pub(crate) fn arrived(
         &mut self,
-        sender: u64,
         id: AggregateId,
-        entry: Entry,
+        key: &str,
+        window: Window,
+        epoch: u64,
         cap: usize,
     ) -> bool {
-        let Some(t) = self.topology.as_ref() else {
-            return true;
-        };
-        if !t.relays_from(sender) || t.delta_peers().is_empty() {
+        if id.is_rest() || !self.topology.as_ref().is_some_and(Topology::sends_rests) {
             return true;
         }
-        if self.relay.len() >= cap {
-            if !self.relay_cap_logged {
-                self.relay_cap_logged = true;
+        let due = (Arc::<str>::from(key), window, epoch);
+        if self.rest.contains(&due) {
+            return true;
+        }
+        if self.rest.len() >= cap {
+            if !self.rest_cap_logged {
+                self.rest_cap_logged = true;
                 tracing::warn!(
                     cap,
-                    "aggregate relay queue full (replication.max_cells_per_flush entries): further relays are \
-                     dropped until the next flush; publishers' refresh brings them again (logged once; counted \
+                    "aggregate rest queue full (replication.max_cells_per_flush keys): further keys are dropped \
+                     until the next interval; the other groups' refresh brings them again (logged once; counted \
                      in aggregates_dropped)"
                 );
             }
             return false;
         }
-        self.relay.push_back((id.to_wire(), entry));
+        self.rest.insert(due);
         true
     }
 
@@ -185,9 +192,34 @@ impl Aggregation {
         (!entries.is_empty()).then(|| (group.to_wire(), entries))
     }
 
-    /// Up to `max` relays due, oldest first.
-    pub(crate) fn take_relays(&mut self, max: usize) -> Vec<(u64, Entry)> {
-        let n = self.relay.len().min(max);
-        self.relay.drain(..n).collect()
+    /// Up to `max` rest aggregates due, as wire entries of this node's group's rest (empty unless it sends
+    /// rests).
+    pub(crate) fn take_rests(
+        &mut self,
+        store: &CounterStore,
+        max: usize,
+    ) -> Option<(u64, Vec<Entry>)> {
+        let rest = self
+            .topology
+            .as_ref()
+            .filter(|t| t.sends_rests())
+            .and_then(Topology::own_group)?
+            .rest_of_group();
+        let mut entries = Vec::new();
+        while entries.len() < max {
+            let Some((key, window, epoch)) = self.rest.pop_first() else {
+                break;
+            };
+            let value = store.rest_total(rest, &key, window, epoch);
+            if value > 0 {
+                entries.push(Entry {
+                    key: key.to_string(),
+                    window: WireWindow::from(window),
+                    epoch,
+                    value,
+                });
+            }
+        }
+        (!entries.is_empty()).then(|| (rest.to_wire(), entries))
     }
 }

@@ -33,9 +33,10 @@
 //!   trip, so the membership plane can count a member healthy only while its replication path works. One
 //!   check per peer is outstanding at a time; one unanswered for `check_timeout_ms` is counted and replaced.
 //! - Large clusters ([`Replicator::set_topology`] with a grouped [`Topology`]): own values go to group peers
-//!   only, a publisher sends its group's totals to one partner per other group, partners relay them to their
-//!   group, digests go to group peers; aggregates are accepted only from a member of the group they sum or a
-//!   group peer relaying them (see `aggregation` and `counter::aggregate`). Without one, the full mesh.
+//!   only, a publisher sends its group's totals to the publishers of every other group and its group peers one
+//!   rest aggregate per key (everything outside the group), digests go to group peers; a group aggregate is
+//!   accepted only from a member of the group it sums, a rest only from a member of this node's own group (see
+//!   `aggregation` and `counter::aggregate`). Without one, the full mesh.
 //! - Errors caused by network input never panic: a bad frame is dropped whole and counted.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -124,9 +125,9 @@ pub struct ReplicatorOptions {
     /// origins that no longer hold values here stop counting at the next anti-entropy round. Default
     /// [`DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER`] (`limits.max_relayed_origins_per_peer`). 0 refuses every relay.
     pub max_relayed_origins_per_peer: usize,
-    /// Large clusters: how often a publisher sends its group's changed totals and a relay forwards the
-    /// aggregates it received, in ms. Default 10 (two flushes): each member then hears every other group a few
-    /// times per interval, not once per flush per relay. Must be ≥ 1.
+    /// Large clusters: how often a publisher sends its group's changed totals to its partners and the rests of
+    /// the keys other groups changed to its group peers, in ms. Default 10 (two flushes): changes are coalesced
+    /// per key over the interval. Must be ≥ 1.
     pub aggregate_interval_ms: u64,
 }
 
@@ -252,7 +253,7 @@ enum Timer {
     Flush,
     /// Send a digest to one random peer.
     AntiEntropy,
-    /// Publish changed group totals and relay received aggregates (grouped layouts only).
+    /// Publish changed group totals and the rests they change (grouped layouts only).
     Aggregates,
 }
 
@@ -283,7 +284,7 @@ pub struct Replicator {
     next_nonce: u64,
     stats: ReplicationStats,
     drained: Vec<DirtyEntry>,
-    /// Two-level aggregation: the topology, what to publish and what to relay.
+    /// Two-level aggregation: the topology, what to publish and which rests to send.
     aggregation: Aggregation,
 }
 
@@ -457,8 +458,9 @@ impl Replicator {
 
     /// The layout the node runtime computed from membership (see [`Topology`]). Until one is set, and while it
     /// is the full mesh, every peer gets every value and aggregates are refused. Grouped: own values go to the
-    /// group peers only, a publisher publishes its group's totals to its partners, aggregates from other groups
-    /// are relayed to the group peers, and anti-entropy runs among group peers. A node that starts publishing
+    /// group peers only, a publisher publishes its group's totals to its partners (every other group's
+    /// publishers) and the rest aggregates of the keys they change to its group peers, and anti-entropy runs among
+    /// group peers. A node that starts publishing
     /// publishes every key its group holds at the next flush.
     pub fn set_topology(&mut self, topology: Topology) {
         if self.aggregation.set_topology(topology) {
@@ -646,8 +648,8 @@ impl Replicator {
         }
     }
 
-    /// Grouped layouts: sends the changed totals of this node's group to its partners (if it publishes) and the
-    /// aggregates received from other groups to its group peers, each as few batches as fit.
+    /// Grouped layouts: sends the changed totals of this node's group to its partners and the rests of the keys
+    /// other groups changed to its group peers (if it publishes), each as few batches as fit.
     fn send_aggregates(&mut self, now_ms: u64) {
         if self.peers.is_empty() || !self.aggregation.grouped() {
             return;
@@ -659,20 +661,14 @@ impl Replicator {
             .map(|p| p.max_datagram)
             .min()
             .unwrap_or(self.options.max_batch_bytes);
-        let relays = self.aggregation.take_relays(max);
+        let rests = self.aggregation.take_rests(&self.store, max);
         let published = self.aggregation.take_publish(&self.store, max);
-        let streams = [
-            (Targets::Deltas, relays),
-            (
-                Targets::Partners,
-                published
-                    .map(|(id, entries)| entries.into_iter().map(|e| (id, e)).collect())
-                    .unwrap_or_default(),
-            ),
-        ];
-        for (targets, entries) in streams {
+        for (targets, batch) in [(Targets::Deltas, rests), (Targets::Partners, published)] {
+            let Some((id, entries)) = batch else {
+                continue;
+            };
             let mut packer = BatchPacker::new(budget);
-            for (id, entry) in entries {
+            for entry in entries {
                 if let Some(groups) = packer.push_kind(id, OriginKind::Aggregate, entry) {
                     self.send_batch(groups, now_ms, targets);
                 }
@@ -1164,13 +1160,7 @@ impl Replicator {
                     continue;
                 }
             }
-            let owned = Entry {
-                key: key.to_string(),
-                window: WireWindow::from(window),
-                epoch,
-                value,
-            };
-            if !self.aggregation.arrived(sender, id, owned, cap) {
+            if !self.aggregation.arrived(id, key, window, epoch, cap) {
                 self.stats.aggregates_dropped += 1;
             }
         }

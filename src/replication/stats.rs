@@ -45,8 +45,8 @@ pub struct ReplicationStats {
     pub floors_dropped: u64,
     /// Floors sent (resets broadcast and anti-entropy repairs; one per floor and peer).
     pub floors_sent: u64,
-    /// Aggregate entries sent (large-cluster mode): published to partners and relayed to group peers, one per
-    /// entry and peer.
+    /// Aggregate entries sent (large-cluster mode): group totals published to partners and rests sent to group
+    /// peers, one per entry and peer.
     pub aggregates_sent: u64,
     /// Aggregate entries that raised what this node held for their group.
     pub aggregates_merged: u64,
@@ -54,7 +54,8 @@ pub struct ReplicationStats {
     /// group nor is a group peer relaying it (also counted in the peer's `forged_entries`). Without a grouped
     /// topology aggregates are ignored (`entries_ignored`).
     pub aggregates_refused: u64,
-    /// Aggregates not relayed because the relay queue was full (the publishers' refresh brings them again).
+    /// Keys whose rest was not queued because the rest queue was full (the other groups' refresh brings them
+    /// again).
     pub aggregates_dropped: u64,
     /// Frames dropped because they failed to decode.
     pub decode_errors: u64,

@@ -13,12 +13,13 @@
 //!   change is safe at any time because aggregates of different group counts are never added together (see
 //!   `counter::aggregate`).
 //! - Each group has `publishers_per_group` publishers (fewer when the group is smaller), chosen by rendezvous
-//!   hashing, so a member's departure moves only the roles it held. Each publisher sends its group's aggregate to
-//!   one partner in every other group, one of that group's publishers (rendezvous again), which relays it to its
-//!   group: a member hears every other group through its own group's publishers, a few frames per interval.
+//!   hashing, so a member's departure moves only the roles it held. The publishers of all groups are each
+//!   other's partners: each sends its group's aggregate to every publisher of every other group, so every
+//!   publisher hears every group, and sends its own group peers one rest aggregate per key (everything outside
+//!   the group): a member hears all other groups as one entry per key and publisher, whatever N.
 //! - [`Topology::links`] is everything a node must be linked with: its group peers, plus, for a publisher, its
-//!   partners and the publishers whose partner it is. For N members that is about √N for most nodes and about
-//!   3·√N for the `k` publishers of each group, not N − 1.
+//!   partners. For N members that is about √N for most nodes and about (1 + k)·√N for the `k` publishers of
+//!   each group, not N − 1.
 //! - Building costs O(N log N) and happens only when membership changes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -115,11 +116,6 @@ fn publisher_seed(id: AggregateId) -> u64 {
     id.to_wire().wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// The seed that ranks the members of `group` as partners of `publisher`.
-fn partner_seed(publisher: u64, group: u32) -> u64 {
-    publisher.wrapping_mul(0xA24B_AED4_963E_E407) ^ u64::from(group)
-}
-
 /// What one node does in a layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -132,10 +128,9 @@ pub struct Topology {
     own_group: Option<AggregateId>,
     /// Grouped: the publishers of every group.
     publishers: BTreeMap<u32, Vec<u64>>,
-    /// Grouped and publishing: this node's partner in every other group.
-    partners: BTreeMap<u32, u64>,
-    /// Grouped: publishers of other groups whose partner in this node's group is this node.
-    sources: BTreeSet<u64>,
+    /// Grouped and publishing: the publishers of every other group (they send this node their groups'
+    /// aggregates and get its own).
+    partners: BTreeSet<u64>,
 }
 
 impl Topology {
@@ -160,8 +155,7 @@ impl Topology {
                     delta_peers,
                     own_group: None,
                     publishers: BTreeMap::new(),
-                    partners: BTreeMap::new(),
-                    sources: BTreeSet::new(),
+                    partners: BTreeSet::new(),
                 };
             }
             Layout::Grouped { groups } => groups,
@@ -185,32 +179,19 @@ impl Topology {
             })
             .collect();
         let own = group_of(me, groups);
-        // A publisher's partner in another group is one of that group's publishers, which relay what they
-        // receive to their group: each member then hears every other group from its own group's publishers.
-        let partner_in = |publisher: u64, group: u32| -> Option<u64> {
-            let seed = partner_seed(publisher, group);
-            publishers
-                .get(&group)?
-                .iter()
-                .copied()
-                .max_by_key(|&m| (score(seed, m), m))
-        };
+        // Every publisher of every other group: each must hear every group for the rest it sends its own group
+        // to be complete (a single partner per group would leave each publisher a part of the groups, and a
+        // member keeps the larger rest, not a combination of them).
         let publishes = publishers.get(&own).is_some_and(|p| p.contains(&me));
         let partners = if publishes {
-            by_group
-                .keys()
-                .filter(|&&g| g != own)
-                .filter_map(|&g| Some((g, partner_in(me, g)?)))
+            publishers
+                .iter()
+                .filter(|&(&g, _)| g != own)
+                .flat_map(|(_, ps)| ps.iter().copied())
                 .collect()
         } else {
-            BTreeMap::new()
+            BTreeSet::new()
         };
-        let sources = publishers
-            .iter()
-            .filter(|&(&g, _)| g != own)
-            .flat_map(|(_, ps)| ps.iter().copied())
-            .filter(|&p| partner_in(p, own) == Some(me))
-            .collect();
         let delta_peers = by_group
             .get(&own)
             .map(|ms| ms.iter().copied().filter(|&m| m != me).collect())
@@ -222,7 +203,6 @@ impl Topology {
             own_group: id_of(own),
             publishers,
             partners,
-            sources,
         }
     }
 
@@ -256,21 +236,16 @@ impl Topology {
         self.publishers.get(&group).map_or(&[], Vec::as_slice)
     }
 
-    /// Where this node's aggregates go: its partner in every other group (empty unless it publishes).
+    /// Where this node's aggregates go, and whose it hears: the publishers of every other group (empty unless it
+    /// publishes).
     pub fn partners(&self) -> impl Iterator<Item = u64> + '_ {
-        self.partners.values().copied()
-    }
-
-    /// Publishers of other groups that send their aggregates to this node, which relays them to its group.
-    pub fn sources(&self) -> &BTreeSet<u64> {
-        &self.sources
+        self.partners.iter().copied()
     }
 
     /// Every member this node must be linked with.
     pub fn links(&self) -> BTreeSet<u64> {
         let mut links = self.delta_peers.clone();
         links.extend(self.partners());
-        links.extend(self.sources.iter().copied());
         links
     }
 
@@ -279,23 +254,26 @@ impl Topology {
     pub fn needs_link(&self, replica: u64) -> bool {
         self.layout == Layout::FullMesh
             || self.delta_peers.contains(&replica)
-            || self.sources.contains(&replica)
-            || self.partners.values().any(|&p| p == replica)
+            || self.partners.contains(&replica)
     }
 
-    /// Whether an aggregate of `id` from the link of replica `sender` is accepted: the sender must belong to the
-    /// group it sums (a publisher speaks only for its own group) or be one of this node's group peers (a relay).
-    /// Aggregates of this node's own group are never needed (its values arrive per origin).
+    /// Whether an aggregate of `id` from the link of replica `sender` is accepted. A group aggregate: from a
+    /// member of the group it sums (a publisher speaks only for its own group), never of this node's own group
+    /// (its values arrive per origin). A rest aggregate: of this node's own group, from another member of it
+    /// (a publisher speaks for the rest of the cluster to its own group only). Membership is judged under the
+    /// id's group count, so aggregates sent just before a change of the count are still taken.
     pub fn accepts_aggregate(&self, sender: u64, id: AggregateId) -> bool {
-        !id.contains(self.me)
-            && (id.contains(sender)
-                || (self.own_group.is_some() && self.delta_peers.contains(&sender)))
+        if id.is_rest() {
+            sender != self.me && id.in_group(self.me) && id.in_group(sender)
+        } else {
+            !id.in_group(self.me) && id.in_group(sender)
+        }
     }
 
-    /// Whether an aggregate of `id` that arrived from `sender` must be relayed to this node's group peers: it
-    /// came from another group's publisher, not from a group peer (who relays it itself).
-    pub fn relays_from(&self, sender: u64) -> bool {
-        self.own_group.is_some() && !self.delta_peers.contains(&sender)
+    /// Whether this node sends its group peers rest aggregates: it publishes (it hears every other group from
+    /// their publishers) and has group peers.
+    pub fn sends_rests(&self) -> bool {
+        self.is_publisher() && !self.delta_peers.is_empty()
     }
 }
 
@@ -386,14 +364,11 @@ mod tests {
                     let same = group_of(m, groups) == own && m != t.me();
                     assert_eq!(t.delta_peers().contains(&m), same);
                 }
-                // A publisher has one partner in every other non-empty group, and that partner counts it as a
-                // source; nobody else names it.
+                // A publisher's partners are the publishers of the other groups, and it is theirs.
                 for p in t.partners() {
-                    assert!(by_id[&p].sources().contains(&t.me()));
+                    assert!(by_id[&p].partners().any(|q| q == t.me()));
                     assert!(!t.delta_peers().contains(&p));
-                }
-                for &s in t.sources() {
-                    assert!(by_id[&s].partners().any(|p| p == t.me()));
+                    assert!(by_id[&p].is_publisher());
                 }
                 let needed = t.links();
                 for &m in &members {
@@ -410,8 +385,13 @@ mod tests {
             for &g in &occupied {
                 let publishers = topologies[0].publishers(g);
                 assert!(!publishers.is_empty());
+                let others: usize = occupied
+                    .iter()
+                    .filter(|&&h| h != g)
+                    .map(|&h| topologies[0].publishers(h).len())
+                    .sum();
                 for &p in publishers {
-                    assert_eq!(by_id[&p].partners().count(), occupied.len() - 1);
+                    assert_eq!(by_id[&p].partners().count(), others);
                 }
             }
             let mean = links as f64 / n as f64;
@@ -424,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn aggregates_are_accepted_from_their_group_or_a_relay_only() {
+    fn aggregates_are_accepted_from_their_group_or_a_group_peer_only() {
         let members = cluster(100);
         let t = Topology::new(
             members[0],
@@ -454,13 +434,25 @@ mod tests {
             !t.accepts_aggregate(stranger, third),
             "a stranger speaking for another group"
         );
-        assert!(t.accepts_aggregate(mate, third), "a group peer relaying");
+        assert!(
+            !t.accepts_aggregate(mate, third),
+            "a group peer speaking for another group"
+        );
         assert!(
             !t.accepts_aggregate(mate, own),
             "our own group comes per origin"
         );
-        assert!(t.relays_from(stranger));
-        assert!(!t.relays_from(mate));
+        let own_rest = own.rest_of_group();
+        assert!(t.accepts_aggregate(mate, own_rest), "a group peer's rest");
+        assert!(
+            !t.accepts_aggregate(stranger, own_rest),
+            "only the group speaks for the rest to it"
+        );
+        assert!(
+            !t.accepts_aggregate(stranger, strangers_group.rest_of_group()),
+            "another group's rest counts this node's group"
+        );
+        assert!(!t.accepts_aggregate(t.me(), own_rest), "not from itself");
     }
 
     proptest! {

@@ -6,8 +6,9 @@
 //! - A batch groups entries by origin replica. A direct batch has one group whose origin is the sender (a
 //!   receiver refuses any other: origins are bound to their sender's authenticated replica id). State chunks may
 //!   also relay other origins (departed replicas, members the receiver has no link to yet) and carry floors
-//!   (`OriginKind::Floor`, set by resets). Aggregated entries (`OriginKind::Aggregate`) are reserved for the
-//!   large-cluster step and refused until relaying is restricted to the members entitled to it.
+//!   (`OriginKind::Floor`, set by resets). Aggregated entries (`OriginKind::Aggregate`, large clusters) name
+//!   what they sum with `counter::AggregateId::to_wire` (a group, or everything outside one) and are accepted
+//!   only from the members entitled to send them (`replication::Topology::accepts_aggregate`).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -164,8 +165,9 @@ pub struct Entry {
 pub enum OriginKind {
     /// A replica's own values (merged per origin with max).
     Replica,
-    /// An aggregate of several replicas, named by an aggregate id (reserved for the large-cluster step;
-    /// receivers of protocols 2 and 3 ignore these groups).
+    /// An aggregate of several replicas, named by an aggregate id (`counter::AggregateId`, large clusters: a
+    /// group's members, or with bit 31 of the low word every replica outside the group); a receiver without a
+    /// grouped layout ignores these groups.
     Aggregate,
     /// Floors of replica `origin` (protocol 3): each entry's `value` is the origin's value at a reset, which
     /// receivers subtract from its contribution (max-merged, never above the origin's value). Carried by state
