@@ -292,6 +292,7 @@ impl Cluster {
             ours: hello::own_hello(node_id.as_str(), replica_id, advertised.addr),
             trust: trust_mode,
             timeout: hello_timeout,
+            refused: Arc::default(),
         };
         let mut tasks = vec![link_tasks::spawn_acceptor(
             Arc::clone(&transport),

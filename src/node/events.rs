@@ -6,6 +6,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::hello::PeerHello;
+use super::machine::link_layer::DialError;
+use crate::replication::Channel;
 use crate::state::{StateError, Timestamp};
 use crate::transport::Link;
 
@@ -19,16 +21,16 @@ pub(crate) enum Event {
         dialed_addr: Option<SocketAddr>,
         link_nonce: u64,
     },
-    /// A dial ended without a link. `self_link`: the address is this node itself.
-    DialFailed {
-        addr: SocketAddr,
-        error: String,
-        self_link: bool,
-    },
+    /// A dial ended without a link.
+    DialFailed { addr: SocketAddr, error: DialError },
     /// A link closed.
     PeerDown { link_id: usize },
     /// A frame arrived on a link.
-    Frame { link_id: usize, bytes: Bytes },
+    Frame {
+        link_id: usize,
+        bytes: Bytes,
+        channel: Channel,
+    },
     /// Sending a frame on a stream of a link failed.
     StreamFailed { link_id: usize, error: String },
     /// The discovery loop found these join targets (filtered; this node excluded).

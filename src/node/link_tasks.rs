@@ -6,9 +6,11 @@
 //! - Every dial is a one-shot task that reports either `PeerUp` or `DialFailed`, so the driver always learns
 //!   how a dial ended.
 //! - A stream frame is read whole, up to [`MAX_FRAME_BYTES`]; a larger one is dropped and logged.
+//! - [`send`] never drops a frame for its size: a datagram the link cannot take goes on a stream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +19,9 @@ use tokio::task::JoinHandle;
 
 use super::events::Event;
 use super::hello::{self, HelloError};
-use crate::transport::{Link, Transport, TrustMode};
+use super::machine::link_layer::DialError;
+use crate::replication::Channel;
+use crate::transport::{FailureKind, Link, LinkError, Transport, TrustMode};
 use crate::wire::{Hello, MAX_FRAME_BYTES};
 
 /// What every dial and accept needs to run the `Hello` exchange.
@@ -26,6 +30,8 @@ pub(crate) struct HelloSetup {
     pub(crate) ours: Hello,
     pub(crate) trust: TrustMode,
     pub(crate) timeout: Duration,
+    /// Hellos refused for the peer's identity (invalid, or a node id that is not its certificate's).
+    pub(crate) refused: Arc<AtomicU64>,
 }
 
 /// Accepts links until the transport closes, runs the exchange on each, and hands them to the driver.
@@ -51,6 +57,10 @@ pub(crate) fn spawn_acceptor(
                             .await;
                     }
                     Err(error) => {
+                        if identity_refusal(&error) {
+                            // Relaxed: a counter, ordering nothing.
+                            setup.refused.fetch_add(1, Ordering::Relaxed);
+                        }
                         tracing::warn!(address = %link.remote_address(), %error, "refused a link from a peer");
                         link.close("hello refused");
                     }
@@ -84,12 +94,23 @@ pub(crate) fn spawn_dial(
                         } else {
                             "hello refused"
                         };
+                        let failure = hello_failure(&link, &error);
+                        if identity_refusal(&error) {
+                            // Relaxed: a counter, ordering nothing.
+                            setup.refused.fetch_add(1, Ordering::Relaxed);
+                        }
                         link.close(reason);
-                        Err((error.to_string(), matches!(error, HelloError::SelfLink)))
+                        Err(failure)
                     }
                 }
             }
-            Err(error) => Err((error.to_string(), false)),
+            Err(error) => Err(match error.failure_kind() {
+                Some(FailureKind::BadCertificate | FailureKind::Handshake) => {
+                    DialError::Refused(error.to_string())
+                }
+                Some(FailureKind::Timeout) => DialError::Timeout(error.to_string()),
+                _ => DialError::Failed(error.to_string()),
+            }),
         };
         let event = match outcome {
             Ok((link, hello)) => Event::PeerUp {
@@ -98,14 +119,37 @@ pub(crate) fn spawn_dial(
                 dialed_addr: Some(addr),
                 link_nonce,
             },
-            Err((error, self_link)) => Event::DialFailed {
-                addr,
-                error,
-                self_link,
-            },
+            Err(error) => Event::DialFailed { addr, error },
         };
         let _ = events.send(event).await;
     });
+}
+
+/// A hello refused because of who the peer claims to be (not an I/O failure, not ourselves).
+fn identity_refusal(error: &HelloError) -> bool {
+    matches!(
+        error,
+        HelloError::IdentityMismatch { .. } | HelloError::Invalid(_)
+    )
+}
+
+/// What a failed hello on a dialed link means for the dial. With TLS 1.3 the server checks our certificate
+/// after our handshake is done, so a server that distrusts us shows up here: as the stream failing because the
+/// connection was closed with a certificate alert.
+fn hello_failure(link: &Link, error: &HelloError) -> DialError {
+    match error {
+        HelloError::SelfLink => DialError::SelfLink,
+        HelloError::IdentityMismatch { .. } | HelloError::Invalid(_) => {
+            DialError::Refused(error.to_string())
+        }
+        HelloError::Io(_) => match link.close_reason() {
+            Some(LinkError::ConnectionLost {
+                kind: FailureKind::BadCertificate | FailureKind::Handshake,
+                ..
+            }) => DialError::Refused(error.to_string()),
+            _ => DialError::Failed(error.to_string()),
+        },
+    }
 }
 
 /// A process-wide dial counter: the fallback nonce when the OS random generator fails.
@@ -119,6 +163,29 @@ fn link_counter() -> u64 {
 /// cannot make tasks and frames pile up without bound. Far above what a healthy link has in flight (a state
 /// transfer is a few chunks of 256 KiB; checks and health records one each per second).
 pub(crate) const MAX_STREAM_SENDS_PER_LINK: usize = 1_024;
+
+/// Sends `frame` on `link` as `channel` asks: a datagram as one QUIC datagram when the link takes it now, and
+/// otherwise (too large for the current path MTU, or no datagrams on this link) on a stream, as a stream frame
+/// always is. The driver and [`super::QuicLinks`] both send through here.
+pub(crate) fn send(
+    link: &Link,
+    channel: Channel,
+    frame: Bytes,
+    events: &mpsc::Sender<Event>,
+    permits: &Arc<tokio::sync::Semaphore>,
+) {
+    if channel == Channel::Datagram {
+        match link.send_datagram(frame.clone()) {
+            Ok(()) => return,
+            Err(LinkError::DatagramTooLarge { .. } | LinkError::DatagramsUnsupported { .. }) => {}
+            Err(error) => {
+                tracing::debug!(%error, "datagram not sent (link closing)");
+                return;
+            }
+        }
+    }
+    spawn_stream_send(link.clone(), frame, events.clone(), permits);
+}
 
 /// Sends `frame` on a new stream of `link`, in the background, holding one of the link's `permits` until done;
 /// a failure (or no permit left) is reported as `StreamFailed`, and what is lost is repaired by anti-entropy.
@@ -194,7 +261,12 @@ pub(crate) fn spawn_readers(link: &Link, events: mpsc::Sender<Event>) -> Vec<Joi
         let (link, events) = (link.clone(), events.clone());
         tokio::spawn(async move {
             while let Ok(bytes) = link.read_datagram().await {
-                if events.send(Event::Frame { link_id, bytes }).await.is_err() {
+                let frame = Event::Frame {
+                    link_id,
+                    bytes,
+                    channel: Channel::Datagram,
+                };
+                if events.send(frame).await.is_err() {
                     return;
                 }
             }
@@ -213,6 +285,7 @@ pub(crate) fn spawn_readers(link: &Link, events: mpsc::Sender<Event>) -> Vec<Joi
                                 .send(Event::Frame {
                                     link_id,
                                     bytes: Bytes::from(bytes),
+                                    channel: Channel::Stream,
                                 })
                                 .await;
                         }

@@ -54,6 +54,7 @@ mod link_tasks;
 pub(crate) mod machine;
 pub(crate) mod options;
 mod persistence;
+mod quic_links;
 mod shared_view;
 mod system_clock;
 
@@ -62,5 +63,7 @@ pub use discovery_loop::DiscoveryMethodStats;
 pub use driver::{NodeStatus, PeerInfo};
 pub use error::NodeError;
 pub use hello::{HelloError, PeerHello};
+pub use machine::link_layer;
 pub use persistence::StorageStatus;
+pub use quic_links::QuicLinks;
 pub use system_clock::{SystemClock, TICK};

@@ -16,20 +16,26 @@
 //!   processing; datagrams to them are lost, stream frames wait) and restart with a new replica id at the same
 //!   address, with an empty store.
 //!
+//! - Links follow the link-layer contract ([`crate::node::link_layer`]); [`SimEndpoint`] exposes one bare
+//!   endpoint of this network through it, for the conformance suite that also runs against quinn.
+//!
 //! What is not simulated: TLS and the hello exchange (a link is up at both ends 1.5 round trips after the
-//! dial; the hello's identity is the node's own), path MTU changes, and the process probe (CPU and memory read
-//! 0).
+//! dial; the hello's identity is the node's own; a dial between two trust domains, which only
+//! [`SimEndpoint`]s can be in, is refused after one round trip), path MTU changes, and the process probe (CPU
+//! and memory read 0).
 
+mod endpoint;
 mod network;
 mod report;
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use self::endpoint::SimEndpoint;
 pub use self::network::{NetOptions, NetStats};
 pub use self::report::{NodeTraffic, Percentiles, SimReport, TrafficSummary};
 
@@ -37,6 +43,7 @@ use crate::config::{ClusterConfig, PeerAddr};
 use crate::counter::{Algorithm, CoarseClock, CounterError, CounterStore, Decision, Window};
 use crate::membership::{MemberState, MembershipError, MembershipOptions};
 use crate::node::PeerHello;
+use crate::node::link_layer::{CloseReason, DialError, LinkEvent, travels_on_stream};
 use crate::node::machine::{Action, LinkId, LinkUp, NoProbe, NodeMachine};
 use crate::node::options::{self, MachineIdentity, MachineSeeds, MachineSetup};
 use crate::replication::{Channel, ReplicationStats};
@@ -138,7 +145,12 @@ struct SimNode {
     /// Stream frames that arrived while paused (delivered at resume).
     deferred: Vec<(LinkId, Bytes)>,
     /// Links that closed while paused (reported at resume).
-    deferred_downs: Vec<LinkId>,
+    deferred_downs: Vec<(LinkId, CloseReason)>,
+    /// A bare endpoint ([`SimEndpoint`]) has no machine: what its links report waits here for
+    /// [`SimEndpoint::poll_event`].
+    inbox: Option<VecDeque<LinkEvent>>,
+    /// Handshakes refused for identity (another trust domain), both directions, all lives.
+    refusals: u64,
 }
 
 /// One end of a simulated link.
@@ -171,10 +183,11 @@ enum Ev {
         node: usize,
         incarnation: u32,
         addr: SocketAddr,
-        self_link: bool,
+        error: DialError,
     },
     LinkDown {
         end: LinkId,
+        reason: CloseReason,
     },
     IdleCheck {
         end: LinkId,
@@ -234,6 +247,8 @@ pub struct Simulation {
     queue: BinaryHeap<Scheduled>,
     next_seq: u64,
     groups: Vec<usize>,
+    /// Each node's trust domain (its cluster CA): a dial across domains is refused.
+    trust: Vec<u64>,
     stats: NetStats,
     totals: HashMap<(String, Window), u64>,
     probes: Vec<Probe>,
@@ -260,6 +275,7 @@ impl Simulation {
             queue: BinaryHeap::new(),
             next_seq: 0,
             groups: vec![0; options.nodes],
+            trust: vec![0; options.nodes],
             stats: NetStats::default(),
             totals: HashMap::new(),
             probes: Vec::new(),
@@ -343,6 +359,8 @@ impl Simulation {
             traffic: NodeTraffic::default(),
             deferred: Vec::new(),
             deferred_downs: Vec::new(),
+            inbox: None,
+            refusals: 0,
         })
     }
 
@@ -677,7 +695,8 @@ impl Simulation {
         // The close reaches each peer after the last frame it was sent.
         for link in links {
             if let Some(peer) = self.ends.get(&link).map(|e| e.peer) {
-                self.push(last + 1, Ev::LinkDown { end: peer });
+                let reason = CloseReason::ClosedByPeer("shutdown".to_string());
+                self.push(last + 1, Ev::LinkDown { end: peer, reason });
             }
         }
     }
@@ -692,6 +711,7 @@ impl Simulation {
         let traffic = self.nodes[i].traffic;
         let mut node = self.boot(node_id, addr, incarnation)?;
         node.traffic = traffic;
+        node.refusals = self.nodes[i].refusals;
         self.nodes[i] = node;
         self.push(
             self.now_ms,
@@ -791,34 +811,33 @@ impl Simulation {
                 }
                 let n = &mut self.nodes[node];
                 n.clock.advance_to(self.now_ms);
-                if let Some(machine) = n.machine.as_mut() {
-                    machine.handle_link_up(*up);
-                }
-                self.touch(node);
+                let up = *up;
+                let event = LinkEvent::Up {
+                    link: up.link,
+                    hello: up.hello,
+                    dialed_addr: up.dialed_addr,
+                    link_nonce: up.link_nonce,
+                    remote: up.remote,
+                    max_datagram: up.max_datagram,
+                };
+                self.inform(node, event);
             }
             Ev::DialFailed {
                 node,
                 incarnation,
                 addr,
-                self_link,
+                error,
             } => {
                 if !self.alive(node, incarnation) {
                     return;
                 }
                 self.stats.dials_failed += 1;
-                let now = self.now_ms;
-                let n = &mut self.nodes[node];
-                n.clock.advance_to(now);
-                if let Some(machine) = n.machine.as_mut() {
-                    let error = if self_link { "self" } else { "timed out" };
-                    machine.handle_dial_failed(addr, error.to_string(), self_link, now);
-                }
-                self.touch(node);
+                self.inform(node, LinkEvent::DialFailed { addr, error });
             }
-            Ev::LinkDown { end } => self.close_end(end, "closed by peer"),
+            Ev::LinkDown { end, reason } => self.close_end(end, reason),
             Ev::IdleCheck { end } => {
                 if self.ends.get(&end).is_some_and(|e| e.open) && !self.link_alive(end) {
-                    self.close_end(end, "timeout");
+                    self.close_end(end, CloseReason::TimedOut);
                 }
             }
             Ev::Resume { node, incarnation } => {
@@ -832,12 +851,20 @@ impl Simulation {
                 self.nodes[node].clock.advance_to(now);
                 let downs = std::mem::take(&mut self.nodes[node].deferred_downs);
                 let frames = std::mem::take(&mut self.nodes[node].deferred);
-                if let Some(machine) = self.nodes[node].machine.as_mut() {
-                    for link in downs {
-                        machine.handle_link_down(link, "timeout");
-                    }
-                    for (link, frame) in frames {
-                        machine.handle_frame(link, &frame, now);
+                let downs = downs
+                    .into_iter()
+                    .map(|(link, reason)| LinkEvent::Down { link, reason });
+                let frames = frames.into_iter().map(|(link, frame)| LinkEvent::Frame {
+                    link,
+                    frame,
+                    channel: Channel::Stream,
+                });
+                let n = &mut self.nodes[node];
+                for event in downs.chain(frames) {
+                    if let Some(machine) = n.machine.as_mut() {
+                        machine.handle_link_event(event, now);
+                    } else if let Some(inbox) = n.inbox.as_mut() {
+                        inbox.push_back(event);
                     }
                 }
                 self.touch(node);
@@ -900,6 +927,17 @@ impl Simulation {
         n.clock.advance_to(now);
         if let Some(machine) = n.machine.as_mut() {
             machine.handle_frame(end, &frame, now);
+        } else if let Some(inbox) = n.inbox.as_mut() {
+            let channel = if reliable {
+                Channel::Stream
+            } else {
+                Channel::Datagram
+            };
+            inbox.push_back(LinkEvent::Frame {
+                link: end,
+                frame: frame.clone(),
+                channel,
+            });
         }
         // Only counter frames can make a probe visible; the header is read only while probes wait.
         if !self.probes.is_empty()
@@ -969,7 +1007,7 @@ impl Simulation {
     }
 
     /// Closes `end` and tells its node (now, or at resume when paused).
-    fn close_end(&mut self, end: LinkId, reason: &str) {
+    fn close_end(&mut self, end: LinkId, reason: CloseReason) {
         let Some(e) = self.ends.get_mut(&end) else {
             return;
         };
@@ -984,15 +1022,45 @@ impl Simulation {
         }
         match self.nodes[node].run {
             RunState::Running => {
-                let n = &mut self.nodes[node];
-                n.clock.advance_to(self.now_ms);
-                if let Some(machine) = n.machine.as_mut() {
-                    machine.handle_link_down(end, reason);
-                }
-                self.touch(node);
+                self.inform(node, LinkEvent::Down { link: end, reason });
             }
-            RunState::Paused { .. } => self.nodes[node].deferred_downs.push(end),
+            RunState::Paused { .. } => self.nodes[node].deferred_downs.push((end, reason)),
             RunState::Down => {}
+        }
+    }
+
+    /// Hands a link event to node `i` (running): to its machine, or to a bare endpoint's inbox.
+    fn inform(&mut self, i: usize, event: LinkEvent) {
+        let now = self.now_ms;
+        let n = &mut self.nodes[i];
+        n.clock.advance_to(now);
+        if let Some(machine) = n.machine.as_mut() {
+            machine.handle_link_event(event, now);
+        } else if let Some(inbox) = n.inbox.as_mut() {
+            inbox.push_back(event);
+        }
+        self.touch(i);
+    }
+
+    /// Sends `frame` from node `i` on `link` as the contract says: on a stream when asked or when it does not
+    /// fit a datagram.
+    fn send_on(&mut self, i: usize, link: LinkId, channel: Channel, frame: Bytes) {
+        let reliable = travels_on_stream(channel, frame.len(), Some(self.options.net.max_datagram));
+        self.transmit(i, link, frame, reliable, self.now_ms);
+    }
+
+    /// Closes link end `link` here; its peer learns it, with `reason`, one latency later.
+    fn close_link(&mut self, link: LinkId, reason: &str) {
+        if let Some(e) = self.ends.get_mut(&link)
+            && e.open
+        {
+            e.open = false;
+            self.stats.links_closed += 1;
+            let peer = e.peer;
+            let (lo, hi) = self.options.net.latency_ms;
+            let at = self.now_ms + self.rng.range(lo, hi.max(lo));
+            let reason = CloseReason::ClosedByPeer(reason.to_string());
+            self.push(at, Ev::LinkDown { end: peer, reason });
         }
     }
 
@@ -1019,22 +1087,9 @@ impl Simulation {
                     channel,
                     frame,
                 } => {
-                    let reliable =
-                        channel == Channel::Stream || frame.len() > self.options.net.max_datagram;
-                    self.transmit(i, link, frame, reliable, self.now_ms);
+                    self.send_on(i, link, channel, frame);
                 }
-                Action::Close { link, .. } => {
-                    if let Some(e) = self.ends.get_mut(&link)
-                        && e.open
-                    {
-                        e.open = false;
-                        self.stats.links_closed += 1;
-                        let peer = e.peer;
-                        let (lo, hi) = self.options.net.latency_ms;
-                        let at = self.now_ms + self.rng.range(lo, hi.max(lo));
-                        self.push(at, Ev::LinkDown { end: peer });
-                    }
-                }
+                Action::Close { link, reason } => self.close_link(link, reason),
             }
         }
         let n = &mut self.nodes[i];
@@ -1118,7 +1173,7 @@ impl Simulation {
                     node: i,
                     incarnation,
                     addr,
-                    self_link: true,
+                    error: DialError::SelfLink,
                 },
             );
             return;
@@ -1134,11 +1189,38 @@ impl Simulation {
                     node: i,
                     incarnation,
                     addr,
-                    self_link: false,
+                    error: DialError::Timeout(format!(
+                        "no handshake within {} ms",
+                        self.options.net.connect_timeout_ms
+                    )),
                 },
             );
             return;
         };
+        if self.trust[i] != self.trust[j] {
+            // As a TLS handshake with a certificate of another cluster CA: one round trip, then both ends
+            // refuse (and count it); no link at either end.
+            let (lo, hi) = self.options.net.latency_ms;
+            let at = self.now_ms + 2 * self.rng.range(lo, hi.max(lo));
+            self.nodes[i].refusals += 1;
+            self.nodes[j].refusals += 1;
+            self.stats.dials_refused += 1;
+            let error = DialError::Refused(format!(
+                "{addr}: the peer's certificate is not signed by this cluster's CA (trust domain {} here, {} \
+                 there)",
+                self.trust[i], self.trust[j]
+            ));
+            self.push(
+                at,
+                Ev::DialFailed {
+                    node: i,
+                    incarnation,
+                    addr,
+                    error,
+                },
+            );
+            return;
+        }
         let (ours, theirs) = (self.next_link, self.next_link + 1);
         self.next_link += 2;
         self.ends.insert(

@@ -57,8 +57,10 @@ pub struct NetStats {
     pub links_opened: u64,
     /// Links closed (either end).
     pub links_closed: u64,
-    /// Dials that failed.
+    /// Dials that failed (refused ones included).
     pub dials_failed: u64,
+    /// Dials refused because the two nodes are of different trust domains (cluster CAs).
+    pub dials_refused: u64,
     /// Frames sent, by the kind byte of their header (`wire::Kind`; 0 for anything unknown).
     #[serde(skip)]
     pub sent_by_kind: [u64; 17],

@@ -21,12 +21,13 @@ use tokio::task::JoinHandle;
 
 use super::events::{ConfigCommand, Event};
 use super::link_tasks::{self, HelloSetup};
+use super::machine::link_layer::LinkEvent;
 use super::machine::{Action, LinkId, LinkUp, NodeMachine};
 use super::shared_view::SharedView;
 use crate::counter::CoarseClock;
-use crate::replication::{Channel, PeerStats, ReplicationStats};
+use crate::replication::{PeerStats, ReplicationStats};
 use crate::sync::LockClean;
-use crate::transport::{Link, LinkError, Transport};
+use crate::transport::{Link, Transport};
 
 /// A linked peer, as the node reports it.
 #[derive(Debug, Clone)]
@@ -212,12 +213,10 @@ impl Driver {
                     self.publish_status(true);
                 }
             }
-            Event::DialFailed {
-                addr,
-                error,
-                self_link,
-            } => self.machine.handle_dial_failed(addr, error, self_link, now),
-            Event::Frame { link_id, bytes } => {
+            Event::DialFailed { addr, error } => self
+                .machine
+                .handle_link_event(LinkEvent::DialFailed { addr, error }, now),
+            Event::Frame { link_id, bytes, .. } => {
                 self.machine.handle_frame(link_id as LinkId, &bytes, now)
             }
             Event::StreamFailed { link_id, error } => {
@@ -263,15 +262,13 @@ impl Driver {
                     let Some(live) = self.links.get(&link) else {
                         continue;
                     };
-                    match channel {
-                        Channel::Datagram => send_frame(live, frame, &self.events),
-                        Channel::Stream => link_tasks::spawn_stream_send(
-                            live.link.clone(),
-                            frame,
-                            self.events.clone(),
-                            &live.stream_permits,
-                        ),
-                    }
+                    link_tasks::send(
+                        &live.link,
+                        channel,
+                        frame,
+                        &self.events,
+                        &live.stream_permits,
+                    );
                 }
                 Action::Close { link, reason } => {
                     if let Some(live) = self.links.remove(&link) {
@@ -369,22 +366,5 @@ impl Driver {
             .into_iter()
             .filter_map(|(id, frame)| Some((self.links.get(&id)?.link.clone(), frame)))
             .collect()
-    }
-}
-
-/// Sends one frame on `live` as a datagram, or on a stream when it does not fit one (the path MTU shrank) or
-/// the link takes no datagrams: the frame still goes, reliably.
-fn send_frame(live: &LiveLink, frame: Bytes, events: &mpsc::Sender<Event>) {
-    match live.link.send_datagram(frame.clone()) {
-        Ok(()) => {}
-        Err(LinkError::DatagramTooLarge { .. } | LinkError::DatagramsUnsupported { .. }) => {
-            link_tasks::spawn_stream_send(
-                live.link.clone(),
-                frame,
-                events.clone(),
-                &live.stream_permits,
-            )
-        }
-        Err(error) => tracing::debug!(%error, "datagram not sent (link closing)"),
     }
 }

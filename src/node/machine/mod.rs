@@ -29,6 +29,7 @@
 
 mod dials;
 mod health;
+pub mod link_layer;
 mod links;
 mod plane;
 pub(crate) mod startup;
@@ -394,6 +395,37 @@ impl NodeMachine {
             // The replica id of the authenticated hello binds the origins the peer may send.
             let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
             self.planes_add_peer(link, replica, max);
+        }
+    }
+
+    /// One event of the link layer ([`link_layer::LinkEvent`]), as the driver and the simulator hand it over.
+    pub(crate) fn handle_link_event(&mut self, event: link_layer::LinkEvent, now_ms: u64) {
+        use link_layer::{DialError, LinkEvent};
+        match event {
+            LinkEvent::Up {
+                link,
+                hello,
+                dialed_addr,
+                link_nonce,
+                remote,
+                max_datagram,
+            } => self.handle_link_up(LinkUp {
+                link,
+                hello,
+                dialed_addr,
+                link_nonce,
+                remote,
+                max_datagram,
+            }),
+            LinkEvent::Frame { link, frame, .. } => self.handle_frame(link, &frame, now_ms),
+            LinkEvent::StreamFailed { link, error } => {
+                self.handle_stream_failed(link, &error, now_ms)
+            }
+            LinkEvent::Down { link, reason } => self.handle_link_down(link, &reason.to_string()),
+            LinkEvent::DialFailed { addr, error } => {
+                let self_link = error == DialError::SelfLink;
+                self.handle_dial_failed(addr, error.to_string(), self_link, now_ms)
+            }
         }
     }
 
