@@ -19,6 +19,9 @@
 //!   decide on the difference, so merges stay exact (see `signed`).
 //! - A token bucket ([`Algorithm::TokenBucket`]) reads the ring's per-epoch counts, no state of its own: never more
 //!   than one window's refill over an exact bucket on any span, long-run rate at most the limit (see `bucket`).
+//! - The bounded-overshoot mode ([`CounterStore::acquire_bounded`]) admits only within quota leased by one
+//!   owner per key: the admitted total of a window never passes the limit while the owner is reachable
+//!   (see `lease`).
 //! - Time is read from a [`CoarseClock`] that the owner ticks; this module never reads the system clock.
 
 mod aggregate;
@@ -28,6 +31,7 @@ mod cell;
 mod clock;
 mod epoch_cache;
 mod error;
+mod lease;
 mod limiter;
 mod lookup_cache;
 mod signed;
@@ -41,6 +45,11 @@ pub use cell::{AddOutcome, FloorOutcome, LimitSeen, MAX_CELL_VALUE, MergeOutcome
 pub use clock::{Clock, CoarseClock, ManualClock};
 pub(crate) use epoch_cache::EpochCache;
 pub use error::CounterError;
+pub use lease::{
+    Claim, GRANT_PREFIX, GRANTED_PREFIX, LEASE_HORIZON_MS, LEASE_TICK_MS, LeaseStats, LeaseTick,
+    TopUp, WANT_PREFIX, grant_key, granted_key, is_lease_key, owner_of, parse_want_key, top_up,
+    want_key,
+};
 pub use limiter::{Algorithm, Decision};
 pub use signed::{
     IN_FLIGHT_PREFIX, RELEASED_PREFIX, Released, departed_origin, in_flight_key, is_in_flight,

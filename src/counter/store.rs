@@ -245,15 +245,15 @@ pub use super::cell::AddOutcome as AddResult;
 
 /// Map key: owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct CellKey {
-    key: Arc<str>,
-    window: Window,
+pub(super) struct CellKey {
+    pub(super) key: Arc<str>,
+    pub(super) window: Window,
 }
 
 /// Map key: borrowed, for lookups that allocate nothing. Hashes exactly like [`CellKey`].
-struct KeyRef<'a> {
-    key: &'a str,
-    window: Window,
+pub(super) struct KeyRef<'a> {
+    pub(super) key: &'a str,
+    pub(super) window: Window,
 }
 
 impl Hash for CellKey {
@@ -359,6 +359,8 @@ struct Shared {
     /// Changed cells that found the dirty queue full; drained after it. Each cell is here or in the queue at
     /// most once (its dirty flag guards both).
     dirty_overflow: std::sync::Mutex<Vec<Arc<Cell>>>,
+    /// The bounded-overshoot mode's keys (see `lease`): empty unless it is used.
+    leases: super::lease::LeaseTable,
     options: StoreOptions,
     stats: StoreStats,
 }
@@ -514,6 +516,7 @@ impl CounterStore {
                 // `DIRTY_QUEUE_SLOTS` the overflow list takes them.
                 dirty: ArrayQueue::new((max_keys + max_remote_keys + 64).min(DIRTY_QUEUE_SLOTS)),
                 dirty_overflow: std::sync::Mutex::new(Vec::new()),
+                leases: super::lease::LeaseTable::default(),
                 options: StoreOptions {
                     max_keys,
                     max_remote_keys,
@@ -524,6 +527,11 @@ impl CounterStore {
                 stats: StoreStats::default(),
             }),
         }
+    }
+
+    /// The bounded-overshoot mode's table (see `lease`).
+    pub(super) fn leases(&self) -> &super::lease::LeaseTable {
+        &self.shared.leases
     }
 
     /// The coarse clock the store reads.
@@ -1005,6 +1013,10 @@ impl CounterStore {
     ) -> Result<MergeOutcome, CounterError> {
         if origin == self.shared.options.replica_id {
             return Ok(MergeOutcome::Unchanged);
+        }
+        if key.starts_with(super::lease::WANT_PREFIX) {
+            // A bounded key wanted elsewhere: its owner must know it even without local traffic.
+            self.note_want_key(key, window);
         }
         let max_origins = if capped {
             self.shared.options.max_origins_per_key
@@ -1819,6 +1831,11 @@ impl CounterHandle {
         self.cell
             .local(epoch)
             .saturating_add(self.cell.remote(epoch))
+    }
+
+    /// The merged remote count in `epoch`.
+    pub(crate) fn remote_at(&self, epoch: u64) -> u64 {
+        self.cell.remote(epoch)
     }
 }
 

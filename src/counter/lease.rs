@@ -1,0 +1,703 @@
+//! Bounded-overshoot mode: a node admits only within quota leased to it by one owner per key.
+//!
+//! In the default mode every node decides against `own + last-known remote`, so a cluster passes a limit by
+//! what its nodes admit during the replication lag. In the bounded mode ([`CounterStore::acquire_bounded`],
+//! fixed windows) what the nodes coordinate is *grants*, not counts:
+//! - one **owner** per key, the member with the highest rendezvous score for the key ([`owner_of`]) among the
+//!   active members, hands out quota from `limit − Σ granted`;
+//! - a node asks for quota by raising its **want**, a G-counter `@want/<limit>/<key>` under its own origin:
+//!   its own count plus its recent offered rate × [`LEASE_HORIZON_MS`] (and, within that horizon of the
+//!   window's end, the next window's want, so the next window starts with quota);
+//! - the owner tops wants up ([`top_up`]) on the node's lease tick ([`CounterStore::lease_tick`], run on the
+//!   node's timer beside the flush): each node's grant is a G-counter `@grant/<node>/<key>` that only the
+//!   owner raises, and the owner's running total is `@granted/<key>`. When the wants exceed what is left,
+//!   what is left is split in proportion to the deficits, so chunks shrink near the limit and what a node
+//!   holds unused at the end is at most its share of the last split;
+//! - a node admits a request only when `own count + cost ≤ grant` (one atomic decision on its cell), where its
+//!   grant is the largest value any origin reported for `@grant/<node>/<key>`.
+//!
+//! All of it is ordinary counter keys, replicated and max-merged like any other: no new frame.
+//!
+//! Guarantees:
+//! - **Σ grants ≤ limit** while one owner grants, whatever the order, loss or repetition of merges: a node's
+//!   grant is the max over origins of values only owners write, and an owner never lets its own total
+//!   exceed `limit` (property-tested below).
+//! - A successor owner (the old one declared down or left) starts from `max(heard granted totals, Σ heard
+//!   grants)` and raises each grant from the largest value it heard: Σ grants stays ≤ limit once it has heard
+//!   the predecessor's last total (one value). Grants of the predecessor it had not heard when it granted
+//!   are the most the cluster can pass the limit by (at most one top-up round of the old owner).
+//! - **Admitted ≤ grant** on every node, so the cluster's admitted total per window ≤ Σ grants ≤ limit
+//!   (property-tested below); concurrent acquires on different stripes of one contended cell can add one
+//!   `cost` per stripe, as in [`super::limiter`].
+//! - **Fallback**: while the owner is suspect (membership could not reach it), or no member is known, a node
+//!   decides by the default rule (`own + remote ≤ limit`) and counts it in [`LeaseStats::fallbacks`].
+//! - Sans-IO: time comes in as `now_ms`; the node computes membership and passes it in.
+//!
+//! Not covered: limits that differ between nodes for one key (each limit is its own want key, so each is
+//! granted separately); the grouped layout of large clusters, where per-origin wants and grants of other groups
+//! only travel as aggregates (leases need every node's values to reach the owner and the owner's to reach every
+//! node, as in the full mesh); a split membership in which two members both believe they own a key.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::store::{CellKey, KeyRef, Limit};
+use super::{CounterError, CounterStore, Decision, Window};
+
+/// Prefix of a node's want for a bounded key: `@want/<limit>/<key>`.
+pub const WANT_PREFIX: &str = "@want/";
+/// Prefix of the grant of one node: `@grant/<node replica id, 16 hex digits>/<key>`.
+pub const GRANT_PREFIX: &str = "@grant/";
+/// Prefix of an owner's running total of grants: `@granted/<key>`.
+pub const GRANTED_PREFIX: &str = "@granted/";
+
+/// How far ahead of its own count a node asks for quota, in ms of its recent offered rate. It must cover one
+/// round trip to the owner (flush + latency + the owner's tick + flush + latency), so that quota arrives
+/// before the node runs out; larger values strand more quota at the end of a window. Default 50 ms.
+pub const LEASE_HORIZON_MS: u64 = 50;
+/// How often the lease tick runs (the default flush interval), in ms.
+pub const LEASE_TICK_MS: u64 = 5;
+
+/// The want key of `key` under `limit`.
+pub fn want_key(key: &str, limit: u64) -> String {
+    format!("{WANT_PREFIX}{limit}/{key}")
+}
+
+/// The key of node `node`'s grant of `key`.
+pub fn grant_key(key: &str, node: u64) -> String {
+    format!("{GRANT_PREFIX}{node:016x}/{key}")
+}
+
+/// The key of the owners' running total of grants of `key`.
+pub fn granted_key(key: &str) -> String {
+    format!("{GRANTED_PREFIX}{key}")
+}
+
+/// `(limit, key)` of a want key; `None` for any other key.
+pub fn parse_want_key(want: &str) -> Option<(u64, &str)> {
+    let rest = want.strip_prefix(WANT_PREFIX)?;
+    let (limit, key) = rest.split_once('/')?;
+    Some((limit.parse().ok()?, key))
+}
+
+/// Whether `key` is one of the lease mode's reserved keys.
+pub fn is_lease_key(key: &str) -> bool {
+    key.starts_with(WANT_PREFIX) || key.starts_with(GRANT_PREFIX) || key.starts_with(GRANTED_PREFIX)
+}
+
+/// FNV-1a of the key: the same on every node and every build (the store's hasher is seeded per process).
+fn key_seed(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A rendezvous score (the mixer the topology ranks publishers with): the member with the highest score for a
+/// key owns it, and removing another member never moves the key.
+fn score(seed: u64, member: u64) -> u64 {
+    let mut z = seed ^ member.rotate_left(17) ^ 0xD6E8_FEB8_6659_FD93;
+    z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z ^ (z >> 32)
+}
+
+/// The owner of `key` among `members` (replica ids): the highest rendezvous score; `None` when empty.
+pub fn owner_of(key: &str, members: impl IntoIterator<Item = u64>) -> Option<u64> {
+    let seed = key_seed(key);
+    members.into_iter().max_by_key(|&m| (score(seed, m), m))
+}
+
+/// One node's position as the owner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The node's replica id.
+    pub node: u64,
+    /// The largest grant the owner heard for it (its own included).
+    pub granted: u64,
+    /// The node's want.
+    pub wanted: u64,
+}
+
+/// What the owner grants in one top-up.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopUp {
+    /// `(node, new absolute grant)` for every node whose grant rises.
+    pub grants: Vec<(u64, u64)>,
+    /// The owner's new running total (`≤ limit`, never below the total it started from).
+    pub total: u64,
+}
+
+/// The owner's top-up: from `limit − max(granted_total, Σ claims' grants)`, each node's deficit
+/// (`wanted − granted`) in full when they all fit, else in proportion to the deficits (rounded down, the
+/// remainder one unit at a time in claim order). Σ new grants − Σ old ≤ what was left, so the total stays
+/// `≤ limit`.
+pub fn top_up(limit: u64, granted_total: u64, claims: &[Claim]) -> TopUp {
+    let heard: u64 = claims.iter().fold(0u64, |s, c| s.saturating_add(c.granted));
+    let start = granted_total.max(heard);
+    let available = limit.saturating_sub(start);
+    let deficits: Vec<u64> = claims
+        .iter()
+        .map(|c| c.wanted.saturating_sub(c.granted))
+        .collect();
+    let demand: u128 = deficits.iter().map(|&d| u128::from(d)).sum();
+    if available == 0 || demand == 0 {
+        return TopUp {
+            grants: Vec::new(),
+            total: start,
+        };
+    }
+    let mut given: Vec<u64> = if demand <= u128::from(available) {
+        deficits.clone()
+    } else {
+        deficits
+            .iter()
+            .map(|&d| {
+                // d × available / demand ≤ d: fits in u64.
+                (u128::from(d) * u128::from(available) / demand) as u64
+            })
+            .collect()
+    };
+    let mut left = available - given.iter().sum::<u64>().min(available);
+    for (g, &d) in given.iter_mut().zip(&deficits) {
+        if left == 0 {
+            break;
+        }
+        if *g < d {
+            *g += 1;
+            left -= 1;
+        }
+    }
+    let sum: u64 = given.iter().sum();
+    TopUp {
+        grants: claims
+            .iter()
+            .zip(&given)
+            .filter(|&(_, &g)| g > 0)
+            .map(|(c, &g)| (c.node, c.granted + g))
+            .collect(),
+        total: start + sum,
+    }
+}
+
+/// A node's want: its own count plus `rate_per_ms × horizon_ms` (rounded up), never below what it wanted
+/// before (wants are G-counters).
+pub fn want(previous: u64, own: u64, rate_per_ms: f64, horizon_ms: u64) -> u64 {
+    let ahead = (rate_per_ms.max(0.0) * horizon_ms as f64).ceil() as u64;
+    previous.max(own.saturating_add(ahead))
+}
+
+/// Lease statistics of a store. All monotone.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    /// Bounded acquires decided by the default rule because the key's owner was suspect or unknown.
+    pub fallbacks: AtomicU64,
+    /// Bounded acquires refused because the node's grant was used up.
+    pub refused_by_grant: AtomicU64,
+    /// Top-ups this node made as an owner (one per key and epoch that raised a grant).
+    pub top_ups: AtomicU64,
+}
+
+/// What this node knows of one bounded `(key, window)`.
+#[derive(Debug)]
+pub(crate) struct LeaseState {
+    key: Arc<str>,
+    window: Window,
+    /// The limit (the largest seen: a want key heard or a local acquire).
+    limit: AtomicU64,
+    /// Cost offered here (allowed or not) since the last tick.
+    offered: AtomicU64,
+    /// Set by the tick while the owner is suspect or unknown: decide by the default rule.
+    fallback: AtomicBool,
+    /// Offered here at all (this node asks for quota), not only heard as an owner.
+    local: AtomicBool,
+    /// The tick's own state (only the tick touches it).
+    tick: std::sync::Mutex<TickState>,
+}
+
+#[derive(Debug, Default)]
+struct TickState {
+    /// Offered cost per ms, exponentially weighted.
+    rate_per_ms: f64,
+    last_ms: u64,
+}
+
+/// The bounded keys of a store, by `(key, window)`: a lock-free map, so a bounded acquire never waits.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseTable {
+    states: papaya::HashMap<CellKey, Arc<LeaseState>>,
+    pub(crate) stats: LeaseStats,
+}
+
+impl LeaseTable {
+    fn get_or_insert(&self, key: &str, window: Window, limit: u64) -> Arc<LeaseState> {
+        let map = self.states.pin();
+        if let Some(state) = map.get(&KeyRef { key, window }) {
+            // Relaxed: the limit is advisory for the tick, which reads it later.
+            state.limit.fetch_max(limit, Ordering::Relaxed);
+            return Arc::clone(state);
+        }
+        let key: Arc<str> = Arc::from(key);
+        let state = map.get_or_insert_with(
+            CellKey {
+                key: Arc::clone(&key),
+                window,
+            },
+            || {
+                Arc::new(LeaseState {
+                    key,
+                    window,
+                    limit: AtomicU64::new(limit),
+                    offered: AtomicU64::new(0),
+                    fallback: AtomicBool::new(false),
+                    local: AtomicBool::new(false),
+                    tick: std::sync::Mutex::new(TickState::default()),
+                })
+            },
+        );
+        // Relaxed: as above.
+        state.limit.fetch_max(limit, Ordering::Relaxed);
+        Arc::clone(state)
+    }
+
+    fn all(&self) -> Vec<Arc<LeaseState>> {
+        self.states.pin().values().cloned().collect()
+    }
+}
+
+/// What one lease tick did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseTick {
+    /// Bounded keys this node owns.
+    pub owned: usize,
+    /// Grants raised (per node, key and epoch).
+    pub grants_raised: usize,
+    /// Keys whose owner is suspect or unknown (their acquires use the default rule).
+    pub fallback_keys: usize,
+}
+
+impl CounterStore {
+    /// A fixed-window acquire of `cost` against `limit` in the bounded-overshoot mode (see the module docs):
+    /// allowed when this node's own count + `cost` ≤ its grant of the current window, or by the default rule
+    /// while the key's owner is unreachable. The decision's `used` is the global count this node sees and its
+    /// `limit` is `limit`. Creates the key (and its lease state) if needed.
+    pub fn acquire_bounded(
+        &self,
+        key: &str,
+        window: Window,
+        limit: u64,
+        cost: u64,
+    ) -> Result<Decision, CounterError> {
+        let leases = self.leases();
+        let state = leases.get_or_insert(key, window, limit);
+        // Relaxed: a rate estimate read by the tick; no other memory depends on it.
+        state.offered.fetch_add(cost, Ordering::Relaxed);
+        if !state.local.load(Ordering::Relaxed) {
+            // Relaxed: a flag for the tick only.
+            state.local.store(true, Ordering::Relaxed);
+        }
+        let handle = self.handle(key, window)?;
+        // Acquire: pairs with the tick's Release store, so a fallback decision sees the membership it followed.
+        if state.fallback.load(Ordering::Acquire) {
+            // Relaxed: statistics.
+            leases.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+            return Ok(handle.acquire_limit(
+                super::Algorithm::FixedWindow,
+                Limit::given(limit),
+                cost,
+            ));
+        }
+        let epoch = handle.epoch_now();
+        let grant = self.grant_at(key, window, epoch, self.options().replica_id);
+        // `local + remote' + cost ≤ grant + remote` with remote' ≥ remote (values only grow within an epoch):
+        // never looser than `local + cost ≤ grant`, decided and counted atomically in `epoch`.
+        let remote = handle.remote_at(epoch);
+        let room = grant.saturating_add(remote);
+        let mut decision = handle.acquire_after(epoch, Limit::given(room), 0, cost);
+        if !decision.allowed {
+            // Relaxed: statistics.
+            leases
+                .stats
+                .refused_by_grant
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        decision.limit = limit;
+        decision.remaining = limit.saturating_sub(decision.used);
+        Ok(decision)
+    }
+
+    /// Node `node`'s grant of `(key, window)` in `epoch` as this store knows it: the largest value any origin
+    /// reported (only owners write grants; a successor starts from the largest it heard).
+    pub fn grant_at(&self, key: &str, window: Window, epoch: u64, node: u64) -> u64 {
+        self.max_origin_at(&grant_key(key, node), window, epoch)
+    }
+
+    fn max_origin_at(&self, key: &str, window: Window, epoch: u64) -> u64 {
+        self.origin_counts_at(key, window, epoch)
+            .into_iter()
+            .map(|(_, v)| v)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Lease statistics.
+    pub fn lease_stats(&self) -> &LeaseStats {
+        &self.leases().stats
+    }
+
+    /// Registers a bounded key heard in a merged want key (so its owner can grant it without local traffic).
+    pub(crate) fn note_want_key(&self, want: &str, window: Window) {
+        if let Some((limit, key)) = parse_want_key(want) {
+            self.leases().get_or_insert(key, window, limit);
+        }
+    }
+
+    /// The lease work of one tick at `now_ms`, run by the node on its timer (every [`LEASE_TICK_MS`]):
+    /// `members` are the active members' replica ids, this node's included, each with whether it is suspect.
+    /// As a node: refreshes its offered rate and raises its wants (the next window's too, within
+    /// [`LEASE_HORIZON_MS`] of the end). As the owner of a key: tops up every node's grant ([`top_up`]).
+    pub fn lease_tick(&self, now_ms: u64, members: &[(u64, bool)]) -> LeaseTick {
+        let me = self.options().replica_id;
+        let leases = self.leases();
+        let mut out = LeaseTick::default();
+        for state in leases.all() {
+            let (key, window) = (&*state.key, state.window);
+            // Relaxed: advisory values for this tick (see `LeaseState`).
+            let limit = state.limit.load(Ordering::Relaxed);
+            let owner = owner_of(key, members.iter().map(|&(m, _)| m));
+            let suspect = owner.is_none_or(|o| members.iter().any(|&(m, s)| m == o && s));
+            // Release: pairs with the acquire path's Acquire load.
+            state.fallback.store(suspect, Ordering::Release);
+            out.fallback_keys += usize::from(suspect);
+            let epoch = window.epoch_at(now_ms);
+            let next_soon = window.end_ms(epoch).saturating_sub(now_ms) <= LEASE_HORIZON_MS;
+            if state.local.load(Ordering::Relaxed) {
+                self.raise_wants(&state, now_ms, epoch, next_soon, limit);
+            }
+            if owner == Some(me) {
+                out.owned += 1;
+                for e in [epoch, epoch + 1] {
+                    out.grants_raised += self.grant_epoch(key, window, e, limit);
+                }
+            }
+        }
+        out
+    }
+
+    fn raise_wants(
+        &self,
+        state: &LeaseState,
+        now_ms: u64,
+        epoch: u64,
+        next_soon: bool,
+        limit: u64,
+    ) {
+        use crate::sync::LockClean;
+        let (key, window) = (&*state.key, state.window);
+        let rate = {
+            let mut tick = state.tick.lock_clean();
+            // Relaxed: a rate estimate.
+            let offered = state.offered.swap(0, Ordering::Relaxed);
+            let dt = now_ms.saturating_sub(tick.last_ms);
+            if tick.last_ms != 0 && dt > 0 {
+                let sample = offered as f64 / dt as f64;
+                tick.rate_per_ms = if tick.rate_per_ms == 0.0 {
+                    sample
+                } else {
+                    0.7 * tick.rate_per_ms + 0.3 * sample
+                };
+            }
+            tick.last_ms = now_ms;
+            tick.rate_per_ms
+        };
+        let want = want_key(key, limit);
+        let Ok(want_handle) = self.handle(&want, window) else {
+            return; // the store is full: this node asks nothing (and is granted nothing) until it has room
+        };
+        let own = self.counts_at(key, window, epoch).map_or(0, |(l, _)| l);
+        let before = self.counts_at(&want, window, epoch).map_or(0, |(l, _)| l);
+        let target = self::want(before, own, rate, LEASE_HORIZON_MS);
+        if target > before {
+            want_handle.add_in_epoch(epoch, target - before);
+        }
+        if next_soon {
+            let before = self
+                .counts_at(&want, window, epoch + 1)
+                .map_or(0, |(l, _)| l);
+            let target = self::want(before, 0, rate, LEASE_HORIZON_MS);
+            if target > before {
+                want_handle.add_in_epoch(epoch + 1, target - before);
+            }
+        }
+    }
+
+    /// The owner's top-up of `(key, window)` in `epoch`; returns the grants raised.
+    fn grant_epoch(&self, key: &str, window: Window, epoch: u64, limit: u64) -> usize {
+        let wants = self.origin_counts_at(&want_key(key, limit), window, epoch);
+        if wants.is_empty() {
+            return 0;
+        }
+        let claims: Vec<Claim> = wants
+            .iter()
+            .map(|&(node, wanted)| Claim {
+                node,
+                granted: self.grant_at(key, window, epoch, node),
+                wanted,
+            })
+            .collect();
+        let total_key = granted_key(key);
+        let heard_total = self.max_origin_at(&total_key, window, epoch);
+        let top = top_up(limit, heard_total, &claims);
+        if top.grants.is_empty() {
+            return 0;
+        }
+        // The total first: a node reading a grant has it, and a successor hearing the total bounds every grant.
+        if !self.raise_own(&total_key, window, epoch, top.total) {
+            return 0;
+        }
+        let mut raised = 0;
+        for &(node, grant) in &top.grants {
+            raised += usize::from(self.raise_own(&grant_key(key, node), window, epoch, grant));
+        }
+        // Relaxed: statistics.
+        self.leases().stats.top_ups.fetch_add(1, Ordering::Relaxed);
+        raised
+    }
+
+    /// Raises this replica's own value of `(key, window, epoch)` to `to`; false when the key could not be
+    /// created (store full) or the epoch left the ring.
+    fn raise_own(&self, key: &str, window: Window, epoch: u64, to: u64) -> bool {
+        let Ok(handle) = self.handle(key, window) else {
+            return false;
+        };
+        let own = self.counts_at(key, window, epoch).map_or(0, |(l, _)| l);
+        if to <= own {
+            return true;
+        }
+        handle.add_in_epoch(epoch, to - own) != super::AddOutcome::Stale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counter::{CoarseClock, StoreOptions};
+    use proptest::prelude::*;
+
+    const T0: u64 = 1_795_514_400_000;
+
+    fn store(replica: u64, clock: &Arc<CoarseClock>) -> CounterStore {
+        CounterStore::new(StoreOptions {
+            replica_id: replica,
+            clock: Arc::clone(clock),
+            ..StoreOptions::default()
+        })
+    }
+
+    /// Copies every value of `from` (its own and what it merged) into `to`, as replication would.
+    fn sync(from: &CounterStore, to: &CounterStore) {
+        let me = from.options().replica_id;
+        for e in from.local_snapshot() {
+            to.merge_remote(me, &e.key, e.window, e.epoch, e.value)
+                .unwrap();
+        }
+        for (origin, e) in from.remote_snapshot() {
+            to.merge_remote(origin, &e.key, e.window, e.epoch, e.value)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn want_keys_round_trip_and_owner_is_stable() {
+        assert_eq!(parse_want_key(&want_key("a/b", 10)), Some((10, "a/b")));
+        assert_eq!(parse_want_key("@want/x/k"), None);
+        assert_eq!(parse_want_key("k"), None);
+        assert!(is_lease_key(&grant_key("k", 7)) && !is_lease_key("k"));
+        let members = [1u64, 2, 3, 4, 5];
+        let owner = owner_of("budget", members).unwrap();
+        // Removing a member that is not the owner never moves the key.
+        for gone in members.iter().filter(|&&m| m != owner) {
+            let rest = members.iter().copied().filter(|m| m != gone);
+            assert_eq!(owner_of("budget", rest), Some(owner));
+        }
+        assert_eq!(owner_of("budget", []), None);
+    }
+
+    #[test]
+    fn top_up_gives_deficits_when_they_fit_and_shares_when_not() {
+        let claims = [
+            Claim {
+                node: 1,
+                granted: 100,
+                wanted: 300,
+            },
+            Claim {
+                node: 2,
+                granted: 0,
+                wanted: 100,
+            },
+        ];
+        let t = top_up(1_000, 100, &claims);
+        assert_eq!(t.grants, vec![(1, 300), (2, 100)]);
+        assert_eq!(t.total, 400);
+        // 90 left, deficits 200 and 100: 60 and 30.
+        let t = top_up(190, 100, &claims);
+        assert_eq!(t.grants, vec![(1, 160), (2, 30)]);
+        assert_eq!(t.total, 190);
+        // A total heard above the grants (a predecessor's) bounds what is left.
+        assert_eq!(
+            top_up(1_000, 1_000, &claims),
+            TopUp {
+                grants: vec![],
+                total: 1_000
+            }
+        );
+        assert_eq!(want(0, 10, 2.5, 50), 135);
+        assert_eq!(want(500, 10, 2.5, 50), 500);
+    }
+
+    #[test]
+    fn a_node_admits_within_its_grant_and_the_owner_grants_from_the_limit() {
+        let clock = Arc::new(CoarseClock::new(T0 + 100));
+        let w = Window::parse("1s").unwrap();
+        let (a, b) = (store(1, &clock), store(2, &clock));
+        let members = [(1, false), (2, false)];
+        let owner = owner_of("k", [1, 2]).unwrap();
+        let (owner_store, other) = if owner == 1 { (&a, &b) } else { (&b, &a) };
+        // No grant yet: refused.
+        assert!(!other.acquire_bounded("k", w, 1_000, 1).unwrap().allowed);
+        clock.set_unix_ms(T0 + 110);
+        other.lease_tick(T0 + 110, &members);
+        for _ in 0..20 {
+            let _ = other.acquire_bounded("k", w, 1_000, 1).unwrap();
+        }
+        clock.set_unix_ms(T0 + 120);
+        other.lease_tick(T0 + 120, &members);
+        sync(other, owner_store);
+        let tick = owner_store.lease_tick(T0 + 120, &members);
+        assert_eq!(tick.owned, 1);
+        assert!(tick.grants_raised >= 1, "{tick:?}");
+        sync(owner_store, other);
+        // 20 offered over 10 ms: 2 per ms, × the 50 ms horizon.
+        let grant = other.grant_at("k", w, w.epoch_at(T0 + 120), other.options().replica_id);
+        assert!(grant == 100, "{grant}");
+        let mut admitted = 0;
+        for _ in 0..200 {
+            admitted += u64::from(other.acquire_bounded("k", w, 1_000, 1).unwrap().allowed);
+        }
+        assert_eq!(admitted, grant);
+        assert!(other.lease_stats().refused_by_grant.load(Ordering::Relaxed) > 0);
+        // The owner suspect: the default rule (100 + 1 ≤ 1,000), counted.
+        other.lease_tick(
+            T0 + 125,
+            &[(owner, true), (other.options().replica_id, false)],
+        );
+        assert!(other.acquire_bounded("k", w, 1_000, 1).unwrap().allowed);
+        assert_eq!(other.lease_stats().fallbacks.load(Ordering::Relaxed), 1);
+    }
+
+    /// One step of the property tests: a node raises its want, an owner tops up, or values travel.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Want { node: usize, by: u64 },
+        TopUp { owner: usize },
+        Sync { from: usize, to: usize },
+        Acquire { node: usize, n: u64 },
+    }
+
+    fn step(nodes: usize) -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..nodes, 1..400u64).prop_map(|(node, by)| Step::Want { node, by }),
+            (0..nodes).prop_map(|owner| Step::TopUp { owner }),
+            (0..nodes, 0..nodes).prop_map(|(from, to)| Step::Sync { from, to }),
+            (0..nodes, 1..50u64).prop_map(|(node, n)| Step::Acquire { node, n }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the order and repetition of merges: once one owner has granted, no node's view of the
+        /// grants sums above the limit and no node admits more than its grant; with a successor owner that
+        /// heard its predecessor's total (ownership moves by a sync of the old owner to the new one first),
+        /// the same holds.
+        #[test]
+        fn grants_never_exceed_the_limit_and_admitted_never_exceeds_grants(
+            steps in proptest::collection::vec(step(4), 0..150),
+            limit in 1..2_000u64,
+        ) {
+            let clock = Arc::new(CoarseClock::new(T0 + 10));
+            let w = Window::parse("1s").unwrap();
+            let epoch = w.epoch_at(T0 + 10);
+            let stores: Vec<CounterStore> = (1..=4).map(|r| store(r, &clock)).collect();
+            let ids: Vec<u64> = (1..=4).collect();
+            let mut owner: Option<usize> = None;
+            for s in &steps {
+                match *s {
+                    Step::Want { node, by } => {
+                        let st = &stores[node];
+                        st.leases().get_or_insert("k", w, limit);
+                        st.handle(&want_key("k", limit), w).unwrap().add(by);
+                    }
+                    Step::TopUp { owner: o } => {
+                        // A new owner first hears its predecessor's state (the handoff the guarantee needs).
+                        if let Some(prev) = owner && prev != o {
+                            sync(&stores[prev], &stores[o]);
+                        }
+                        owner = Some(o);
+                        stores[o].leases().get_or_insert("k", w, limit);
+                        stores[o].grant_epoch("k", w, epoch, limit);
+                    }
+                    Step::Sync { from, to } => sync(&stores[from], &stores[to]),
+                    Step::Acquire { node, n } => {
+                        let st = &stores[node];
+                        st.leases().get_or_insert("k", w, limit);
+                        let _ = st.acquire_bounded("k", w, limit, n).unwrap();
+                    }
+                }
+                for st in &stores {
+                    let sum: u64 = ids.iter().map(|&n| st.grant_at("k", w, epoch, n)).sum();
+                    prop_assert!(sum <= limit, "a view of the grants sums to {sum} > {limit}");
+                    let me = st.options().replica_id;
+                    let own = st.counts_at("k", w, epoch).map_or(0, |(l, _)| l);
+                    prop_assert!(own <= st.grant_at("k", w, epoch, me));
+                }
+            }
+            // The exact admitted total, over all nodes.
+            let admitted: u64 = stores
+                .iter()
+                .map(|st| st.counts_at("k", w, epoch).map_or(0, |(l, _)| l))
+                .sum();
+            prop_assert!(admitted <= limit);
+        }
+
+        #[test]
+        fn top_up_stays_within_what_is_left(
+            limit in 0..10_000u64,
+            total in 0..12_000u64,
+            claims in proptest::collection::vec((0..5_000u64, 0..8_000u64), 0..12),
+        ) {
+            let claims: Vec<Claim> = claims
+                .into_iter()
+                .enumerate()
+                .map(|(i, (granted, wanted))| Claim { node: i as u64, granted, wanted })
+                .collect();
+            let heard: u64 = claims.iter().map(|c| c.granted).sum();
+            let start = total.max(heard);
+            let t = top_up(limit, total, &claims);
+            let raised: u64 = t
+                .grants
+                .iter()
+                .map(|&(n, g)| {
+                    let c = claims[n as usize];
+                    assert!(g > c.granted && g <= c.wanted.max(c.granted));
+                    g - c.granted
+                })
+                .sum();
+            prop_assert_eq!(t.total, start + raised);
+            prop_assert!(t.total <= limit.max(start));
+            // Everything left is handed out when the demand exceeds it.
+            let demand: u64 = claims.iter().map(|c| c.wanted.saturating_sub(c.granted)).sum();
+            prop_assert_eq!(raised, demand.min(limit.saturating_sub(start)));
+        }
+    }
+}
