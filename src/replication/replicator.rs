@@ -286,6 +286,9 @@ pub struct Replicator {
     drained: Vec<DirtyEntry>,
     /// Two-level aggregation: the topology, what to publish and which rests to send.
     aggregation: Aggregation,
+    /// The active members (this node included) and whether each is suspect, for the bounded mode's owners
+    /// (`counter::lease`): set by the node on membership changes, read by the lease tick before each flush.
+    lease_members: Vec<(u64, bool)>,
 }
 
 /// Who a delta batch goes to.
@@ -339,6 +342,7 @@ impl Replicator {
             stats: ReplicationStats::default(),
             drained: Vec::new(),
             aggregation: Aggregation::default(),
+            lease_members: vec![(replica_id, false)],
             options,
         }
     }
@@ -468,6 +472,12 @@ impl Replicator {
         }
     }
 
+    /// The active members (this node's replica id included) and whether each is suspect: who may own a key of
+    /// the bounded-overshoot mode (see [`CounterStore::lease_tick`]).
+    pub fn set_lease_members(&mut self, members: Vec<(u64, bool)>) {
+        self.lease_members = members;
+    }
+
     /// The topology in force, if one was set.
     pub fn topology(&self) -> Option<&Topology> {
         self.aggregation.topology()
@@ -587,6 +597,8 @@ impl Replicator {
         self.run_checks(now_ms);
         let due = self.timers.take_due(now_ms);
         if due.contains(&Timer::Flush) {
+            // The bounded mode's wants and top-ups first, so this flush ships them (see `counter::lease`).
+            self.store.lease_tick(now_ms, &self.lease_members);
             self.flush(now_ms);
             self.timers
                 .set(Timer::Flush, now_ms + self.options.flush_interval_ms);

@@ -569,6 +569,29 @@ impl Simulation {
         Ok(Some(decision))
     }
 
+    /// [`Simulation::acquire`] in the bounded-overshoot mode ([`CounterStore::acquire_bounded`]: fixed window,
+    /// admitted only within the node's lease). `None` when the node is down.
+    pub fn acquire_bounded(
+        &mut self,
+        i: usize,
+        key: &str,
+        window: Window,
+        limit: u64,
+        cost: u64,
+    ) -> Result<Option<Decision>, CounterError> {
+        if self.nodes[i].run == RunState::Down {
+            return Ok(None);
+        }
+        self.nodes[i].clock.advance_to(self.now_ms);
+        let decision = self.nodes[i]
+            .store
+            .acquire_bounded(key, window, limit, cost)?;
+        if decision.allowed {
+            *self.totals.entry((key.to_string(), window)).or_default() += cost;
+        }
+        Ok(Some(decision))
+    }
+
     /// The exact total of every [`Simulation::add`] of `key`.
     pub fn total(&self, key: &str, window: Window) -> u64 {
         self.totals

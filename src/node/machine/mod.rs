@@ -943,7 +943,9 @@ impl NodeMachine {
             }
         }
         let mut members_changed = false;
+        let mut any_event = false;
         while let Some(event) = self.membership.poll_event() {
+            any_event = true;
             members_changed |= matches!(
                 event,
                 MembershipEvent::MemberUp(_)
@@ -956,6 +958,24 @@ impl NodeMachine {
         if members_changed {
             self.update_topology(now_ms);
         }
+        if any_event {
+            self.update_lease_members();
+        }
+    }
+
+    /// Hands the replicator the active members and their suspicion, for the bounded mode's key owners.
+    fn update_lease_members(&mut self) {
+        use crate::membership::MemberState;
+        let table = self.membership.members();
+        let me = self.replicator.replica_id();
+        let members = std::iter::once((me, false))
+            .chain(
+                table
+                    .active()
+                    .map(|m| (m.replica_id(), m.state == MemberState::Suspect)),
+            )
+            .collect();
+        self.replicator.set_lease_members(members);
     }
 
     /// Recomputes the replication layout from the active members and hands it to the replicator (see
