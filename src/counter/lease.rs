@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::store::{CellKey, KeyRef, Limit};
-use super::{CounterError, CounterStore, Decision, Window};
+use super::{CounterError, CounterHandle, CounterStore, Decision, Window};
 
 /// Prefix of a node's want for a bounded key: `@want/<limit>/<key>`.
 pub const WANT_PREFIX: &str = "@want/";
@@ -79,6 +79,10 @@ pub fn parse_want_key(want: &str) -> Option<(u64, &str)> {
     let (limit, key) = rest.split_once('/')?;
     Some((limit.parse().ok()?, key))
 }
+
+/// Bytes the lease keys of a bounded key need beside the key itself (the longest prefix: a want key's, with a
+/// limit of 20 digits).
+pub const LEASE_KEY_ROOM: usize = WANT_PREFIX.len() + 20 + 1;
 
 /// Whether `key` is one of the lease mode's reserved keys.
 pub fn is_lease_key(key: &str) -> bool {
@@ -287,33 +291,62 @@ impl CounterStore {
         limit: u64,
         cost: u64,
     ) -> Result<Decision, CounterError> {
+        let handle = self.handle(key, window)?;
+        Ok(self.acquire_bounded_on(&handle, limit, cost))
+    }
+
+    /// [`CounterStore::acquire_bounded`] on a resolved handle (infallible: the handle holds the cell).
+    pub fn acquire_bounded_on(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
+        self.bounded_on(handle, limit, cost, true)
+    }
+
+    /// What [`CounterStore::acquire_bounded_on`] would decide, without counting anything (the check of
+    /// check-then-count and of multi-limit requests).
+    pub fn check_bounded_on(&self, handle: &CounterHandle, limit: u64, cost: u64) -> Decision {
+        self.bounded_on(handle, limit, cost, false)
+    }
+
+    fn bounded_on(&self, handle: &CounterHandle, limit: u64, cost: u64, count: bool) -> Decision {
         let leases = self.leases();
-        let state = leases.get_or_insert(key, window, limit);
-        // Relaxed: a rate estimate read by the tick; no other memory depends on it.
-        state.offered.fetch_add(cost, Ordering::Relaxed);
+        let state = leases.get_or_insert(handle.key(), handle.window(), limit);
+        if count {
+            // Relaxed: a rate estimate read by the tick; no other memory depends on it.
+            state.offered.fetch_add(cost, Ordering::Relaxed);
+        }
+        // Relaxed: a flag for the tick only.
         if !state.local.load(Ordering::Relaxed) {
-            // Relaxed: a flag for the tick only.
             state.local.store(true, Ordering::Relaxed);
         }
-        let handle = self.handle(key, window)?;
         // Acquire: pairs with the tick's Release store, so a fallback decision sees the membership it followed.
         if state.fallback.load(Ordering::Acquire) {
-            // Relaxed: statistics.
-            leases.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-            return Ok(handle.acquire_limit(
-                super::Algorithm::FixedWindow,
-                Limit::given(limit),
-                cost,
-            ));
+            if count {
+                // Relaxed: statistics.
+                leases.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                return handle.acquire_limit(
+                    super::Algorithm::FixedWindow,
+                    Limit::given(limit),
+                    cost,
+                );
+            }
+            return handle.check_limit(super::Algorithm::FixedWindow, Limit::given(limit), cost);
         }
         let epoch = handle.epoch_now();
-        let grant = self.grant_at(key, window, epoch, self.options().replica_id);
+        let grant = self.grant_at(
+            handle.key(),
+            handle.window(),
+            epoch,
+            self.options().replica_id,
+        );
         // `local + remote' + cost ≤ grant + remote` with remote' ≥ remote (values only grow within an epoch):
         // never looser than `local + cost ≤ grant`, decided and counted atomically in `epoch`.
         let remote = handle.remote_at(epoch);
-        let room = grant.saturating_add(remote);
-        let mut decision = handle.acquire_after(epoch, Limit::given(room), 0, cost);
-        if !decision.allowed {
+        let room = Limit::given(grant.saturating_add(remote));
+        let mut decision = if count {
+            handle.acquire_after(epoch, room, 0, cost)
+        } else {
+            handle.check_after(epoch, room, 0, cost)
+        };
+        if count && !decision.allowed {
             // Relaxed: statistics.
             leases
                 .stats
@@ -322,7 +355,7 @@ impl CounterStore {
         }
         decision.limit = limit;
         decision.remaining = limit.saturating_sub(decision.used);
-        Ok(decision)
+        decision
     }
 
     /// Node `node`'s grant of `(key, window)` in `epoch` as this store knows it: the largest value any origin

@@ -6,6 +6,9 @@
 //! bounded: it is compared, never stored. A check's `algorithm` is `fixed_window` (the default),
 //! `sliding_window`, `token_bucket` (with `burst`, 1 to 3 × `limit`; its decision reports `limit` = burst,
 //! `remaining` = tokens left, rounded down, and `reset_at_ms` = when the bucket is full again) or `concurrency`.
+//! A check's `admission` is `default` (decide on this node's view of the global count) or `bounded` (fixed
+//! windows only: admit within quota leased by the key's owner, so the cluster cannot pass the limit; see
+//! `counter::lease`); refunds are not credited to a bounded limit.
 //! A `window` is [`Window::parse`]'s text: `"1m"`, `"1d"`, `"1M"`, or anchored, `"30d@2026-12-01T10:00:00Z"`
 //! (boundaries at the anchor plus whole lengths; only the anchor's phase matters, and answers name the window
 //! with its phase as the anchor).
@@ -171,11 +174,21 @@ struct Check {
     algorithm: Option<Algorithm>,
     limit: u64,
     cost: u64,
+    /// `"admission": "bounded"`: the bounded-overshoot mode (see `counter::lease`).
+    bounded: bool,
 }
 
 impl Check {
-    /// The decision, counted when `count` and allowed; refunds (released units) are given back.
+    /// The decision, counted when `count` and allowed; refunds (released units) are given back (not in the
+    /// bounded mode, which decides on grants).
     fn decide(&self, store: &crate::counter::CounterStore, count: bool) -> Decision {
+        if self.bounded {
+            return if count {
+                store.acquire_bounded_on(&self.handle, self.limit, self.cost)
+            } else {
+                store.check_bounded_on(&self.handle, self.limit, self.cost)
+            };
+        }
         match (self.algorithm, count) {
             (Some(a), true) => store.acquire_net(&self.handle, a, self.limit, self.cost),
             (Some(a), false) => store.check_net(&self.handle, a, self.limit, self.cost),
@@ -283,13 +296,59 @@ fn check(
     let limit = integer(map, "limit", None)?;
     let algorithm = with_burst(map, algorithm, limit)?;
     let cost = bounded(integer(map, "cost", Some(1))?, "cost", ceiling)?;
+    let bounded_mode = admission(node, map, algorithm, &key)?;
     let handle = node.store().handle(&key, window).map_err(key_error)?;
     Ok(Check {
         handle,
         algorithm,
         limit,
         cost,
+        bounded: bounded_mode,
     })
+}
+
+/// `admission`: `"default"` (or absent) or `"bounded"` (fixed windows only; the key must leave room for
+/// its lease keys, [`crate::counter::LEASE_KEY_ROOM`] bytes within `limits.max_key_length`).
+fn admission(
+    node: &ClusterHandle,
+    map: &Map<String, Value>,
+    algorithm: Option<Algorithm>,
+    key: &str,
+) -> Result<bool, ApiError> {
+    let bounded = match map.get("admission") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "default" => false,
+        Some(Value::String(s)) if s == "bounded" => true,
+        Some(other) => {
+            return Err(ApiError::bad_field(
+                "admission",
+                format!("expected \"default\" or \"bounded\", got {other}"),
+            ));
+        }
+    };
+    if bounded && algorithm != Some(Algorithm::FixedWindow) {
+        return Err(ApiError::bad_field(
+            "admission",
+            format!(
+                "\"bounded\" is for algorithm \"fixed_window\" only, not {:?}",
+                algorithm.map_or("concurrency", Algorithm::name)
+            ),
+        ));
+    }
+    let max = node.store().options().max_key_length;
+    if bounded && key.len() + crate::counter::LEASE_KEY_ROOM > max {
+        return Err(ApiError::bad_field(
+            "key",
+            format!(
+                "key of {} bytes; a bounded limit's key takes at most {} (cluster_config.limits.max_key_length \
+                 less {} bytes for its lease keys)",
+                key.len(),
+                max.saturating_sub(crate::counter::LEASE_KEY_ROOM),
+                crate::counter::LEASE_KEY_ROOM
+            ),
+        ));
+    }
+    Ok(bounded)
 }
 
 /// The items of a request: the body itself when it has no `field`, else each member of its `field` array
@@ -447,7 +506,15 @@ pub(crate) async fn ratelimit_check(
     let (checks, batch) = items(
         &map,
         "checks",
-        &["key", "window", "limit", "cost", "algorithm", "burst"],
+        &[
+            "key",
+            "window",
+            "limit",
+            "cost",
+            "algorithm",
+            "burst",
+            "admission",
+        ],
         |item| check(&node, item, ceiling),
     )?;
     // The same counter twice would pass both decisions and then refuse the second after counting the first:
