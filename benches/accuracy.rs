@@ -20,6 +20,7 @@
 //!
 //! `cargo bench --bench accuracy` runs 3 and 10 nodes for 20 windows each (`BIFROST_ACCURACY_NODES` and
 //! `BIFROST_ACCURACY_WINDOWS` change them, `BIFROST_ACCURACY_LATENCY_MS=0,1` the latency range); `cargo bench -- --test` (the CI smoke) runs 3 nodes for 2 windows.
+//! `BIFROST_ACCURACY_DETAIL=1` also prints where in the window the undershoot refusals fall (20 ms buckets).
 //! Nothing is sent on a network: the simulator's network is in memory.
 
 use std::sync::atomic::Ordering;
@@ -95,6 +96,9 @@ fn run(nodes: usize, mode: Mode, windows: u64, seed: u64, latency_ms: (u64, u64)
     let mut per_ms = Vec::with_capacity((end - first * 1_000) as usize);
     // The exact admitted count of the current fixed window, as the cluster cannot see it.
     let (mut epoch, mut exact) = (0u64, 0u64);
+    // `BIFROST_ACCURACY_DETAIL=1`: where in the window the undershoot refusals fall (20 ms buckets).
+    let detail = std::env::var_os("BIFROST_ACCURACY_DETAIL").is_some();
+    let mut under_by_time = [0u64; 50];
     for t in start..end {
         sim.run_until(t);
         if t / 1_000 != epoch {
@@ -119,6 +123,10 @@ fn run(nodes: usize, mode: Mode, windows: u64, seed: u64, latency_ms: (u64, u64)
                     admitted[w] += 1;
                 } else if exact < LIMIT {
                     refused_under[w] += 1;
+                    if detail {
+                        let b = ((t % 1_000) / 20) as usize;
+                        under_by_time[b.min(49)] += 1;
+                    }
                 }
             }
         }
@@ -131,6 +139,18 @@ fn run(nodes: usize, mode: Mode, windows: u64, seed: u64, latency_ms: (u64, u64)
     for i in 1_000..per_ms.len() {
         span = span + per_ms[i] - per_ms[i - 1_000];
         max_span = max_span.max(span);
+    }
+    if detail {
+        let used: Vec<String> = under_by_time
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(b, n)| format!("{}ms:{n}", b * 20))
+            .collect();
+        println!(
+            "  undershoot refusals by time in window ({mode:?}): {}",
+            used.join(" ")
+        );
     }
     let fallbacks = (0..nodes)
         .map(|i| sim.store(i).lease_stats().fallbacks.load(Ordering::Relaxed)) // Relaxed: statistics
