@@ -1,6 +1,6 @@
 //! The bounded-overshoot mode in the whole-node simulator: three nodes share one limit through leases, and
 //! when the key's owner crashes the others fall back to the default rule while it is suspect, then a
-//! successor grants again. Per-window admitted counts are checked against the limit before the crash and after
+//! successor grants again; a silent owner (dead, not yet suspected) leaves no window without admissions. Per-window admitted counts are checked against the limit before the crash and after
 //! the takeover; the windows in between are printed (design.md: nothing is admitted until the owner is
 //! suspected, then the default rule's overshoot while it is).
 
@@ -72,7 +72,7 @@ fn leases_hold_the_limit_and_survive_the_owner_crashing() {
         .expect("owner");
     sim.crash(owner);
     // Long enough for suspicion and the declaration of death; then three more windows.
-    let now = sim.now_ms();
+    let now = sim.now_ms() + 1; // the next window's first millisecond
     let after = offer(&mut sim, now, now + 30_000, 20, Some(owner));
     let fallbacks: u64 = (0..3)
         .filter(|&i| i != owner)
@@ -83,7 +83,14 @@ fn leases_hold_the_limit_and_survive_the_owner_crashing() {
                 .load(std::sync::atomic::Ordering::Relaxed) // Relaxed: statistics
         })
         .sum();
-    println!("fallbacks while the owner was suspect: {fallbacks}");
+    println!("fallbacks while the owner was silent or suspect: {fallbacks}");
+    assert!(fallbacks > 0);
+    // No gap: the survivors stop waiting for a silent owner within SILENT_AFTER_MS.
+    assert!(
+        after[0].1 >= LIMIT * 9 / 10,
+        "first window after the crash: {:?}",
+        after[0]
+    );
     println!("every window after the crash: {after:?}");
     let last: Vec<_> = after[after.len() - 4..after.len() - 1].to_vec();
     println!("windows after the takeover: {last:?}");

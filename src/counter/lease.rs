@@ -29,7 +29,8 @@
 //! - **Admitted ≤ grant** on every node, so the cluster's admitted total per window ≤ Σ grants ≤ limit
 //!   (property-tested below); concurrent acquires on different stripes of one contended cell can add one
 //!   `cost` per stripe, as in [`super::limiter`].
-//! - **Fallback**: while the owner is suspect (membership could not reach it), or no member is known, a node
+//! - **Fallback**: while the owner is suspect (membership could not reach it) or silent (no grant rose for
+//!   [`SILENT_AFTER_MS`] while this node wanted more and the limit was not all granted), or no member is known, a node
 //!   decides by the default rule (`own + remote ≤ limit`) and counts it in [`LeaseStats::fallbacks`]. So does a
 //!   store whose leases nobody ticks (embedded without a node, or cluster mode off): alone, the default rule is
 //!   exact.
@@ -57,6 +58,10 @@ pub const GRANTED_PREFIX: &str = "@granted/";
 /// round trip to the owner (flush + latency + the owner's tick + flush + latency), so that quota arrives
 /// before the node runs out; larger values strand more quota at the end of a window. Default 50 ms.
 pub const LEASE_HORIZON_MS: u64 = 50;
+/// A node that wants more than its grant, while the owner has not granted the whole limit, decides by the
+/// default rule once neither its grant nor the owner's total rose for this long (ms): a dead owner that
+/// membership does not suspect yet. Ten round trips at 10 ms of latency. Default 200 ms.
+pub const SILENT_AFTER_MS: u64 = 200;
 /// How often the lease tick runs (the default flush interval), in ms.
 pub const LEASE_TICK_MS: u64 = 5;
 
@@ -226,6 +231,9 @@ struct TickState {
     /// Offered cost per ms, exponentially weighted.
     rate_per_ms: f64,
     last_ms: u64,
+    /// `(epoch, this node's grant, the heard total)` when either last rose, and when (Unix ms).
+    progress: (u64, u64, u64),
+    progress_ms: u64,
 }
 
 /// The bounded keys of a store, by `(key, window)`: a lock-free map, so a bounded acquire never waits.
@@ -408,14 +416,16 @@ impl CounterStore {
             let limit = state.limit.load(Ordering::Relaxed);
             let owner = owner_of(key, members.iter().map(|&(m, _)| m));
             let suspect = owner.is_none_or(|o| members.iter().any(|&(m, s)| m == o && s));
-            // Release: pairs with the acquire path's Acquire load.
-            state.fallback.store(suspect, Ordering::Release);
-            out.fallback_keys += usize::from(suspect);
             let epoch = window.epoch_at(now_ms);
             let next_soon = window.end_ms(epoch).saturating_sub(now_ms) <= LEASE_HORIZON_MS;
-            if state.local.load(Ordering::Relaxed) {
-                self.raise_wants(&state, now_ms, epoch, next_soon, limit);
-            }
+            // Relaxed: a flag for the tick only. Wants are raised on the owner too (it grants itself).
+            let silent_owner = state.local.load(Ordering::Relaxed)
+                && self.raise_wants(&state, now_ms, epoch, next_soon, limit);
+            let silent = silent_owner && owner != Some(me);
+            let fallback = suspect || silent;
+            // Release: pairs with the acquire path's Acquire load.
+            state.fallback.store(fallback, Ordering::Release);
+            out.fallback_keys += usize::from(fallback);
             if owner == Some(me) {
                 out.owned += 1;
                 for e in [epoch, epoch + 1] {
@@ -426,6 +436,9 @@ impl CounterStore {
         out
     }
 
+    /// Refreshes the rate and raises the wants of `state`; returns whether the owner is *silent*: this node
+    /// wants more than its grant, the heard total is below the limit, and neither its grant nor the total
+    /// rose for [`SILENT_AFTER_MS`] (the owner died and membership does not suspect it yet).
     fn raise_wants(
         &self,
         state: &LeaseState,
@@ -433,11 +446,20 @@ impl CounterStore {
         epoch: u64,
         next_soon: bool,
         limit: u64,
-    ) {
+    ) -> bool {
         use crate::sync::LockClean;
         let (key, window) = (&*state.key, state.window);
-        let rate = {
+        let me = self.options().replica_id;
+        let grant = self.grant_at(key, window, epoch, me);
+        let total = self.max_origin_at(&granted_key(key), window, epoch);
+        let (rate, since_progress) = {
             let mut tick = state.tick.lock_clean();
+            let (e, g, t) = tick.progress;
+            if e != epoch || grant > g || total > t || tick.progress_ms == 0 {
+                tick.progress = (epoch, grant, total);
+                tick.progress_ms = now_ms;
+            }
+            let since_progress = now_ms.saturating_sub(tick.progress_ms);
             // Relaxed: a rate estimate.
             let offered = state.offered.swap(0, Ordering::Relaxed);
             let dt = now_ms.saturating_sub(tick.last_ms);
@@ -450,11 +472,11 @@ impl CounterStore {
                 };
             }
             tick.last_ms = now_ms;
-            tick.rate_per_ms
+            (tick.rate_per_ms, since_progress)
         };
         let want = want_key(key, limit);
         let Ok(want_handle) = self.handle(&want, window) else {
-            return; // the store is full: this node asks nothing (and is granted nothing) until it has room
+            return false; // the store is full: this node asks nothing (and is granted nothing) until it has room
         };
         let own = self.counts_at(key, window, epoch).map_or(0, |(l, _)| l);
         let before = self.counts_at(&want, window, epoch).map_or(0, |(l, _)| l);
@@ -471,6 +493,8 @@ impl CounterStore {
                 want_handle.add_in_epoch(epoch + 1, target - before);
             }
         }
+        let wanted = self.counts_at(&want, window, epoch).map_or(0, |(l, _)| l);
+        wanted > grant && total < limit && since_progress >= SILENT_AFTER_MS
     }
 
     /// The owner's top-up of `(key, window)` in `epoch`; returns the grants raised.

@@ -47,8 +47,8 @@ pub(crate) use epoch_cache::EpochCache;
 pub use error::CounterError;
 pub use lease::{
     Claim, GRANT_PREFIX, GRANTED_PREFIX, LEASE_HORIZON_MS, LEASE_KEY_ROOM, LEASE_TICK_MS,
-    LeaseStats, LeaseTick, TopUp, WANT_PREFIX, grant_key, granted_key, is_lease_key, owner_of,
-    parse_want_key, top_up, want_key,
+    LeaseStats, LeaseTick, SILENT_AFTER_MS, TopUp, WANT_PREFIX, grant_key, granted_key,
+    is_lease_key, owner_of, parse_want_key, top_up, want_key,
 };
 pub use limiter::{Algorithm, Decision};
 pub use signed::{
