@@ -127,7 +127,6 @@ mod options;
 mod publication;
 mod reconcile;
 mod roster_sync;
-pub mod sim;
 mod standing;
 mod suspicion;
 mod swim;
