@@ -3,7 +3,9 @@
 //!
 //! Guarantees:
 //! - Deterministic: the run is a function of the seed, the options and the calls made on the simulation. The
-//!   seed is printed when the simulation starts (`BIFROST_SIM_SEED=… replays it` in the tests).
+//!   seed is printed when the simulation starts (`BIFROST_SIM_SEED=… replays it` in the tests). Also across
+//!   processes and threads: every map a plane or the simulator iterates has a fixed hasher (`fixed_hash`);
+//!   `tests/sim_scenarios.rs` runs one seed on two threads and compares the runs.
 //! - Virtual time jumps to the next event (a delivery, a link event, a node's timer); nothing sleeps.
 //! - One event costs O(log E) for E pending events: a timer heap with one entry per node wake-up (stale
 //!   entries are skipped when popped), never a scan of every node or peer. Each node's clock is advanced only
@@ -34,7 +36,9 @@ mod network;
 mod report;
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+
+use crate::fixed_hash::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -284,16 +288,16 @@ impl Simulation {
             now_ms: options.start_ms,
             rng: SimRng::new(options.seed),
             nodes: Vec::with_capacity(options.nodes),
-            by_addr: HashMap::new(),
-            ends: HashMap::new(),
+            by_addr: HashMap::default(),
+            ends: HashMap::default(),
             next_link: 1,
             queue: BinaryHeap::new(),
             next_seq: 0,
             groups: vec![0; options.nodes],
             trust: vec![0; options.nodes],
-            stalled: HashSet::new(),
+            stalled: HashSet::default(),
             stats: NetStats::default(),
-            totals: HashMap::new(),
+            totals: HashMap::default(),
             probes: Vec::new(),
             visibility_ms: Vec::new(),
             // An hour: a probe never straddles a window boundary in a run of minutes.

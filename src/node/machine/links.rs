@@ -6,7 +6,7 @@
 //!   `(replica id of the dialer, dialer's link nonce)`, a pair both ends know, so they agree without talking.
 //! - An address routes to at most one link (the newest that claimed it); removing a link removes its routes.
 
-use std::collections::HashMap;
+use crate::fixed_hash::HashMap;
 use std::net::SocketAddr;
 
 use crate::node::hello::PeerHello;

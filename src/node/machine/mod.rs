@@ -34,7 +34,9 @@ mod links;
 mod plane;
 pub(crate) mod startup;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::fixed_hash::HashSet;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -174,7 +176,7 @@ impl NodeMachine {
             health: HealthPublisher::new(parts.probe, parts.traffic),
             links: LinkTable::default(),
             dials: DialTable::default(),
-            self_addrs: HashSet::new(),
+            self_addrs: HashSet::default(),
             timers,
             actions: VecDeque::new(),
             health_logged: false,
