@@ -13,7 +13,8 @@
 //! that some running node holds as down: with `--loss P`, the share of frames dropped during the load), and the
 //! wall time per virtual second. The seed is printed and
 //! `--seed` replays the run. `--full-mesh-below N` sets `replication.full_mesh_below` (default 16: larger
-//! clusters replicate in groups; a value above `--nodes` runs the full mesh, for comparison).
+//! clusters replicate in groups; a value above `--nodes` runs the full mesh, for comparison). `--latency-ms
+//! LO,HI` sets the one-way latency range of every frame (default 1,5).
 
 use std::time::Instant;
 
@@ -29,6 +30,7 @@ struct Args {
     loss: f64,
     full_mesh_below: Option<usize>,
     own_keys: bool,
+    latency_ms: (u64, u64),
     json: bool,
 }
 
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         loss: 0.0,
         full_mesh_below: None,
         own_keys: false,
+        latency_ms: (1, 5),
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -81,10 +84,27 @@ fn parse_args() -> Result<Args, String> {
             }
             "--json" => args.json = true,
             "--own-keys" => args.own_keys = true,
+            "--latency-ms" => {
+                let text = value("--latency-ms")?;
+                let (lo, hi) = text
+                    .split_once(',')
+                    .ok_or_else(|| format!("--latency-ms: expected LO,HI, got {text:?}"))?;
+                args.latency_ms = (
+                    lo.trim()
+                        .parse()
+                        .map_err(|e| format!("--latency-ms LO: {e}"))?,
+                    hi.trim()
+                        .parse()
+                        .map_err(|e| format!("--latency-ms HI: {e}"))?,
+                );
+                if args.latency_ms.0 > args.latency_ms.1 {
+                    return Err(format!("--latency-ms: {lo} is above {hi}"));
+                }
+            }
             "--help" | "-h" => {
                 return Err(
                     "usage: simulate [--nodes N] [--seconds S] [--seed SEED] [--increment-ms MS] \
-                            [--loss P] [--full-mesh-below N] [--own-keys] [--json]"
+                            [--loss P] [--full-mesh-below N] [--own-keys] [--latency-ms LO,HI] [--json]"
                         .to_string(),
                 );
             }
@@ -123,7 +143,7 @@ fn main() {
         config,
         seed: args.seed,
         net: NetOptions {
-            latency_ms: (1, 5),
+            latency_ms: args.latency_ms,
             ..NetOptions::default()
         },
         ..SimOptions::default()
@@ -249,10 +269,21 @@ fn main() {
     let victim = sim.len() / 3;
     sim.crash(victim);
     let killed = sim.now_ms();
+    // The timeline, in 100 ms steps: when the first observer suspected it, when the first marked it down.
+    let (mut first_suspect_ms, mut first_down_ms) = (None, None);
     let detected = sim.run_until_true(100, 120_000, |s| {
-        (0..s.len())
+        let views: Vec<Option<MemberState>> = (0..s.len())
             .filter(|&i| i != victim)
-            .all(|i| s.view(i, victim) == Some(MemberState::Down))
+            .map(|i| s.view(i, victim))
+            .collect();
+        let since = s.now_ms() - killed;
+        if first_suspect_ms.is_none() && views.contains(&Some(MemberState::Suspect)) {
+            first_suspect_ms = Some(since);
+        }
+        if first_down_ms.is_none() && views.contains(&Some(MemberState::Down)) {
+            first_down_ms = Some(since);
+        }
+        views.iter().all(|&v| v == Some(MemberState::Down))
     });
     let detection_ms = detected.map(|t| t - killed);
     let total_wall = wall.elapsed().as_secs_f64();
@@ -264,6 +295,7 @@ fn main() {
             "seconds": args.seconds,
             "increment_ms": args.increment_ms,
             "own_keys": args.own_keys,
+            "latency_ms": [args.latency_ms.0, args.latency_ms.1],
             "loss": args.loss,
             "full_mesh_below": config_full_mesh_below(&args),
             "join_ms": join_ms,
@@ -285,6 +317,8 @@ fn main() {
             "exact": exact,
             "settle_ms": settle_ms,
             "detection_ms": detection_ms,
+            "detection_first_suspect_ms": first_suspect_ms,
+            "detection_first_down_ms": first_down_ms,
             "health_link_entries": report.health_link_entries,
             "net": report.net,
             "events": report.events,
@@ -342,7 +376,10 @@ fn main() {
             false_down_pairs_max
         );
         println!("exact totals: {exact} (settled {settle_ms:?} ms after the load)");
-        println!("killed node marked down everywhere after {detection_ms:?} ms");
+        println!(
+            "killed node marked down everywhere after {detection_ms:?} ms (first suspected after \
+             {first_suspect_ms:?} ms, first marked down after {first_down_ms:?} ms)"
+        );
         println!(
             "wall: join {join_wall:.1} s, load {load_wall_s:.1} s ({:.2} s per virtual s), total {total_wall:.1} s",
             load_wall_s / seconds

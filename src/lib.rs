@@ -47,6 +47,7 @@
 pub mod config;
 pub mod counter;
 pub mod discovery;
+mod fixed_hash;
 pub mod grpc;
 pub mod http;
 pub mod membership;

@@ -418,6 +418,19 @@ impl Codec<MemberId> for WireCodec {
             )
         };
         buf.advance(used);
+        let mut header = header;
+        // A join request names its target by the address the joiner dialed, which may not be the address this
+        // node advertises (a static peer listed as 127.0.0.1 while the node advertises its LAN address, or a
+        // port mapping). It reached this node over an authenticated link, so it is for this node: foca takes an
+        // announce only when its destination's address is its own, so the placeholder gets ours. Without this
+        // both nodes stayed linked but never let each other in.
+        if header.message == Message::Announce
+            && header.dst.node_id().is_empty()
+            && let Some(local) = lock(&self.shared).local_addr
+            && header.dst.addr() != local
+        {
+            header.dst = MemberId::placeholder(local);
+        }
         let kind = match &header.message {
             Message::Ack(n) => ReceivedKind::Ack(*n),
             Message::ForwardedAck {
@@ -648,6 +661,35 @@ mod tests {
         assert_eq!(c.decode_header(&mut slice).expect("valid"), header);
         assert_eq!(c.decode_member(&mut slice).expect("valid"), member);
         assert!(slice.is_empty());
+    }
+
+    #[test]
+    fn a_join_request_to_another_of_our_addresses_is_for_us() {
+        let mut c = codec();
+        let ours = SocketAddr::from(([10, 79, 0, 1], 20_001));
+        lock(&c.shared).local_addr = Some(ours);
+        let dialed = SocketAddr::from(([127, 0, 0, 1], 20_001));
+        let announce = Header {
+            src: id("a", 1),
+            src_incarnation: 0,
+            dst: MemberId::placeholder(dialed),
+            message: Message::<MemberId>::Announce,
+        };
+        let mut buf = Vec::new();
+        c.encode_header(&announce, &mut buf).expect("room");
+        let decoded = c.decode_header(&buf[..]).expect("valid");
+        assert_eq!(decoded.dst, MemberId::placeholder(ours));
+        // Anything else keeps its destination (foca drops what is not for this identity).
+        let ping = Header {
+            message: Message::<MemberId>::Ping(1),
+            ..announce
+        };
+        let mut buf = Vec::new();
+        c.encode_header(&ping, &mut buf).expect("room");
+        assert_eq!(
+            c.decode_header(&buf[..]).expect("valid").dst,
+            MemberId::placeholder(dialed)
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! when it takes over). An identity that is down while a newer one of its node id holds it was replaced: it
 //! is shown left, not down.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+use crate::fixed_hash::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -51,7 +53,8 @@ pub(crate) fn node_id_holders(
 ) -> BTreeMap<Arc<str>, MemberId> {
     let mut holders: BTreeMap<Arc<str>, MemberId> = BTreeMap::new();
     let all = std::iter::once(local).chain(snapshot.iter().map(|(id, _, _)| id));
-    let mut once: HashSet<&str> = HashSet::with_capacity(snapshot.len() + 1);
+    let mut once: HashSet<&str> =
+        HashSet::with_capacity_and_hasher(snapshot.len() + 1, Default::default());
     let shared: HashSet<&str> = all
         .filter(|id| !once.insert(id.node_id()))
         .map(MemberId::node_id)

@@ -39,6 +39,10 @@ pub(crate) struct Publication {
     last_publish_ms: u64,
     pub(crate) cluster_health: ClusterHealth,
     pub(crate) events: VecDeque<MembershipEvent>,
+    /// A member went down since the last urgent gossip round: spread it now, not at the next gossip tick.
+    pub(crate) urgent_gossip: bool,
+    /// When the last urgent gossip round ran (Unix ms).
+    pub(crate) last_urgent_gossip_ms: Option<u64>,
 }
 
 impl Publication {
@@ -62,6 +66,8 @@ impl Publication {
             last_publish_ms: now_ms,
             cluster_health: ClusterHealth::Healthy,
             events: VecDeque::new(),
+            urgent_gossip: false,
+            last_urgent_gossip_ms: None,
         }
     }
 

@@ -179,6 +179,7 @@ impl Membership {
             }
             (_, MemberState::Down) => {
                 events.report(MembershipEvent::MemberDown(id.clone()));
+                events.urgent_gossip = true;
                 if e.health.force_unhealthy("member is down") {
                     events.report(MembershipEvent::HealthChanged {
                         member: id,

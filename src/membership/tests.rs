@@ -1,8 +1,8 @@
-//! Unit tests of the membership state machine (the scenarios at scale live in `tests/membership_*.rs`).
+//! Unit tests of the membership state machine, driven directly (the multi-node scenarios run on the
+//! whole-node simulator, `crate::sim`, in `tests/membership_*.rs`).
 
 use std::net::SocketAddr;
 
-use super::sim::{MembershipSim, MembershipSimOptions, sim_addr};
 use super::*;
 
 const T0: u64 = 1_795_514_400_000;
@@ -179,84 +179,6 @@ fn data_plane_reports_name_known_active_members() {
         .expect("by replica id");
     a.record_data_plane(addr(2), true, "", T0)
         .expect("by address");
-}
-
-#[test]
-fn same_seed_same_calls_same_bytes() {
-    let run = || {
-        let mut sim = MembershipSim::new(MembershipSimOptions {
-            nodes: 6,
-            seed: 77,
-            ..MembershipSimOptions::default()
-        });
-        sim.join_all(|i| if i == 0 { 1 } else { 0 });
-        sim.run_for(20_000);
-        sim.kill(2);
-        sim.run_for(20_000);
-        (
-            sim.stats(),
-            (0..6)
-                .map(|i| sim.node(i).events.clone())
-                .collect::<Vec<_>>(),
-        )
-    };
-    assert_eq!(run(), run());
-}
-
-#[test]
-fn isolated_node_stretches_its_probes_and_recovers() {
-    let mut sim = MembershipSim::new(MembershipSimOptions {
-        nodes: 6,
-        seed: 5,
-        ..MembershipSimOptions::default()
-    });
-    sim.join_all(|i| if i == 0 { 1 } else { 0 });
-    let deadline = sim.now_ms() + 30_000;
-    assert!(sim.run_until_true(deadline, 100, MembershipSim::converged));
-    assert_eq!(sim.node(0).membership.local_health(), 0);
-    // Node 0 loses the network for a few probe intervals: its own probes go unanswered.
-    sim.set_group(0, 1);
-    let sent_before = sim.node(0).membership.stats().packets_sent;
-    sim.run_for(8_000);
-    let lhm = sim.node(0).membership.local_health();
-    assert!(lhm >= 2, "local health multiplier {lhm}");
-    sim.heal();
-    let deadline = sim.now_ms() + 120_000;
-    assert!(sim.run_until_true(deadline, 500, MembershipSim::converged));
-    sim.run_for(30_000);
-    assert_eq!(sim.node(0).membership.local_health(), 0);
-    assert!(sim.node(0).membership.stats().packets_sent > sent_before);
-}
-
-#[test]
-fn suspicion_confirmations_shorten_the_timer() {
-    // 10 nodes: suspicion min 4 s, max 24 s, K = 3. A killed node is probed by several members, whose
-    // suspicions confirm each other, so it is declared down well before the 24 s maximum.
-    let mut sim = MembershipSim::new(MembershipSimOptions {
-        nodes: 10,
-        seed: 9,
-        ..MembershipSimOptions::default()
-    });
-    sim.join_all(|i| if i == 0 { 1 } else { 0 });
-    let deadline = sim.now_ms() + 30_000;
-    assert!(sim.run_until_true(deadline, 100, MembershipSim::converged));
-    let t0 = sim.now_ms();
-    sim.kill(4);
-    let victim = sim_addr(4);
-    let done = sim.run_until_true(t0 + 30_000, 50, |sim| {
-        (0..10).filter(|&i| i != 4).all(|i| {
-            sim.node(i).membership.state_of(victim).map(|v| v.1) == Some(MemberState::Down)
-        })
-    });
-    assert!(done);
-    let took = sim.now_ms() - t0;
-    let o = sim.options().membership.clone();
-    assert!(took >= o.suspicion_min_ms(10), "{took}");
-    assert!(took < o.suspicion_max_ms(10), "{took}");
-    let started: u64 = (0..10)
-        .map(|i| sim.node(i).membership.stats().suspicions_started)
-        .sum();
-    assert!(started >= 2, "independent suspecters: {started}");
 }
 
 /// A tiny lock-step network: every 50 ms run due timers, then deliver everything at once (no loss).
@@ -462,4 +384,88 @@ fn state_machine_and_reader_can_move_across_threads() {
     send::<Membership>();
     send_sync::<MembershipReader>();
     send_sync::<MemberTable>();
+}
+
+#[test]
+fn a_member_entering_the_data_plane_scope_owes_answers_from_then_on() {
+    // With the data plane required, a node whose scope names only b checks b's data plane; c and d owe it no
+    // answers and are healthy while SWIM has them alive. Once c enters the scope, its silence counts: three
+    // timeouts of 2 s after it entered. (The whole-node scenario in tests/membership_health.rs gets its scope
+    // from a grouped layout; this one changes the scope by hand.)
+    let options = MembershipOptions {
+        health: HealthOptions {
+            timeout_ms: 2_000,
+            success_threshold: 1,
+            failure_threshold: 3,
+            require_data_plane: true,
+        },
+        ..MembershipOptions::default()
+    };
+    let member = |name: &str, port: u16| {
+        Membership::new(
+            LocalIdentity::new(name, u64::from(port), addr(port)),
+            options.clone(),
+            u64::from(port),
+            T0,
+        )
+        .expect("valid")
+    };
+    let mut nodes = vec![
+        member("a", 1),
+        member("b", 2),
+        member("c", 3),
+        member("d", 4),
+    ];
+    for n in &mut nodes[1..] {
+        n.join(addr(1), T0).expect("join");
+    }
+    run(&mut nodes, T0, T0 + 5_000);
+    let mut t = T0 + 5_000;
+    nodes[0].set_data_plane_scope(Some([2u64].into_iter().collect()), t);
+    // Every 500 ms, b answers a's data-plane check; c and d are never checked.
+    let answered = |nodes: &mut [Membership], from: u64, to: u64| {
+        let mut t = from;
+        while t < to {
+            nodes[0]
+                .record_data_plane(addr(2), true, "", t)
+                .expect("b is a member");
+            run(nodes, t, t + 450);
+            t += 500;
+        }
+    };
+    answered(&mut nodes, t, t + 10_000);
+    t += 10_000;
+    for port in [2, 3, 4] {
+        assert_eq!(
+            nodes[0].health_of(addr(port)).map(|h| h.0),
+            Some(true),
+            "member at port {port}"
+        );
+    }
+    assert_eq!(nodes[0].cluster_health(), ClusterHealth::Healthy);
+    nodes[0].set_data_plane_scope(Some([2u64, 3].into_iter().collect()), t);
+    let entered = t;
+    let mut became_unhealthy = None;
+    while t < entered + 10_000 {
+        answered(&mut nodes, t, t + 500);
+        t += 500;
+        if became_unhealthy.is_none() && nodes[0].health_of(addr(3)).is_some_and(|h| !h.0) {
+            became_unhealthy = Some(t - entered);
+        }
+    }
+    let after = became_unhealthy.expect("c never turned unhealthy once in the scope");
+    assert!(
+        (6_000..=6_500).contains(&after),
+        "unhealthy after {after} ms"
+    );
+    assert_eq!(
+        nodes[0].health_of(addr(4)).map(|h| h.0),
+        Some(true),
+        "d, outside, stays healthy"
+    );
+    assert_eq!(
+        nodes[0].health_of(addr(2)).map(|h| h.0),
+        Some(true),
+        "b answers"
+    );
 }

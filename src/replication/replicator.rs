@@ -39,7 +39,9 @@
 //!   `aggregation` and `counter::aggregate`). Without one, the full mesh.
 //! - Errors caused by network input never panic: a bad frame is dropped whole and counted.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::fixed_hash::HashSet;
 
 use crate::timers::TimerTable;
 
@@ -371,7 +373,7 @@ impl Replicator {
             peer,
             Peer {
                 replica,
-                relayed: HashSet::new(),
+                relayed: HashSet::default(),
                 forged_logged: false,
                 relay_cap_logged: false,
                 max_datagram,
@@ -396,7 +398,7 @@ impl Replicator {
             p.awaited_state = Some(AwaitedState {
                 request_id,
                 total: None,
-                indexes: HashSet::new(),
+                indexes: HashSet::default(),
             });
         }
     }
@@ -1047,7 +1049,7 @@ impl Replicator {
         let linked: HashSet<u64> = if relay {
             self.peers.values().map(|p| p.replica).collect()
         } else {
-            HashSet::new()
+            HashSet::default()
         };
         for group in groups {
             let origin = group.origin.to_native();
@@ -1382,7 +1384,7 @@ mod awaited_state_tests {
         AwaitedState {
             request_id,
             total: None,
-            indexes: HashSet::new(),
+            indexes: HashSet::default(),
         }
     }
 

@@ -90,6 +90,7 @@ impl Simulation {
             deferred_downs: Vec::new(),
             inbox: Some(VecDeque::new()),
             refusals: 0,
+            events: Vec::new(),
         });
         self.by_addr.insert(addr, i);
         self.groups.push(0);

@@ -3,7 +3,9 @@
 //!
 //! Guarantees:
 //! - Deterministic: the run is a function of the seed, the options and the calls made on the simulation. The
-//!   seed is printed when the simulation starts (`BIFROST_SIM_SEED=… replays it` in the tests).
+//!   seed is printed when the simulation starts (`BIFROST_SIM_SEED=… replays it` in the tests). Also across
+//!   processes and threads: every map a plane or the simulator iterates has a fixed hasher (`fixed_hash`);
+//!   `tests/sim_scenarios.rs` runs one seed on two threads and compares the runs.
 //! - Virtual time jumps to the next event (a delivery, a link event, a node's timer); nothing sleeps.
 //! - One event costs O(log E) for E pending events: a timer heap with one entry per node wake-up (stale
 //!   entries are skipped when popped), never a scan of every node or peer. Each node's clock is advanced only
@@ -14,7 +16,12 @@
 //!   crash, pause) closes at both ends after the idle timeout, as QUIC's does.
 //! - Nodes crash (no goodbye), stop gracefully (final flush and leave, as the driver's shutdown), pause (no
 //!   processing; datagrams to them are lost, stream frames wait) and restart with a new replica id at the same
-//!   address, with an empty store.
+//!   address, with an empty store. [`Simulation::add_node`] starts one more process with any node id (a
+//!   member's id makes it a duplicate, or a restart at a new address) at the next free address.
+//! - [`Simulation::stall_streams`] stalls the streams between two nodes while their datagrams (membership)
+//!   still pass: the data plane of a link breaks while SWIM still sees both ends alive.
+//! - With [`SimOptions::record_events`], every node's membership events are kept with the virtual time the
+//!   machine handled them ([`Simulation::events`]), over all the lives of the node.
 //!
 //! - Links follow the link-layer contract ([`crate::node::link_layer`]); [`SimEndpoint`] exposes one bare
 //!   endpoint of this network through it, for the conformance suite that also runs against quinn.
@@ -29,7 +36,9 @@ mod network;
 mod report;
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+
+use crate::fixed_hash::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -41,12 +50,14 @@ pub use self::report::{NodeTraffic, Percentiles, SimReport, TrafficSummary};
 
 use crate::config::{ClusterConfig, PeerAddr};
 use crate::counter::{Algorithm, CoarseClock, CounterError, CounterStore, Decision, Window};
-use crate::membership::{MemberState, MembershipError, MembershipOptions};
+use crate::membership::{
+    MemberState, Membership, MembershipError, MembershipEvent, MembershipOptions,
+};
 use crate::node::PeerHello;
 use crate::node::link_layer::{CloseReason, DialError, LinkEvent, travels_on_stream};
 use crate::node::machine::{Action, LinkId, LinkUp, NoProbe, NodeMachine};
 use crate::node::options::{self, MachineIdentity, MachineSeeds, MachineSetup};
-use crate::replication::{Channel, ReplicationStats};
+use crate::replication::{Channel, PeerStats, ReplicationStats};
 use crate::state::TrafficRecorder;
 use crate::wire::{self, capabilities};
 
@@ -81,6 +92,9 @@ pub struct SimOptions {
     pub seeds: usize,
     /// How often every node is told its join targets again, ms (the discovery loop's rounds). Default 10 s.
     pub discovery_interval_ms: u64,
+    /// Keep every node's membership events ([`Simulation::events`]). Default false (memory grows with the
+    /// events: at 1,000 nodes a few per member change on every node).
+    pub record_events: bool,
 }
 
 impl Default for SimOptions {
@@ -94,6 +108,7 @@ impl Default for SimOptions {
             membership: None,
             seeds: 3,
             discovery_interval_ms: 10_000,
+            record_events: false,
         }
     }
 }
@@ -151,6 +166,8 @@ struct SimNode {
     inbox: Option<VecDeque<LinkEvent>>,
     /// Handshakes refused for identity (another trust domain), both directions, all lives.
     refusals: u64,
+    /// Membership events with their time, all lives (only with [`SimOptions::record_events`]).
+    events: Vec<(u64, MembershipEvent)>,
 }
 
 /// One end of a simulated link.
@@ -249,6 +266,8 @@ pub struct Simulation {
     groups: Vec<usize>,
     /// Each node's trust domain (its cluster CA): a dial across domains is refused.
     trust: Vec<u64>,
+    /// Node pairs `(lower, higher)` whose stream frames are dropped ([`Simulation::stall_streams`]).
+    stalled: HashSet<(usize, usize)>,
     stats: NetStats,
     totals: HashMap<(String, Window), u64>,
     probes: Vec<Probe>,
@@ -269,15 +288,16 @@ impl Simulation {
             now_ms: options.start_ms,
             rng: SimRng::new(options.seed),
             nodes: Vec::with_capacity(options.nodes),
-            by_addr: HashMap::new(),
-            ends: HashMap::new(),
+            by_addr: HashMap::default(),
+            ends: HashMap::default(),
             next_link: 1,
             queue: BinaryHeap::new(),
             next_seq: 0,
             groups: vec![0; options.nodes],
             trust: vec![0; options.nodes],
+            stalled: HashSet::default(),
             stats: NetStats::default(),
-            totals: HashMap::new(),
+            totals: HashMap::default(),
             probes: Vec::new(),
             visibility_ms: Vec::new(),
             // An hour: a probe never straddles a window boundary in a run of minutes.
@@ -338,7 +358,7 @@ impl Simulation {
             membership,
             seeds,
         };
-        let machine = options::build_machine(
+        let mut machine = options::build_machine(
             &self.options.config,
             setup,
             &store,
@@ -346,6 +366,9 @@ impl Simulation {
             Box::new(NoProbe),
             self.now_ms,
         )?;
+        if self.options.record_events {
+            machine.record_events();
+        }
         Ok(SimNode {
             node_id,
             addr,
@@ -361,6 +384,7 @@ impl Simulation {
             deferred_downs: Vec::new(),
             inbox: None,
             refusals: 0,
+            events: Vec::new(),
         })
     }
 
@@ -401,6 +425,23 @@ impl Simulation {
         self.nodes[i].replica_id
     }
 
+    /// Node `i`'s address.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    /// Node `i`'s membership plane (of its current life; `None` when down), for what [`Simulation::view`]
+    /// does not say: identities, refusals, health, cluster health, local health, counters.
+    pub fn membership(&self, i: usize) -> Option<&Membership> {
+        self.nodes[i].machine.as_ref().map(NodeMachine::membership)
+    }
+
+    /// Node `i`'s membership events with the virtual time each was handled, over all its lives, oldest
+    /// first (empty unless [`SimOptions::record_events`]).
+    pub fn events(&self, i: usize) -> &[(u64, MembershipEvent)] {
+        &self.nodes[i].events
+    }
+
     /// Whether node `i` runs, is paused or is down.
     pub fn run_state(&self, i: usize) -> RunState {
         self.nodes[i].run
@@ -413,6 +454,19 @@ impl Simulation {
             .as_ref()
             .map(|m| m.replication_stats().clone())
             .unwrap_or_default()
+    }
+
+    /// Node `i`'s link to node `j`'s current life: whether the replication planes use it (in a grouped layout,
+    /// the members node `i` replicates with and so checks the data plane of) and its replication counters
+    /// (`None`: no link, or node `i` down). A scan of node `i`'s links.
+    pub fn peer_stats(&self, i: usize, j: usize) -> Option<(bool, PeerStats)> {
+        let replica = self.nodes[j].replica_id;
+        self.nodes[i]
+            .machine
+            .as_ref()?
+            .peers()
+            .find(|(_, hello, _, _)| hello.replica_id == replica)
+            .map(|(_, _, replicating, stats)| (replicating, stats))
     }
 
     /// Number of links node `i` holds.
@@ -667,6 +721,43 @@ impl Simulation {
         self.groups.iter_mut().for_each(|g| *g = 0);
     }
 
+    /// Stalls (`true`) or frees (`false`) the streams between nodes `i` and `j`, both directions: while
+    /// stalled, every stream frame between them (data-plane checks, anti-entropy, state transfer, deltas too
+    /// large for a datagram) is dropped and counted in [`NetStats::stalled`]; datagrams (membership, deltas)
+    /// still pass. Frames dropped meanwhile are not delivered later (the peers' own retries and timeouts
+    /// recover, as after a stream reset). Links stay up.
+    pub fn stall_streams(&mut self, i: usize, j: usize, stalled: bool) {
+        let pair = (i.min(j), i.max(j));
+        if stalled {
+            self.stalled.insert(pair);
+        } else {
+            self.stalled.remove(&pair);
+        }
+    }
+
+    /// Starts one more process with node id `node_id` at the next free address (index [`Simulation::len`]),
+    /// started now with a fresh replica id and an empty store; it is told the seed nodes as join targets like
+    /// every node. Returns its index. With the node id of a member it is a second process of that node: a
+    /// duplicate while the member is live, or a restart at a new address once it is down.
+    pub fn add_node(&mut self, node_id: &str) -> Result<usize, SimError> {
+        let i = self.nodes.len();
+        let addr = sim_addr(i);
+        let node = self.boot(node_id.to_string(), addr, 0)?;
+        self.nodes.push(node);
+        self.by_addr.insert(addr, i);
+        self.groups.push(0);
+        self.trust.push(0);
+        self.push(
+            self.now_ms,
+            Ev::Discover {
+                node: i,
+                incarnation: 0,
+            },
+        );
+        self.touch(i);
+        Ok(i)
+    }
+
     /// Kills node `i`: no flush, no goodbye; its peers' links close after the idle timeout.
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].run = RunState::Down;
@@ -714,6 +805,7 @@ impl Simulation {
                 last = last.max(at);
             }
         }
+        self.drain_events(i);
         self.crash(i);
         // The close reaches each peer after the last frame it was sent.
         for link in links {
@@ -735,6 +827,7 @@ impl Simulation {
         let mut node = self.boot(node_id, addr, incarnation)?;
         node.traffic = traffic;
         node.refusals = self.nodes[i].refusals;
+        node.events = std::mem::take(&mut self.nodes[i].events);
         self.nodes[i] = node;
         self.push(
             self.now_ms,
@@ -1087,6 +1180,14 @@ impl Simulation {
         }
     }
 
+    /// Moves node `i`'s recorded membership events to its log (nothing unless recording).
+    fn drain_events(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if let Some(machine) = n.machine.as_mut() {
+            machine.drain_recorded(&mut n.events);
+        }
+    }
+
     fn push(&mut self, at: u64, ev: Ev) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -1115,6 +1216,7 @@ impl Simulation {
                 Action::Close { link, reason } => self.close_link(link, reason),
             }
         }
+        self.drain_events(i);
         let n = &mut self.nodes[i];
         let Some(machine) = n.machine.as_ref() else {
             return;
@@ -1158,6 +1260,13 @@ impl Simulation {
         };
         if self.groups[i] != self.groups[peer_node] {
             self.stats.partitioned += 1;
+            return None;
+        }
+        if reliable
+            && !self.stalled.is_empty()
+            && self.stalled.contains(&(i.min(peer_node), i.max(peer_node)))
+        {
+            self.stats.stalled += 1;
             return None;
         }
         let now = self.now_ms.max(not_before_ms);

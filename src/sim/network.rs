@@ -61,6 +61,8 @@ pub struct NetStats {
     pub dials_failed: u64,
     /// Dials refused because the two nodes are of different trust domains (cluster CAs).
     pub dials_refused: u64,
+    /// Stream frames dropped between two nodes whose streams are stalled ([`super::Simulation::stall_streams`]).
+    pub stalled: u64,
     /// Frames sent, by the kind byte of their header (`wire::Kind`; 0 for anything unknown).
     #[serde(skip)]
     pub sent_by_kind: [u64; 17],

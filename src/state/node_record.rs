@@ -12,7 +12,7 @@
 //!   not grow with the cluster: N records of a bounded size each, not N × N link entries.
 //! - Sans-IO: times come in as arguments.
 
-use std::collections::HashMap;
+use crate::fixed_hash::HashMap;
 
 /// Most links one record lists (see the module docs).
 pub const MAX_RECORD_LINKS: usize = 16;
@@ -87,7 +87,7 @@ impl NodeRecords {
 
     /// Per node id, the freshest record received within `expire_after_ms` of `now_ms`, sorted by node id.
     pub fn view(&self, now_ms: u64, expire_after_ms: u64) -> Vec<NodeHealthView> {
-        let mut best: HashMap<&str, (&NodeRecord, u64)> = HashMap::new();
+        let mut best: HashMap<&str, (&NodeRecord, u64)> = HashMap::default();
         for (record, received) in self.by_owner.values() {
             if now_ms.saturating_sub(*received) > expire_after_ms {
                 continue;

@@ -34,7 +34,9 @@
 //!   bounds, the HLC drift limit and last-writer-wins hold whoever relays them.
 //! - Errors caused by network input never panic: a frame that fails to decode is refused whole and counted.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::fixed_hash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -229,11 +231,11 @@ impl StateReplicator {
             map: ConfigMap::new(node_id, options.config.clone()),
             records: NodeRecords::new(),
             peers: BTreeSet::new(),
-            identities: HashMap::new(),
-            cursors: HashMap::new(),
-            pace: HashMap::new(),
-            owed: HashMap::new(),
-            warned: HashSet::new(),
+            identities: HashMap::default(),
+            cursors: HashMap::default(),
+            pace: HashMap::default(),
+            owed: HashMap::default(),
+            warned: HashSet::default(),
             full_logged: false,
             evict_logged: false,
             truncate_logged: false,

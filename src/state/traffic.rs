@@ -15,7 +15,9 @@
 //!   is the only approximation: see [`super::histogram`]).
 //! - Reads never create keys.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fixed_hash::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 

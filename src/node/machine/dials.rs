@@ -1,7 +1,9 @@
 //! Dials to addresses without a link: one dial per address at a time, exponential backoff after failures,
 //! and the membership frames waiting for a dial (a bounded few; the oldest goes first).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::fixed_hash::HashMap;
 use std::net::SocketAddr;
 
 use bytes::Bytes;

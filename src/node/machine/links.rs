@@ -6,7 +6,7 @@
 //!   `(replica id of the dialer, dialer's link nonce)`, a pair both ends know, so they agree without talking.
 //! - An address routes to at most one link (the newest that claimed it); removing a link removes its routes.
 
-use std::collections::HashMap;
+use crate::fixed_hash::HashMap;
 use std::net::SocketAddr;
 
 use crate::node::hello::PeerHello;
@@ -82,6 +82,15 @@ impl LinkTable {
             let old_entry = self.remove(existing);
             self.by_replica.insert(replica, id);
             self.links.insert(id, entry);
+            // The same replica on a new link: every address that reached it still does. (An address this node
+            // dialed the peer at may differ from the one the peer advertises, e.g. 127.0.0.1 against a LAN
+            // address; losing its route sent membership's next packet to it on a new dial, which the rule above
+            // refused again, and the join never finished.)
+            if let Some(old) = &old_entry {
+                for &addr in &old.addrs {
+                    self.route(addr, id);
+                }
+            }
             return match old_entry {
                 Some(old_entry) => Insert::Replaced {
                     old: existing,
@@ -191,6 +200,28 @@ mod tests {
             assert_eq!(at_b.by_replica(a), Some(1), "order {order:?}");
             assert_eq!((at_a.len(), at_b.len()), (1, 1));
         }
+    }
+
+    #[test]
+    fn a_replaced_link_hands_its_addresses_to_the_link_that_replaces_it() {
+        // Node 9 dialed node 5 at a loopback address while 5 advertises another; 5's own dial wins the
+        // duplicate-link rule (the lower dialer replica id) and replaces 9's link: the address 9 dialed must
+        // still reach 5.
+        let (five, nine) = (5u64, 9u64);
+        let dialed = SocketAddr::from(([127, 0, 0, 1], 20_001));
+        let advertised = SocketAddr::from(([10, 79, 0, 1], 20_001));
+        let mut t = LinkTable::default();
+        t.insert(1, entry(five, true, 70), nine);
+        t.route(dialed, 1);
+        t.route(advertised, 1);
+        assert!(matches!(
+            t.insert(2, entry(five, false, 3), nine),
+            Insert::Replaced { old: 1, .. }
+        ));
+        t.route(advertised, 2);
+        assert_eq!(t.by_addr(dialed), Some(2), "the dialed address moved");
+        assert_eq!(t.by_addr(advertised), Some(2));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

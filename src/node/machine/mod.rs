@@ -34,7 +34,9 @@ mod links;
 mod plane;
 pub(crate) mod startup;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::fixed_hash::HashSet;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -151,6 +153,9 @@ pub(crate) struct NodeMachine {
     clock_ms: u64,
     /// Membership-only links closed for idleness.
     idle_closed: u64,
+    /// Every membership event with the time it was handled, while recording (the simulator's event log;
+    /// `None`: not recording, nothing kept).
+    recorded: Option<Vec<(u64, MembershipEvent)>>,
 }
 
 impl NodeMachine {
@@ -171,7 +176,7 @@ impl NodeMachine {
             health: HealthPublisher::new(parts.probe, parts.traffic),
             links: LinkTable::default(),
             dials: DialTable::default(),
-            self_addrs: HashSet::new(),
+            self_addrs: HashSet::default(),
             timers,
             actions: VecDeque::new(),
             health_logged: false,
@@ -181,6 +186,19 @@ impl NodeMachine {
             startup: parts.startup,
             clock_ms: now_ms,
             idle_closed: 0,
+            recorded: None,
+        }
+    }
+
+    /// From now on, keeps every membership event with its time for [`NodeMachine::drain_recorded`].
+    pub(crate) fn record_events(&mut self) {
+        self.recorded.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the events recorded since the previous call to the end of `into` (nothing unless recording).
+    pub(crate) fn drain_recorded(&mut self, into: &mut Vec<(u64, MembershipEvent)>) {
+        if let Some(recorded) = self.recorded.as_mut() {
+            into.append(recorded);
         }
     }
 
@@ -1036,6 +1054,9 @@ impl NodeMachine {
     }
 
     fn member_event(&mut self, event: MembershipEvent, now_ms: u64) {
+        if let Some(recorded) = self.recorded.as_mut() {
+            recorded.push((now_ms, event.clone()));
+        }
         match event {
             MembershipEvent::Joined { peers } => {
                 tracing::info!(peers, "successfully joined {peers} peers on startup");
