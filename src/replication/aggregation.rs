@@ -174,22 +174,9 @@ impl Aggregation {
         max: usize,
     ) -> Option<(u64, Vec<Entry>)> {
         let group = self.publishing()?;
-        let mut entries = Vec::new();
-        while entries.len() < max {
-            let Some((key, window, epoch)) = self.publish.pop_first() else {
-                break;
-            };
-            let value = store.group_total(group, &key, window, epoch);
-            if value > 0 {
-                entries.push(Entry {
-                    key: key.to_string(),
-                    window: WireWindow::from(window),
-                    epoch,
-                    value,
-                });
-            }
-        }
-        (!entries.is_empty()).then(|| (group.to_wire(), entries))
+        drain_due(&mut self.publish, max, group, |key, window, epoch| {
+            store.group_total(group, key, window, epoch)
+        })
     }
 
     /// Up to `max` rest aggregates due, as wire entries of this node's group's rest (empty unless it sends
@@ -205,21 +192,34 @@ impl Aggregation {
             .filter(|t| t.sends_rests())
             .and_then(Topology::own_group)?
             .rest_of_group();
-        let mut entries = Vec::new();
-        while entries.len() < max {
-            let Some((key, window, epoch)) = self.rest.pop_first() else {
-                break;
-            };
-            let value = store.rest_total(rest, &key, window, epoch);
-            if value > 0 {
-                entries.push(Entry {
-                    key: key.to_string(),
-                    window: WireWindow::from(window),
-                    epoch,
-                    value,
-                });
-            }
-        }
-        (!entries.is_empty()).then(|| (rest.to_wire(), entries))
+        drain_due(&mut self.rest, max, rest, |key, window, epoch| {
+            store.rest_total(rest, key, window, epoch)
+        })
     }
+}
+
+/// Takes up to `max` keys off `due` (in key order) and makes each a wire entry of aggregate `id` with the value
+/// `value_of` gives it now, skipping zeros; `None` when nothing is left to send.
+fn drain_due(
+    due: &mut BTreeSet<KeyEpoch>,
+    max: usize,
+    id: AggregateId,
+    value_of: impl Fn(&str, Window, u64) -> u64,
+) -> Option<(u64, Vec<Entry>)> {
+    let mut entries = Vec::new();
+    while entries.len() < max {
+        let Some((key, window, epoch)) = due.pop_first() else {
+            break;
+        };
+        let value = value_of(&key, window, epoch);
+        if value > 0 {
+            entries.push(Entry {
+                key: key.to_string(),
+                window: WireWindow::from(window),
+                epoch,
+                value,
+            });
+        }
+    }
+    (!entries.is_empty()).then(|| (id.to_wire(), entries))
 }

@@ -14,14 +14,11 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::{NodeTraffic, RunState, SimNode, Simulation, sim_addr};
-use crate::counter::{CoarseClock, CounterStore};
 use crate::node::link_layer::{LinkEvent, LinkId, LinkLayer};
-use crate::node::options;
 use crate::replication::Channel;
 
 /// One endpoint of a simulation's network, without a node behind it. See the module docs.
@@ -67,14 +64,7 @@ impl Simulation {
     fn add_endpoint(&mut self, trust_domain: u64) -> usize {
         let i = self.nodes.len();
         let addr = sim_addr(i);
-        let replica_id = self.rng.next_u64();
-        let clock = Arc::new(CoarseClock::new(self.now_ms));
-        let store = CounterStore::new(options::store_options(
-            &self.options.config,
-            replica_id,
-            self.rng.next_u64(),
-            Arc::clone(&clock),
-        ));
+        let (replica_id, clock, store) = self.new_store();
         self.nodes.push(SimNode {
             node_id: format!("endpoint-{i}"),
             addr,

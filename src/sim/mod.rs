@@ -326,13 +326,8 @@ impl Simulation {
         Ok(sim)
     }
 
-    /// A fresh process for node `i`: new replica id, empty store, its machine started now.
-    fn boot(
-        &mut self,
-        node_id: String,
-        addr: SocketAddr,
-        incarnation: u32,
-    ) -> Result<SimNode, SimError> {
+    /// A new replica id and an empty store for it on a clock of its own, set to now (the seed's draws, in order).
+    fn new_store(&mut self) -> (u64, Arc<CoarseClock>, CounterStore) {
         let replica_id = self.rng.next_u64();
         let clock = Arc::new(CoarseClock::new(self.now_ms));
         let store = CounterStore::new(options::store_options(
@@ -341,6 +336,17 @@ impl Simulation {
             self.rng.next_u64(),
             Arc::clone(&clock),
         ));
+        (replica_id, clock, store)
+    }
+
+    /// A fresh process for node `i`: new replica id, empty store, its machine started now.
+    fn boot(
+        &mut self,
+        node_id: String,
+        addr: SocketAddr,
+        incarnation: u32,
+    ) -> Result<SimNode, SimError> {
+        let (replica_id, clock, store) = self.new_store();
         let traffic = TrafficRecorder::new(store.clone(), crate::node::TRAFFIC_WINDOW);
         let membership =
             options::membership_options(&self.options.config, self.options.membership.as_ref());
@@ -610,17 +616,9 @@ impl Simulation {
         limit: u64,
         cost: u64,
     ) -> Result<Option<Decision>, CounterError> {
-        if self.nodes[i].run == RunState::Down {
-            return Ok(None);
-        }
-        self.nodes[i].clock.advance_to(self.now_ms);
-        let decision = self.nodes[i]
-            .store
-            .acquire_by_key(key, window, algorithm, limit, cost)?;
-        if decision.allowed {
-            *self.totals.entry((key.to_string(), window)).or_default() += cost;
-        }
-        Ok(Some(decision))
+        self.decide_on(i, key, window, cost, |store| {
+            store.acquire_by_key(key, window, algorithm, limit, cost)
+        })
     }
 
     /// [`Simulation::acquire`] in the bounded-overshoot mode ([`CounterStore::acquire_bounded`]: fixed window,
@@ -633,13 +631,26 @@ impl Simulation {
         limit: u64,
         cost: u64,
     ) -> Result<Option<Decision>, CounterError> {
+        self.decide_on(i, key, window, cost, |store| {
+            store.acquire_bounded(key, window, limit, cost)
+        })
+    }
+
+    /// Runs `acquire` on node `i`'s store at the current virtual time and records `cost` in the exact total of
+    /// `(key, window)` when it was allowed. `None` when the node is down.
+    fn decide_on(
+        &mut self,
+        i: usize,
+        key: &str,
+        window: Window,
+        cost: u64,
+        acquire: impl FnOnce(&CounterStore) -> Result<Decision, CounterError>,
+    ) -> Result<Option<Decision>, CounterError> {
         if self.nodes[i].run == RunState::Down {
             return Ok(None);
         }
         self.nodes[i].clock.advance_to(self.now_ms);
-        let decision = self.nodes[i]
-            .store
-            .acquire_bounded(key, window, limit, cost)?;
+        let decision = acquire(&self.nodes[i].store)?;
         if decision.allowed {
             *self.totals.entry((key.to_string(), window)).or_default() += cost;
         }

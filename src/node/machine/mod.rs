@@ -961,9 +961,8 @@ impl NodeMachine {
             }
         }
         let mut members_changed = false;
-        let mut any_event = false;
+        let mut suspicion_changed = false;
         while let Some(event) = self.membership.poll_event() {
-            any_event = true;
             members_changed |= matches!(
                 event,
                 MembershipEvent::MemberUp(_)
@@ -971,12 +970,18 @@ impl NodeMachine {
                     | MembershipEvent::MemberLeft(_)
                     | MembershipEvent::MemberReplaced { .. }
             );
+            suspicion_changed |= matches!(
+                event,
+                MembershipEvent::MemberSuspect(_) | MembershipEvent::MemberAlive(_)
+            );
             self.member_event(event, now_ms);
         }
         if members_changed {
             self.update_topology(now_ms);
         }
-        if any_event {
+        // The key owners depend on who is active and who is suspect, nothing else (a health change, a refused
+        // duplicate or a cluster-health flip leaves them as they are): an O(N) list only then.
+        if members_changed || suspicion_changed {
             self.update_lease_members();
         }
     }
