@@ -1160,6 +1160,8 @@ impl Replicator {
             );
             match self.store.merge_aggregate(id, key, window, epoch, value) {
                 Ok(MergeOutcome::Raised) => self.stats.aggregates_merged += 1,
+                // An unchanged aggregate still queues the key's rest: a group's refresh is what repeats a rest
+                // that was lost on the way to the group peers.
                 Ok(MergeOutcome::Unchanged | MergeOutcome::OriginLimit) => {}
                 Ok(MergeOutcome::Expired) => {
                     self.stats.entries_expired += 1;

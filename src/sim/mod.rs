@@ -7,8 +7,9 @@
 //!   processes and threads: every map a plane or the simulator iterates has a fixed hasher (`fixed_hash`);
 //!   `tests/sim_scenarios.rs` runs one seed on two threads and compares the runs.
 //! - Virtual time jumps to the next event (a delivery, a link event, a node's timer); nothing sleeps.
-//! - One event costs O(log E) for E pending events: a timer heap with one entry per node wake-up (stale
-//!   entries are skipped when popped), never a scan of every node or peer. Each node's clock is advanced only
+//! - One event costs O(1) when due within seconds (a calendar queue, [`queue`]) and O(log E) for E pending
+//!   events otherwise, with one entry per node wake-up (stale entries are skipped when popped), never a scan of
+//!   every node or peer. Each node's clock is advanced only
 //!   when that node runs.
 //! - The network ([`network`]) gives every message its own latency (jitter, so messages reorder), loses and
 //!   duplicates datagrams, delays stream frames under loss (retransmission), limits bandwidth per link
@@ -33,10 +34,10 @@
 
 mod endpoint;
 mod network;
+mod queue;
 mod report;
 
-use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::fixed_hash::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -219,30 +220,6 @@ enum Ev {
     },
 }
 
-struct Scheduled {
-    at: u64,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        // Reversed: the heap pops the earliest, then the first scheduled.
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 /// A visibility probe: one increment of a fresh key, timed until every running node sees it.
 struct Probe {
     key: String,
@@ -260,9 +237,9 @@ pub struct Simulation {
     nodes: Vec<SimNode>,
     by_addr: HashMap<SocketAddr, usize>,
     ends: HashMap<LinkId, End>,
-    next_link: LinkId,
-    queue: BinaryHeap<Scheduled>,
-    next_seq: u64,
+    /// The number of the next link end.
+    next_link: u64,
+    queue: queue::EventQueue<Ev>,
     groups: Vec<usize>,
     /// Each node's trust domain (its cluster CA): a dial across domains is refused.
     trust: Vec<u64>,
@@ -291,8 +268,7 @@ impl Simulation {
             by_addr: HashMap::default(),
             ends: HashMap::default(),
             next_link: 1,
-            queue: BinaryHeap::new(),
-            next_seq: 0,
+            queue: queue::EventQueue::new(options.start_ms),
             groups: vec![0; options.nodes],
             trust: vec![0; options.nodes],
             stalled: HashSet::default(),
@@ -873,18 +849,13 @@ impl Simulation {
 
     /// Runs until virtual time `until_ms`, processing every event due before it, in time order.
     pub fn run_until(&mut self, until_ms: u64) {
-        while let Some(top) = self.queue.peek() {
-            if top.at > until_ms {
-                break;
-            }
-            let Some(Scheduled { at, ev, .. }) = self.queue.pop() else {
-                break;
-            };
+        while let Some((at, ev)) = self.queue.pop_due(until_ms) {
             self.now_ms = self.now_ms.max(at);
             self.events_run += 1;
             self.run_event(at, ev);
         }
         self.now_ms = self.now_ms.max(until_ms);
+        self.queue.advance_to(self.now_ms);
     }
 
     /// Runs for `ms` of virtual time.
@@ -1200,9 +1171,7 @@ impl Simulation {
     }
 
     fn push(&mut self, at: u64, ev: Ev) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.push(Scheduled { at, seq, ev });
+        self.queue.push(at, ev);
     }
 
     /// Carries out what node `i`'s machine asked for and re-arms its wake-up.
@@ -1291,8 +1260,8 @@ impl Simulation {
             frame.len(),
             reliable,
         );
-        let last = arrivals.iter().copied().max();
-        for at in arrivals {
+        let last = arrivals.iter().flatten().copied().max();
+        for at in arrivals.into_iter().flatten() {
             self.push(
                 at,
                 Ev::Deliver {

@@ -124,8 +124,8 @@ fn named(by_kind: &[u64; 17]) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
-/// When a frame of `bytes` sent at `now_ms` arrives, and how many copies (0: lost), given the link
-/// direction's `busy_until_ms` (updated).
+/// When a frame of `bytes` sent at `now_ms` arrives, and how many copies (none: lost; two: duplicated), given
+/// the link direction's `busy_until_ms` (updated). An array, not a vector: one frame costs no allocation.
 pub(crate) fn schedule(
     options: &NetOptions,
     rng: &mut SplitMix64,
@@ -134,7 +134,7 @@ pub(crate) fn schedule(
     busy_until_ms: &mut u64,
     bytes: usize,
     reliable: bool,
-) -> Vec<u64> {
+) -> [Option<u64>; 2] {
     let start = (*busy_until_ms).max(now_ms);
     let transmit_ms = options
         .bandwidth_bytes_per_s
@@ -151,17 +151,17 @@ pub(crate) fn schedule(
             }
             at += 2 * hi.max(1);
         }
-        return vec![at];
+        return [Some(at), None];
     }
     if rng.chance(options.loss) {
         stats.lost += 1;
-        return Vec::new();
+        return [None, None];
     }
     let first = start + transmit_ms + latency(rng);
     if rng.chance(options.duplicate) {
         stats.duplicated += 1;
         let second = start + transmit_ms + latency(rng);
-        return vec![first, second];
+        return [Some(first), Some(second)];
     }
-    vec![first]
+    [Some(first), None]
 }
