@@ -50,6 +50,7 @@ pub mod discovery;
 mod fixed_hash;
 pub mod grpc;
 pub mod http;
+mod link_id;
 pub mod membership;
 pub mod node;
 pub mod policy;

@@ -245,11 +245,7 @@ fn dial_outcomes(
         .iter()
         .filter(|(at, _)| *at == i)
         .filter_map(|(_, event)| match event {
-            LinkEvent::Up {
-                link,
-                dialed_addr: Some(addr),
-                ..
-            } => Some((*addr, Ok(*link))),
+            LinkEvent::Up(up) => up.dialed_addr.map(|addr| (addr, Ok(up.link))),
             LinkEvent::DialFailed { addr, error } => Some((*addr, Err(error.clone()))),
             _ => None,
         })
@@ -259,7 +255,7 @@ fn dial_outcomes(
 fn ups(events: &[(usize, LinkEvent)], i: usize) -> usize {
     events
         .iter()
-        .filter(|(at, e)| *at == i && matches!(e, LinkEvent::Up { .. }))
+        .filter(|(at, e)| *at == i && matches!(e, LinkEvent::Up(_)))
         .count()
 }
 
@@ -274,18 +270,12 @@ fn connect<N: Net>(net: &mut N, eps: &mut [N::Links], a: usize, b: usize) -> (Li
     let mut at_b = None;
     for (i, event) in &events {
         match event {
-            LinkEvent::Up {
-                link,
-                dialed_addr,
-                link_nonce,
-                ..
-            } if *i == a && *dialed_addr == Some(target) => at_a = Some((*link, *link_nonce)),
-            LinkEvent::Up {
-                link,
-                dialed_addr: None,
-                link_nonce,
-                ..
-            } if *i == b => at_b = Some((*link, *link_nonce)),
+            LinkEvent::Up(up) if *i == a && up.dialed_addr == Some(target) => {
+                at_a = Some((up.link, up.link_nonce))
+            }
+            LinkEvent::Up(up) if *i == b && up.dialed_addr.is_none() => {
+                at_b = Some((up.link, up.link_nonce))
+            }
             other => panic!("while linking {a} to {b}, endpoint {i} reported {other:?}"),
         }
     }
@@ -337,9 +327,7 @@ fn untrusted_peer_is_refused<N: Net>(net: &mut N) {
     });
     events.extend(listen(net, &mut eps, AFTERMATH_MS));
     assert!(
-        events
-            .iter()
-            .all(|(_, e)| !matches!(e, LinkEvent::Up { .. })),
+        events.iter().all(|(_, e)| !matches!(e, LinkEvent::Up(_))),
         "a link came up across trust domains: {events:?}"
     );
     for (i, dialed) in [(0, stranger), (1, member)] {

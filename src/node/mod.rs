@@ -51,6 +51,7 @@ mod hello;
 mod identity;
 mod join;
 mod link_tasks;
+mod live_links;
 pub(crate) mod machine;
 pub(crate) mod options;
 mod persistence;

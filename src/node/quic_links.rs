@@ -1,22 +1,22 @@
-//! [`QuicLinks`]: the quinn implementation of the [`LinkLayer`] contract, built from the same link tasks the
-//! tokio driver runs (the acceptor and the dials with their `Hello` exchange, the readers, and
-//! `link_tasks::send` for frames).
+//! [`QuicLinks`]: the quinn implementation of the [`LinkLayer`] contract, built from the same link tasks and
+//! link table the tokio driver runs (the acceptor and the dials with their `Hello` exchange, and
+//! [`super::live_links::LiveLinks`]: the readers, the reading of their reports, `link_tasks::send` for frames).
 //!
 //! Guarantees: those of [`super::link_layer`], over real QUIC with mutual TLS. In particular a peer whose
 //! certificate is not of this cluster, or whose hello names another node than its certificate, never yields
 //! [`LinkEvent::Up`]; [`LinkLayer::refusals`] counts such handshakes, both directions (the transport's
 //! certificate refusals plus refused hellos).
 //!
-//! What it is for: the driver does not go through this type. It runs the same link tasks and send path
-//! directly, interleaved with its own event channel (discovery, config writes, shutdown), so the conformance
-//! suite (`tests/transport_conformance.rs`) checks the code the driver runs, through this thin wrapper; what the
-//! driver adds on top (the shutdown's confirmed sends, round-trip times for the status) is not covered here.
+//! What it is for: the driver does not go through this type. It holds the same [`super::live_links::LiveLinks`]
+//! and link tasks directly, interleaved with its own event channel (discovery, config writes, shutdown), so the
+//! conformance suite (`tests/transport_conformance.rs`) checks the code the driver runs, through this thin
+//! wrapper; what the driver adds on top (the shutdown's confirmed sends, round-trip times for the status) is
+//! not covered here.
 //!
 //! Created inside a tokio runtime, it keeps that runtime's handle: its methods can then be called from any
 //! thread, and its tasks run on that runtime. Dropping it stops its tasks; the links it holds close when their
 //! last handle goes.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,25 +29,13 @@ use tokio::task::JoinHandle;
 use super::events::Event;
 use super::hello;
 use super::link_tasks::{self, HelloSetup};
-use super::machine::link_layer::{CloseReason, LinkEvent, LinkId, LinkLayer};
+use super::live_links::LiveLinks;
+use super::machine::link_layer::{LinkEvent, LinkId, LinkLayer};
 use crate::replication::Channel;
-use crate::transport::{Link, LinkError, RefusalReason, Transport, TransportError};
+use crate::transport::{RefusalReason, Transport, TransportError};
 
 /// How many link events wait for [`QuicLinks::poll_event`] before the link tasks wait.
 const EVENT_QUEUE: usize = 4_096;
-
-/// One live link: the transport's handle, its reader tasks, the bound on its stream sends.
-struct Live {
-    link: Link,
-    readers: Vec<JoinHandle<()>>,
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-impl Live {
-    fn stop_readers(&self) {
-        self.readers.iter().for_each(JoinHandle::abort);
-    }
-}
 
 /// The link layer of one node over a quinn [`Transport`]. See the module docs.
 pub struct QuicLinks {
@@ -56,7 +44,7 @@ pub struct QuicLinks {
     setup: HelloSetup,
     events: mpsc::Sender<Event>,
     inbox: mpsc::Receiver<Event>,
-    links: HashMap<LinkId, Live>,
+    links: LiveLinks,
     acceptor: JoinHandle<()>,
 }
 
@@ -94,101 +82,18 @@ impl QuicLinks {
             runtime,
             transport,
             setup,
+            links: LiveLinks::new(events.clone()),
             events,
             inbox,
-            links: HashMap::new(),
             acceptor,
         })
-    }
-
-    /// Turns what a link task reported into the event the contract promises (`None`: nothing to report, as a
-    /// frame read on a link closed meanwhile).
-    fn absorb(&mut self, event: Event) -> Option<LinkEvent> {
-        match event {
-            Event::PeerUp {
-                link,
-                hello,
-                dialed_addr,
-                link_nonce,
-            } => {
-                let id = link.id() as LinkId;
-                let up = LinkEvent::Up {
-                    link: id,
-                    hello,
-                    dialed_addr,
-                    link_nonce,
-                    remote: link.remote_address(),
-                    max_datagram: link.max_datagram_size(),
-                };
-                let readers = link_tasks::spawn_readers(&link, self.events.clone());
-                let permits = Arc::new(tokio::sync::Semaphore::new(
-                    link_tasks::MAX_STREAM_SENDS_PER_LINK,
-                ));
-                self.links.insert(
-                    id,
-                    Live {
-                        link,
-                        readers,
-                        permits,
-                    },
-                );
-                Some(up)
-            }
-            Event::PeerDown { link_id } => {
-                let live = self.links.remove(&(link_id as LinkId))?;
-                live.stop_readers();
-                let reason = close_reason(live.link.close_reason());
-                Some(LinkEvent::Down {
-                    link: link_id as LinkId,
-                    reason,
-                })
-            }
-            Event::Frame {
-                link_id,
-                bytes,
-                channel,
-            } => self
-                .links
-                .contains_key(&(link_id as LinkId))
-                .then_some(LinkEvent::Frame {
-                    link: link_id as LinkId,
-                    frame: bytes,
-                    channel,
-                }),
-            Event::StreamFailed { link_id, error } => self
-                .links
-                .contains_key(&(link_id as LinkId))
-                .then_some(LinkEvent::StreamFailed {
-                    link: link_id as LinkId,
-                    error,
-                }),
-            Event::DialFailed { addr, error } => Some(LinkEvent::DialFailed { addr, error }),
-            Event::Discovered { .. } | Event::Config(_) | Event::Shutdown { .. } => None,
-        }
     }
 }
 
 impl Drop for QuicLinks {
     fn drop(&mut self) {
+        // The links' readers stop when `links` drops.
         self.acceptor.abort();
-        for live in self.links.values() {
-            live.stop_readers();
-        }
-    }
-}
-
-/// The contract's reading of why a quinn connection closed.
-fn close_reason(error: Option<LinkError>) -> CloseReason {
-    match error {
-        Some(LinkError::ConnectionLost { source, .. }) => match source {
-            quinn::ConnectionError::ApplicationClosed(close) => {
-                CloseReason::ClosedByPeer(String::from_utf8_lossy(&close.reason).into_owned())
-            }
-            quinn::ConnectionError::TimedOut => CloseReason::TimedOut,
-            other => CloseReason::Lost(other.to_string()),
-        },
-        Some(other) => CloseReason::Lost(other.to_string()),
-        None => CloseReason::Lost("closed".to_string()),
     }
 }
 
@@ -208,22 +113,16 @@ impl LinkLayer for QuicLinks {
     }
 
     fn send(&mut self, link: LinkId, channel: Channel, frame: Bytes) {
-        let Some(live) = self.links.get(&link) else {
-            return;
-        };
         let _runtime = self.runtime.enter();
-        link_tasks::send(&live.link, channel, frame, &self.events, &live.permits);
+        self.links.send(link, channel, frame);
     }
 
     fn close(&mut self, link: LinkId, reason: &str) {
-        if let Some(live) = self.links.remove(&link) {
-            live.link.close(reason);
-            live.stop_readers();
-        }
+        self.links.close(link, reason);
     }
 
     fn max_datagram(&self, link: LinkId) -> Option<usize> {
-        self.links.get(&link)?.link.max_datagram_size()
+        self.links.link(link)?.max_datagram_size()
     }
 
     fn refusals(&self) -> u64 {
@@ -251,7 +150,7 @@ impl LinkLayer for QuicLinks {
         // A link that comes up gets its reader tasks here.
         let _runtime = self.runtime.enter();
         while let Ok(event) = self.inbox.try_recv() {
-            if let Some(event) = self.absorb(event) {
+            if let Some(event) = self.links.absorb(event) {
                 return Some(event);
             }
         }

@@ -74,7 +74,8 @@ pub const MAX_DIGEST_ORIGINS: usize = 40_000;
 /// Default of [`ReplicatorOptions::max_relayed_origins_per_peer`] (`limits.max_relayed_origins_per_peer`).
 pub const DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER: usize = 4_096;
 
-/// Identifies a peer link, as chosen by the runtime.
+/// Identifies a peer, as the runtime numbers it (the node passes the number of the peer's link:
+/// [`crate::node::link_layer::LinkId::get`]).
 pub type PeerId = u64;
 
 /// How a frame must travel.

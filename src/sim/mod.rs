@@ -909,15 +909,7 @@ impl Simulation {
                 }
                 let n = &mut self.nodes[node];
                 n.clock.advance_to(self.now_ms);
-                let up = *up;
-                let event = LinkEvent::Up {
-                    link: up.link,
-                    hello: up.hello,
-                    dialed_addr: up.dialed_addr,
-                    link_nonce: up.link_nonce,
-                    remote: up.remote,
-                    max_datagram: up.max_datagram,
-                };
+                let event = LinkEvent::Up(up);
                 self.inform(node, event);
             }
             Ev::DialFailed {
@@ -1333,7 +1325,7 @@ impl Simulation {
             );
             return;
         }
-        let (ours, theirs) = (self.next_link, self.next_link + 1);
+        let (ours, theirs) = (LinkId::new(self.next_link), LinkId::new(self.next_link + 1));
         self.next_link += 2;
         self.ends.insert(
             ours,

@@ -10,19 +10,17 @@
 //! - On shutdown: the last dirty values are flushed on streams (the peers confirm reading them, bounded), then
 //!   the leave is announced on streams (bounded), then the links close.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::events::{ConfigCommand, Event};
 use super::link_tasks::{self, HelloSetup};
-use super::machine::link_layer::LinkEvent;
-use super::machine::{Action, LinkId, LinkUp, NodeMachine};
+use super::live_links::LiveLinks;
+use super::machine::{Action, LinkId, NodeMachine};
 use super::shared_view::SharedView;
 use crate::counter::CoarseClock;
 use crate::replication::{PeerStats, ReplicationStats};
@@ -63,20 +61,6 @@ pub struct NodeStatus {
     pub state: crate::state::StateStats,
 }
 
-/// A live link: the transport's handle, its reader tasks, and the bound on its stream sends.
-struct LiveLink {
-    link: Link,
-    readers: Vec<JoinHandle<()>>,
-    stream_permits: Arc<tokio::sync::Semaphore>,
-}
-
-impl LiveLink {
-    fn close(self, reason: &str) {
-        self.link.close(reason);
-        self.readers.iter().for_each(JoinHandle::abort);
-    }
-}
-
 /// How long the final flush waits for peers to read the last values.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the leave announcement waits for peers to read it.
@@ -103,7 +87,7 @@ pub(crate) struct Driver {
     transport: Arc<Transport>,
     hello: HelloSetup,
     shared: Arc<SharedView>,
-    links: HashMap<LinkId, LiveLink>,
+    links: LiveLinks,
     status_at_ms: u64,
 }
 
@@ -112,12 +96,12 @@ impl Driver {
         Driver {
             machine: parts.machine,
             clock: parts.clock,
-            events: parts.events,
+            events: parts.events.clone(),
             status: parts.status,
             transport: parts.transport,
             hello: parts.hello,
+            links: LiveLinks::new(parts.events.clone()),
             shared: parts.shared,
-            links: HashMap::new(),
             status_at_ms: 0,
         }
     }
@@ -152,16 +136,13 @@ impl Driver {
             self.after_machine();
             self.publish_status(false);
         }
-        for (_, live) in self.links.drain() {
-            live.readers.iter().for_each(JoinHandle::abort);
-        }
+        // The links' readers stop when `self.links` drops.
     }
 
     fn handle_timeout(&mut self) {
         // Path MTU discovery changes what a datagram can hold: the machine packs batches for the current size.
-        for (&id, live) in &self.links {
-            self.machine
-                .set_max_datagram(id, live.link.max_datagram_size());
+        for (id, link) in self.links.iter() {
+            self.machine.set_max_datagram(id, link.max_datagram_size());
         }
         let now = self.now();
         self.machine.handle_timeout(now);
@@ -171,58 +152,6 @@ impl Driver {
     fn handle(&mut self, event: Event) {
         let now = self.now();
         match event {
-            Event::PeerUp {
-                link,
-                hello,
-                dialed_addr,
-                link_nonce,
-            } => {
-                let id = link.id() as LinkId;
-                let up = LinkUp {
-                    link: id,
-                    hello,
-                    dialed_addr,
-                    link_nonce,
-                    remote: link.remote_address(),
-                    max_datagram: link.max_datagram_size(),
-                };
-                let readers = link_tasks::spawn_readers(&link, self.events.clone());
-                self.links.insert(
-                    id,
-                    LiveLink {
-                        link,
-                        readers,
-                        stream_permits: Arc::new(tokio::sync::Semaphore::new(
-                            link_tasks::MAX_STREAM_SENDS_PER_LINK,
-                        )),
-                    },
-                );
-                self.machine.handle_link_up(up);
-                self.after_machine();
-                self.publish_status(true);
-            }
-            Event::PeerDown { link_id } => {
-                // A link the machine closed itself is gone already.
-                if let Some(live) = self.links.remove(&(link_id as LinkId)) {
-                    let reason = live
-                        .link
-                        .close_reason()
-                        .map_or_else(|| "closed".to_string(), |e| e.to_string());
-                    live.readers.iter().for_each(JoinHandle::abort);
-                    self.machine.handle_link_down(link_id as LinkId, &reason);
-                    self.publish_status(true);
-                }
-            }
-            Event::DialFailed { addr, error } => self
-                .machine
-                .handle_link_event(LinkEvent::DialFailed { addr, error }, now),
-            Event::Frame { link_id, bytes, .. } => {
-                self.machine.handle_frame(link_id as LinkId, &bytes, now)
-            }
-            Event::StreamFailed { link_id, error } => {
-                self.machine
-                    .handle_stream_failed(link_id as LinkId, &error, now)
-            }
             Event::Discovered { addrs } => self.machine.handle_discovered(addrs, now),
             Event::Config(command) => {
                 let (result, reply) = match command {
@@ -241,6 +170,18 @@ impl Driver {
             }
             // Handled by the run loop before it gets here.
             Event::Shutdown { done } => drop(done),
+            link_event => {
+                // A link that comes or goes changes the peer list at once.
+                let changes_peers =
+                    matches!(link_event, Event::PeerUp { .. } | Event::PeerDown { .. });
+                if let Some(event) = self.links.absorb(link_event) {
+                    self.machine.handle_link_event(event, now);
+                    if changes_peers {
+                        self.after_machine();
+                        self.publish_status(true);
+                    }
+                }
+            }
         }
     }
 
@@ -258,23 +199,8 @@ impl Driver {
                     link,
                     channel,
                     frame,
-                } => {
-                    let Some(live) = self.links.get(&link) else {
-                        continue;
-                    };
-                    link_tasks::send(
-                        &live.link,
-                        channel,
-                        frame,
-                        &self.events,
-                        &live.stream_permits,
-                    );
-                }
-                Action::Close { link, reason } => {
-                    if let Some(live) = self.links.remove(&link) {
-                        live.close(reason);
-                    }
-                }
+                } => self.links.send(link, channel, frame),
+                Action::Close { link, reason } => self.links.close(link, reason),
             }
         }
         let mut changed = false;
@@ -310,13 +236,13 @@ impl Driver {
             .machine
             .peers()
             .filter_map(|(id, hello, replicating, stats)| {
-                let live = self.links.get(&id)?;
+                let link = self.links.link(id)?;
                 Some(PeerInfo {
                     node_id: hello.node_id.clone(),
                     replica_id: hello.replica_id,
-                    address: live.link.remote_address(),
+                    address: link.remote_address(),
                     gossip_addr: hello.gossip_addr,
-                    rtt: live.link.rtt(),
+                    rtt: link.rtt(),
                     replicating,
                     stats,
                 })
@@ -355,16 +281,14 @@ impl Driver {
         let (confirmed, total) = link_tasks::send_and_confirm(frames, LEAVE_TIMEOUT).await;
         tracing::info!(notices = total, confirmed, "left the cluster");
         self.publish_status(true);
-        for (_, live) in self.links.drain() {
-            live.close("shutdown");
-        }
+        self.links.close_all("shutdown");
     }
 
     /// Pairs frames with the live links they go on.
     fn on_links(&self, frames: Vec<(LinkId, Bytes)>) -> Vec<(Link, Bytes)> {
         frames
             .into_iter()
-            .filter_map(|(id, frame)| Some((self.links.get(&id)?.link.clone(), frame)))
+            .filter_map(|(id, frame)| Some((self.links.link(id)?.clone(), frame)))
             .collect()
     }
 }

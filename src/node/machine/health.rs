@@ -77,7 +77,7 @@ impl HealthPublisher {
                 entry.hello.node_id.as_str(),
                 entry.replicating,
                 replicator
-                    .peer_stats(peer)
+                    .peer_stats(peer.get())
                     .map_or(0, |s| s.check_rtt_ms.saturating_mul(1000)),
             )
         }));

@@ -3,8 +3,8 @@
 //!
 //! Two implementations exist and one conformance suite (`tests/transport_conformance.rs`) checks both against
 //! the guarantees below: [`crate::node::QuicLinks`] over the quinn [`crate::transport::Transport`] (a thin
-//! wrapper over the link tasks and send path the tokio driver runs; the driver itself does not go through the
-//! trait), and [`crate::sim::SimEndpoint`], an endpoint of the whole-node simulator's in-memory network, whose
+//! wrapper over the link tasks and the link table the tokio driver holds; the driver itself does not go through
+//! the trait), and [`crate::sim::SimEndpoint`], an endpoint of the whole-node simulator's in-memory network, whose
 //! links are the ones the simulated nodes use. The node machine takes these events through
 //! `NodeMachine::handle_link_event`. This module is sans-IO (no tokio, no quinn, no clock): it only names the
 //! contract.
@@ -40,27 +40,30 @@ use bytes::Bytes;
 use crate::node::PeerHello;
 use crate::replication::Channel;
 
-/// A link's id, chosen by the implementation, unique per endpoint while the link lives.
-pub type LinkId = u64;
+pub use crate::link_id::LinkId;
+
+/// A link that passed authentication and the hello exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkUp {
+    /// Its id.
+    pub link: LinkId,
+    /// What the peer said about itself (its identity is verified: see the module docs).
+    pub hello: PeerHello,
+    /// The address this endpoint dialed (`None`: the peer dialed us).
+    pub dialed_addr: Option<SocketAddr>,
+    /// The dialer's nonce, known to both ends.
+    pub link_nonce: u64,
+    /// The peer's address as the link sees it.
+    pub remote: SocketAddr,
+    /// The largest datagram the link takes now (`None`: no datagrams).
+    pub max_datagram: Option<usize>,
+}
 
 /// What a [`LinkLayer`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// A link passed authentication and the hello exchange.
-    Up {
-        /// Its id.
-        link: LinkId,
-        /// What the peer said about itself (its identity is verified: see the module docs).
-        hello: PeerHello,
-        /// The address this endpoint dialed (`None`: the peer dialed us).
-        dialed_addr: Option<SocketAddr>,
-        /// The dialer's nonce, known to both ends.
-        link_nonce: u64,
-        /// The peer's address as the link sees it.
-        remote: SocketAddr,
-        /// The largest datagram the link takes now (`None`: no datagrams).
-        max_datagram: Option<usize>,
-    },
+    /// A link passed authentication and the hello exchange (boxed: the hello is large, frames are many).
+    Up(Box<LinkUp>),
     /// A frame arrived.
     Frame {
         /// On which link.

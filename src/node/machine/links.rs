@@ -10,10 +10,9 @@ use crate::fixed_hash::HashMap;
 use std::net::SocketAddr;
 
 use crate::node::hello::PeerHello;
-use crate::replication::PeerId;
 
 /// A link id: unique per process (the transport's connection id).
-pub(crate) type LinkId = PeerId;
+pub(crate) use super::link_layer::LinkId;
 
 /// A link that passed the hello exchange, as the machine keeps it.
 #[derive(Debug, Clone)]
@@ -187,17 +186,18 @@ mod tests {
         // Node 5 and node 9 dial each other at once: link 1 is 5's dial (nonce 70), link 2 is 9's (nonce 3).
         let (a, b) = (5u64, 9u64);
         for order in [[1u64, 2], [2, 1]] {
+            let order = order.map(LinkId::new);
             let mut at_a = LinkTable::default();
             let mut at_b = LinkTable::default();
             for id in order {
-                let dialed_by_a = id == 1;
-                let nonce = if id == 1 { 70 } else { 3 };
+                let dialed_by_a = id == LinkId::new(1);
+                let nonce = if dialed_by_a { 70 } else { 3 };
                 at_a.insert(id, entry(b, dialed_by_a, nonce), a);
                 at_b.insert(id, entry(a, !dialed_by_a, nonce), b);
             }
             // The dialer with the lower replica id (5) wins whatever its nonce.
-            assert_eq!(at_a.by_replica(b), Some(1), "order {order:?}");
-            assert_eq!(at_b.by_replica(a), Some(1), "order {order:?}");
+            assert_eq!(at_a.by_replica(b), Some(LinkId::new(1)), "order {order:?}");
+            assert_eq!(at_b.by_replica(a), Some(LinkId::new(1)), "order {order:?}");
             assert_eq!((at_a.len(), at_b.len()), (1, 1));
         }
     }
@@ -211,16 +211,20 @@ mod tests {
         let dialed = SocketAddr::from(([127, 0, 0, 1], 20_001));
         let advertised = SocketAddr::from(([10, 79, 0, 1], 20_001));
         let mut t = LinkTable::default();
-        t.insert(1, entry(five, true, 70), nine);
-        t.route(dialed, 1);
-        t.route(advertised, 1);
+        t.insert(LinkId::new(1), entry(five, true, 70), nine);
+        t.route(dialed, LinkId::new(1));
+        t.route(advertised, LinkId::new(1));
         assert!(matches!(
-            t.insert(2, entry(five, false, 3), nine),
-            Insert::Replaced { old: 1, .. }
+            t.insert(LinkId::new(2), entry(five, false, 3), nine),
+            Insert::Replaced { old, .. } if old == LinkId::new(1)
         ));
-        t.route(advertised, 2);
-        assert_eq!(t.by_addr(dialed), Some(2), "the dialed address moved");
-        assert_eq!(t.by_addr(advertised), Some(2));
+        t.route(advertised, LinkId::new(2));
+        assert_eq!(
+            t.by_addr(dialed),
+            Some(LinkId::new(2)),
+            "the dialed address moved"
+        );
+        assert_eq!(t.by_addr(advertised), Some(LinkId::new(2)));
         assert_eq!(t.len(), 1);
     }
 
@@ -228,15 +232,15 @@ mod tests {
     fn routes_follow_the_link_that_holds_them() {
         let mut t = LinkTable::default();
         let addr = SocketAddr::from(([127, 0, 0, 1], 7));
-        t.insert(1, entry(7, true, 1), 100);
-        t.route(addr, 1);
-        assert_eq!(t.by_addr(addr), Some(1));
+        t.insert(LinkId::new(1), entry(7, true, 1), 100);
+        t.route(addr, LinkId::new(1));
+        assert_eq!(t.by_addr(addr), Some(LinkId::new(1)));
         // A newer identity of another replica takes the address.
-        t.insert(2, entry(8, true, 1), 100);
-        t.route(addr, 2);
-        t.remove(1);
-        assert_eq!(t.by_addr(addr), Some(2));
-        t.remove(2);
+        t.insert(LinkId::new(2), entry(8, true, 1), 100);
+        t.route(addr, LinkId::new(2));
+        t.remove(LinkId::new(1));
+        assert_eq!(t.by_addr(addr), Some(LinkId::new(2)));
+        t.remove(LinkId::new(2));
         assert_eq!(t.by_addr(addr), None);
         assert_eq!(t.by_replica(8), None);
     }

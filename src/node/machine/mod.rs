@@ -42,6 +42,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 pub(crate) use health::{NoProbe, ProcessProbe};
+pub(crate) use link_layer::LinkUp;
 pub(crate) use links::LinkId;
 pub(crate) use plane::Plane;
 
@@ -84,23 +85,6 @@ pub(crate) enum Action {
     },
     /// Close `link` (the machine has already forgotten it).
     Close { link: LinkId, reason: &'static str },
-}
-
-/// A link that passed the hello exchange, as the runtime reports it.
-#[derive(Debug, Clone)]
-pub(crate) struct LinkUp {
-    /// The link's id (unique per process).
-    pub(crate) link: LinkId,
-    /// What the peer said about itself.
-    pub(crate) hello: PeerHello,
-    /// The address this node dialed (`None`: the peer dialed us).
-    pub(crate) dialed_addr: Option<SocketAddr>,
-    /// The dialer's nonce, known to both ends.
-    pub(crate) link_nonce: u64,
-    /// The other end's address as the link sees it.
-    pub(crate) remote: SocketAddr,
-    /// The largest datagram the link takes (`None`: no datagrams).
-    pub(crate) max_datagram: Option<usize>,
 }
 
 /// The machine's own timers.
@@ -231,7 +215,10 @@ impl NodeMachine {
                 id,
                 &e.hello,
                 e.replicating,
-                self.replicator.peer_stats(id).cloned().unwrap_or_default(),
+                self.replicator
+                    .peer_stats(id.get())
+                    .cloned()
+                    .unwrap_or_default(),
             )
         })
     }
@@ -391,7 +378,7 @@ impl NodeMachine {
         };
         // Shared-state frames from this link are taken for its authenticated identity only.
         self.state
-            .bind_peer(link, entry.hello.replica_id, &entry.hello.node_id);
+            .bind_peer(link.get(), entry.hello.replica_id, &entry.hello.node_id);
         // A membership-only link (a grouped layout's probe or gossip target) comes and goes every few seconds
         // in a large cluster: debug, not info.
         if entry.replicating {
@@ -420,21 +407,7 @@ impl NodeMachine {
     pub(crate) fn handle_link_event(&mut self, event: link_layer::LinkEvent, now_ms: u64) {
         use link_layer::{DialError, LinkEvent};
         match event {
-            LinkEvent::Up {
-                link,
-                hello,
-                dialed_addr,
-                link_nonce,
-                remote,
-                max_datagram,
-            } => self.handle_link_up(LinkUp {
-                link,
-                hello,
-                dialed_addr,
-                link_nonce,
-                remote,
-                max_datagram,
-            }),
+            LinkEvent::Up(up) => self.handle_link_up(*up),
             LinkEvent::Frame { link, frame, .. } => self.handle_frame(link, &frame, now_ms),
             LinkEvent::StreamFailed { link, error } => {
                 self.handle_stream_failed(link, &error, now_ms)
@@ -457,10 +430,10 @@ impl NodeMachine {
 
     fn link_removed(&mut self, link: LinkId, entry: &LinkEntry, reason: &str) {
         if entry.replicating {
-            self.replicator.remove_peer(link);
+            self.replicator.remove_peer(link.get());
         }
         // Unbinds the link's identity, replicating or not.
-        self.state.unbind_peer(link);
+        self.state.unbind_peer(link.get());
         if entry.replicating {
             tracing::info!(
                 peer = %entry.hello.node_id,
@@ -514,7 +487,7 @@ impl NodeMachine {
             if entry.replicating
                 && let Some(size) = max_datagram
             {
-                self.replicator.set_max_datagram(link, size);
+                self.replicator.set_max_datagram(link.get(), size);
             }
         }
     }
@@ -523,7 +496,7 @@ impl NodeMachine {
     pub(crate) fn handle_stream_failed(&mut self, link: LinkId, error: &str, now_ms: u64) {
         if let Some(entry) = self.links.get(link) {
             let replica = entry.hello.replica_id;
-            self.replicator.check_failed(link, now_ms);
+            self.replicator.check_failed(link.get(), now_ms);
             let reason = format!("replication stream failed: {error}");
             let _ = self
                 .membership
@@ -561,9 +534,11 @@ impl NodeMachine {
             return;
         }
         let result = match plane {
-            Some(wire::Plane::State) => Plane::handle_frame(&mut self.state, link, bytes, now_ms),
+            Some(wire::Plane::State) => {
+                Plane::handle_frame(&mut self.state, link.get(), bytes, now_ms)
+            }
             // Counter frames, and anything the header does not name: the replicator counts what it refuses.
-            _ => Plane::handle_frame(&mut self.replicator, link, bytes, now_ms),
+            _ => Plane::handle_frame(&mut self.replicator, link.get(), bytes, now_ms),
         };
         // The planes never touch the link table: the entry is still there to name the peer (looked up again
         // only on an error, so a frame costs no copy of the node id).
@@ -579,7 +554,7 @@ impl NodeMachine {
         }
         let mut answered = false;
         while let Some(check) = self.replicator.poll_check() {
-            let Some(entry) = self.links.get(check.peer) else {
+            let Some(entry) = self.links.get(LinkId::new(check.peer)) else {
                 continue;
             };
             let reason = format!("data-plane check answered in {} ms", check.rtt_ms);
@@ -690,8 +665,8 @@ impl NodeMachine {
         self.replicator.flush(now_ms);
         let mut frames = Vec::new();
         while let Some(transmit) = self.next_transmit() {
-            if self.links.get(transmit.peer).is_some() {
-                frames.push((transmit.peer, transmit.frame));
+            if self.links.get(LinkId::new(transmit.peer)).is_some() {
+                frames.push((LinkId::new(transmit.peer), transmit.frame));
             }
         }
         frames
@@ -771,8 +746,8 @@ impl NodeMachine {
             if wanted {
                 self.planes_add_peer(link, replica, max);
             } else {
-                Plane::remove_peer(&mut self.replicator, link);
-                Plane::remove_peer(&mut self.state, link);
+                Plane::remove_peer(&mut self.replicator, link.get());
+                Plane::remove_peer(&mut self.state, link.get());
             }
         }
     }
@@ -810,8 +785,8 @@ impl NodeMachine {
 
     /// Both replication planes start replicating to `link`.
     fn planes_add_peer(&mut self, link: LinkId, replica: u64, max_datagram: Option<usize>) {
-        Plane::add_peer(&mut self.replicator, link, replica, max_datagram);
-        Plane::add_peer(&mut self.state, link, replica, max_datagram);
+        Plane::add_peer(&mut self.replicator, link.get(), replica, max_datagram);
+        Plane::add_peer(&mut self.state, link.get(), replica, max_datagram);
     }
 
     fn send(&mut self, link: LinkId, channel: Channel, frame: Bytes) {
@@ -830,8 +805,8 @@ impl NodeMachine {
     /// Turns the planes' transmits into send actions (to links that still exist).
     fn collect_transmits(&mut self) {
         while let Some(transmit) = self.next_transmit() {
-            if self.links.get(transmit.peer).is_some() {
-                self.send(transmit.peer, transmit.channel, transmit.frame);
+            if self.links.get(LinkId::new(transmit.peer)).is_some() {
+                self.send(LinkId::new(transmit.peer), transmit.channel, transmit.frame);
             }
         }
     }
@@ -1222,8 +1197,8 @@ impl NodeMachine {
             && entry.replicating
         {
             entry.replicating = false;
-            Plane::remove_peer(&mut self.replicator, link);
-            Plane::remove_peer(&mut self.state, link);
+            Plane::remove_peer(&mut self.replicator, link.get());
+            Plane::remove_peer(&mut self.state, link.get());
         }
     }
 
