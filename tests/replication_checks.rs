@@ -87,6 +87,41 @@ fn a_check_is_answered_by_the_peers_replicator_and_reports_its_round_trip() {
 }
 
 #[test]
+fn check_now_sends_a_fresh_check_at_once_and_ignores_the_answer_to_the_one_it_replaced() {
+    let (mut a, mut b) = (node(1, 2), node(2, 1));
+    a.handle_timeout(NOW);
+    let first = checks_out(&mut a).remove(0);
+    a.check_now(2);
+    assert!(a.poll_timeout() <= NOW + 1, "due at once");
+    a.handle_timeout(NOW + 1);
+    let second = checks_out(&mut a).remove(0);
+    assert_ne!(first.frame, second.frame, "a new nonce");
+    assert_eq!(
+        a.stats().checks_timed_out,
+        0,
+        "the replaced check is not a timeout"
+    );
+    // The answer to the first is ignored, the answer to the second counts.
+    for ping in [&first, &second] {
+        b.handle_frame(1, &ping.frame, NOW + 2)
+            .expect("ping decodes");
+    }
+    let pongs = checks_out(&mut b);
+    assert_eq!(pongs.len(), 2);
+    a.handle_frame(2, &pongs[0].frame, NOW + 3)
+        .expect("pong decodes");
+    assert_eq!(a.poll_check(), None, "the answer to the replaced check");
+    a.handle_frame(2, &pongs[1].frame, NOW + 4)
+        .expect("pong decodes");
+    assert_eq!(a.poll_check(), Some(CheckAnswered { peer: 2, rtt_ms: 3 }));
+    // The next check follows one interval after the fresh one.
+    a.handle_timeout(NOW + 1_000);
+    assert!(checks_out(&mut a).is_empty());
+    a.handle_timeout(NOW + 1_001);
+    assert_eq!(checks_out(&mut a).len(), 1);
+}
+
+#[test]
 fn an_unanswered_check_times_out_is_replaced_and_a_late_answer_is_ignored() {
     let (mut a, mut b) = (node(1, 2), node(2, 1));
     a.handle_timeout(NOW);

@@ -418,6 +418,17 @@ impl Replicator {
     }
 
     /// Moves `peer`'s entry in the check schedule to its current deadline.
+    /// Checks `peer` at the next [`Replicator::handle_timeout`], forgetting a check still outstanding (it is not
+    /// counted as timed out; its answer, if it comes, is ignored). For a peer whose link came up before its
+    /// member was known: an answer that arrived meanwhile had no member to count for.
+    pub fn check_now(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.outstanding = None;
+            p.next_check_ms = 0;
+        }
+        self.reschedule_check(peer);
+    }
+
     fn reschedule_check(&mut self, peer: PeerId) {
         let timeout = self.options.check_timeout_ms;
         if let Some(p) = self.peers.get_mut(&peer) {

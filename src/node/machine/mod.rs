@@ -1058,12 +1058,17 @@ impl NodeMachine {
                 let wanted = self.wants_planes(id.replica_id(), Some(id.addr()));
                 if let Some(link) = self.links.by_replica(id.replica_id())
                     && let Some(entry) = self.links.get_mut(link)
-                    && !entry.replicating
-                    && wanted
                 {
-                    entry.replicating = true;
-                    let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
-                    self.planes_add_peer(link, replica, max);
+                    if !entry.replicating && wanted {
+                        entry.replicating = true;
+                        let (replica, max) = (entry.hello.replica_id, entry.max_datagram);
+                        self.planes_add_peer(link, replica, max);
+                    } else if entry.replicating {
+                        // The link came up before the member: the checks answered meanwhile had no member to
+                        // count for, so its health starts with a fresh check now rather than at the next
+                        // interval (healthy one interval sooner).
+                        self.replicator.check_now(link.get());
+                    }
                 }
                 // Grouped: the layout recomputed after these events says which members to link with.
                 let grouped = self
