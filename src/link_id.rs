@@ -25,12 +25,6 @@ impl LinkId {
     }
 }
 
-impl From<u64> for LinkId {
-    fn from(id: u64) -> LinkId {
-        LinkId(id)
-    }
-}
-
 impl fmt::Display for LinkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 
 use crate::node::hello::PeerHello;
 
-/// A link id: unique per process (the transport's connection id).
-pub(crate) use super::link_layer::LinkId;
+use super::link_layer::LinkId;
 
 /// A link that passed the hello exchange, as the machine keeps it.
 #[derive(Debug, Clone)]

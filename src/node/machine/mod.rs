@@ -42,8 +42,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 pub(crate) use health::{NoProbe, ProcessProbe};
+pub(crate) use link_layer::LinkId;
 pub(crate) use link_layer::LinkUp;
-pub(crate) use links::LinkId;
 pub(crate) use plane::Plane;
 
 use self::dials::{DialDecision, DialTable};
@@ -74,8 +74,8 @@ const IDLE_LINK_SWEEP_MS: u64 = 5_000;
 /// What the machine asks its runtime to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
-    /// Open a link to `addr` and report it with [`NodeMachine::handle_link_up`] or
-    /// [`NodeMachine::handle_dial_failed`].
+    /// Open a link to `addr` and report it as [`link_layer::LinkEvent::Up`] or
+    /// [`link_layer::LinkEvent::DialFailed`] through [`NodeMachine::handle_link_event`].
     Dial(SocketAddr),
     /// Send `frame` on `link`: as a datagram (on a stream instead when it does not fit one), or on a stream.
     Send {
@@ -311,7 +311,7 @@ impl NodeMachine {
     // ---- Inputs from the links.
 
     /// A link passed the hello exchange.
-    pub(crate) fn handle_link_up(&mut self, up: LinkUp) {
+    fn handle_link_up(&mut self, up: LinkUp) {
         let LinkUp {
             link,
             hello,
@@ -421,7 +421,7 @@ impl NodeMachine {
     }
 
     /// Link `link` closed (`reason`: why, for the log).
-    pub(crate) fn handle_link_down(&mut self, link: LinkId, reason: &str) {
+    fn handle_link_down(&mut self, link: LinkId, reason: &str) {
         let Some(entry) = self.links.remove(link) else {
             return;
         };
@@ -452,7 +452,7 @@ impl NodeMachine {
     }
 
     /// A dial to `addr` ended without a link. `self_link`: the address is this node itself.
-    pub(crate) fn handle_dial_failed(
+    fn handle_dial_failed(
         &mut self,
         addr: SocketAddr,
         error: String,
@@ -493,7 +493,7 @@ impl NodeMachine {
     }
 
     /// Sending a frame on a stream of `link` failed.
-    pub(crate) fn handle_stream_failed(&mut self, link: LinkId, error: &str, now_ms: u64) {
+    fn handle_stream_failed(&mut self, link: LinkId, error: &str, now_ms: u64) {
         if let Some(entry) = self.links.get(link) {
             let replica = entry.hello.replica_id;
             self.replicator.check_failed(link.get(), now_ms);
@@ -665,8 +665,9 @@ impl NodeMachine {
         self.replicator.flush(now_ms);
         let mut frames = Vec::new();
         while let Some(transmit) = self.next_transmit() {
-            if self.links.get(LinkId::new(transmit.peer)).is_some() {
-                frames.push((LinkId::new(transmit.peer), transmit.frame));
+            let link = LinkId::new(transmit.peer);
+            if self.links.get(link).is_some() {
+                frames.push((link, transmit.frame));
             }
         }
         frames
@@ -805,8 +806,9 @@ impl NodeMachine {
     /// Turns the planes' transmits into send actions (to links that still exist).
     fn collect_transmits(&mut self) {
         while let Some(transmit) = self.next_transmit() {
-            if self.links.get(LinkId::new(transmit.peer)).is_some() {
-                self.send(LinkId::new(transmit.peer), transmit.channel, transmit.frame);
+            let link = LinkId::new(transmit.peer);
+            if self.links.get(link).is_some() {
+                self.send(link, transmit.channel, transmit.frame);
             }
         }
     }
