@@ -250,29 +250,23 @@ pub(crate) struct LeaseTable {
 impl LeaseTable {
     fn get_or_insert(&self, key: &str, window: Window, limit: u64) -> Arc<LeaseState> {
         let map = self.states.pin();
-        if let Some(state) = map.get(&KeyRef { key, window }) {
+        if let Some(state) = map.get(&KeyRef::new(key, window)) {
             // Relaxed: the limit is advisory for the tick, which reads it later.
             state.limit.fetch_max(limit, Ordering::Relaxed);
             return Arc::clone(state);
         }
         let key: Arc<str> = Arc::from(key);
-        let state = map.get_or_insert_with(
-            CellKey {
-                key: Arc::clone(&key),
+        let state = map.get_or_insert_with(CellKey::new(Arc::clone(&key), window), || {
+            Arc::new(LeaseState {
+                key,
                 window,
-            },
-            || {
-                Arc::new(LeaseState {
-                    key,
-                    window,
-                    limit: AtomicU64::new(limit),
-                    offered: AtomicU64::new(0),
-                    fallback: AtomicBool::new(false),
-                    local: AtomicBool::new(false),
-                    tick: std::sync::Mutex::new(TickState::default()),
-                })
-            },
-        );
+                limit: AtomicU64::new(limit),
+                offered: AtomicU64::new(0),
+                fallback: AtomicBool::new(false),
+                local: AtomicBool::new(false),
+                tick: std::sync::Mutex::new(TickState::default()),
+            })
+        });
         // Relaxed: as above.
         state.limit.fetch_max(limit, Ordering::Relaxed);
         Arc::clone(state)

@@ -243,17 +243,58 @@ impl Ord for HotRank {
 /// The result of an add.
 pub use super::cell::AddOutcome as AddResult;
 
+/// The cell map, pinned.
+type CellMap<'a, G> = papaya::HashMapRef<'a, CellKey, Arc<Cell>, foldhash::fast::FixedState, G>;
+
+/// Bytes of a key held inline in its map key ([`KeyHead`]).
+const HEAD_BYTES: usize = 16;
+
+/// The first [`HEAD_BYTES`] bytes of a key, zero-padded. Map keys compare it (and the length, which the `Arc`'s
+/// fat pointer holds) before the key's bytes, so finding a key of at most `HEAD_BYTES` bytes never reads the
+/// key's own allocation: in a large store that read is a cache miss on every lookup, and a replicator looks a
+/// key up for every entry it merges. It costs 16 bytes per map key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct KeyHead([u8; HEAD_BYTES]);
+
+impl KeyHead {
+    fn of(key: &str) -> KeyHead {
+        let mut head = [0u8; HEAD_BYTES];
+        let n = key.len().min(HEAD_BYTES);
+        head[..n].copy_from_slice(&key.as_bytes()[..n]);
+        KeyHead(head)
+    }
+}
+
 /// Map key: owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct CellKey {
     pub(super) key: Arc<str>,
     pub(super) window: Window,
+    head: KeyHead,
+}
+
+impl CellKey {
+    pub(super) fn new(key: Arc<str>, window: Window) -> CellKey {
+        let head = KeyHead::of(&key);
+        CellKey { key, window, head }
+    }
 }
 
 /// Map key: borrowed, for lookups that allocate nothing. Hashes exactly like [`CellKey`].
 pub(super) struct KeyRef<'a> {
-    pub(super) key: &'a str,
-    pub(super) window: Window,
+    key: &'a str,
+    window: Window,
+    head: KeyHead,
+}
+
+impl<'a> KeyRef<'a> {
+    pub(super) fn new(key: &'a str, window: Window) -> KeyRef<'a> {
+        KeyRef {
+            key,
+            window,
+            head: KeyHead::of(key),
+        }
+    }
 }
 
 impl Hash for CellKey {
@@ -272,7 +313,12 @@ impl Hash for KeyRef<'_> {
 
 impl Equivalent<CellKey> for KeyRef<'_> {
     fn equivalent(&self, key: &CellKey) -> bool {
-        self.window == key.window && *key.key == *self.key
+        self.window == key.window
+            && self.head == key.head
+            && self.key.len() == key.key.len()
+            // Equal heads and lengths: the keys are equal when they fit the head, else the rest decides.
+            && (self.key.len() <= HEAD_BYTES
+                || self.key.as_bytes()[HEAD_BYTES..] == key.key.as_bytes()[HEAD_BYTES..])
     }
 }
 
@@ -587,7 +633,7 @@ impl CounterStore {
     fn cell(&self, key: &str, window: Window, budget: Budget) -> Result<Arc<Cell>, CounterError> {
         self.check_key(key)?;
         let map = self.shared.cells.pin();
-        if let Some(cell) = map.get(&KeyRef { key, window }) {
+        if let Some(cell) = map.get(&KeyRef::new(key, window)) {
             return Ok(Arc::clone(cell));
         }
         self.insert(&map, key, window, budget)
@@ -596,7 +642,7 @@ impl CounterStore {
     /// The cell of `(key, window)` if it exists (never creates one).
     fn existing(&self, key: &str, window: Window) -> Option<Arc<Cell>> {
         let map = self.shared.cells.pin();
-        map.get(&KeyRef { key, window }).map(Arc::clone)
+        map.get(&KeyRef::new(key, window)).map(Arc::clone)
     }
 
     fn check_key(&self, key: &str) -> Result<(), CounterError> {
@@ -622,7 +668,7 @@ impl CounterStore {
     #[cold]
     fn insert<G: papaya::Guard>(
         &self,
-        map: &papaya::HashMapRef<'_, CellKey, Arc<Cell>, foldhash::fast::FixedState, G>,
+        map: &CellMap<'_, G>,
         key: &str,
         window: Window,
         budget: Budget,
@@ -641,7 +687,7 @@ impl CounterStore {
                 break;
             }
             count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(cell) = map.get(&KeyRef { key, window }) {
+            if let Some(cell) = map.get(&KeyRef::new(key, window)) {
                 return Ok(Arc::clone(cell)); // inserted meanwhile by someone else
             }
             if !reclaimed && self.reclaim_at_cap() > 0 {
@@ -665,7 +711,7 @@ impl CounterStore {
             window,
             budget == Budget::Remote,
         ));
-        match map.try_insert(CellKey { key, window }, Arc::clone(&cell)) {
+        match map.try_insert(CellKey::new(key, window), Arc::clone(&cell)) {
             Ok(_) => Ok(cell),
             Err(occupied) => {
                 // Lost a race with another insert of the same key: give the reservation back.
@@ -860,7 +906,7 @@ impl CounterStore {
     pub fn global(&self, key: &str, window: Window) -> u64 {
         let epoch = window.epoch_at(self.shared.clock.now_unix_ms());
         let map = self.shared.cells.pin();
-        map.get(&KeyRef { key, window }).map_or(0, |cell| {
+        map.get(&KeyRef::new(key, window)).map_or(0, |cell| {
             cell.local(epoch).saturating_add(cell.remote(epoch))
         })
     }
@@ -869,7 +915,7 @@ impl CounterStore {
     /// creating the key: `None` for an unknown key, zeros for an epoch no longer in the ring.
     pub fn counts_at(&self, key: &str, window: Window, epoch: u64) -> Option<(u64, u64)> {
         let map = self.shared.cells.pin();
-        map.get(&KeyRef { key, window })
+        map.get(&KeyRef::new(key, window))
             .map(|cell| (cell.local(epoch), cell.remote(epoch)))
     }
 
@@ -878,7 +924,7 @@ impl CounterStore {
     /// key.
     pub fn origin_counts_at(&self, key: &str, window: Window, epoch: u64) -> Vec<(u64, u64)> {
         let map = self.shared.cells.pin();
-        let Some(cell) = map.get(&KeyRef { key, window }) else {
+        let Some(cell) = map.get(&KeyRef::new(key, window)) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -987,6 +1033,25 @@ impl CounterStore {
         })
     }
 
+    /// [`CounterStore::merge_aggregate`] for each `(key, window, epoch, value)` of `entries` (one frame's), in
+    /// order, with the map pinned and the clock read once for all of them; `merged` gets each entry's outcome.
+    pub fn merge_aggregates<'e>(
+        &self,
+        id: AggregateId,
+        entries: impl IntoIterator<Item = (&'e str, Window, u64, u64)>,
+        mut merged: impl FnMut(&'e str, Window, u64, Result<MergeOutcome, CounterError>),
+    ) {
+        let own = self.shared.options.replica_id;
+        let map = self.shared.cells.pin();
+        let now_ms = self.shared.clock.now_unix_ms();
+        for (key, window, epoch, value) in entries {
+            let outcome = self.merge_into_cell_in(&map, now_ms, key, window, epoch, |cell| {
+                cell.merge_aggregate(own, id, epoch, value)
+            });
+            merged(key, window, epoch, outcome);
+        }
+    }
+
     /// What a publisher of group `id` sends for `(key, window, epoch)`: the sum of the values held here for the
     /// group's members (net of floors), this replica's own included when it is one. 0 for an unknown key.
     pub fn group_total(&self, id: AggregateId, key: &str, window: Window, epoch: u64) -> u64 {
@@ -1033,10 +1098,8 @@ impl CounterStore {
     }
 
     /// Runs `merge` on the cell of `(key, window)` (created in the remote key budget if missing) for a value of
-    /// `epoch`, and counts what it dropped. A value for a window that has not started here (the sender's clock is
-    /// ahead by more than one window, or the epoch is garbage) would roll our slots into the future and refuse
-    /// every local add of the current window: it is dropped as [`MergeOutcome::Future`] and merged once our clock
-    /// gets there (later batches, anti-entropy). A cell reclaimed under the merge is resolved again.
+    /// `epoch`, and counts what it dropped: [`CounterStore::merge_into_cell_in`] with the map pinned and the clock
+    /// read for this one value.
     fn merge_into_cell(
         &self,
         key: &str,
@@ -1044,7 +1107,26 @@ impl CounterStore {
         epoch: u64,
         merge: impl Fn(&Cell) -> MergeOutcome,
     ) -> Result<MergeOutcome, CounterError> {
-        let current = window.epoch_at(self.shared.clock.now_unix_ms());
+        let map = self.shared.cells.pin();
+        let now_ms = self.shared.clock.now_unix_ms();
+        self.merge_into_cell_in(&map, now_ms, key, window, epoch, merge)
+    }
+
+    /// Runs `merge` on the cell of `(key, window)` in the pinned `map`, as of `now_ms` (Unix ms). A value for a
+    /// window that has not started here (the sender's clock is ahead by more than one window, or the epoch is
+    /// garbage) would roll our slots into the future and refuse every local add of the current window: it is
+    /// dropped as [`MergeOutcome::Future`] and merged once our clock gets there (later batches, anti-entropy). A
+    /// cell reclaimed under the merge is resolved again.
+    fn merge_into_cell_in<G: papaya::Guard>(
+        &self,
+        map: &CellMap<'_, G>,
+        now_ms: u64,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        merge: impl Fn(&Cell) -> MergeOutcome,
+    ) -> Result<MergeOutcome, CounterError> {
+        let current = window.epoch_at(now_ms);
         if epoch > current.saturating_add(1) {
             // Relaxed: statistics.
             self.shared
@@ -1053,9 +1135,18 @@ impl CounterStore {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(MergeOutcome::Future);
         }
+        self.check_key(key)?;
         loop {
-            let cell = self.cell(key, window, Budget::Remote)?;
-            let outcome = merge(&cell);
+            // The cell is borrowed from the pinned map (no reference count taken), or inserted.
+            let inserted;
+            let cell = match map.get(&KeyRef::new(key, window)) {
+                Some(cell) => cell,
+                None => {
+                    inserted = self.insert(map, key, window, Budget::Remote)?;
+                    &inserted
+                }
+            };
+            let outcome = merge(cell);
             match outcome {
                 MergeOutcome::Expired if cell.is_retired() => continue,
                 MergeOutcome::Expired => {

@@ -15,8 +15,10 @@
 //!   `max_cells_per_flush` keys: a key beyond it is dropped and counted (the other groups' publishers' periodic
 //!   refresh brings it again).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use crate::counter::{AggregateId, CounterStore, Window};
 use crate::wire::{Entry, WireWindow};
@@ -26,14 +28,68 @@ use super::topology::{Layout, Topology};
 /// One `(key, window, epoch)` whose group total must be published.
 type KeyEpoch = (Arc<str>, Window, u64);
 
+/// A queue of `(key, window, epoch)`, each at most once, taken in key order (then window, then epoch: the order
+/// of the tuples). A lookup or a repeated insert by `&str` allocates nothing; a new key is stored as an `Arc`.
+#[derive(Debug, Default)]
+struct DueKeys {
+    /// Per key its windows and epochs, sorted.
+    keys: BTreeMap<Arc<str>, SmallVec<[(Window, u64); 2]>>,
+    /// Entries over all keys.
+    len: usize,
+}
+
+impl DueKeys {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.len = 0;
+    }
+
+    fn contains(&self, key: &str, window: Window, epoch: u64) -> bool {
+        self.keys
+            .get(key)
+            .is_some_and(|due| due.binary_search(&(window, epoch)).is_ok())
+    }
+
+    /// Queues `(key, window, epoch)` unless it is queued already.
+    fn insert<K: AsRef<str> + Into<Arc<str>>>(&mut self, key: K, window: Window, epoch: u64) {
+        let item = (window, epoch);
+        if let Some(due) = self.keys.get_mut(key.as_ref()) {
+            if let Err(at) = due.binary_search(&item) {
+                due.insert(at, item);
+                self.len += 1;
+            }
+            return;
+        }
+        self.keys.insert(key.into(), SmallVec::from_elem(item, 1));
+        self.len += 1;
+    }
+
+    /// Takes the first entry in order.
+    fn pop_first(&mut self) -> Option<KeyEpoch> {
+        let mut first = self.keys.first_entry()?;
+        let (window, epoch) = first.get_mut().remove(0);
+        let key = if first.get().is_empty() {
+            first.remove_entry().0
+        } else {
+            Arc::clone(first.key())
+        };
+        self.len -= 1;
+        Some((key, window, epoch))
+    }
+}
+
 /// What this node publishes and relays.
 #[derive(Debug, Default)]
 pub(crate) struct Aggregation {
     topology: Option<Topology>,
     /// Keys whose group total changed since the last publish (publishers only).
-    publish: BTreeSet<KeyEpoch>,
+    publish: DueKeys,
     /// Keys whose rest aggregate is due for the group peers (publishers only).
-    rest: BTreeSet<KeyEpoch>,
+    rest: DueKeys,
     /// A full rest queue was logged (once).
     rest_cap_logged: bool,
 }
@@ -99,18 +155,18 @@ impl Aggregation {
 
     /// A value of `origin` for `(key, window, epoch)` changed here (its own, or merged from `origin`'s link):
     /// when `origin` is in this node's group and this node publishes, its group total is due. The key becomes
-    /// an `Arc` only then (a store key is passed as its `Arc`, a wire key as `&str`).
-    pub(crate) fn value_changed(
+    /// an `Arc` only when it is not queued yet (a store key is passed as its `Arc`, a wire key as `&str`).
+    pub(crate) fn value_changed<K: AsRef<str> + Into<Arc<str>>>(
         &mut self,
         origin: u64,
-        key: impl Into<Arc<str>>,
+        key: K,
         window: Window,
         epoch: u64,
     ) {
         if let Some(group) = self.publishing()
             && group.contains(origin)
         {
-            self.publish.insert((key.into(), window, epoch));
+            self.publish.insert(key, window, epoch);
         }
     }
 
@@ -118,7 +174,9 @@ impl Aggregation {
     /// the group's origins.
     pub(crate) fn refresh(&mut self, keys: impl IntoIterator<Item = KeyEpoch>) {
         if self.publishing().is_some() {
-            self.publish.extend(keys);
+            for (key, window, epoch) in keys {
+                self.publish.insert(key, window, epoch);
+            }
         }
     }
 
@@ -146,8 +204,7 @@ impl Aggregation {
         if id.is_rest() || !self.topology.as_ref().is_some_and(Topology::sends_rests) {
             return true;
         }
-        let due = (Arc::<str>::from(key), window, epoch);
-        if self.rest.contains(&due) {
+        if self.rest.contains(key, window, epoch) {
             return true;
         }
         if self.rest.len() >= cap {
@@ -162,7 +219,7 @@ impl Aggregation {
             }
             return false;
         }
-        self.rest.insert(due);
+        self.rest.insert(key, window, epoch);
         true
     }
 
@@ -201,7 +258,7 @@ impl Aggregation {
 /// Takes up to `max` keys off `due` (in key order) and makes each a wire entry of aggregate `id` with the value
 /// `value_of` gives it now, skipping zeros; `None` when nothing is left to send.
 fn drain_due(
-    due: &mut BTreeSet<KeyEpoch>,
+    due: &mut DueKeys,
     max: usize,
     id: AggregateId,
     value_of: impl Fn(&str, Window, u64) -> u64,
@@ -222,4 +279,45 @@ fn drain_due(
         }
     }
     (!entries.is_empty()).then(|| (id.to_wire(), entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// `DueKeys` holds and yields exactly what a `BTreeSet` of the tuples would, in the same order.
+        #[test]
+        fn due_keys_behave_as_an_ordered_set(
+            ops in prop::collection::vec((0u8..3, 0u8..6, 0usize..2, 0u64..4), 0..200),
+        ) {
+            let windows = [Window::parse("1s").expect("window"), Window::parse("1h").expect("window")];
+            let mut due = DueKeys::default();
+            let mut model: BTreeSet<KeyEpoch> = BTreeSet::new();
+            for (op, key, window, epoch) in ops {
+                let key = format!("k{key}");
+                let window = windows[window];
+                match op {
+                    0 | 1 => {
+                        due.insert(key.as_str(), window, epoch);
+                        model.insert((Arc::from(key.as_str()), window, epoch));
+                    }
+                    _ => prop_assert_eq!(due.pop_first(), model.pop_first()),
+                }
+                prop_assert_eq!(due.len(), model.len());
+                prop_assert_eq!(
+                    due.contains(&key, window, epoch),
+                    model.contains(&(Arc::from(key.as_str()), window, epoch))
+                );
+            }
+            while let Some(next) = model.pop_first() {
+                prop_assert_eq!(due.pop_first(), Some(next));
+            }
+            prop_assert_eq!(due.pop_first(), None);
+        }
+    }
 }

@@ -1161,37 +1161,41 @@ impl Replicator {
             return;
         };
         let cap = self.options.max_cells_per_flush;
-        for entry in group.entries.iter() {
-            let Ok(window) = entry.window.window() else {
-                continue;
-            };
-            let (key, epoch, value) = (
+        // Windows were validated by `wire::decode`.
+        let entries = group.entries.iter().filter_map(|entry| {
+            let window = entry.window.window().ok()?;
+            Some((
                 entry.key.as_str(),
+                window,
                 entry.epoch.to_native(),
                 entry.value.to_native(),
-            );
-            match self.store.merge_aggregate(id, key, window, epoch, value) {
-                Ok(MergeOutcome::Raised) => self.stats.aggregates_merged += 1,
-                // An unchanged aggregate still queues the key's rest: a group's refresh is what repeats a rest
-                // that was lost on the way to the group peers.
-                Ok(MergeOutcome::Unchanged | MergeOutcome::OriginLimit) => {}
-                Ok(MergeOutcome::Expired) => {
-                    self.stats.entries_expired += 1;
-                    continue;
+            ))
+        });
+        let (stats, aggregation) = (&mut self.stats, &mut self.aggregation);
+        self.store
+            .merge_aggregates(id, entries, |key, window, epoch, merged| {
+                match merged {
+                    Ok(MergeOutcome::Raised) => stats.aggregates_merged += 1,
+                    // An unchanged aggregate still queues the key's rest: a group's refresh is what repeats a
+                    // rest that was lost on the way to the group peers.
+                    Ok(MergeOutcome::Unchanged | MergeOutcome::OriginLimit) => {}
+                    Ok(MergeOutcome::Expired) => {
+                        stats.entries_expired += 1;
+                        return;
+                    }
+                    Ok(MergeOutcome::Future) => {
+                        stats.entries_future += 1;
+                        return;
+                    }
+                    Err(_) => {
+                        stats.entries_refused += 1;
+                        return;
+                    }
                 }
-                Ok(MergeOutcome::Future) => {
-                    self.stats.entries_future += 1;
-                    continue;
+                if !aggregation.arrived(id, key, window, epoch, cap) {
+                    stats.aggregates_dropped += 1;
                 }
-                Err(_) => {
-                    self.stats.entries_refused += 1;
-                    continue;
-                }
-            }
-            if !self.aggregation.arrived(id, key, window, epoch, cap) {
-                self.stats.aggregates_dropped += 1;
-            }
-        }
+            });
     }
 
     /// Merges one group of floors (any peer may carry them: a reset is issued on one node for all).
