@@ -5,16 +5,21 @@
 //! duplication or reordering of frames is harmless; once every node has received every other's values, every
 //! node's global count equals the exact sum of all increments. No clock or randomness is read here: time is an
 //! argument and the anti-entropy peer choice comes from a seed.
+//!
+//! The peer set, the outbox and the anti-entropy schedule are `plane_core`, shared with the shared-state
+//! replicator ([`crate::state::StateReplicator`]).
 
 mod aggregation;
 pub mod digest;
+pub(crate) mod plane_core;
 mod replicator;
 mod stats;
 pub mod topology;
 
+pub use plane_core::{Channel, PeerId, Transmit};
 pub use replicator::{
-    Channel, CheckAnswered, DEFAULT_MAX_DIGEST_ORIGINS, DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
-    MAX_DIGEST_ORIGINS, MAX_REQUEST_ORIGINS, PeerId, Replicator, ReplicatorOptions, Transmit,
+    CheckAnswered, DEFAULT_MAX_DIGEST_ORIGINS, DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER,
+    MAX_DIGEST_ORIGINS, MAX_REQUEST_ORIGINS, Replicator, ReplicatorOptions,
 };
 pub use stats::{PeerStats, ReplicationStats};
 pub use topology::{Layout, Topology, TopologyOptions};

@@ -57,6 +57,7 @@ use crate::wire::{
 
 use super::aggregation::Aggregation;
 use super::digest;
+use super::plane_core::{AntiEntropy, Channel, Outbox, PeerId, PeerSet, Transmit};
 use super::stats::{PeerStats, ReplicationStats};
 use super::topology::Topology;
 use crate::rng::SplitMix64;
@@ -73,30 +74,6 @@ pub const MAX_DIGEST_ORIGINS: usize = 40_000;
 
 /// Default of [`ReplicatorOptions::max_relayed_origins_per_peer`] (`limits.max_relayed_origins_per_peer`).
 pub const DEFAULT_MAX_RELAYED_ORIGINS_PER_PEER: usize = 4_096;
-
-/// Identifies a peer, as the runtime numbers it (the node passes the number of the peer's link:
-/// [`crate::node::link_layer::LinkId::get`]).
-pub type PeerId = u64;
-
-/// How a frame must travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    /// An unreliable datagram (deltas).
-    Datagram,
-    /// A reliable stream (digests, state transfer, frames too large for a datagram).
-    Stream,
-}
-
-/// A frame to send.
-#[derive(Debug, Clone)]
-pub struct Transmit {
-    /// To whom.
-    pub peer: PeerId,
-    /// How.
-    pub channel: Channel,
-    /// The encoded frame.
-    pub frame: Bytes,
-}
 
 /// Options of the replicator. Defaults match `cluster_config.replication`.
 #[derive(Debug, Clone)]
@@ -266,14 +243,16 @@ pub struct Replicator {
     store: CounterStore,
     replica_id: u64,
     options: ReplicatorOptions,
-    peers: BTreeMap<PeerId, Peer>,
+    peers: PeerSet<Peer>,
     /// Every peer's next data-plane check deadline, ordered: the next one is the first (O(log P) to keep, so
     /// a timeout never scans the peers).
     check_schedule: BTreeSet<(u64, PeerId)>,
     sequence: u64,
     next_request_id: u64,
-    /// The flush and the anti-entropy round (the checks have their own ordered schedule).
+    /// The flush, the anti-entropy round and the aggregates (the checks have their own ordered schedule).
     timers: TimerTable<Timer>,
+    /// When anti-entropy rounds are due and which peer each one goes to.
+    anti_entropy: AntiEntropy,
     /// Lowest origin the next digest covers.
     digest_cursor: u64,
     /// When each linked origin was last asked for its own values because a relay hinted at a difference.
@@ -281,8 +260,7 @@ pub struct Replicator {
     /// The latest time passed in (Unix ms).
     now_ms: u64,
     asked_full_state: bool,
-    rng: SplitMix64,
-    outbox: VecDeque<Transmit>,
+    outbox: Outbox,
     checks: VecDeque<CheckAnswered>,
     next_nonce: u64,
     stats: ReplicationStats,
@@ -315,11 +293,15 @@ impl Replicator {
     ) -> Replicator {
         let options = options.normalized();
         let flush = options.flush_interval_ms;
-        let anti_entropy = options.anti_entropy_interval_ms;
+        // The picks draw from a generator of `seed`; the first round's offset is the first draw of a second
+        // generator of `seed`, so it equals the first pick's draw (as before the schedule was shared: a seed
+        // replays the same run).
+        let anti_entropy =
+            AntiEntropy::new(options.anti_entropy_interval_ms, SplitMix64::new(seed));
         Replicator {
             store,
             replica_id,
-            peers: BTreeMap::new(),
+            peers: PeerSet::default(),
             check_schedule: BTreeSet::new(),
             sequence: 0,
             next_request_id: 1,
@@ -327,19 +309,18 @@ impl Replicator {
                 let mut timers = TimerTable::default();
                 timers.set(Timer::Flush, now_ms + flush);
                 timers.set(Timer::Aggregates, now_ms + options.aggregate_interval_ms);
-                // Spread the first round over one interval so nodes started together do not all fire at once.
                 timers.set(
                     Timer::AntiEntropy,
-                    now_ms + 1 + SplitMix64::new(seed).next_u64() % anti_entropy,
+                    anti_entropy.first_round_ms(now_ms, SplitMix64::new(seed).next_u64()),
                 );
                 timers
             },
+            anti_entropy,
             digest_cursor: 0,
             pulled_at: BTreeMap::new(),
             now_ms,
             asked_full_state: false,
-            rng: SplitMix64::new(seed),
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             checks: VecDeque::new(),
             next_nonce: SplitMix64::new(seed ^ 0x5eed).next_u64(),
             stats: ReplicationStats::default(),
@@ -366,11 +347,7 @@ impl Replicator {
     /// [`Replicator::handle_timeout`].
     pub fn add_peer(&mut self, peer: PeerId, replica: u64, max_datagram: Option<usize>) {
         let max_datagram = max_datagram.unwrap_or(self.options.max_batch_bytes);
-        if let Some(old) = self.peers.get(&peer) {
-            // A re-added peer keeps one schedule entry.
-            self.check_schedule.remove(&(old.scheduled_check_ms, peer));
-        }
-        self.peers.insert(
+        let old = self.peers.insert(
             peer,
             Peer {
                 replica,
@@ -385,6 +362,10 @@ impl Replicator {
                 awaited_state: None,
             },
         );
+        if let Some(old) = old {
+            // A re-added peer keeps one schedule entry.
+            self.check_schedule.remove(&(old.scheduled_check_ms, peer));
+        }
         self.check_schedule.insert((0, peer));
         let origins = if self.asked_full_state {
             vec![replica]
@@ -394,7 +375,7 @@ impl Replicator {
         };
         // Everything or one origin: a single request, whose answer start-up admission waits for.
         if let [request_id] = self.request_state(peer, origins)[..]
-            && let Some(p) = self.peers.get_mut(&peer)
+            && let Some(p) = self.peers.get_mut(peer)
         {
             p.awaited_state = Some(AwaitedState {
                 request_id,
@@ -406,12 +387,12 @@ impl Replicator {
 
     /// The replica id bound to `peer`'s link, if the peer was added.
     pub fn peer_replica(&self, peer: PeerId) -> Option<u64> {
-        self.peers.get(&peer).map(|p| p.replica)
+        self.peers.get(peer).map(|p| p.replica)
     }
 
     /// A peer link is gone.
     pub fn remove_peer(&mut self, peer: PeerId) {
-        if let Some(p) = self.peers.remove(&peer) {
+        if let Some(p) = self.peers.remove(peer) {
             self.pulled_at.remove(&p.replica);
             self.check_schedule.remove(&(p.scheduled_check_ms, peer));
         }
@@ -422,7 +403,7 @@ impl Replicator {
     /// counted as timed out; its answer, if it comes, is ignored). For a peer whose link came up before its
     /// member was known: an answer that arrived meanwhile had no member to count for.
     pub fn check_now(&mut self, peer: PeerId) {
-        if let Some(p) = self.peers.get_mut(&peer) {
+        if let Some(p) = self.peers.get_mut(peer) {
             p.outstanding = None;
             p.next_check_ms = 0;
         }
@@ -431,7 +412,7 @@ impl Replicator {
 
     fn reschedule_check(&mut self, peer: PeerId) {
         let timeout = self.options.check_timeout_ms;
-        if let Some(p) = self.peers.get_mut(&peer) {
+        if let Some(p) = self.peers.get_mut(peer) {
             let due = match p.outstanding {
                 Some((_, sent)) => sent.saturating_add(timeout),
                 None => p.next_check_ms,
@@ -447,7 +428,7 @@ impl Replicator {
     /// A relay or a digest showed that our copy of linked origin `origin`'s values may differ from its own: ask
     /// that origin itself (at most once per anti-entropy interval), since only its own values are merged.
     fn pull_from_origin(&mut self, origin: u64) {
-        let Some((&peer, _)) = self.peers.iter().find(|(_, p)| p.replica == origin) else {
+        let Some((peer, _)) = self.peers.iter().find(|(_, p)| p.replica == origin) else {
             return;
         };
         let interval = self.options.anti_entropy_interval_ms;
@@ -464,14 +445,14 @@ impl Replicator {
 
     /// The peer's link reports a new `max_datagram_size` (it changes with the path MTU).
     pub fn set_max_datagram(&mut self, peer: PeerId, max_datagram: usize) {
-        if let Some(p) = self.peers.get_mut(&peer) {
+        if let Some(p) = self.peers.get_mut(peer) {
             p.max_datagram = max_datagram;
         }
     }
 
     /// Peers currently linked.
     pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
-        self.peers.keys().copied()
+        self.peers.ids()
     }
 
     /// The layout the node runtime computed from membership (see [`Topology`]). Until one is set, and while it
@@ -533,7 +514,7 @@ impl Replicator {
 
     /// Counters of one peer link.
     pub fn peer_stats(&self, peer: PeerId) -> Option<&PeerStats> {
-        self.peers.get(&peer).map(|p| &p.stats)
+        self.peers.get(peer).map(|p| &p.stats)
     }
 
     /// When [`Replicator::handle_timeout`] must next be called, in Unix ms.
@@ -552,7 +533,7 @@ impl Replicator {
     /// the next one goes out one interval from `now_ms` instead of waiting for the timeout. The caller counts
     /// the failure as a failed health check.
     pub fn check_failed(&mut self, peer: PeerId, now_ms: u64) {
-        if let Some(p) = self.peers.get_mut(&peer)
+        if let Some(p) = self.peers.get_mut(peer)
             && p.outstanding.take().is_some()
         {
             p.next_check_ms = now_ms.saturating_add(self.options.check_interval_ms);
@@ -579,7 +560,7 @@ impl Replicator {
         for peer in due {
             self.next_nonce = self.next_nonce.wrapping_add(1);
             let nonce = self.next_nonce;
-            let Some(p) = self.peers.get_mut(&peer) else {
+            let Some(p) = self.peers.get_mut(peer) else {
                 continue;
             };
             if p.outstanding.is_some() {
@@ -626,10 +607,8 @@ impl Replicator {
         }
         if due.contains(&Timer::AntiEntropy) {
             self.anti_entropy_round(now_ms);
-            self.timers.set(
-                Timer::AntiEntropy,
-                now_ms + self.options.anti_entropy_interval_ms,
-            );
+            self.timers
+                .set(Timer::AntiEntropy, self.anti_entropy.next_round_ms(now_ms));
         }
     }
 
@@ -637,7 +616,7 @@ impl Replicator {
     pub fn flush(&mut self, now_ms: u64) {
         let floors = self.store.drain_floors();
         if !floors.is_empty() && !self.peers.is_empty() {
-            let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+            let peers: Vec<PeerId> = self.peers.ids().collect();
             for peer in peers {
                 self.send_entries(peer, 0, Vec::new(), floors.clone());
             }
@@ -728,7 +707,7 @@ impl Replicator {
             }
         };
         let mut sent = 0u64;
-        for (&peer, p) in self.peers.iter_mut() {
+        for (peer, p) in self.peers.iter_mut() {
             let wanted = match targets {
                 Targets::Deltas => self.aggregation.gets_deltas(p.replica),
                 Targets::Partners => self.aggregation.is_partner(p.replica),
@@ -743,11 +722,7 @@ impl Replicator {
             };
             p.stats.batches_sent += 1;
             p.stats.bytes_sent += frame.len() as u64;
-            self.outbox.push_back(Transmit {
-                peer,
-                channel,
-                frame: frame.clone(),
-            });
+            self.outbox.push(peer, channel, frame.clone());
             sent += 1;
         }
         self.stats.batches_sent += 1;
@@ -763,17 +738,11 @@ impl Replicator {
         let values = digest::values_by_origin(&self.store, self.replica_id, now_ms);
         self.refresh_aggregates_from(&values);
         // Grouped: values per origin are compared among group peers only (other groups arrive as aggregates).
-        let candidates: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| self.aggregation.gets_deltas(p.replica))
-            .map(|(&peer, _)| peer)
-            .collect();
-        if candidates.is_empty() {
-            return;
-        }
-        let index = (self.rng.next_u64() % candidates.len() as u64) as usize;
-        let Some(&peer) = candidates.get(index) else {
+        let aggregation = &self.aggregation;
+        let Some(peer) = self
+            .anti_entropy
+            .pick(&self.peers, |p| aggregation.gets_deltas(p.replica))
+        else {
             return;
         };
         // Origins that hold no value here any more stop counting against their relayer's cap.
@@ -853,20 +822,16 @@ impl Replicator {
     }
 
     fn queue(&mut self, peer: PeerId, channel: Channel, frame: Vec<u8>) {
-        if let Some(p) = self.peers.get_mut(&peer) {
+        if let Some(p) = self.peers.get_mut(peer) {
             p.stats.bytes_sent += frame.len() as u64;
         }
         self.stats.bytes_sent += frame.len() as u64;
-        self.outbox.push_back(Transmit {
-            peer,
-            channel,
-            frame: Bytes::from(frame),
-        });
+        self.outbox.push(peer, channel, Bytes::from(frame));
     }
 
-    /// The next frame to send, if any.
+    /// The next frame to send, if any, in the order they were queued.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.outbox.pop_front()
+        self.outbox.poll_transmit()
     }
 
     /// Handles a frame received from `peer`. A frame that fails to decode is dropped whole and counted; the
@@ -883,20 +848,20 @@ impl Replicator {
             Ok(frame) => frame,
             Err(error) => {
                 self.stats.decode_errors += 1;
-                if let Some(p) = self.peers.get_mut(&peer) {
+                if let Some(p) = self.peers.get_mut(peer) {
                     p.stats.decode_errors += 1;
                 }
                 return Err(error);
             }
         };
-        if let Some(p) = self.peers.get_mut(&peer) {
+        if let Some(p) = self.peers.get_mut(peer) {
             p.stats.bytes_received += bytes.len() as u64;
             p.stats.last_received_ms = now_ms;
         }
         match frame {
             Frame::DeltaBatch(batch) => {
                 self.stats.batches_received += 1;
-                if let Some(p) = self.peers.get_mut(&peer) {
+                if let Some(p) = self.peers.get_mut(peer) {
                     p.stats.batches_received += 1;
                     p.stats.lag_ms = now_ms.saturating_sub(batch.sent_at_ms.to_native());
                     // The sequence comes from the network: any u64, so no arithmetic that can overflow.
@@ -916,7 +881,7 @@ impl Replicator {
                 self.stats.state_chunks_received += 1;
                 if self.sender_matches(peer, chunk.sender.to_native(), &chunk.groups) {
                     self.merge_groups(peer, &chunk.groups, true);
-                    if let Some(p) = self.peers.get_mut(&peer) {
+                    if let Some(p) = self.peers.get_mut(peer) {
                         p.note_state_chunk(
                             chunk.request_id.to_native(),
                             chunk.index.to_native(),
@@ -949,7 +914,7 @@ impl Replicator {
             }
             Frame::DataPong(pong) => {
                 let nonce = pong.nonce.to_native();
-                if let Some(p) = self.peers.get_mut(&peer)
+                if let Some(p) = self.peers.get_mut(peer)
                     && let Some((expected, sent)) = p.outstanding
                     && expected == nonce
                 {
@@ -985,7 +950,7 @@ impl Replicator {
         groups: &[ArchivedOriginGroup],
     ) -> bool {
         let entries: u64 = groups.iter().map(|g| g.entries.len() as u64).sum();
-        let Some(p) = self.peers.get_mut(&peer) else {
+        let Some(p) = self.peers.get_mut(peer) else {
             self.stats.unbound_entries += entries;
             return false;
         };
@@ -1010,7 +975,7 @@ impl Replicator {
     /// Counts `entries` values of `origin` from `peer` as forged and logs the first per peer.
     fn forged(&mut self, peer: PeerId, origin: u64, entries: u64) {
         self.stats.forged_entries += entries;
-        let Some(p) = self.peers.get_mut(&peer) else {
+        let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
         p.stats.forged_entries += entries;
@@ -1028,7 +993,7 @@ impl Replicator {
     /// Whether `peer` may relay values of `origin` (a state chunk), counting it against the peer's relay cap.
     fn admit_relay(&mut self, peer: PeerId, origin: u64, entries: u64) -> bool {
         let max = self.options.max_relayed_origins_per_peer;
-        let Some(p) = self.peers.get_mut(&peer) else {
+        let Some(p) = self.peers.get_mut(peer) else {
             return false;
         };
         if p.relayed.contains(&origin) {
@@ -1155,7 +1120,7 @@ impl Replicator {
         let id = AggregateId::from_wire(group.origin.to_native());
         let Some(id) = id.filter(|&id| self.aggregation.accepts(sender, id)) else {
             self.stats.aggregates_refused += entries;
-            if let Some(p) = self.peers.get_mut(&peer) {
+            if let Some(p) = self.peers.get_mut(peer) {
                 p.stats.forged_entries += entries;
             }
             return;

@@ -34,7 +34,7 @@
 //!   bounds, the HLC drift limit and last-writer-wins hold whoever relays them.
 //! - Errors caused by network input never panic: a frame that fails to decode is refused whole and counted.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use crate::fixed_hash::{HashMap, HashSet};
 use std::sync::Arc;
@@ -48,6 +48,7 @@ use super::config_map::{
 use super::error::StateError;
 use super::hlc::Timestamp;
 use super::node_record::{LinkHealth, NodeRecord, NodeRecords};
+use crate::replication::plane_core::{AntiEntropy, Outbox, PeerSet};
 use crate::replication::{Channel, PeerId, Transmit};
 use crate::rng::SplitMix64;
 use crate::timers::TimerTable;
@@ -189,7 +190,8 @@ pub struct StateReplicator {
     replica_id: u64,
     map: ConfigMap,
     records: NodeRecords,
-    peers: BTreeSet<PeerId>,
+    /// The peers replicated to (a bound link may be outside it: see [`StateReplicator::remove_peer`]).
+    peers: PeerSet<()>,
     identities: HashMap<PeerId, PeerIdentity>,
     cursors: HashMap<PeerId, Cursor>,
     pace: HashMap<PeerId, Pace>,
@@ -205,11 +207,12 @@ pub struct StateReplicator {
     /// Fresh writes are relayed (see [`StateReplicator::set_relay`]).
     relay: bool,
     options: StateOptions,
-    outbox: VecDeque<Transmit>,
+    outbox: Outbox,
     changes: VecDeque<ConfigChange>,
     /// The digest round and housekeeping (repairs owed to peers keep their own deadlines in `owed`).
     timers: TimerTable<Timer>,
-    rng: SplitMix64,
+    /// When digest rounds are due and which peer each one goes to.
+    anti_entropy: AntiEntropy,
     stats: StateStats,
 }
 
@@ -223,14 +226,16 @@ impl StateReplicator {
         seed: u64,
         now_ms: u64,
     ) -> StateReplicator {
-        let mut rng = SplitMix64::new(seed);
         let options = options.normalized();
-        let digest = options.digest_interval_ms;
+        // The first round's offset is the seed generator's first draw; the picks draw from the rest.
+        let mut rng = SplitMix64::new(seed);
+        let offset = rng.next_u64();
+        let anti_entropy = AntiEntropy::new(options.digest_interval_ms, rng);
         StateReplicator {
             replica_id,
             map: ConfigMap::new(node_id, options.config.clone()),
             records: NodeRecords::new(),
-            peers: BTreeSet::new(),
+            peers: PeerSet::default(),
             identities: HashMap::default(),
             cursors: HashMap::default(),
             pace: HashMap::default(),
@@ -242,17 +247,17 @@ impl StateReplicator {
             relay: false,
             timers: {
                 let mut timers = TimerTable::default();
-                timers.set(Timer::Digest, now_ms + 1 + rng.next_u64() % digest);
+                timers.set(Timer::Digest, anti_entropy.first_round_ms(now_ms, offset));
                 timers.set(
                     Timer::Housekeeping,
                     now_ms + options.housekeeping_interval_ms,
                 );
                 timers
             },
+            anti_entropy,
             options,
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             changes: VecDeque::new(),
-            rng,
             stats: StateStats::default(),
         }
     }
@@ -291,7 +296,7 @@ impl StateReplicator {
     /// A peer link became trusted and replicating: it gets our config digest (so a joining node receives the
     /// map).
     pub fn add_peer(&mut self, peer: PeerId) {
-        if self.peers.insert(peer) {
+        if self.peers.insert(peer, ()).is_none() {
             self.send_digest(peer, true);
         }
     }
@@ -299,7 +304,7 @@ impl StateReplicator {
     /// Stops sending to `peer` (writes, records, digests, repairs); its link stays bound, so what it still sends
     /// is taken (a grouped layout keeps links for membership only, see `node::machine`).
     pub fn remove_peer(&mut self, peer: PeerId) {
-        self.peers.remove(&peer);
+        self.peers.remove(peer);
         self.cursors.remove(&peer);
         self.pace.remove(&peer);
         self.owed.remove(&peer);
@@ -367,12 +372,8 @@ impl StateReplicator {
         match wire::encode(&wire) {
             Ok(frame) => {
                 let frame = Bytes::from(frame);
-                for &peer in &self.peers {
-                    self.outbox.push_back(Transmit {
-                        peer,
-                        channel: Channel::Stream,
-                        frame: frame.clone(),
-                    });
+                for peer in self.peers.ids() {
+                    self.outbox.push(peer, Channel::Stream, frame.clone());
                 }
             }
             Err(error) => {
@@ -443,13 +444,10 @@ impl StateReplicator {
         let timers = self.timers.take_due(now_ms);
         if timers.contains(&Timer::Digest) {
             self.timers
-                .set(Timer::Digest, now_ms + self.options.digest_interval_ms);
+                .set(Timer::Digest, self.anti_entropy.next_round_ms(now_ms));
             self.map.collect_tombstones(now_ms);
-            if !self.peers.is_empty() {
-                let index = (self.rng.next_u64() % self.peers.len() as u64) as usize;
-                if let Some(&peer) = self.peers.iter().nth(index) {
-                    self.send_digest(peer, true);
-                }
+            if let Some(peer) = self.anti_entropy.pick(&self.peers, |_| true) {
+                self.send_digest(peer, true);
             }
         }
         if timers.contains(&Timer::Housekeeping) {
@@ -468,9 +466,9 @@ impl StateReplicator {
         }
     }
 
-    /// The next frame to send.
+    /// The next frame to send, in the order they were queued.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.outbox.pop_front()
+        self.outbox.poll_transmit()
     }
 
     /// The next visible change of the config map (local or remote), in order.
@@ -835,19 +833,9 @@ impl StateReplicator {
         match wire::encode(&frame) {
             Ok(frame) => {
                 let frame = Bytes::from(frame);
-                let peers: Vec<PeerId> = self
-                    .peers
-                    .iter()
-                    .copied()
-                    .filter(|&p| Some(p) != except)
-                    .collect();
-                for peer in peers {
+                for peer in self.peers.ids().filter(|&p| Some(p) != except) {
                     self.stats.config_frames_sent += 1;
-                    self.outbox.push_back(Transmit {
-                        peer,
-                        channel: Channel::Stream,
-                        frame: frame.clone(),
-                    });
+                    self.outbox.push(peer, Channel::Stream, frame.clone());
                 }
             }
             Err(error) => {
@@ -859,11 +847,7 @@ impl StateReplicator {
 
     fn queue(&mut self, peer: PeerId, frame: Vec<u8>) {
         self.stats.config_frames_sent += 1;
-        self.outbox.push_back(Transmit {
-            peer,
-            channel: Channel::Stream,
-            frame: Bytes::from(frame),
-        });
+        self.outbox.push(peer, Channel::Stream, Bytes::from(frame));
     }
 }
 
