@@ -13,6 +13,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{self, DeltaBatch, Entry, Frame, OriginGroup, OriginKind, WireWindow};
@@ -134,8 +135,14 @@ fn wire_benches(c: &mut Criterion) {
         clock: Arc::new(CoarseClock::new(NOW)),
         ..StoreOptions::default()
     });
-    let mut replicator = Replicator::new(store, 1, ReplicatorOptions::default(), 7, NOW);
-    replicator.add_peer(2, 2, Some(1200));
+    let mut replicator = Replicator::new(
+        store,
+        ReplicaId::new(1),
+        ReplicatorOptions::default(),
+        7,
+        NOW,
+    );
+    replicator.add_peer(2, ReplicaId::new(2), Some(1200));
     while replicator.poll_transmit().is_some() {}
     group.bench_function("wire/merge_batch", |b| {
         b.iter(|| {
@@ -159,9 +166,14 @@ fn wire_benches(c: &mut Criterion) {
                     clock: Arc::new(CoarseClock::new(NOW)),
                     ..StoreOptions::default()
                 });
-                let mut replicator =
-                    Replicator::new(store, 1, ReplicatorOptions::default(), 7, NOW);
-                replicator.add_peer(2, 2, Some(1200));
+                let mut replicator = Replicator::new(
+                    store,
+                    ReplicaId::new(1),
+                    ReplicatorOptions::default(),
+                    7,
+                    NOW,
+                );
+                replicator.add_peer(2, ReplicaId::new(2), Some(1200));
                 replicator
                     .handle_frame(2, &raising[0], NOW)
                     .expect("merges");

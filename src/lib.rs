@@ -54,6 +54,7 @@ mod link_id;
 pub mod membership;
 pub mod node;
 pub mod policy;
+mod replica_id;
 pub mod replication;
 pub mod rng;
 pub mod sim;
@@ -64,6 +65,8 @@ mod timers;
 mod tls;
 pub mod transport;
 pub mod wire;
+
+pub use replica_id::ReplicaId;
 
 /// The README's Rust examples, compiled and run as doctests so they cannot rot.
 #[cfg(doctest)]

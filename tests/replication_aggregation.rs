@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{
     Channel, Layout, PeerId, Replicator, ReplicatorOptions, Topology, TopologyOptions,
@@ -60,8 +61,13 @@ impl Cluster {
                     clock: Arc::clone(&clock),
                     ..StoreOptions::default()
                 });
-                let replicator =
-                    Replicator::new(store.clone(), replica, options.clone(), replica, T0);
+                let replicator = Replicator::new(
+                    store.clone(),
+                    ReplicaId::new(replica),
+                    options.clone(),
+                    replica,
+                    T0,
+                );
                 Node {
                     replica,
                     store,
@@ -73,9 +79,14 @@ impl Cluster {
             .collect();
         let index = replicas.iter().enumerate().map(|(i, &r)| (r, i)).collect();
         for node in &mut nodes {
-            let topology = Topology::new(node.replica, replicas.iter().copied(), None, topology);
+            let topology = Topology::new(
+                ReplicaId::new(node.replica),
+                replicas.iter().copied().map(ReplicaId::new),
+                None,
+                topology,
+            );
             for link in topology.links() {
-                node.replicator.add_peer(link, link, Some(1_200));
+                node.replicator.add_peer(link.get(), link, Some(1_200));
             }
             node.replicator.set_topology(topology);
         }

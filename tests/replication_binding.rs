@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{
@@ -24,9 +25,9 @@ fn replicator(options: ReplicatorOptions) -> (CounterStore, Replicator) {
         clock: Arc::new(CoarseClock::new(NOW)),
         ..StoreOptions::default()
     });
-    let mut r = Replicator::new(store.clone(), 1, options, 7, NOW);
-    r.add_peer(HONEST, 2, Some(1_200));
-    r.add_peer(VICTIM, 3, Some(1_200));
+    let mut r = Replicator::new(store.clone(), ReplicaId::new(1), options, 7, NOW);
+    r.add_peer(HONEST, ReplicaId::new(2), Some(1_200));
+    r.add_peer(VICTIM, ReplicaId::new(3), Some(1_200));
     while r.poll_transmit().is_some() {}
     (store, r)
 }

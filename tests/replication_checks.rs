@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions};
 use bifrost_cluster::replication::{
     Channel, CheckAnswered, Replicator, ReplicatorOptions, Transmit,
@@ -24,8 +25,8 @@ fn node(replica: u64, peer: u64) -> Replicator {
         anti_entropy_interval_ms: 3_600_000,
         ..ReplicatorOptions::default()
     };
-    let mut r = Replicator::new(store, replica, options, replica, NOW);
-    r.add_peer(peer, peer, Some(1_200));
+    let mut r = Replicator::new(store, ReplicaId::new(replica), options, replica, NOW);
+    r.add_peer(peer, ReplicaId::new(peer), Some(1_200));
     r
 }
 
@@ -163,8 +164,8 @@ fn checks_can_be_switched_off() {
         check_interval_ms: 0,
         ..ReplicatorOptions::default()
     };
-    let mut a = Replicator::new(store, 1, options, 1, NOW);
-    a.add_peer(2, 2, Some(1_200));
+    let mut a = Replicator::new(store, ReplicaId::new(1), options, 1, NOW);
+    a.add_peer(2, ReplicaId::new(2), Some(1_200));
     assert!(a.poll_timeout() > NOW, "no check is due");
     a.handle_timeout(NOW + 60_000);
     assert!(checks_out(&mut a).is_empty());

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{
@@ -19,8 +20,14 @@ fn replicator() -> (CounterStore, Replicator) {
         clock: Arc::new(CoarseClock::new(NOW)),
         ..StoreOptions::default()
     });
-    let mut r = Replicator::new(store.clone(), 1, ReplicatorOptions::default(), 7, NOW);
-    r.add_peer(2, 2, Some(1200));
+    let mut r = Replicator::new(
+        store.clone(),
+        ReplicaId::new(1),
+        ReplicatorOptions::default(),
+        7,
+        NOW,
+    );
+    r.add_peer(2, ReplicaId::new(2), Some(1200));
     while r.poll_transmit().is_some() {}
     (store, r)
 }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::api_error::{ApiError, KeyPath, Params};
+use crate::ReplicaId;
 use crate::node::{ClusterHandle, SharedStateError};
 use crate::state::StateError;
 
@@ -194,7 +195,9 @@ pub(crate) async fn traffic(
     let epoch = params.epoch(window, node.clock().now_unix_ms())?;
     let view = node.traffic().read(&key, epoch);
     let members = node.members();
-    let node_of = |replica: u64| -> Option<String> {
+    // The traffic plane names origins by `u64` (the counter plane's origins); a member is named by its replica id.
+    let node_of = |origin: u64| -> Option<String> {
+        let replica = ReplicaId::new(origin);
         if replica == node.replica_id() {
             return Some(node.node_id().to_string());
         }

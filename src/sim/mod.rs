@@ -49,6 +49,7 @@ pub use self::endpoint::SimEndpoint;
 pub use self::network::{NetOptions, NetStats};
 pub use self::report::{NodeTraffic, Percentiles, SimReport, TrafficSummary};
 
+use crate::ReplicaId;
 use crate::config::{ClusterConfig, PeerAddr};
 use crate::counter::{Algorithm, CoarseClock, CounterError, CounterStore, Decision, Window};
 use crate::membership::{
@@ -154,7 +155,7 @@ struct SimNode {
     machine: Option<NodeMachine>,
     store: CounterStore,
     clock: Arc<CoarseClock>,
-    replica_id: u64,
+    replica_id: ReplicaId,
     /// The deadline of this node's live timer entry in the heap (`u64::MAX`: none).
     timer_at: u64,
     traffic: NodeTraffic,
@@ -303,8 +304,8 @@ impl Simulation {
     }
 
     /// A new replica id and an empty store for it on a clock of its own, set to now (the seed's draws, in order).
-    fn new_store(&mut self) -> (u64, Arc<CoarseClock>, CounterStore) {
-        let replica_id = self.rng.next_u64();
+    fn new_store(&mut self) -> (ReplicaId, Arc<CoarseClock>, CounterStore) {
+        let replica_id = ReplicaId::new(self.rng.next_u64());
         let clock = Arc::new(CoarseClock::new(self.now_ms));
         let store = CounterStore::new(options::store_options(
             &self.options.config,
@@ -403,7 +404,7 @@ impl Simulation {
     }
 
     /// Node `i`'s current replica id.
-    pub fn replica_id(&self, i: usize) -> u64 {
+    pub fn replica_id(&self, i: usize) -> ReplicaId {
         self.nodes[i].replica_id
     }
 

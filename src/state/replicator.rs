@@ -48,6 +48,7 @@ use super::config_map::{
 use super::error::StateError;
 use super::hlc::Timestamp;
 use super::node_record::{LinkHealth, NodeRecord, NodeRecords};
+use crate::ReplicaId;
 use crate::replication::{Channel, PeerId, Transmit};
 use crate::rng::SplitMix64;
 use crate::timers::TimerTable;
@@ -218,11 +219,12 @@ impl StateReplicator {
     /// the choice of anti-entropy peers.
     pub fn new(
         node_id: &str,
-        replica_id: u64,
+        replica_id: ReplicaId,
         options: StateOptions,
         seed: u64,
         now_ms: u64,
     ) -> StateReplicator {
+        let replica_id = replica_id.get();
         let mut rng = SplitMix64::new(seed);
         let options = options.normalized();
         let digest = options.digest_interval_ms;
@@ -278,7 +280,8 @@ impl StateReplicator {
 
     /// Binds `peer` (a link) to the identity its authenticated hello gave: frames from it are taken only once
     /// it is bound, and its health records only for that replica and node id.
-    pub fn bind_peer(&mut self, peer: PeerId, replica_id: u64, node_id: &str) {
+    pub fn bind_peer(&mut self, peer: PeerId, replica_id: ReplicaId, node_id: &str) {
+        let replica_id = replica_id.get();
         self.identities.insert(
             peer,
             PeerIdentity {

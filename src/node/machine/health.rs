@@ -82,7 +82,7 @@ impl HealthPublisher {
             )
         }));
         NodeRecord {
-            owner: replicator.replica_id(),
+            owner: replicator.replica_id().get(),
             node_id: node_id.to_string(),
             version: self.version,
             published_ms: now_ms,
