@@ -14,6 +14,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{self, DeltaBatch, Entry, Frame, OriginGroup, OriginKind, WireWindow};
@@ -59,7 +60,7 @@ fn batch() -> DeltaBatch {
 
 fn batch_with_values(base: u64) -> DeltaBatch {
     let window = Window::parse("1m").expect("valid window");
-    let epoch = window.epoch_at(NOW);
+    let epoch = window.epoch_at(UnixMs::new(NOW));
     let entries = (0..ENTRIES)
         .map(|i| Entry {
             key: format!("vk/provider-{}/model-{i}", i % 7),
@@ -132,7 +133,7 @@ fn wire_benches(c: &mut Criterion) {
     });
     let store = CounterStore::new(StoreOptions {
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
     let mut replicator = Replicator::new(
@@ -163,7 +164,7 @@ fn wire_benches(c: &mut Criterion) {
             while done < iters {
                 let store = CounterStore::new(StoreOptions {
                     replica_id: 1,
-                    clock: Arc::new(CoarseClock::new(NOW)),
+                    clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
                     ..StoreOptions::default()
                 });
                 let mut replicator = Replicator::new(

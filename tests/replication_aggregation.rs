@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{
     Channel, Layout, PeerId, Replicator, ReplicatorOptions, Topology, TopologyOptions,
@@ -45,7 +46,7 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: usize, loss: f64, seed: u64, topology: TopologyOptions) -> Cluster {
-        let clock = Arc::new(CoarseClock::new(T0));
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
         let mut rng = SplitMix64::new(seed);
         let replicas: Vec<u64> = (0..n).map(|_| rng.next_u64() | 1).collect();
         let options = ReplicatorOptions {
@@ -110,7 +111,7 @@ impl Cluster {
     /// One millisecond: timers, then every queued frame delivered (datagrams lost at `loss`), in random order.
     fn step(&mut self) {
         self.now += 1;
-        self.clock.set_unix_ms(self.now);
+        self.clock.set_unix_ms(UnixMs::new(self.now));
         let mut frames: Vec<(u64, PeerId, Channel, bytes::Bytes)> = Vec::new();
         for node in &mut self.nodes {
             node.replicator.handle_timeout(self.now);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions};
 use bifrost_cluster::replication::{
     Channel, CheckAnswered, Replicator, ReplicatorOptions, Transmit,
@@ -16,7 +17,7 @@ const NOW: u64 = 1_795_514_400_000;
 fn node(replica: u64, peer: u64) -> Replicator {
     let store = CounterStore::new(StoreOptions {
         replica_id: replica,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
     let options = ReplicatorOptions {
@@ -157,7 +158,7 @@ fn an_unanswered_check_times_out_is_replaced_and_a_late_answer_is_ignored() {
 fn checks_can_be_switched_off() {
     let store = CounterStore::new(StoreOptions {
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
     let options = ReplicatorOptions {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{PeerId, Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{self, Frame};
@@ -23,7 +24,7 @@ fn node(replica: u64, options: ReplicatorOptions) -> (CounterStore, Replicator) 
         replica_id: replica,
         max_keys: 200_000,
         max_remote_keys: 200_000,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
     (
@@ -69,7 +70,7 @@ fn with_100000_origins_digests_go_out_in_ranges_and_anti_entropy_still_repairs_a
     };
     let (store_a, mut a) = node(A, options.clone());
     let (store_b, mut b) = node(B, options);
-    let epoch = hour().epoch_at(NOW);
+    let epoch = hour().epoch_at(UnixMs::new(NOW));
     let mut seed = 0x1234_5678_9abc_def0_u64;
     for i in 0..100_000u64 {
         // splitmix64: origins spread over the whole id space, as random replica ids are.
@@ -95,8 +96,8 @@ fn with_100000_origins_digests_go_out_in_ranges_and_anti_entropy_still_repairs_a
     let mut repaired_after = None;
     for round in 1..=12 {
         now += 1_000;
-        store_a.clock().set_unix_ms(now);
-        store_b.clock().set_unix_ms(now);
+        store_a.clock().set_unix_ms(UnixMs::new(now));
+        store_b.clock().set_unix_ms(UnixMs::new(now));
         a.handle_timeout(now);
         b.handle_timeout(now);
         for _ in 0..3 {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{
@@ -17,7 +18,7 @@ fn replicator() -> (CounterStore, Replicator) {
         max_keys: 16,
         max_remote_keys: 16,
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
     let mut r = Replicator::new(
@@ -44,7 +45,7 @@ fn batch(sequence: u64, origin: u64, key: &str, value: u64) -> Vec<u8> {
             entries: vec![Entry {
                 key: key.into(),
                 window: WireWindow::from(window),
-                epoch: window.epoch_at(NOW),
+                epoch: window.epoch_at(UnixMs::new(NOW)),
                 value,
             }],
         }],

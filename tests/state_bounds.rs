@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 
 use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::state::{
     ConfigMap, ConfigMapOptions, LinkHealth, NodeRecord, StateOptions, StateReplicator,
 };
@@ -334,7 +335,7 @@ fn record(owner: u64, node_id: &str, links: usize) -> NodeRecord {
         owner,
         node_id: node_id.to_string(),
         version: 1,
-        published_ms: START,
+        published_ms: UnixMs::new(START),
         cpu_millicores: 100,
         memory_bytes: 1 << 20,
         memory_total_bytes: 1 << 30,

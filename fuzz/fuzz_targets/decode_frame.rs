@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::state::{StateOptions, StateReplicator};
@@ -72,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
     let store = CounterStore::new(StoreOptions {
         max_keys: 64,
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
     let mut replicator = Replicator::new(

@@ -39,6 +39,7 @@ use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
 use super::lookup_cache;
 use super::window::Window;
+use crate::UnixMs;
 use crate::sync::LockClean;
 
 /// Options of a [`CounterStore`].
@@ -81,7 +82,7 @@ impl Default for StoreOptions {
             stripes: (parallelism * 2).clamp(2, 64),
             replica_id: 0,
             hash_seed: 0x6269_6672_6f73_7421,
-            clock: Arc::new(CoarseClock::new(0)),
+            clock: Arc::new(CoarseClock::new(UnixMs::new(0))),
         }
     }
 }
@@ -1249,7 +1250,7 @@ impl CounterStore {
     /// make every refused insert walk the map. Returns how many were freed (0 when it was not this caller's turn).
     #[cold]
     fn reclaim_at_cap(&self) -> usize {
-        let now = self.shared.clock.now_unix_ms();
+        let now = self.shared.clock.now_unix_ms().get();
         let last = &self.shared.last_reclaim_at_cap_ms;
         // Relaxed: a rate limiter on a standalone timestamp; the CAS picks one caller per second.
         let previous = last.load(std::sync::atomic::Ordering::Relaxed);
@@ -1871,8 +1872,10 @@ mod tests {
                 .allowed
         );
         store.drain_dirty(usize::MAX, &mut Vec::new());
-        let now = store.clock().now_unix_ms();
-        store.clock().set_unix_ms(now + RING as u64 * 60_000);
+        let now = store.clock().now_unix_ms().get();
+        store
+            .clock()
+            .set_unix_ms(UnixMs::new(now + RING as u64 * 60_000));
         assert_eq!(store.reclaim_idle(), 1, "the cache holds no handle");
     }
 
@@ -1880,7 +1883,7 @@ mod tests {
     fn an_acquire_by_key_that_falls_back_from_a_retired_cell_counts_one_call() {
         let store = CounterStore::new(StoreOptions {
             replica_id: 1,
-            clock: Arc::new(CoarseClock::new(T0)),
+            clock: Arc::new(CoarseClock::new(UnixMs::new(T0))),
             ..StoreOptions::default()
         });
         let w = Window::parse("1m").expect("a window");

@@ -192,7 +192,7 @@ pub(crate) async fn traffic(
     params: Params,
 ) -> Result<(StatusCode, Json<TrafficJson>), ApiError> {
     let window = node.traffic().window();
-    let epoch = params.epoch(window, node.clock().now_unix_ms())?;
+    let epoch = params.epoch(window, node.clock().now_unix_ms().get())?;
     let view = node.traffic().read(&key, epoch);
     let members = node.members();
     // The traffic plane names origins by `u64` (the counter plane's origins); a member is named by its replica id.

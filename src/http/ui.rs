@@ -127,7 +127,7 @@ pub(crate) async fn peers(State(node): State<ClusterHandle>) -> Json<PeersJson> 
     let status = node.status();
     let r = &status.replication;
     Json(PeersJson {
-        now_ms: node.clock().now_unix_ms(),
+        now_ms: node.clock().now_unix_ms().get(),
         checks: ChecksJson {
             sent: r.checks_sent,
             answered: r.checks_answered,
@@ -244,7 +244,7 @@ pub(crate) async fn hot_keys(
             }
         },
     };
-    let now = node.clock().now_unix_ms();
+    let now = node.clock().now_unix_ms().get();
     let (scanned_ms, keys) = {
         let mut last = cache.last.lock().await;
         match &*last {

@@ -264,7 +264,7 @@ impl Cluster {
             &local.store,
             local.traffic.clone(),
             Box::new(HealthProbe::default()),
-            local.clock.now_unix_ms(),
+            local.clock.now_unix_ms().get(),
         )?;
         let members = machine.membership().reader();
 
@@ -486,7 +486,7 @@ impl ClusterHandle {
         shared
             .records
             .load()
-            .view(self.inner.clock.now_unix_ms(), expire)
+            .view(self.inner.clock.now_unix_ms().get(), expire)
     }
 
     /// The leader: the healthy member with the lowest node id (this node counts while it is in the cluster or

@@ -39,6 +39,7 @@ mod report;
 
 use std::collections::VecDeque;
 
+use crate::UnixMs;
 use crate::fixed_hash::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -306,7 +307,7 @@ impl Simulation {
     /// A new replica id and an empty store for it on a clock of its own, set to now (the seed's draws, in order).
     fn new_store(&mut self) -> (ReplicaId, Arc<CoarseClock>, CounterStore) {
         let replica_id = ReplicaId::new(self.rng.next_u64());
-        let clock = Arc::new(CoarseClock::new(self.now_ms));
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(self.now_ms)));
         let store = CounterStore::new(options::store_options(
             &self.options.config,
             replica_id,
@@ -575,7 +576,7 @@ impl Simulation {
         if self.nodes[i].run == RunState::Down {
             return Ok(());
         }
-        self.nodes[i].clock.advance_to(self.now_ms);
+        self.nodes[i].clock.advance_to(UnixMs::new(self.now_ms));
         self.nodes[i].store.add(key, window, n)?;
         *self.totals.entry((key.to_string(), window)).or_default() += n;
         Ok(())
@@ -626,7 +627,7 @@ impl Simulation {
         if self.nodes[i].run == RunState::Down {
             return Ok(None);
         }
-        self.nodes[i].clock.advance_to(self.now_ms);
+        self.nodes[i].clock.advance_to(UnixMs::new(self.now_ms));
         let decision = acquire(&self.nodes[i].store)?;
         if decision.allowed {
             *self.totals.entry((key.to_string(), window)).or_default() += cost;
@@ -768,7 +769,7 @@ impl Simulation {
             self.crash(i);
             return;
         }
-        self.nodes[i].clock.advance_to(self.now_ms);
+        self.nodes[i].clock.advance_to(UnixMs::new(self.now_ms));
         let now = self.now_ms;
         let Some(machine) = self.nodes[i].machine.as_mut() else {
             return;
@@ -889,7 +890,7 @@ impl Simulation {
                     return; // a stale wake-up
                 }
                 n.timer_at = u64::MAX;
-                n.clock.advance_to(self.now_ms);
+                n.clock.advance_to(UnixMs::new(self.now_ms));
                 if let Some(machine) = n.machine.as_mut() {
                     machine.handle_timeout(self.now_ms);
                 }
@@ -909,7 +910,7 @@ impl Simulation {
                     return;
                 }
                 let n = &mut self.nodes[node];
-                n.clock.advance_to(self.now_ms);
+                n.clock.advance_to(UnixMs::new(self.now_ms));
                 let event = LinkEvent::Up(up);
                 self.inform(node, event);
             }
@@ -939,7 +940,7 @@ impl Simulation {
                 }
                 self.nodes[node].run = RunState::Running;
                 let now = self.now_ms;
-                self.nodes[node].clock.advance_to(now);
+                self.nodes[node].clock.advance_to(UnixMs::new(now));
                 let downs = std::mem::take(&mut self.nodes[node].deferred_downs);
                 let frames = std::mem::take(&mut self.nodes[node].deferred);
                 let downs = downs
@@ -977,7 +978,7 @@ impl Simulation {
                     .collect();
                 let now = self.now_ms;
                 let n = &mut self.nodes[node];
-                n.clock.advance_to(now);
+                n.clock.advance_to(UnixMs::new(now));
                 if let Some(machine) = n.machine.as_mut() {
                     machine.handle_discovered(addrs, now);
                 }
@@ -1015,7 +1016,7 @@ impl Simulation {
         let n = &mut self.nodes[node];
         n.traffic.frames_received += 1;
         n.traffic.bytes_received += frame.len() as u64;
-        n.clock.advance_to(now);
+        n.clock.advance_to(UnixMs::new(now));
         if let Some(machine) = n.machine.as_mut() {
             machine.handle_frame(end, &frame, now);
         } else if let Some(inbox) = n.inbox.as_mut() {
@@ -1124,7 +1125,7 @@ impl Simulation {
     fn inform(&mut self, i: usize, event: LinkEvent) {
         let now = self.now_ms;
         let n = &mut self.nodes[i];
-        n.clock.advance_to(now);
+        n.clock.advance_to(UnixMs::new(now));
         if let Some(machine) = n.machine.as_mut() {
             machine.handle_link_event(event, now);
         } else if let Some(inbox) = n.inbox.as_mut() {

@@ -48,7 +48,6 @@ use super::config_map::{
 use super::error::StateError;
 use super::hlc::Timestamp;
 use super::node_record::{LinkHealth, NodeRecord, NodeRecords};
-use crate::ReplicaId;
 use crate::replication::{Channel, PeerId, Transmit};
 use crate::rng::SplitMix64;
 use crate::timers::TimerTable;
@@ -56,6 +55,7 @@ use crate::wire::{
     self, ConfigBucketDigest, ConfigDigest, ConfigEntries, Frame, NodeHealth, WireConfigEntry,
     WireError, WireLinkHealth,
 };
+use crate::{ReplicaId, UnixMs};
 
 /// Largest `chunk_bytes` in force: half a frame, so a chunk plus one largest entry still fits one frame.
 const MAX_CHUNK_BYTES: usize = wire::MAX_FRAME_BYTES / 2;
@@ -538,7 +538,7 @@ impl StateReplicator {
                             .as_ref()
                             .map(|v| Bytes::copy_from_slice(v.as_slice())),
                         ts: Timestamp {
-                            wall_ms: e.wall_ms.to_native(),
+                            wall_ms: UnixMs::new(e.wall_ms.to_native()),
                             logical: e.logical.to_native(),
                             node: Arc::from(e.node.as_str()),
                         },
@@ -620,7 +620,7 @@ impl StateReplicator {
                     owner: h.owner.to_native(),
                     node_id: h.node_id.as_str().to_string(),
                     version: h.version.to_native(),
-                    published_ms: h.published_ms.to_native(),
+                    published_ms: UnixMs::new(h.published_ms.to_native()),
                     cpu_millicores: h.cpu_millicores.to_native(),
                     memory_bytes: h.memory_bytes.to_native(),
                     memory_total_bytes: h.memory_total_bytes.to_native(),
@@ -879,7 +879,7 @@ fn to_wire_entry(e: &ConfigEntry) -> WireConfigEntry {
     WireConfigEntry {
         key: e.key.to_string(),
         value: e.value.as_ref().map(|v| v.to_vec()),
-        wall_ms: e.ts.wall_ms,
+        wall_ms: e.ts.wall_ms.get(),
         logical: e.ts.logical,
         node: e.ts.node.to_string(),
     }
@@ -890,7 +890,7 @@ fn to_wire_record(r: &NodeRecord) -> NodeHealth {
         owner: r.owner,
         node_id: r.node_id.clone(),
         version: r.version,
-        published_ms: r.published_ms,
+        published_ms: r.published_ms.get(),
         cpu_millicores: r.cpu_millicores,
         memory_bytes: r.memory_bytes,
         memory_total_bytes: r.memory_total_bytes,

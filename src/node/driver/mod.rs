@@ -108,7 +108,7 @@ impl Driver {
     }
 
     fn now(&self) -> u64 {
-        self.clock.now_unix_ms()
+        self.clock.now_unix_ms().get()
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
