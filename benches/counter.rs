@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::state::{Outcome, TrafficRecorder};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -30,7 +31,7 @@ const KEYS: usize = 1024;
 
 fn store() -> CounterStore {
     CounterStore::new(StoreOptions {
-        clock: Arc::new(CoarseClock::new(T0)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(T0))),
         ..StoreOptions::default()
     })
 }
@@ -184,7 +185,7 @@ fn status_page(c: &mut Criterion) {
     let minute = Window::parse("1m").expect("valid window");
     let s = CounterStore::new(StoreOptions {
         max_keys: 100_000,
-        clock: Arc::new(CoarseClock::new(T0)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(T0))),
         ..StoreOptions::default()
     });
     for i in 0..100_000u64 {

@@ -25,6 +25,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 
 /// A global allocator that counts the bytes it has handed out and not yet taken back.
@@ -104,7 +105,7 @@ fn measure(name: &str, keys: usize) {
                 max_keys: keys,
                 max_remote_keys: keys,
                 replica_id: 0xA11CE,
-                clock: Arc::new(CoarseClock::new(T0)),
+                clock: Arc::new(CoarseClock::new(UnixMs::new(T0))),
                 ..StoreOptions::default()
             });
             for k in &names {
@@ -116,7 +117,7 @@ fn measure(name: &str, keys: usize) {
                 _ => 0,
             };
             if remote > 0 {
-                let epoch = window.epoch_at(T0);
+                let epoch = window.epoch_at(UnixMs::new(T0));
                 for k in &names {
                     for &origin in &REMOTE_ORIGINS[..remote] {
                         store

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::storage::{Snapshotter, WriteOutcome, format, snapshot};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -30,7 +31,7 @@ fn empty_store(keys: usize) -> CounterStore {
         max_keys: keys + 1024,
         max_remote_keys: keys + 1024,
         replica_id: 0xA11CE,
-        clock: Arc::new(CoarseClock::new(T0)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(T0))),
         ..StoreOptions::default()
     })
 }
@@ -39,7 +40,7 @@ fn empty_store(keys: usize) -> CounterStore {
 fn filled_store(keys: usize) -> CounterStore {
     let store = empty_store(keys);
     let window = Window::parse("1h").expect("a valid window");
-    let epoch = window.epoch_at(T0);
+    let epoch = window.epoch_at(UnixMs::new(T0));
     for i in 0..keys {
         let key = format!("vk-{i:08}/gpt-4o");
         store

@@ -13,6 +13,8 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{self, DeltaBatch, Entry, Frame, OriginGroup, OriginKind, WireWindow};
@@ -58,7 +60,7 @@ fn batch() -> DeltaBatch {
 
 fn batch_with_values(base: u64) -> DeltaBatch {
     let window = Window::parse("1m").expect("valid window");
-    let epoch = window.epoch_at(NOW);
+    let epoch = window.epoch_at(UnixMs::new(NOW));
     let entries = (0..ENTRIES)
         .map(|i| Entry {
             key: format!("vk/provider-{}/model-{i}", i % 7),
@@ -131,11 +133,17 @@ fn wire_benches(c: &mut Criterion) {
     });
     let store = CounterStore::new(StoreOptions {
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
-    let mut replicator = Replicator::new(store, 1, ReplicatorOptions::default(), 7, NOW);
-    replicator.add_peer(2, 2, Some(1200));
+    let mut replicator = Replicator::new(
+        store,
+        ReplicaId::new(1),
+        ReplicatorOptions::default(),
+        7,
+        NOW,
+    );
+    replicator.add_peer(2, ReplicaId::new(2), Some(1200));
     while replicator.poll_transmit().is_some() {}
     group.bench_function("wire/merge_batch", |b| {
         b.iter(|| {
@@ -156,12 +164,17 @@ fn wire_benches(c: &mut Criterion) {
             while done < iters {
                 let store = CounterStore::new(StoreOptions {
                     replica_id: 1,
-                    clock: Arc::new(CoarseClock::new(NOW)),
+                    clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
                     ..StoreOptions::default()
                 });
-                let mut replicator =
-                    Replicator::new(store, 1, ReplicatorOptions::default(), 7, NOW);
-                replicator.add_peer(2, 2, Some(1200));
+                let mut replicator = Replicator::new(
+                    store,
+                    ReplicaId::new(1),
+                    ReplicatorOptions::default(),
+                    7,
+                    NOW,
+                );
+                replicator.add_peer(2, ReplicaId::new(2), Some(1200));
                 replicator
                     .handle_frame(2, &raising[0], NOW)
                     .expect("merges");

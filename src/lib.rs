@@ -32,10 +32,11 @@
 //! ## Example
 //!
 //! ```
+//! use bifrost_cluster::UnixMs;
 //! use bifrost_cluster::counter::{CounterStore, StoreOptions, Window};
 //!
 //! let store = CounterStore::new(StoreOptions::default());
-//! store.clock().set_unix_ms(1_700_000_000_000); // the node ticks this; tests set it by hand
+//! store.clock().set_unix_ms(UnixMs::new(1_700_000_000_000)); // the node ticks this; tests set it by hand
 //! let window = Window::parse("1m").unwrap();
 //! let handle = store.handle("vk/openai/gpt-4o", window).unwrap(); // resolve once, keep next to the limit config
 //! let decision = handle.try_acquire(100, 1);
@@ -54,6 +55,7 @@ mod link_id;
 pub mod membership;
 pub mod node;
 pub mod policy;
+mod replica_id;
 pub mod replication;
 pub mod rng;
 pub mod sim;
@@ -63,7 +65,11 @@ mod sync;
 mod timers;
 mod tls;
 pub mod transport;
+mod unix_ms;
 pub mod wire;
+
+pub use replica_id::ReplicaId;
+pub use unix_ms::UnixMs;
 
 /// The README's Rust examples, compiled and run as doctests so they cannot rot.
 #[cfg(doctest)]

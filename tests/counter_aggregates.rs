@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{
     AggregateId, CoarseClock, CounterStore, MergeOutcome, StoreOptions, Window, group_of,
 };
@@ -22,7 +23,7 @@ fn minute() -> Window {
 }
 
 fn epoch() -> u64 {
-    minute().epoch_at(T0)
+    minute().epoch_at(UnixMs::new(T0))
 }
 
 fn nodes(clock: &Arc<CoarseClock>) -> Vec<CounterStore> {
@@ -88,7 +89,7 @@ proptest! {
         steps in proptest::collection::vec(step(), 0..300),
         dead in proptest::collection::btree_set(0..NODES as usize, 0..8),
     ) {
-        let clock = Arc::new(CoarseClock::new(T0));
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
         let nodes = nodes(&clock);
         let mut exact = 0u64;
         let mut last = vec![0u64; nodes.len()];
@@ -143,7 +144,7 @@ proptest! {
 
 #[test]
 fn own_group_aggregates_change_nothing() {
-    let clock = Arc::new(CoarseClock::new(T0));
+    let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
     let nodes = nodes(&clock);
     let a = &nodes[0];
     let mate = nodes[1..]
@@ -163,7 +164,7 @@ fn own_group_aggregates_change_nothing() {
 
 #[test]
 fn a_reset_drops_the_aggregates_it_takes_back_and_later_ones_count() {
-    let clock = Arc::new(CoarseClock::new(T0));
+    let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
     let nodes = nodes(&clock);
     let a = &nodes[0];
     let stranger = nodes
@@ -186,16 +187,16 @@ fn a_reset_drops_the_aggregates_it_takes_back_and_later_ones_count() {
 
 #[test]
 fn aggregates_stay_in_their_window() {
-    let clock = Arc::new(CoarseClock::new(T0));
+    let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
     let nodes = nodes(&clock);
     let a = &nodes[0];
     let stranger = nodes.iter().find(|n| group(n) != group(a)).unwrap();
     stranger.add(KEY, minute(), 9).unwrap();
     publish(stranger, a);
     assert_eq!(a.global(KEY, minute()), 9);
-    clock.set_unix_ms(T0 + 60_000);
+    clock.set_unix_ms(UnixMs::new(T0 + 60_000));
     assert_eq!(a.global(KEY, minute()), 0, "a new window starts from zero");
-    let next = minute().epoch_at(T0 + 60_000);
+    let next = minute().epoch_at(UnixMs::new(T0 + 60_000));
     let g = group(stranger);
     assert_eq!(
         a.merge_aggregate(g, KEY, minute(), next + 2, 1).unwrap(),

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{
     AddOutcome, CoarseClock, CounterError, CounterStore, MergeOutcome, StoreOptions, Window,
 };
@@ -17,7 +18,7 @@ fn minute() -> Window {
 fn store(options: StoreOptions) -> CounterStore {
     CounterStore::new(StoreOptions {
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..options
     })
 }
@@ -30,7 +31,7 @@ fn three_thousand_replicated_keys_never_refuse_a_new_local_key() {
         max_keys: 3_000,
         ..StoreOptions::default()
     });
-    let epoch = minute().epoch_at(NOW);
+    let epoch = minute().epoch_at(UnixMs::new(NOW));
     for i in 0..3_000 {
         let merged = store.merge_remote(7, &format!("flood/{i}"), minute(), epoch, 1);
         assert_eq!(merged, Ok(MergeOutcome::Raised), "flood/{i}");
@@ -52,7 +53,7 @@ fn each_budget_refuses_at_its_own_cap_and_counts_by_kind() {
         max_remote_keys: 3,
         ..StoreOptions::default()
     });
-    let epoch = minute().epoch_at(NOW);
+    let epoch = minute().epoch_at(UnixMs::new(NOW));
     for i in 0..3 {
         store
             .merge_remote(7, &format!("remote/{i}"), minute(), epoch, 1)
@@ -90,7 +91,7 @@ fn each_budget_refuses_at_its_own_cap_and_counts_by_kind() {
 
 #[test]
 fn reclaiming_idle_remote_keys_frees_the_remote_budget() {
-    let clock = Arc::new(CoarseClock::new(NOW));
+    let clock = Arc::new(CoarseClock::new(UnixMs::new(NOW)));
     let store = CounterStore::new(StoreOptions {
         max_keys: 10,
         max_remote_keys: 1,
@@ -98,12 +99,12 @@ fn reclaiming_idle_remote_keys_frees_the_remote_budget() {
         clock: Arc::clone(&clock),
         ..StoreOptions::default()
     });
-    let epoch = minute().epoch_at(NOW);
+    let epoch = minute().epoch_at(UnixMs::new(NOW));
     store.merge_remote(7, "old", minute(), epoch, 1).unwrap();
     assert!(store.merge_remote(7, "new", minute(), epoch, 1).is_err());
     // Four minutes later "old" has left the ring: the full remote budget reclaims it for "new".
-    clock.set_unix_ms(NOW + 4 * 60_000);
-    let epoch = minute().epoch_at(NOW + 4 * 60_000);
+    clock.set_unix_ms(UnixMs::new(NOW + 4 * 60_000));
+    let epoch = minute().epoch_at(UnixMs::new(NOW + 4 * 60_000));
     assert_eq!(
         store.merge_remote(7, "new", minute(), epoch, 1),
         Ok(MergeOutcome::Raised)
@@ -119,7 +120,7 @@ fn a_key_holds_a_bounded_number_of_relayed_origins_per_window() {
         max_origins_per_key: 100,
         ..StoreOptions::default()
     });
-    let epoch = minute().epoch_at(NOW);
+    let epoch = minute().epoch_at(UnixMs::new(NOW));
     let mut refused = 0;
     for origin in 1_000..1_500u64 {
         match store.merge_remote(origin, "k", minute(), epoch, 1).unwrap() {

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{
     AddOutcome, CoarseClock, CounterStore, FloorOutcome, MAX_CELL_VALUE, MergeOutcome,
     StoreOptions, Window,
@@ -22,7 +23,7 @@ fn year() -> Window {
 }
 
 fn nodes(n: u64) -> Vec<CounterStore> {
-    let clock = Arc::new(CoarseClock::new(T0));
+    let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
     (1..=n)
         .map(|id| {
             CounterStore::new(StoreOptions {
@@ -43,7 +44,7 @@ fn shipped(from: &CounterStore) -> Option<u64> {
 }
 
 fn ship(from: &CounterStore, to: &CounterStore) {
-    let epoch = year().epoch_at(T0);
+    let epoch = year().epoch_at(UnixMs::new(T0));
     if let Some(value) = shipped(from) {
         to.merge_from_origin(from.options().replica_id, KEY, year(), epoch, value)
             .unwrap();
@@ -96,7 +97,9 @@ fn run(ops: &[Op]) -> (Vec<u64>, u64) {
                 seen[to][from] = seen[to][from].max(seen[from][from]);
             }
             Op::Reset { node } => {
-                if let Some(report) = nodes[node].reset(KEY, year(), year().epoch_at(T0)) {
+                if let Some(report) =
+                    nodes[node].reset(KEY, year(), year().epoch_at(UnixMs::new(T0)))
+                {
                     assert_eq!(report.after, 0, "nothing raced the reset");
                 }
                 for origin in 0..3 {
@@ -144,7 +147,7 @@ proptest! {
         // Three origins merged into one node; floors from two resets seen at different times, delivered in
         // either order, each twice.
         let node = &nodes(4)[3];
-        let epoch = year().epoch_at(T0);
+        let epoch = year().epoch_at(UnixMs::new(T0));
         for (o, &v) in values.iter().enumerate() {
             node.merge_from_origin(o as u64 + 1, KEY, year(), epoch, v).unwrap();
         }
@@ -184,7 +187,7 @@ fn a_saturated_key_reset_elsewhere_counts_again_everywhere() {
         assert!(global(node) >= MAX_CELL_VALUE, "saturated everywhere");
     }
     let report = resetter
-        .reset(KEY, year(), year().epoch_at(T0))
+        .reset(KEY, year(), year().epoch_at(UnixMs::new(T0)))
         .expect("the key is held");
     assert_eq!(report.floors.len(), 2, "the poisoned origin and the other");
     assert_eq!(
@@ -225,7 +228,7 @@ fn a_saturated_key_reset_elsewhere_counts_again_everywhere() {
 #[test]
 fn a_floor_never_exceeds_the_value_held_for_its_origin() {
     let node = &nodes(2)[1];
-    let epoch = year().epoch_at(T0);
+    let epoch = year().epoch_at(UnixMs::new(T0));
     assert_eq!(
         node.merge_floor(9, KEY, year(), epoch, 100),
         FloorOutcome::NoValue

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, DirtyEntry, StoreOptions, Window};
 use proptest::prelude::*;
 
@@ -24,9 +25,9 @@ fn replica(id: u64, clock: &Arc<CoarseClock>) -> CounterStore {
 
 /// The remote sum one store ends with after merging `reports` (origin, value) for one key and epoch in order.
 fn merged(reports: &[(u64, u64)]) -> u64 {
-    let clock = Arc::new(CoarseClock::new(T0));
+    let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
     let store = replica(0, &clock);
-    let epoch = window().epoch_at(T0);
+    let epoch = window().epoch_at(UnixMs::new(T0));
     for &(origin, value) in reports {
         store
             .merge_remote(origin, "k", window(), epoch, value)
@@ -82,7 +83,7 @@ proptest! {
         ops in prop::collection::vec((0usize..5, 0usize..3, 1u64..50, any::<bool>(), prop::bool::weighted(0.05)), 1..200),
         seed in any::<u64>(),
     ) {
-        let clock = Arc::new(CoarseClock::new(T0 + 1_000));
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(T0 + 1_000)));
         let stores: Vec<_> = (0..replicas).map(|i| replica(100 + i as u64, &clock)).collect();
         let handles: Vec<Vec<_>> = stores.iter()
             .map(|s| KEYS.iter().map(|k| s.handle(k, window()).unwrap()).collect())
@@ -94,7 +95,7 @@ proptest! {
             let r = r % replicas;
             if next_window && !moved {
                 // Everyone crosses into the next window together (all nodes compute the same boundary).
-                clock.set_unix_ms(T0 + 60_000 + 5_000);
+                clock.set_unix_ms(UnixMs::new(T0 + 60_000 + 5_000));
                 moved = true;
             }
             handles[r][k].add(n);

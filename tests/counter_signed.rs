@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{
     Algorithm, CoarseClock, CounterStore, StoreOptions, Window, departed_origin, in_flight_key,
     released_key,
@@ -58,7 +59,7 @@ fn send(stores: &[CounterStore], from: usize, to: usize, key: &str) {
         return;
     }
     let origin = stores[from].options().replica_id;
-    let epoch = window().epoch_at(T0);
+    let epoch = window().epoch_at(UnixMs::new(T0));
     for k in [key.to_owned(), released_key(key)] {
         if let Some((own, _)) = stores[from].counts_at(&k, window(), epoch) {
             stores[to]
@@ -71,7 +72,7 @@ fn send(stores: &[CounterStore], from: usize, to: usize, key: &str) {
 proptest! {
     #[test]
     fn refunds_converge_to_the_exact_net_count_in_any_merge_order(steps in steps(), tail in prop::collection::vec((0..3usize, 0..3usize), 0..12)) {
-        let clock = Arc::new(CoarseClock::new(T0));
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
         let stores = replicas(&clock);
         let key = "budget/team";
         let (mut added, mut released) = (0u64, 0u64);
@@ -119,10 +120,10 @@ proptest! {
         // exchanged; then `late` more of replica 9's own releases arrive (it was paused and came back under
         // the same id, or they were in flight when it crashed): the slots are released exactly once wherever
         // the release ran, and never more.
-        let clock = Arc::new(CoarseClock::new(T0));
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
         let stores = replicas(&clock);
         let key = in_flight_key("model/gpt");
-        let epoch = window().epoch_at(T0);
+        let epoch = window().epoch_at(UnixMs::new(T0));
         let own_release = own_release.min(held);
         for s in &stores {
             s.merge_remote(9, &key, window(), epoch, held).unwrap();

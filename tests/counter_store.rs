@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::thread;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{
     AddOutcome, Algorithm, CoarseClock, CounterError, CounterStore, DIRTY_QUEUE_SLOTS, DirtyEntry,
     MergeOutcome, StoreOptions, Window,
@@ -16,7 +17,7 @@ fn store_with(max_keys: usize, replica_id: u64) -> CounterStore {
     CounterStore::new(StoreOptions {
         max_keys,
         replica_id,
-        clock: Arc::new(CoarseClock::new(T0)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(T0))),
         ..StoreOptions::default()
     })
 }
@@ -40,9 +41,9 @@ fn fixed_window_acquire_counts_until_the_limit_then_resets_at_the_boundary() {
     assert_eq!((refused.used, refused.remaining), (5, 0));
     assert_eq!(h.local(), 5, "a refused request counts nothing");
     // A cost larger than what is left is refused whole.
-    store.clock().set_unix_ms(T0 + 59_999);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 59_999));
     assert!(!h.try_acquire(5, 1).allowed);
-    store.clock().set_unix_ms(T0 + 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 60_000));
     let d = h.try_acquire(5, 3);
     assert!(d.allowed);
     assert_eq!(d.used, 3);
@@ -63,28 +64,32 @@ fn an_anchored_window_resets_at_its_anchor_plus_whole_lengths_not_at_midnight() 
     let store = store_with(10, 1);
     let h = store.handle("budget/team-a", day).unwrap();
     // Midnight UTC before the anchor's time of day: still the epoch that began a day before the anchor.
-    store.clock().set_unix_ms(anchor - 1);
+    store.clock().set_unix_ms(UnixMs::new(anchor - 1));
     let before = h.try_acquire(3, 3);
     assert!(before.allowed);
     assert_eq!(before.reset_at_ms, anchor);
     assert!(!h.try_acquire(3, 1).allowed);
     // The anchor is a boundary: a fresh budget.
-    store.clock().set_unix_ms(anchor);
+    store.clock().set_unix_ms(UnixMs::new(anchor));
     let d = h.try_acquire(3, 2);
     assert!(d.allowed);
     assert_eq!((d.used, d.reset_at_ms), (2, anchor + 86_400_000));
     // Through the next midnight nothing resets (a calendar day would have).
-    store.clock().set_unix_ms(anchor + 14 * 3_600_000);
+    store
+        .clock()
+        .set_unix_ms(UnixMs::new(anchor + 14 * 3_600_000));
     let d = h.try_acquire(3, 1);
     assert_eq!((d.allowed, d.used), (true, 3));
     assert!(
         !h.try_acquire(3, 1).allowed,
         "the next midnight is no boundary"
     );
-    store.clock().set_unix_ms(anchor + 86_400_000 - 1);
+    store
+        .clock()
+        .set_unix_ms(UnixMs::new(anchor + 86_400_000 - 1));
     assert!(!h.try_acquire(3, 1).allowed);
     // One length after the anchor: reset again; the lookup-by-string path finds the same counter.
-    store.clock().set_unix_ms(anchor + 86_400_000);
+    store.clock().set_unix_ms(UnixMs::new(anchor + 86_400_000));
     let d = h.try_acquire(3, 1);
     assert_eq!((d.allowed, d.used), (true, 1));
     let same_phase = Window::parse("1d@2026-11-30T10:00:00.250Z").unwrap();
@@ -106,7 +111,7 @@ fn sliding_window_weights_the_previous_window_by_its_unexpired_fraction() {
         assert!(h.try_acquire(1_000, 1).allowed);
     }
     // 15 s into the next minute: 75% of the previous window is still inside the sliding window.
-    store.clock().set_unix_ms(T0 + 60_000 + 15_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 60_000 + 15_000));
     let d = h.check(Algorithm::SlidingWindow, 100, 0);
     assert_eq!(d.used, 75);
     let d = h.acquire(Algorithm::SlidingWindow, 100, 25);
@@ -114,12 +119,12 @@ fn sliding_window_weights_the_previous_window_by_its_unexpired_fraction() {
     assert_eq!(d.used, 100);
     assert!(!h.acquire(Algorithm::SlidingWindow, 100, 1).allowed);
     // 45 s in: only 25% of the previous window counts: 25 + 25 = 50.
-    store.clock().set_unix_ms(T0 + 60_000 + 45_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 60_000 + 45_000));
     assert_eq!(h.check(Algorithm::SlidingWindow, 100, 0).used, 50);
     // The fixed window sees only the current 25.
     assert_eq!(h.check(Algorithm::FixedWindow, 100, 0).used, 25);
     // Two windows later the old count is gone entirely.
-    store.clock().set_unix_ms(T0 + 180_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 180_000));
     assert_eq!(h.check(Algorithm::SlidingWindow, 100, 0).used, 0);
 }
 
@@ -216,7 +221,7 @@ fn idle_keys_are_reclaimed_but_not_while_a_handle_or_a_live_epoch_holds_them() {
     let mut out = Vec::new();
     store.drain_dirty(usize::MAX, &mut out);
     // Four minutes later every epoch of both cells has left the ring.
-    store.clock().set_unix_ms(T0 + 4 * 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 4 * 60_000));
     assert_eq!(
         store.reclaim_idle(),
         1,
@@ -236,7 +241,7 @@ fn idle_keys_are_reclaimed_but_not_while_a_handle_or_a_live_epoch_holds_them() {
     );
     drop(held);
     store.drain_dirty(usize::MAX, &mut out);
-    store.clock().set_unix_ms(T0 + 10 * 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 10 * 60_000));
     assert_eq!(store.reclaim_idle(), 2);
     assert_eq!(store.stats().reclaimed_keys, 3);
     assert_eq!(store.add("loose", minute(), 1).unwrap(), AddOutcome::Added);
@@ -261,7 +266,7 @@ fn an_acquire_by_key_after_its_cached_cell_was_reclaimed_counts_in_the_new_cell(
     );
     let mut out = Vec::new();
     store.drain_dirty(usize::MAX, &mut out);
-    store.clock().set_unix_ms(T0 + 4 * 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 4 * 60_000));
     assert_eq!(store.reclaim_idle(), 1, "the cache holds no handle");
     // The cached cell is retired: the refusal it gives is no decision, so the acquire resolves again.
     let d = store.acquire_by_key("k", minute(), fixed, 1, 1).unwrap();
@@ -305,7 +310,7 @@ fn drain_yields_absolute_values_once_per_change() {
         "nothing changed since"
     );
     // A change in the next window reports both windows (the previous one is still in the ring).
-    store.clock().set_unix_ms(T0 + 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 60_000));
     a.add(1);
     store.drain_dirty(usize::MAX, &mut out);
     out.sort_by_key(|e| e.epoch);
@@ -356,14 +361,14 @@ fn more_changed_keys_than_the_dirty_queue_holds_are_all_drained_once() {
 fn late_adds_for_a_window_that_left_the_ring_are_refused_and_counted() {
     let store = store_with(10, 1);
     let h = store.handle("k", minute()).unwrap();
-    store.clock().set_unix_ms(T0 + 8 * 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 8 * 60_000));
     h.add(1);
     // A clock stepped far back (tests only; the node's ticker never does this): T0's ring position now holds
     // the epoch 8 minutes later, so the add is refused rather than counted into the wrong window.
-    store.clock().set_unix_ms(T0);
+    store.clock().set_unix_ms(UnixMs::new(T0));
     assert_eq!(h.add(1), AddOutcome::Stale);
     assert_eq!(store.stats().stale_adds, 1);
-    store.clock().set_unix_ms(T0 + 8 * 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 8 * 60_000));
     assert_eq!(h.local(), 1);
 }
 
@@ -444,7 +449,7 @@ fn concurrent_acquires_never_overshoot_more_than_one_cost_per_stripe() {
         store.drain_dirty(usize::MAX, &mut Vec::new());
     }
     // Phase 2: race acquires in the next window, on the striped cell.
-    store.clock().set_unix_ms(T0 + 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 60_000));
     let allowed: u64 = thread::scope(|s| {
         let workers: Vec<_> = (0..4)
             .map(|_| {
@@ -477,22 +482,24 @@ fn a_full_store_reclaims_idle_keys_by_itself_at_most_once_per_second() {
     store.drain_dirty(usize::MAX, &mut Vec::new());
     assert!(store.add("c", minute(), 1).is_err(), "a and b are live");
     // Four minutes on, a and b are idle: the next new key gets a place without anyone calling reclaim.
-    store.clock().set_unix_ms(T0 + 4 * 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 4 * 60_000));
     assert_eq!(store.add("c", minute(), 1).unwrap(), AddOutcome::Added);
     assert_eq!(store.stats().reclaimed_keys, 2);
     store.add("d", minute(), 1).unwrap();
     store.drain_dirty(usize::MAX, &mut Vec::new());
     // Full again with c and d; four more minutes make them idle and the last reclaim is long past: e gets in.
-    store.clock().set_unix_ms(T0 + 8 * 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 8 * 60_000));
     assert_eq!(store.add("e", minute(), 1).unwrap(), AddOutcome::Added);
     assert_eq!(store.stats().reclaimed_keys, 4);
     // The rate limit: fill the store with keys that are already idle half a second after that reclaim (written
     // with the clock stepped back, which only a test can do). The store refuses instead of walking the map again
     // within the same second; a second after the last reclaim it walks it and frees them.
-    store.clock().set_unix_ms(T0);
+    store.clock().set_unix_ms(UnixMs::new(T0));
     store.add("f", minute(), 1).unwrap();
     store.drain_dirty(usize::MAX, &mut Vec::new());
-    store.clock().set_unix_ms(T0 + 8 * 60_000 + 500);
+    store
+        .clock()
+        .set_unix_ms(UnixMs::new(T0 + 8 * 60_000 + 500));
     let refused_before = store.stats().refused_keys;
     assert!(
         store.add("g", minute(), 1).is_err(),
@@ -500,7 +507,9 @@ fn a_full_store_reclaims_idle_keys_by_itself_at_most_once_per_second() {
     );
     assert_eq!(store.stats().reclaimed_keys, 4);
     assert_eq!(store.stats().refused_keys, refused_before + 1);
-    store.clock().set_unix_ms(T0 + 8 * 60_000 + 1_000);
+    store
+        .clock()
+        .set_unix_ms(UnixMs::new(T0 + 8 * 60_000 + 1_000));
     assert_eq!(store.add("g", minute(), 1).unwrap(), AddOutcome::Added);
     assert_eq!(
         store.stats().reclaimed_keys,
@@ -541,7 +550,7 @@ fn a_handle_clone_keeps_its_cell_through_reclaim_passes() {
     let h = store.handle("k", minute()).unwrap();
     h.add(1);
     store.drain_dirty(usize::MAX, &mut Vec::new());
-    store.clock().set_unix_ms(T0 + 10 * 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 10 * 60_000));
     let clone = h.clone();
     drop(h);
     assert_eq!(store.reclaim_idle(), 0, "the clone still holds the cell");
@@ -578,7 +587,7 @@ fn hottest_ranks_keys_by_current_count_with_the_limit_of_their_last_acquire() {
     store.add("@traffic", minute(), 100).unwrap();
     // Remote usage counts: d gets 4 from another replica.
     store.add("d", minute(), 1).unwrap();
-    let epoch = minute().epoch_at(T0);
+    let epoch = minute().epoch_at(UnixMs::new(T0));
     store.merge_remote(2, "d", minute(), epoch, 3).unwrap();
 
     let hot = store.hottest(10);
@@ -615,6 +624,6 @@ fn hottest_ranks_keys_by_current_count_with_the_limit_of_their_last_acquire() {
         .unwrap();
     assert_eq!(a_now.limit.map(|l| l.limit), Some(50));
     // The next window starts from zero: nothing is hot.
-    store.clock().set_unix_ms(T0 + 60_000);
+    store.clock().set_unix_ms(UnixMs::new(T0 + 60_000));
     assert!(store.hottest(10).is_empty());
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::config::load_from_str;
 use bifrost_cluster::http::HttpServer;
 use bifrost_cluster::node::Cluster;
@@ -635,9 +636,13 @@ async fn token_bucket_checks_report_the_burst_and_bad_bursts_get_400() {
     // Full again for good when this hour leaves the ring (4 hours on): before, when it is the horizon's
     // start, its 3 units of refill less the 2 taken leave 1 token.
     let window = bifrost_cluster::counter::Window::parse("1h").expect("window");
-    let now = node.clock().now_unix_ms();
+    let now = node.clock().now_unix_ms().get();
     let reset = d["reset_at_ms"].as_u64().expect("reset_at_ms");
-    assert_eq!(reset, window.start_ms(window.epoch_at(now) + 4), "{d}");
+    assert_eq!(
+        reset,
+        window.start_ms(window.epoch_at(UnixMs::new(now)) + 4),
+        "{d}"
+    );
     let retry = headers
         .iter()
         .find(|(n, _)| n == "retry-after")
@@ -646,7 +651,7 @@ async fn token_bucket_checks_report_the_burst_and_bad_bursts_get_400() {
     // But the request needs one token, and the next hour's start refills one: Retry-After says then (this
     // hour's end), not when the bucket is full again (it said 3 to 4 hours before).
     let hour_end_s = window
-        .end_ms(window.epoch_at(now))
+        .end_ms(window.epoch_at(UnixMs::new(now)))
         .saturating_sub(now)
         .div_ceil(1000);
     assert!(

@@ -66,9 +66,9 @@ fn leases_hold_the_limit_and_survive_the_owner_crashing() {
         assert!(admitted <= LIMIT, "window {w}: {admitted} > {LIMIT}");
         assert!(admitted >= LIMIT * 9 / 10, "window {w}: only {admitted}");
     }
-    let owner_id = owner_of(KEY, (0..3).map(|i| sim.replica_id(i))).expect("owner");
+    let owner_id = owner_of(KEY, (0..3).map(|i| sim.replica_id(i).get())).expect("owner");
     let owner = (0..3)
-        .find(|&i| sim.replica_id(i) == owner_id)
+        .find(|&i| sim.replica_id(i).get() == owner_id)
         .expect("owner");
     sim.crash(owner);
     // Long enough for suspicion and the declaration of death; then three more windows.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bifrost_cluster::ReplicaId;
 use bifrost_cluster::config::{ClusterConfig, ClusterSecret, NodeId, load_from_str};
 use bifrost_cluster::counter::Window;
 use bifrost_cluster::membership::{
@@ -62,7 +63,7 @@ async fn start(node: &str, port: u16, peers: &[u16], health: &str) -> ClusterHan
     }
 }
 
-fn state_of(node: &ClusterHandle, other: &str) -> Option<(MemberState, bool, u64)> {
+fn state_of(node: &ClusterHandle, other: &str) -> Option<(MemberState, bool, ReplicaId)> {
     let table = node.members()?;
     table
         .members
@@ -247,7 +248,7 @@ async fn spawn_swim_member(
     let answer = recv.read_to_end(4096).await.expect("hello answer");
     assert!(matches!(wire::decode(&answer), Ok(Frame::Hello(_))));
     let mut membership = Membership::new(
-        LocalIdentity::new("swim-only", 0x5_0000_0001, own),
+        LocalIdentity::new("swim-only", ReplicaId::new(0x5_0000_0001), own),
         MembershipOptions::default(),
         99,
         unix_ms(),

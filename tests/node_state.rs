@@ -64,7 +64,7 @@ async fn three() -> (Vec<u16>, Vec<ClusterHandle>) {
 async fn merged_percentiles_equal_one_histogram_fed_every_sample() {
     let (_, nodes) = three().await;
     // Stay inside one traffic window (one minute): start early in a minute.
-    let into_minute = nodes[0].clock().now_unix_ms() % 60_000;
+    let into_minute = nodes[0].clock().now_unix_ms().get() % 60_000;
     if into_minute > 40_000 {
         tokio::time::sleep(Duration::from_millis(60_000 - into_minute + 100)).await;
     }

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{
     Channel, Layout, PeerId, Replicator, ReplicatorOptions, Topology, TopologyOptions,
@@ -44,7 +46,7 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: usize, loss: f64, seed: u64, topology: TopologyOptions) -> Cluster {
-        let clock = Arc::new(CoarseClock::new(T0));
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
         let mut rng = SplitMix64::new(seed);
         let replicas: Vec<u64> = (0..n).map(|_| rng.next_u64() | 1).collect();
         let options = ReplicatorOptions {
@@ -60,8 +62,13 @@ impl Cluster {
                     clock: Arc::clone(&clock),
                     ..StoreOptions::default()
                 });
-                let replicator =
-                    Replicator::new(store.clone(), replica, options.clone(), replica, T0);
+                let replicator = Replicator::new(
+                    store.clone(),
+                    ReplicaId::new(replica),
+                    options.clone(),
+                    replica,
+                    T0,
+                );
                 Node {
                     replica,
                     store,
@@ -73,9 +80,14 @@ impl Cluster {
             .collect();
         let index = replicas.iter().enumerate().map(|(i, &r)| (r, i)).collect();
         for node in &mut nodes {
-            let topology = Topology::new(node.replica, replicas.iter().copied(), None, topology);
+            let topology = Topology::new(
+                ReplicaId::new(node.replica),
+                replicas.iter().copied().map(ReplicaId::new),
+                None,
+                topology,
+            );
             for link in topology.links() {
-                node.replicator.add_peer(link, link, Some(1_200));
+                node.replicator.add_peer(link.get(), link, Some(1_200));
             }
             node.replicator.set_topology(topology);
         }
@@ -99,7 +111,7 @@ impl Cluster {
     /// One millisecond: timers, then every queued frame delivered (datagrams lost at `loss`), in random order.
     fn step(&mut self) {
         self.now += 1;
-        self.clock.set_unix_ms(self.now);
+        self.clock.set_unix_ms(UnixMs::new(self.now));
         let mut frames: Vec<(u64, PeerId, Channel, bytes::Bytes)> = Vec::new();
         for node in &mut self.nodes {
             node.replicator.handle_timeout(self.now);

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{
@@ -21,12 +23,12 @@ fn minute() -> Window {
 fn replicator(options: ReplicatorOptions) -> (CounterStore, Replicator) {
     let store = CounterStore::new(StoreOptions {
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
-    let mut r = Replicator::new(store.clone(), 1, options, 7, NOW);
-    r.add_peer(HONEST, 2, Some(1_200));
-    r.add_peer(VICTIM, 3, Some(1_200));
+    let mut r = Replicator::new(store.clone(), ReplicaId::new(1), options, 7, NOW);
+    r.add_peer(HONEST, ReplicaId::new(2), Some(1_200));
+    r.add_peer(VICTIM, ReplicaId::new(3), Some(1_200));
     while r.poll_transmit().is_some() {}
     (store, r)
 }
@@ -38,7 +40,7 @@ fn group(origin: u64, kind: OriginKind, key: &str, value: u64) -> OriginGroup {
         entries: vec![Entry {
             key: key.into(),
             window: WireWindow::from(minute()),
-            epoch: minute().epoch_at(NOW),
+            epoch: minute().epoch_at(UnixMs::new(NOW)),
             value,
         }],
     }
@@ -91,7 +93,7 @@ fn a_delta_batch_carrying_another_replicas_origin_is_refused_and_counted_per_pee
     r.handle_frame(HONEST, &forged, NOW).unwrap();
     assert_eq!(store.global("k", minute()), 5, "only 2's own value counts");
     assert_eq!(
-        store.origin_counts_at("k", minute(), minute().epoch_at(NOW)),
+        store.origin_counts_at("k", minute(), minute().epoch_at(UnixMs::new(NOW))),
         vec![(2, 5)]
     );
     assert_eq!(r.stats().forged_entries, 1);

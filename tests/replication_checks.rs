@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions};
 use bifrost_cluster::replication::{
     Channel, CheckAnswered, Replicator, ReplicatorOptions, Transmit,
@@ -15,7 +17,7 @@ const NOW: u64 = 1_795_514_400_000;
 fn node(replica: u64, peer: u64) -> Replicator {
     let store = CounterStore::new(StoreOptions {
         replica_id: replica,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
     let options = ReplicatorOptions {
@@ -24,8 +26,8 @@ fn node(replica: u64, peer: u64) -> Replicator {
         anti_entropy_interval_ms: 3_600_000,
         ..ReplicatorOptions::default()
     };
-    let mut r = Replicator::new(store, replica, options, replica, NOW);
-    r.add_peer(peer, peer, Some(1_200));
+    let mut r = Replicator::new(store, ReplicaId::new(replica), options, replica, NOW);
+    r.add_peer(peer, ReplicaId::new(peer), Some(1_200));
     r
 }
 
@@ -156,15 +158,15 @@ fn an_unanswered_check_times_out_is_replaced_and_a_late_answer_is_ignored() {
 fn checks_can_be_switched_off() {
     let store = CounterStore::new(StoreOptions {
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
     let options = ReplicatorOptions {
         check_interval_ms: 0,
         ..ReplicatorOptions::default()
     };
-    let mut a = Replicator::new(store, 1, options, 1, NOW);
-    a.add_peer(2, 2, Some(1_200));
+    let mut a = Replicator::new(store, ReplicaId::new(1), options, 1, NOW);
+    a.add_peer(2, ReplicaId::new(2), Some(1_200));
     assert!(a.poll_timeout() > NOW, "no check is due");
     a.handle_timeout(NOW + 60_000);
     assert!(checks_out(&mut a).is_empty());

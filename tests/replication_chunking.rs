@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{PeerId, Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{self, Frame};
@@ -22,12 +24,12 @@ fn node(replica: u64, options: ReplicatorOptions) -> (CounterStore, Replicator) 
         replica_id: replica,
         max_keys: 200_000,
         max_remote_keys: 200_000,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
     (
         store.clone(),
-        Replicator::new(store, replica, options, replica, NOW),
+        Replicator::new(store, ReplicaId::new(replica), options, replica, NOW),
     )
 }
 
@@ -68,7 +70,7 @@ fn with_100000_origins_digests_go_out_in_ranges_and_anti_entropy_still_repairs_a
     };
     let (store_a, mut a) = node(A, options.clone());
     let (store_b, mut b) = node(B, options);
-    let epoch = hour().epoch_at(NOW);
+    let epoch = hour().epoch_at(UnixMs::new(NOW));
     let mut seed = 0x1234_5678_9abc_def0_u64;
     for i in 0..100_000u64 {
         // splitmix64: origins spread over the whole id space, as random replica ids are.
@@ -82,8 +84,8 @@ fn with_100000_origins_digests_go_out_in_ranges_and_anti_entropy_still_repairs_a
             store.merge_remote(origin, &key, hour(), epoch, 1).unwrap();
         }
     }
-    a.add_peer(B, B, Some(1_200));
-    b.add_peer(A, A, Some(1_200));
+    a.add_peer(B, ReplicaId::new(B), Some(1_200));
+    b.add_peer(A, ReplicaId::new(A), Some(1_200));
     // The links' first state requests (and their answers) are not the point here: drop them.
     while a.poll_transmit().is_some() {}
     while b.poll_transmit().is_some() {}
@@ -94,8 +96,8 @@ fn with_100000_origins_digests_go_out_in_ranges_and_anti_entropy_still_repairs_a
     let mut repaired_after = None;
     for round in 1..=12 {
         now += 1_000;
-        store_a.clock().set_unix_ms(now);
-        store_b.clock().set_unix_ms(now);
+        store_a.clock().set_unix_ms(UnixMs::new(now));
+        store_b.clock().set_unix_ms(UnixMs::new(now));
         a.handle_timeout(now);
         b.handle_timeout(now);
         for _ in 0..3 {
@@ -137,9 +139,9 @@ fn a_full_state_transfer_stays_within_the_frame_and_entry_limits_whatever_the_ch
     for i in 0..40_000 {
         store_a.add(&format!("k{i}"), hour(), 1).unwrap();
     }
-    a.add_peer(B, B, Some(1_200));
+    a.add_peer(B, ReplicaId::new(B), Some(1_200));
     while a.poll_transmit().is_some() {}
-    b.add_peer(A, A, Some(1_200)); // B's first peer: it asks A for everything
+    b.add_peer(A, ReplicaId::new(A), Some(1_200)); // B's first peer: it asks A for everything
     deliver(&mut b, &mut a, B, NOW);
     let (frames, largest) = deliver(&mut a, &mut b, A, NOW);
     assert_eq!(a.stats().encode_errors, 0);
@@ -166,9 +168,9 @@ fn a_state_transfer_is_received_only_once_every_chunk_arrived_in_any_order() {
     for i in 0..2_000 {
         store_a.add(&format!("k{i}"), hour(), 1).unwrap();
     }
-    a.add_peer(B, B, Some(1_200));
+    a.add_peer(B, ReplicaId::new(B), Some(1_200));
     while a.poll_transmit().is_some() {}
-    b.add_peer(A, A, Some(1_200)); // B's first peer: it asks A for everything
+    b.add_peer(A, ReplicaId::new(A), Some(1_200)); // B's first peer: it asks A for everything
     assert_eq!(b.peers_with_state(), 0);
 
     // An unsolicited single-chunk push first: it merges, but is not the awaited answer.

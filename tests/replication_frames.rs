@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::wire::{
@@ -16,11 +18,17 @@ fn replicator() -> (CounterStore, Replicator) {
         max_keys: 16,
         max_remote_keys: 16,
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
-    let mut r = Replicator::new(store.clone(), 1, ReplicatorOptions::default(), 7, NOW);
-    r.add_peer(2, 2, Some(1200));
+    let mut r = Replicator::new(
+        store.clone(),
+        ReplicaId::new(1),
+        ReplicatorOptions::default(),
+        7,
+        NOW,
+    );
+    r.add_peer(2, ReplicaId::new(2), Some(1200));
     while r.poll_transmit().is_some() {}
     (store, r)
 }
@@ -37,7 +45,7 @@ fn batch(sequence: u64, origin: u64, key: &str, value: u64) -> Vec<u8> {
             entries: vec![Entry {
                 key: key.into(),
                 window: WireWindow::from(window),
-                epoch: window.epoch_at(NOW),
+                epoch: window.epoch_at(UnixMs::new(NOW)),
                 value,
             }],
         }],

@@ -13,6 +13,8 @@
 
 use std::collections::VecDeque;
 
+use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::state::{
     ConfigMap, ConfigMapOptions, LinkHealth, NodeRecord, StateOptions, StateReplicator,
 };
@@ -40,7 +42,7 @@ impl Net {
             .map(|i| {
                 StateReplicator::new(
                     &format!("n{i}"),
-                    i as u64 + 1,
+                    ReplicaId::new(i as u64 + 1),
                     options.clone(),
                     i as u64,
                     START,
@@ -49,7 +51,7 @@ impl Net {
             .collect();
         for (i, node) in nodes.iter_mut().enumerate() {
             for j in (0..n).filter(|&j| j != i) {
-                node.bind_peer(j as u64, j as u64 + 1, &format!("n{j}"));
+                node.bind_peer(j as u64, ReplicaId::new(j as u64 + 1), &format!("n{j}"));
                 node.add_peer(j as u64);
             }
         }
@@ -284,7 +286,7 @@ fn a_peer_sending_digests_in_a_loop_gets_one_budget_per_pacing_window() {
         digest_interval_ms: 10_000,
         ..StateOptions::default()
     };
-    let mut node = StateReplicator::new("n0", 1, options, 1, START);
+    let mut node = StateReplicator::new("n0", ReplicaId::new(1), options, 1, START);
     for k in 0..48u8 {
         node.put(
             &format!("big/{k:02}"),
@@ -293,7 +295,7 @@ fn a_peer_sending_digests_in_a_loop_gets_one_budget_per_pacing_window() {
         )
         .expect("put");
     }
-    node.bind_peer(7, 2, "n1");
+    node.bind_peer(7, ReplicaId::new(2), "n1");
     let empty = wire::encode(&ConfigDigest {
         sender: 2,
         entries: 0,
@@ -333,7 +335,7 @@ fn record(owner: u64, node_id: &str, links: usize) -> NodeRecord {
         owner,
         node_id: node_id.to_string(),
         version: 1,
-        published_ms: START,
+        published_ms: UnixMs::new(START),
         cpu_millicores: 100,
         memory_bytes: 1 << 20,
         memory_total_bytes: 1 << 30,
@@ -367,8 +369,8 @@ fn health_frame(owner: u64, node_id: &str) -> Vec<u8> {
 
 #[test]
 fn a_health_record_is_taken_only_from_its_own_node_over_its_own_link() {
-    let mut node = StateReplicator::new("n0", 1, StateOptions::default(), 1, START);
-    node.bind_peer(7, 2, "n1");
+    let mut node = StateReplicator::new("n0", ReplicaId::new(1), StateOptions::default(), 1, START);
+    node.bind_peer(7, ReplicaId::new(2), "n1");
     node.add_peer(7);
     // n1 forges records for n2 (another replica and node id), for n2's node id with its own replica id, and
     // for its own node id with another replica id: all refused.
@@ -396,8 +398,8 @@ fn a_health_record_is_taken_only_from_its_own_node_over_its_own_link() {
 
 #[test]
 fn config_frames_naming_another_sender_than_their_link_are_refused() {
-    let mut node = StateReplicator::new("n0", 1, StateOptions::default(), 1, START);
-    node.bind_peer(7, 2, "n1");
+    let mut node = StateReplicator::new("n0", ReplicaId::new(1), StateOptions::default(), 1, START);
+    node.bind_peer(7, ReplicaId::new(2), "n1");
     let entries = |sender| {
         wire::encode(&ConfigEntries {
             sender,
@@ -422,8 +424,8 @@ fn config_frames_naming_another_sender_than_their_link_are_refused() {
 
 #[test]
 fn an_own_health_record_with_more_links_than_a_frame_holds_is_cut_to_fit() {
-    let mut node = StateReplicator::new("n0", 1, StateOptions::default(), 1, START);
-    node.bind_peer(7, 2, "n1");
+    let mut node = StateReplicator::new("n0", ReplicaId::new(1), StateOptions::default(), 1, START);
+    node.bind_peer(7, ReplicaId::new(2), "n1");
     node.add_peer(7);
     while node.poll_transmit().is_some() {}
     // 20 000 links with 100-byte node ids: about 2.6 MB, more than twice the frame limit.

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::state::{ConfigEntry, ConfigMap, ConfigMapOptions, Hlc, Timestamp};
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -14,7 +15,7 @@ fn entry(key: u8, value: Option<u8>, wall: u64, logical: u32, node: u8) -> Confi
         key: Arc::from(format!("k{key}").as_str()),
         value: value.map(|v| Bytes::from(vec![v])),
         ts: Timestamp {
-            wall_ms: wall,
+            wall_ms: UnixMs::new(wall),
             logical,
             node: Arc::from(format!("n{node}").as_str()),
         },
@@ -101,12 +102,12 @@ proptest! {
         let mut max_seen: Option<Timestamp> = None;
         for (observe, wall, logical) in steps {
             if observe {
-                let remote = Timestamp { wall_ms: wall, logical, node: Arc::from("other") };
-                clock.observe(&remote, 5_000);
+                let remote = Timestamp { wall_ms: UnixMs::new(wall), logical, node: Arc::from("other") };
+                clock.observe(&remote, UnixMs::new(5_000));
                 if max_seen.as_ref().is_none_or(|m| remote > *m) { max_seen = Some(remote); }
             } else {
-                let t = clock.tick(wall);
-                prop_assert!(t.wall_ms >= wall, "a tick is at least the wall clock");
+                let t = clock.tick(UnixMs::new(wall));
+                prop_assert!(t.wall_ms >= UnixMs::new(wall), "a tick is at least the wall clock");
                 if let Some(prev) = &last { prop_assert!(t > *prev, "{} after {}", t, prev); }
                 // Within the drift bound, a tick orders after everything observed (ties broken by node id:
                 // "me" < "other", so compare wall and logical).

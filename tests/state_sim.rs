@@ -7,6 +7,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
+use bifrost_cluster::ReplicaId;
 use bifrost_cluster::rng::SplitMix64;
 use bifrost_cluster::state::{ConfigEntry, StateOptions, StateReplicator};
 use bytes::Bytes;
@@ -53,7 +54,7 @@ impl Sim {
             .map(|i| {
                 StateReplicator::new(
                     &format!("node-{i:02}"),
-                    i as u64 + 1,
+                    ReplicaId::new(i as u64 + 1),
                     options.clone(),
                     seed ^ i as u64,
                     START,
@@ -63,7 +64,11 @@ impl Sim {
         for (i, node) in nodes.iter_mut().enumerate() {
             for j in 0..NODES {
                 if i != j {
-                    node.bind_peer(j as u64, j as u64 + 1, &format!("node-{j:02}"));
+                    node.bind_peer(
+                        j as u64,
+                        ReplicaId::new(j as u64 + 1),
+                        &format!("node-{j:02}"),
+                    );
                     node.add_peer(j as u64);
                 }
             }
@@ -263,11 +268,11 @@ fn a_node_that_joins_later_receives_the_whole_map() {
     sim.step_to(until);
     assert_eq!(sim.nodes[newcomer].map().len(), 0);
     sim.group[newcomer] = 0;
-    sim.nodes[newcomer].bind_peer(0, 1, "node-00");
+    sim.nodes[newcomer].bind_peer(0, ReplicaId::new(1), "node-00");
     sim.nodes[newcomer].add_peer(0);
     sim.nodes[0].bind_peer(
         newcomer as u64,
-        newcomer as u64 + 1,
+        ReplicaId::new(newcomer as u64 + 1),
         &format!("node-{newcomer:02}"),
     );
     sim.nodes[0].add_peer(newcomer as u64);

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions, Window};
 use bifrost_cluster::storage::{LoadOutcome, Snapshotter, WriteOutcome};
 use proptest::prelude::*;
@@ -32,7 +33,7 @@ fn load(dir: &std::path::Path, store: &CounterStore) -> LoadOutcome {
 #[test]
 fn values_floors_and_remote_origins_come_back_exactly_and_short_windows_do_not() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let clock = Arc::new(CoarseClock::new(T0));
+    let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
     let (day, month, minute, second) = (w("1d"), w("1M"), w("1m"), w("10s"));
     let before = store(1, &clock);
     before.add("budget/a", day, 500).expect("add");
@@ -47,7 +48,7 @@ fn values_floors_and_remote_origins_come_back_exactly_and_short_windows_do_not()
     before
         .release_in_flight(&slots, w("1h"), 1)
         .expect("release");
-    let epoch = day.epoch_at(T0);
+    let epoch = day.epoch_at(UnixMs::new(T0));
     before
         .merge_from_origin(2, "budget/a", day, epoch, 300)
         .expect("merge");
@@ -118,7 +119,7 @@ fn values_floors_and_remote_origins_come_back_exactly_and_short_windows_do_not()
     };
     assert_eq!(again.values, 0, "{again:?}");
     after
-        .merge_from_origin(1, "budget/a", month, month.epoch_at(T0), 9_000)
+        .merge_from_origin(1, "budget/a", month, month.epoch_at(UnixMs::new(T0)), 9_000)
         .expect("merge");
     assert_eq!(after.global("budget/a", day), 18);
     assert_eq!(after.global("budget/a", month), 9_001);
@@ -127,7 +128,7 @@ fn values_floors_and_remote_origins_come_back_exactly_and_short_windows_do_not()
 #[test]
 fn a_damaged_snapshot_is_moved_aside_and_nothing_is_loaded() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let clock = Arc::new(CoarseClock::new(T0));
+    let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
     let before = store(1, &clock);
     before.add("budget/a", w("1d"), 5).expect("add");
     Snapshotter::open(tmp.path(), before, "n1", 60_000)
@@ -168,7 +169,7 @@ proptest! {
     ) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let stale_dir = tempfile::tempdir().expect("tempdir");
-        let clock = Arc::new(CoarseClock::new(T0));
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
         let month = w("1M");
         let mut counted = 0;
         let mut replica = 100;

@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bifrost_cluster::ReplicaId;
 use bifrost_cluster::config::{ClusterSecret, NodeId, Trust};
 use bifrost_cluster::node::QuicLinks;
 use bifrost_cluster::node::link_layer::{CloseReason, DialError, LinkEvent, LinkId, LinkLayer};
@@ -109,7 +110,7 @@ impl Net for Quic {
         };
         let transport = Transport::bind(SocketAddr::from(([127, 0, 0, 1], 0)), tls, options)
             .unwrap_or_else(|e| panic!("bind {name}: {e}"));
-        let replica_id = 0x00c0_f0e0_0000_0000 + self.made;
+        let replica_id = ReplicaId::new(0x00c0_f0e0_0000_0000 + self.made);
         let links = QuicLinks::new(
             Arc::new(transport),
             &name,

@@ -1,6 +1,7 @@
 //! Wire frames: round trips, refusals with typed errors, no panic on arbitrary bytes, and the batch packer's
 //! size bound.
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::Window;
 use bifrost_cluster::wire::{
     self, BatchPacker, DeltaBatch, Digest, Entry, Frame, HEADER_LEN, Hello, MAX_ENTRIES_PER_FRAME,
@@ -82,7 +83,7 @@ fn an_anchored_window_crosses_the_wire_with_its_phase() {
             entries: vec![Entry {
                 key: "budget/team-a".into(),
                 window: wire_window,
-                epoch: window.epoch_at(1_796_119_200_000),
+                epoch: window.epoch_at(UnixMs::new(1_796_119_200_000)),
                 value: 7,
             }],
         }],

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use bifrost_cluster::ReplicaId;
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{CoarseClock, CounterStore, StoreOptions};
 use bifrost_cluster::replication::{Replicator, ReplicatorOptions};
 use bifrost_cluster::state::{StateOptions, StateReplicator};
@@ -71,11 +73,17 @@ fuzz_target!(|data: &[u8]| {
     let store = CounterStore::new(StoreOptions {
         max_keys: 64,
         replica_id: 1,
-        clock: Arc::new(CoarseClock::new(NOW)),
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
         ..StoreOptions::default()
     });
-    let mut replicator = Replicator::new(store.clone(), 1, ReplicatorOptions::default(), 7, NOW);
-    replicator.add_peer(2, 2, Some(1200));
+    let mut replicator = Replicator::new(
+        store.clone(),
+        ReplicaId::new(1),
+        ReplicatorOptions::default(),
+        7,
+        NOW,
+    );
+    replicator.add_peer(2, ReplicaId::new(2), Some(1200));
     let _ = replicator.handle_frame(2, data, NOW);
     let before = store.remote_snapshot();
     let _ = replicator.handle_frame(2, data, NOW);
@@ -86,7 +94,8 @@ fuzz_target!(|data: &[u8]| {
     );
     while replicator.poll_transmit().is_some() {}
 
-    let mut state = StateReplicator::new("node-1", 1, StateOptions::default(), 7, NOW);
+    let mut state =
+        StateReplicator::new("node-1", ReplicaId::new(1), StateOptions::default(), 7, NOW);
     state.add_peer(2);
     if StateReplicator::is_state_frame(data) {
         let _ = state.handle_frame(2, data, NOW);

@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let (body, _) = exchange::merge(None, values.clone());
     let (again, report) = exchange::merge(Some(body.clone()), values);
-    assert_eq!(report.added + report.raised, 0, "a repeat import changed values");
+    assert_eq!(
+        report.added + report.raised,
+        0,
+        "a repeat import changed values"
+    );
     assert_eq!(again, body);
     let bytes = format::encode(&body).expect("a merged body encodes");
     let archived = format::decode(&bytes).expect("an encoded body decodes");
@@ -22,6 +26,10 @@ fuzz_target!(|data: &[u8]| {
     exchange::export(archived, &mut lines).expect("export to memory");
     let back = exchange::parse(lines.as_slice(), origin, NOW, 64).expect("an export parses");
     let (round, report) = exchange::merge(Some(body.clone()), back);
-    assert_eq!(report.added + report.raised, 0, "an export imported back changed values");
+    assert_eq!(
+        report.added + report.raised,
+        0,
+        "an export imported back changed values"
+    );
     assert_eq!(round, body);
 });

@@ -56,6 +56,7 @@
 //! more is admitted (now when it is full). Like the windows: a refused request counts nothing, and concurrent
 //! acquires on different stripes may overshoot by one `cost` per other stripe.
 
+use crate::UnixMs;
 use std::num::NonZeroU64;
 
 use super::cell::{Cell, RING, TakeOutcome};
@@ -170,12 +171,13 @@ fn view(cell: &Cell, epoch: u64, now_ms: u64, burst: NonZeroU64, limit: u64, cre
 pub(crate) fn acquire(
     cell: &Cell,
     burst: NonZeroU64,
-    now_ms: u64,
+    now: UnixMs,
     limit: u64,
     cost: u64,
     credit: u64,
 ) -> (Decision, bool) {
-    let epoch = cell.epoch_at(now_ms);
+    let epoch = cell.epoch_at(now);
+    let now_ms = now.get();
     let v = view(cell, epoch, now_ms, burst, limit, credit);
     if cost > v.burst {
         return (peek_view(cell, &v, epoch, now_ms, cost), false);
@@ -210,12 +212,13 @@ pub(crate) fn acquire(
 pub(crate) fn peek(
     cell: &Cell,
     burst: NonZeroU64,
-    now_ms: u64,
+    now: UnixMs,
     limit: u64,
     cost: u64,
     credit: u64,
 ) -> Decision {
-    let epoch = cell.epoch_at(now_ms);
+    let epoch = cell.epoch_at(now);
+    let now_ms = now.get();
     let v = view(cell, epoch, now_ms, burst, limit, credit);
     peek_view(cell, &v, epoch, now_ms, cost)
 }

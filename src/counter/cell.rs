@@ -36,6 +36,7 @@
 
 use crossbeam_utils::CachePadded;
 
+use crate::UnixMs;
 use crate::sync::{
     AtomicBool, AtomicU64, AtomicUsize, LockClean, Mutex, OnceLock, Ordering, seqcst_handshake,
 };
@@ -498,13 +499,13 @@ impl Cell {
 
     /// The epoch of the cell's window containing `unix_ms` (`Window::epoch_at`, without a division).
     #[inline(always)]
-    pub(crate) fn epoch_at(&self, unix_ms: u64) -> u64 {
+    pub(crate) fn epoch_at(&self, unix_ms: UnixMs) -> u64 {
         self.epochs.epoch_at(unix_ms)
     }
 
     /// `epoch_at` if the cached epoch answers it, with no call (see `EpochCache::cached_epoch_at`).
     #[inline(always)]
-    pub(crate) fn cached_epoch_at(&self, unix_ms: u64) -> Option<u64> {
+    pub(crate) fn cached_epoch_at(&self, unix_ms: UnixMs) -> Option<u64> {
         self.epochs.cached_epoch_at(unix_ms)
     }
 

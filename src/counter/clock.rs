@@ -7,7 +7,9 @@
 //!   it from a [`ManualClock`].
 //! - The coarse clock never goes backwards: [`CoarseClock::tick`] keeps the larger of the stored and the given
 //!   time, so a system clock stepped back cannot reopen a closed window.
+//! - Times are [`UnixMs`]; reading one is free (a `#[repr(transparent)]` newtype, `#[inline]` accessors).
 
+use crate::UnixMs;
 use crate::sync::{AtomicU64, Ordering};
 
 /// A source of wall-clock time in Unix milliseconds.
@@ -15,7 +17,7 @@ use crate::sync::{AtomicU64, Ordering};
 /// The node implements it over the system clock (an I/O plane); tests use [`ManualClock`].
 pub trait Clock: Send + Sync {
     /// Milliseconds since 1970-01-01T00:00:00Z.
-    fn now_unix_ms(&self) -> u64;
+    fn now_unix_ms(&self) -> UnixMs;
 }
 
 /// The cached time read on the hot path: an atomic that a ticker refreshes.
@@ -26,17 +28,17 @@ pub struct CoarseClock {
 
 impl CoarseClock {
     /// A clock reading `unix_ms` until it is ticked.
-    pub fn new(unix_ms: u64) -> CoarseClock {
+    pub fn new(unix_ms: UnixMs) -> CoarseClock {
         CoarseClock {
-            unix_ms: AtomicU64::new(unix_ms),
+            unix_ms: AtomicU64::new(unix_ms.get()),
         }
     }
 
     /// The cached time.
     #[inline]
-    pub fn now_unix_ms(&self) -> u64 {
+    pub fn now_unix_ms(&self) -> UnixMs {
         // Relaxed: the value is a standalone timestamp; nothing else is published through it.
-        self.unix_ms.load(Ordering::Relaxed)
+        UnixMs::new(self.unix_ms.load(Ordering::Relaxed))
     }
 
     /// Refreshes the cache from `source`, never moving it backwards.
@@ -45,20 +47,20 @@ impl CoarseClock {
     }
 
     /// Moves the cache forward to `unix_ms` (no effect if the cache is already later).
-    pub fn advance_to(&self, unix_ms: u64) {
+    pub fn advance_to(&self, unix_ms: UnixMs) {
         // Relaxed: a monotonic max on a standalone timestamp.
-        self.unix_ms.fetch_max(unix_ms, Ordering::Relaxed);
+        self.unix_ms.fetch_max(unix_ms.get(), Ordering::Relaxed);
     }
 
     /// Sets the cache to exactly `unix_ms`, backwards included. For tests and replays only.
-    pub fn set_unix_ms(&self, unix_ms: u64) {
+    pub fn set_unix_ms(&self, unix_ms: UnixMs) {
         // Relaxed: a standalone timestamp.
-        self.unix_ms.store(unix_ms, Ordering::Relaxed);
+        self.unix_ms.store(unix_ms.get(), Ordering::Relaxed);
     }
 }
 
 impl Clock for CoarseClock {
-    fn now_unix_ms(&self) -> u64 {
+    fn now_unix_ms(&self) -> UnixMs {
         CoarseClock::now_unix_ms(self)
     }
 }
@@ -71,16 +73,16 @@ pub struct ManualClock {
 
 impl ManualClock {
     /// A manual clock reading `unix_ms`.
-    pub fn new(unix_ms: u64) -> ManualClock {
+    pub fn new(unix_ms: UnixMs) -> ManualClock {
         ManualClock {
-            unix_ms: AtomicU64::new(unix_ms),
+            unix_ms: AtomicU64::new(unix_ms.get()),
         }
     }
 
     /// Sets the time.
-    pub fn set(&self, unix_ms: u64) {
+    pub fn set(&self, unix_ms: UnixMs) {
         // Relaxed: a standalone timestamp.
-        self.unix_ms.store(unix_ms, Ordering::Relaxed);
+        self.unix_ms.store(unix_ms.get(), Ordering::Relaxed);
     }
 
     /// Moves the time forward by `ms`.
@@ -91,9 +93,9 @@ impl ManualClock {
 }
 
 impl Clock for ManualClock {
-    fn now_unix_ms(&self) -> u64 {
+    fn now_unix_ms(&self) -> UnixMs {
         // Relaxed: a standalone timestamp.
-        self.unix_ms.load(Ordering::Relaxed)
+        UnixMs::new(self.unix_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -103,15 +105,15 @@ mod tests {
 
     #[test]
     fn tick_follows_source_and_never_goes_back() {
-        let source = ManualClock::new(1_000);
-        let coarse = CoarseClock::new(0);
+        let source = ManualClock::new(UnixMs::new(1_000));
+        let coarse = CoarseClock::new(UnixMs::new(0));
         coarse.tick(&source);
-        assert_eq!(coarse.now_unix_ms(), 1_000);
+        assert_eq!(coarse.now_unix_ms(), UnixMs::new(1_000));
         source.advance(500);
         coarse.tick(&source);
-        assert_eq!(coarse.now_unix_ms(), 1_500);
-        source.set(10); // the system clock was stepped back
+        assert_eq!(coarse.now_unix_ms(), UnixMs::new(1_500));
+        source.set(UnixMs::new(10)); // the system clock was stepped back
         coarse.tick(&source);
-        assert_eq!(coarse.now_unix_ms(), 1_500);
+        assert_eq!(coarse.now_unix_ms(), UnixMs::new(1_500));
     }
 }

@@ -7,6 +7,7 @@
 //! [`Window::epoch_offset_ms`] (0 for a fixed window, so its cost is one add of zero). Calendar windows (days,
 //! weeks, months, years by the calendar) have epochs of different lengths and are computed in full.
 
+use crate::UnixMs;
 use crate::sync::{AtomicU64, Ordering};
 
 use super::window::Window;
@@ -38,7 +39,7 @@ impl EpochCache {
 
     /// The epoch containing `unix_ms`: `window.epoch_at(unix_ms)`.
     #[inline(always)]
-    pub(crate) fn epoch_at(&self, unix_ms: u64) -> u64 {
+    pub(crate) fn epoch_at(&self, unix_ms: UnixMs) -> u64 {
         match self.cached_epoch_at(unix_ms) {
             Some(epoch) => epoch,
             None => self.recompute(unix_ms),
@@ -48,9 +49,9 @@ impl EpochCache {
     /// The epoch containing `unix_ms` if it is the cached one (a fixed window whose boundary has not passed
     /// since): the check of `epoch_at` alone, with no call, for leaf fast paths. `None` means "use `epoch_at`".
     #[inline(always)]
-    pub(crate) fn cached_epoch_at(&self, unix_ms: u64) -> Option<u64> {
+    pub(crate) fn cached_epoch_at(&self, unix_ms: UnixMs) -> Option<u64> {
         let len = self.fixed_len_ms;
-        let t = self.shifted(unix_ms);
+        let t = self.shifted(unix_ms.get());
         // Relaxed: a guess, verified here against `t`. Every value it ever holds is some `t / len`, so
         // `hint * len <= t` cannot overflow, and the check accepts it only if it is exactly `t / len`. A
         // calendar window (len 0) never passes it (`x < 0` is false).
@@ -67,12 +68,12 @@ impl EpochCache {
 
     #[cold]
     #[inline(never)]
-    fn recompute(&self, unix_ms: u64) -> u64 {
+    fn recompute(&self, unix_ms: UnixMs) -> u64 {
         let len = self.fixed_len_ms;
         if len == 0 {
             return self.window.epoch_at(unix_ms);
         }
-        let epoch = self.shifted(unix_ms) / len;
+        let epoch = self.shifted(unix_ms.get()) / len;
         // Relaxed: see `cached_epoch_at`.
         self.hint.store(epoch, Ordering::Relaxed);
         epoch
@@ -138,14 +139,14 @@ mod tests {
         for window in windows {
             let cache = EpochCache::new(window);
             for &t in &times {
-                let epoch = cache.epoch_at(t);
-                assert_eq!(epoch, window.epoch_at(t), "{window} at {t}");
+                let epoch = cache.epoch_at(UnixMs::new(t));
+                assert_eq!(epoch, window.epoch_at(UnixMs::new(t)), "{window} at {t}");
                 assert_eq!(
                     cache.end_ms(epoch),
                     window.end_ms(epoch),
                     "{window} end of {epoch}"
                 );
-                if let Some(cached) = cache.cached_epoch_at(t) {
+                if let Some(cached) = cache.cached_epoch_at(UnixMs::new(t)) {
                     assert_eq!(cached, epoch, "{window} cached at {t}");
                     assert_eq!(
                         cache.cached_end_ms(cached),

@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::store::{CellKey, KeyRef, Limit};
 use super::{CounterError, CounterHandle, CounterStore, Decision, Window};
+use crate::UnixMs;
 
 /// Prefix of a node's want for a bounded key: `@want/<limit>/<key>`.
 pub const WANT_PREFIX: &str = "@want/";
@@ -410,7 +411,7 @@ impl CounterStore {
             let limit = state.limit.load(Ordering::Relaxed);
             let owner = owner_of(key, members.iter().map(|&(m, _)| m));
             let suspect = owner.is_none_or(|o| members.iter().any(|&(m, s)| m == o && s));
-            let epoch = window.epoch_at(now_ms);
+            let epoch = window.epoch_at(UnixMs::new(now_ms));
             let next_soon = window.end_ms(epoch).saturating_sub(now_ms) <= LEASE_HORIZON_MS;
             // Relaxed: a flag for the tick only. Wants are raised on the owner too (it grants itself).
             let silent_owner = state.local.load(Ordering::Relaxed)
@@ -618,7 +619,7 @@ mod tests {
 
     #[test]
     fn a_node_admits_within_its_grant_and_the_owner_grants_from_the_limit() {
-        let clock = Arc::new(CoarseClock::new(T0 + 100));
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(T0 + 100)));
         let w = Window::parse("1s").unwrap();
         let (a, b) = (store(1, &clock), store(2, &clock));
         let members = [(1, false), (2, false)];
@@ -631,12 +632,12 @@ mod tests {
         other.lease_tick(T0 + 100, &members);
         // Ticked, no grant yet: refused.
         assert!(!other.acquire_bounded("k", w, 1_000, 1).unwrap().allowed);
-        clock.set_unix_ms(T0 + 110);
+        clock.set_unix_ms(UnixMs::new(T0 + 110));
         other.lease_tick(T0 + 110, &members);
         for _ in 0..20 {
             let _ = other.acquire_bounded("k", w, 1_000, 1).unwrap();
         }
-        clock.set_unix_ms(T0 + 120);
+        clock.set_unix_ms(UnixMs::new(T0 + 120));
         other.lease_tick(T0 + 120, &members);
         sync(other, owner_store);
         let tick = owner_store.lease_tick(T0 + 120, &members);
@@ -644,7 +645,12 @@ mod tests {
         assert!(tick.grants_raised >= 1, "{tick:?}");
         sync(owner_store, other);
         // A rate from the offered requests, × the 50 ms horizon.
-        let grant = other.grant_at("k", w, w.epoch_at(T0 + 120), other.options().replica_id);
+        let grant = other.grant_at(
+            "k",
+            w,
+            w.epoch_at(UnixMs::new(T0 + 120)),
+            other.options().replica_id,
+        );
         assert!(grant > 1 && grant <= 1_000, "{grant}");
         let mut admitted = 0;
         for _ in 0..200 {
@@ -691,9 +697,9 @@ mod tests {
             steps in proptest::collection::vec(step(4), 0..150),
             limit in 1..2_000u64,
         ) {
-            let clock = Arc::new(CoarseClock::new(T0 + 10));
+            let clock = Arc::new(CoarseClock::new(UnixMs::new(T0 + 10)));
             let w = Window::parse("1s").unwrap();
-            let epoch = w.epoch_at(T0 + 10);
+            let epoch = w.epoch_at(UnixMs::new(T0 + 10));
             let stores: Vec<CounterStore> = (1..=4).map(|r| store(r, &clock)).collect();
             for st in &stores {
                 st.leases().ticked.store(true, Ordering::Release); // as a node's tick would

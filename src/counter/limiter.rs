@@ -14,6 +14,7 @@
 //! - Locally, concurrent acquires on one value word are exact; on different stripes of a contended cell they
 //!   may overshoot by at most one `cost` per other stripe.
 
+use crate::UnixMs;
 use std::num::NonZeroU64;
 
 use super::bucket::{self, BurstError};
@@ -110,16 +111,17 @@ fn sliding_weight(cell: &Cell, epoch: u64, now_ms: u64) -> u64 {
 pub(crate) fn acquire(
     cell: &Cell,
     algorithm: Algorithm,
-    now_ms: u64,
+    now: UnixMs,
     limit: u64,
     cost: u64,
 ) -> (Decision, bool) {
-    let epoch = cell.epoch_at(now_ms);
+    let epoch = cell.epoch_at(now);
+    let now_ms = now.get();
     let extra = match algorithm {
         Algorithm::FixedWindow => 0,
         Algorithm::SlidingWindow => sliding_weight(cell, epoch, now_ms),
         Algorithm::TokenBucket { burst } => {
-            return bucket::acquire(cell, burst, now_ms, limit, cost, 0);
+            return bucket::acquire(cell, burst, now, limit, cost, 0);
         }
     };
     let reset_at = cell.end_ms(epoch);
@@ -135,16 +137,17 @@ pub(crate) fn acquire(
 pub(crate) fn peek(
     cell: &Cell,
     algorithm: Algorithm,
-    now_ms: u64,
+    now: UnixMs,
     limit: u64,
     cost: u64,
 ) -> Decision {
-    let epoch = cell.epoch_at(now_ms);
+    let epoch = cell.epoch_at(now);
+    let now_ms = now.get();
     let extra = match algorithm {
         Algorithm::FixedWindow => 0,
         Algorithm::SlidingWindow => sliding_weight(cell, epoch, now_ms),
         Algorithm::TokenBucket { burst } => {
-            return bucket::peek(cell, burst, now_ms, limit, cost, 0);
+            return bucket::peek(cell, burst, now, limit, cost, 0);
         }
     };
     let used = extra

@@ -387,12 +387,15 @@ fn net_decision(d: Decision, released: u64) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::UnixMs;
     use crate::counter::StoreOptions;
 
     fn store(replica: u64) -> CounterStore {
         CounterStore::new(StoreOptions {
             replica_id: replica,
-            clock: std::sync::Arc::new(crate::counter::CoarseClock::new(1_795_514_400_000)),
+            clock: std::sync::Arc::new(crate::counter::CoarseClock::new(UnixMs::new(
+                1_795_514_400_000,
+            ))),
             ..StoreOptions::default()
         })
     }
@@ -506,7 +509,8 @@ mod tests {
         assert!(s.acquire_in_flight(&h, 2, 1).allowed);
         assert!(!s.acquire_in_flight(&h, 2, 1).allowed);
         // The next window: both slots still held.
-        s.clock().set_unix_ms(1_795_514_400_000 + 60_000);
+        s.clock()
+            .set_unix_ms(UnixMs::new(1_795_514_400_000 + 60_000));
         assert_eq!(s.in_flight(&h), 2);
         assert!(!s.acquire_in_flight(&h, 2, 1).allowed);
         // One ends: its slot is free, taken again in this window.
@@ -516,7 +520,8 @@ mod tests {
         assert!(d.allowed, "{d:?}");
         assert_eq!(d.used, 2);
         // Two windows on, the lease of the first window's slot ran out; this window's one is held.
-        s.clock().set_unix_ms(1_795_514_400_000 + 120_000);
+        s.clock()
+            .set_unix_ms(UnixMs::new(1_795_514_400_000 + 120_000));
         assert_eq!(s.in_flight(&h), 1);
         let r = s.release_in_flight(&key, w, 5).unwrap();
         assert_eq!((r.released, r.unmatched, r.used), (1, 4, 0));
@@ -527,7 +532,7 @@ mod tests {
         let (a, b) = (store(1), store(2));
         let w = Window::parse("1h").unwrap();
         let key = in_flight_key("k");
-        let epoch = w.epoch_at(1_795_514_400_000);
+        let epoch = w.epoch_at(UnixMs::new(1_795_514_400_000));
         // Replica 3 held 5 slots and released 2 of them; then it was declared down.
         for s in [&a, &b] {
             s.merge_remote(3, &key, w, epoch, 5).unwrap();
@@ -592,7 +597,7 @@ mod tests {
         let w = Window::parse("1h").unwrap();
         let key = in_flight_key("k");
         let companion = released_key(&key);
-        let epoch = w.epoch_at(1_795_514_400_000);
+        let epoch = w.epoch_at(UnixMs::new(1_795_514_400_000));
         // Both orders: the member releases before it hears of the others' release for it, and after.
         for learns_first in [false, true] {
             let (a, x) = (store(1), store(3));
@@ -683,7 +688,8 @@ mod tests {
         for _ in 0..2 {
             assert!(s.acquire_in_flight(&f, 4, 1).allowed);
         }
-        s.clock().set_unix_ms(1_795_514_400_000 + 60_000);
+        s.clock()
+            .set_unix_ms(UnixMs::new(1_795_514_400_000 + 60_000));
         let check = s.check_in_flight(&f, 4, 1);
         assert!(!check.allowed, "{check:?}");
         let d = s.acquire_in_flight(&f, 4, 1);
@@ -706,7 +712,7 @@ mod tests {
         let key = in_flight_key("m");
         let h = s.handle(&key, w).unwrap();
         let (before, after) = (1_795_514_400_000 + 59_999, 1_795_514_400_000 + 60_000);
-        s.clock().set_unix_ms(before);
+        s.clock().set_unix_ms(UnixMs::new(before));
         for _ in 0..3 {
             assert!(s.acquire_in_flight(&h, 3, 1).allowed);
         }
@@ -715,8 +721,8 @@ mod tests {
             scope.spawn(|| {
                 // Relaxed: a stop flag; nothing is published through it.
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    s.clock().set_unix_ms(after);
-                    s.clock().set_unix_ms(before);
+                    s.clock().set_unix_ms(UnixMs::new(after));
+                    s.clock().set_unix_ms(UnixMs::new(before));
                 }
             });
             let admitted = (0..200_000).find(|_| s.acquire_in_flight(&h, 3, 1).allowed);

@@ -39,6 +39,7 @@ use super::error::CounterError;
 use super::limiter::{self, Algorithm, Decision};
 use super::lookup_cache;
 use super::window::Window;
+use crate::UnixMs;
 use crate::sync::LockClean;
 
 /// Options of a [`CounterStore`].
@@ -81,7 +82,7 @@ impl Default for StoreOptions {
             stripes: (parallelism * 2).clamp(2, 64),
             replica_id: 0,
             hash_seed: 0x6269_6672_6f73_7421,
-            clock: Arc::new(CoarseClock::new(0)),
+            clock: Arc::new(CoarseClock::new(UnixMs::new(0))),
         }
     }
 }
@@ -1112,7 +1113,7 @@ impl CounterStore {
         self.merge_into_cell_in(&map, now_ms, key, window, epoch, merge)
     }
 
-    /// Runs `merge` on the cell of `(key, window)` in the pinned `map`, as of `now_ms` (Unix ms). A value for a
+    /// Runs `merge` on the cell of `(key, window)` in the pinned `map`, as of `now_ms`. A value for a
     /// window that has not started here (the sender's clock is ahead by more than one window, or the epoch is
     /// garbage) would roll our slots into the future and refuse every local add of the current window: it is
     /// dropped as [`MergeOutcome::Future`] and merged once our clock gets there (later batches, anti-entropy). A
@@ -1120,7 +1121,7 @@ impl CounterStore {
     fn merge_into_cell_in<G: papaya::Guard>(
         &self,
         map: &CellMap<'_, G>,
-        now_ms: u64,
+        now_ms: UnixMs,
         key: &str,
         window: Window,
         epoch: u64,
@@ -1340,7 +1341,7 @@ impl CounterStore {
     /// make every refused insert walk the map. Returns how many were freed (0 when it was not this caller's turn).
     #[cold]
     fn reclaim_at_cap(&self) -> usize {
-        let now = self.shared.clock.now_unix_ms();
+        let now = self.shared.clock.now_unix_ms().get();
         let last = &self.shared.last_reclaim_at_cap_ms;
         // Relaxed: a rate limiter on a standalone timestamp; the CAS picks one caller per second.
         let previous = last.load(std::sync::atomic::Ordering::Relaxed);
@@ -1962,8 +1963,10 @@ mod tests {
                 .allowed
         );
         store.drain_dirty(usize::MAX, &mut Vec::new());
-        let now = store.clock().now_unix_ms();
-        store.clock().set_unix_ms(now + RING as u64 * 60_000);
+        let now = store.clock().now_unix_ms().get();
+        store
+            .clock()
+            .set_unix_ms(UnixMs::new(now + RING as u64 * 60_000));
         assert_eq!(store.reclaim_idle(), 1, "the cache holds no handle");
     }
 
@@ -1971,7 +1974,7 @@ mod tests {
     fn an_acquire_by_key_that_falls_back_from_a_retired_cell_counts_one_call() {
         let store = CounterStore::new(StoreOptions {
             replica_id: 1,
-            clock: Arc::new(CoarseClock::new(T0)),
+            clock: Arc::new(CoarseClock::new(UnixMs::new(T0))),
             ..StoreOptions::default()
         });
         let w = Window::parse("1m").expect("a window");

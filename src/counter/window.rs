@@ -16,6 +16,7 @@
 //!   and cannot be anchored.
 //! - A [`Window`] is `Copy` and 8 bytes.
 
+use crate::UnixMs;
 use std::fmt;
 
 const MS_PER_SECOND: u64 = 1_000;
@@ -372,9 +373,10 @@ impl Window {
         self.unit().fixed_seconds().unwrap_or(1) * u64::from(self.count()) * MS_PER_SECOND
     }
 
-    /// The epoch (window index) containing `unix_ms`.
+    /// The epoch (window index) containing the time `at`.
     #[inline]
-    pub fn epoch_at(&self, unix_ms: u64) -> u64 {
+    pub fn epoch_at(&self, at: UnixMs) -> u64 {
+        let unix_ms = at.get();
         let count = u64::from(self.count());
         match (self.kind(), self.unit()) {
             (KIND_FIXED, _) => unix_ms / self.units_len_ms(),
@@ -663,34 +665,34 @@ mod tests {
     fn fixed_window_boundaries() {
         let w = Window::parse("1m").unwrap();
         let t = utc(2026, 11, 24, 10, 15, 59) + 999;
-        let e = w.epoch_at(t);
+        let e = w.epoch_at(UnixMs::new(t));
         assert_eq!(w.start_ms(e), utc(2026, 11, 24, 10, 15, 0));
-        assert_eq!(w.epoch_at(t + 1), e + 1);
+        assert_eq!(w.epoch_at(UnixMs::new(t + 1)), e + 1);
         assert_eq!(w.end_ms(e), t + 1);
         let w30 = Window::parse("30s").unwrap();
-        assert_eq!(w30.epoch_at(29_999), 0);
-        assert_eq!(w30.epoch_at(30_000), 1);
+        assert_eq!(w30.epoch_at(UnixMs::new(29_999)), 0);
+        assert_eq!(w30.epoch_at(UnixMs::new(30_000)), 1);
     }
 
     #[test]
     fn day_and_iso_week_boundaries() {
         let day = Window::parse("1d").unwrap();
-        let e = day.epoch_at(utc(2026, 11, 24, 23, 59, 59));
+        let e = day.epoch_at(UnixMs::new(utc(2026, 11, 24, 23, 59, 59)));
         assert_eq!(day.end_ms(e), utc(2026, 11, 25, 0, 0, 0));
         let week = Window::parse("1w").unwrap();
         // 2026-11-23 is a Monday.
         let monday = utc(2026, 11, 23, 0, 0, 0);
-        let e = week.epoch_at(monday);
+        let e = week.epoch_at(UnixMs::new(monday));
         assert_eq!(week.start_ms(e), monday);
         assert_eq!(
-            week.epoch_at(monday - 1),
+            week.epoch_at(UnixMs::new(monday - 1)),
             e - 1,
             "Sunday night belongs to the previous week"
         );
-        assert_eq!(week.epoch_at(utc(2026, 11, 29, 23, 59, 59)), e);
+        assert_eq!(week.epoch_at(UnixMs::new(utc(2026, 11, 29, 23, 59, 59))), e);
         assert_eq!(week.end_ms(e), utc(2026, 11, 30, 0, 0, 0));
         // The week containing 1970-01-01 starts on Monday 1969-12-29, saturated to 0.
-        assert_eq!(week.epoch_at(0), 0);
+        assert_eq!(week.epoch_at(UnixMs::new(0)), 0);
         assert_eq!(week.start_ms(0), 0);
         assert_eq!(week.start_ms(1), utc(1970, 1, 5, 0, 0, 0));
     }
@@ -698,50 +700,53 @@ mod tests {
     #[test]
     fn month_boundaries_including_leap_february() {
         let month = Window::parse("1M").unwrap();
-        let feb_2024 = month.epoch_at(utc(2024, 2, 10, 12, 0, 0));
+        let feb_2024 = month.epoch_at(UnixMs::new(utc(2024, 2, 10, 12, 0, 0)));
         assert_eq!(month.start_ms(feb_2024), utc(2024, 2, 1, 0, 0, 0));
         assert_eq!(month.end_ms(feb_2024), utc(2024, 3, 1, 0, 0, 0));
         assert_eq!(
-            month.epoch_at(utc(2024, 2, 29, 23, 59, 59)),
+            month.epoch_at(UnixMs::new(utc(2024, 2, 29, 23, 59, 59))),
             feb_2024,
             "29 Feb 2024 exists"
         );
-        let feb_2023 = month.epoch_at(utc(2023, 2, 28, 23, 59, 59));
+        let feb_2023 = month.epoch_at(UnixMs::new(utc(2023, 2, 28, 23, 59, 59)));
         assert_eq!(
-            month.epoch_at(utc(2023, 3, 1, 0, 0, 0)),
+            month.epoch_at(UnixMs::new(utc(2023, 3, 1, 0, 0, 0))),
             feb_2023 + 1,
             "2023 has no 29 Feb"
         );
         // Century rules: 2100 is not a leap year, 2000 is.
-        let feb_2100 = month.epoch_at(utc(2100, 2, 28, 0, 0, 0));
+        let feb_2100 = month.epoch_at(UnixMs::new(utc(2100, 2, 28, 0, 0, 0)));
         assert_eq!(month.end_ms(feb_2100), utc(2100, 3, 1, 0, 0, 0));
-        let feb_2000 = month.epoch_at(utc(2000, 2, 1, 0, 0, 0));
+        let feb_2000 = month.epoch_at(UnixMs::new(utc(2000, 2, 1, 0, 0, 0)));
         assert_eq!(
             month.end_ms(feb_2000) - month.start_ms(feb_2000),
             29 * MS_PER_DAY
         );
         // December rolls into January of the next year.
-        let dec = month.epoch_at(utc(2026, 12, 31, 23, 59, 59));
+        let dec = month.epoch_at(UnixMs::new(utc(2026, 12, 31, 23, 59, 59)));
         assert_eq!(month.end_ms(dec), utc(2027, 1, 1, 0, 0, 0));
         // Two-month windows pair months from January 1970.
         let two = Window::parse("2M").unwrap();
         assert_eq!(
-            two.epoch_at(utc(2026, 1, 15, 0, 0, 0)),
-            two.epoch_at(utc(2026, 2, 28, 0, 0, 0))
+            two.epoch_at(UnixMs::new(utc(2026, 1, 15, 0, 0, 0))),
+            two.epoch_at(UnixMs::new(utc(2026, 2, 28, 0, 0, 0)))
         );
         assert_ne!(
-            two.epoch_at(utc(2026, 2, 28, 0, 0, 0)),
-            two.epoch_at(utc(2026, 3, 1, 0, 0, 0))
+            two.epoch_at(UnixMs::new(utc(2026, 2, 28, 0, 0, 0))),
+            two.epoch_at(UnixMs::new(utc(2026, 3, 1, 0, 0, 0)))
         );
     }
 
     #[test]
     fn year_boundaries_with_leap_years() {
         let year = Window::parse("1Y").unwrap();
-        let y2024 = year.epoch_at(utc(2024, 12, 31, 23, 59, 59));
+        let y2024 = year.epoch_at(UnixMs::new(utc(2024, 12, 31, 23, 59, 59)));
         assert_eq!(year.start_ms(y2024), utc(2024, 1, 1, 0, 0, 0));
         assert_eq!(year.end_ms(y2024) - year.start_ms(y2024), 366 * MS_PER_DAY);
-        assert_eq!(year.epoch_at(utc(2025, 1, 1, 0, 0, 0)), y2024 + 1);
+        assert_eq!(
+            year.epoch_at(UnixMs::new(utc(2025, 1, 1, 0, 0, 0))),
+            y2024 + 1
+        );
     }
 
     #[test]
@@ -753,7 +758,7 @@ mod tests {
         while t < utc(2200, 1, 1, 0, 0, 0) {
             for text in windows {
                 let w = Window::parse(text).unwrap();
-                let e = w.epoch_at(t);
+                let e = w.epoch_at(UnixMs::new(t));
                 assert!(
                     w.start_ms(e) <= t && t < w.end_ms(e),
                     "{text} at {t}: epoch {e}"
@@ -769,11 +774,11 @@ mod tests {
         let w = Window::anchored(30, Unit::Day, anchor).unwrap();
         let len = 30 * MS_PER_DAY;
         assert_eq!(w.fixed_len_ms(), Some(len));
-        let e = w.epoch_at(anchor);
+        let e = w.epoch_at(UnixMs::new(anchor));
         assert_eq!(w.start_ms(e), anchor, "the anchor is a boundary");
         assert_eq!(w.end_ms(e), anchor + len);
         assert_eq!(
-            w.epoch_at(anchor - 1),
+            w.epoch_at(UnixMs::new(anchor - 1)),
             e - 1,
             "the instant before is in the epoch before"
         );
@@ -782,20 +787,20 @@ mod tests {
             anchor - len,
             "boundaries before the anchor too"
         );
-        assert_eq!(w.epoch_at(anchor + len - 1), e);
-        assert_eq!(w.epoch_at(anchor + len), e + 1);
+        assert_eq!(w.epoch_at(UnixMs::new(anchor + len - 1)), e);
+        assert_eq!(w.epoch_at(UnixMs::new(anchor + len)), e + 1);
         assert_eq!(w.start_ms(e + 5), anchor + 5 * len);
         // Boundaries are not those of the calendar or of the Unix epoch.
         assert_ne!(w.start_ms(e) % MS_PER_DAY, 0);
         // The first epoch is cut at the Unix epoch.
-        assert_eq!(w.epoch_at(0), 0);
+        assert_eq!(w.epoch_at(UnixMs::new(0)), 0);
         assert_eq!(w.start_ms(0), 0);
         assert_eq!(w.start_ms(1), anchor % len);
         // A one-hour window anchored at :17:30.250.
         let h = Window::parse("1h@2026-12-01T10:17:30.250Z").unwrap();
         let t = utc(2026, 12, 1, 12, 0, 0);
         assert_eq!(
-            h.start_ms(h.epoch_at(t)),
+            h.start_ms(h.epoch_at(UnixMs::new(t))),
             utc(2026, 12, 1, 11, 17, 30) + 250
         );
     }
@@ -827,7 +832,10 @@ mod tests {
         assert_ne!(zero, fixed);
         assert_eq!(zero.epoch_offset_ms(), 0);
         for t in [0, 1, MS_PER_DAY - 1, MS_PER_DAY, anchor] {
-            assert_eq!(zero.epoch_at(t), fixed.epoch_at(t));
+            assert_eq!(
+                zero.epoch_at(UnixMs::new(t)),
+                fixed.epoch_at(UnixMs::new(t))
+            );
         }
         assert!(
             Window::parse("1d").unwrap() < a,
@@ -911,14 +919,14 @@ mod tests {
             let unit = [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day, Unit::Week][unit];
             let w = Window::anchored(count, unit, anchor).unwrap();
             let len = w.fixed_len_ms().unwrap();
-            let e = w.epoch_at(t);
+            let e = w.epoch_at(UnixMs::new(t));
             proptest::prop_assert!(w.start_ms(e) <= t && t < w.start_ms(e + 1), "{w} at {t}: epoch {e}");
             proptest::prop_assert_eq!(w.end_ms(e), w.start_ms(e + 1));
             // Every boundary but the cut at 0 lies on the anchor's grid.
             if e > 0 {
                 proptest::prop_assert_eq!(w.start_ms(e) % len, anchor % len);
             }
-            proptest::prop_assert_eq!(w.epoch_at(w.start_ms(e)), e);
+            proptest::prop_assert_eq!(w.epoch_at(UnixMs::new(w.start_ms(e))), e);
             proptest::prop_assert_eq!(Window::parse(&w.to_string()), Ok(w));
             proptest::prop_assert_eq!(Window::anchored(count, unit, anchor % len + len * 3), Ok(w));
         }

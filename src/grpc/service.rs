@@ -238,7 +238,7 @@ impl Rls {
                 _ => None,
             });
         }
-        let now_ms = self.node.clock().now_unix_ms();
+        let now_ms = self.node.clock().now_unix_ms().get();
         let mut statuses = Vec::with_capacity(targets.len());
         let (mut failed, mut quota_total, mut quota_failed) = (0usize, 0usize, 0usize);
         // (remaining, limit, reset seconds) of the descriptor the headers describe.

@@ -1,5 +1,6 @@
 //! The JSON error answer of the HTTP API: a status code, the message, and the field at fault.
 
+use crate::UnixMs;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -122,7 +123,7 @@ impl Params {
         now_ms: u64,
     ) -> Result<u64, ApiError> {
         match self.0.get("epoch") {
-            None => Ok(window.epoch_at(now_ms)),
+            None => Ok(window.epoch_at(UnixMs::new(now_ms))),
             Some(e) => e.parse::<u64>().map_err(|_| {
                 ApiError::bad_field("epoch", format!("expected an integer, got {e:?}"))
             }),

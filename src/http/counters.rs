@@ -487,7 +487,7 @@ pub(crate) async fn ratelimit_check(
         let headers = ratelimit_headers(
             std::slice::from_ref(&decision),
             &[],
-            node.clock().now_unix_ms(),
+            node.clock().now_unix_ms().get(),
         );
         let answer = CheckAnswer::One(DecisionJson::from(decision));
         return Ok((headers, Json(answer)).into_response());
@@ -562,7 +562,7 @@ pub(crate) async fn ratelimit_check(
         count_check(&stats, allowed);
     }
     let in_flight: Vec<bool> = checks.iter().map(|c| c.algorithm.is_none()).collect();
-    let headers = ratelimit_headers(&decisions, &in_flight, node.clock().now_unix_ms());
+    let headers = ratelimit_headers(&decisions, &in_flight, node.clock().now_unix_ms().get());
     let answer = if batch {
         CheckAnswer::Many {
             allowed,
@@ -856,6 +856,6 @@ pub(crate) async fn get_counter(
         ));
     };
     let window = window(text, "window")?;
-    let epoch = params.epoch(window, node.clock().now_unix_ms())?;
+    let epoch = params.epoch(window, node.clock().now_unix_ms().get())?;
     Ok(Json(counter_json(&node, &key, window, epoch, None)))
 }

@@ -455,7 +455,7 @@ fn storage(r: &mut Registry, node: &ClusterHandle) {
     let Some(status) = node.storage_status() else {
         return;
     };
-    let now = node.clock().now_unix_ms();
+    let now = node.clock().now_unix_ms().get();
     let age = if status.last_write_unix_ms == 0 {
         -1
     } else {

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::api_error::{ApiError, KeyPath, Params};
+use crate::ReplicaId;
 use crate::node::{ClusterHandle, SharedStateError};
 use crate::state::StateError;
 
@@ -191,10 +192,12 @@ pub(crate) async fn traffic(
     params: Params,
 ) -> Result<(StatusCode, Json<TrafficJson>), ApiError> {
     let window = node.traffic().window();
-    let epoch = params.epoch(window, node.clock().now_unix_ms())?;
+    let epoch = params.epoch(window, node.clock().now_unix_ms().get())?;
     let view = node.traffic().read(&key, epoch);
     let members = node.members();
-    let node_of = |replica: u64| -> Option<String> {
+    // The traffic plane names origins by `u64` (the counter plane's origins); a member is named by its replica id.
+    let node_of = |origin: u64| -> Option<String> {
+        let replica = ReplicaId::new(origin);
         if replica == node.replica_id() {
             return Some(node.node_id().to_string());
         }

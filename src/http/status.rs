@@ -77,7 +77,7 @@ impl From<&MemberInfo> for MemberStatus {
     fn from(m: &MemberInfo) -> Self {
         MemberStatus {
             node_id: m.node_id().to_string(),
-            replica_id: format!("{:016x}", m.replica_id()),
+            replica_id: m.replica_id().to_string(),
             address: m.addr().to_string(),
             state: m.state.as_str(),
             healthy: m.healthy,
@@ -101,7 +101,7 @@ pub(crate) async fn cluster_status(State(node): State<ClusterHandle>) -> Json<Cl
             leader: node.leader(),
             local: LocalStatus {
                 node_id: node.node_id().to_string(),
-                replica_id: format!("{:016x}", node.replica_id()),
+                replica_id: node.replica_id().to_string(),
                 address: node.advertised_addr().map(|a| a.to_string()),
                 state: table.local.state.to_string(),
                 local_health: table.local.local_health,
@@ -119,7 +119,7 @@ pub(crate) async fn cluster_status(State(node): State<ClusterHandle>) -> Json<Cl
             leader: node.leader(),
             local: LocalStatus {
                 node_id: node.node_id().to_string(),
-                replica_id: format!("{:016x}", node.replica_id()),
+                replica_id: node.replica_id().to_string(),
                 address: None,
                 state: LocalState::Alone.to_string(),
                 local_health: 0,

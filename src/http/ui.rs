@@ -127,7 +127,7 @@ pub(crate) async fn peers(State(node): State<ClusterHandle>) -> Json<PeersJson> 
     let status = node.status();
     let r = &status.replication;
     Json(PeersJson {
-        now_ms: node.clock().now_unix_ms(),
+        now_ms: node.clock().now_unix_ms().get(),
         checks: ChecksJson {
             sent: r.checks_sent,
             answered: r.checks_answered,
@@ -138,7 +138,7 @@ pub(crate) async fn peers(State(node): State<ClusterHandle>) -> Json<PeersJson> 
             .iter()
             .map(|p| PeerJson {
                 node_id: p.node_id.clone(),
-                replica_id: format!("{:016x}", p.replica_id),
+                replica_id: p.replica_id.to_string(),
                 address: p.gossip_addr.unwrap_or(p.address).to_string(),
                 rtt_ms: u64::try_from(p.rtt.as_millis()).unwrap_or(u64::MAX),
                 replicating: p.replicating,
@@ -244,7 +244,7 @@ pub(crate) async fn hot_keys(
             }
         },
     };
-    let now = node.clock().now_unix_ms();
+    let now = node.clock().now_unix_ms().get();
     let (scanned_ms, keys) = {
         let mut last = cache.last.lock().await;
         match &*last {

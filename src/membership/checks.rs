@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use super::Membership;
 use super::event::MembershipEvent;
 use super::publication::Change;
+use crate::ReplicaId;
 
 /// Why a member outside the data-plane scope is healthy.
 const OUT_OF_SCOPE: &str =
@@ -28,7 +29,7 @@ const OUT_OF_SCOPE: &str =
 pub(crate) struct DataPlaneDeadlines {
     queue: BTreeSet<(u64, SocketAddr)>,
     /// The replicas that owe data-plane answers; `None`: every member.
-    scope: Option<BTreeSet<u64>>,
+    scope: Option<BTreeSet<ReplicaId>>,
 }
 
 impl DataPlaneDeadlines {
@@ -136,7 +137,7 @@ impl Membership {
     /// members it replicates with), `None` for every member (the full mesh). Members leaving the scope lose
     /// their deadline and are taken as healthy while SWIM has them alive; members entering it owe an answer
     /// within `timeout_ms`.
-    pub fn set_data_plane_scope(&mut self, scope: Option<BTreeSet<u64>>, now_ms: u64) {
+    pub fn set_data_plane_scope(&mut self, scope: Option<BTreeSet<ReplicaId>>, now_ms: u64) {
         if self.deadlines.scope == scope {
             return;
         }

@@ -16,6 +16,7 @@ use bytes::{Buf, BufMut};
 use foca::{BroadcastHandler, Codec, Header, Incarnation, Invalidates, Member, Message, State};
 
 use super::identity::{MAX_NODE_ID_BYTES, MemberId};
+use crate::ReplicaId;
 
 /// First byte of every membership header; a different value is refused.
 pub(crate) const WIRE_VERSION: u8 = 1;
@@ -499,7 +500,7 @@ fn put_id(out: &mut Vec<u8>, id: &MemberId) {
     let len = name.len().min(MAX_NODE_ID_BYTES);
     out.push(len as u8);
     out.extend_from_slice(&name[..len]);
-    out.extend_from_slice(&id.replica_id.to_be_bytes());
+    out.extend_from_slice(&id.replica_id.get().to_be_bytes());
     out.extend_from_slice(&id.started_ms.to_be_bytes());
     out.extend_from_slice(&id.renewal.to_be_bytes());
     put_addr(out, id.addr);
@@ -592,7 +593,7 @@ impl<'a> Reader<'a> {
     fn id_allow_placeholder(&mut self) -> Result<MemberId, CodecError> {
         let len = usize::from(self.u8()?);
         let name = std::str::from_utf8(self.take(len)?).map_err(|_| CodecError::NodeIdNotUtf8)?;
-        let replica_id = self.u64()?;
+        let replica_id = ReplicaId::new(self.u64()?);
         let started_ms = self.u64()?;
         let renewal = self.u32()?;
         let addr = self.addr()?;
@@ -627,7 +628,7 @@ mod tests {
     fn id(n: &str, port: u16) -> MemberId {
         MemberId::new(
             n,
-            42,
+            ReplicaId::new(42),
             1_700_000_000_000,
             1,
             SocketAddr::from(([127, 0, 0, 1], port)),
@@ -647,7 +648,7 @@ mod tests {
         let header = Header {
             src: id("a", 1),
             src_incarnation: 9,
-            dst: MemberId::new("b", 1, 2, 0, v6),
+            dst: MemberId::new("b", ReplicaId::new(1), 2, 0, v6),
             message: Message::PingReq {
                 target: id("c", 3),
                 probe_number: 200,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use super::identity::MemberId;
 use super::table::ClusterHealth;
+use crate::ReplicaId;
 
 /// One change, in the order it happened. Every identity that was reported up is later reported down, left,
 /// replaced or refused as a duplicate (unless this node leaves first); one reported down may later be
@@ -78,13 +79,13 @@ pub enum MembershipEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MemberRef {
     /// By replica id (what replication keys peers by).
-    Replica(u64),
+    Replica(ReplicaId),
     /// By gossip address.
     Addr(SocketAddr),
 }
 
-impl From<u64> for MemberRef {
-    fn from(replica_id: u64) -> Self {
+impl From<ReplicaId> for MemberRef {
+    fn from(replica_id: ReplicaId) -> Self {
         MemberRef::Replica(replica_id)
     }
 }
@@ -104,7 +105,7 @@ impl From<&MemberId> for MemberRef {
 impl std::fmt::Display for MemberRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MemberRef::Replica(r) => write!(f, "replica {r:016x}"),
+            MemberRef::Replica(r) => write!(f, "replica {r}"),
             MemberRef::Addr(a) => write!(f, "address {a}"),
         }
     }

@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::ReplicaId;
+
 /// Longest node id the membership wire accepts, in bytes (the config's own rule, 128, is stricter).
 pub const MAX_NODE_ID_BYTES: usize = 255;
 
@@ -13,14 +15,18 @@ pub struct LocalIdentity {
     /// The stable node name (`cluster_config.node_id`, or the hostname). 1..=255 bytes.
     pub node_id: String,
     /// Fresh at every process start (a restarted node is a new replica). Counter contributions are keyed by it.
-    pub replica_id: u64,
+    pub replica_id: ReplicaId,
     /// The gossip address peers reach this node at (`gossip.port` on the node's address).
     pub addr: SocketAddr,
 }
 
 impl LocalIdentity {
     /// A local identity.
-    pub fn new(node_id: impl Into<String>, replica_id: u64, addr: SocketAddr) -> LocalIdentity {
+    pub fn new(
+        node_id: impl Into<String>,
+        replica_id: ReplicaId,
+        addr: SocketAddr,
+    ) -> LocalIdentity {
         LocalIdentity {
             node_id: node_id.into(),
             replica_id,
@@ -38,7 +44,7 @@ impl LocalIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberId {
     pub(crate) node_id: Arc<str>,
-    pub(crate) replica_id: u64,
+    pub(crate) replica_id: ReplicaId,
     pub(crate) started_ms: u64,
     pub(crate) renewal: u32,
     pub(crate) addr: SocketAddr,
@@ -49,7 +55,7 @@ impl MemberId {
     /// rejoined after being declared down.
     pub fn new(
         node_id: &str,
-        replica_id: u64,
+        replica_id: ReplicaId,
         started_ms: u64,
         renewal: u32,
         addr: SocketAddr,
@@ -67,7 +73,7 @@ impl MemberId {
     pub(crate) fn placeholder(addr: SocketAddr) -> MemberId {
         MemberId {
             node_id: Arc::from(""),
-            replica_id: 0,
+            replica_id: ReplicaId::new(0),
             started_ms: 0,
             renewal: 0,
             addr,
@@ -85,7 +91,7 @@ impl MemberId {
     }
 
     /// The replica id (fresh per process start).
-    pub fn replica_id(&self) -> u64 {
+    pub fn replica_id(&self) -> ReplicaId {
         self.replica_id
     }
 
@@ -124,7 +130,7 @@ impl MemberId {
 
 impl fmt::Display for MemberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{:016x}", self.node_id, self.replica_id)?;
+        write!(f, "{}#{}", self.node_id, self.replica_id)?;
         if self.renewal > 0 {
             write!(f, ".{}", self.renewal)?;
         }
@@ -163,19 +169,19 @@ mod tests {
 
     #[test]
     fn later_start_wins_then_renewal() {
-        let old = MemberId::new("a", 7, 1_000, 0, addr());
-        let restarted = MemberId::new("a", 3, 2_000, 0, addr());
+        let old = MemberId::new("a", ReplicaId::new(7), 1_000, 0, addr());
+        let restarted = MemberId::new("a", ReplicaId::new(3), 2_000, 0, addr());
         assert!(restarted.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&restarted));
         let renewed = old.renew().expect("renewal below u32::MAX");
-        assert_eq!(renewed.replica_id(), 7);
+        assert_eq!(renewed.replica_id(), ReplicaId::new(7));
         assert!(renewed.win_addr_conflict(&old));
         assert!(restarted.win_addr_conflict(&renewed));
     }
 
     #[test]
     fn display_names_node_replica_and_address() {
-        let id = MemberId::new("node-1", 0xab, 1, 2, addr());
+        let id = MemberId::new("node-1", ReplicaId::new(0xab), 1, 2, addr());
         assert_eq!(id.to_string(), "node-1#00000000000000ab.2@127.0.0.1:10101");
     }
 }

@@ -17,6 +17,7 @@ use super::health::HealthTracker;
 use super::identity::MemberId;
 use super::publication::Change;
 use super::table::MemberState;
+use crate::ReplicaId;
 
 /// Smoothing of the round-trip estimate (like TCP's SRTT: new = old + (sample − old) / 8).
 const RTT_GAIN: f64 = 0.125;
@@ -40,7 +41,7 @@ pub(crate) struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Members {
     by_addr: BTreeMap<SocketAddr, Entry>,
-    by_replica: BTreeMap<u64, SocketAddr>,
+    by_replica: BTreeMap<ReplicaId, SocketAddr>,
     by_node: BTreeSet<(Arc<str>, SocketAddr)>,
 }
 
@@ -54,7 +55,7 @@ impl Members {
     }
 
     /// The address of the member with this replica id.
-    pub(crate) fn addr_of_replica(&self, replica_id: u64) -> Option<SocketAddr> {
+    pub(crate) fn addr_of_replica(&self, replica_id: ReplicaId) -> Option<SocketAddr> {
         self.by_replica.get(&replica_id).copied()
     }
 

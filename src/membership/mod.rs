@@ -151,6 +151,7 @@ pub use table::{
     RefusedInfo,
 };
 
+use crate::ReplicaId;
 use checks::DataPlaneDeadlines;
 use codec::{BroadcastItem, Handler, ROSTER_MAGIC, ReceivedHeader, WireCodec};
 use duplicates::Duplicates;
@@ -550,7 +551,7 @@ impl Membership {
     }
 
     /// True when the member with `replica_id` is a refused duplicate: nothing is replicated to or from it.
-    pub fn is_refused(&self, replica_id: u64) -> bool {
+    pub fn is_refused(&self, replica_id: ReplicaId) -> bool {
         if self.duplicates.refused.is_empty() {
             return false; // the usual case, asked for every frame: no lookups
         }

@@ -180,7 +180,13 @@ mod tests {
             stretch: 3,
             buf: &mut buf,
         };
-        let id = MemberId::new("x", 1, 0, 0, SocketAddr::from(([127, 0, 0, 1], 5)));
+        let id = MemberId::new(
+            "x",
+            crate::ReplicaId::new(1),
+            0,
+            0,
+            SocketAddr::from(([127, 0, 0, 1], 5)),
+        );
         rt.submit_after(Timer::ProbeRandomMember(0), Duration::from_millis(1_000));
         rt.submit_after(
             Timer::SendIndirectProbe {

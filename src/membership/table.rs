@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::identity::MemberId;
+use crate::ReplicaId;
 
 /// A member's SWIM state, as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,7 +118,7 @@ impl MemberInfo {
     }
 
     /// The replica id.
-    pub fn replica_id(&self) -> u64 {
+    pub fn replica_id(&self) -> ReplicaId {
         self.id.replica_id()
     }
 
@@ -173,12 +174,12 @@ pub struct MemberTable {
 
 impl MemberTable {
     /// The member with this replica id.
-    pub fn by_replica(&self, replica_id: u64) -> Option<&MemberInfo> {
+    pub fn by_replica(&self, replica_id: ReplicaId) -> Option<&MemberInfo> {
         self.members.iter().find(|m| m.id.replica_id == replica_id)
     }
 
     /// True when `replica_id` is a refused duplicate (not a member: nothing is replicated to or from it).
-    pub fn is_refused(&self, replica_id: u64) -> bool {
+    pub fn is_refused(&self, replica_id: ReplicaId) -> bool {
         self.refused.iter().any(|r| r.id.replica_id == replica_id)
     }
 

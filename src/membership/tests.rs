@@ -23,7 +23,7 @@ fn swim_only() -> MembershipOptions {
 
 fn node(name: &str, port: u16, seed: u64) -> Membership {
     Membership::new(
-        LocalIdentity::new(name, seed, addr(port)),
+        LocalIdentity::new(name, ReplicaId::new(seed), addr(port)),
         swim_only(),
         seed,
         T0,
@@ -59,16 +59,31 @@ fn drain(m: &mut Membership) -> Vec<MembershipEvent> {
 
 #[test]
 fn construction_checks_identity_and_options() {
-    let bad = Membership::new(LocalIdentity::new("", 1, addr(1)), swim_only(), 1, T0);
+    let bad = Membership::new(
+        LocalIdentity::new("", ReplicaId::new(1), addr(1)),
+        swim_only(),
+        1,
+        T0,
+    );
     assert!(matches!(bad, Err(MembershipError::InvalidIdentity(_))));
     let long = "x".repeat(MAX_NODE_ID_BYTES + 1);
-    let bad = Membership::new(LocalIdentity::new(long, 1, addr(1)), swim_only(), 1, T0);
+    let bad = Membership::new(
+        LocalIdentity::new(long, ReplicaId::new(1), addr(1)),
+        swim_only(),
+        1,
+        T0,
+    );
     assert!(matches!(bad, Err(MembershipError::InvalidIdentity(_))));
     let opts = MembershipOptions {
         max_packet_size: 10,
         ..swim_only()
     };
-    let bad = Membership::new(LocalIdentity::new("a", 1, addr(1)), opts, 1, T0);
+    let bad = Membership::new(
+        LocalIdentity::new("a", ReplicaId::new(1), addr(1)),
+        opts,
+        1,
+        T0,
+    );
     assert!(
         matches!(bad, Err(MembershipError::InvalidOptions(m)) if m.to_string().contains("max_packet_size"))
     );
@@ -157,7 +172,7 @@ fn join_self_and_calls_after_leave_are_refused() {
         Err(MembershipError::Left)
     );
     assert_eq!(
-        a.record_data_plane(7u64, true, "", T0),
+        a.record_data_plane(ReplicaId::new(7), true, "", T0),
         Err(MembershipError::Left)
     );
     assert_eq!(a.poll_timeout(), None);
@@ -172,10 +187,12 @@ fn data_plane_reports_name_known_active_members() {
     b.join(addr(1), T0).expect("join");
     pump(&mut a, &mut b, T0);
     assert_eq!(
-        a.record_data_plane(99u64, true, "", T0),
-        Err(MembershipError::UnknownMember(MemberRef::Replica(99)))
+        a.record_data_plane(ReplicaId::new(99), true, "", T0),
+        Err(MembershipError::UnknownMember(MemberRef::Replica(
+            ReplicaId::new(99)
+        )))
     );
-    a.record_data_plane(2u64, false, "refused", T0)
+    a.record_data_plane(ReplicaId::new(2), false, "refused", T0)
         .expect("by replica id");
     a.record_data_plane(addr(2), true, "", T0)
         .expect("by address");
@@ -225,7 +242,7 @@ fn a_node_restarted_at_a_new_address_takes_over_once_its_old_identity_is_down() 
     );
     // c's process dies and comes back at another address (a new pod IP) before anyone noticed.
     nodes[2] = Membership::new(
-        LocalIdentity::new("c", 33, addr(13)),
+        LocalIdentity::new("c", ReplicaId::new(33), addr(13)),
         swim_only(),
         33,
         T0 + 5_000,
@@ -239,8 +256,8 @@ fn a_node_restarted_at_a_new_address_takes_over_once_its_old_identity_is_down() 
     run(&mut nodes, T0 + 5_000, T0 + 6_000);
     for n in &nodes[..2] {
         assert_eq!(n.refused_by(addr(13)), Some(&old_c));
-        assert!(n.members().by_replica(33).is_none());
-        assert!(n.members().is_refused(33));
+        assert!(n.members().by_replica(ReplicaId::new(33)).is_none());
+        assert!(n.members().is_refused(ReplicaId::new(33)));
     }
     assert_eq!(nodes[2].local_refused_by(), Some(&old_c));
     // The old process does not answer: once it is declared down (suspicion min 4 s at N = 3), the new one
@@ -248,19 +265,22 @@ fn a_node_restarted_at_a_new_address_takes_over_once_its_old_identity_is_down() 
     run(&mut nodes, T0 + 6_000, T0 + 20_000);
     for (i, n) in nodes[..2].iter_mut().enumerate() {
         let (id, st) = n.state_of(addr(13)).expect("new c known");
-        assert_eq!((id.replica_id(), st), (33, MemberState::Alive));
+        assert_eq!(
+            (id.replica_id(), st),
+            (ReplicaId::new(33), MemberState::Alive)
+        );
         assert_eq!(n.refused_by(addr(13)), None);
         let (_, old_st) = n.state_of(addr(3)).expect("old c remembered");
         assert_eq!(old_st, MemberState::Left, "node {i}");
         let events = drain(n);
         assert!(
-            events.iter().any(|e| matches!(e, MembershipEvent::MemberReplaced { old, new } if *old == old_c && new.replica_id() == 33)),
+            events.iter().any(|e| matches!(e, MembershipEvent::MemberReplaced { old, new } if *old == old_c && new.replica_id() == ReplicaId::new(33))),
             "node {i}: {events:?}"
         );
         assert!(
             events
                 .iter()
-                .any(|e| matches!(e, MembershipEvent::MemberUp(new) if new.replica_id() == 33)),
+                .any(|e| matches!(e, MembershipEvent::MemberUp(new) if new.replica_id() == ReplicaId::new(33))),
             "node {i}: {events:?}"
         );
         assert_eq!(n.cluster_health(), ClusterHealth::Healthy);
@@ -289,7 +309,7 @@ fn a_second_live_process_with_a_members_node_id_is_refused_and_the_member_stays(
     }
     // A second process, started later with c's node id at another address, while c runs on.
     let mut dup = Membership::new(
-        LocalIdentity::new("c", 44, addr(14)),
+        LocalIdentity::new("c", ReplicaId::new(44), addr(14)),
         swim_only(),
         44,
         T0 + 5_000,
@@ -310,14 +330,17 @@ fn a_second_live_process_with_a_members_node_id_is_refused_and_the_member_stays(
                 .any(|r| r.id == dup_id && r.holder == real_c)
         );
         assert!(
-            table.members.iter().all(|m| m.replica_id() != 44),
+            table
+                .members
+                .iter()
+                .all(|m| m.replica_id() != ReplicaId::new(44)),
             "node {i}"
         );
         assert_eq!(table.member_count(), 3, "node {i}");
         assert_eq!(table.healthy_count(), 3, "node {i}");
         assert_eq!(n.cluster_health(), ClusterHealth::Healthy, "node {i}");
         assert!(matches!(
-            n.record_data_plane(44, true, "", T0 + 40_000),
+            n.record_data_plane(ReplicaId::new(44), true, "", T0 + 40_000),
             Err(MembershipError::RefusedDuplicate(_))
         ));
         let events = drain(n);
@@ -371,7 +394,7 @@ fn a_second_live_process_with_a_members_node_id_is_refused_and_the_member_stays(
         assert_eq!(n.refused_by(addr(14)), None, "node {i}");
         assert_eq!(
             n.state_of(addr(14)).map(|(id, st)| (id.replica_id(), st)),
-            Some((44, MemberState::Alive))
+            Some((ReplicaId::new(44), MemberState::Alive))
         );
     }
     assert_eq!(nodes[3].local_refused_by(), None);
@@ -403,7 +426,7 @@ fn a_member_entering_the_data_plane_scope_owes_answers_from_then_on() {
     };
     let member = |name: &str, port: u16| {
         Membership::new(
-            LocalIdentity::new(name, u64::from(port), addr(port)),
+            LocalIdentity::new(name, ReplicaId::new(u64::from(port)), addr(port)),
             options.clone(),
             u64::from(port),
             T0,
@@ -421,7 +444,7 @@ fn a_member_entering_the_data_plane_scope_owes_answers_from_then_on() {
     }
     run(&mut nodes, T0, T0 + 5_000);
     let mut t = T0 + 5_000;
-    nodes[0].set_data_plane_scope(Some([2u64].into_iter().collect()), t);
+    nodes[0].set_data_plane_scope(Some([ReplicaId::new(2)].into_iter().collect()), t);
     // Every 500 ms, b answers a's data-plane check; c and d are never checked.
     let answered = |nodes: &mut [Membership], from: u64, to: u64| {
         let mut t = from;
@@ -443,7 +466,7 @@ fn a_member_entering_the_data_plane_scope_owes_answers_from_then_on() {
         );
     }
     assert_eq!(nodes[0].cluster_health(), ClusterHealth::Healthy);
-    nodes[0].set_data_plane_scope(Some([2u64, 3].into_iter().collect()), t);
+    nodes[0].set_data_plane_scope(Some([2, 3].into_iter().map(ReplicaId::new).collect()), t);
     let entered = t;
     let mut became_unhealthy = None;
     while t < entered + 10_000 {

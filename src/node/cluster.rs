@@ -22,6 +22,7 @@ use super::options::{self, MachineIdentity, MachineSeeds, MachineSetup};
 use super::persistence::Persistence;
 use super::shared_view::SharedView;
 use super::system_clock::{self, SystemClock};
+use crate::ReplicaId;
 use crate::config::NodeId;
 use crate::config::{CLUSTER_SECRET_ENV, ClusterConfig, Trust};
 use crate::counter::{Clock, CoarseClock, CounterStore, Window};
@@ -95,7 +96,7 @@ pub enum SharedStateError {
 
 struct Inner {
     node_id: String,
-    replica_id: u64,
+    replica_id: ReplicaId,
     store: CounterStore,
     clock: Arc<CoarseClock>,
     status: Arc<Mutex<NodeStatus>>,
@@ -129,7 +130,7 @@ struct ClusterParts {
 /// What every node has, cluster mode or not.
 struct LocalParts {
     node_id: NodeId,
-    replica_id: u64,
+    replica_id: ReplicaId,
     clock: Arc<CoarseClock>,
     store: CounterStore,
     ticker: JoinHandle<()>,
@@ -162,10 +163,7 @@ impl std::fmt::Debug for ClusterHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterHandle")
             .field("node_id", &self.inner.node_id)
-            .field(
-                "replica_id",
-                &format_args!("{:016x}", self.inner.replica_id),
-            )
+            .field("replica_id", &format_args!("{}", self.inner.replica_id))
             .field(
                 "local_addr",
                 &self.inner.cluster.as_ref().map(|c| c.local_addr),
@@ -266,7 +264,7 @@ impl Cluster {
             &local.store,
             local.traffic.clone(),
             Box::new(HealthProbe::default()),
-            local.clock.now_unix_ms(),
+            local.clock.now_unix_ms().get(),
         )?;
         let members = machine.membership().reader();
 
@@ -326,7 +324,7 @@ impl Cluster {
         .spawn();
         tracing::info!(
             node = %node_id,
-            replica = format_args!("{replica_id:016x}"),
+            replica = %replica_id,
             address = %local_addr,
             advertised = %advertised.addr,
             advertised_from = advertised.source,
@@ -354,7 +352,7 @@ impl LocalParts {
     /// The node's identity, clock, store and traffic recorder; the clock starts ticking.
     fn new(config: &ClusterConfig) -> Result<LocalParts, NodeError> {
         let node_id = identity::resolve_node_id(config.node_id.as_ref())?;
-        let replica_id = identity::random_u64()?;
+        let replica_id = ReplicaId::new(identity::random_u64()?);
         let clock = Arc::new(CoarseClock::new(SystemClock.now_unix_ms()));
         let store = CounterStore::new(options::store_options(
             config,
@@ -422,7 +420,7 @@ impl ClusterHandle {
     }
 
     /// This process's replica id.
-    pub fn replica_id(&self) -> u64 {
+    pub fn replica_id(&self) -> ReplicaId {
         self.inner.replica_id
     }
 
@@ -488,7 +486,7 @@ impl ClusterHandle {
         shared
             .records
             .load()
-            .view(self.inner.clock.now_unix_ms(), expire)
+            .view(self.inner.clock.now_unix_ms().get(), expire)
     }
 
     /// The leader: the healthy member with the lowest node id (this node counts while it is in the cluster or

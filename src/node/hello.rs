@@ -5,10 +5,14 @@
 //! opens a stream and sends its `Hello`, the acceptor answers with its own. Each side checks the other's
 //! protocol version, that it is not talking to itself, and (with a cluster secret) that the node id in the
 //! `Hello` is the one its certificate was issued for.
+//!
+//! The wire [`Hello`] carries the replica id as a `u64`; [`PeerHello`] and [`own_hello`] take it as a
+//! [`ReplicaId`] and convert at this boundary.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::ReplicaId;
 use crate::transport::{Link, TrustMode};
 use crate::wire::{self, Frame, Hello, PROTOCOL_MAJOR, PROTOCOL_MINOR, capabilities};
 
@@ -18,7 +22,7 @@ pub struct PeerHello {
     /// Its node id.
     pub node_id: String,
     /// Its replica id for this process start.
-    pub replica_id: u64,
+    pub replica_id: ReplicaId,
     /// Its capability bits.
     pub capabilities: u64,
     /// The gossip address it advertises (`None` for a client that is not a member).
@@ -53,10 +57,10 @@ pub enum HelloError {
 const MAX_HELLO_BYTES: usize = 4_096;
 
 /// Our hello, advertising `gossip_addr`.
-pub fn own_hello(node_id: &str, replica_id: u64, gossip_addr: SocketAddr) -> Hello {
+pub fn own_hello(node_id: &str, replica_id: ReplicaId, gossip_addr: SocketAddr) -> Hello {
     Hello {
         node_id: node_id.to_string(),
-        replica_id,
+        replica_id: replica_id.get(),
         protocol_version: (u32::from(PROTOCOL_MAJOR) << 16) | u32::from(PROTOCOL_MINOR),
         capabilities: capabilities::REPLICATION_V1,
         gossip_addr: gossip_addr.to_string(),
@@ -133,7 +137,7 @@ fn check(
     };
     let peer = PeerHello {
         node_id: hello.node_id.as_str().to_string(),
-        replica_id: hello.replica_id.to_native(),
+        replica_id: ReplicaId::new(hello.replica_id.to_native()),
         capabilities: hello.capabilities.to_native(),
         gossip_addr,
         link_nonce: hello.link_nonce.to_native(),
@@ -144,7 +148,7 @@ fn check(
             peer.node_id
         )));
     }
-    if peer.replica_id == ours.replica_id {
+    if peer.replica_id.get() == ours.replica_id {
         return Err(HelloError::SelfLink);
     }
     if (hello.protocol_version.to_native() >> 16) as u8 != PROTOCOL_MAJOR {

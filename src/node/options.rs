@@ -8,16 +8,18 @@ use std::sync::Arc;
 use super::join::JoinSchedule;
 use super::machine::startup::{MAX_STARTUP_ADMISSION_MS, StartupAdmission};
 use super::machine::{MachineParts, NodeMachine, ProcessProbe};
+use crate::ReplicaId;
 use crate::config::{ClusterConfig, LimitsConfig};
 use crate::counter::{CoarseClock, CounterStore, StoreOptions};
 use crate::membership::{LocalIdentity, Membership, MembershipError, MembershipOptions};
 use crate::replication::{Replicator, ReplicatorOptions, TopologyOptions};
 use crate::state::{ConfigMapOptions, StateOptions, StateReplicator, TrafficRecorder};
 
-/// The counter store's options for this node.
+/// The counter store's options for this node. The store names this replica's own origin by the number inside
+/// `replica_id` (the counter plane keys origins by `u64`: aggregate ids are origins too).
 pub(crate) fn store_options(
     config: &ClusterConfig,
-    replica_id: u64,
+    replica_id: ReplicaId,
     hash_seed: u64,
     clock: Arc<CoarseClock>,
 ) -> StoreOptions {
@@ -27,7 +29,7 @@ pub(crate) fn store_options(
         max_remote_keys: l.remote_keys(),
         max_origins_per_key: l.max_origins_per_key,
         max_key_length: l.max_key_length,
-        replica_id,
+        replica_id: replica_id.get(),
         hash_seed,
         clock,
         ..StoreOptions::default()
@@ -101,7 +103,7 @@ pub(crate) struct MachineSeeds {
 #[derive(Debug, Clone)]
 pub(crate) struct MachineIdentity {
     pub(crate) node_id: String,
-    pub(crate) replica_id: u64,
+    pub(crate) replica_id: ReplicaId,
     pub(crate) advertised: SocketAddr,
 }
 

@@ -79,7 +79,7 @@ impl Persistence {
             node_id,
             config.storage.min_window.as_millis(),
         )?;
-        let now = clock.now_unix_ms();
+        let now = clock.now_unix_ms().get();
         match snapshotter.load(now)? {
             LoadOutcome::Missing => tracing::info!(
                 node = %node_id,
@@ -179,7 +179,7 @@ async fn write(
     stats: &Arc<Stats>,
     force: bool,
 ) {
-    let (snapshotter, now) = (Arc::clone(snapshotter), clock.now_unix_ms());
+    let (snapshotter, now) = (Arc::clone(snapshotter), clock.now_unix_ms().get());
     let result = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let outcome = snapshotter.lock_clean().write(now, force);

@@ -31,6 +31,7 @@ use super::hello;
 use super::link_tasks::{self, HelloSetup};
 use super::live_links::LiveLinks;
 use super::machine::link_layer::{LinkEvent, LinkId, LinkLayer};
+use crate::ReplicaId;
 use crate::replication::Channel;
 use crate::transport::{RefusalReason, Transport, TransportError};
 
@@ -64,7 +65,7 @@ impl QuicLinks {
     pub fn new(
         transport: Arc<Transport>,
         node_id: &str,
-        replica_id: u64,
+        replica_id: ReplicaId,
         hello_timeout: Duration,
     ) -> Result<QuicLinks, TransportError> {
         let runtime =

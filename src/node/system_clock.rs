@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::UnixMs;
 use crate::counter::{Clock, CoarseClock};
 
 /// Wall-clock time from the operating system.
@@ -10,10 +11,12 @@ use crate::counter::{Clock, CoarseClock};
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    fn now_unix_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+    fn now_unix_ms(&self) -> UnixMs {
+        UnixMs::new(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        )
     }
 }
 

@@ -1,6 +1,7 @@
 //! Parsing and matching: envoyproxy/ratelimit's own examples load unchanged and match as its README says.
 
 use super::*;
+use crate::UnixMs;
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -198,8 +199,11 @@ fn anchored_windows_reset_relative_to_their_anchor() {
     assert_eq!(window("b").to_string(), "1h@1970-01-01T00:00:30Z");
     let c = window("c");
     let anchor = 1_796_119_200_000; // 2026-12-01T10:00:00Z
-    assert_eq!(c.start_ms(c.epoch_at(anchor)), anchor);
-    assert_eq!(c.end_ms(c.epoch_at(anchor)), anchor + 7 * 86_400_000);
+    assert_eq!(c.start_ms(c.epoch_at(UnixMs::new(anchor))), anchor);
+    assert_eq!(
+        c.end_ms(c.epoch_at(UnixMs::new(anchor))),
+        anchor + 7 * 86_400_000
+    );
 
     let text = "domain: bad\ndescriptors:\n  - key: m\n    rate_limit: {unit: month, requests_per_unit: 1, anchor: 2026-12-01T00:00:00Z}\n  - key: y\n    rate_limit: {unit: year, requests_per_unit: 1, alignment: anchored, anchor: 0}\n  - key: n\n    rate_limit: {unit: day, requests_per_unit: 1, alignment: anchored}\n  - key: f\n    rate_limit: {unit: day, requests_per_unit: 1, alignment: fixed, anchor: 0}\n  - key: t\n    rate_limit: {unit: day, requests_per_unit: 1, anchor: tomorrow}\n";
     let err = Policy::load([("limits.yaml", text)])

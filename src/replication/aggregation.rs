@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use crate::ReplicaId;
 use crate::counter::{AggregateId, CounterStore, Window};
 use crate::wire::{Entry, WireWindow};
 
@@ -128,11 +129,12 @@ impl Aggregation {
         now.is_some() && now != was
     }
 
-    /// Whether replica `replica` gets this node's own values: a group peer, or anyone in the full mesh.
+    /// Whether replica `replica` gets this node's own values: a group peer, or anyone in the full mesh. The
+    /// replicator names peers by the number inside their [`ReplicaId`] (its origin); this is where it converts.
     pub(crate) fn gets_deltas(&self, replica: u64) -> bool {
         match &self.topology {
             Some(t) if matches!(t.layout(), Layout::Grouped { .. }) => {
-                t.delta_peers().contains(&replica)
+                t.delta_peers().contains(&ReplicaId::new(replica))
             }
             _ => true,
         }
@@ -142,7 +144,7 @@ impl Aggregation {
     pub(crate) fn is_partner(&self, replica: u64) -> bool {
         self.topology
             .as_ref()
-            .is_some_and(|t| t.partners().any(|p| p == replica))
+            .is_some_and(|t| t.partners().any(|p| p.get() == replica))
     }
 
     /// This node's group, when it publishes it.
@@ -187,7 +189,7 @@ impl Aggregation {
             && self
                 .topology
                 .as_ref()
-                .is_some_and(|t| t.accepts_aggregate(sender, id))
+                .is_some_and(|t| t.accepts_aggregate(ReplicaId::new(sender), id))
     }
 
     /// An accepted aggregate `id` of `(key, window, epoch)` was merged: a group aggregate makes the key's rest

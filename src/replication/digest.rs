@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
+use crate::UnixMs;
 use crate::counter::{CounterStore, DirtyEntry, Window};
 use crate::wire::{OriginDigest, WireWindow};
 
@@ -69,7 +70,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// Whether `epoch` is recent for `window` at `now_ms`: the current or the previous epoch.
 pub fn is_recent(window: Window, epoch: u64, now_ms: u64) -> bool {
-    let current = window.epoch_at(now_ms);
+    let current = window.epoch_at(UnixMs::new(now_ms));
     epoch + 1 >= current && epoch <= current
 }
 

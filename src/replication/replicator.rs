@@ -60,6 +60,7 @@ use super::digest;
 use super::plane_core::{AntiEntropy, Channel, Outbox, PeerId, PeerSet, Transmit};
 use super::stats::{PeerStats, ReplicationStats};
 use super::topology::Topology;
+use crate::ReplicaId;
 use crate::rng::SplitMix64;
 
 /// Most origins one [`StateRequest`] names (a pull of more goes out as several requests).
@@ -282,15 +283,17 @@ enum Targets {
 }
 
 impl Replicator {
-    /// A replicator for `store`, whose own values it ships as origin `replica_id`. `seed` drives the choice of
+    /// A replicator for `store`, whose own values it ships as origin `replica_id` (the number inside,
+    /// [`ReplicaId::get`]: inside the replicator replicas are counter origins). `seed` drives the choice of
     /// anti-entropy peers (randomness comes in from outside, so a simulation replays).
     pub fn new(
         store: CounterStore,
-        replica_id: u64,
+        replica_id: ReplicaId,
         options: ReplicatorOptions,
         seed: u64,
         now_ms: u64,
     ) -> Replicator {
+        let replica_id = replica_id.get();
         let options = options.normalized();
         let flush = options.flush_interval_ms;
         // The picks draw from a generator of `seed`; the first round's offset is the first draw of a second
@@ -337,15 +340,16 @@ impl Replicator {
     }
 
     /// This node's replica id.
-    pub fn replica_id(&self) -> u64 {
-        self.replica_id
+    pub fn replica_id(&self) -> ReplicaId {
+        ReplicaId::new(self.replica_id)
     }
 
     /// A peer link became trusted (after the `Hello` exchange); `replica` is the replica id its authenticated
     /// `Hello` announced, the only origin the peer may send values for directly. The first peer ever is asked
     /// for its full state, every later one for its own values. Its first data-plane check goes out at the next
     /// [`Replicator::handle_timeout`].
-    pub fn add_peer(&mut self, peer: PeerId, replica: u64, max_datagram: Option<usize>) {
+    pub fn add_peer(&mut self, peer: PeerId, replica: ReplicaId, max_datagram: Option<usize>) {
+        let replica = replica.get();
         let max_datagram = max_datagram.unwrap_or(self.options.max_batch_bytes);
         let old = self.peers.insert(
             peer,

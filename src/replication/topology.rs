@@ -21,9 +21,13 @@
 //!   partners. For N members that is about √N for most nodes and about (1 + k)·√N for the `k` publishers of
 //!   each group, not N − 1.
 //! - Building costs O(N log N) and happens only when membership changes.
+//!
+//! Members are named by [`ReplicaId`]; groups are computed on the number inside ([`ReplicaId::get`]), the same
+//! number the counter plane's aggregate ids are judged against ([`AggregateId::in_group`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::ReplicaId;
 use crate::counter::{AggregateId, MAX_GROUPS, group_of};
 
 /// Options of the topology (`replication.topology` in config).
@@ -104,7 +108,8 @@ impl Layout {
 
 /// A rendezvous score: the member with the highest score for a seed wins, and removing another member never
 /// changes the winner.
-fn score(seed: u64, member: u64) -> u64 {
+fn score(seed: u64, member: ReplicaId) -> u64 {
+    let member = member.get();
     let mut z = seed ^ member.rotate_left(17) ^ 0xD6E8_FEB8_6659_FD93;
     z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
     z = (z ^ (z >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
@@ -119,31 +124,31 @@ fn publisher_seed(id: AggregateId) -> u64 {
 /// What one node does in a layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    me: u64,
+    me: ReplicaId,
     layout: Layout,
     /// Whom this node's own per-origin values go to (and relayed aggregates): its group peers, or every other
     /// member in the full mesh.
-    delta_peers: BTreeSet<u64>,
+    delta_peers: BTreeSet<ReplicaId>,
     /// Grouped: this node's group.
     own_group: Option<AggregateId>,
     /// Grouped: the publishers of every group.
-    publishers: BTreeMap<u32, Vec<u64>>,
+    publishers: BTreeMap<u32, Vec<ReplicaId>>,
     /// Grouped and publishing: the publishers of every other group (they send this node their groups'
     /// aggregates and get its own).
-    partners: BTreeSet<u64>,
+    partners: BTreeSet<ReplicaId>,
 }
 
 impl Topology {
     /// The topology of `me` among `members` (`me` counts as a member whether listed or not), given the layout
     /// used before.
     pub fn new(
-        me: u64,
-        members: impl IntoIterator<Item = u64>,
+        me: ReplicaId,
+        members: impl IntoIterator<Item = ReplicaId>,
         previous: Option<Layout>,
         options: TopologyOptions,
     ) -> Topology {
         let options = options.normalized();
-        let mut all: BTreeSet<u64> = members.into_iter().collect();
+        let mut all: BTreeSet<ReplicaId> = members.into_iter().collect();
         all.insert(me);
         let layout = Layout::choose(all.len(), previous, options);
         let groups = match layout {
@@ -160,15 +165,15 @@ impl Topology {
             }
             Layout::Grouped { groups } => groups,
         };
-        let mut by_group: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        let mut by_group: BTreeMap<u32, Vec<ReplicaId>> = BTreeMap::new();
         for &member in &all {
             by_group
-                .entry(group_of(member, groups))
+                .entry(group_of(member.get(), groups))
                 .or_default()
                 .push(member);
         }
         let id_of = |group: u32| AggregateId::new(groups, group);
-        let publishers: BTreeMap<u32, Vec<u64>> = by_group
+        let publishers: BTreeMap<u32, Vec<ReplicaId>> = by_group
             .iter()
             .filter_map(|(&group, members)| {
                 let seed = publisher_seed(id_of(group)?);
@@ -178,7 +183,7 @@ impl Topology {
                 Some((group, ranked))
             })
             .collect();
-        let own = group_of(me, groups);
+        let own = group_of(me.get(), groups);
         // Every publisher of every other group: each must hear every group for the rest it sends its own group
         // to be complete (a single partner per group would leave each publisher a part of the groups, and a
         // member keeps the larger rest, not a combination of them).
@@ -212,12 +217,12 @@ impl Topology {
     }
 
     /// This node's replica id.
-    pub fn me(&self) -> u64 {
+    pub fn me(&self) -> ReplicaId {
         self.me
     }
 
     /// Whom this node's own values (and the aggregates it relays) go to.
-    pub fn delta_peers(&self) -> &BTreeSet<u64> {
+    pub fn delta_peers(&self) -> &BTreeSet<ReplicaId> {
         &self.delta_peers
     }
 
@@ -232,18 +237,18 @@ impl Topology {
     }
 
     /// The publishers of `group` (empty in the full mesh).
-    pub fn publishers(&self, group: u32) -> &[u64] {
+    pub fn publishers(&self, group: u32) -> &[ReplicaId] {
         self.publishers.get(&group).map_or(&[], Vec::as_slice)
     }
 
     /// Where this node's aggregates go, and whose it hears: the publishers of every other group (empty unless it
     /// publishes).
-    pub fn partners(&self) -> impl Iterator<Item = u64> + '_ {
+    pub fn partners(&self) -> impl Iterator<Item = ReplicaId> + '_ {
         self.partners.iter().copied()
     }
 
     /// Every member this node must be linked with.
-    pub fn links(&self) -> BTreeSet<u64> {
+    pub fn links(&self) -> BTreeSet<ReplicaId> {
         let mut links = self.delta_peers.clone();
         links.extend(self.partners());
         links
@@ -251,7 +256,7 @@ impl Topology {
 
     /// Whether this node must be linked with `replica` ([`Topology::links`] without building the set). In the
     /// full mesh every member is.
-    pub fn needs_link(&self, replica: u64) -> bool {
+    pub fn needs_link(&self, replica: ReplicaId) -> bool {
         self.layout == Layout::FullMesh
             || self.delta_peers.contains(&replica)
             || self.partners.contains(&replica)
@@ -262,11 +267,12 @@ impl Topology {
     /// (its values arrive per origin). A rest aggregate: of this node's own group, from another member of it
     /// (a publisher speaks for the rest of the cluster to its own group only). Membership is judged under the
     /// id's group count, so aggregates sent just before a change of the count are still taken.
-    pub fn accepts_aggregate(&self, sender: u64, id: AggregateId) -> bool {
+    pub fn accepts_aggregate(&self, sender: ReplicaId, id: AggregateId) -> bool {
+        let (me, from) = (self.me.get(), sender.get());
         if id.is_rest() {
-            sender != self.me && id.in_group(self.me) && id.in_group(sender)
+            sender != self.me && id.in_group(me) && id.in_group(from)
         } else {
-            !id.in_group(self.me) && id.in_group(sender)
+            !id.in_group(me) && id.in_group(from)
         }
     }
 
@@ -282,11 +288,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn cluster(n: u64) -> Vec<u64> {
-        (0..n).map(|i| 0x1000 + i * 7_919).collect()
+    fn cluster(n: u64) -> Vec<ReplicaId> {
+        (0..n).map(|i| ReplicaId::new(0x1000 + i * 7_919)).collect()
     }
 
-    fn all(members: &[u64]) -> Vec<Topology> {
+    fn all(members: &[ReplicaId]) -> Vec<Topology> {
         members
             .iter()
             .map(|&me| {
@@ -350,7 +356,8 @@ mod tests {
             let Layout::Grouped { groups } = topologies[0].layout() else {
                 panic!("{n} members: grouped");
             };
-            let by_id: BTreeMap<u64, &Topology> = topologies.iter().map(|t| (t.me(), t)).collect();
+            let by_id: BTreeMap<ReplicaId, &Topology> =
+                topologies.iter().map(|t| (t.me(), t)).collect();
             let mut links = 0usize;
             for t in &topologies {
                 assert_eq!(
@@ -361,7 +368,7 @@ mod tests {
                 let own = t.own_group().expect("grouped").group();
                 // Group peers are exactly the members of the same group.
                 for &m in &members {
-                    let same = group_of(m, groups) == own && m != t.me();
+                    let same = group_of(m.get(), groups) == own && m != t.me();
                     assert_eq!(t.delta_peers().contains(&m), same);
                 }
                 // A publisher's partners are the publishers of the other groups, and it is theirs.
@@ -381,7 +388,8 @@ mod tests {
                 links += needed.len();
             }
             // Every group publishes and reaches every other group.
-            let occupied: BTreeSet<u32> = members.iter().map(|&m| group_of(m, groups)).collect();
+            let occupied: BTreeSet<u32> =
+                members.iter().map(|&m| group_of(m.get(), groups)).collect();
             for &g in &occupied {
                 let publishers = topologies[0].publishers(g);
                 assert!(!publishers.is_empty());
@@ -419,9 +427,10 @@ mod tests {
         let mate = *t.delta_peers().iter().next().expect("a group peer");
         let stranger = *members
             .iter()
-            .find(|&&m| group_of(m, groups) != own.group())
+            .find(|&&m| group_of(m.get(), groups) != own.group())
             .expect("another group");
-        let strangers_group = AggregateId::new(groups, group_of(stranger, groups)).expect("valid");
+        let strangers_group =
+            AggregateId::new(groups, group_of(stranger.get(), groups)).expect("valid");
         let third = (0..groups)
             .find(|&g| g != own.group() && g != strangers_group.group())
             .and_then(|g| AggregateId::new(groups, g))
@@ -465,7 +474,7 @@ mod tests {
             leave in any::<prop::sample::Index>(),
         ) {
             let mut rng = crate::rng::SplitMix64::new(seed);
-            let members: Vec<u64> = (0..n).map(|_| rng.next_u64()).collect();
+            let members: Vec<ReplicaId> = (0..n).map(|_| ReplicaId::new(rng.next_u64())).collect();
             let mut shuffled = members.clone();
             shuffled.reverse();
             let me = members[0];
@@ -478,7 +487,7 @@ mod tests {
             if after.layout() == a.layout() {
                 let Layout::Grouped { groups } = a.layout() else { return Ok(()); };
                 for g in 0..groups {
-                    if g != group_of(gone, groups) {
+                    if g != group_of(gone.get(), groups) {
                         prop_assert_eq!(a.publishers(g), after.publishers(g));
                     }
                 }

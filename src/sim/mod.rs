@@ -39,6 +39,7 @@ mod report;
 
 use std::collections::VecDeque;
 
+use crate::UnixMs;
 use crate::fixed_hash::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub use self::endpoint::SimEndpoint;
 pub use self::network::{NetOptions, NetStats};
 pub use self::report::{NodeTraffic, Percentiles, SimReport, TrafficSummary};
 
+use crate::ReplicaId;
 use crate::config::{ClusterConfig, PeerAddr};
 use crate::counter::{Algorithm, CoarseClock, CounterError, CounterStore, Decision, Window};
 use crate::membership::{
@@ -154,7 +156,7 @@ struct SimNode {
     machine: Option<NodeMachine>,
     store: CounterStore,
     clock: Arc<CoarseClock>,
-    replica_id: u64,
+    replica_id: ReplicaId,
     /// The deadline of this node's live timer entry in the heap (`u64::MAX`: none).
     timer_at: u64,
     traffic: NodeTraffic,
@@ -345,9 +347,9 @@ impl Simulation {
     }
 
     /// A new replica id and an empty store for it on a clock of its own, set to now (the seed's draws, in order).
-    fn new_store(&mut self) -> (u64, Arc<CoarseClock>, CounterStore) {
-        let replica_id = self.rng.next_u64();
-        let clock = Arc::new(CoarseClock::new(self.now_ms));
+    fn new_store(&mut self) -> (ReplicaId, Arc<CoarseClock>, CounterStore) {
+        let replica_id = ReplicaId::new(self.rng.next_u64());
+        let clock = Arc::new(CoarseClock::new(UnixMs::new(self.now_ms)));
         let store = CounterStore::new(options::store_options(
             &self.options.config,
             replica_id,
@@ -445,7 +447,7 @@ impl Simulation {
     }
 
     /// Node `i`'s current replica id.
-    pub fn replica_id(&self, i: usize) -> u64 {
+    pub fn replica_id(&self, i: usize) -> ReplicaId {
         self.nodes[i].replica_id
     }
 
@@ -616,7 +618,7 @@ impl Simulation {
         if self.nodes[i].run == RunState::Down {
             return Ok(());
         }
-        self.nodes[i].clock.advance_to(self.now_ms);
+        self.nodes[i].clock.advance_to(UnixMs::new(self.now_ms));
         self.nodes[i].store.add(key, window, n)?;
         *self.totals.entry((key.to_string(), window)).or_default() += n;
         Ok(())
@@ -667,7 +669,7 @@ impl Simulation {
         if self.nodes[i].run == RunState::Down {
             return Ok(None);
         }
-        self.nodes[i].clock.advance_to(self.now_ms);
+        self.nodes[i].clock.advance_to(UnixMs::new(self.now_ms));
         let decision = acquire(&self.nodes[i].store)?;
         if decision.allowed {
             *self.totals.entry((key.to_string(), window)).or_default() += cost;
@@ -809,7 +811,7 @@ impl Simulation {
             self.crash(i);
             return;
         }
-        self.nodes[i].clock.advance_to(self.now_ms);
+        self.nodes[i].clock.advance_to(UnixMs::new(self.now_ms));
         let now = self.now_ms;
         let Some(machine) = self.nodes[i].machine.as_mut() else {
             return;
@@ -930,7 +932,7 @@ impl Simulation {
                     return; // a stale wake-up
                 }
                 n.timer_at = u64::MAX;
-                n.clock.advance_to(self.now_ms);
+                n.clock.advance_to(UnixMs::new(self.now_ms));
                 if let Some(machine) = n.machine.as_mut() {
                     machine.handle_timeout(self.now_ms);
                 }
@@ -950,7 +952,7 @@ impl Simulation {
                     return;
                 }
                 let n = &mut self.nodes[node];
-                n.clock.advance_to(self.now_ms);
+                n.clock.advance_to(UnixMs::new(self.now_ms));
                 let event = LinkEvent::Up(up);
                 self.inform(node, event);
             }
@@ -980,7 +982,7 @@ impl Simulation {
                 }
                 self.nodes[node].run = RunState::Running;
                 let now = self.now_ms;
-                self.nodes[node].clock.advance_to(now);
+                self.nodes[node].clock.advance_to(UnixMs::new(now));
                 let downs = std::mem::take(&mut self.nodes[node].deferred_downs);
                 let frames = std::mem::take(&mut self.nodes[node].deferred);
                 let downs = downs
@@ -1018,7 +1020,7 @@ impl Simulation {
                     .collect();
                 let now = self.now_ms;
                 let n = &mut self.nodes[node];
-                n.clock.advance_to(now);
+                n.clock.advance_to(UnixMs::new(now));
                 if let Some(machine) = n.machine.as_mut() {
                     machine.handle_discovered(addrs, now);
                 }
@@ -1056,7 +1058,7 @@ impl Simulation {
         let n = &mut self.nodes[node];
         n.traffic.frames_received += 1;
         n.traffic.bytes_received += frame.len() as u64;
-        n.clock.advance_to(now);
+        n.clock.advance_to(UnixMs::new(now));
         if let Some(machine) = n.machine.as_mut() {
             machine.handle_frame(end, &frame, now);
         } else if let Some(inbox) = n.inbox.as_mut() {
@@ -1165,7 +1167,7 @@ impl Simulation {
     fn inform(&mut self, i: usize, event: LinkEvent) {
         let now = self.now_ms;
         let n = &mut self.nodes[i];
-        n.clock.advance_to(now);
+        n.clock.advance_to(UnixMs::new(now));
         if let Some(machine) = n.machine.as_mut() {
             machine.handle_link_event(event, now);
         } else if let Some(inbox) = n.inbox.as_mut() {

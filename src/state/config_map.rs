@@ -38,6 +38,7 @@ use bytes::Bytes;
 
 use super::error::{Limit, StateError};
 use super::hlc::{Hlc, MAX_DRIFT_MS, Timestamp};
+use crate::UnixMs;
 
 /// Number of key buckets a digest compares (`bucket = hash(key) % DIGEST_BUCKETS`): a difference is repaired by
 /// sending the entries of the differing buckets only.
@@ -276,7 +277,7 @@ impl ConfigMap {
         let entry = ConfigEntry {
             key: Arc::from(key),
             value,
-            ts: self.hlc.tick(now_ms),
+            ts: self.hlc.tick(UnixMs::new(now_ms)),
         };
         self.store(entry.clone());
         entry
@@ -335,7 +336,7 @@ impl ConfigMap {
     /// what a reader sees. An entry refused for space is counted in [`ConfigMapStats::refused_full`] and not
     /// remembered: the next anti-entropy round offers it again.
     pub fn merge(&mut self, entry: ConfigEntry, now_ms: u64) -> Option<ConfigChange> {
-        if entry.ts.wall_ms > now_ms.saturating_add(MAX_DRIFT_MS) {
+        if entry.ts.wall_ms.get() > now_ms.saturating_add(MAX_DRIFT_MS) {
             // Written by a clock far ahead: it would beat every write for that long. Refused.
             self.stats.refused_invalid += 1;
             return None;
@@ -344,6 +345,7 @@ impl ConfigMap {
             && entry
                 .ts
                 .wall_ms
+                .get()
                 .saturating_add(self.options.tombstone_ttl_ms)
                 <= now_ms
         {
@@ -351,7 +353,7 @@ impl ConfigMap {
             self.stats.stale += 1;
             return None;
         }
-        self.hlc.observe(&entry.ts, now_ms);
+        self.hlc.observe(&entry.ts, UnixMs::new(now_ms));
         let current = self.entries.get(&entry.key).map(|s| &s.entry);
         if let Some(current) = current
             && current.ts >= entry.ts
@@ -450,7 +452,7 @@ impl ConfigMap {
         let ttl = self.options.tombstone_ttl_ms;
         let mut collected = 0;
         while let Some((ts, _)) = self.tombstones.first()
-            && ts.wall_ms.saturating_add(ttl) <= now_ms
+            && ts.wall_ms.get().saturating_add(ttl) <= now_ms
         {
             if let Some((_, key)) = self.tombstones.pop_first() {
                 self.entries.remove(&key);
@@ -492,7 +494,7 @@ fn entry_hash(e: &ConfigEntry) -> u64 {
     };
     eat(e.key.as_bytes());
     eat(&[0xff]);
-    eat(&e.ts.wall_ms.to_le_bytes());
+    eat(&e.ts.wall_ms.get().to_le_bytes());
     eat(&e.ts.logical.to_le_bytes());
     eat(e.ts.node.as_bytes());
     eat(&[u8::from(e.value.is_some())]);

@@ -12,6 +12,7 @@
 //!   not grow with the cluster: N records of a bounded size each, not N × N link entries.
 //! - Sans-IO: times come in as arguments.
 
+use crate::UnixMs;
 use crate::fixed_hash::HashMap;
 
 /// Most links one record lists (see the module docs).
@@ -37,8 +38,8 @@ pub struct NodeRecord {
     pub node_id: String,
     /// Incremented by the publisher on every publication.
     pub version: u64,
-    /// The publisher's wall clock when it published (Unix ms).
-    pub published_ms: u64,
+    /// The publisher's wall clock when it published.
+    pub published_ms: UnixMs,
     /// CPU used by the process since the previous record, in thousandths of one core (1500 = 1.5 cores).
     pub cpu_millicores: u32,
     /// Resident memory of the process, bytes.
@@ -143,7 +144,7 @@ mod tests {
             owner,
             node_id: node.into(),
             version,
-            published_ms,
+            published_ms: UnixMs::new(published_ms),
             cpu_millicores: 0,
             memory_bytes: 0,
             memory_total_bytes: 0,

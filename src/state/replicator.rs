@@ -56,6 +56,7 @@ use crate::wire::{
     self, ConfigBucketDigest, ConfigDigest, ConfigEntries, Frame, NodeHealth, WireConfigEntry,
     WireError, WireLinkHealth,
 };
+use crate::{ReplicaId, UnixMs};
 
 /// Largest `chunk_bytes` in force: half a frame, so a chunk plus one largest entry still fits one frame.
 const MAX_CHUNK_BYTES: usize = wire::MAX_FRAME_BYTES / 2;
@@ -221,11 +222,12 @@ impl StateReplicator {
     /// the choice of anti-entropy peers.
     pub fn new(
         node_id: &str,
-        replica_id: u64,
+        replica_id: ReplicaId,
         options: StateOptions,
         seed: u64,
         now_ms: u64,
     ) -> StateReplicator {
+        let replica_id = replica_id.get();
         let options = options.normalized();
         // The first round's offset is the seed generator's first draw; the picks draw from the rest.
         let mut rng = SplitMix64::new(seed);
@@ -283,7 +285,8 @@ impl StateReplicator {
 
     /// Binds `peer` (a link) to the identity its authenticated hello gave: frames from it are taken only once
     /// it is bound, and its health records only for that replica and node id.
-    pub fn bind_peer(&mut self, peer: PeerId, replica_id: u64, node_id: &str) {
+    pub fn bind_peer(&mut self, peer: PeerId, replica_id: ReplicaId, node_id: &str) {
+        let replica_id = replica_id.get();
         self.identities.insert(
             peer,
             PeerIdentity {
@@ -533,7 +536,7 @@ impl StateReplicator {
                             .as_ref()
                             .map(|v| Bytes::copy_from_slice(v.as_slice())),
                         ts: Timestamp {
-                            wall_ms: e.wall_ms.to_native(),
+                            wall_ms: UnixMs::new(e.wall_ms.to_native()),
                             logical: e.logical.to_native(),
                             node: Arc::from(e.node.as_str()),
                         },
@@ -615,7 +618,7 @@ impl StateReplicator {
                     owner: h.owner.to_native(),
                     node_id: h.node_id.as_str().to_string(),
                     version: h.version.to_native(),
-                    published_ms: h.published_ms.to_native(),
+                    published_ms: UnixMs::new(h.published_ms.to_native()),
                     cpu_millicores: h.cpu_millicores.to_native(),
                     memory_bytes: h.memory_bytes.to_native(),
                     memory_total_bytes: h.memory_total_bytes.to_native(),
@@ -860,7 +863,7 @@ fn to_wire_entry(e: &ConfigEntry) -> WireConfigEntry {
     WireConfigEntry {
         key: e.key.to_string(),
         value: e.value.as_ref().map(|v| v.to_vec()),
-        wall_ms: e.ts.wall_ms,
+        wall_ms: e.ts.wall_ms.get(),
         logical: e.ts.logical,
         node: e.ts.node.to_string(),
     }
@@ -871,7 +874,7 @@ fn to_wire_record(r: &NodeRecord) -> NodeHealth {
         owner: r.owner,
         node_id: r.node_id.clone(),
         version: r.version,
-        published_ms: r.published_ms,
+        published_ms: r.published_ms.get(),
         cpu_millicores: r.cpu_millicores,
         memory_bytes: r.memory_bytes,
         memory_total_bytes: r.memory_total_bytes,

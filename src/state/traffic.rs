@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::UnixMs;
 use crate::fixed_hash::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -84,7 +85,7 @@ impl TrafficRecorder {
     /// Requests this node recorded since the previous call with the same `mark`, over every key (0 for a key
     /// the first time). Window boundaries are followed through the epochs the store still holds.
     pub fn local_requests_since(&self, mark: &mut RequestMark, now_ms: u64) -> u64 {
-        let current = self.window.epoch_at(now_ms);
+        let current = self.window.epoch_at(UnixMs::new(now_ms));
         let mut total = 0u64;
         for key in self.keys() {
             // Requests of this node in `epoch`: its latency buckets' local counts.
@@ -286,7 +287,7 @@ mod tests {
     fn store(replica: u64) -> CounterStore {
         CounterStore::new(StoreOptions {
             replica_id: replica,
-            clock: Arc::new(CoarseClock::new(NOW)),
+            clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
             ..StoreOptions::default()
         })
     }
@@ -299,7 +300,7 @@ mod tests {
         h.record(Duration::from_millis(120), Outcome::Ok);
         h.record(Duration::from_millis(130), Outcome::Ok);
         h.record(Duration::from_secs(2), Outcome::Error);
-        let view = recorder.read("openai/gpt-4o", window.epoch_at(NOW));
+        let view = recorder.read("openai/gpt-4o", window.epoch_at(UnixMs::new(NOW)));
         assert_eq!((view.requests, view.errors), (3, 1));
         assert_eq!(view.latency.count(), 3);
         assert_eq!(view.by_origin.len(), 1);
@@ -308,7 +309,7 @@ mod tests {
         // A key never recorded reads empty and is not created.
         let keys = recorder.store.stats().keys;
         assert_eq!(
-            recorder.read("nothing", window.epoch_at(NOW)),
+            recorder.read("nothing", window.epoch_at(UnixMs::new(NOW))),
             TrafficView::default()
         );
         assert_eq!(recorder.store.stats().keys, keys);
@@ -326,7 +327,7 @@ mod tests {
             h.record(Duration::from_millis(1), Outcome::Ok);
         }
         assert_eq!(recorder.local_requests_since(&mut mark, NOW), 5);
-        store.clock().set_unix_ms(NOW + 1_000); // the next window
+        store.clock().set_unix_ms(UnixMs::new(NOW + 1_000)); // the next window
         for _ in 0..3 {
             h.record(Duration::from_millis(1), Outcome::Ok);
         }

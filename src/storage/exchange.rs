@@ -23,6 +23,7 @@ use std::io::{BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::UnixMs;
 use crate::counter::{Alignment, Window, format_instant, parse_instant};
 use crate::wire::{ArchivedOriginKind, Entry, OriginGroup, OriginKind, WireWindow};
 
@@ -294,9 +295,13 @@ fn line_value(
         ("epoch", line.epoch),
         (
             "start_unix_ms",
-            line.start_unix_ms.map(|ms| window.epoch_at(ms)),
+            line.start_unix_ms
+                .map(|ms| window.epoch_at(UnixMs::new(ms))),
         ),
-        ("at_unix_ms", line.at_unix_ms.map(|ms| window.epoch_at(ms))),
+        (
+            "at_unix_ms",
+            line.at_unix_ms.map(|ms| window.epoch_at(UnixMs::new(ms))),
+        ),
     ] {
         let Some(candidate) = candidate else { continue };
         match epoch {
@@ -310,15 +315,15 @@ fn line_value(
         }
     }
     if let Some(start) = line.start_unix_ms
-        && window.start_ms(window.epoch_at(start)) != start
+        && window.start_ms(window.epoch_at(UnixMs::new(start))) != start
     {
         return Err(format!(
             "start_unix_ms: {start} is not the start of a {} window",
             line.window
         ));
     }
-    let epoch = epoch.unwrap_or_else(|| window.epoch_at(now_ms));
-    if window.epoch_at(window.start_ms(epoch)) != epoch {
+    let epoch = epoch.unwrap_or_else(|| window.epoch_at(UnixMs::new(now_ms)));
+    if window.epoch_at(UnixMs::new(window.start_ms(epoch))) != epoch {
         return Err(format!(
             "epoch: {epoch} is beyond the last {} window this build can place in time",
             line.window
@@ -461,7 +466,7 @@ mod tests {
         assert_eq!(values.len(), 2);
         assert!(values.iter().all(|v| v.origin == import_origin("test")));
         let month = Window::parse("1M").expect("window");
-        assert_eq!(values[0].entry.epoch, month.epoch_at(NOW));
+        assert_eq!(values[0].entry.epoch, month.epoch_at(UnixMs::new(NOW)));
         let (once, first) = merge(None, values.clone());
         assert_eq!(first.added, 2);
         let (twice, second) = merge(Some(once.clone()), values);
@@ -520,7 +525,7 @@ mod tests {
     #[test]
     fn an_anchored_window_round_trips_with_its_anchor() {
         let window = Window::parse("30d@2026-12-01T10:00:00Z").expect("window");
-        let epoch = window.epoch_at(NOW);
+        let epoch = window.epoch_at(UnixMs::new(NOW));
         let body = SnapshotBody {
             node_id: "n1".into(),
             replica_id: 7,

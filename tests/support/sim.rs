@@ -1,5 +1,6 @@
 //! Helpers of the whole-node simulation tests (`tests/sim_*.rs`).
 
+use bifrost_cluster::ReplicaId;
 use bifrost_cluster::sim::Simulation;
 
 /// The seed of a run: `BIFROST_SIM_SEED` when set (to replay a printed seed), else `default`.
@@ -28,7 +29,7 @@ pub fn settle(sim: &mut Simulation, limit_ms: u64, what: &str) -> u64 {
 
 /// Restarts node `i` (stopped or crashed; its previous replica id was `old`) and runs until membership
 /// converged again, at most 30 s; a restart must be a new replica.
-pub fn restart_and_rejoin(sim: &mut Simulation, i: usize, old: u64) {
+pub fn restart_and_rejoin(sim: &mut Simulation, i: usize, old: ReplicaId) {
     sim.restart(i).unwrap();
     assert_ne!(sim.replica_id(i), old, "a restart is a new replica");
     let t = sim.run_until_true(100, 30_000, Simulation::converged);

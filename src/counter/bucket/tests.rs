@@ -6,6 +6,7 @@ use std::num::NonZeroU64;
 use proptest::prelude::*;
 
 use super::*;
+use crate::UnixMs;
 use crate::counter::cell::MergeOutcome;
 
 /// Window length of the tests, ms (a fixed-length window: refill is `limit · ms / W`).
@@ -23,7 +24,7 @@ fn nz(n: u64) -> NonZeroU64 {
 
 /// One acquire at `t`.
 fn take(c: &Cell, burst: u64, limit: u64, t: u64, cost: u64) -> Decision {
-    acquire(c, nz(burst), t, limit, cost, 0).0
+    acquire(c, nz(burst), UnixMs::new(t), limit, cost, 0).0
 }
 
 /// What an exact bucket of burst `b` allows at `t` after the admitted `(time, cost)` list (all before `t`),
@@ -105,21 +106,21 @@ proptest! {
             }
             // `remaining` is what passes now (0 may also be a debt, when the horizon's check is short).
             if d.remaining > 0 {
-                let r = peek(&c, nz(burst), t, limit, d.remaining, 0);
+                let r = peek(&c, nz(burst), UnixMs::new(t), limit, d.remaining, 0);
                 prop_assert!(r.allowed, "remaining {} refused", d.remaining);
             }
             if d.remaining < burst {
-                prop_assert!(!peek(&c, nz(burst), t, limit, d.remaining + 1, 0).allowed);
+                prop_assert!(!peek(&c, nz(burst), UnixMs::new(t), limit, d.remaining + 1, 0).allowed);
             }
         }
         // Full at reset_at_ms, not a millisecond before, and full from then on.
-        let reset = peek(&c, nz(burst), t, limit, 0, 0).reset_at_ms;
+        let reset = peek(&c, nz(burst), UnixMs::new(t), limit, 0, 0).reset_at_ms;
         prop_assert!(reset >= t);
         if reset > t {
-            prop_assert!(peek(&c, nz(burst), reset - 1, limit, 0, 0).remaining < burst);
+            prop_assert!(peek(&c, nz(burst), UnixMs::new(reset - 1), limit, 0, 0).remaining < burst);
         }
         for later in (0..12).map(|k| reset + k * W / 3) {
-            let d = peek(&c, nz(burst), later, limit, 0, 0);
+            let d = peek(&c, nz(burst), UnixMs::new(later), limit, 0, 0);
             prop_assert_eq!(d.remaining, burst, "not full at {} (reset {})", later - T0, reset - T0);
             prop_assert_eq!(d.reset_at_ms, later);
         }
@@ -181,7 +182,7 @@ fn a_cost_above_the_burst_is_refused_and_counts_nothing() {
     let d = take(&c, 5, 10, t, 6);
     assert!(!d.allowed);
     assert_eq!((d.limit, d.remaining, d.used), (5, 5, 0));
-    assert_eq!(c.local(c.epoch_at(t)), 0);
+    assert_eq!(c.local(c.epoch_at(UnixMs::new(t))), 0);
 }
 
 #[test]
@@ -219,7 +220,7 @@ fn the_allowance_is_the_minimum_of_the_checks() {
 fn a_peer_ahead_that_takes_the_oldest_position_shortens_the_horizon() {
     let c = cell();
     let t = T0 + 10 * W; // epoch e
-    let e = c.epoch_at(t);
+    let e = c.epoch_at(UnixMs::new(t));
     assert_eq!(
         c.merge_remote(9, e - 3, 8, usize::MAX),
         MergeOutcome::Raised
@@ -299,7 +300,7 @@ fn a_refused_request_may_retry_once_its_tokens_have_refilled_not_when_the_bucket
 
 /// A peek at `t` with no refunds.
 fn peek_at(c: &Cell, burst: NonZeroU64, limit: u64, t: u64, cost: u64) -> Decision {
-    peek(c, burst, t, limit, cost, 0)
+    peek(c, burst, UnixMs::new(t), limit, cost, 0)
 }
 
 proptest! {
@@ -316,7 +317,7 @@ proptest! {
         for (dt, cost) in steps {
             t += dt;
             let d = take(&c, burst, limit, t, cost);
-            let epoch_end = c.window().end_ms(c.epoch_at(t));
+            let epoch_end = c.window().end_ms(c.epoch_at(UnixMs::new(t)));
             if d.allowed || cost > burst || d.retry_at_ms >= epoch_end {
                 continue;
             }

@@ -22,6 +22,7 @@ use super::link_tasks::{self, HelloSetup};
 use super::live_links::LiveLinks;
 use super::machine::{Action, LinkId, NodeMachine};
 use super::shared_view::SharedView;
+use crate::ReplicaId;
 use crate::counter::CoarseClock;
 use crate::replication::{PeerStats, ReplicationStats};
 use crate::sync::LockClean;
@@ -33,7 +34,7 @@ pub struct PeerInfo {
     /// The peer's node id.
     pub node_id: String,
     /// The peer's replica id (this process start).
-    pub replica_id: u64,
+    pub replica_id: ReplicaId,
     /// The peer's address as the link sees it.
     pub address: SocketAddr,
     /// The gossip address the peer advertises.
@@ -107,7 +108,7 @@ impl Driver {
     }
 
     fn now(&self) -> u64 {
-        self.clock.now_unix_ms()
+        self.clock.now_unix_ms().get()
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {

@@ -2,6 +2,7 @@
 //! data-plane round trips, the traffic plane's request count and a process probe (CPU and memory; the only
 //! input read from the operating system, passed in as a [`ProcessProbe`] so the machine stays sans-IO).
 
+use crate::UnixMs;
 use crate::node::health_probe::HEALTH_INTERVAL;
 use crate::replication::Replicator;
 use crate::state::traffic::RequestMark;
@@ -82,10 +83,10 @@ impl HealthPublisher {
             )
         }));
         NodeRecord {
-            owner: replicator.replica_id(),
+            owner: replicator.replica_id().get(),
             node_id: node_id.to_string(),
             version: self.version,
-            published_ms: now_ms,
+            published_ms: UnixMs::new(now_ms),
             cpu_millicores: self.probe.cpu_millicores(now_ms),
             memory_bytes: self.probe.memory_bytes(),
             memory_total_bytes: self.probe.memory_total_bytes(),

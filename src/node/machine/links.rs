@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use crate::node::hello::PeerHello;
 
 use super::link_layer::LinkId;
+use crate::ReplicaId;
 
 /// A link that passed the hello exchange, as the machine keeps it.
 #[derive(Debug, Clone)]
@@ -52,14 +53,14 @@ pub(crate) enum Insert {
 #[derive(Debug, Default)]
 pub(crate) struct LinkTable {
     links: HashMap<LinkId, LinkEntry>,
-    by_replica: HashMap<u64, LinkId>,
+    by_replica: HashMap<ReplicaId, LinkId>,
     by_addr: HashMap<SocketAddr, LinkId>,
 }
 
 impl LinkTable {
     /// `(replica id of the node that dialed `entry`, the dialer's link nonce)`: the same at both ends, so the
     /// lower one is the link both keep.
-    fn rank(entry: &LinkEntry, own_replica: u64) -> (u64, u64) {
+    fn rank(entry: &LinkEntry, own_replica: ReplicaId) -> (ReplicaId, u64) {
         let dialer = if entry.dialed_by_us {
             own_replica
         } else {
@@ -69,7 +70,12 @@ impl LinkTable {
     }
 
     /// Adds `entry` as link `id`, applying the one-link-per-replica rule.
-    pub(crate) fn insert(&mut self, id: LinkId, entry: LinkEntry, own_replica: u64) -> Insert {
+    pub(crate) fn insert(
+        &mut self,
+        id: LinkId,
+        entry: LinkEntry,
+        own_replica: ReplicaId,
+    ) -> Insert {
         let replica = entry.hello.replica_id;
         if let Some(&existing) = self.by_replica.get(&replica)
             && let Some(old) = self.links.get(&existing)
@@ -140,7 +146,7 @@ impl LinkTable {
     }
 
     /// The link of replica `replica`.
-    pub(crate) fn by_replica(&self, replica: u64) -> Option<LinkId> {
+    pub(crate) fn by_replica(&self, replica: ReplicaId) -> Option<LinkId> {
         self.by_replica.get(&replica).copied()
     }
 
@@ -165,7 +171,7 @@ mod tests {
         LinkEntry {
             hello: PeerHello {
                 node_id: format!("n{replica}"),
-                replica_id: replica,
+                replica_id: ReplicaId::new(replica),
                 capabilities: 0,
                 gossip_addr: Some(SocketAddr::from(([127, 0, 0, 1], replica as u16))),
                 link_nonce: nonce,
@@ -191,12 +197,20 @@ mod tests {
             for id in order {
                 let dialed_by_a = id == LinkId::new(1);
                 let nonce = if dialed_by_a { 70 } else { 3 };
-                at_a.insert(id, entry(b, dialed_by_a, nonce), a);
-                at_b.insert(id, entry(a, !dialed_by_a, nonce), b);
+                at_a.insert(id, entry(b, dialed_by_a, nonce), ReplicaId::new(a));
+                at_b.insert(id, entry(a, !dialed_by_a, nonce), ReplicaId::new(b));
             }
             // The dialer with the lower replica id (5) wins whatever its nonce.
-            assert_eq!(at_a.by_replica(b), Some(LinkId::new(1)), "order {order:?}");
-            assert_eq!(at_b.by_replica(a), Some(LinkId::new(1)), "order {order:?}");
+            assert_eq!(
+                at_a.by_replica(ReplicaId::new(b)),
+                Some(LinkId::new(1)),
+                "order {order:?}"
+            );
+            assert_eq!(
+                at_b.by_replica(ReplicaId::new(a)),
+                Some(LinkId::new(1)),
+                "order {order:?}"
+            );
             assert_eq!((at_a.len(), at_b.len()), (1, 1));
         }
     }
@@ -210,11 +224,11 @@ mod tests {
         let dialed = SocketAddr::from(([127, 0, 0, 1], 20_001));
         let advertised = SocketAddr::from(([10, 79, 0, 1], 20_001));
         let mut t = LinkTable::default();
-        t.insert(LinkId::new(1), entry(five, true, 70), nine);
+        t.insert(LinkId::new(1), entry(five, true, 70), ReplicaId::new(nine));
         t.route(dialed, LinkId::new(1));
         t.route(advertised, LinkId::new(1));
         assert!(matches!(
-            t.insert(LinkId::new(2), entry(five, false, 3), nine),
+            t.insert(LinkId::new(2), entry(five, false, 3), ReplicaId::new(nine)),
             Insert::Replaced { old, .. } if old == LinkId::new(1)
         ));
         t.route(advertised, LinkId::new(2));
@@ -231,16 +245,16 @@ mod tests {
     fn routes_follow_the_link_that_holds_them() {
         let mut t = LinkTable::default();
         let addr = SocketAddr::from(([127, 0, 0, 1], 7));
-        t.insert(LinkId::new(1), entry(7, true, 1), 100);
+        t.insert(LinkId::new(1), entry(7, true, 1), ReplicaId::new(100));
         t.route(addr, LinkId::new(1));
         assert_eq!(t.by_addr(addr), Some(LinkId::new(1)));
         // A newer identity of another replica takes the address.
-        t.insert(LinkId::new(2), entry(8, true, 1), 100);
+        t.insert(LinkId::new(2), entry(8, true, 1), ReplicaId::new(100));
         t.route(addr, LinkId::new(2));
         t.remove(LinkId::new(1));
         assert_eq!(t.by_addr(addr), Some(LinkId::new(2)));
         t.remove(LinkId::new(2));
         assert_eq!(t.by_addr(addr), None);
-        assert_eq!(t.by_replica(8), None);
+        assert_eq!(t.by_replica(ReplicaId::new(8)), None);
     }
 }

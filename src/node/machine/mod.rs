@@ -51,6 +51,7 @@ use self::health::HealthPublisher;
 use self::links::{Insert, LinkEntry, LinkTable};
 use super::hello::PeerHello;
 use super::join::JoinSchedule;
+use crate::ReplicaId;
 use crate::membership::{ClusterHealth, Membership, MembershipError, MembershipEvent};
 use crate::replication::{
     Channel, Layout, PeerStats, ReplicationStats, Replicator, Topology, TopologyOptions, Transmit,
@@ -384,7 +385,7 @@ impl NodeMachine {
         if entry.replicating {
             tracing::info!(
                 peer = %entry.hello.node_id,
-                replica = format_args!("{:016x}", entry.hello.replica_id),
+                replica = %entry.hello.replica_id,
                 address = %entry.remote,
                 gossip_addr = ?entry.hello.gossip_addr,
                 "linked to peer"
@@ -703,7 +704,7 @@ impl NodeMachine {
 
     /// True when membership holds this replica (whose gossip address is `addr`) down or left, or refuses it as
     /// a duplicate (then nothing is replicated to it). Two map lookups, never a scan of the members.
-    fn member_gone(&self, replica_id: u64, addr: Option<SocketAddr>) -> bool {
+    fn member_gone(&self, replica_id: ReplicaId, addr: Option<SocketAddr>) -> bool {
         self.membership.is_refused(replica_id)
             || addr
                 .and_then(|a| self.membership.state_of(a))
@@ -714,7 +715,7 @@ impl NodeMachine {
     /// needs the link (every link in a full mesh and before the layout is known; in a grouped layout the group
     /// peers and aggregate partners only, see [`Topology::links`]). Any other link carries membership only, and
     /// closes once idle ([`NodeMachine::close_idle_links`]).
-    fn wants_planes(&self, replica: u64, gossip_addr: Option<SocketAddr>) -> bool {
+    fn wants_planes(&self, replica: ReplicaId, gossip_addr: Option<SocketAddr>) -> bool {
         !self.member_gone(replica, gossip_addr)
             && self
                 .replicator
@@ -785,7 +786,7 @@ impl NodeMachine {
     }
 
     /// Both replication planes start replicating to `link`.
-    fn planes_add_peer(&mut self, link: LinkId, replica: u64, max_datagram: Option<usize>) {
+    fn planes_add_peer(&mut self, link: LinkId, replica: ReplicaId, max_datagram: Option<usize>) {
         Plane::add_peer(&mut self.replicator, link.get(), replica, max_datagram);
         Plane::add_peer(&mut self.state, link.get(), replica, max_datagram);
     }
@@ -963,16 +964,17 @@ impl NodeMachine {
         }
     }
 
-    /// Hands the replicator the active members and their suspicion, for the bounded mode's key owners.
+    /// Hands the replicator the active members and their suspicion, for the bounded mode's key owners (named
+    /// as the counter plane names origins, by the number inside their [`ReplicaId`]).
     fn update_lease_members(&mut self) {
         use crate::membership::MemberState;
         let table = self.membership.members();
-        let me = self.replicator.replica_id();
+        let me = self.replicator.replica_id().get();
         let members = std::iter::once((me, false))
             .chain(
                 table
                     .active()
-                    .map(|m| (m.replica_id(), m.state == MemberState::Suspect)),
+                    .map(|m| (m.replica_id().get(), m.state == MemberState::Suspect)),
             )
             .collect();
         self.replicator.set_lease_members(members);
@@ -1053,7 +1055,7 @@ impl NodeMachine {
             MembershipEvent::MemberUp(id) => {
                 tracing::info!(
                     node = %id.node_id(),
-                    replica = format_args!("{:016x}", id.replica_id()),
+                    replica = %id.replica_id(),
                     address = %id.addr(),
                     "member up"
                 );
@@ -1106,8 +1108,8 @@ impl NodeMachine {
             MembershipEvent::MemberReplaced { old, new } => {
                 tracing::info!(
                     node = %new.node_id(),
-                    old_replica = format_args!("{:016x}", old.replica_id()),
-                    new_replica = format_args!("{:016x}", new.replica_id()),
+                    old_replica = %old.replica_id(),
+                    new_replica = %new.replica_id(),
                     address = %new.addr(),
                     "node restarted: a newer identity replaced the old one"
                 );
@@ -1121,7 +1123,7 @@ impl NodeMachine {
                     node = %duplicate.node_id(),
                     member_address = %holder.addr(),
                     duplicate_address = %duplicate.addr(),
-                    duplicate_replica = format_args!("{:016x}", duplicate.replica_id()),
+                    duplicate_replica = %duplicate.replica_id(),
                     holder = if holder_is_us { "this node" } else { "another member" },
                     "refused a second process with node id {:?} at {}: the live member at {} already holds that \
                      node id (the second process is not a member until that one leaves or is declared down)",
@@ -1198,7 +1200,7 @@ impl NodeMachine {
     }
 
     /// Stops replicating to `replica_id`, keeping its link (membership payloads still use it).
-    fn stop_replicating(&mut self, replica_id: u64) {
+    fn stop_replicating(&mut self, replica_id: ReplicaId) {
         if let Some(link) = self.links.by_replica(replica_id)
             && let Some(entry) = self.links.get_mut(link)
             && entry.replicating
@@ -1210,12 +1212,12 @@ impl NodeMachine {
     }
 
     /// Stops replicating to `replica_id` and closes its link.
-    fn drop_replica(&mut self, replica_id: u64, reason: &'static str) {
+    fn drop_replica(&mut self, replica_id: ReplicaId, reason: &'static str) {
         // Its in-flight slots are released by every node (max-merged under one synthetic origin: once).
-        let released = self.replicator.store().release_departed(replica_id);
+        let released = self.replicator.store().release_departed(replica_id.get());
         if released > 0 {
             tracing::info!(
-                replica = format_args!("{replica_id:016x}"),
+                replica = %replica_id,
                 values = released,
                 reason,
                 "released the in-flight slots a departed member held"

@@ -6,6 +6,7 @@
 //! links), so the machine adapts it itself: its packets go to the link routed to their address, or start a
 //! dial.
 
+use crate::ReplicaId;
 use crate::replication::{PeerId, Replicator, Transmit};
 use crate::state::StateReplicator;
 use crate::wire::WireError;
@@ -13,7 +14,7 @@ use crate::wire::WireError;
 /// A replication plane, sans-IO: it learns peers, takes frames and timeouts, and queues transmits.
 pub(crate) trait Plane {
     /// Starts replicating to `peer`, whose authenticated replica id is `replica`.
-    fn add_peer(&mut self, peer: PeerId, replica: u64, max_datagram: Option<usize>);
+    fn add_peer(&mut self, peer: PeerId, replica: ReplicaId, max_datagram: Option<usize>);
     /// Stops replicating to `peer`.
     fn remove_peer(&mut self, peer: PeerId);
     /// A frame `peer` sent.
@@ -27,7 +28,7 @@ pub(crate) trait Plane {
 }
 
 impl Plane for Replicator {
-    fn add_peer(&mut self, peer: PeerId, replica: u64, max_datagram: Option<usize>) {
+    fn add_peer(&mut self, peer: PeerId, replica: ReplicaId, max_datagram: Option<usize>) {
         Replicator::add_peer(self, peer, replica, max_datagram);
     }
     fn remove_peer(&mut self, peer: PeerId) {
@@ -48,7 +49,7 @@ impl Plane for Replicator {
 }
 
 impl Plane for StateReplicator {
-    fn add_peer(&mut self, peer: PeerId, _replica: u64, _max_datagram: Option<usize>) {
+    fn add_peer(&mut self, peer: PeerId, _replica: ReplicaId, _max_datagram: Option<usize>) {
         // The link's identity was bound at link-up (`bind_peer`), replicating or not.
         StateReplicator::add_peer(self, peer);
     }
