@@ -132,6 +132,14 @@ impl Membership {
                 !known
             })
             .collect();
+        // Without news foca's list is unchanged, so it still equals the map: no full comparison (O(N)) is due.
+        // A cluster's roster syncs follow the join storm in waves, and one full comparison per received chunk
+        // made one virtual second after a 1,000-node join cost three times the others.
+        let rescan = if members.is_empty() {
+            Rescan::IfHinted
+        } else {
+            Rescan::Always
+        };
         let result = self.with_swim(now_ms, |swim, rt| {
             swim.apply_many(members.into_iter(), false, rt)
         });
@@ -142,7 +150,7 @@ impl Membership {
                 self.send_roster(to, false);
             }
         }
-        self.after_call(now_ms, Rescan::Always);
+        self.after_call(now_ms, rescan);
         result.map_err(|e| MembershipError::Malformed {
             from,
             reason: format!("roster: {e}"),
