@@ -131,19 +131,7 @@ fn wire_benches(c: &mut Criterion) {
             _ => unreachable!("a valid batch"),
         })
     });
-    let store = CounterStore::new(StoreOptions {
-        replica_id: 1,
-        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
-        ..StoreOptions::default()
-    });
-    let mut replicator = Replicator::new(
-        store,
-        ReplicaId::new(1),
-        ReplicatorOptions::default(),
-        7,
-        NOW,
-    );
-    replicator.add_peer(2, ReplicaId::new(2), Some(1200));
+    let mut replicator = linked_replicator();
     while replicator.poll_transmit().is_some() {}
     group.bench_function("wire/merge_batch", |b| {
         b.iter(|| {
@@ -162,19 +150,7 @@ fn wire_benches(c: &mut Criterion) {
             let mut elapsed = std::time::Duration::ZERO;
             let mut done = 0;
             while done < iters {
-                let store = CounterStore::new(StoreOptions {
-                    replica_id: 1,
-                    clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
-                    ..StoreOptions::default()
-                });
-                let mut replicator = Replicator::new(
-                    store,
-                    ReplicaId::new(1),
-                    ReplicatorOptions::default(),
-                    7,
-                    NOW,
-                );
-                replicator.add_peer(2, ReplicaId::new(2), Some(1200));
+                let mut replicator = linked_replicator();
                 replicator
                     .handle_frame(2, &raising[0], NOW)
                     .expect("merges");
@@ -215,3 +191,21 @@ fn wire_benches(c: &mut Criterion) {
 
 criterion_group!(benches, wire_benches);
 criterion_main!(benches);
+
+/// Replica 1 with a fresh store at `NOW`, linked to replica 2 as peer 2.
+fn linked_replicator() -> Replicator {
+    let store = CounterStore::new(StoreOptions {
+        replica_id: 1,
+        clock: Arc::new(CoarseClock::new(UnixMs::new(NOW))),
+        ..StoreOptions::default()
+    });
+    let mut replicator = Replicator::new(
+        store,
+        ReplicaId::new(1),
+        ReplicatorOptions::default(),
+        7,
+        NOW,
+    );
+    replicator.add_peer(2, ReplicaId::new(2), Some(1200));
+    replicator
+}

@@ -134,7 +134,7 @@ impl Membership {
             .collect();
         // Without news foca's list is unchanged, so it still equals the map: no full comparison (O(N)) is due.
         // A cluster's roster syncs follow the join storm in waves, and one full comparison per received chunk
-        // made one virtual second after a 1,000-node join cost three times the others.
+        // made one virtual second after a 1,000-node join cost two to three times the others.
         let rescan = if members.is_empty() {
             Rescan::IfHinted
         } else {
