@@ -46,9 +46,10 @@ pub use clock::{Clock, CoarseClock, ManualClock};
 pub(crate) use epoch_cache::EpochCache;
 pub use error::CounterError;
 pub use lease::{
-    Claim, GRANT_PREFIX, GRANTED_PREFIX, LEASE_HORIZON_MS, LEASE_KEY_ROOM, LEASE_TICK_MS,
-    LeaseStats, LeaseTick, SILENT_AFTER_MS, TopUp, WANT_PREFIX, grant_key, granted_key,
-    is_lease_key, owner_of, parse_want_key, top_up, want_key,
+    AT_PREFIX, Claim, GRANT_PREFIX, GRANTED_PREFIX, LEASE_COVER_MARGIN_MS, LEASE_HORIZON_MS,
+    LEASE_KEY_ROOM, LEASE_STALENESS_MS, LEASE_TICK_MS, LeaseStats, LeaseTick, PACE_FRACTION,
+    RATE_TIME_CONSTANT_MS, SILENT_AFTER_MS, TopUp, WANT_PREFIX, at_key, grant_key, granted_key,
+    is_lease_key, owner_of, pace_cover_ms, paced_demand, parse_want_key, top_up, want_key,
 };
 pub use limiter::{Algorithm, Decision};
 pub use signed::{
