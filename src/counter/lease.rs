@@ -97,6 +97,12 @@ pub fn at_key(key: &str) -> String {
     format!("{AT_PREFIX}{key}")
 }
 
+/// A node's tick time in `epoch` of `window`, as its `@at/` key holds it: 1 + the ms since the window's start
+/// at `now_ms` (so it is never 0, the value of a node not heard).
+fn tick_time(window: Window, epoch: u64, now_ms: u64) -> u64 {
+    now_ms.saturating_sub(window.start_ms(epoch)) + 1
+}
+
 /// `(limit, key)` of a want key; `None` for any other key.
 pub fn parse_want_key(want: &str) -> Option<(u64, &str)> {
     let rest = want.strip_prefix(WANT_PREFIX)?;
@@ -154,9 +160,9 @@ pub const LEASE_COVER_MARGIN_MS: u64 = 2;
 /// costs less (one node's refusals) than the opposite. Default 8 ms.
 pub const LEASE_STALENESS_MS: u64 = 8;
 /// The time constant (ms) of a node's offered-rate average: the owner splits the last quota by these rates,
-/// so noise in them makes holdings run out at different times (measured at 10 nodes over 60 windows: with a
-/// 14 ms constant 2.6 % of the limit was refused while it was not reached, with 100 ms 1.8 %); a longer one
-/// follows a change of rate more slowly. Default 100 ms.
+/// so noise in them makes holdings run out at different times (measured at 10 nodes over 60 windows on an
+/// intermediate build, docs/design.md: with a 14 ms constant 2.6 % of the limit was refused while it was not
+/// reached, with 100 ms 1.8 %); a longer one follows a change of rate more slowly. Default 100 ms.
 pub const RATE_TIME_CONSTANT_MS: f64 = 100.0;
 
 /// One node's position as the owner sees it.
@@ -246,7 +252,8 @@ pub fn pace_cover_ms(limit: u64, claims: &[Claim]) -> f64 {
 }
 
 /// What the nodes ask for under pacing: Σ of each claim's deficit at [`pace_cover_ms`].
-pub fn paced_demand(limit: u64, claims: &[Claim]) -> u64 {
+#[cfg(test)]
+fn paced_demand(limit: u64, claims: &[Claim]) -> u64 {
     let cover = pace_cover_ms(limit, claims);
     claims
         .iter()
@@ -274,28 +281,27 @@ pub fn top_up(limit: u64, granted_total: u64, claims: &[Claim]) -> TopUp {
             total: start,
         };
     }
-    let fill = |t: f64| -> Vec<u64> {
+    let fill = |t: f64| {
         claims
             .iter()
             .zip(&deficits)
-            .map(|(c, &d)| c.deficit(t).min(d))
-            .collect()
+            .map(move |(c, &d)| c.deficit(t).min(d))
     };
-    let sum = |v: &[u64]| v.iter().fold(0u128, |s, &d| s + u128::from(d));
+    let fits = |t: f64| fill(t).fold(0u128, |s, d| s + u128::from(d)) <= u128::from(available);
     let mut given: Vec<u64> = if demand <= u128::from(available) {
         deficits.clone()
-    } else if sum(&fill(0.0)) <= u128::from(available) {
+    } else if fits(0.0) {
         // Equal holdings in time: the largest cover in [0, cover] whose deficits fit.
         let (mut lo, mut hi) = (0.0f64, cover);
         for _ in 0..40 {
             let mid = (lo + hi) / 2.0;
-            if sum(&fill(mid)) <= u128::from(available) {
+            if fits(mid) {
                 lo = mid;
             } else {
                 hi = mid;
             }
         }
-        fill(lo)
+        fill(lo).collect()
     } else {
         deficits
             .iter()
@@ -640,8 +646,12 @@ impl CounterStore {
             }
         }
         // When this count was taken, for the owner's projection (flushed with it).
-        let since_start = now_ms.saturating_sub(window.start_ms(epoch)) + 1;
-        let _ = self.raise_own(&at_key(key), window, epoch, since_start);
+        let _ = self.raise_own(
+            &at_key(key),
+            window,
+            epoch,
+            tick_time(window, epoch, now_ms),
+        );
         let wanted = self.counts_at(&want, window, epoch).map_or(0, |(l, _)| l);
         wanted > grant && total < limit && since_progress >= SILENT_AFTER_MS
     }
@@ -653,16 +663,21 @@ impl CounterStore {
             return 0;
         }
         let me = self.options().replica_id;
-        let counts = self.origin_counts_at(key, window, epoch);
-        let ats = self.origin_counts_at(&at_key(key), window, epoch);
-        let since_start = now_ms.saturating_sub(window.start_ms(epoch)) + 1;
+        let mut counts = self.origin_counts_at(key, window, epoch);
+        let mut ats = self.origin_counts_at(&at_key(key), window, epoch);
+        // Sorted by origin, so each claim finds its node's values by binary search (one entry per origin).
+        counts.sort_unstable();
+        ats.sort_unstable();
+        let value_of = |list: &[(u64, u64)], node: u64| {
+            list.binary_search_by_key(&node, |&(origin, _)| origin)
+                .ok()
+                .map(|i| list[i].1)
+        };
+        let since_start = tick_time(window, epoch, now_ms);
         let claims: Vec<Claim> = wants
             .iter()
             .map(|&(node, wanted)| {
-                let used = counts
-                    .iter()
-                    .find(|&&(origin, _)| origin == node)
-                    .map_or(0, |&(_, v)| v);
+                let used = value_of(&counts, node).unwrap_or(0);
                 // A want is the node's count + rate × the horizon, written with the count it flushed: what it
                 // asks beyond its count is its rate.
                 let rate_per_ms = wanted.saturating_sub(used) as f64 / LEASE_HORIZON_MS as f64;
@@ -677,11 +692,9 @@ impl CounterStore {
                     } else {
                         // The age of the count from the node's tick time, when heard (same clocks assumed: skew
                         // adds to it); else the typical age.
-                        ats.iter()
-                            .find(|&&(origin, _)| origin == node)
-                            .map_or(LEASE_STALENESS_MS, |&(_, at)| {
-                                since_start.saturating_sub(at).min(LEASE_HORIZON_MS)
-                            })
+                        value_of(&ats, node).map_or(LEASE_STALENESS_MS, |at| {
+                            since_start.saturating_sub(at).min(LEASE_HORIZON_MS)
+                        })
                     },
                 }
             })

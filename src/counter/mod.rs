@@ -49,7 +49,7 @@ pub use lease::{
     AT_PREFIX, Claim, GRANT_PREFIX, GRANTED_PREFIX, LEASE_COVER_MARGIN_MS, LEASE_HORIZON_MS,
     LEASE_KEY_ROOM, LEASE_STALENESS_MS, LEASE_TICK_MS, LeaseStats, LeaseTick, PACE_FRACTION,
     RATE_TIME_CONSTANT_MS, SILENT_AFTER_MS, TopUp, WANT_PREFIX, at_key, grant_key, granted_key,
-    is_lease_key, owner_of, pace_cover_ms, paced_demand, parse_want_key, top_up, want_key,
+    is_lease_key, owner_of, pace_cover_ms, parse_want_key, top_up, want_key,
 };
 pub use limiter::{Algorithm, Decision};
 pub use signed::{

@@ -858,33 +858,36 @@ impl Replicator {
                 return Err(error);
             }
         };
+        // One lookup of the peer for the per-frame figures (a delta batch's own with them).
         if let Some(p) = self.peers.get_mut(peer) {
             p.stats.bytes_received += bytes.len() as u64;
             p.stats.last_received_ms = now_ms;
+            if let Frame::DeltaBatch(batch) = &frame {
+                p.stats.batches_received += 1;
+                p.stats.lag_ms = now_ms.saturating_sub(batch.sent_at_ms.to_native());
+                // The sequence comes from the network: any u64, so no arithmetic that can overflow.
+                let sequence = batch.sequence.to_native();
+                let expected = p.stats.last_sequence.saturating_add(1);
+                if p.stats.last_sequence != 0 && sequence > expected {
+                    p.stats.sequence_gaps =
+                        p.stats.sequence_gaps.saturating_add(sequence - expected);
+                }
+                p.stats.last_sequence = p.stats.last_sequence.max(sequence);
+            }
         }
         match frame {
             Frame::DeltaBatch(batch) => {
                 self.stats.batches_received += 1;
-                if let Some(p) = self.peers.get_mut(peer) {
-                    p.stats.batches_received += 1;
-                    p.stats.lag_ms = now_ms.saturating_sub(batch.sent_at_ms.to_native());
-                    // The sequence comes from the network: any u64, so no arithmetic that can overflow.
-                    let sequence = batch.sequence.to_native();
-                    let expected = p.stats.last_sequence.saturating_add(1);
-                    if p.stats.last_sequence != 0 && sequence > expected {
-                        p.stats.sequence_gaps =
-                            p.stats.sequence_gaps.saturating_add(sequence - expected);
-                    }
-                    p.stats.last_sequence = p.stats.last_sequence.max(sequence);
-                }
-                if self.sender_matches(peer, batch.sender.to_native(), &batch.groups) {
-                    self.merge_groups(peer, &batch.groups, false);
+                let sender = batch.sender.to_native();
+                if self.sender_matches(peer, sender, &batch.groups) {
+                    self.merge_groups(peer, sender, &batch.groups, false);
                 }
             }
             Frame::StateChunk(chunk) => {
                 self.stats.state_chunks_received += 1;
-                if self.sender_matches(peer, chunk.sender.to_native(), &chunk.groups) {
-                    self.merge_groups(peer, &chunk.groups, true);
+                let sender = chunk.sender.to_native();
+                if self.sender_matches(peer, sender, &chunk.groups) {
+                    self.merge_groups(peer, sender, &chunk.groups, true);
                     if let Some(p) = self.peers.get_mut(peer) {
                         p.note_state_chunk(
                             chunk.request_id.to_native(),
@@ -953,14 +956,16 @@ impl Replicator {
         sender: u64,
         groups: &[ArchivedOriginGroup],
     ) -> bool {
-        let entries: u64 = groups.iter().map(|g| g.entries.len() as u64).sum();
+        // Counted only when the frame is refused.
+        let entries = || -> u64 { groups.iter().map(|g| g.entries.len() as u64).sum() };
         let Some(p) = self.peers.get_mut(peer) else {
-            self.stats.unbound_entries += entries;
+            self.stats.unbound_entries += entries();
             return false;
         };
         if p.replica == sender {
             return true;
         }
+        let entries = entries();
         self.stats.forged_frames += 1;
         self.stats.forged_entries += entries;
         p.stats.forged_entries += entries;
@@ -1023,10 +1028,14 @@ impl Replicator {
 
     /// Merges the groups of a frame from `peer` (whose sender was checked). `relay`: a state chunk, which may
     /// relay origins that are not linked peers and carry floors; a delta batch carries only the peer's own.
-    fn merge_groups(&mut self, peer: PeerId, groups: &[ArchivedOriginGroup], relay: bool) {
-        let Some(sender) = self.peer_replica(peer) else {
-            return;
-        };
+    /// Merges `groups` from `peer`, whose replica id `sender` is (checked by [`Self::sender_matches`]).
+    fn merge_groups(
+        &mut self,
+        peer: PeerId,
+        sender: u64,
+        groups: &[ArchivedOriginGroup],
+        relay: bool,
+    ) {
         let linked: HashSet<u64> = if relay {
             self.peers.values().map(|p| p.replica).collect()
         } else {
