@@ -6,7 +6,7 @@
 //! packets and nothing else of the machine's. Every node lists every other as a static peer (`127.0.0.1:port`
 //! inside the namespace) and advertises 127.0.0.1; default gossip, replication and transport settings otherwise. Phases per N: start all, wait
 //! until every node reports N healthy members (bounded), let the join's traffic settle (`SETTLE` seconds:
-//! membership's dissemination and the idle close of the links SWIM opened for probes, 15 s without a frame),
+//! membership's dissemination and the idle close of the links SWIM opened for probes, 5 s without a frame),
 //! count for `MEASURE` seconds; then every node adds `i + 1` to one key and the bench waits (bounded) until
 //! every node reads the exact sum.
 //!

@@ -199,16 +199,19 @@ fn a_grouped_cluster_keeps_few_links_and_bounded_records_and_relays_config_write
     // reaches every node through relays, not only through anti-entropy (10 s per round to one peer).
     let n = 100;
     let mut sim = cluster(n, seed(17), NetOptions::default());
-    // Past the idle close (15 s without a frame, swept every 5 s).
+    // Past the idle close (5 s without a frame, swept every second).
     run_loaded(&mut sim, 25_000);
     let links: Vec<usize> = (0..n).map(|i| sim.links(i)).collect();
     let mean = links.iter().sum::<usize>() as f64 / n as f64;
     let closed: u64 = (0..n).map(|i| sim.idle_links_closed(i)).sum();
     eprintln!("grouped, {n} nodes: {mean:.1} links per node, {closed} idle links closed");
     assert!(closed > 0, "no membership-only link was ever closed");
+    // About 2·√N for the layout (group peers, publishers' partners) plus the few SWIM probed in the last
+    // seconds: 26.2 measured (41.6 with a 15 s idle close, 99 without any).
+    let bound = 3.0 * (n as f64).sqrt();
     assert!(
-        mean < 0.6 * (n - 1) as f64,
-        "{mean:.1} links per node of {} possible: idle links are not closed",
+        mean < bound,
+        "{mean:.1} links per node of {} possible (bound {bound:.0}): idle links are not closed",
         n - 1
     );
     for i in 0..n {

@@ -67,10 +67,12 @@ const STARTUP_STEP_EVERY_MS: u64 = 20;
 /// A join target discovery has not reported for this long is forgotten (the discovery interval is at most
 /// 1 h, so a live target is reported well within it); so is the dial state of an address idle for as long.
 const FORGET_TARGETS_AFTER_MS: u64 = 2 * 3_600_000;
-/// Grouped layouts: a link the layout does not need closes after this long without a frame either way.
-pub(crate) const IDLE_LINK_CLOSE_MS: u64 = 15_000;
+/// Grouped layouts: a link the layout does not need closes after this long without a frame either way (ms). SWIM
+/// opened it for a probe, and probes go round-robin, so the same member is probed again only N − 1 probe periods
+/// later: a longer close keeps links (about one a second per node at rest, at both ends), not reuse.
+pub(crate) const IDLE_LINK_CLOSE_MS: u64 = 5_000;
 /// How often idle links are looked for, in ms.
-const IDLE_LINK_SWEEP_MS: u64 = 5_000;
+const IDLE_LINK_SWEEP_MS: u64 = 1_000;
 
 /// What the machine asks its runtime to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
