@@ -274,11 +274,21 @@ impl Window {
 
     /// Parses `"<count><unit>"`, e.g. `"1m"`, `"30s"`, `"1d"`, `"1M"`, with the unit's default alignment, or
     /// `"<count><unit>@<anchor>"`, an anchored window: `"30d@2026-12-01T10:00:00Z"` (RFC 3339, `Z` or an
-    /// offset, fractions of a second to the ms) or `"1h@1796119200000"` (Unix ms).
+    /// offset, fractions of a second to the ms) or `"1h@1796119200000"` (Unix ms). `"<count><unit> (fixed)"`
+    /// is a day or week window of fixed length counted from the Unix epoch instead of the calendar (what
+    /// `Display` shows for one, so every window's text parses back to it; months and years have no fixed length
+    /// and refuse it).
     pub fn parse(text: &str) -> Result<Window, WindowError> {
         let syntax = || WindowError::Syntax {
             text: text.to_string(),
         };
+        if let Some(length) = text.strip_suffix(FIXED_SUFFIX) {
+            if length.contains('@') {
+                return Err(syntax());
+            }
+            let window = Window::parse(length)?;
+            return Window::with_alignment(window.count(), window.unit(), Alignment::Fixed);
+        }
         let (length, anchor) = match text.split_once('@') {
             Some((length, anchor)) => (length, Some(anchor)),
             None => (text, None),
@@ -474,12 +484,15 @@ impl fmt::Display for Window {
         };
         match self.alignment() {
             Alignment::Anchored { phase_ms } => write!(f, "@{}", format_instant(phase_ms))?,
-            alignment if alignment != default_alignment => write!(f, " (fixed)")?,
+            alignment if alignment != default_alignment => f.write_str(FIXED_SUFFIX)?,
             _ => {}
         }
         Ok(())
     }
 }
+
+/// What `Display` appends to a day or week window of fixed length (see [`Window::parse`]).
+const FIXED_SUFFIX: &str = " (fixed)";
 
 /// Unix ms of an anchor: an RFC 3339 instant (`2026-12-01T10:00:00Z`, `2026-12-01T11:00:00.5+01:00`; `T` or a
 /// space between date and time; years 1970 to 9999; fractions below the ms are dropped) or plain Unix ms.
@@ -906,6 +919,38 @@ mod tests {
             format_instant(utc(2024, 2, 29, 23, 59, 59) + 9),
             "2024-02-29T23:59:59.009Z"
         );
+    }
+
+    #[test]
+    fn every_alignment_round_trips_through_its_text() {
+        let units = [
+            Unit::Second,
+            Unit::Minute,
+            Unit::Hour,
+            Unit::Day,
+            Unit::Week,
+            Unit::Month,
+            Unit::Year,
+        ];
+        for unit in units {
+            for alignment in [
+                Alignment::Fixed,
+                Alignment::Calendar,
+                Alignment::Anchored { phase_ms: 1_000 },
+            ] {
+                let Ok(w) = Window::with_alignment(3, unit, alignment) else {
+                    continue;
+                };
+                assert_eq!(Window::parse(&w.to_string()), Ok(w), "{w}");
+            }
+        }
+        let fixed_day = Window::parse("1d (fixed)").unwrap();
+        assert_eq!(fixed_day.alignment(), Alignment::Fixed);
+        assert_ne!(fixed_day, Window::parse("1d").unwrap());
+        // Months have no fixed length; an anchor and a fixed alignment exclude each other.
+        assert!(Window::parse("1M (fixed)").is_err());
+        assert!(Window::parse("1d@2026-12-01T00:00:00Z (fixed)").is_err());
+        assert!(Window::parse("1d(fixed)").is_err());
     }
 
     proptest::proptest! {
