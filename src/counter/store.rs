@@ -97,6 +97,13 @@ pub const DEFAULT_MAX_ORIGINS_PER_KEY: usize = 4_096;
 /// almost always nearly empty.
 pub const DIRTY_QUEUE_SLOTS: usize = 65_536;
 
+/// Every this many new cells of a budget, the inserting thread asks seize (papaya's reclamation) to free what it
+/// retired. papaya retires a table it has outgrown through seize, which frees a thread's retired objects in
+/// batches of 32: a store that only grows would otherwise keep every table it outgrew (together about as large
+/// as the current one, 9 bytes a slot) until that thread had retired 32 objects. One flush costs one heavy
+/// barrier (seize's `membarrier`), once per this many new keys.
+const RETIRED_FLUSH_EVERY: usize = 4_096;
+
 /// Most floors waiting for [`CounterStore::drain_floors`]; beyond it the oldest are dropped (anti-entropy still
 /// carries them: floors are state, the queue only makes them travel at once).
 const MAX_PENDING_FLOORS: usize = 65_536;
@@ -680,12 +687,12 @@ impl CounterStore {
             Budget::Remote => (&shared.remote_count, shared.options.max_remote_keys),
         };
         let mut reclaimed = false;
-        loop {
+        let reserved = loop {
             // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter whose
             // only job is the cap; the map insert publishes the cell.
             let reserved = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if reserved < max {
-                break;
+                break reserved;
             }
             count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(cell) = map.get(&KeyRef::new(key, window)) {
@@ -696,7 +703,7 @@ impl CounterStore {
                 continue;
             }
             return Err(self.refuse_key(key, budget, max));
-        }
+        };
         if key.starts_with(super::signed::RELEASED_PREFIX) {
             // Release, paired with the Acquire in `any_released`: stored before the companion is published.
             // An acquire that does not see the flag decides without the refund, as it would if it ran before
@@ -713,7 +720,12 @@ impl CounterStore {
             budget == Budget::Remote,
         ));
         match map.try_insert(CellKey::new(key, window), Arc::clone(&cell)) {
-            Ok(_) => Ok(cell),
+            Ok(_) => {
+                if (reserved + 1) % RETIRED_FLUSH_EVERY == 0 {
+                    papaya::Guard::flush(&shared.cells.guard());
+                }
+                Ok(cell)
+            }
             Err(occupied) => {
                 // Lost a race with another insert of the same key: give the reservation back.
                 count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -1323,6 +1335,8 @@ impl CounterStore {
             }
         }
         if freed > 0 {
+            // The removed entries (and the cells they hold) are freed with this thread's retired batch.
+            papaya::Guard::flush(&self.shared.cells.guard());
             // Room again: a cap reached later is logged again. Relaxed: log throttles.
             let logged = &self.shared.logged;
             for flag in [&logged.local_keys, &logged.remote_keys] {
