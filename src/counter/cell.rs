@@ -39,9 +39,7 @@
 use crossbeam_utils::CachePadded;
 
 use crate::UnixMs;
-use crate::sync::{
-    AtomicBool, AtomicU32, AtomicU64, LockClean, Mutex, Ordering, seqcst_handshake,
-};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, LockClean, Mutex, Ordering, seqcst_handshake};
 
 use super::aggregate::{AggregateId, AggregateOutcome, GroupSums};
 use super::epoch_cache::EpochCache;
@@ -1459,7 +1457,11 @@ mod tests {
         for stripes in [2usize, 4, 64, MAX_STRIPES] {
             let extra = ExtraStripes::new();
             assert!(extra.get().is_none());
-            extra.set((0..stripes).map(|_| CachePadded::new(Stripe::new())).collect());
+            extra.set(
+                (0..stripes)
+                    .map(|_| CachePadded::new(Stripe::new()))
+                    .collect(),
+            );
             assert_eq!(extra.get().map(<[_]>::len), Some(stripes));
             // A second set keeps the first stripes (and frees its own).
             extra.set((0..2).map(|_| CachePadded::new(Stripe::new())).collect());
