@@ -744,53 +744,55 @@ impl CounterStore {
             Budget::Remote => (&shared.remote_count, shared.options.max_remote_keys),
         };
         let mut reclaimed = false;
-        let reserved = loop {
-            // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter whose
-            // only job is the cap; the map insert publishes the cell.
-            let reserved = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if reserved < max {
-                break reserved;
+        // Each pass reserves a place and inserts a new cell; a pass that lost the insert to a cell a reclaim
+        // removed before it could be looked up starts over.
+        loop {
+            let reserved = loop {
+                // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter
+                // whose only job is the cap; the map insert publishes the cell.
+                let reserved = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if reserved < max {
+                    break reserved;
+                }
+                count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(cell) = find(map, key, window) {
+                    return Ok(Arc::clone(cell)); // inserted meanwhile by someone else
+                }
+                if !reclaimed && self.reclaim_at_cap() > 0 {
+                    reclaimed = true;
+                    continue;
+                }
+                return Err(self.refuse_key(key, budget, max));
+            };
+            if key.starts_with(super::signed::RELEASED_PREFIX) {
+                // Release, paired with the Acquire in `any_released`: stored before the companion is
+                // published. An acquire that does not see the flag decides without the refund, as it would if
+                // it ran before the release; one that sees it looks the companion up (and may still find it
+                // absent for an instant, the same stricter decision).
+                shared
+                    .any_released
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
-            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(cell) = find(map, key, window) {
-                return Ok(Arc::clone(cell)); // inserted meanwhile by someone else
-            }
-            if !reclaimed && self.reclaim_at_cap() > 0 {
-                reclaimed = true;
-                continue;
-            }
-            return Err(self.refuse_key(key, budget, max));
-        };
-        if key.starts_with(super::signed::RELEASED_PREFIX) {
-            // Release, paired with the Acquire in `any_released`: stored before the companion is published.
-            // An acquire that does not see the flag decides without the refund, as it would if it ran before
-            // the release; one that sees it looks the companion up (and may still find it absent for an
-            // instant, the same stricter decision).
-            shared
-                .any_released
-                .store(true, std::sync::atomic::Ordering::Release);
-        }
-        let cell = Arc::new(Cell::with_budget(
-            Arc::from(key),
-            window,
-            budget == Budget::Remote,
-        ));
-        match map.try_insert(CellEntry::new(Arc::clone(&cell)), ()) {
-            Ok(_) => {
+            let cell = Arc::new(Cell::with_budget(
+                Arc::from(key),
+                window,
+                budget == Budget::Remote,
+            ));
+            if map
+                .try_insert(CellEntry::new(Arc::clone(&cell)), ())
+                .is_ok()
+            {
                 if (reserved + 1) % RETIRED_FLUSH_EVERY == 0 {
                     papaya::Guard::flush(&shared.cells.guard());
                 }
-                Ok(cell)
+                return Ok(cell);
             }
-            Err(_) => {
-                // Lost a race with another insert of the same key: give the reservation back and take the
-                // winner's cell. A reclaim may have removed it since (a new cell is idle until its first add):
-                // then insert again.
-                count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                match find(map, key, window) {
-                    Some(cell) => Ok(Arc::clone(cell)),
-                    None => self.insert(map, key, window, budget),
-                }
+            // Lost a race with another insert of the same key: give the reservation back and take the winner's
+            // cell. A reclaim may have removed it since (a new cell is idle until its first add): then the next
+            // pass inserts again.
+            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(cell) = find(map, key, window) {
+                return Ok(Arc::clone(cell));
             }
         }
     }
