@@ -18,16 +18,14 @@
 //! leave its data half-updated must not use this helper: restructure it (compute, then assign) instead.
 
 #[cfg(not(bifrost_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::Mutex;
 #[cfg(not(bifrost_loom))]
-pub(crate) use std::sync::{Mutex, OnceLock};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 #[cfg(bifrost_loom)]
 pub(crate) use loom::sync::Mutex;
 #[cfg(bifrost_loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-#[cfg(bifrost_loom)]
-pub(crate) use std::sync::OnceLock;
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Taking a lock under the crate's poison policy (see the module docs): a poisoned lock is recovered.
 pub(crate) trait LockClean {

@@ -627,3 +627,55 @@ fn hottest_ranks_keys_by_current_count_with_the_limit_of_their_last_acquire() {
     store.clock().set_unix_ms(UnixMs::new(T0 + 60_000));
     assert!(store.hottest(10).is_empty());
 }
+
+#[test]
+fn inserts_racing_each_other_and_a_reclaimer_count_every_add_once() {
+    // Fresh cells are idle until their first add, so a reclaimer running meanwhile can remove the cell another
+    // insert just lost to: the loser must find the winner again or insert anew, and no add may be lost or
+    // counted twice. Every thread adds to the same fresh keys, in a different order.
+    const THREADS: u64 = 4;
+    const KEYS: u64 = 2_000;
+    const ROUNDS: u64 = 3;
+    let store = store_with(10_000, 1);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reclaimer = {
+        let store = store.clone();
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.reclaim_idle();
+                thread::yield_now();
+            }
+        })
+    };
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let store = store.clone();
+            thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    for i in 0..KEYS {
+                        // A multiplier coprime to KEYS: each round visits every key once.
+                        let k = (i * [1, 3, 7, 9][t as usize] + round) % KEYS;
+                        assert_eq!(
+                            store.add(&format!("race-{k}"), minute(), 1).unwrap(),
+                            AddOutcome::Added
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reclaimer.join().unwrap();
+    for k in 0..KEYS {
+        assert_eq!(
+            store.global(&format!("race-{k}"), minute()),
+            THREADS * ROUNDS,
+            "key race-{k}"
+        );
+    }
+    assert_eq!(store.stats().keys, KEYS as usize);
+}

@@ -27,7 +27,9 @@
 //!   year 8 million).
 //! - Memory: the origin table allocates nothing until a remote value, floor or aggregate arrives; then one record
 //!   per live epoch and 16 bytes per remote origin (a quarter more at most while its list grows). A cell in a
-//!   single-node store stays at its own size (see `benches/memory.rs`).
+//!   single-node store stays at its own size, at most `CELL_BYTES` (192, checked when the crate compiles; see
+//!   `benches/memory.rs`): the extra stripes are one packed word until a contended cell gets them, the handle
+//!   count 32 bits beside the flags, the origin table a boxed slice.
 //! - Dirty tracking publishes with `SeqCst` on both sides (add: CAS then flag load; drain: flag store then value
 //!   loads), so an add is either seen by the drain that clears the flag or re-marks the cell: no change is ever
 //!   stranded. On x86 the `SeqCst` CASes and loads are the same instructions as the weaker orderings (a
@@ -37,9 +39,7 @@
 use crossbeam_utils::CachePadded;
 
 use crate::UnixMs;
-use crate::sync::{
-    AtomicBool, AtomicU64, AtomicUsize, LockClean, Mutex, OnceLock, Ordering, seqcst_handshake,
-};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, LockClean, Mutex, Ordering, seqcst_handshake};
 
 use super::aggregate::{AggregateId, AggregateOutcome, GroupSums};
 use super::epoch_cache::EpochCache;
@@ -51,6 +51,10 @@ pub const RING: usize = 4;
 
 /// The largest value one value word (one stripe, one epoch) can hold: 2^48 − 1.
 pub const MAX_CELL_VALUE: u64 = (1 << 48) - 1;
+
+/// The most a [`Cell`] takes inline (its `Arc` adds 16 bytes), checked when the crate compiles.
+#[cfg(not(bifrost_loom))]
+const CELL_BYTES: usize = 192;
 
 /// Most padded stripes a contended cell gets, whatever `StoreOptions::stripes` asks for.
 pub const MAX_STRIPES: usize = 256;
@@ -126,6 +130,93 @@ impl Stripe {
         }
     }
 }
+
+/// A contended cell's padded stripes, set at most once: one word packing the address of a
+/// `Box<[CachePadded<Stripe>]>` of `1 << k` stripes (taken with `Box::into_raw`) with `k` in its low bits, which
+/// the stripes' alignment leaves zero; 0 before. 8 bytes in every cell, where a `OnceLock<Box<[_]>>` took 24.
+/// A `std` atomic under loom as well (the `OnceLock` it replaces was `std`'s there too).
+struct ExtraStripes(std::sync::atomic::AtomicUsize);
+
+/// The low bits of an [`ExtraStripes`] word that hold `k` (`1 << k` stripes, `k <= 8` for [`MAX_STRIPES`]).
+const STRIPES_LOG_BITS: usize = 0b1111;
+const _: () = assert!(std::mem::align_of::<CachePadded<Stripe>>() > STRIPES_LOG_BITS);
+const _: () = assert!(MAX_STRIPES.trailing_zeros() as usize <= STRIPES_LOG_BITS);
+
+impl ExtraStripes {
+    const fn new() -> ExtraStripes {
+        ExtraStripes(std::sync::atomic::AtomicUsize::new(0))
+    }
+
+    /// The address and length a non-zero word packs.
+    #[inline(always)]
+    fn unpack(word: usize) -> (*mut CachePadded<Stripe>, usize) {
+        (
+            (word & !STRIPES_LOG_BITS) as *mut CachePadded<Stripe>,
+            1 << (word & STRIPES_LOG_BITS),
+        )
+    }
+
+    /// The stripes, once set.
+    #[inline(always)]
+    fn get(&self) -> Option<&[CachePadded<Stripe>]> {
+        // Acquire: pairs with the Release in `set`, so the stripes' initial words are seen.
+        let word = self.0.load(std::sync::atomic::Ordering::Acquire);
+        if word == 0 {
+            return None;
+        }
+        let (ptr, len) = ExtraStripes::unpack(word);
+        // SAFETY: a non-zero word was stored by `set` from `Box::into_raw` of a boxed slice of exactly `len`
+        // stripes (its address aligned, so the low bits held only `k`); it never changes afterwards and the
+        // slice is freed only by `drop`, which takes `&mut self`: the slice is valid and initialised for the
+        // lifetime of `&self`, and only shared references to it are ever made (its words are atomics).
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+
+    /// Sets the stripes (`stripes.len()` a power of two, at most [`MAX_STRIPES`]) unless already set; a
+    /// second set drops its stripes.
+    fn set(&self, stripes: Box<[CachePadded<Stripe>]>) {
+        let len = stripes.len();
+        // A hard check, not a debug one: `get` and `drop` rebuild the slice from the logarithm alone, so any other
+        // length would be unsound. Off the hot path (once per inflated cell).
+        assert!(
+            len.is_power_of_two() && len <= MAX_STRIPES,
+            "{len} extra stripes: a power of two at most {MAX_STRIPES} expected"
+        );
+        let ptr = Box::into_raw(stripes).cast::<CachePadded<Stripe>>();
+        let word = ptr as usize | len.trailing_zeros() as usize;
+        // Release: publishes the stripes' initial words to `get`. Relaxed on failure: nothing is read then.
+        if self
+            .0
+            .compare_exchange(
+                0,
+                word,
+                std::sync::atomic::Ordering::Release,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            // SAFETY: the CAS failed, so `ptr` was never published: we still own the allocation `into_raw`
+            // gave us, a boxed slice of `len` stripes, and rebuild it exactly to free it.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) });
+        }
+    }
+}
+
+impl Drop for ExtraStripes {
+    fn drop(&mut self) {
+        let word = *self.0.get_mut();
+        if word != 0 {
+            let (ptr, len) = ExtraStripes::unpack(word);
+            // SAFETY: as in `get`, the word packs a boxed slice of `len` stripes from `Box::into_raw`; with
+            // `&mut self` no reference to it is left, and it is freed exactly once, here.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) });
+        }
+    }
+}
+
+// Not under loom, whose atomics and mutexes are larger.
+#[cfg(not(bifrost_loom))]
+const _: () = assert!(std::mem::size_of::<Cell>() <= CELL_BYTES);
 
 /// What happened to an add.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,8 +321,9 @@ fn insert_sorted(list: &mut Vec<(u64, u64)>, origin: u64, value: u64) {
 /// nothing here, and one with a single live epoch allocates one position.
 #[derive(Default)]
 struct OriginTable {
-    /// At most [`RING`], each at a distinct ring position (`ring_index(epoch)`), in no particular order.
-    positions: Vec<Position>,
+    /// At most [`RING`], each at a distinct ring position (`ring_index(epoch)`), in no particular order. A boxed
+    /// slice (16 bytes in every cell, a `Vec` took 24) grown by one position at a time, as the `Vec` was.
+    positions: Box<[Position]>,
 }
 
 impl OriginTable {
@@ -249,13 +341,13 @@ impl OriginTable {
                 k
             }
             None => {
-                if self.positions.len() == self.positions.capacity() {
-                    self.positions.reserve_exact(1);
-                }
-                self.positions.push(Position {
+                let mut positions = std::mem::take(&mut self.positions).into_vec();
+                positions.reserve_exact(1);
+                positions.push(Position {
                     epoch,
                     ..Position::default()
                 });
+                self.positions = positions.into_boxed_slice();
                 self.positions.len() - 1
             }
         };
@@ -332,10 +424,11 @@ pub struct Cell {
     epochs: EpochCache,
     inline: Stripe,
     remote: [AtomicU64; RING],
-    extra: OnceLock<Box<[CachePadded<Stripe>]>>,
+    extra: ExtraStripes,
     dirty: AtomicBool,
     contended: AtomicBool,
-    handles: AtomicUsize,
+    /// Live handles (see [`Cell::register_handle`]); 4 bytes, beside the flags.
+    handles: AtomicU32,
     origins: Mutex<OriginTable>,
     key: std::sync::Arc<str>,
     /// Created by a merge (counted in `limits.max_remote_keys`) rather than by a local add or handle (counted in
@@ -348,6 +441,9 @@ pub struct Cell {
     /// acquires and only when it changes.
     burst_seen: std::sync::atomic::AtomicU64,
 }
+
+/// Most live handles one cell counts (see `Cell::count_handle`).
+const MAX_HANDLES: u32 = 1 << 31;
 
 /// What `Cell::limit_seen` packs: `limit.min(LIMIT_SEEN_MAX) << 2 | tag` (0 fixed window, 1 sliding window,
 /// 2 token bucket), or [`LIMIT_SEEN_NONE`] before the first acquire.
@@ -423,10 +519,10 @@ impl Cell {
             epochs: EpochCache::new(window),
             inline: Stripe::new(),
             remote: std::array::from_fn(|_| AtomicU64::new(pack_word(0, 0))),
-            extra: OnceLock::new(),
+            extra: ExtraStripes::new(),
             dirty: AtomicBool::new(false),
             contended: AtomicBool::new(false),
-            handles: AtomicUsize::new(0),
+            handles: AtomicU32::new(0),
             origins: Mutex::new(OriginTable::default()),
             key,
             remote_created,
@@ -613,7 +709,7 @@ impl Cell {
     /// The cell's extra stripes, once a contended cell got them.
     #[inline(always)]
     fn extra_stripes(&self) -> Option<&[CachePadded<Stripe>]> {
-        self.extra.get().map(|extra| &extra[..])
+        self.extra.get()
     }
 
     /// The stripe for `hint` given the cell's extra stripes as read by the caller.
@@ -926,8 +1022,7 @@ impl Cell {
 
     /// Registers a handle; false if the cell is being retired (the caller must resolve the key again).
     pub(crate) fn register_handle(&self) -> bool {
-        // SeqCst: the increment must be ordered before the retired check (see `try_retire`).
-        self.handles.fetch_add(1, Ordering::SeqCst);
+        self.count_handle();
         seqcst_handshake();
         if self.is_retired() {
             self.release_handle();
@@ -940,8 +1035,19 @@ impl Cell {
     /// progress fails and is undone: no retired check is needed, and none must be made (it could fail spuriously
     /// while the retire is being undone).
     pub(crate) fn register_clone(&self) {
-        // SeqCst: the same order as `register_handle`.
-        self.handles.fetch_add(1, Ordering::SeqCst);
+        self.count_handle();
+    }
+
+    /// One more handle. The count is 32 bits: past [`MAX_HANDLES`] (which only leaked handles reach, each live
+    /// handle holding the cell's `Arc`) this panics, leaving the count as it was, as `Arc` aborts past
+    /// `isize::MAX`.
+    fn count_handle(&self) {
+        // SeqCst: the increment must be ordered before the retired check (see `try_retire`).
+        let before = self.handles.fetch_add(1, Ordering::SeqCst);
+        if before >= MAX_HANDLES {
+            self.release_handle();
+            panic!("more than {MAX_HANDLES} live handles to one counter cell (leaked handles)");
+        }
     }
 
     /// Unregisters a handle.
@@ -1020,13 +1126,13 @@ impl Cell {
             .map(|_| {
                 let stripe = Stripe::new();
                 for (word, &generation) in stripe.words.iter().zip(&generations) {
-                    // Relaxed: the stripe is not shared yet; `OnceLock::set` publishes it.
+                    // Relaxed: the stripe is not shared yet; `ExtraStripes::set` publishes it.
                     word.store(pack_word(generation, 0), Ordering::Relaxed);
                 }
                 CachePadded::new(stripe)
             })
             .collect();
-        let _ = self.extra.set(extra);
+        self.extra.set(extra);
     }
 
     /// Whether the cell has its padded stripes.
@@ -1347,6 +1453,47 @@ mod tests {
 
     fn cell() -> Cell {
         Cell::new("k".into(), Window::parse("1s").unwrap())
+    }
+
+    #[test]
+    fn the_extra_stripes_take_one_word() {
+        assert_eq!(std::mem::size_of::<ExtraStripes>(), 8);
+    }
+
+    #[test]
+    fn extra_stripes_are_set_once_with_their_length() {
+        for stripes in [2usize, 4, 64, MAX_STRIPES] {
+            let extra = ExtraStripes::new();
+            assert!(extra.get().is_none());
+            extra.set(
+                (0..stripes)
+                    .map(|_| CachePadded::new(Stripe::new()))
+                    .collect(),
+            );
+            assert_eq!(extra.get().map(<[_]>::len), Some(stripes));
+            // A second set keeps the first stripes (and frees its own).
+            extra.set((0..2).map(|_| CachePadded::new(Stripe::new())).collect());
+            assert_eq!(extra.get().map(<[_]>::len), Some(stripes));
+        }
+        let c = cell();
+        c.add(1, 3);
+        c.inflate(8);
+        assert_eq!(c.extra.get().map(<[_]>::len), Some(8));
+        c.inflate(64);
+        assert_eq!(c.extra.get().map(<[_]>::len), Some(8), "inflated once");
+        assert_eq!(c.add(1, 4), AddOutcome::Added);
+        assert_eq!(c.local(1), 7);
+    }
+
+    #[test]
+    fn handles_are_counted_exactly() {
+        let c = cell();
+        assert!(c.register_handle());
+        c.register_clone();
+        assert!(!c.try_retire(u64::MAX));
+        c.release_handle();
+        c.release_handle();
+        assert!(c.try_retire(u64::MAX), "no handle left");
     }
 
     #[test]

@@ -97,6 +97,13 @@ pub const DEFAULT_MAX_ORIGINS_PER_KEY: usize = 4_096;
 /// almost always nearly empty.
 pub const DIRTY_QUEUE_SLOTS: usize = 65_536;
 
+/// Every this many new cells of a budget, the inserting thread asks seize (papaya's reclamation) to free what it
+/// retired. papaya retires a table it has outgrown through seize, which frees a thread's retired objects in
+/// batches of 32: a store that only grows would otherwise keep every table it outgrew (together about as large
+/// as the current one, 9 bytes a slot) until that thread had retired 32 objects. One flush costs one heavy
+/// barrier (seize's `membarrier`), once per this many new keys.
+const RETIRED_FLUSH_EVERY: usize = 4_096;
+
 /// Most floors waiting for [`CounterStore::drain_floors`]; beyond it the oldest are dropped (anti-entropy still
 /// carries them: floors are state, the queue only makes them travel at once).
 const MAX_PENDING_FLOORS: usize = 65_536;
@@ -244,8 +251,8 @@ impl Ord for HotRank {
 /// The result of an add.
 pub use super::cell::AddOutcome as AddResult;
 
-/// The cell map, pinned.
-type CellMap<'a, G> = papaya::HashMapRef<'a, CellKey, Arc<Cell>, foldhash::fast::FixedState, G>;
+/// The cell map, pinned: a set of cells keyed by their own key and window (the value is unit).
+type CellMap<'a, G> = papaya::HashMapRef<'a, CellEntry, (), foldhash::fast::FixedState, G>;
 
 /// Bytes of a key held inline in its map key ([`KeyHead`]).
 const HEAD_BYTES: usize = 16;
@@ -281,7 +288,41 @@ impl CellKey {
     }
 }
 
-/// Map key: borrowed, for lookups that allocate nothing. Hashes exactly like [`CellKey`].
+/// An entry of the cell map: the cell and the head of its key. The key and the window are the cell's own, so the
+/// map keeps no second pointer to the key and no second copy of the window (papaya boxes each entry: 24 bytes,
+/// where a [`CellKey`] and an `Arc<Cell>` took 48). A lookup compares the head here first, then the window and
+/// the key's length in the cell, which the caller reads next anyway: as many cache lines as before.
+#[derive(Clone)]
+pub(super) struct CellEntry {
+    head: KeyHead,
+    cell: Arc<Cell>,
+}
+
+impl CellEntry {
+    fn new(cell: Arc<Cell>) -> CellEntry {
+        CellEntry {
+            head: KeyHead::of(cell.key()),
+            cell,
+        }
+    }
+}
+
+impl Hash for CellEntry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (**self.cell.key()).hash(state);
+        self.cell.window().hash(state);
+    }
+}
+
+impl PartialEq for CellEntry {
+    fn eq(&self, other: &CellEntry) -> bool {
+        self.cell.window() == other.cell.window() && self.cell.key() == other.cell.key()
+    }
+}
+
+impl Eq for CellEntry {}
+
+/// Map key: borrowed, for lookups that allocate nothing. Hashes exactly like [`CellKey`] and [`CellEntry`].
 pub(super) struct KeyRef<'a> {
     key: &'a str,
     window: Window,
@@ -310,6 +351,29 @@ impl Hash for KeyRef<'_> {
         self.key.hash(state);
         self.window.hash(state);
     }
+}
+
+impl Equivalent<CellEntry> for KeyRef<'_> {
+    fn equivalent(&self, entry: &CellEntry) -> bool {
+        let key = entry.cell.key();
+        self.head == entry.head
+            && self.key.len() == key.len()
+            && self.window == entry.cell.window()
+            // Equal heads and lengths: the keys are equal when they fit the head, else the rest decides.
+            && (self.key.len() <= HEAD_BYTES
+                || self.key.as_bytes()[HEAD_BYTES..] == key.as_bytes()[HEAD_BYTES..])
+    }
+}
+
+/// The cell of `(key, window)` in the pinned `map`, borrowed from it.
+#[inline]
+fn find<'m, G: papaya::Guard>(
+    map: &'m CellMap<'_, G>,
+    key: &str,
+    window: Window,
+) -> Option<&'m Arc<Cell>> {
+    map.get_key_value(&KeyRef::new(key, window))
+        .map(|(entry, ())| &entry.cell)
 }
 
 impl Equivalent<CellKey> for KeyRef<'_> {
@@ -380,7 +444,7 @@ struct Shared {
     id: u64,
     hasher: foldhash::fast::FixedState,
     clock: Arc<CoarseClock>,
-    cells: papaya::HashMap<CellKey, Arc<Cell>, foldhash::fast::FixedState>,
+    cells: papaya::HashMap<CellEntry, (), foldhash::fast::FixedState>,
     /// Cells held in the local budget, counted exactly (papaya's `len` is approximate under concurrency).
     count: std::sync::atomic::AtomicUsize,
     /// Cells held in the remote budget (created by merges).
@@ -634,7 +698,7 @@ impl CounterStore {
     fn cell(&self, key: &str, window: Window, budget: Budget) -> Result<Arc<Cell>, CounterError> {
         self.check_key(key)?;
         let map = self.shared.cells.pin();
-        if let Some(cell) = map.get(&KeyRef::new(key, window)) {
+        if let Some(cell) = find(&map, key, window) {
             return Ok(Arc::clone(cell));
         }
         self.insert(&map, key, window, budget)
@@ -643,7 +707,7 @@ impl CounterStore {
     /// The cell of `(key, window)` if it exists (never creates one).
     fn existing(&self, key: &str, window: Window) -> Option<Arc<Cell>> {
         let map = self.shared.cells.pin();
-        map.get(&KeyRef::new(key, window)).map(Arc::clone)
+        find(&map, key, window).map(Arc::clone)
     }
 
     fn check_key(&self, key: &str) -> Result<(), CounterError> {
@@ -680,44 +744,55 @@ impl CounterStore {
             Budget::Remote => (&shared.remote_count, shared.options.max_remote_keys),
         };
         let mut reclaimed = false;
+        // Each pass reserves a place and inserts a new cell; a pass that lost the insert to a cell a reclaim
+        // removed before it could be looked up starts over.
         loop {
-            // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter whose
-            // only job is the cap; the map insert publishes the cell.
-            let reserved = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if reserved < max {
-                break;
-            }
-            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(cell) = map.get(&KeyRef::new(key, window)) {
-                return Ok(Arc::clone(cell)); // inserted meanwhile by someone else
-            }
-            if !reclaimed && self.reclaim_at_cap() > 0 {
-                reclaimed = true;
-                continue;
-            }
-            return Err(self.refuse_key(key, budget, max));
-        }
-        if key.starts_with(super::signed::RELEASED_PREFIX) {
-            // Release, paired with the Acquire in `any_released`: stored before the companion is published.
-            // An acquire that does not see the flag decides without the refund, as it would if it ran before
-            // the release; one that sees it looks the companion up (and may still find it absent for an
-            // instant, the same stricter decision).
-            shared
-                .any_released
-                .store(true, std::sync::atomic::Ordering::Release);
-        }
-        let key: Arc<str> = Arc::from(key);
-        let cell = Arc::new(Cell::with_budget(
-            Arc::clone(&key),
-            window,
-            budget == Budget::Remote,
-        ));
-        match map.try_insert(CellKey::new(key, window), Arc::clone(&cell)) {
-            Ok(_) => Ok(cell),
-            Err(occupied) => {
-                // Lost a race with another insert of the same key: give the reservation back.
+            let reserved = loop {
+                // Reserve a place first so concurrent inserts can never exceed the cap. Relaxed: a counter
+                // whose only job is the cap; the map insert publishes the cell.
+                let reserved = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if reserved < max {
+                    break reserved;
+                }
                 count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(Arc::clone(occupied.current))
+                if let Some(cell) = find(map, key, window) {
+                    return Ok(Arc::clone(cell)); // inserted meanwhile by someone else
+                }
+                if !reclaimed && self.reclaim_at_cap() > 0 {
+                    reclaimed = true;
+                    continue;
+                }
+                return Err(self.refuse_key(key, budget, max));
+            };
+            if key.starts_with(super::signed::RELEASED_PREFIX) {
+                // Release, paired with the Acquire in `any_released`: stored before the companion is
+                // published. An acquire that does not see the flag decides without the refund, as it would if
+                // it ran before the release; one that sees it looks the companion up (and may still find it
+                // absent for an instant, the same stricter decision).
+                shared
+                    .any_released
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            let cell = Arc::new(Cell::with_budget(
+                Arc::from(key),
+                window,
+                budget == Budget::Remote,
+            ));
+            if map
+                .try_insert(CellEntry::new(Arc::clone(&cell)), ())
+                .is_ok()
+            {
+                if (reserved + 1) % RETIRED_FLUSH_EVERY == 0 {
+                    papaya::Guard::flush(&shared.cells.guard());
+                }
+                return Ok(cell);
+            }
+            // Lost a race with another insert of the same key: give the reservation back and take the winner's
+            // cell. A reclaim may have removed it since (a new cell is idle until its first add): then the next
+            // pass inserts again.
+            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(cell) = find(map, key, window) {
+                return Ok(Arc::clone(cell));
             }
         }
     }
@@ -907,7 +982,7 @@ impl CounterStore {
     pub fn global(&self, key: &str, window: Window) -> u64 {
         let epoch = window.epoch_at(self.shared.clock.now_unix_ms());
         let map = self.shared.cells.pin();
-        map.get(&KeyRef::new(key, window)).map_or(0, |cell| {
+        find(&map, key, window).map_or(0, |cell| {
             cell.local(epoch).saturating_add(cell.remote(epoch))
         })
     }
@@ -916,8 +991,7 @@ impl CounterStore {
     /// creating the key: `None` for an unknown key, zeros for an epoch no longer in the ring.
     pub fn counts_at(&self, key: &str, window: Window, epoch: u64) -> Option<(u64, u64)> {
         let map = self.shared.cells.pin();
-        map.get(&KeyRef::new(key, window))
-            .map(|cell| (cell.local(epoch), cell.remote(epoch)))
+        find(&map, key, window).map(|cell| (cell.local(epoch), cell.remote(epoch)))
     }
 
     /// Every origin's count of `(key, window)` in `epoch`, read without creating the key: this replica's own
@@ -925,7 +999,7 @@ impl CounterStore {
     /// key.
     pub fn origin_counts_at(&self, key: &str, window: Window, epoch: u64) -> Vec<(u64, u64)> {
         let map = self.shared.cells.pin();
-        let Some(cell) = map.get(&KeyRef::new(key, window)) else {
+        let Some(cell) = find(&map, key, window) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -1140,7 +1214,7 @@ impl CounterStore {
         loop {
             // The cell is borrowed from the pinned map (no reference count taken), or inserted.
             let inserted;
-            let cell = match map.get(&KeyRef::new(key, window)) {
+            let cell = match find(map, key, window) {
                 Some(cell) => cell,
                 None => {
                     inserted = self.insert(map, key, window, Budget::Remote)?;
@@ -1285,13 +1359,14 @@ impl CounterStore {
     pub fn floor_snapshot(&self) -> Vec<(u64, DirtyEntry)> {
         let map = self.shared.cells.pin();
         let mut out = Vec::new();
-        for (key, cell) in map.iter() {
+        for (entry, ()) in map.iter() {
+            let cell = &entry.cell;
             for (origin, epoch, floor) in cell.floor_values() {
                 out.push((
                     origin.unwrap_or(self.shared.options.replica_id),
                     DirtyEntry {
-                        key: Arc::clone(&key.key),
-                        window: key.window,
+                        key: Arc::clone(cell.key()),
+                        window: cell.window(),
                         epoch,
                         value: floor,
                     },
@@ -1308,10 +1383,11 @@ impl CounterStore {
         let now = self.shared.clock.now_unix_ms();
         let map = self.shared.cells.pin();
         let mut freed = 0;
-        for (key, cell) in map.iter() {
-            let oldest = key.window.epoch_at(now).saturating_sub(RING as u64 - 1);
+        for (entry, ()) in map.iter() {
+            let cell = &entry.cell;
+            let oldest = cell.window().epoch_at(now).saturating_sub(RING as u64 - 1);
             if cell.try_retire(oldest) {
-                map.remove(key);
+                map.remove(entry);
                 let count = if cell.remote_created() {
                     &self.shared.remote_count
                 } else {
@@ -1323,6 +1399,8 @@ impl CounterStore {
             }
         }
         if freed > 0 {
+            // The removed entries (and the cells they hold) are freed with this thread's retired batch.
+            papaya::Guard::flush(&self.shared.cells.guard());
             // Room again: a cap reached later is logged again. Relaxed: log throttles.
             let logged = &self.shared.logged;
             for flag in [&logged.local_keys, &logged.remote_keys] {
@@ -1365,12 +1443,13 @@ impl CounterStore {
         let now = self.shared.clock.now_unix_ms();
         let map = self.shared.cells.pin();
         let mut out = Vec::new();
-        for (key, cell) in map.iter() {
-            let oldest = key.window.epoch_at(now).saturating_sub(RING as u64 - 1);
+        for (entry, ()) in map.iter() {
+            let cell = &entry.cell;
+            let oldest = cell.window().epoch_at(now).saturating_sub(RING as u64 - 1);
             for (epoch, value) in cell.local_values(oldest) {
                 out.push(DirtyEntry {
-                    key: Arc::clone(&key.key),
-                    window: key.window,
+                    key: Arc::clone(cell.key()),
+                    window: cell.window(),
                     epoch,
                     value,
                 });
@@ -1384,15 +1463,16 @@ impl CounterStore {
     pub(crate) fn remote_values_of(&self, origin: u64, prefix: &str) -> Vec<DirtyEntry> {
         let map = self.shared.cells.pin();
         let mut out = Vec::new();
-        for (key, cell) in map.iter() {
-            if !key.key.starts_with(prefix) {
+        for (entry, ()) in map.iter() {
+            let cell = &entry.cell;
+            if !cell.key().starts_with(prefix) {
                 continue;
             }
             for (o, epoch, value) in cell.remote_values() {
                 if o == origin {
                     out.push(DirtyEntry {
-                        key: Arc::clone(&key.key),
-                        window: key.window,
+                        key: Arc::clone(cell.key()),
+                        window: cell.window(),
                         epoch,
                         value,
                     });
@@ -1406,13 +1486,14 @@ impl CounterStore {
     pub fn remote_snapshot(&self) -> Vec<(u64, DirtyEntry)> {
         let map = self.shared.cells.pin();
         let mut out = Vec::new();
-        for (key, cell) in map.iter() {
+        for (entry, ()) in map.iter() {
+            let cell = &entry.cell;
             for (origin, epoch, value) in cell.remote_values() {
                 out.push((
                     origin,
                     DirtyEntry {
-                        key: Arc::clone(&key.key),
-                        window: key.window,
+                        key: Arc::clone(cell.key()),
+                        window: cell.window(),
                         epoch,
                         value,
                     },
@@ -1435,11 +1516,12 @@ impl CounterStore {
         // Min-heap on (global, reversed order) of the best `n` so far.
         let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<HotRank>> =
             std::collections::BinaryHeap::with_capacity(n + 1);
-        for (key, cell) in map.iter() {
-            if key.key.starts_with('@') {
+        for (entry, ()) in map.iter() {
+            let cell = &entry.cell;
+            if cell.key().starts_with('@') {
                 continue;
             }
-            let epoch = key.window.epoch_at(now);
+            let epoch = cell.window().epoch_at(now);
             let (local, remote) = (cell.local(epoch), cell.remote(epoch));
             let global = local.saturating_add(remote);
             // Below the lowest kept: skipped before anything is cloned.
@@ -1450,7 +1532,7 @@ impl CounterStore {
             }
             let rank = HotRank {
                 global,
-                key: std::cmp::Reverse((Arc::clone(&key.key), key.window)),
+                key: std::cmp::Reverse((Arc::clone(cell.key()), cell.window())),
                 cell: Arc::clone(cell),
                 local,
                 remote,
