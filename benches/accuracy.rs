@@ -1,9 +1,10 @@
 //! How closely a cluster holds one global limit (issue 16): per-window admitted counts of N simulated nodes
 //! sharing one key, against the limit.
 //!
-//! Three modes: the default rule with a fixed and with a sliding window, and the bounded-overshoot mode
-//! (`CounterStore::acquire_bounded`, fixed windows: each node admits only within quota leased by the key's
-//! owner; see `counter::lease`).
+//! Five modes: the default rule with a fixed and with a sliding window, the same with the predicted remote
+//! count (`replication.predict_remote`: each peer's last-known count plus its recent rate × the count's age),
+//! and the bounded-overshoot mode (`CounterStore::acquire_bounded`, fixed windows: each node admits only within
+//! quota leased by the key's owner; see `counter::lease`).
 //!
 //! Each run is the whole-node simulator (`bifrost_cluster::sim`: links, membership, replication over a network
 //! with 1–10 ms of one-way latency and jitter, default config, so a 5 ms flush), joined first. Then for
@@ -20,6 +21,8 @@
 //!
 //! `cargo bench --bench accuracy` runs 3 and 10 nodes for 20 windows each (`BIFROST_ACCURACY_NODES` and
 //! `BIFROST_ACCURACY_WINDOWS` change them, `BIFROST_ACCURACY_LATENCY_MS=0,1` the latency range); `cargo bench -- --test` (the CI smoke) runs 3 nodes for 2 windows.
+//! `BIFROST_ACCURACY_MODES=FixedWindow,Bounded` runs only the modes named (as printed: `FixedWindow`,
+//! `SlidingWindow`, `FixedPredicted`, `SlidingPredicted`, `Bounded`).
 //! `BIFROST_ACCURACY_DETAIL=1` also prints where in the window the undershoot refusals fall (20 ms buckets).
 //! Nothing is sent on a network: the simulator's network is in memory.
 
@@ -37,6 +40,9 @@ const KEY: &str = "budget";
 enum Mode {
     /// The default rule with this algorithm.
     Default(Algorithm),
+    /// The default rule with this algorithm, deciding against the predicted remote count
+    /// (`replication.predict_remote`).
+    Predicted(Algorithm),
     /// The bounded-overshoot mode (fixed windows).
     Bounded,
 }
@@ -47,6 +53,9 @@ impl Mode {
             Mode::Default(Algorithm::FixedWindow) => "FixedWindow",
             Mode::Default(Algorithm::SlidingWindow) => "SlidingWindow",
             Mode::Default(_) => "other",
+            Mode::Predicted(Algorithm::FixedWindow) => "FixedPredicted",
+            Mode::Predicted(Algorithm::SlidingWindow) => "SlidingPredicted",
+            Mode::Predicted(_) => "other-predicted",
             Mode::Bounded => "Bounded",
         }
     }
@@ -70,6 +79,8 @@ fn percent(over: u64) -> f64 {
 }
 
 fn run(nodes: usize, mode: Mode, windows: u64, seed: u64, latency_ms: (u64, u64)) -> Run {
+    let mut config = bifrost_cluster::config::ClusterConfig::default();
+    config.replication.predict_remote = matches!(mode, Mode::Predicted(_));
     let mut sim = Simulation::new(SimOptions {
         nodes,
         seed,
@@ -77,6 +88,7 @@ fn run(nodes: usize, mode: Mode, windows: u64, seed: u64, latency_ms: (u64, u64)
             latency_ms,
             ..NetOptions::default()
         },
+        config,
         ..SimOptions::default()
     })
     .expect("simulation");
@@ -108,7 +120,9 @@ fn run(nodes: usize, mode: Mode, windows: u64, seed: u64, latency_ms: (u64, u64)
         for _ in 0..OFFERED_PER_MS {
             let node = (sim.rng().next_u64() % nodes as u64) as usize;
             let decision = match mode {
-                Mode::Default(algorithm) => sim.acquire(node, KEY, window, algorithm, LIMIT, 1),
+                Mode::Default(algorithm) | Mode::Predicted(algorithm) => {
+                    sim.acquire(node, KEY, window, algorithm, LIMIT, 1)
+                }
                 Mode::Bounded => sim.acquire_bounded(node, KEY, window, LIMIT, 1),
             }
             .expect("acquire")
@@ -195,6 +209,10 @@ fn main() {
             Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?))
         })
         .unwrap_or(NetOptions::default().latency_ms);
+    // `BIFROST_ACCURACY_MODES=FixedWindow,Bounded`: only these modes (names as printed).
+    let modes: Option<Vec<String>> = std::env::var("BIFROST_ACCURACY_MODES")
+        .ok()
+        .map(|list| list.split(',').map(|n| n.trim().to_owned()).collect());
     println!(
         "accuracy: one-way latency {}-{} ms, {} req/s offered to one key, limit {LIMIT} per 1 s window, {windows} windows per run",
         latency_ms.0,
@@ -205,8 +223,16 @@ fn main() {
         for mode in [
             Mode::Default(Algorithm::FixedWindow),
             Mode::Default(Algorithm::SlidingWindow),
+            Mode::Predicted(Algorithm::FixedWindow),
+            Mode::Predicted(Algorithm::SlidingWindow),
             Mode::Bounded,
-        ] {
+        ]
+        .into_iter()
+        .filter(|m| {
+            modes
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|n| n == m.name()))
+        }) {
             let started = std::time::Instant::now();
             let r = run(nodes, mode, windows, 11, latency_ms);
             let over: Vec<f64> = r
@@ -219,7 +245,9 @@ fn main() {
             let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
             // Undershoot is defined on the fixed window's own count; a sliding window refuses by its estimate.
             let undershoot = match r.mode {
-                Mode::Default(Algorithm::FixedWindow) | Mode::Bounded => {
+                Mode::Default(Algorithm::FixedWindow)
+                | Mode::Predicted(Algorithm::FixedWindow)
+                | Mode::Bounded => {
                     format!("{:.2} % max {:.2} %", mean(&under), max(&under))
                 }
                 _ => "n/a".to_owned(),

@@ -149,4 +149,19 @@ mod tests {
             other => panic!("expected a JSON error, got {other:?}"),
         }
     }
+
+    #[test]
+    fn predict_remote_is_off_by_default_and_parsed() {
+        let off = load_from_str(r#"{ "cluster_config": {} }"#).expect("loads");
+        assert!(!off.config.replication.predict_remote);
+        let on =
+            load_from_str(r#"{ "cluster_config": { "replication": { "predict_remote": true } } }"#)
+                .expect("loads");
+        assert!(on.config.replication.predict_remote);
+        assert!(on.warnings.is_empty(), "{:?}", on.warnings);
+        assert!(
+            load_from_str(r#"{ "cluster_config": { "replication": { "predict_remote": 1 } } }"#)
+                .is_err()
+        );
+    }
 }

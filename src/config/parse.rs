@@ -601,6 +601,7 @@ impl Ctx {
             "anti_entropy_interval",
             "full_mesh_below",
             "publishers_per_group",
+            "predict_remote",
         ];
         let Some(map) = self.object(path, value, known) else {
             return;
@@ -654,6 +655,9 @@ impl Ctx {
                 &mut out.publishers_per_group,
                 self.usize_in(&p, v, 1, ReplicationConfig::MAX_PUBLISHERS_PER_GROUP),
             );
+        }
+        if let Some((p, v)) = member(path, map, "predict_remote") {
+            set(&mut out.predict_remote, self.bool(&p, v));
         }
     }
 

@@ -693,6 +693,11 @@ pub struct ReplicationConfig {
     pub full_mesh_below: usize,
     /// Members of each group that publish the group's totals to the other groups. Default: 2. Range 1..=8.
     pub publishers_per_group: usize,
+    /// Fixed and sliding windows decide against a *predicted* remote count: the last-known count of each peer
+    /// plus its recent rate × the age of that count (at most 30 ms), instead of the last-known count alone.
+    /// Cuts the overshoot of the replication lag; may refuse a little before the limit when a peer's traffic
+    /// drops. Default: `false`.
+    pub predict_remote: bool,
 }
 
 impl ReplicationConfig {
@@ -742,6 +747,7 @@ impl Default for ReplicationConfig {
             anti_entropy_interval: Self::DEFAULT_ANTI_ENTROPY_INTERVAL,
             full_mesh_below: Self::DEFAULT_FULL_MESH_BELOW,
             publishers_per_group: Self::DEFAULT_PUBLISHERS_PER_GROUP,
+            predict_remote: false,
         }
     }
 }

@@ -52,9 +52,27 @@ pub const RING: usize = 4;
 /// The largest value one value word (one stripe, one epoch) can hold: 2^48 − 1.
 pub const MAX_CELL_VALUE: u64 = (1 << 48) - 1;
 
-/// The most a [`Cell`] takes inline (its `Arc` adds 16 bytes), checked when the crate compiles.
+/// The most a [`Cell`] takes inline (its `Arc` adds 16 bytes), checked when the crate compiles: 192 bytes and
+/// the 8 of the prediction's pointer ([`PredictWords`]).
 #[cfg(not(bifrost_loom))]
-const CELL_BYTES: usize = 192;
+const CELL_BYTES: usize = 200;
+
+/// The longest a store that predicts the remote sum extrapolates it (ms): a remote value older than this (an
+/// origin that went quiet, or a clock far off) adds nothing. Default 30 ms: a 10 ms one-way latency plus a few
+/// 5 ms flushes.
+pub const PREDICT_MAX_AGE_MS: u64 = 30;
+/// The time constant (ms) of each remote origin's rate average in a store that predicts. Default 100 ms.
+pub const PREDICT_RATE_TIME_CONSTANT_MS: f64 = 100.0;
+/// Fixed-point scale of a prediction's packed rate: units per ms × 16.
+const PREDICT_RATE_SCALE: f64 = 16.0;
+const PREDICT_FIELD: u64 = (1 << 24) - 1;
+
+/// A prediction word: `(generation: 16 bits, as-of time mod 2^24 ms: 24 bits, rate × 16 per ms: 24 bits)`; a
+/// rate of 0 means no prediction.
+#[inline]
+fn pack_prediction(generation: u16, as_of_ms: u64, rate_q: u64) -> u64 {
+    (u64::from(generation) << 48) | ((as_of_ms & PREDICT_FIELD) << 24) | rate_q.min(PREDICT_FIELD)
+}
 
 /// Most padded stripes a contended cell gets, whatever `StoreOptions::stripes` asks for.
 pub const MAX_STRIPES: usize = 256;
@@ -214,6 +232,64 @@ impl Drop for ExtraStripes {
     }
 }
 
+/// The prediction words of a cell ([`Cell::predicted`]): a pointer to a boxed `[AtomicU64; RING]` (taken with
+/// `Box::into_raw`), null until the first timed merge installs it; 8 bytes in every cell, where a
+/// `OnceLock<Box<_>>` took 16. A `std` atomic under loom as well, as [`ExtraStripes`].
+struct PredictWords(std::sync::atomic::AtomicPtr<[AtomicU64; RING]>);
+
+impl PredictWords {
+    const fn new() -> PredictWords {
+        PredictWords(std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()))
+    }
+
+    /// The words, once installed.
+    #[inline(always)]
+    fn get(&self) -> Option<&[AtomicU64; RING]> {
+        // Acquire: pairs with the Release in `get_or_init`, so the words' initial zeros are seen.
+        let ptr = self.0.load(std::sync::atomic::Ordering::Acquire);
+        // SAFETY: a non-null pointer was stored by `get_or_init` from `Box::into_raw`; it never changes afterwards
+        // and is freed only by `drop`, which takes `&mut self`: valid for the lifetime of `&self`, and only shared
+        // references to it are made (its words are atomics).
+        unsafe { ptr.as_ref() }
+    }
+
+    /// The words, installed (all zero) if they were not.
+    fn get_or_init(&self) -> &[AtomicU64; RING] {
+        if let Some(words) = self.get() {
+            return words;
+        }
+        let fresh = Box::into_raw(Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        // Release: publishes the words' zeros to `get`. Acquire on failure: the winner's words are read next.
+        let installed = match self.0.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            std::sync::atomic::Ordering::Release,
+            std::sync::atomic::Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(winner) => {
+                // SAFETY: the CAS failed, so `fresh` was never published: we still own what `into_raw` gave us.
+                drop(unsafe { Box::from_raw(fresh) });
+                winner
+            }
+        };
+        // SAFETY: `installed` is the non-null pointer now stored (ours or the winner's, from `Box::into_raw`),
+        // which is never changed nor freed before `drop` (see `get`).
+        unsafe { &*installed }
+    }
+}
+
+impl Drop for PredictWords {
+    fn drop(&mut self) {
+        let ptr = *self.0.get_mut();
+        if !ptr.is_null() {
+            // SAFETY: as in `get`, a non-null pointer came from `Box::into_raw`; with `&mut self` no reference to
+            // it is left, and it is freed exactly once, here.
+            drop(unsafe { Box::from_raw(ptr) });
+        }
+    }
+}
+
 // Not under loom, whose atomics and mutexes are larger.
 #[cfg(not(bifrost_loom))]
 const _: () = assert!(std::mem::size_of::<Cell>() <= CELL_BYTES);
@@ -264,6 +340,31 @@ struct Position {
     /// The aggregates of other groups merged for the epoch (large-cluster mode); allocated when the first one
     /// arrives, so a position in a small cluster pays one pointer.
     grouped: Option<Box<GroupSums>>,
+    /// Per remote origin, its recent rate and the time of its last value (stores that predict the remote sum,
+    /// see [`Cell::predicted`]); allocated by the first value merged with a time, so a position of a store that
+    /// does not predict pays one pointer.
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes in every position instead of a Vec's 24, for a list only predicting stores fill"
+    )]
+    rates: Option<Box<Vec<OriginRate>>>,
+}
+
+/// One remote origin's rate, as a store that predicts the remote sum keeps it (see [`Cell::predicted`]).
+#[derive(Debug, Clone, Copy)]
+struct OriginRate {
+    origin: u64,
+    /// When its last value was taken (Unix ms, the sender's flush time, at most the merge time here).
+    as_of_ms: u64,
+    /// Its value then.
+    value: u64,
+    /// Units per ms, exponentially weighted over [`PREDICT_RATE_TIME_CONSTANT_MS`], while it admits.
+    per_ms: f64,
+    /// Its rate between its last two values: the prediction takes the lower of the two, so an origin that
+    /// starts refusing near the limit (admitting less than its average) is extrapolated at what it admits now.
+    last: f64,
+    /// Its last value came again unchanged (it refused everything since): it adds nothing until it rises.
+    idle: bool,
 }
 
 impl Position {
@@ -281,6 +382,101 @@ impl Position {
         if let Some(sums) = self.grouped.as_deref_mut() {
             sums.origin_changed(origin, before, after);
         }
+    }
+
+    /// Origin `origin` reported `value` taken at `as_of_ms` (its previous value here was lower): its rate
+    /// follows (the increase over the time between its two values, averaged over
+    /// [`PREDICT_RATE_TIME_CONSTANT_MS`]; its first value of the epoch starts from `carried`, its rate in the
+    /// previous epoch, or else from its value over the time since `start_ms`, the window's start). Returns the
+    /// position's prediction: the rate-weighted mean as-of time of the origins heard within
+    /// [`PREDICT_MAX_AGE_MS`] of the newest and their summed rate × 16, or `None` when they sum to no rate.
+    fn note_rate(
+        &mut self,
+        origin: u64,
+        value: u64,
+        as_of_ms: u64,
+        start_ms: u64,
+        carried: Option<f64>,
+    ) -> Option<(u64, u64)> {
+        let rates = self.rates.get_or_insert_with(Default::default);
+        match rates.binary_search_by_key(&origin, |r| r.origin) {
+            Ok(k) => {
+                let r = &mut rates[k];
+                if as_of_ms > r.as_of_ms {
+                    // After an idle spell the increase spans the pause: the rate it had resumes instead.
+                    if r.idle {
+                        r.last = r.per_ms;
+                    } else {
+                        let dt = (as_of_ms - r.as_of_ms) as f64;
+                        let sample = value.saturating_sub(r.value) as f64 / dt;
+                        let weight = 1.0 - (-dt / PREDICT_RATE_TIME_CONSTANT_MS).exp();
+                        r.per_ms += weight * (sample - r.per_ms);
+                        r.last = sample;
+                    }
+                    r.idle = false;
+                    r.as_of_ms = as_of_ms;
+                }
+                // A reordered older batch raised the value: keep the time of the newer one.
+                r.value = r.value.max(value);
+            }
+            Err(k) => {
+                let per_ms = carried.unwrap_or_else(|| {
+                    let since = as_of_ms.saturating_sub(start_ms).max(1);
+                    value as f64 / since as f64
+                });
+                rates.insert(
+                    k,
+                    OriginRate {
+                        origin,
+                        as_of_ms,
+                        value,
+                        per_ms,
+                        last: per_ms,
+                        idle: false,
+                    },
+                );
+            }
+        }
+        self.prediction()
+    }
+
+    /// Origin `origin` reported the value it had, taken again at `as_of_ms`: it admitted nothing since, so it
+    /// adds nothing to the prediction until its value rises again. `None` when that changes nothing (no rate
+    /// kept for the origin, or a time not newer); else the position's new prediction (see
+    /// [`Position::note_rate`]).
+    fn note_idle(&mut self, origin: u64, as_of_ms: u64) -> Option<Option<(u64, u64)>> {
+        let rates = self.rates.as_deref_mut()?;
+        let k = rates.binary_search_by_key(&origin, |r| r.origin).ok()?;
+        let r = &mut rates[k];
+        if as_of_ms <= r.as_of_ms {
+            return None;
+        }
+        r.as_of_ms = as_of_ms;
+        r.idle = true;
+        Some(self.prediction())
+    }
+
+    /// The rate-weighted mean as-of time of the origins that are not idle and were heard within
+    /// [`PREDICT_MAX_AGE_MS`] of the newest, and their summed rate × 16; `None` when they sum to no rate.
+    fn prediction(&self) -> Option<(u64, u64)> {
+        let rates = self.rates.as_deref()?;
+        let newest = rates.iter().map(|r| r.as_of_ms).max()?;
+        let (mut rate, mut weighted_age) = (0.0f64, 0.0f64);
+        for r in rates
+            .iter()
+            .filter(|r| !r.idle && r.as_of_ms.saturating_add(PREDICT_MAX_AGE_MS) >= newest)
+        {
+            let per_ms = r.per_ms.min(r.last);
+            rate += per_ms;
+            weighted_age += per_ms * (newest - r.as_of_ms) as f64;
+        }
+        let rate_q = (rate * PREDICT_RATE_SCALE).round();
+        if rate_q < 1.0 {
+            return None;
+        }
+        // Saturating float-to-int conversions; the age is below the cap.
+        let as_of = newest.saturating_sub((weighted_age / rate).round() as u64);
+        Some((as_of, rate_q as u64))
     }
 
     /// Every remote origin's contribution (value net of its floor).
@@ -425,6 +621,11 @@ pub struct Cell {
     inline: Stripe,
     remote: [AtomicU64; RING],
     extra: ExtraStripes,
+    /// Per ring position, the extrapolation of the remote sum (see [`Cell::predicted`]): `(gen, as-of time,
+    /// summed rate)` packed by [`pack_prediction`], 0 when none. Allocated by the first merge with a time (a
+    /// store that predicts, `StoreOptions::predict_remote`), so any other cell pays one null pointer;
+    /// written only by the replication side, under the `origins` mutex.
+    predict: PredictWords,
     dirty: AtomicBool,
     contended: AtomicBool,
     /// Live handles (see [`Cell::register_handle`]); 4 bytes, beside the flags.
@@ -520,6 +721,7 @@ impl Cell {
             inline: Stripe::new(),
             remote: std::array::from_fn(|_| AtomicU64::new(pack_word(0, 0))),
             extra: ExtraStripes::new(),
+            predict: PredictWords::new(),
             dirty: AtomicBool::new(false),
             contended: AtomicBool::new(false),
             handles: AtomicU32::new(0),
@@ -772,8 +974,25 @@ impl Cell {
     /// The common case of [`Cell::take`] (with no sliding-window weight) as one attempt with no call, under the
     /// same conditions as [`Cell::try_add_fast`]: then the decision against `limit` and, when taken, one CAS,
     /// with the same orderings as `take`. `None` means nothing was decided or counted: the caller runs `take`.
+    #[cfg_attr(
+        not(bifrost_loom),
+        allow(dead_code, reason = "the store calls the predicting variant")
+    )]
     #[inline(always)]
     pub(crate) fn try_take_fast(&self, epoch: u64, cost: u64, limit: u64) -> Option<FastTake> {
+        self.try_take_fast_at(epoch, cost, limit, None)
+    }
+
+    /// [`Cell::try_take_fast`], counting the remote sum's extrapolation to `now_ms` as used when `now_ms` is given
+    /// ([`Cell::predicted`]; nothing when the store does not predict).
+    #[inline(always)]
+    pub(crate) fn try_take_fast_at(
+        &self,
+        epoch: u64,
+        cost: u64,
+        limit: u64,
+        now_ms: Option<u64>,
+    ) -> Option<FastTake> {
         let (generation, i) = self.fast_position(epoch)?;
         let word = &self.inline.words[i];
         // SeqCst: as in `take`; this read is validated by the CAS.
@@ -783,7 +1002,13 @@ impl Cell {
         }
         let own = word_value(current);
         // With no extra stripes there is no other local value: the rest is the remote sum.
-        let used = self.remote_value(i, generation).saturating_add(own);
+        let remote = self.remote_value(i, generation);
+        // A prediction exists only beside a remote value: a store alone pays one comparison.
+        let ahead = match now_ms {
+            Some(now) if remote > 0 => self.predicted(i, generation, now),
+            _ => 0,
+        };
+        let used = remote.saturating_add(ahead).saturating_add(own);
         let after = used.saturating_add(cost);
         if after > limit || cost > MAX_CELL_VALUE - own {
             return Some(FastTake::Refused { used });
@@ -838,6 +1063,20 @@ impl Cell {
     /// value word; across stripes concurrent takes may overshoot by at most one `cost` per other stripe.
     #[inline]
     pub(crate) fn take(&self, epoch: u64, cost: u64, limit: u64, extra: u64) -> TakeOutcome {
+        self.take_at(epoch, cost, limit, extra, None)
+    }
+
+    /// [`Cell::take`], counting the remote sum's extrapolation to `now_ms` as used when `now_ms` is given
+    /// ([`Cell::predicted`]; nothing when the store does not predict).
+    #[inline]
+    pub(crate) fn take_at(
+        &self,
+        epoch: u64,
+        cost: u64,
+        limit: u64,
+        extra: u64,
+        now_ms: Option<u64>,
+    ) -> TakeOutcome {
         let Some(generation) = self.generation_for(epoch) else {
             return TakeOutcome::Stale;
         };
@@ -855,9 +1094,16 @@ impl Cell {
             } else {
                 return TakeOutcome::Stale;
             };
-            let others =
-                self.remote_value(i, generation) + self.local_except(i, generation, Some(stripe));
-            let used = extra.saturating_add(others).saturating_add(own);
+            let remote = self.remote_value(i, generation);
+            let ahead = match now_ms {
+                Some(now) if remote > 0 => self.predicted(i, generation, now),
+                _ => 0,
+            };
+            let others = remote + self.local_except(i, generation, Some(stripe));
+            let used = extra
+                .saturating_add(ahead)
+                .saturating_add(others)
+                .saturating_add(own);
             let after = used.saturating_add(cost);
             if after > limit || cost > MAX_CELL_VALUE - own {
                 return TakeOutcome::Refused { used };
@@ -914,6 +1160,44 @@ impl Cell {
         } else {
             0
         }
+    }
+
+    /// How much the remote origins of ring position `i` (generation `generation`) have likely added since the
+    /// values merged here were taken, at `now_ms`: their summed recent rate × (the age of their values + half a
+    /// ms, the part of the current millisecond a coarse clock does not show), 0 beyond
+    /// [`PREDICT_MAX_AGE_MS`] or when none was published (a store that does not predict, an epoch without
+    /// timed values). An estimate, never a count: the limiter counts it as used, so it only refuses sooner.
+    #[inline(always)]
+    fn predicted(&self, i: usize, generation: u16, now_ms: u64) -> u64 {
+        let Some(words) = self.predict.get() else {
+            return 0;
+        };
+        // Relaxed: an estimate written whole by the replication side; no other memory is read through it.
+        let w = words[i].load(Ordering::Relaxed);
+        let rate_q = w & PREDICT_FIELD;
+        if rate_q == 0 || word_gen(w) != generation {
+            return 0;
+        }
+        let as_of = (w >> 24) & PREDICT_FIELD;
+        // Modulo 2^24 ms: a value from the future (a peer's clock ahead) wraps to a huge age, beyond the cap.
+        let age = now_ms.wrapping_sub(as_of) & PREDICT_FIELD;
+        if age > PREDICT_MAX_AGE_MS {
+            return 0;
+        }
+        // rate × 16 × (2 × age + 1) / 32 = rate × (age + 1/2); both factors < 2^24: no overflow.
+        (rate_q * (2 * age + 1)) >> 5
+    }
+
+    /// The extrapolation of `epoch`'s remote sum to `now_ms` ([`Cell::predicted`]); 0 for an epoch not held.
+    pub(crate) fn predicted_at(&self, epoch: u64, now_ms: u64) -> u64 {
+        let Some(generation) = self.generation_if_present(epoch) else {
+            return 0;
+        };
+        let i = ring_index(epoch);
+        if self.remote_value(i, generation) == 0 {
+            return 0;
+        }
+        self.predicted(i, generation, now_ms)
     }
 
     /// The generation of `epoch` if its slot currently holds it.
@@ -1146,6 +1430,17 @@ impl Cell {
         self.origins.lock_clean()
     }
 
+    /// Publishes the prediction of position `i` for the hot path (see [`Cell::predicted`]); called with the
+    /// origins mutex held.
+    fn publish_prediction(&self, i: usize, generation: u16, as_of_ms: u64, rate_q: u64) {
+        let words = self.predict.get_or_init();
+        // Relaxed: an estimate (see `predicted`); the origins mutex serialises the writers.
+        words[i].store(
+            pack_prediction(generation, as_of_ms, rate_q),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Publishes the remote sum of position `i` for the hot path.
     fn publish_remote(&self, i: usize, generation: u16, sum: u128) {
         let value = u64::try_from(sum).unwrap_or(u64::MAX).min(MAX_CELL_VALUE);
@@ -1157,6 +1452,7 @@ impl Cell {
     /// Merges `value` reported by `origin` for `epoch` (per-origin max) and republishes the remote sum. A new
     /// origin is refused with [`MergeOutcome::OriginLimit`] when the epoch already has `max_origins` remote
     /// origins here.
+    #[cfg(test)]
     pub(crate) fn merge_remote(
         &self,
         origin: u64,
@@ -1164,16 +1460,49 @@ impl Cell {
         value: u64,
         max_origins: usize,
     ) -> MergeOutcome {
+        self.merge_remote_at(origin, epoch, value, max_origins, None)
+    }
+
+    /// [`Cell::merge_remote`] of a value taken at `as_of_ms` (Unix ms; a store that predicts the remote sum):
+    /// when it raises the origin's value, the origin's rate follows and the prediction of the position is
+    /// republished (see [`Cell::predicted`]).
+    pub(crate) fn merge_remote_at(
+        &self,
+        origin: u64,
+        epoch: u64,
+        value: u64,
+        max_origins: usize,
+        as_of_ms: Option<u64>,
+    ) -> MergeOutcome {
         let mut table = self.table();
         let Some(generation) = self.generation_for(epoch) else {
             return MergeOutcome::Expired;
         };
         let i = ring_index(epoch);
+        // The origin's rate in the previous epoch, to start this one's from (read before `position` may reuse
+        // a ring position).
+        let carried = as_of_ms.and_then(|_| {
+            let previous = table.held(epoch.checked_sub(1)?)?;
+            let rates = previous.rates.as_deref()?;
+            let k = rates.binary_search_by_key(&origin, |r| r.origin).ok()?;
+            Some(rates[k].per_ms)
+        });
         // The position now holds `epoch`: `position` forgets what the table kept for the epoch it held before.
         let position = table.position(i, epoch);
         let old = lookup(&position.values, origin);
         match old {
-            Some(v) if value <= v => return MergeOutcome::Unchanged,
+            Some(v) if value <= v => {
+                // The same value taken later: the origin admitted nothing meanwhile (a predicting node ships
+                // its value when it refuses, so its peers stop extrapolating it).
+                if let Some(as_of_ms) = as_of_ms
+                    && value == v
+                    && let Some(prediction) = position.note_idle(origin, as_of_ms)
+                {
+                    let (as_of, rate_q) = prediction.unwrap_or((0, 0));
+                    self.publish_prediction(i, generation, as_of, rate_q);
+                }
+                return MergeOutcome::Unchanged;
+            }
             None if value == 0 => return MergeOutcome::Unchanged,
             None if position.values.len() >= max_origins => return MergeOutcome::OriginLimit,
             _ => {}
@@ -1187,6 +1516,12 @@ impl Cell {
         // Contributions are u64 values net of a floor: the casts back are exact.
         position.origin_changed(origin, before as u64, after as u64);
         self.publish_remote(i, generation, position.counted());
+        if let Some(as_of_ms) = as_of_ms {
+            let start_ms = self.window().start_ms(epoch);
+            let prediction = position.note_rate(origin, value, as_of_ms, start_ms, carried);
+            let (as_of, rate_q) = prediction.unwrap_or((0, 0));
+            self.publish_prediction(i, generation, as_of, rate_q);
+        }
         MergeOutcome::Raised
     }
 
@@ -1701,5 +2036,83 @@ mod tests {
             assert_eq!(c.add(epoch, 1), AddOutcome::Added);
             assert_eq!(c.local(epoch), 1, "epoch {epoch}");
         }
+    }
+
+    #[test]
+    fn a_timed_merge_predicts_the_remote_sum_by_rate_and_age() {
+        let w = Window::parse("1s").unwrap();
+        let c = Cell::new("k".into(), w);
+        let start = w.start_ms(50);
+        // Origin 7 at 5 per ms: 500 at +100 ms (its first value: 500 over 100 ms), 550 at +110 ms.
+        assert_eq!(c.add(50, 0), AddOutcome::Added);
+        assert_eq!(
+            c.merge_remote_at(7, 50, 500, 16, Some(start + 100)),
+            MergeOutcome::Raised
+        );
+        assert_eq!(
+            c.merge_remote_at(7, 50, 550, 16, Some(start + 110)),
+            MergeOutcome::Raised
+        );
+        // 4 ms (and the half ms the coarse clock hides) after its value was taken: 5 × 4.5, rounded down.
+        assert_eq!(c.predicted_at(50, start + 114), 22);
+        // Older than the cap, or from the future: nothing.
+        assert_eq!(c.predicted_at(50, start + 111 + PREDICT_MAX_AGE_MS), 0);
+        assert_eq!(c.predicted_at(50, start + 109), 0);
+        // The decision counts the prediction as used: 550 + 22 + 28 = 600 fits, one more does not; without it
+        // (a take that does not predict), 50 more fit.
+        assert_eq!(
+            c.take_at(50, 29, 600, 0, Some(start + 114)),
+            TakeOutcome::Refused { used: 572 }
+        );
+        assert_eq!(
+            c.try_take_fast_at(50, 29, 600, Some(start + 114)),
+            Some(FastTake::Refused { used: 572 })
+        );
+        assert_eq!(c.take(50, 50, 600, 0), TakeOutcome::Taken { used: 600 });
+        // A second origin, also at 5 per ms, heard at +100: the rate-weighted as-of time is +105 and the
+        // summed rate 10 per ms, so at +114, 10 × 9.5.
+        let d = Cell::new("k".into(), w);
+        assert_eq!(d.add(50, 0), AddOutcome::Added);
+        d.merge_remote_at(7, 50, 500, 16, Some(start + 100));
+        d.merge_remote_at(7, 50, 550, 16, Some(start + 110));
+        d.merge_remote_at(9, 50, 500, 16, Some(start + 100));
+        assert_eq!(d.predicted_at(50, start + 114), 95);
+        // An origin not heard for longer than the cap before the newest value drops out of the sum.
+        d.merge_remote_at(7, 50, 550 + 5 * 40, 16, Some(start + 150));
+        assert_eq!(
+            d.predicted_at(50, start + 150),
+            2,
+            "origin 7 alone, 5 × 0.5"
+        );
+        // A merge without a time (a state transfer, a relay) leaves the prediction as it was; a cell merged
+        // only without times predicts nothing.
+        d.merge_remote(9, 50, 900, 16);
+        assert_eq!(d.predicted_at(50, start + 150), 2);
+        let e = Cell::new("k".into(), w);
+        assert_eq!(e.add(50, 0), AddOutcome::Added);
+        e.merge_remote(7, 50, 500, 16);
+        assert_eq!(e.predicted_at(50, start + 150), 0);
+        // The same value again, taken later: the origin admitted nothing (it refused), so it adds nothing
+        // until its value rises; then its rate resumes (not the rise over the pause).
+        let f = Cell::new("k".into(), w);
+        assert_eq!(f.add(50, 0), AddOutcome::Added);
+        f.merge_remote_at(7, 50, 500, 16, Some(start + 100));
+        assert_eq!(f.predicted_at(50, start + 104), 22);
+        assert_eq!(
+            f.merge_remote_at(7, 50, 500, 16, Some(start + 105)),
+            MergeOutcome::Unchanged
+        );
+        assert_eq!(f.predicted_at(50, start + 109), 0);
+        f.merge_remote_at(7, 50, 501, 16, Some(start + 125));
+        assert_eq!(f.predicted_at(50, start + 129), 22);
+        // The next epoch starts from the origin's rate in this one.
+        let next = w.start_ms(51);
+        assert_eq!(d.add(51, 0), AddOutcome::Added);
+        d.merge_remote_at(7, 51, 10, 16, Some(next + 50));
+        assert_eq!(
+            d.predicted_at(51, next + 52),
+            12,
+            "5 per ms carried × 2.5 ms, not 10 / 50 ms"
+        );
     }
 }

@@ -10,6 +10,13 @@
 //!   the ring; never more than one window's refill over an exact bucket on any span, long-run rate at most
 //!   `limit` per window (construction, bounds and proof in `bucket`). Its decisions report the burst as
 //!   `limit` and the tokens left as `remaining`.
+//! - Prediction (opt-in, `StoreOptions::predict_remote`, fixed and sliding windows): the current epoch's
+//!   remote count is read as the last-known remote count plus the remote origins' recent rate × the age of
+//!   their values (at most `cell::PREDICT_MAX_AGE_MS`), so a node stops near the limit without waiting for the
+//!   replication lag to show it the others' admissions. The extrapolation is counted as used, never counted
+//!   into anything: it only makes decisions stricter, so every bound above still holds; what it adds is
+//!   refusals while the true count is below the limit when it overestimates (measured in
+//!   `benches/accuracy.rs`). Stores that do not predict publish no extrapolation and decide as before.
 //! - A refused request counts nothing (values only ever grow, so nothing is taken back either).
 //! - Locally, concurrent acquires on one value word are exact; on different stripes of a contended cell they
 //!   may overshoot by at most one `cost` per other stripe.
@@ -125,7 +132,8 @@ pub(crate) fn acquire(
         }
     };
     let reset_at = cell.end_ms(epoch);
-    match cell.take(epoch, cost, limit, extra) {
+    // The remote sum's extrapolation counts as used when the store predicts it (`StoreOptions::predict_remote`).
+    match cell.take_at(epoch, cost, limit, extra, Some(now_ms)) {
         TakeOutcome::Taken { used } => (Decision::new(true, used, limit, reset_at), cost > 0),
         TakeOutcome::Refused { used } => (Decision::new(false, used, limit, reset_at), false),
         // The clock is behind the cell's newest epoch by a whole ring: refuse rather than count into nothing.
@@ -152,7 +160,8 @@ pub(crate) fn peek(
     };
     let used = extra
         .saturating_add(cell.local(epoch))
-        .saturating_add(cell.remote(epoch));
+        .saturating_add(cell.remote(epoch))
+        .saturating_add(cell.predicted_at(epoch, now_ms));
     Decision::new(
         used.saturating_add(cost) <= limit,
         used,

@@ -32,6 +32,7 @@ pub(crate) fn store_options(
         replica_id: replica_id.get(),
         hash_seed,
         clock,
+        predict_remote: config.replication.predict_remote,
         ..StoreOptions::default()
     }
 }

@@ -880,14 +880,16 @@ impl Replicator {
                 self.stats.batches_received += 1;
                 let sender = batch.sender.to_native();
                 if self.sender_matches(peer, sender, &batch.groups) {
-                    self.merge_groups(peer, sender, &batch.groups, false);
+                    // The values were taken at the sender's flush; never later than now here (a clock ahead).
+                    let as_of = batch.sent_at_ms.to_native().min(now_ms);
+                    self.merge_groups(peer, sender, &batch.groups, false, Some(as_of));
                 }
             }
             Frame::StateChunk(chunk) => {
                 self.stats.state_chunks_received += 1;
                 let sender = chunk.sender.to_native();
                 if self.sender_matches(peer, sender, &chunk.groups) {
-                    self.merge_groups(peer, sender, &chunk.groups, true);
+                    self.merge_groups(peer, sender, &chunk.groups, true, None);
                     if let Some(p) = self.peers.get_mut(peer) {
                         p.note_state_chunk(
                             chunk.request_id.to_native(),
@@ -1029,12 +1031,15 @@ impl Replicator {
     /// Merges the groups of a frame from `peer` (whose sender was checked). `relay`: a state chunk, which may
     /// relay origins that are not linked peers and carry floors; a delta batch carries only the peer's own.
     /// Merges `groups` from `peer`, whose replica id `sender` is (checked by [`Self::sender_matches`]).
+    /// `as_of_ms`: when a delta batch's values were taken (its send time), for a store that predicts remote
+    /// counts (`StoreOptions::predict_remote`).
     fn merge_groups(
         &mut self,
         peer: PeerId,
         sender: u64,
         groups: &[ArchivedOriginGroup],
         relay: bool,
+        as_of_ms: Option<u64>,
     ) {
         let linked: HashSet<u64> = if relay {
             self.peers.values().map(|p| p.replica).collect()
@@ -1093,8 +1098,14 @@ impl Replicator {
                     entry.value.to_native(),
                 );
                 let merged = if direct {
-                    self.store
-                        .merge_from_origin(origin, key, window, epoch, value)
+                    match as_of_ms {
+                        Some(at) => self
+                            .store
+                            .merge_from_origin_at(origin, key, window, epoch, value, at),
+                        None => self
+                            .store
+                            .merge_from_origin(origin, key, window, epoch, value),
+                    }
                 } else {
                     self.store.merge_remote(origin, key, window, epoch, value)
                 };
