@@ -161,6 +161,10 @@ fn typed_values_per_discovery_method() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kubernetes"),
+    ignore = "a build without the kubernetes backend adds a warning for the reference's kubernetes examples: run with default features"
+)]
 fn run_requirements_of_the_reference_examples() {
     // No example configures trust: run needs a secret (config or env), files, or insecure_dev.
     for name in FIXTURES {
@@ -307,6 +311,10 @@ fn check_config_accepts_every_fixture() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kubernetes"),
+    ignore = "a build without the kubernetes backend adds a warning for the reference's kubernetes examples: run with default features"
+)]
 fn check_config_with_a_secret_in_the_environment_warns_only_about_what_is_missing() {
     // The reference's configs keep the default `http.listen` (0.0.0.0:8080) and have no HTTP token: loading
     // succeeds, and the one warning left is the one `run` would refuse for (HTTP security, issue 14).
