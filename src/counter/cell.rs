@@ -1003,11 +1003,7 @@ impl Cell {
         let own = word_value(current);
         // With no extra stripes there is no other local value: the rest is the remote sum.
         let remote = self.remote_value(i, generation);
-        // A prediction exists only beside a remote value: a store alone pays one comparison.
-        let ahead = match now_ms {
-            Some(now) if remote > 0 => self.predicted(i, generation, now),
-            _ => 0,
-        };
+        let ahead = self.ahead_of(i, generation, remote, now_ms);
         let used = remote.saturating_add(ahead).saturating_add(own);
         let after = used.saturating_add(cost);
         if after > limit || cost > MAX_CELL_VALUE - own {
@@ -1095,10 +1091,7 @@ impl Cell {
                 return TakeOutcome::Stale;
             };
             let remote = self.remote_value(i, generation);
-            let ahead = match now_ms {
-                Some(now) if remote > 0 => self.predicted(i, generation, now),
-                _ => 0,
-            };
+            let ahead = self.ahead_of(i, generation, remote, now_ms);
             let others = remote + self.local_except(i, generation, Some(stripe));
             let used = extra
                 .saturating_add(ahead)
@@ -1194,10 +1187,22 @@ impl Cell {
             return 0;
         };
         let i = ring_index(epoch);
-        if self.remote_value(i, generation) == 0 {
-            return 0;
+        self.ahead_of(
+            i,
+            generation,
+            self.remote_value(i, generation),
+            Some(now_ms),
+        )
+    }
+
+    /// The extrapolation of position `i`'s remote sum `remote` to `now_ms` ([`Cell::predicted`]), 0 without a
+    /// time. A prediction exists only beside a remote value: a store alone pays one comparison.
+    #[inline(always)]
+    fn ahead_of(&self, i: usize, generation: u16, remote: u64, now_ms: Option<u64>) -> u64 {
+        match now_ms {
+            Some(now) if remote > 0 => self.predicted(i, generation, now),
+            _ => 0,
         }
-        self.predicted(i, generation, now_ms)
     }
 
     /// The generation of `epoch` if its slot currently holds it.

@@ -1028,11 +1028,10 @@ impl Replicator {
         false
     }
 
-    /// Merges the groups of a frame from `peer` (whose sender was checked). `relay`: a state chunk, which may
-    /// relay origins that are not linked peers and carry floors; a delta batch carries only the peer's own.
-    /// Merges `groups` from `peer`, whose replica id `sender` is (checked by [`Self::sender_matches`]).
-    /// `as_of_ms`: when a delta batch's values were taken (its send time), for a store that predicts remote
-    /// counts (`StoreOptions::predict_remote`).
+    /// Merges the groups of a frame from `peer`, whose replica id is `sender` (checked by
+    /// [`Self::sender_matches`]). `relay`: a state chunk, which may relay origins that are not linked peers and
+    /// carry floors; a delta batch carries only the peer's own. `as_of_ms`: when a delta batch's values were
+    /// taken (its send time), for a store that predicts remote counts (`StoreOptions::predict_remote`).
     fn merge_groups(
         &mut self,
         peer: PeerId,
