@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bifrost_cluster::UnixMs;
 use bifrost_cluster::counter::{
-    AggregateId, CoarseClock, CounterStore, MergeOutcome, StoreOptions, Window, group_of,
+    AggregateId, CoarseClock, CounterStore, MergeOutcome, StoreOptions, SumOf, Window, group_of,
 };
 use proptest::prelude::*;
 
@@ -55,11 +55,13 @@ fn ship(from: &CounterStore, to: &CounterStore) {
     }
 }
 
-/// `publisher`'s aggregate of its group, merged into `to`.
+/// `publisher`'s aggregate of its group, merged into `to`: its floor sum, then its value sum (the outcome).
 fn publish(publisher: &CounterStore, to: &CounterStore) -> MergeOutcome {
     let g = group(publisher);
-    let value = publisher.group_total(g, KEY, minute(), epoch());
-    to.merge_aggregate(g, KEY, minute(), epoch(), value)
+    let (values, floors) = publisher.group_total(g, KEY, minute(), epoch());
+    to.merge_aggregate(g, SumOf::Floors, KEY, minute(), epoch(), floors)
+        .unwrap();
+    to.merge_aggregate(g, SumOf::Values, KEY, minute(), epoch(), values)
         .unwrap()
 }
 
@@ -163,7 +165,7 @@ fn own_group_aggregates_change_nothing() {
 }
 
 #[test]
-fn a_reset_drops_the_aggregates_it_takes_back_and_later_ones_count() {
+fn a_reset_reaches_a_group_known_through_aggregates_by_its_floor_sum() {
     let clock = Arc::new(CoarseClock::new(UnixMs::new(T0)));
     let nodes = nodes(&clock);
     let a = &nodes[0];
@@ -175,14 +177,40 @@ fn a_reset_drops_the_aggregates_it_takes_back_and_later_ones_count() {
     assert_eq!(publish(stranger, a), MergeOutcome::Raised);
     assert_eq!(a.global(KEY, minute()), 40);
     a.reset(KEY, minute(), epoch()).expect("the key is held");
-    assert_eq!(a.global(KEY, minute()), 0);
-    stranger.add(KEY, minute(), 2).unwrap();
-    assert_eq!(publish(stranger, a), MergeOutcome::Raised);
     assert_eq!(
         a.global(KEY, minute()),
-        42,
-        "an aggregate after the reset counts again (floors of aggregates are a later step)"
+        40,
+        "a holds no value of the stranger's group to floor: the floor comes from that group"
     );
+    assert_eq!(
+        a.drain_resets().len(),
+        1,
+        "the reset is queued as a command"
+    );
+    // The command reaches the stranger, which floors its own value and counts on.
+    stranger
+        .apply_reset(KEY, minute(), epoch())
+        .expect("the key is held");
+    assert!(
+        stranger.drain_resets().is_empty(),
+        "a command heard is not issued again"
+    );
+    stranger.add(KEY, minute(), 2).unwrap();
+    assert_eq!(
+        stranger.group_total(group(stranger), KEY, minute(), epoch()),
+        (42, 40),
+        "value sums keep growing; the floor sum says what the reset took"
+    );
+    assert_eq!(publish(stranger, a), MergeOutcome::Raised);
+    assert_eq!(a.global(KEY, minute()), 2);
+    // A stale aggregate from before the reset changes nothing.
+    let g = group(stranger);
+    assert_eq!(
+        a.merge_aggregate(g, SumOf::Values, KEY, minute(), epoch(), 40)
+            .unwrap(),
+        MergeOutcome::Unchanged
+    );
+    assert_eq!(a.global(KEY, minute()), 2);
 }
 
 #[test]
@@ -199,7 +227,8 @@ fn aggregates_stay_in_their_window() {
     let next = minute().epoch_at(UnixMs::new(T0 + 60_000));
     let g = group(stranger);
     assert_eq!(
-        a.merge_aggregate(g, KEY, minute(), next + 2, 1).unwrap(),
+        a.merge_aggregate(g, SumOf::Values, KEY, minute(), next + 2, 1)
+            .unwrap(),
         MergeOutcome::Future
     );
 }

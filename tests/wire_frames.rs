@@ -144,7 +144,7 @@ proptest! {
         let Ok(Frame::Digest(d)) = wire::decode(&bytes) else { panic!() };
         prop_assert_eq!(rkyv::deserialize::<Digest, rancor::Error>(d).unwrap(), digest);
 
-        let request = StateRequest { sender: replica, request_id, origins: origins.iter().map(|o| o.0).collect() };
+        let request = StateRequest { sender: replica, request_id, origins: origins.iter().map(|o| o.0).collect(), rests: caps & 1 == 1 };
         let bytes = wire::encode(&request).unwrap();
         let Ok(Frame::StateRequest(r)) = wire::decode(&bytes) else { panic!() };
         prop_assert_eq!(rkyv::deserialize::<StateRequest, rancor::Error>(r).unwrap(), request);

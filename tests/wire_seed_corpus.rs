@@ -38,6 +38,16 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             kind: OriginKind::Floor,
             entries: vec![entry("budget/team-a", "1M", 682, 4_000_000)],
         },
+        OriginGroup {
+            origin: 12,
+            kind: OriginKind::AggregateFloor,
+            entries: vec![entry("rl/x", "1s", 1_795_514_400, 1)],
+        },
+        OriginGroup {
+            origin: 11,
+            kind: OriginKind::Reset,
+            entries: vec![entry("budget/team-a", "1M", 682, 1_795_514_400_000)],
+        },
     ];
     vec![
         (
@@ -84,6 +94,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 sender: 11,
                 request_id: 1,
                 origins: vec![],
+                rests: true,
             })
             .unwrap(),
         ),

@@ -41,7 +41,7 @@ use crossbeam_utils::CachePadded;
 use crate::UnixMs;
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, LockClean, Mutex, Ordering, seqcst_handshake};
 
-use super::aggregate::{AggregateId, AggregateOutcome, GroupSums};
+use super::aggregate::{AggregateId, AggregateOutcome, GroupSums, Held, SumOf};
 use super::epoch_cache::EpochCache;
 use super::window::Window;
 
@@ -368,8 +368,8 @@ struct OriginRate {
 }
 
 impl Position {
-    /// The remote count the hot path reads: the per-origin sum, raised by the aggregates of other groups when
-    /// there are any (never lowered by them, see `aggregate`).
+    /// The remote count the hot path reads: the per-origin sum, or when aggregates of other groups arrived the
+    /// estimate they give (see `aggregate`: raised by their value sums, lowered only by floors).
     fn counted(&self) -> u128 {
         match self.grouped.as_deref() {
             Some(sums) => sums.estimate(self.sum),
@@ -377,8 +377,8 @@ impl Position {
         }
     }
 
-    /// Remote `origin`'s contribution changed from `before` to `after`: the group sums follow.
-    fn origin_changed(&mut self, origin: u64, before: u64, after: u64) {
+    /// Remote `origin`'s value or floor changed from `before` to `after`: the group sums follow.
+    fn origin_changed(&mut self, origin: u64, before: Held, after: Held) {
         if let Some(sums) = self.grouped.as_deref_mut() {
             sums.origin_changed(origin, before, after);
         }
@@ -479,9 +479,9 @@ impl Position {
         Some((as_of, rate_q as u64))
     }
 
-    /// Every remote origin's contribution (value net of its floor).
-    fn contributions(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        contributions(&self.values, self.floors())
+    /// Every remote origin's value and floor.
+    fn held(&self) -> impl Iterator<Item = (u64, Held)> + '_ {
+        held(&self.values, self.floors())
     }
 
     /// The floors, sorted by origin (empty before the first reset).
@@ -561,15 +561,15 @@ impl OriginTable {
     }
 }
 
-/// Every remote origin's contribution (value net of its floor), from one position's lists (a free function, so
-/// a caller can borrow them while it holds the position's group sums mutably).
-fn contributions<'a>(
+/// Every remote origin's value and floor, from one position's lists (a free function, so a caller can borrow
+/// them while it holds the position's group sums mutably).
+fn held<'a>(
     values: &'a [(u64, u64)],
     floors: &'a [(u64, u64)],
-) -> impl Iterator<Item = (u64, u64)> + 'a {
+) -> impl Iterator<Item = (u64, Held)> + 'a {
     values.iter().map(move |&(origin, value)| {
         let floor = lookup(floors, origin).unwrap_or(0);
-        (origin, value.saturating_sub(floor))
+        (origin, Held { value, floor })
     })
 }
 
@@ -1518,8 +1518,14 @@ impl Cell {
         let after = u128::from(value.saturating_sub(floor));
         // `sum` includes `before`: no underflow.
         position.sum = position.sum - before + after;
-        // Contributions are u64 values net of a floor: the casts back are exact.
-        position.origin_changed(origin, before as u64, after as u64);
+        position.origin_changed(
+            origin,
+            Held {
+                value: old.unwrap_or(0),
+                floor,
+            },
+            Held { value, floor },
+        );
         self.publish_remote(i, generation, position.counted());
         if let Some(as_of_ms) = as_of_ms {
             let start_ms = self.window().start_ms(epoch);
@@ -1531,14 +1537,16 @@ impl Cell {
     }
 
     /// Merges `value`, the aggregate `id` for `epoch` (large-cluster mode: a group's members, or everyone outside
-    /// the node's own group), as seen by `own_replica` (this node): the largest aggregate per id is kept, and the
+    /// the node's own group; a sum of their values or of their floors, as `heard` says), as seen by
+    /// `own_replica` (this node): the largest value sum and the largest floor sum per id are kept, and the
     /// remote count the hot path reads becomes the estimate of `aggregate::GroupSums` (never above the exact
-    /// remote count, never below the per-origin sum). A group aggregate of this node's own group, or a rest
+    /// remote count net of the floors held here). A group aggregate of this node's own group, or a rest
     /// aggregate of another group, changes nothing.
     pub(crate) fn merge_aggregate(
         &self,
         own_replica: u64,
         id: AggregateId,
+        heard: SumOf,
         epoch: u64,
         value: u64,
     ) -> MergeOutcome {
@@ -1555,12 +1563,12 @@ impl Cell {
             grouped,
             ..
         } = &mut *position;
-        // The per-origin contributions are read only when this aggregate's group count is new here.
+        // The per-origin values and floors are read only when this aggregate's group count is new here.
         let outcome =
             grouped
                 .get_or_insert_with(Box::default)
-                .merge(own_replica, id, value, || {
-                    contributions(values, floors.as_deref().map_or(&[], Vec::as_slice))
+                .merge(own_replica, id, heard, value, || {
+                    held(values, floors.as_deref().map_or(&[], Vec::as_slice))
                 });
         match outcome {
             AggregateOutcome::Raised => {
@@ -1573,43 +1581,63 @@ impl Cell {
         }
     }
 
-    /// What a publisher of group `id` sends for `epoch`: the sum of the values this node holds for the
-    /// group's members, net of their floors, its own (as `own_replica`) included when it is a member.
-    pub(crate) fn group_total(&self, own_replica: u64, id: AggregateId, epoch: u64) -> u64 {
-        let remote: u128 = {
-            let table = self.table();
-            if self.generation_if_present(epoch).is_none() {
-                return 0;
-            }
-            table.held(epoch).map_or(0, |position| {
-                position
-                    .contributions()
-                    .filter(|&(origin, _)| id.contains(origin))
-                    .map(|(_, contribution)| u128::from(contribution))
-                    .sum()
-            })
+    /// What a publisher of group `id` sends for `epoch`, `(values, floors)`: the sum of the values this node
+    /// holds for the group's members and the sum of their floors, its own (as `own_replica`: what it ships and
+    /// its own floor) included when it is a member. Receivers take the second off the first.
+    pub(crate) fn group_total(&self, own_replica: u64, id: AggregateId, epoch: u64) -> (u64, u64) {
+        let table = self.table();
+        let Some(generation) = self.generation_if_present(epoch) else {
+            return (0, 0);
         };
-        let own = if id.contains(own_replica) {
-            self.local(epoch)
-        } else {
-            0
-        };
-        u64::try_from(remote + u128::from(own)).unwrap_or(u64::MAX)
+        let position = table.held(epoch);
+        let (mut values, mut floors) = position.map_or((0u128, 0u128), |position| {
+            position
+                .held()
+                .filter(|&(origin, _)| id.contains(origin))
+                .fold((0, 0), |(v, f), (_, h)| {
+                    (v + u128::from(h.value), f + u128::from(h.floor))
+                })
+        });
+        if id.contains(own_replica) {
+            let offset = position.map_or(0, |p| p.own_offset);
+            let words = self.local_except(ring_index(epoch), generation, None);
+            values += u128::from(words.saturating_add(offset));
+            floors += u128::from(offset);
+        }
+        let clamp = |sum: u128| u64::try_from(sum).unwrap_or(u64::MAX);
+        (clamp(values), clamp(floors))
     }
 
-    /// What a publisher sends for `epoch` as the rest aggregate `id` of its own group (`id.is_rest()`): what it
-    /// counts for every replica outside the group under `id`'s group count (see `aggregate::GroupSums`), 0 before
-    /// it has heard any aggregate of that count.
-    pub(crate) fn rest_total(&self, id: AggregateId, epoch: u64) -> u64 {
+    /// What a publisher sends for `epoch` as the rest aggregate `id` of its own group (`id.is_rest()`),
+    /// `(values, floors)`: what it holds for every replica outside the group under `id`'s group count (see
+    /// `aggregate::GroupSums`), `(0, 0)` before it has heard any aggregate of that count.
+    pub(crate) fn rest_total(&self, id: AggregateId, epoch: u64) -> (u64, u64) {
         let table = self.table();
         if self.generation_if_present(epoch).is_none() {
-            return 0;
+            return (0, 0);
         }
-        let rest = table
+        let (values, floors) = table
             .held(epoch)
             .and_then(|position| position.grouped.as_deref())
-            .map_or(0, |sums| sums.rest_total(id.groups()));
-        u64::try_from(rest).unwrap_or(u64::MAX)
+            .map_or((0, 0), |sums| sums.rest_total(id.groups()));
+        let clamp = |sum: u128| u64::try_from(sum).unwrap_or(u64::MAX);
+        (clamp(values), clamp(floors))
+    }
+
+    /// [`Cell::rest_total`] for every epoch still in the ring that holds aggregates, as `(epoch, values,
+    /// floors)` with a value sum above 0.
+    pub(crate) fn rest_totals(&self, id: AggregateId) -> Vec<(u64, u64, u64)> {
+        let table = self.table();
+        let clamp = |sum: u128| u64::try_from(sum).unwrap_or(u64::MAX);
+        table
+            .positions
+            .iter()
+            .filter(|p| self.generation_if_present(p.epoch).is_some())
+            .filter_map(|p| {
+                let (values, floors) = p.grouped.as_deref()?.rest_total(id.groups());
+                (values > 0).then(|| (p.epoch, clamp(values), clamp(floors)))
+            })
+            .collect()
     }
 
     /// Raises the floor of remote `origin` in `epoch` to `floor`, but never above the value held for it here (so
@@ -1638,7 +1666,7 @@ impl Cell {
         );
         // Contribution `value − old` becomes `value − floor`: the sum includes the former, no underflow.
         position.sum -= u128::from(floor - old);
-        position.origin_changed(origin, value - old, value - floor);
+        position.origin_changed(origin, Held { value, floor: old }, Held { value, floor });
         self.publish_remote(i, generation, position.counted());
         FloorOutcome::Raised
     }
@@ -1718,23 +1746,7 @@ impl Cell {
             self.merge_floor(origin, epoch, value);
             floors.push((Some(origin), value));
         }
-        self.forget_aggregates(epoch);
         Some(floors)
-    }
-
-    /// Drops the aggregates merged for `epoch` (a reset here: they counted what the reset takes back) and
-    /// republishes the per-origin sum. Aggregates published after the reset count again.
-    fn forget_aggregates(&self, epoch: u64) {
-        let mut table = self.table();
-        let Some(generation) = self.generation_if_present(epoch) else {
-            return;
-        };
-        let i = ring_index(epoch);
-        if let Some(position) = table.held_mut(epoch)
-            && position.grouped.take().is_some()
-        {
-            self.publish_remote(i, generation, position.counted());
-        }
     }
 
     /// What this replica ships for `epoch`: its value words plus its own floor's offset (0 if not in the ring).

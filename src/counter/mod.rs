@@ -38,7 +38,7 @@ mod signed;
 mod store;
 mod window;
 
-pub use aggregate::{AggregateId, MAX_GROUPS, MAX_SCHEMES, group_of};
+pub use aggregate::{AggregateId, MAX_GROUPS, MAX_SCHEMES, SumOf, group_of};
 pub use bucket::{BurstError, HORIZON, check_burst, max_burst};
 pub use calls::{CallCounts, call_counts};
 pub use cell::{AddOutcome, FloorOutcome, LimitSeen, MAX_CELL_VALUE, MergeOutcome, RING};

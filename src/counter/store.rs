@@ -30,7 +30,7 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 use papaya::Equivalent;
 
-use super::aggregate::AggregateId;
+use super::aggregate::{AggregateId, SumOf};
 use super::cell::{
     AddOutcome, Cell, FastTake, FloorOutcome, LimitSeen, MergeOutcome, RING, TakeOutcome,
 };
@@ -462,6 +462,8 @@ struct Shared {
     logged: CapLogs,
     /// Floors set by resets here, waiting for replication to send them.
     pending_floors: std::sync::Mutex<std::collections::VecDeque<(u64, DirtyEntry)>>,
+    /// Resets issued here, waiting for replication to pass them on (bounded like `pending_floors`).
+    pending_resets: std::sync::Mutex<std::collections::VecDeque<(Arc<str>, Window, u64)>>,
     /// Coarse-clock time of the last reclaim attempted because the store was full.
     last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64,
     /// Start-up admission, both numbers in one word so an acquire never pairs one new with one old: the
@@ -638,6 +640,7 @@ impl CounterStore {
                 remote_count: std::sync::atomic::AtomicUsize::new(0),
                 logged: CapLogs::default(),
                 pending_floors: std::sync::Mutex::new(std::collections::VecDeque::new()),
+                pending_resets: std::sync::Mutex::new(std::collections::VecDeque::new()),
                 last_reclaim_at_cap_ms: std::sync::atomic::AtomicU64::new(0),
                 startup_share: std::sync::atomic::AtomicU64::new(pack_share(1, 1)),
                 any_released: std::sync::atomic::AtomicBool::new(false),
@@ -1125,14 +1128,15 @@ impl CounterStore {
     }
 
     /// Merges `value`, the aggregate `id` for `(key, window, epoch)` (the large-cluster mode: a group's members,
-    /// or everyone outside a group): the largest aggregate per id is kept, and the key's remote count becomes
-    /// their estimate (never above the exact sum of the other replicas' counts, never below the per-origin sum;
-    /// see `counter::aggregate`). A group aggregate of this replica's own group, and a rest aggregate of another
-    /// group, are ignored ([`MergeOutcome::Unchanged`]); a value for a window
-    /// that has not started here is dropped as in [`CounterStore::merge_remote`].
+    /// or everyone outside a group), a sum of their values or of their floors as `sum` says: the largest of each
+    /// per id is kept, and the key's remote count becomes their estimate (never above the exact sum of the other
+    /// replicas' counts net of the floors held here; see `counter::aggregate`). A group aggregate of this
+    /// replica's own group, and a rest aggregate of another group, are ignored ([`MergeOutcome::Unchanged`]); a
+    /// value for a window that has not started here is dropped as in [`CounterStore::merge_remote`].
     pub fn merge_aggregate(
         &self,
         id: AggregateId,
+        sum: SumOf,
         key: &str,
         window: Window,
         epoch: u64,
@@ -1140,7 +1144,7 @@ impl CounterStore {
     ) -> Result<MergeOutcome, CounterError> {
         let own = self.shared.options.replica_id;
         self.merge_into_cell(key, window, epoch, |cell| {
-            cell.merge_aggregate(own, id, epoch, value)
+            cell.merge_aggregate(own, id, sum, epoch, value)
         })
     }
 
@@ -1149,6 +1153,7 @@ impl CounterStore {
     pub fn merge_aggregates<'e>(
         &self,
         id: AggregateId,
+        sum: SumOf,
         entries: impl IntoIterator<Item = (&'e str, Window, u64, u64)>,
         mut merged: impl FnMut(&'e str, Window, u64, Result<MergeOutcome, CounterError>),
     ) {
@@ -1157,25 +1162,33 @@ impl CounterStore {
         let now_ms = self.shared.clock.now_unix_ms();
         for (key, window, epoch, value) in entries {
             let outcome = self.merge_into_cell_in(&map, now_ms, key, window, epoch, |cell| {
-                cell.merge_aggregate(own, id, epoch, value)
+                cell.merge_aggregate(own, id, sum, epoch, value)
             });
             merged(key, window, epoch, outcome);
         }
     }
 
-    /// What a publisher of group `id` sends for `(key, window, epoch)`: the sum of the values held here for the
-    /// group's members (net of floors), this replica's own included when it is one. 0 for an unknown key.
-    pub fn group_total(&self, id: AggregateId, key: &str, window: Window, epoch: u64) -> u64 {
-        self.existing(key, window).map_or(0, |cell| {
+    /// What a publisher of group `id` sends for `(key, window, epoch)`, `(values, floors)`: the sum of the
+    /// values held here for the group's members and the sum of their floors, this replica's own included when
+    /// it is one (receivers take the floors off). `(0, 0)` for an unknown key.
+    pub fn group_total(
+        &self,
+        id: AggregateId,
+        key: &str,
+        window: Window,
+        epoch: u64,
+    ) -> (u64, u64) {
+        self.existing(key, window).map_or((0, 0), |cell| {
             cell.group_total(self.shared.options.replica_id, id, epoch)
         })
     }
 
-    /// What a publisher sends for `(key, window, epoch)` as the rest aggregate `id` of its group: what it counts
-    /// for every replica outside the group (see `counter::aggregate`). 0 for an unknown key.
-    pub fn rest_total(&self, id: AggregateId, key: &str, window: Window, epoch: u64) -> u64 {
+    /// What a publisher sends for `(key, window, epoch)` as the rest aggregate `id` of its group, `(values,
+    /// floors)`: what it holds for every replica outside the group (see `counter::aggregate`). `(0, 0)` for an
+    /// unknown key.
+    pub fn rest_total(&self, id: AggregateId, key: &str, window: Window, epoch: u64) -> (u64, u64) {
         self.existing(key, window)
-            .map_or(0, |cell| cell.rest_total(id, epoch))
+            .map_or((0, 0), |cell| cell.rest_total(id, epoch))
     }
 
     #[allow(
@@ -1330,12 +1343,44 @@ impl CounterStore {
     /// queued for replication ([`CounterStore::drain_floors`]), which makes every node converge on them: values
     /// counted after the floor (anywhere) keep counting. `None` when the key is unknown here or the epoch is not
     /// in its ring.
+    ///
+    /// The reset is also queued as a command ([`CounterStore::drain_resets`]): in a grouped layout, where no
+    /// node holds every origin's values, replication passes it to every node, and each one floors what it holds
+    /// when it hears it ([`CounterStore::apply_reset`]).
     pub fn reset(&self, key: &str, window: Window, epoch: u64) -> Option<ResetReport> {
+        let report = self.apply_reset(key, window, epoch)?;
+        // Relaxed: statistics.
+        self.shared
+            .stats
+            .resets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Poison policy (crate::sync): a panic while pushing leaves a queue of whole entries. Replication drains
+        // the queue at every flush; without replication the oldest give way (a node without peers has no one
+        // to send them to).
+        let mut pending = self.shared.pending_resets.lock_clean();
+        if pending.len() == MAX_PENDING_FLOORS {
+            pending.pop_front();
+        }
+        pending.push_back((Arc::from(key), window, epoch));
+        Some(report)
+    }
+
+    /// Takes the resets issued on this node since the last call, as `(key, window, epoch)`, for replication to
+    /// pass on as commands (grouped layouts).
+    pub fn drain_resets(&self) -> Vec<(Arc<str>, Window, u64)> {
+        let mut pending = self.shared.pending_resets.lock_clean();
+        pending.drain(..).collect()
+    }
+
+    /// A reset heard from another node: floors every value held for `(key, window)` in `epoch` as
+    /// [`CounterStore::reset`] does, and queues the floors, but queues no command (replication passes on the
+    /// one it heard). `None` when the key is unknown here or the epoch is not in its ring.
+    pub fn apply_reset(&self, key: &str, window: Window, epoch: u64) -> Option<ResetReport> {
         let cell = self.existing(key, window)?;
         if !key.starts_with(super::signed::RELEASED_PREFIX) {
             // Refunds of the units the reset drops go with them: the net count restarts from zero too, and
             // the companion's floors replicate with the key's.
-            let _ = self.reset(&super::signed::released_key(key), window, epoch);
+            let _ = self.apply_reset(&super::signed::released_key(key), window, epoch);
         }
         let before = cell.local(epoch).saturating_add(cell.remote(epoch));
         let floors: Vec<(u64, u64)> = cell
@@ -1346,9 +1391,6 @@ impl CounterStore {
         let after = cell.local(epoch).saturating_add(cell.remote(epoch));
         let stats = &self.shared.stats;
         // Relaxed: statistics.
-        stats
-            .resets
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stats
             .floors_raised
             .fetch_add(floors.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -1538,6 +1580,29 @@ impl CounterStore {
                         epoch,
                         value,
                     },
+                ));
+            }
+        }
+        out
+    }
+
+    /// Every rest aggregate this replica would send for the rest `id` of its group, as `(entry with the value
+    /// sum, floor sum)`: one per key and epoch held with aggregates of `id`'s group count (see
+    /// [`CounterStore::rest_total`]), zeros left out. For a group peer's state transfer (large clusters).
+    pub fn rest_snapshot(&self, id: AggregateId) -> Vec<(DirtyEntry, u64)> {
+        let map = self.shared.cells.pin();
+        let mut out = Vec::new();
+        for (entry, ()) in map.iter() {
+            let cell = &entry.cell;
+            for (epoch, values, floors) in cell.rest_totals(id) {
+                out.push((
+                    DirtyEntry {
+                        key: Arc::clone(cell.key()),
+                        window: cell.window(),
+                        epoch,
+                        value: values,
+                    },
+                    floors,
                 ));
             }
         }

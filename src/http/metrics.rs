@@ -583,6 +583,7 @@ pub fn register_http(r: &mut Registry, stats: &super::HttpStats) {
 // | `bifrost_replication_forged_entries_total`, `..._forged_frames_total` | counter | values for another origin than the sender's |
 // | `bifrost_replication_relays_skipped_total`, `..._relayed_refused_total`, `..._unbound_entries_total` | counter | |
 // | `bifrost_replication_floors_{merged,unchanged,dropped,sent}_total`, `..._digest_passes_total` | counter | |
+// | `bifrost_replication_resets_{sent,heard,repeated,refused,dropped}_total` | counter | reset commands (grouped layouts) |
 // | `bifrost_peer_forged_entries_total`, `bifrost_peer_relayed_refused_total` | counter | `peer` |
 fn counter_plane_bounds(r: &mut Registry, node: &ClusterHandle, status: &crate::node::NodeStatus) {
     let store = node.store().stats();
@@ -695,6 +696,31 @@ fn counter_plane_bounds(r: &mut Registry, node: &ClusterHandle, status: &crate::
             "bifrost_replication_floors_sent",
             "Floors sent (per peer)",
             s.floors_sent,
+        ),
+        (
+            "bifrost_replication_resets_sent",
+            "Reset commands sent in a grouped layout, issued here or passed on (per peer)",
+            s.resets_sent,
+        ),
+        (
+            "bifrost_replication_resets_heard",
+            "Reset commands heard for the first time: applied here and passed on",
+            s.resets_heard,
+        ),
+        (
+            "bifrost_replication_resets_repeated",
+            "Copies of reset commands already heard, and stale ones: dropped",
+            s.resets_repeated,
+        ),
+        (
+            "bifrost_replication_resets_refused",
+            "Reset commands refused: id more than an hour ahead of this node's clock",
+            s.resets_refused,
+        ),
+        (
+            "bifrost_replication_resets_dropped",
+            "Reset commands issued without a peer, dropped beyond the 4,096 kept",
+            s.resets_dropped,
         ),
         (
             "bifrost_replication_digest_passes",

@@ -227,11 +227,7 @@ impl Aggregation {
 
     /// Up to `max` group totals due for publishing, as wire entries of this node's group (empty unless it
     /// publishes).
-    pub(crate) fn take_publish(
-        &mut self,
-        store: &CounterStore,
-        max: usize,
-    ) -> Option<(u64, Vec<Entry>)> {
+    pub(crate) fn take_publish(&mut self, store: &CounterStore, max: usize) -> Option<Due> {
         let group = self.publishing()?;
         drain_due(&mut self.publish, max, group, |key, window, epoch| {
             store.group_total(group, key, window, epoch)
@@ -240,11 +236,7 @@ impl Aggregation {
 
     /// Up to `max` rest aggregates due, as wire entries of this node's group's rest (empty unless it sends
     /// rests).
-    pub(crate) fn take_rests(
-        &mut self,
-        store: &CounterStore,
-        max: usize,
-    ) -> Option<(u64, Vec<Entry>)> {
+    pub(crate) fn take_rests(&mut self, store: &CounterStore, max: usize) -> Option<Due> {
         let rest = self
             .topology
             .as_ref()
@@ -257,30 +249,50 @@ impl Aggregation {
     }
 }
 
-/// Takes up to `max` keys off `due` (in key order) and makes each a wire entry of aggregate `id` with the value
-/// `value_of` gives it now, skipping zeros; `None` when nothing is left to send.
+/// Aggregates due for sending: one aggregate id's value sums and, for the keys that have any, floor sums.
+#[derive(Debug)]
+pub(crate) struct Due {
+    /// The aggregate id on the wire.
+    pub(crate) id: u64,
+    /// Value sums (`OriginKind::Aggregate`).
+    pub(crate) values: Vec<Entry>,
+    /// Floor sums (`OriginKind::AggregateFloor`): only keys reset in the epoch have one.
+    pub(crate) floors: Vec<Entry>,
+}
+
+/// Takes up to `max` keys off `due` (in key order) and makes each wire entries of aggregate `id` with the
+/// `(values, floors)` `sums_of` gives it now, skipping zeros; `None` when nothing is left to send.
 fn drain_due(
     due: &mut DueKeys,
     max: usize,
     id: AggregateId,
-    value_of: impl Fn(&str, Window, u64) -> u64,
-) -> Option<(u64, Vec<Entry>)> {
-    let mut entries = Vec::new();
-    while entries.len() < max {
+    sums_of: impl Fn(&str, Window, u64) -> (u64, u64),
+) -> Option<Due> {
+    let mut values = Vec::new();
+    let mut floors = Vec::new();
+    while values.len() < max {
         let Some((key, window, epoch)) = due.pop_first() else {
             break;
         };
-        let value = value_of(&key, window, epoch);
+        let (value, floor) = sums_of(&key, window, epoch);
+        let entry = |value| Entry {
+            key: key.to_string(),
+            window: WireWindow::from(window),
+            epoch,
+            value,
+        };
+        if floor > 0 {
+            floors.push(entry(floor));
+        }
         if value > 0 {
-            entries.push(Entry {
-                key: key.to_string(),
-                window: WireWindow::from(window),
-                epoch,
-                value,
-            });
+            values.push(entry(value));
         }
     }
-    (!entries.is_empty()).then(|| (id.to_wire(), entries))
+    (!values.is_empty()).then(|| Due {
+        id: id.to_wire(),
+        values,
+        floors,
+    })
 }
 
 #[cfg(test)]

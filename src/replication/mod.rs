@@ -13,6 +13,7 @@ mod aggregation;
 pub mod digest;
 pub(crate) mod plane_core;
 mod replicator;
+mod resets;
 mod stats;
 pub mod topology;
 

@@ -36,10 +36,14 @@
 //!   only, a publisher sends its group's totals to the publishers of every other group and its group peers one
 //!   rest aggregate per key (everything outside the group), digests go to group peers; a group aggregate is
 //!   accepted only from a member of the group it sums, a rest only from a member of this node's own group (see
-//!   `aggregation` and `counter::aggregate`). Without one, the full mesh.
+//!   `aggregation` and `counter::aggregate`). Without one, the full mesh. Aggregates go with their floor sums. A
+//!   reset issued here also goes to every peer as a command, which every node applies once and passes on
+//!   (`resets`). A publisher's answer to a group peer's state request carries its rests, and a node whose
+//!   group changes asks its new group's linked publishers for their state.
 //! - Errors caused by network input never panic: a bad frame is dropped whole and counted.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use crate::fixed_hash::HashSet;
 
@@ -48,7 +52,7 @@ use crate::timers::TimerTable;
 use bytes::Bytes;
 
 use crate::counter::{
-    AggregateId, CounterError, CounterStore, DirtyEntry, FloorOutcome, MergeOutcome,
+    AggregateId, CounterError, CounterStore, DirtyEntry, FloorOutcome, MergeOutcome, SumOf,
 };
 use crate::wire::{
     self, ArchivedOriginGroup, ArchivedOriginKind, BatchPacker, DataPing, DataPong, DeltaBatch,
@@ -58,6 +62,7 @@ use crate::wire::{
 use super::aggregation::Aggregation;
 use super::digest;
 use super::plane_core::{AntiEntropy, Channel, Outbox, PeerId, PeerSet, Transmit};
+use super::resets::{Heard, MAX_RESETS_HELD, ResetLog};
 use super::stats::{PeerStats, ReplicationStats};
 use super::topology::Topology;
 use crate::ReplicaId;
@@ -268,6 +273,13 @@ pub struct Replicator {
     drained: Vec<DirtyEntry>,
     /// Two-level aggregation: the topology, what to publish and which rests to send.
     aggregation: Aggregation,
+    /// The newest reset issued or heard per `(key, window, epoch)` (grouped layouts pass resets on as commands).
+    resets: ResetLog,
+    /// Commands issued while this node had no peer: sent at the first flush with one (at most
+    /// [`MAX_RESETS_HELD`]).
+    unsent_resets: Vec<(u64, DirtyEntry)>,
+    /// A refused reset command was logged (once).
+    reset_refusal_logged: bool,
     /// The active members (this node included) and whether each is suspect, for the bounded mode's owners
     /// (`counter::lease`): set by the node on membership changes, read by the lease tick before each flush.
     lease_members: Vec<(u64, bool)>,
@@ -329,6 +341,9 @@ impl Replicator {
             stats: ReplicationStats::default(),
             drained: Vec::new(),
             aggregation: Aggregation::default(),
+            resets: ResetLog::default(),
+            unsent_resets: Vec::new(),
+            reset_refusal_logged: false,
             lease_members: vec![(replica_id, false)],
             options,
         }
@@ -378,7 +393,9 @@ impl Replicator {
             Vec::new()
         };
         // Everything or one origin: a single request, whose answer start-up admission waits for.
-        if let [request_id] = self.request_state(peer, origins)[..]
+        // A group peer may publish for the group: its answer then carries its rests.
+        let rests = self.aggregation.gets_deltas(replica) && self.aggregation.grouped();
+        if let [request_id] = self.request_state_with(peer, origins, rests)[..]
             && let Some(p) = self.peers.get_mut(peer)
         {
             p.awaited_state = Some(AwaitedState {
@@ -466,8 +483,32 @@ impl Replicator {
     /// group peers. A node that starts publishing
     /// publishes every key its group holds at the next flush.
     pub fn set_topology(&mut self, topology: Topology) {
+        let before = self.aggregation.topology().and_then(Topology::own_group);
+        let after = topology.own_group();
+        // A node that joins a group (at start, or when the group count changes) knows the other groups only
+        // through its group's rests, which its publishers otherwise send when other groups' aggregates reach
+        // them: up to an anti-entropy interval later for a quiet key. It asks the publishers it is linked to
+        // for their state; their answer to a group peer carries every rest.
+        let publishers: Vec<u64> = match after {
+            Some(group) if after != before => topology
+                .publishers(group.group())
+                .iter()
+                .map(|r| r.get())
+                .filter(|&r| r != self.replica_id)
+                .collect(),
+            _ => Vec::new(),
+        };
         if self.aggregation.set_topology(topology) {
             self.refresh_aggregates(self.now_ms);
+        }
+        let linked: Vec<(PeerId, u64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| publishers.contains(&p.replica))
+            .map(|(peer, p)| (peer, p.replica))
+            .collect();
+        for (peer, replica) in linked {
+            self.request_state_with(peer, vec![replica], true);
         }
     }
 
@@ -619,10 +660,16 @@ impl Replicator {
     /// Drains the dirty cells now and queues their values for every peer (also the final flush on shutdown).
     pub fn flush(&mut self, now_ms: u64) {
         let floors = self.store.drain_floors();
-        if !floors.is_empty() && !self.peers.is_empty() {
+        for (origin, e) in &floors {
+            // A publisher's floor sum of its group changed.
+            self.aggregation
+                .value_changed(*origin, e.key.clone(), e.window, e.epoch);
+        }
+        let resets = self.reset_commands(now_ms);
+        if (!floors.is_empty() || !resets.is_empty()) && !self.peers.is_empty() {
             let peers: Vec<PeerId> = self.peers.ids().collect();
             for peer in peers {
-                self.send_entries(peer, 0, Vec::new(), floors.clone());
+                self.send_entries(peer, 0, Vec::new(), floors.clone(), resets.clone());
             }
         }
         self.drained.clear();
@@ -657,6 +704,37 @@ impl Replicator {
         }
     }
 
+    /// The commands of the resets issued here since the last flush, when the layout is grouped (the full mesh
+    /// needs none: every node holds the values the reset floored, and gets its floors).
+    /// A command issued while this node has no peer waits for one.
+    fn reset_commands(&mut self, now_ms: u64) -> Vec<(u64, DirtyEntry)> {
+        let issued = self.store.drain_resets();
+        if !self.aggregation.grouped() {
+            return Vec::new();
+        }
+        let mut commands = std::mem::take(&mut self.unsent_resets);
+        for (key, window, epoch) in issued {
+            let id = self
+                .resets
+                .issue(key.clone(), window, epoch, self.replica_id, now_ms);
+            let entry = DirtyEntry {
+                key,
+                window,
+                epoch,
+                value: id,
+            };
+            commands.push((self.replica_id, entry));
+        }
+        if self.peers.is_empty() {
+            let excess = commands.len().saturating_sub(MAX_RESETS_HELD);
+            commands.drain(..excess);
+            self.stats.resets_dropped += excess as u64;
+            self.unsent_resets = commands;
+            return Vec::new();
+        }
+        commands
+    }
+
     /// Grouped layouts: sends the changed totals of this node's group to its partners and the rests of the keys
     /// other groups changed to its group peers (if it publishes), each as few batches as fit.
     fn send_aggregates(&mut self, now_ms: u64) {
@@ -673,12 +751,18 @@ impl Replicator {
         let rests = self.aggregation.take_rests(&self.store, max);
         let published = self.aggregation.take_publish(&self.store, max);
         for (targets, batch) in [(Targets::Deltas, rests), (Targets::Partners, published)] {
-            let Some((id, entries)) = batch else {
+            let Some(due) = batch else {
                 continue;
             };
             let mut packer = BatchPacker::new(budget);
-            for entry in entries {
-                if let Some(groups) = packer.push_kind(id, OriginKind::Aggregate, entry) {
+            // Floor sums first: a receiver that gets a batch takes the floor off before it counts the value.
+            let entries = (due
+                .floors
+                .into_iter()
+                .map(|e| (OriginKind::AggregateFloor, e)))
+            .chain(due.values.into_iter().map(|e| (OriginKind::Aggregate, e)));
+            for (kind, entry) in entries {
+                if let Some(groups) = packer.push_kind(due.id, kind, entry) {
                     self.send_batch(groups, now_ms, targets);
                 }
             }
@@ -794,6 +878,12 @@ impl Replicator {
     /// Asks `peer` for its values of `origins` (everything when empty), in requests of at most
     /// [`MAX_REQUEST_ORIGINS`] origins; returns the ids of the requests queued.
     fn request_state(&mut self, peer: PeerId, origins: Vec<u64>) -> Vec<u64> {
+        self.request_state_with(peer, origins, false)
+    }
+
+    /// [`Replicator::request_state`], asking also for the peer's rests when `rests` (see
+    /// [`StateRequest::rests`]).
+    fn request_state_with(&mut self, peer: PeerId, origins: Vec<u64>, rests: bool) -> Vec<u64> {
         let parts: Vec<Vec<u64>> = if origins.is_empty() {
             vec![Vec::new()]
         } else {
@@ -810,6 +900,7 @@ impl Replicator {
                 sender: self.replica_id,
                 request_id,
                 origins,
+                rests,
             }) {
                 Ok(frame) => {
                     self.stats.state_requests_sent += 1;
@@ -902,6 +993,9 @@ impl Replicator {
             Frame::StateRequest(request) => {
                 self.stats.state_requests_received += 1;
                 let wanted: Vec<u64> = request.origins.iter().map(|o| o.to_native()).collect();
+                if request.rests {
+                    self.send_rests_to_group_peer(peer);
+                }
                 self.send_state(peer, request.request_id.to_native(), &wanted, now_ms);
             }
             Frame::Digest(theirs) => {
@@ -1055,11 +1149,19 @@ impl Replicator {
                     continue;
                 }
                 ArchivedOriginKind::Aggregate => {
-                    self.merge_aggregates(peer, sender, group);
+                    self.merge_aggregates(peer, sender, group, SumOf::Values);
                     continue;
                 }
-                // Floors travel only in state chunks.
-                ArchivedOriginKind::Floor => {
+                ArchivedOriginKind::AggregateFloor => {
+                    self.merge_aggregates(peer, sender, group, SumOf::Floors);
+                    continue;
+                }
+                ArchivedOriginKind::Reset if relay => {
+                    self.hear_resets(peer, group);
+                    continue;
+                }
+                // Floors and reset commands travel only in state chunks.
+                ArchivedOriginKind::Floor | ArchivedOriginKind::Reset => {
                     self.stats.entries_ignored += entries;
                     continue;
                 }
@@ -1133,7 +1235,13 @@ impl Replicator {
     /// Merges one group of aggregates from `peer` (replica `sender`): accepted only in a grouped topology, from a
     /// member of the group it sums or a group peer relaying it; what came from outside the group is queued for
     /// the group peers.
-    fn merge_aggregates(&mut self, peer: PeerId, sender: u64, group: &ArchivedOriginGroup) {
+    fn merge_aggregates(
+        &mut self,
+        peer: PeerId,
+        sender: u64,
+        group: &ArchivedOriginGroup,
+        sum: SumOf,
+    ) {
         let entries = group.entries.len() as u64;
         if !self.aggregation.grouped() {
             // The full mesh merges no aggregates (protocols 2 and 3 ignore them the same way).
@@ -1161,7 +1269,7 @@ impl Replicator {
         });
         let (stats, aggregation) = (&mut self.stats, &mut self.aggregation);
         self.store
-            .merge_aggregates(id, entries, |key, window, epoch, merged| {
+            .merge_aggregates(id, sum, entries, |key, window, epoch, merged| {
                 match merged {
                     Ok(MergeOutcome::Raised) => stats.aggregates_merged += 1,
                     // An unchanged aggregate still queues the key's rest: a group's refresh is what repeats a
@@ -1186,6 +1294,68 @@ impl Replicator {
             });
     }
 
+    /// Reset commands from `peer` (grouped layouts): each new one floors what this node holds for its epoch, as
+    /// the reset did where it was issued, and goes on to every other peer; copies and stale ones stop here.
+    /// A node that is not (yet) grouped applies and passes them on too: the sender's layout is grouped, and a
+    /// layout change must not cut the flood off.
+    fn hear_resets(&mut self, peer: PeerId, group: &ArchivedOriginGroup) {
+        let issuer = group.origin.to_native();
+        let now_ms = self.now_ms;
+        let mut pass_on = Vec::new();
+        for entry in group.entries.iter() {
+            // Windows were validated by `wire::decode`.
+            let Ok(window) = entry.window.window() else {
+                continue;
+            };
+            let (key, epoch, id) = (
+                entry.key.as_str(),
+                entry.epoch.to_native(),
+                entry.value.to_native(),
+            );
+            match self.resets.hear(key, window, epoch, (id, issuer), now_ms) {
+                Heard::New => {}
+                Heard::Repeated => {
+                    self.stats.resets_repeated += 1;
+                    continue;
+                }
+                Heard::Refused => {
+                    self.stats.resets_refused += 1;
+                    if !self.reset_refusal_logged {
+                        self.reset_refusal_logged = true;
+                        tracing::warn!(
+                            issuer = format_args!("{issuer:016x}"),
+                            id,
+                            now_ms,
+                            "refused a reset command whose id is more than an hour ahead of this node's clock \
+                             (the issuer's clock runs ahead, or the id is forged); the reset is not applied here \
+                             (logged once; counted in bifrost_replication_resets_refused_total)"
+                        );
+                    }
+                    continue;
+                }
+            }
+            self.stats.resets_heard += 1;
+            // The floors it sets go to every peer at the next flush; a key unknown here has nothing to floor.
+            let _ = self.store.apply_reset(key, window, epoch);
+            pass_on.push((
+                issuer,
+                DirtyEntry {
+                    key: Arc::from(key),
+                    window,
+                    epoch,
+                    value: id,
+                },
+            ));
+        }
+        if pass_on.is_empty() {
+            return;
+        }
+        let others: Vec<PeerId> = self.peers.ids().filter(|&p| p != peer).collect();
+        for other in others {
+            self.send_entries(other, 0, Vec::new(), Vec::new(), pass_on.clone());
+        }
+    }
+
     /// Merges one group of floors (any peer may carry them: a reset is issued on one node for all).
     fn merge_floors(&mut self, group: &ArchivedOriginGroup) {
         let origin = group.origin.to_native();
@@ -1193,14 +1363,16 @@ impl Replicator {
             let Ok(window) = entry.window.window() else {
                 continue;
             };
-            match self.store.merge_floor(
-                origin,
-                entry.key.as_str(),
-                window,
-                entry.epoch.to_native(),
-                entry.value.to_native(),
-            ) {
-                FloorOutcome::Raised => self.stats.floors_merged += 1,
+            let (key, epoch) = (entry.key.as_str(), entry.epoch.to_native());
+            match self
+                .store
+                .merge_floor(origin, key, window, epoch, entry.value.to_native())
+            {
+                FloorOutcome::Raised => {
+                    self.stats.floors_merged += 1;
+                    // A publisher's floor sum of its group changed (when `origin` is in it).
+                    self.aggregation.value_changed(origin, key, window, epoch);
+                }
                 FloorOutcome::Unchanged => self.stats.floors_unchanged += 1,
                 FloorOutcome::NoValue | FloorOutcome::Expired => self.stats.floors_dropped += 1,
             }
@@ -1225,17 +1397,95 @@ impl Replicator {
             .filter(|(origin, _)| origins.is_empty() || origins.contains(origin))
             .flat_map(|(origin, entries)| entries.into_iter().map(move |e| (origin, e)))
             .collect();
-        self.send_entries(peer, request_id, values, floors);
+        self.send_entries(peer, request_id, values, floors, Vec::new());
     }
 
-    /// Sends `values` and then `floors` to `peer` as state chunks that fit the frame limits (at least one chunk,
-    /// so a requester always learns the transfer is complete).
+    /// A group peer joins (its state request asks for rests): when this node sends its group's rests, all of
+    /// them go to `peer` now, before the state it asked for. Without them a joiner would count the other groups
+    /// only from the next aggregates that reach this node, up to an anti-entropy interval later for a quiet key.
+    fn send_rests_to_group_peer(&mut self, peer: PeerId) {
+        let Some(replica) = self.peer_replica(peer) else {
+            return;
+        };
+        let Some(group) = self
+            .aggregation
+            .topology()
+            .filter(|t| t.sends_rests())
+            .and_then(Topology::own_group)
+            .filter(|_| self.aggregation.gets_deltas(replica))
+        else {
+            return;
+        };
+        let id = group.rest_of_group();
+        let rests = self.store.rest_snapshot(id);
+        if !rests.is_empty() {
+            self.send_rests(peer, id.to_wire(), rests);
+        }
+    }
+
+    /// Sends rest aggregates `id` (value sums with their floor sums) to `peer` as state chunks of their own
+    /// (request id 0, as anti-entropy pushes: they are not part of the transfer start-up admission waits for).
+    fn send_rests(&mut self, peer: PeerId, id: u64, rests: Vec<(DirtyEntry, u64)>) {
+        let mut packer = BatchPacker::new(self.options.stream_chunk_bytes);
+        let mut chunks: Vec<Vec<OriginGroup>> = Vec::new();
+        // Floor sums first (one group of them, then one of values), as in the aggregate batches.
+        let mut values = Vec::with_capacity(rests.len());
+        for (entry, floors) in rests {
+            let entry = to_wire_entry(entry);
+            if floors > 0 {
+                let floor_entry = Entry {
+                    value: floors,
+                    ..entry.clone()
+                };
+                if let Some(groups) = packer.push_kind(id, OriginKind::AggregateFloor, floor_entry)
+                {
+                    chunks.push(groups);
+                }
+            }
+            values.push(entry);
+        }
+        for entry in values {
+            if let Some(groups) = packer.push_kind(id, OriginKind::Aggregate, entry) {
+                chunks.push(groups);
+            }
+        }
+        chunks.extend(packer.finish());
+        let total = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        for (index, groups) in (0..total).zip(chunks) {
+            self.stats.aggregates_sent += groups
+                .iter()
+                .filter(|g| g.kind == OriginKind::Aggregate)
+                .map(|g| g.entries.len() as u64)
+                .sum::<u64>();
+            let chunk = StateChunk {
+                sender: self.replica_id,
+                request_id: 0,
+                groups,
+                index,
+                total,
+            };
+            match wire::encode(&chunk) {
+                Ok(frame) => {
+                    self.stats.state_chunks_sent += 1;
+                    self.queue(peer, Channel::Stream, frame);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "failed to encode a state chunk of rests");
+                    self.stats.encode_errors += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends `values`, then `floors`, then reset commands to `peer` as state chunks that fit the frame limits
+    /// (at least one chunk, so a requester always learns the transfer is complete).
     fn send_entries(
         &mut self,
         peer: PeerId,
         request_id: u64,
         values: Vec<(u64, DirtyEntry)>,
         floors: Vec<(u64, DirtyEntry)>,
+        resets: Vec<(u64, DirtyEntry)>,
     ) {
         let mut packer = BatchPacker::new(self.options.stream_chunk_bytes);
         let mut chunks: Vec<Vec<OriginGroup>> = Vec::new();
@@ -1247,6 +1497,13 @@ impl Replicator {
         let floor_count = floors.len() as u64;
         for (origin, entry) in floors {
             if let Some(groups) = packer.push_kind(origin, OriginKind::Floor, to_wire_entry(entry))
+            {
+                chunks.push(groups);
+            }
+        }
+        let reset_count = resets.len() as u64;
+        for (issuer, entry) in resets {
+            if let Some(groups) = packer.push_kind(issuer, OriginKind::Reset, to_wire_entry(entry))
             {
                 chunks.push(groups);
             }
@@ -1282,6 +1539,7 @@ impl Replicator {
         }
         if sent_all {
             self.stats.floors_sent += floor_count;
+            self.stats.resets_sent += reset_count;
         }
     }
 
@@ -1365,7 +1623,7 @@ impl Replicator {
                 .into_iter()
                 .flat_map(|(origin, entries)| entries.into_iter().map(move |e| (origin, e)))
                 .collect();
-            self.send_entries(peer, 0, Vec::new(), floors);
+            self.send_entries(peer, 0, Vec::new(), floors, Vec::new());
         }
         if !pull.is_empty() {
             self.request_state(peer, pull);

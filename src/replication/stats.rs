@@ -45,6 +45,16 @@ pub struct ReplicationStats {
     pub floors_dropped: u64,
     /// Floors sent (resets broadcast and anti-entropy repairs; one per floor and peer).
     pub floors_sent: u64,
+    /// Reset commands sent (grouped layouts: issued here or passed on; one per command and peer).
+    pub resets_sent: u64,
+    /// Reset commands heard for the first time: applied here and passed on.
+    pub resets_heard: u64,
+    /// Copies of reset commands already heard (several links carry each), and stale ones: dropped.
+    pub resets_repeated: u64,
+    /// Reset commands refused: their id was more than an hour ahead of this node's clock.
+    pub resets_refused: u64,
+    /// Reset commands issued while this node had no peer, dropped beyond the 4,096 kept for the first one.
+    pub resets_dropped: u64,
     /// Aggregate entries sent (large-cluster mode): group totals published to partners and rests sent to group
     /// peers, one per entry and peer.
     pub aggregates_sent: u64,

@@ -143,7 +143,10 @@ pub fn export(body: &ArchivedSnapshotBody, out: &mut impl Write) -> std::io::Res
         let kind = match group.kind {
             ArchivedOriginKind::Replica => "replica",
             ArchivedOriginKind::Floor => "floor",
-            ArchivedOriginKind::Aggregate => continue,
+            // Snapshots hold neither aggregates nor reset commands (a node hears them again from its peers).
+            ArchivedOriginKind::Aggregate
+            | ArchivedOriginKind::AggregateFloor
+            | ArchivedOriginKind::Reset => continue,
         };
         let origin = group.origin.to_native();
         for e in group.entries.iter() {

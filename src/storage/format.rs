@@ -211,6 +211,8 @@ mod v1 {
                 ArchivedOriginKind::Replica => OriginKind::Replica,
                 ArchivedOriginKind::Aggregate => OriginKind::Aggregate,
                 ArchivedOriginKind::Floor => OriginKind::Floor,
+                ArchivedOriginKind::AggregateFloor => OriginKind::AggregateFloor,
+                ArchivedOriginKind::Reset => OriginKind::Reset,
             };
             let mut entries = Vec::with_capacity(group.entries.len());
             for e in group.entries.iter() {

@@ -114,7 +114,9 @@ pub fn restore(store: &CounterStore, body: &ArchivedSnapshotBody) -> RestoreRepo
             let kind = match group.kind {
                 crate::wire::ArchivedOriginKind::Replica => OriginKind::Replica,
                 crate::wire::ArchivedOriginKind::Floor => OriginKind::Floor,
-                crate::wire::ArchivedOriginKind::Aggregate => continue,
+                crate::wire::ArchivedOriginKind::Aggregate
+                | crate::wire::ArchivedOriginKind::AggregateFloor
+                | crate::wire::ArchivedOriginKind::Reset => continue,
             };
             if kind != pass || origin == own_id {
                 continue;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset 0..2  magic  b"BF"
-//! offset 2     major protocol version (5)
+//! offset 2     major protocol version (6)
 //! offset 3     message kind
 //! offset 4..8  archive length, u32 little endian
 //! offset 8..   the archive (rkyv 0.8, unaligned, little endian, 32-bit relative pointers)
@@ -34,8 +34,11 @@ pub const MAGIC: [u8; 2] = *b"BF";
 /// The major protocol version this build speaks. 3: digests cover an origin range and carry a floor digest;
 /// groups may carry floors; config digests are bucketed and config entries chunked. 4: a state chunk carries
 /// its index and the answer's chunk count instead of a last-chunk flag. 5: a window carries a phase and may be
-/// anchored (alignment code 2); a node of protocol 4 would misread every entry, so it refuses the frames.
-pub const PROTOCOL_MAJOR: u8 = 5;
+/// anchored (alignment code 2); a node of protocol 4 would misread every entry, so it refuses the frames. 6: groups may
+/// carry the floor sums of aggregates and reset commands (`OriginKind::AggregateFloor`, `OriginKind::Reset`),
+/// and aggregates are value sums with floors not taken off; a node of protocol 5 would refuse those frames
+/// whole, or count resets twice.
+pub const PROTOCOL_MAJOR: u8 = 6;
 /// The minor protocol version this build speaks (announced in [`Hello`]).
 pub const PROTOCOL_MINOR: u16 = 0;
 /// Header size in bytes.

@@ -173,6 +173,15 @@ pub enum OriginKind {
     /// receivers subtract from its contribution (max-merged, never above the origin's value). Carried by state
     /// chunks only.
     Floor,
+    /// Floor sums of an aggregate (protocol 6): `origin` is an aggregate id as for `Aggregate`, each entry's
+    /// `value` the sum of the floors of the replicas the id names, as its sender holds them (max-merged;
+    /// receivers take it off the aggregate's value sum). Sent with the aggregates.
+    AggregateFloor,
+    /// Reset commands (protocol 6, grouped layouts): `origin` is the replica where the reset was issued; each
+    /// entry names a `(key, window, epoch)` and its `value` is the reset's id (larger for a later reset of the
+    /// same epoch). A node that hears a new one floors every value it holds for the epoch, as the reset did
+    /// where it was issued, and passes the command on. Carried by state chunks only.
+    Reset,
 }
 
 /// Entries of one origin.
@@ -243,6 +252,9 @@ pub struct StateRequest {
     pub request_id: u64,
     /// Origins wanted; empty = everything.
     pub origins: Vec<u64>,
+    /// Large clusters (protocol 6): the sender joins this node's group (its link came up, or its group
+    /// changed) and wants the rest aggregates this node publishes for the group too.
+    pub rests: bool,
 }
 
 /// Part of a state transfer or of an anti-entropy answer, sent on a stream.
