@@ -4,9 +4,9 @@
 //! Each node offers `OFFERED_PER_NODE` requests per second to a sliding-window limit of `GLOBAL_LIMIT` per
 //! second (so N nodes offer N times what the limit allows) and counts every request in `demo/requests`. The
 //! table shows each node's view of the cluster-wide count beside the exact total, the replication lag, member
-//! states, and how many requests the cluster allowed in the last second. At the end the traffic stops, the
-//! views must converge to the exact total, and the nodes leave gracefully; the exit status says whether they
-//! converged.
+//! states, and how many requests the cluster allowed in the last window of the limit (rows end at its
+//! boundaries). At the end the traffic stops, the views must converge to the exact total, and the nodes leave
+//! gracefully; the exit status says whether they converged.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bifrost_cluster::UnixMs;
 use bifrost_cluster::config::load_from_str;
 use bifrost_cluster::counter::{Algorithm, Window};
 use bifrost_cluster::http::HttpServer;
@@ -186,8 +187,15 @@ pub async fn run(nodes: usize, duration: Option<Duration>) -> Result<(), DemoErr
     }
 
     let started = Instant::now();
-    let mut every_second = tokio::time::interval(Duration::from_secs(1));
-    every_second.tick().await;
+    // Rows end at the limit's window boundaries (whole Unix seconds), so "allowed" is what one window of the
+    // limit admitted; the first row is the part of a window from the start to the first boundary. A row that
+    // straddled a boundary would also show the sliding window's estimate at work: the first window has no
+    // previous one, so a second that spans its end counts its burst plus what the next window admits early
+    // (docs/replication.md, "Start-up admission").
+    let now_ms = cluster[0].handle.clock().now_unix_ms().get();
+    let boundary_ms = second.end_ms(second.epoch_at(UnixMs::new(now_ms)));
+    let first_row = tokio::time::Instant::now() + Duration::from_millis(boundary_ms - now_ms + 1);
+    let mut every_second = tokio::time::interval_at(first_row, Duration::from_secs(1));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -290,7 +298,7 @@ fn print_table(cluster: &[DemoNode], epoch: u64, window: Window, elapsed: Durati
     }
     let total_allowed: u64 = allowed.iter().sum();
     out.push_str(&format!(
-        "  global limit {GLOBAL_LIMIT}/s: the cluster allowed {total_allowed} in the last second of {} offered\n",
+        "  global limit {GLOBAL_LIMIT}/s: the cluster allowed {total_allowed} in the last window (1 s) of {} offered\n",
         OFFERED_PER_NODE * cluster.len() as u64
     ));
     let mut stdout = std::io::stdout().lock();
