@@ -395,6 +395,76 @@ impl Cluster {
     }
 }
 
+/// The links between group `group` and every other group are cut (`up` false) or come back (`up` true), as a
+/// partition that neither side's membership notices.
+fn partition_group(cluster: &mut Cluster, group: u32, up: bool) {
+    let groups = cluster.groups();
+    let inside = |replica: u64| group_of(replica, groups) == group;
+    let replicas: Vec<u64> = cluster.nodes.iter().map(|n| n.replica).collect();
+    for node in &mut cluster.nodes {
+        let Some(topology) = node.replicator.topology().cloned() else {
+            continue;
+        };
+        for &other in &replicas {
+            if inside(node.replica) == inside(other) || !topology.needs_link(ReplicaId::new(other))
+            {
+                continue;
+            }
+            if up {
+                node.replicator
+                    .add_peer(other, ReplicaId::new(other), Some(1_200));
+            } else {
+                node.replicator.remove_peer(other);
+            }
+        }
+    }
+}
+
+/// A reset issued while one whole group is cut off: that group never hears the command while it passes. When
+/// the links come back, each side sends the other the resets it remembers, the cut-off group's members floor
+/// their own values (heard late: the own value only), and every node counts 0.
+#[test]
+fn a_group_cut_off_during_a_reset_applies_it_when_its_links_come_back() {
+    let mut cluster = run(64, 0.0, 41);
+    assert!(cluster.exact_everywhere(), "not exact before the partition");
+    let groups = cluster.groups();
+    let resetter = 5;
+    let cut = (group_of(cluster.nodes[resetter].replica, groups) + 1) % groups;
+    partition_group(&mut cluster, cut, false);
+    let epoch = hot_epoch(&cluster);
+    cluster.nodes[resetter]
+        .store
+        .reset(HOT, hour(), epoch)
+        .expect("the resetting node holds the hot key");
+    cluster.exact.insert(HOT.to_string(), 0);
+    // Two seconds apart: the command is heard late when the links come back.
+    for _ in 0..2_000 {
+        cluster.step();
+    }
+    // The cut-off group's part is still counted (its members never floored their values).
+    let stale = cluster.global(resetter, HOT);
+    assert!(
+        stale > 0,
+        "the cut-off group's part should still count before the links come back"
+    );
+    partition_group(&mut cluster, cut, true);
+    let zero = cluster.step_until(3_000, |c| c.all_count(HOT, 0));
+    println!(
+        "group {cut} of {groups} cut off during a reset ({stale} still counted): every node counts 0 {zero:?} ms \
+         after its links came back"
+    );
+    assert!(
+        zero.is_some(),
+        "a group cut off during a reset: not every node counts 0 within 3 s of the links coming back; nodes by \
+         count: {:?}",
+        cluster.census(HOT)
+    );
+    assert!(
+        cluster.exact_everywhere(),
+        "the own keys lost counts in the reset"
+    );
+}
+
 /// `n` nodes count the hot key (and their own keys) exactly; one node resets the hot key; every node
 /// must come to count 0 and stay there; then every node adds a known amount and every node must count exactly
 /// that sum, never more.

@@ -1749,6 +1749,19 @@ impl Cell {
         Some(floors)
     }
 
+    /// Resets this replica's own value only in `epoch`: its floor becomes what it ships. Returns the floor set
+    /// (`None` standing for this replica, as in [`Cell::reset_epoch`]; empty when it ships nothing), or `None`
+    /// if the epoch is not in the ring.
+    pub(crate) fn reset_own_epoch(&self, epoch: u64) -> Option<Vec<(Option<u64>, u64)>> {
+        self.generation_if_present(epoch)?;
+        let own = self.shipped(epoch);
+        if own == 0 {
+            return Some(Vec::new());
+        }
+        self.merge_own_floor(epoch, own);
+        Some(vec![(None, own)])
+    }
+
     /// What this replica ships for `epoch`: its value words plus its own floor's offset (0 if not in the ring).
     pub(crate) fn shipped(&self, epoch: u64) -> u64 {
         let table = self.table();

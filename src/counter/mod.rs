@@ -58,7 +58,7 @@ pub use signed::{
 };
 pub use store::{
     CounterHandle, CounterStore, DEFAULT_MAX_ORIGINS_PER_KEY, DIRTY_QUEUE_SLOTS, DirtyEntry,
-    HotKey, ResetReport, StatsSnapshot, StoreOptions, StoreStats,
+    HotKey, ResetReport, ResetScope, StatsSnapshot, StoreOptions, StoreStats,
 };
 pub use window::{
     Alignment, MAX_ANCHORED_LEN_MS, MAX_WINDOW_COUNT, Unit, Window, WindowError, format_instant,

@@ -423,6 +423,16 @@ enum Budget {
     Remote,
 }
 
+/// What a reset floors (see [`CounterStore::apply_reset_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetScope {
+    /// Every origin's value held here, this replica's own included (where a reset is issued, and where it is
+    /// heard at once).
+    Everything,
+    /// This replica's own value only (a reset heard late).
+    Own,
+}
+
 /// What a reset did (see [`CounterStore::reset`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResetReport {
@@ -1376,15 +1386,30 @@ impl CounterStore {
     /// [`CounterStore::reset`] does, and queues the floors, but queues no command (replication passes on the
     /// one it heard). `None` when the key is unknown here or the epoch is not in its ring.
     pub fn apply_reset(&self, key: &str, window: Window, epoch: u64) -> Option<ResetReport> {
+        self.apply_reset_of(key, window, epoch, ResetScope::Everything)
+    }
+
+    /// [`CounterStore::apply_reset`] for what `scope` names: every value held, or this replica's own only (a
+    /// reset heard late, after this node may have merged values counted after their origins applied it).
+    pub fn apply_reset_of(
+        &self,
+        key: &str,
+        window: Window,
+        epoch: u64,
+        scope: ResetScope,
+    ) -> Option<ResetReport> {
         let cell = self.existing(key, window)?;
         if !key.starts_with(super::signed::RELEASED_PREFIX) {
             // Refunds of the units the reset drops go with them: the net count restarts from zero too, and
             // the companion's floors replicate with the key's.
-            let _ = self.apply_reset(&super::signed::released_key(key), window, epoch);
+            let _ = self.apply_reset_of(&super::signed::released_key(key), window, epoch, scope);
         }
         let before = cell.local(epoch).saturating_add(cell.remote(epoch));
-        let floors: Vec<(u64, u64)> = cell
-            .reset_epoch(epoch)?
+        let floors = match scope {
+            ResetScope::Everything => cell.reset_epoch(epoch)?,
+            ResetScope::Own => cell.reset_own_epoch(epoch)?,
+        };
+        let floors: Vec<(u64, u64)> = floors
             .into_iter()
             .map(|(origin, floor)| (origin.unwrap_or(self.shared.options.replica_id), floor))
             .collect();

@@ -583,7 +583,7 @@ pub fn register_http(r: &mut Registry, stats: &super::HttpStats) {
 // | `bifrost_replication_forged_entries_total`, `..._forged_frames_total` | counter | values for another origin than the sender's |
 // | `bifrost_replication_relays_skipped_total`, `..._relayed_refused_total`, `..._unbound_entries_total` | counter | |
 // | `bifrost_replication_floors_{merged,unchanged,dropped,sent}_total`, `..._digest_passes_total` | counter | |
-// | `bifrost_replication_resets_{sent,heard,repeated,refused,dropped}_total` | counter | reset commands (grouped layouts) |
+// | `bifrost_replication_resets_{sent,heard,heard_late,repeated,refused,dropped}_total` | counter | reset commands (grouped layouts) |
 // | `bifrost_peer_forged_entries_total`, `bifrost_peer_relayed_refused_total` | counter | `peer` |
 fn counter_plane_bounds(r: &mut Registry, node: &ClusterHandle, status: &crate::node::NodeStatus) {
     let store = node.store().stats();
@@ -706,6 +706,11 @@ fn counter_plane_bounds(r: &mut Registry, node: &ClusterHandle, status: &crate::
             "bifrost_replication_resets_heard",
             "Reset commands heard for the first time: applied here and passed on",
             s.resets_heard,
+        ),
+        (
+            "bifrost_replication_resets_heard_late",
+            "Reset commands heard more than a second after they were issued: applied to the own value only",
+            s.resets_heard_late,
         ),
         (
             "bifrost_replication_resets_repeated",

@@ -52,7 +52,8 @@ use crate::timers::TimerTable;
 use bytes::Bytes;
 
 use crate::counter::{
-    AggregateId, CounterError, CounterStore, DirtyEntry, FloorOutcome, MergeOutcome, SumOf,
+    AggregateId, CounterError, CounterStore, DirtyEntry, FloorOutcome, MergeOutcome, ResetScope,
+    SumOf,
 };
 use crate::wire::{
     self, ArchivedOriginGroup, ArchivedOriginKind, BatchPacker, DataPing, DataPong, DeltaBatch,
@@ -62,7 +63,7 @@ use crate::wire::{
 use super::aggregation::Aggregation;
 use super::digest;
 use super::plane_core::{AntiEntropy, Channel, Outbox, PeerId, PeerSet, Transmit};
-use super::resets::{Heard, MAX_RESETS_HELD, ResetLog};
+use super::resets::{FRESH_MS, Heard, MAX_RESETS_HELD, ResetLog};
 use super::stats::{PeerStats, ReplicationStats};
 use super::topology::Topology;
 use crate::ReplicaId;
@@ -393,6 +394,26 @@ impl Replicator {
             Vec::new()
         };
         // Everything or one origin: a single request, whose answer start-up admission waits for.
+        // The resets this node remembers: a peer that was unreachable while one passed applies it to its own
+        // value (see `resets`); one that already has it drops it.
+        if self.aggregation.grouped() {
+            let remembered: Vec<(u64, DirtyEntry)> = self
+                .resets
+                .remembered()
+                .map(|((key, window, epoch), (id, issuer))| {
+                    let entry = DirtyEntry {
+                        key: Arc::clone(key),
+                        window: *window,
+                        epoch: *epoch,
+                        value: id,
+                    };
+                    (issuer, entry)
+                })
+                .collect();
+            if !remembered.is_empty() {
+                self.send_entries(peer, 0, Vec::new(), Vec::new(), remembered);
+            }
+        }
         // A group peer may publish for the group: its answer then carries its rests.
         let rests = self.aggregation.gets_deltas(replica) && self.aggregation.grouped();
         if let [request_id] = self.request_state_with(peer, origins, rests)[..]
@@ -1336,7 +1357,13 @@ impl Replicator {
             }
             self.stats.resets_heard += 1;
             // The floors it sets go to every peer at the next flush; a key unknown here has nothing to floor.
-            let _ = self.store.apply_reset(key, window, epoch);
+            let scope = if now_ms <= id.saturating_add(FRESH_MS) {
+                ResetScope::Everything
+            } else {
+                self.stats.resets_heard_late += 1;
+                ResetScope::Own
+            };
+            let _ = self.store.apply_reset_of(key, window, epoch, scope);
             pass_on.push((
                 issuer,
                 DirtyEntry {

@@ -18,11 +18,14 @@
 //!   arrive over several links, and stale ones, are neither applied again nor passed on. An id more than
 //!   [`MAX_ID_AHEAD_MS`] ahead of this node's clock is refused (a clock far ahead, or a forged id, would
 //!   otherwise hide every later reset of the epoch).
-//! - Commands are not repaired by anti-entropy: a node that was unreachable while one passed never applies it
-//!   (re-applying it later, after state transfers, would floor counts made after the reset). Per-origin floors
-//!   set by the nodes that did apply it are repaired as always.
-//! - Memory is bounded: at most [`MAX_RESETS_HELD`] `(key, window, epoch)`, the oldest forgotten first (a copy of
-//!   a forgotten command that arrives later is applied again: it floors what was counted since, no more).
+//! - A command heard within [`FRESH_MS`] of its id floors every value the node holds; one heard later (a link
+//!   that came up after it passed: each side sends the other the commands it remembers) floors only the node's
+//!   own value. A node that heard it late may hold values its origins counted after they applied it, and
+//!   flooring those would take back counts made after the reset; its own value it counted before hearing it.
+//! - Memory is bounded: at most [`MAX_RESETS_HELD`] `(key, window, epoch)`, the oldest forgotten first. A command
+//!   not held whose id is at or below the newest id forgotten counts as repeated: it may be a forgotten one, and
+//!   applying it again would floor this node's own counts made since (a reset this node never heard that old
+//!   is then not applied here; the others' floors of it still reach it).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -34,6 +37,9 @@ pub const MAX_RESETS_HELD: usize = 4_096;
 
 /// How far ahead of this node's clock a heard reset id may be: 1 hour.
 pub const MAX_ID_AHEAD_MS: u64 = 3_600_000;
+
+/// A reset heard within this long after its id (ms) floors every value held; later, the own value only.
+pub const FRESH_MS: u64 = 1_000;
 
 type Target = (Arc<str>, Window, u64);
 
@@ -56,6 +62,8 @@ pub(crate) struct ResetLog {
     order: VecDeque<Target>,
     /// Entries forgotten because the log was full.
     pub(crate) forgotten: u64,
+    /// The newest id among them.
+    forgotten_below: u64,
 }
 
 impl ResetLog {
@@ -91,15 +99,20 @@ impl ResetLog {
             return Heard::Refused;
         }
         let target: Target = (Arc::from(key), window, epoch);
-        if self
-            .newest
-            .get(&target)
-            .is_some_and(|&newest| newest >= (id, issuer))
-        {
+        let repeated = match self.newest.get(&target) {
+            Some(&newest) => newest >= (id, issuer),
+            None => id <= self.forgotten_below && self.forgotten > 0,
+        };
+        if repeated {
             return Heard::Repeated;
         }
         self.record(target, (id, issuer));
         Heard::New
+    }
+
+    /// Every reset remembered, as `(key, window, epoch)` and `(id, issuer)`, for a peer whose link just came up.
+    pub(crate) fn remembered(&self) -> impl Iterator<Item = (&Target, (u64, u64))> + '_ {
+        self.newest.iter().map(|(target, &id)| (target, id))
     }
 
     fn record(&mut self, target: Target, id: (u64, u64)) {
@@ -109,9 +122,10 @@ impl ResetLog {
         }
         if self.newest.len() >= MAX_RESETS_HELD
             && let Some(oldest) = self.order.pop_front()
+            && let Some((forgotten_id, _)) = self.newest.remove(&oldest)
         {
-            self.newest.remove(&oldest);
             self.forgotten += 1;
+            self.forgotten_below = self.forgotten_below.max(forgotten_id);
         }
         self.order.push_back(target.clone());
         self.newest.insert(target, id);
@@ -184,18 +198,27 @@ mod tests {
     #[test]
     fn the_log_is_bounded_and_forgets_the_oldest() {
         let mut log = ResetLog::default();
+        // Epoch e is reset with id e + 1 (ids grow with time).
         for epoch in 0..(MAX_RESETS_HELD as u64 + 10) {
-            assert_eq!(log.hear("k", minute(), epoch, (1, OTHER), NOW), Heard::New);
+            assert_eq!(
+                log.hear("k", minute(), epoch, (epoch + 1, OTHER), NOW),
+                Heard::New
+            );
         }
         assert_eq!(log.newest.len(), MAX_RESETS_HELD);
         assert_eq!(log.forgotten, 10);
         assert_eq!(
             log.hear("k", minute(), 0, (1, OTHER), NOW),
-            Heard::New,
-            "forgotten: heard again"
+            Heard::Repeated,
+            "forgotten, and no newer than the newest forgotten: maybe a copy, not applied again"
         );
         assert_eq!(
-            log.hear("k", minute(), 20, (1, OTHER), NOW),
+            log.hear("k", minute(), 0, (11, OTHER), NOW),
+            Heard::New,
+            "a reset of a forgotten target newer than every forgotten one"
+        );
+        assert_eq!(
+            log.hear("k", minute(), 20, (21, OTHER), NOW),
             Heard::Repeated,
             "still held"
         );

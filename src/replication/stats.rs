@@ -49,6 +49,9 @@ pub struct ReplicationStats {
     pub resets_sent: u64,
     /// Reset commands heard for the first time: applied here and passed on.
     pub resets_heard: u64,
+    /// Of those, heard more than a second after they were issued (a link that came up later): applied to this
+    /// node's own value only.
+    pub resets_heard_late: u64,
     /// Copies of reset commands already heard (several links carry each), and stale ones: dropped.
     pub resets_repeated: u64,
     /// Reset commands refused: their id was more than an hour ahead of this node's clock.
