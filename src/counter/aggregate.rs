@@ -236,11 +236,8 @@ struct Scheme {
     /// Indexed by group; grown on demand up to `groups` entries (every group appears once its first origin
     /// does, so a dense vector is both smaller and faster than a map).
     terms: Vec<Term>,
-    /// The own group's counted value (its `direct − direct_floor`), kept up to date on every change.
-    own: u128,
-    /// The own group's floors (its `direct_floor`).
-    own_floor: u128,
-    /// Σ of every other group's counted value, kept up to date on every change.
+    /// Σ of every other group's counted value, kept up to date on every change (the own group is one term,
+    /// read as it is: [`Scheme::own_term`]).
     others: u128,
     /// Σ of every other group's value sum ([`Term::raw`]), for the rest this node publishes.
     others_raw: u128,
@@ -259,14 +256,20 @@ impl Scheme {
             groups,
             own_group: group_of(own_replica, groups),
             terms: Vec::new(),
-            own: 0,
-            own_floor: 0,
             others: 0,
             others_raw: 0,
             others_floor: 0,
             rest: 0,
             rest_floor: 0,
         }
+    }
+
+    /// The own group's term (its other members' per-origin values and floors).
+    fn own_term(&self) -> Term {
+        self.terms
+            .get(self.own_group as usize)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Applies `change` to group `group`'s term, keeping the sums.
@@ -281,11 +284,8 @@ impl Scheme {
         let before = *term;
         change(term);
         let after = *term;
-        // Each sum includes the `before` of every term: no underflow.
-        if own {
-            self.own = self.own - before.counted(true) + after.counted(true);
-            self.own_floor = self.own_floor - before.floor(true) + after.floor(true);
-        } else {
+        // Each sum includes the `before` of every other group's term: no underflow.
+        if !own {
             self.others = self.others - before.counted(false) + after.counted(false);
             self.others_raw = self.others_raw - before.raw(false) + after.raw(false);
             self.others_floor = self.others_floor - before.floor(false) + after.floor(false);
@@ -310,13 +310,13 @@ impl Scheme {
 
     /// The remote count this scheme gives: the own group's other members plus everything outside it.
     fn estimate(&self) -> u128 {
-        self.own + self.outside()
+        self.own_term().counted(true) + self.outside()
     }
 
     /// How much of the remote count this scheme knows to be floored: its estimate is at most the exact remote
     /// value sum minus this.
     fn floor_known(&self) -> u128 {
-        self.own_floor + self.outside_floor()
+        self.own_term().floor(true) + self.outside_floor()
     }
 }
 

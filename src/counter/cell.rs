@@ -573,6 +573,11 @@ fn held<'a>(
     })
 }
 
+/// A u128 sum as the u64 the wire carries: `u64::MAX` when it does not fit.
+fn saturate(sum: u128) -> u64 {
+    u64::try_from(sum).unwrap_or(u64::MAX)
+}
+
 /// Result of merging one floor (see [`Cell::merge_floor`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FloorOutcome {
@@ -1599,13 +1604,11 @@ impl Cell {
                 })
         });
         if id.contains(own_replica) {
-            let offset = position.map_or(0, |p| p.own_offset);
-            let words = self.local_except(ring_index(epoch), generation, None);
-            values += u128::from(words.saturating_add(offset));
-            floors += u128::from(offset);
+            let (shipped, own_floor) = self.shipped_in(&table, epoch, generation);
+            values += u128::from(shipped);
+            floors += u128::from(own_floor);
         }
-        let clamp = |sum: u128| u64::try_from(sum).unwrap_or(u64::MAX);
-        (clamp(values), clamp(floors))
+        (saturate(values), saturate(floors))
     }
 
     /// What a publisher sends for `epoch` as the rest aggregate `id` of its own group (`id.is_rest()`),
@@ -1620,22 +1623,20 @@ impl Cell {
             .held(epoch)
             .and_then(|position| position.grouped.as_deref())
             .map_or((0, 0), |sums| sums.rest_total(id.groups()));
-        let clamp = |sum: u128| u64::try_from(sum).unwrap_or(u64::MAX);
-        (clamp(values), clamp(floors))
+        (saturate(values), saturate(floors))
     }
 
     /// [`Cell::rest_total`] for every epoch still in the ring that holds aggregates, as `(epoch, values,
     /// floors)` with a value sum above 0.
     pub(crate) fn rest_totals(&self, id: AggregateId) -> Vec<(u64, u64, u64)> {
         let table = self.table();
-        let clamp = |sum: u128| u64::try_from(sum).unwrap_or(u64::MAX);
         table
             .positions
             .iter()
             .filter(|p| self.generation_if_present(p.epoch).is_some())
             .filter_map(|p| {
                 let (values, floors) = p.grouped.as_deref()?.rest_total(id.groups());
-                (values > 0).then(|| (p.epoch, clamp(values), clamp(floors)))
+                (values > 0).then(|| (p.epoch, saturate(values), saturate(floors)))
             })
             .collect()
     }
@@ -1736,12 +1737,7 @@ impl Cell {
                 .held(epoch)
                 .map_or_else(Vec::new, |position| position.values.clone())
         };
-        let mut floors = Vec::with_capacity(values.len() + 1);
-        let own = self.shipped(epoch);
-        if own > 0 {
-            self.merge_own_floor(epoch, own);
-            floors.push((None, own));
-        }
+        let mut floors = self.reset_own_epoch(epoch)?;
         for (origin, value) in values {
             self.merge_floor(origin, epoch, value);
             floors.push((Some(origin), value));
@@ -1768,10 +1764,15 @@ impl Cell {
         let Some(generation) = self.generation_if_present(epoch) else {
             return 0;
         };
-        let i = ring_index(epoch);
+        self.shipped_in(&table, epoch, generation).0
+    }
+
+    /// `(what this replica ships, its own floor)` for `epoch` at `generation`, read under the origins mutex
+    /// (`table`), which orders a reset's move of the words into the offset.
+    fn shipped_in(&self, table: &OriginTable, epoch: u64, generation: u16) -> (u64, u64) {
         let offset = table.held(epoch).map_or(0, |p| p.own_offset);
-        self.local_except(i, generation, None)
-            .saturating_add(offset)
+        let words = self.local_except(ring_index(epoch), generation, None);
+        (words.saturating_add(offset), offset)
     }
 
     /// Every `(origin, epoch, value)` merged into this cell for epochs still in the ring.

@@ -1477,31 +1477,13 @@ impl Replicator {
             }
         }
         chunks.extend(packer.finish());
-        let total = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
-        for (index, groups) in (0..total).zip(chunks) {
-            self.stats.aggregates_sent += groups
-                .iter()
-                .filter(|g| g.kind == OriginKind::Aggregate)
-                .map(|g| g.entries.len() as u64)
-                .sum::<u64>();
-            let chunk = StateChunk {
-                sender: self.replica_id,
-                request_id: 0,
-                groups,
-                index,
-                total,
-            };
-            match wire::encode(&chunk) {
-                Ok(frame) => {
-                    self.stats.state_chunks_sent += 1;
-                    self.queue(peer, Channel::Stream, frame);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "failed to encode a state chunk of rests");
-                    self.stats.encode_errors += 1;
-                }
-            }
-        }
+        self.stats.aggregates_sent += chunks
+            .iter()
+            .flatten()
+            .filter(|g| g.kind == OriginKind::Aggregate)
+            .map(|g| g.entries.len() as u64)
+            .sum::<u64>();
+        self.queue_state_chunks(peer, 0, chunks);
     }
 
     /// Sends `values`, then `floors`, then reset commands to `peer` as state chunks that fit the frame limits
@@ -1540,6 +1522,20 @@ impl Replicator {
             // Answer even when empty so the requester knows the transfer is complete.
             chunks.push(Vec::new());
         }
+        if self.queue_state_chunks(peer, request_id, chunks) {
+            self.stats.floors_sent += floor_count;
+            self.stats.resets_sent += reset_count;
+        }
+    }
+
+    /// Queues `chunks` for `peer` as the state chunks of one answer to `request_id` (0: not an answer), each
+    /// with its index and their count; returns whether every one was encoded.
+    fn queue_state_chunks(
+        &mut self,
+        peer: PeerId,
+        request_id: u64,
+        chunks: Vec<Vec<OriginGroup>>,
+    ) -> bool {
         // More chunks than u32 cannot be: each holds at least one entry of a store bounded far below that.
         let total = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
         let mut sent_all = true;
@@ -1564,10 +1560,7 @@ impl Replicator {
                 }
             }
         }
-        if sent_all {
-            self.stats.floors_sent += floor_count;
-            self.stats.resets_sent += reset_count;
-        }
+        sent_all
     }
 
     /// Compares a peer's digest with ours over the digest's origin range. For our own origin we push what
